@@ -1,0 +1,318 @@
+//! Model, diffusion and training configuration, with the two presets (`tiny-cpu`, `paper`).
+//! Every config is serde so that it travels inside checkpoints and job parameters.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// What the denoiser is conditioned on besides the timestep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Conditioning {
+    /// Unconditional: no label input at all (the paper's Fig. 2).
+    None,
+    /// Class label through an embedding table. With `dropout_prob > 0` the table has one extra row, the
+    /// null class, used for label dropout in training and for classifier-free guidance at sampling.
+    Class { num_classes: usize, dropout_prob: f64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Spatial size of the (square) input: 32 for SD-VAE latents of 256x256 images.
+    pub input_size: usize,
+    pub in_channels: usize,
+    pub patch_size: usize,
+    pub hidden_size: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub mlp_ratio: f64,
+    /// Predict the variance interpolation too (output has 2C channels), as DiT and improved DDPM do.
+    pub learn_sigma: bool,
+    pub conditioning: Conditioning,
+}
+
+/// The DiT table: (depth, hidden size, heads) per size letter.
+fn dit_size(size: &str) -> Option<(usize, usize, usize)> {
+    match size {
+        "S" => Some((12, 384, 6)),
+        "B" => Some((12, 768, 12)),
+        "L" => Some((24, 1024, 16)),
+        "XL" => Some((28, 1152, 16)),
+        _ => None,
+    }
+}
+
+impl ModelConfig {
+    /// A named DiT (`"DiT-B/2"`, `"DiT-XL/8"`, ...) on inputs of `input_size` x `input_size` x `in_channels`.
+    pub fn dit(name: &str, input_size: usize, in_channels: usize, conditioning: Conditioning) -> Result<Self> {
+        let unknown = || Error::UnknownModel(name.to_string());
+        let rest = name.strip_prefix("DiT-").ok_or_else(unknown)?;
+        let (size, patch) = rest.split_once('/').ok_or_else(unknown)?;
+        let (depth, hidden_size, num_heads) = dit_size(size).ok_or_else(unknown)?;
+        let patch_size = match patch {
+            "2" => 2,
+            "4" => 4,
+            "8" => 8,
+            _ => return Err(unknown()),
+        };
+        let config = ModelConfig {
+            input_size,
+            in_channels,
+            patch_size,
+            hidden_size,
+            depth,
+            num_heads,
+            mlp_ratio: 4.0,
+            learn_sigma: true,
+            conditioning,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: String| Err(Error::Config(msg));
+        if self.input_size == 0 || self.in_channels == 0 || self.depth == 0 || self.num_heads == 0 {
+            return fail("input_size, in_channels, depth and num_heads must be positive".into());
+        }
+        if self.patch_size == 0 || self.input_size % self.patch_size != 0 {
+            return fail(format!(
+                "input_size {} is not a multiple of patch_size {}",
+                self.input_size, self.patch_size
+            ));
+        }
+        if self.hidden_size % self.num_heads != 0 {
+            return fail(format!("hidden_size {} is not divisible by num_heads {}", self.hidden_size, self.num_heads));
+        }
+        // The 2-D sin-cos position embedding splits the width in four (sin/cos x row/column).
+        if self.hidden_size % 4 != 0 {
+            return fail(format!("hidden_size {} must be a multiple of 4", self.hidden_size));
+        }
+        if !(self.mlp_ratio > 0.0) {
+            return fail(format!("mlp_ratio must be positive, got {}", self.mlp_ratio));
+        }
+        if let Conditioning::Class { num_classes, dropout_prob } = self.conditioning {
+            if num_classes == 0 {
+                return fail("a class-conditional model needs at least one class".into());
+            }
+            if !(0.0..1.0).contains(&dropout_prob) {
+                return fail(format!("label dropout_prob must be in [0, 1), got {dropout_prob}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn out_channels(&self) -> usize {
+        if self.learn_sigma { 2 * self.in_channels } else { self.in_channels }
+    }
+
+    pub fn grid_size(&self) -> usize {
+        self.input_size / self.patch_size
+    }
+
+    pub fn num_patches(&self) -> usize {
+        self.grid_size() * self.grid_size()
+    }
+
+    pub fn mlp_hidden(&self) -> usize {
+        (self.hidden_size as f64 * self.mlp_ratio) as usize
+    }
+
+    pub fn num_classes(&self) -> Option<usize> {
+        match self.conditioning {
+            Conditioning::None => None,
+            Conditioning::Class { num_classes, .. } => Some(num_classes),
+        }
+    }
+
+    /// The label id of the null class (classifier-free guidance), when the model has one.
+    pub fn null_class(&self) -> Option<usize> {
+        match self.conditioning {
+            Conditioning::Class { num_classes, dropout_prob } if dropout_prob > 0.0 => Some(num_classes),
+            _ => None,
+        }
+    }
+
+    /// The input shape of one sample: (C, H, W).
+    pub fn sample_dims(&self) -> (usize, usize, usize) {
+        (self.in_channels, self.input_size, self.input_size)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiffusionConfig {
+    pub num_timesteps: usize,
+    /// Linear beta schedule, as in DDPM: these are the values for T = 1000 and are scaled by 1000 / T.
+    pub beta_start: f64,
+    pub beta_end: f64,
+}
+
+impl Default for DiffusionConfig {
+    fn default() -> Self {
+        DiffusionConfig { num_timesteps: 1000, beta_start: 1e-4, beta_end: 0.02 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub batch_size: usize,
+    pub steps: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    /// Clip the global gradient norm to this value; `None` trains unclipped (as DiT does).
+    pub grad_clip_norm: Option<f64>,
+    pub ema_decay: f64,
+    pub checkpoint_every: usize,
+    pub seed: u64,
+    /// Random horizontal flips of training samples (DiT's only augmentation).
+    pub hflip: bool,
+}
+
+/// How the training tensors relate to images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataSpace {
+    /// The model works on resized images scaled to [-1, 1] (no autoencoder): 1 channel (grey) or 3 (RGB).
+    Pixels,
+    /// The model works on latents of the named autoencoder, multiplied by `scale`.
+    Latents { autoencoder: String, scale: f64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub preset: String,
+    pub data_space: DataSpace,
+    pub model: ModelConfig,
+    pub diffusion: DiffusionConfig,
+    pub train: TrainConfig,
+}
+
+impl RunConfig {
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            // Grey 32x32 images, patch 4 (64 tokens), 4 blocks of width 128: a few steps per second on
+            // two CPU cores, enough to learn the phantom classes in minutes.
+            "tiny-cpu" => Ok(RunConfig {
+                preset: name.into(),
+                data_space: DataSpace::Pixels,
+                model: ModelConfig {
+                    input_size: 32,
+                    in_channels: 1,
+                    patch_size: 4,
+                    hidden_size: 128,
+                    depth: 4,
+                    num_heads: 4,
+                    mlp_ratio: 4.0,
+                    learn_sigma: true,
+                    conditioning: Conditioning::Class { num_classes: 2, dropout_prob: 0.1 },
+                },
+                diffusion: DiffusionConfig::default(),
+                train: TrainConfig {
+                    batch_size: 16,
+                    steps: 2000,
+                    learning_rate: 3e-4,
+                    weight_decay: 0.0,
+                    adam_beta1: 0.9,
+                    adam_beta2: 0.999,
+                    adam_eps: 1e-8,
+                    grad_clip_norm: Some(1.0),
+                    ema_decay: 0.999,
+                    checkpoint_every: 500,
+                    seed: 0,
+                    hflip: true,
+                },
+            }),
+            // The paper's Table 4: DiT-B/2 on 32x32x4 SD-VAE latents, batch 16, lr 1e-4, AdamW without weight
+            // decay, EMA 0.9999, 1,000 epochs of the 10,313 pre-training slices (~645k steps). For a GPU.
+            "paper" => Ok(RunConfig {
+                preset: name.into(),
+                data_space: DataSpace::Latents { autoencoder: "sd-vae-ft-ema".into(), scale: 0.18215 },
+                model: ModelConfig::dit(
+                    "DiT-B/2",
+                    32,
+                    4,
+                    Conditioning::Class { num_classes: 2, dropout_prob: 0.1 },
+                )?,
+                diffusion: DiffusionConfig::default(),
+                train: TrainConfig {
+                    batch_size: 16,
+                    steps: 645_000,
+                    learning_rate: 1e-4,
+                    weight_decay: 0.0,
+                    adam_beta1: 0.9,
+                    adam_beta2: 0.999,
+                    adam_eps: 1e-8,
+                    grad_clip_norm: None,
+                    ema_decay: 0.9999,
+                    checkpoint_every: 10_000,
+                    seed: 0,
+                    hflip: true,
+                },
+            }),
+            _ => Err(Error::UnknownPreset(name.to_string())),
+        }
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        let config: RunConfig =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("config file: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        let t = &self.train;
+        if t.batch_size == 0 {
+            return Err(Error::Config("batch_size must be positive".into()));
+        }
+        if !(t.learning_rate > 0.0) {
+            return Err(Error::Config(format!("learning_rate must be positive, got {}", t.learning_rate)));
+        }
+        if !(0.0..=1.0).contains(&t.ema_decay) {
+            return Err(Error::Config(format!("ema_decay must be in [0, 1], got {}", t.ema_decay)));
+        }
+        if self.diffusion.num_timesteps < 2 {
+            return Err(Error::Config("num_timesteps must be at least 2".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_models_match_the_dit_table() {
+        let b2 = ModelConfig::dit("DiT-B/2", 32, 4, Conditioning::None).unwrap();
+        assert_eq!((b2.depth, b2.hidden_size, b2.num_heads, b2.patch_size), (12, 768, 12, 2));
+        assert_eq!(b2.num_patches(), 256);
+        assert_eq!(b2.out_channels(), 8);
+        let xl8 = ModelConfig::dit("DiT-XL/8", 32, 4, Conditioning::None).unwrap();
+        assert_eq!((xl8.depth, xl8.hidden_size, xl8.num_heads, xl8.grid_size()), (28, 1152, 16, 4));
+    }
+
+    #[test]
+    fn bad_names_and_configs_are_refused_with_the_reason() {
+        for bad in ["DiT-M/2", "DiT-B/3", "ViT-B/2", "DiT-B", ""] {
+            let err = ModelConfig::dit(bad, 32, 4, Conditioning::None).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+        let err = ModelConfig::dit("DiT-S/8", 36, 4, Conditioning::None).unwrap_err();
+        assert!(err.to_string().contains("not a multiple of patch_size 8"), "{err}");
+        assert!(RunConfig::preset("huge").is_err());
+    }
+
+    #[test]
+    fn presets_roundtrip_through_json() {
+        for name in ["tiny-cpu", "paper"] {
+            let config = RunConfig::preset(name).unwrap();
+            let text = serde_json::to_string(&config).unwrap();
+            assert_eq!(RunConfig::from_json(&text).unwrap(), config);
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! DiT (Peebles & Xie 2022): a ViT over latent patches whose blocks are modulated by the timestep (and
+//! class) embedding through adaLN-Zero. Parameter names equal the reference state-dict keys, so an official
+//! checkpoint converted to safetensors loads unchanged (less its fixed `pos_embed` buffer).
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::{Conditioning, ModelConfig};
+use crate::error::expect_shape;
+use crate::nn::{Init, Linear, ParamPath, Params, VarSet, layer_norm, modulate, softmax_last_dim};
+use crate::{Error, Result};
+
+const NORM_EPS: f64 = 1e-6;
+/// Width of the sinusoidal timestep features fed to the timestep MLP.
+pub const TIMESTEP_FREQUENCIES: usize = 256;
+
+/// Sinusoidal features of (possibly fractional) timesteps: `[cos(t f_i), sin(t f_i)]`, f_i = 10000^(-i/half).
+/// The frequencies are computed in f32 exactly as the reference does, since at t ~ 1000 one ulp of a
+/// frequency moves the phase by ~1e-4.
+pub fn timestep_features(t: &Tensor, dim: usize) -> Result<Tensor> {
+    let half = dim / 2;
+    let log_period = -(10000f64.ln() as f32);
+    let freqs: Vec<f32> = (0..half).map(|i| (log_period * i as f32 / half as f32).exp()).collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    Ok(Tensor::cat(&[args.cos()?, args.sin()?], 1)?)
+}
+
+/// The fixed 2-D sin-cos position embedding (MAE's), `[grid*grid, dim]`: the first half of each row encodes
+/// the column index, the second half the row index.
+pub fn sincos_pos_embed_2d(dim: usize, grid: usize, device: &Device) -> Result<Tensor> {
+    let quarter = dim / 4;
+    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
+    let mut values = Vec::with_capacity(grid * grid * dim);
+    for row in 0..grid {
+        for col in 0..grid {
+            for pos in [col as f64, row as f64] {
+                values.extend(omega.iter().map(|w| (pos * w).sin() as f32));
+                values.extend(omega.iter().map(|w| (pos * w).cos() as f32));
+            }
+        }
+    }
+    Ok(Tensor::from_vec(values, (grid * grid, dim), device)?)
+}
+
+struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: usize,
+}
+
+impl Attention {
+    fn new(path: &ParamPath, dim: usize, num_heads: usize) -> Result<Self> {
+        Ok(Attention {
+            qkv: Linear::new(&path.pp("qkv"), dim, 3 * dim, Init::XavierUniform, Init::Zeros)?,
+            proj: Linear::new(&path.pp("proj"), dim, dim, Init::XavierUniform, Init::Zeros)?,
+            num_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, tokens, dim) = x.dims3()?;
+        let head_dim = dim / self.num_heads;
+        let qkv = self.qkv.forward(x)?.reshape((n, tokens, 3, self.num_heads, head_dim))?;
+        let head = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()?) };
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let (q, k, v) = ((head(0)? * scale)?, head(1)?, head(2)?);
+        let weights = softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let out = weights.matmul(&v)?.transpose(1, 2)?.reshape((n, tokens, dim))?;
+        self.proj.forward(&out)
+    }
+}
+
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn new(path: &ParamPath, dim: usize, hidden: usize) -> Result<Self> {
+        Ok(Mlp {
+            fc1: Linear::new(&path.pp("fc1"), dim, hidden, Init::XavierUniform, Init::Zeros)?,
+            fc2: Linear::new(&path.pp("fc2"), hidden, dim, Init::XavierUniform, Init::Zeros)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // tanh-approximated GELU, as DiT uses.
+        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
+    }
+}
+
+/// adaLN-Zero: SiLU then a zero-initialised linear producing `chunks` modulation vectors.
+struct AdaLn {
+    linear: Linear,
+    chunks: usize,
+}
+
+impl AdaLn {
+    fn new(path: &ParamPath, dim: usize, chunks: usize) -> Result<Self> {
+        let linear = Linear::new(&path.pp("adaLN_modulation.1"), dim, chunks * dim, Init::Zeros, Init::Zeros)?;
+        Ok(AdaLn { linear, chunks })
+    }
+
+    fn forward(&self, c: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(self.linear.forward(&c.silu()?)?.chunk(self.chunks, 1)?)
+    }
+}
+
+struct DitBlock {
+    attn: Attention,
+    mlp: Mlp,
+    ada_ln: AdaLn,
+}
+
+impl DitBlock {
+    fn new(path: &ParamPath, config: &ModelConfig) -> Result<Self> {
+        let dim = config.hidden_size;
+        Ok(DitBlock {
+            attn: Attention::new(&path.pp("attn"), dim, config.num_heads)?,
+            mlp: Mlp::new(&path.pp("mlp"), dim, config.mlp_hidden())?,
+            ada_ln: AdaLn::new(path, dim, 6)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        let m = self.ada_ln.forward(c)?;
+        let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
+        let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
+        let attn = self.attn.forward(&modulate(&layer_norm(x, NORM_EPS)?, shift_msa, scale_msa)?)?;
+        let x = (x + attn.broadcast_mul(&gate_msa.unsqueeze(1)?)?)?;
+        let mlp = self.mlp.forward(&modulate(&layer_norm(&x, NORM_EPS)?, shift_mlp, scale_mlp)?)?;
+        Ok((&x + mlp.broadcast_mul(&gate_mlp.unsqueeze(1)?)?)?)
+    }
+}
+
+struct FinalLayer {
+    linear: Linear,
+    ada_ln: AdaLn,
+}
+
+impl FinalLayer {
+    fn new(path: &ParamPath, config: &ModelConfig) -> Result<Self> {
+        let dim = config.hidden_size;
+        let out = config.patch_size * config.patch_size * config.out_channels();
+        Ok(FinalLayer {
+            linear: Linear::new(&path.pp("linear"), dim, out, Init::Zeros, Init::Zeros)?,
+            ada_ln: AdaLn::new(path, dim, 2)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        let m = self.ada_ln.forward(c)?;
+        self.linear.forward(&modulate(&layer_norm(x, NORM_EPS)?, &m[0], &m[1])?)
+    }
+}
+
+/// The denoiser `eps_theta(x_t, t[, y])`. Output: `[N, out_channels, H, W]`, the predicted noise followed (with
+/// learned sigma) by the variance interpolation values.
+pub struct Dit {
+    config: ModelConfig,
+    patch_embed: Linear,
+    pos_embed: Tensor,
+    t_mlp_in: Linear,
+    t_mlp_out: Linear,
+    label_table: Option<Tensor>,
+    blocks: Vec<DitBlock>,
+    final_layer: FinalLayer,
+}
+
+impl Dit {
+    /// Builds the model from `params` (fresh, with the reference initialisation, or loaded).
+    pub fn new(config: &ModelConfig, params: &Params) -> Result<Self> {
+        config.validate()?;
+        let root = params.root();
+        let dim = config.hidden_size;
+        let patch_embed =
+            Linear::conv_patch(&root.pp("x_embedder.proj"), dim, config.in_channels, config.patch_size)?;
+        let pos_embed = sincos_pos_embed_2d(dim, config.grid_size(), params.device())?.unsqueeze(0)?;
+        let t_path = root.pp("t_embedder.mlp");
+        let t_init = Init::Normal { std: 0.02 };
+        let t_mlp_in = Linear::new(&t_path.pp(0), TIMESTEP_FREQUENCIES, dim, t_init, Init::Zeros)?;
+        let t_mlp_out = Linear::new(&t_path.pp(2), dim, dim, t_init, Init::Zeros)?;
+        let label_table = match config.conditioning {
+            Conditioning::None => None,
+            Conditioning::Class { num_classes, dropout_prob } => {
+                let rows = num_classes + usize::from(dropout_prob > 0.0);
+                Some(root.pp("y_embedder.embedding_table").get("weight", &[rows, dim], Init::Normal { std: 0.02 })?)
+            }
+        };
+        let blocks = (0..config.depth)
+            .map(|i| DitBlock::new(&root.pp("blocks").pp(i), config))
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer = FinalLayer::new(&root.pp("final_layer"), config)?;
+        Ok(Dit { config: config.clone(), patch_embed, pos_embed, t_mlp_in, t_mlp_out, label_table, blocks, final_layer })
+    }
+
+    /// A freshly initialised model and its variables.
+    pub fn init(config: &ModelConfig, seed: u64, device: &Device) -> Result<(Self, VarSet)> {
+        let params = Params::random(seed, device);
+        let model = Dit::new(config, &params)?;
+        Ok((model, params.finish()?))
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn patchify(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let p = self.config.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        Ok(x.reshape(vec![n, c, gh, p, gw, p])?.permute(vec![0, 2, 4, 1, 3, 5])?.reshape((n, gh * gw, c * p * p))?)
+    }
+
+    fn unpatchify(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let (p, c, g) = (self.config.patch_size, self.config.out_channels(), self.config.grid_size());
+        Ok(x.reshape(vec![n, g, g, p, p, c])?.permute(vec![0, 5, 1, 3, 2, 4])?.reshape((n, c, g * p, g * p))?)
+    }
+
+    /// The conditioning vector `c` = timestep embedding (+ label embedding).
+    fn condition(&self, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        let t_emb = self.t_mlp_out.forward(&self.t_mlp_in.forward(&timestep_features(t, TIMESTEP_FREQUENCIES)?)?.silu()?)?;
+        match (&self.label_table, labels) {
+            (None, None) => Ok(t_emb),
+            (Some(table), Some(labels)) => {
+                let rows = table.dim(0)?;
+                let ids = labels.to_dtype(DType::U32)?;
+                if let Some(bad) = ids.to_vec1::<u32>()?.into_iter().find(|&id| id as usize >= rows) {
+                    return Err(Error::Data(format!(
+                        "class label {bad} is out of range: this model has {rows} label rows (classes + null)"
+                    )));
+                }
+                Ok((t_emb + table.embedding(&ids)?)?)
+            }
+            (None, Some(_)) => Err(Error::Config("an unconditional model was given class labels".into())),
+            (Some(_), None) => Err(Error::Config("a class-conditional model needs class labels".into())),
+        }
+    }
+
+    /// `x`: `[N, C, H, W]` noisy inputs; `t`: `[N]` timesteps (any float/int dtype); `labels`: `[N]` class ids
+    /// for a class-conditional model (the null class id drops the label).
+    pub fn forward(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        let (c, h, w) = self.config.sample_dims();
+        let n = x.dim(0).unwrap_or(0);
+        expect_shape("DiT input x", x, &[n, c, h, w])?;
+        expect_shape("DiT timesteps t", t, &[n])?;
+        if let Some(labels) = labels {
+            expect_shape("DiT class labels", labels, &[n])?;
+        }
+        let cond = self.condition(t, labels)?;
+        let mut tokens = self.patch_embed.forward(&self.patchify(x)?)?.broadcast_add(&self.pos_embed)?;
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, &cond)?;
+        }
+        self.unpatchify(&self.final_layer.forward(&tokens, &cond)?)
+    }
+}

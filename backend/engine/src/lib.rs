@@ -1,0 +1,19 @@
+//! RepDiff's engine: everything that computes (models, diffusion, training, sampling, images), on candle.
+//! It knows nothing of HTTP, SQL or jobs; every entry point takes a [`candle_core::Device`].
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod diffusion;
+pub mod dit;
+pub mod error;
+pub mod imaging;
+pub mod nn;
+pub mod optim;
+pub mod rng;
+pub mod sample;
+pub mod train;
+
+pub use candle_core::{DType, Device, Tensor};
+pub use error::{Error, Result};

@@ -1,0 +1,286 @@
+//! Parameters and the few differentiable building blocks the models need.
+//!
+//! Why not candle-nn's layers: its `VarBuilder` initialises from candle's unseedable RNG, and its fused
+//! `layer_norm`/`softmax_last_dim` record no backward pass (gradients silently stop). Everything here is a
+//! composition of candle-core ops that all have a backward, and every initial weight comes from [`Rng`].
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{D, DType, Device, Tensor, Var};
+
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// How a freshly created parameter is initialised (the DiT reference's choices).
+#[derive(Clone, Copy, Debug)]
+pub enum Init {
+    Zeros,
+    /// Glorot/Xavier uniform with fan_out = dim 0 and fan_in = the product of the other dims (so a conv
+    /// kernel is treated as its flattened linear map, as DiT does for the patch embedding).
+    XavierUniform,
+    Normal { std: f64 },
+}
+
+enum Source {
+    Random(RefCell<Rng>),
+    Loaded(HashMap<String, Tensor>),
+}
+
+/// Creates (or loads) the named parameters of a model while it is being built.
+pub struct Params {
+    device: Device,
+    source: Source,
+    vars: RefCell<BTreeMap<String, Var>>,
+}
+
+impl Params {
+    /// Fresh parameters drawn from a generator seeded with `seed`.
+    pub fn random(seed: u64, device: &Device) -> Self {
+        Params { device: device.clone(), source: Source::Random(RefCell::new(Rng::new(seed))), vars: Default::default() }
+    }
+
+    /// Parameters taken from `tensors` (e.g. a checkpoint): every requested name must be there with the
+    /// requested shape, and [`Params::finish`] refuses tensors nobody asked for.
+    pub fn loaded(tensors: HashMap<String, Tensor>, device: &Device) -> Self {
+        Params { device: device.clone(), source: Source::Loaded(tensors), vars: Default::default() }
+    }
+
+    pub fn root(&self) -> ParamPath<'_> {
+        ParamPath { params: self, prefix: String::new() }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn get(&self, name: String, shape: &[usize], init: Init) -> Result<Tensor> {
+        if self.vars.borrow().contains_key(&name) {
+            return Err(Error::Param { name, reason: "requested twice".into() });
+        }
+        let tensor = match &self.source {
+            Source::Random(rng) => {
+                let count: usize = shape.iter().product();
+                let values = match init {
+                    Init::Zeros => vec![0f32; count],
+                    Init::XavierUniform => {
+                        let fan_out = shape[0] as f64;
+                        let fan_in = (count / shape[0]) as f64;
+                        rng.borrow_mut().uniform_vec(count, (6.0 / (fan_in + fan_out)).sqrt())
+                    }
+                    Init::Normal { std } => {
+                        rng.borrow_mut().normal_vec(count).into_iter().map(|v| v * std as f32).collect()
+                    }
+                };
+                Tensor::from_vec(values, shape, &self.device)?
+            }
+            Source::Loaded(tensors) => {
+                let tensor = tensors
+                    .get(&name)
+                    .ok_or_else(|| Error::Param { name: name.clone(), reason: "missing from the checkpoint".into() })?;
+                if tensor.dims() != shape {
+                    return Err(Error::Param {
+                        name,
+                        reason: format!("checkpoint has shape {:?}, this model needs {:?}", tensor.dims(), shape),
+                    });
+                }
+                tensor.to_device(&self.device)?.to_dtype(DType::F32)?
+            }
+        };
+        let var = Var::from_tensor(&tensor)?;
+        let handle = var.as_tensor().clone();
+        self.vars.borrow_mut().insert(name, var);
+        Ok(handle)
+    }
+
+    /// The trainable variables, by name. Fails if loaded tensors were left unused (a checkpoint of another
+    /// architecture would otherwise load "successfully" with weights silently ignored).
+    pub fn finish(self) -> Result<VarSet> {
+        let vars = self.vars.into_inner();
+        if let Source::Loaded(tensors) = &self.source {
+            let mut unused: Vec<&String> = tensors.keys().filter(|k| !vars.contains_key(*k)).collect();
+            if !unused.is_empty() {
+                unused.sort();
+                return Err(Error::Param {
+                    name: unused[0].clone(),
+                    reason: format!("{} checkpoint tensor(s) are not part of this model: {unused:?}", unused.len()),
+                });
+            }
+        }
+        Ok(VarSet { vars })
+    }
+}
+
+/// A prefix inside [`Params`]; names join with `.` like PyTorch state-dict keys.
+#[derive(Clone)]
+pub struct ParamPath<'a> {
+    params: &'a Params,
+    prefix: String,
+}
+
+impl<'a> ParamPath<'a> {
+    pub fn pp(&self, sub: impl std::fmt::Display) -> ParamPath<'a> {
+        let prefix = if self.prefix.is_empty() { sub.to_string() } else { format!("{}.{sub}", self.prefix) };
+        ParamPath { params: self.params, prefix }
+    }
+
+    pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        self.params.get(self.pp(name).prefix, shape, init)
+    }
+}
+
+/// The trainable variables of a model, ordered by name.
+pub struct VarSet {
+    vars: BTreeMap<String, Var>,
+}
+
+impl VarSet {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.vars.iter()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Var> {
+        self.vars.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.vars.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// Snapshot of the current values (detached copies), for saving.
+    pub fn tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.vars.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?))).collect()
+    }
+
+    /// Overwrites every variable from `tensors` (same names and shapes required).
+    pub fn assign(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, var) in &self.vars {
+            let value = tensors
+                .get(name)
+                .ok_or_else(|| Error::Param { name: name.clone(), reason: "missing".into() })?;
+            if value.dims() != var.dims() {
+                return Err(Error::Param {
+                    name: name.clone(),
+                    reason: format!("shape {:?} does not match {:?}", value.dims(), var.dims()),
+                });
+            }
+            var.set(&value.to_device(var.device())?.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// `y = x W^T + b` over the last dimension of an input of any rank.
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(path: &ParamPath, in_dim: usize, out_dim: usize, weight_init: Init, bias_init: Init) -> Result<Self> {
+        let weight = path.get("weight", &[out_dim, in_dim], weight_init)?;
+        let bias = Some(path.get("bias", &[out_dim], bias_init)?);
+        Ok(Linear { weight, bias })
+    }
+
+    /// A linear map whose stored weight has the shape of a stride-p convolution kernel `[out, c, p, p]`
+    /// (so reference checkpoints load unchanged) but that is applied to already flattened patches.
+    pub fn conv_patch(path: &ParamPath, out_dim: usize, channels: usize, patch: usize) -> Result<Self> {
+        let kernel = path.get("weight", &[out_dim, channels, patch, patch], Init::XavierUniform)?;
+        let weight = kernel.reshape((out_dim, channels * patch * patch))?;
+        let bias = Some(path.get("bias", &[out_dim], Init::Zeros)?);
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim.max(1);
+        let (out_dim, weight_in) = self.weight.dims2()?;
+        if in_dim != weight_in {
+            return Err(Error::Shape {
+                what: "linear layer input".into(),
+                expected: format!("[..., {weight_in}]"),
+                got: dims.to_vec(),
+            });
+        }
+        let flat = x.reshape((rows, in_dim))?;
+        let mut y = flat.matmul(&self.weight.t()?)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias)?;
+        }
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = out_dim;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// Layer norm over the last dimension without affine parameters (DiT's `elementwise_affine=False`).
+pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(centered.broadcast_div(&(var + eps)?.sqrt()?)?)
+}
+
+/// adaLN modulation: `x * (1 + scale) + shift`, with per-sample `scale`/`shift` of shape [N, D] broadcast over
+/// the tokens of x [N, T, D].
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let scale = (scale.unsqueeze(1)? + 1.0)?;
+    Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift.unsqueeze(1)?)?)
+}
+
+/// Softmax over the last dimension, built from differentiable ops.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    // Shift invariance makes the max a constant for the gradient.
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let exp = x.broadcast_sub(&max)?.exp()?;
+    let sum = exp.sum_keepdim(D::Minus1)?;
+    Ok(exp.broadcast_div(&sum)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_norm_and_softmax_have_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Rng::new(0).randn((3, 8), &dev).unwrap()).unwrap();
+        let y = (layer_norm(x.as_tensor(), 1e-6).unwrap() * softmax_last_dim(x.as_tensor()).unwrap()).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(x.as_tensor()).expect("gradient reaches x");
+        assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+        let normed = layer_norm(x.as_tensor(), 1e-6).unwrap();
+        let mean = normed.mean_keepdim(D::Minus1).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(mean.to_scalar::<f32>().unwrap() < 1e-5);
+        let rows = softmax_last_dim(x.as_tensor()).unwrap().sum(D::Minus1).unwrap().to_vec1::<f32>().unwrap();
+        assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn loading_refuses_wrong_shapes_missing_and_unused_tensors() {
+        let dev = Device::Cpu;
+        let mut tensors = HashMap::new();
+        tensors.insert("a.weight".to_string(), Tensor::zeros((2, 3), DType::F32, &dev).unwrap());
+        let params = Params::loaded(tensors.clone(), &dev);
+        let err = params.root().pp("a").get("weight", &[3, 2], Init::Zeros).unwrap_err().to_string();
+        assert!(err.contains("a.weight") && err.contains("[2, 3]") && err.contains("[3, 2]"), "{err}");
+        let params = Params::loaded(tensors.clone(), &dev);
+        let err = params.root().get("b", &[1], Init::Zeros).unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+        tensors.insert("extra".to_string(), Tensor::zeros(1, DType::F32, &dev).unwrap());
+        let params = Params::loaded(tensors, &dev);
+        params.root().pp("a").get("weight", &[2, 3], Init::Zeros).unwrap();
+        let err = params.finish().err().unwrap().to_string();
+        assert!(err.contains("extra"), "{err}");
+    }
+}
