@@ -64,7 +64,10 @@ impl Checkpoint {
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let metadata = header.metadata().clone().unwrap_or_default();
         if metadata.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(Error::checkpoint(path, format!("not a RepDiff checkpoint (no format = {FORMAT} in its metadata)")));
+            return Err(Error::checkpoint(
+                path,
+                format!("not a RepDiff checkpoint (no format = {FORMAT} in its metadata)"),
+            ));
         }
         // Validates every tensor's offsets against the file length, so truncation is reported, not read.
         SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;

@@ -75,20 +75,17 @@ impl ModelConfig {
         if self.input_size == 0 || self.in_channels == 0 || self.depth == 0 || self.num_heads == 0 {
             return fail("input_size, in_channels, depth and num_heads must be positive".into());
         }
-        if self.patch_size == 0 || self.input_size % self.patch_size != 0 {
-            return fail(format!(
-                "input_size {} is not a multiple of patch_size {}",
-                self.input_size, self.patch_size
-            ));
+        if self.patch_size == 0 || !self.input_size.is_multiple_of(self.patch_size) {
+            return fail(format!("input_size {} is not a multiple of patch_size {}", self.input_size, self.patch_size));
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return fail(format!("hidden_size {} is not divisible by num_heads {}", self.hidden_size, self.num_heads));
         }
         // The 2-D sin-cos position embedding splits the width in four (sin/cos x row/column).
-        if self.hidden_size % 4 != 0 {
+        if !self.hidden_size.is_multiple_of(4) {
             return fail(format!("hidden_size {} must be a multiple of 4", self.hidden_size));
         }
-        if !(self.mlp_ratio > 0.0) {
+        if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 {
             return fail(format!("mlp_ratio must be positive, got {}", self.mlp_ratio));
         }
         if let Conditioning::Class { num_classes, dropout_prob } = self.conditioning {
@@ -165,6 +162,9 @@ pub struct TrainConfig {
     /// Clip the global gradient norm to this value; `None` trains unclipped (as DiT does).
     pub grad_clip_norm: Option<f64>,
     pub ema_decay: f64,
+    /// Ramp the EMA decay up as min(decay, (1 + n) / (10 + n)): useful for short runs.
+    #[serde(default)]
+    pub ema_warmup: bool,
     pub checkpoint_every: usize,
     pub seed: u64,
     /// Random horizontal flips of training samples (DiT's only augmentation).
@@ -213,13 +213,14 @@ impl RunConfig {
                 train: TrainConfig {
                     batch_size: 16,
                     steps: 2000,
-                    learning_rate: 3e-4,
+                    learning_rate: 1e-3,
                     weight_decay: 0.0,
                     adam_beta1: 0.9,
                     adam_beta2: 0.999,
                     adam_eps: 1e-8,
                     grad_clip_norm: Some(1.0),
                     ema_decay: 0.999,
+                    ema_warmup: true,
                     checkpoint_every: 500,
                     seed: 0,
                     hflip: true,
@@ -230,12 +231,7 @@ impl RunConfig {
             "paper" => Ok(RunConfig {
                 preset: name.into(),
                 data_space: DataSpace::Latents { autoencoder: "sd-vae-ft-ema".into(), scale: 0.18215 },
-                model: ModelConfig::dit(
-                    "DiT-B/2",
-                    32,
-                    4,
-                    Conditioning::Class { num_classes: 2, dropout_prob: 0.1 },
-                )?,
+                model: ModelConfig::dit("DiT-B/2", 32, 4, Conditioning::Class { num_classes: 2, dropout_prob: 0.1 })?,
                 diffusion: DiffusionConfig::default(),
                 train: TrainConfig {
                     batch_size: 16,
@@ -247,6 +243,7 @@ impl RunConfig {
                     adam_eps: 1e-8,
                     grad_clip_norm: None,
                     ema_decay: 0.9999,
+                    ema_warmup: false,
                     checkpoint_every: 10_000,
                     seed: 0,
                     hflip: true,
@@ -257,8 +254,7 @@ impl RunConfig {
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
-        let config: RunConfig =
-            serde_json::from_str(text).map_err(|e| Error::Config(format!("config file: {e}")))?;
+        let config: RunConfig = serde_json::from_str(text).map_err(|e| Error::Config(format!("config file: {e}")))?;
         config.validate()?;
         Ok(config)
     }
@@ -269,7 +265,7 @@ impl RunConfig {
         if t.batch_size == 0 {
             return Err(Error::Config("batch_size must be positive".into()));
         }
-        if !(t.learning_rate > 0.0) {
+        if t.learning_rate.is_nan() || t.learning_rate <= 0.0 {
             return Err(Error::Config(format!("learning_rate must be positive, got {}", t.learning_rate)));
         }
         if !(0.0..=1.0).contains(&t.ema_decay) {

@@ -24,10 +24,10 @@ impl Dataset {
         if dims.len() != 4 || dims[0] == 0 {
             return Err(Error::Data(format!("samples must be a non-empty [N, C, H, W] tensor, got {dims:?}")));
         }
-        if let Some(labels) = &labels {
-            if labels.len() != dims[0] {
-                return Err(Error::Data(format!("{} labels for {} samples", labels.len(), dims[0])));
-            }
+        if let Some(labels) = &labels
+            && labels.len() != dims[0]
+        {
+            return Err(Error::Data(format!("{} labels for {} samples", labels.len(), dims[0])));
         }
         let samples = samples.to_dtype(candle_core::DType::F32)?;
         Ok(Dataset { samples, labels, class_names })
@@ -69,14 +69,18 @@ impl Dataset {
             }
         }
         if files.is_empty() {
-            return Err(Error::Data(format!("{} holds no PNG or JPEG images (nor class folders of them)", dir.display())));
+            return Err(Error::Data(format!(
+                "{} holds no PNG or JPEG images (nor class folders of them)",
+                dir.display()
+            )));
         }
         let mut values = Vec::with_capacity(files.len() * channels * size * size);
         for (path, _) in &files {
             values.extend(imaging::load_normalised(path, size, channels)?);
         }
         let samples = Tensor::from_vec(values, (files.len(), channels, size, size), device)?;
-        let labels = if class_names.is_empty() { None } else { Some(files.iter().map(|(_, l)| l.unwrap_or(0)).collect()) };
+        let labels =
+            if class_names.is_empty() { None } else { Some(files.iter().map(|(_, l)| l.unwrap_or(0)).collect()) };
         Dataset::new(samples, labels, class_names)
     }
 
@@ -131,10 +135,8 @@ impl Dataset {
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     Ok(entries)
 }

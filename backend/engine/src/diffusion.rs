@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::f64::consts::LN_2;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use crate::config::DiffusionConfig;
 use crate::{Error, Result};
@@ -125,7 +125,7 @@ pub fn normal_kl(mean1: &Tensor, logvar1: &Tensor, mean2: &Tensor, logvar2: &Ten
 
 /// The tanh approximation of the standard normal CDF used by the reference.
 fn approx_standard_normal_cdf(x: &Tensor) -> Result<Tensor> {
-    let cubic = (x + (x.powf(3.0)? * 0.044715)?)?;
+    let cubic = (x + (x.sqr()?.mul(x)? * 0.044715)?)?;
     Ok(((cubic * (2.0 / std::f64::consts::PI).sqrt())?.tanh()? + 1.0)?.affine(0.5, 0.0)?)
 }
 
@@ -179,8 +179,7 @@ impl GaussianDiffusion {
         let alphas_cumprod_prev: Vec<f64> =
             std::iter::once(1.0).chain(alphas_cumprod[..n - 1].iter().copied()).collect();
         let map = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<f64>>();
-        let posterior_variance =
-            map(&|i| betas[i] * (1.0 - alphas_cumprod_prev[i]) / (1.0 - alphas_cumprod[i]));
+        let posterior_variance = map(&|i| betas[i] * (1.0 - alphas_cumprod_prev[i]) / (1.0 - alphas_cumprod[i]));
         let posterior_log_variance_clipped =
             map(&|i| if i == 0 { posterior_variance[1].ln() } else { posterior_variance[i].ln() });
         GaussianDiffusion {
@@ -216,7 +215,11 @@ impl GaussianDiffusion {
     fn check_t(&self, t: &[usize], x: &Tensor) -> Result<()> {
         let n = x.dim(0)?;
         if t.len() != n {
-            return Err(Error::Shape { what: "timesteps".into(), expected: format!("{n} timesteps"), got: vec![t.len()] });
+            return Err(Error::Shape {
+                what: "timesteps".into(),
+                expected: format!("{n} timesteps"),
+                got: vec![t.len()],
+            });
         }
         if let Some(&bad) = t.iter().find(|&&i| i >= self.num_steps()) {
             return Err(Error::Data(format!("timestep {bad} is outside 0..{}", self.num_steps())));
@@ -298,7 +301,14 @@ impl GaussianDiffusion {
 
     /// The hybrid loss of improved DDPM: MSE on eps, plus (with learned sigma) the variational bound in bits
     /// per dimension whose gradient reaches only the variance (the mean is detached), as DiT trains.
-    pub fn training_losses(&self, model_output: &Tensor, x_start: &Tensor, x_t: &Tensor, t: &[usize], noise: &Tensor) -> Result<Losses> {
+    pub fn training_losses(
+        &self,
+        model_output: &Tensor,
+        x_start: &Tensor,
+        x_t: &Tensor,
+        t: &[usize],
+        noise: &Tensor,
+    ) -> Result<Losses> {
         let (eps, var_values) = self.split_output(model_output, x_t)?;
         let mse = mean_flat(&(noise - &eps)?.sqr()?)?;
         let vb = match var_values {
@@ -333,12 +343,20 @@ impl GaussianDiffusion {
     }
 
     /// One DDIM step x_t -> x_{t-1} with stochasticity `eta`.
-    pub fn ddim_sample(&self, prediction: &Prediction, x_t: &Tensor, t: &[usize], eta: f64, noise: &Tensor) -> Result<Tensor> {
+    pub fn ddim_sample(
+        &self,
+        prediction: &Prediction,
+        x_t: &Tensor,
+        t: &[usize],
+        eta: f64,
+        noise: &Tensor,
+    ) -> Result<Tensor> {
         let eps = self.predict_eps_from_xstart(x_t, t, &prediction.pred_xstart)?;
         let abar = self.extract(&self.alphas_cumprod, t, x_t)?;
         let abar_prev = self.extract(&self.alphas_cumprod_prev, t, x_t)?;
         let one_minus = |x: &Tensor| -> Result<Tensor> { Ok(x.neg()?.affine(1.0, 1.0)?) };
-        let sigma = ((one_minus(&abar_prev)? / one_minus(&abar)?)?.sqrt()? * one_minus(&(&abar / &abar_prev)?)?.sqrt()?)?;
+        let sigma =
+            ((one_minus(&abar_prev)? / one_minus(&abar)?)?.sqrt()? * one_minus(&(&abar / &abar_prev)?)?.sqrt()?)?;
         let sigma = (sigma * eta)?;
         let mean = (prediction.pred_xstart.broadcast_mul(&abar_prev.sqrt()?)?
             + eps.broadcast_mul(&(one_minus(&abar_prev)? - sigma.sqr()?)?.sqrt()?)?)?;
@@ -348,19 +366,18 @@ impl GaussianDiffusion {
     }
 
     /// One step of either sampler.
-    pub fn step(&self, sampler: SamplerKind, prediction: &Prediction, x_t: &Tensor, t: &[usize], noise: &Tensor) -> Result<Tensor> {
+    pub fn step(
+        &self,
+        sampler: SamplerKind,
+        prediction: &Prediction,
+        x_t: &Tensor,
+        t: &[usize],
+        noise: &Tensor,
+    ) -> Result<Tensor> {
         match sampler {
             SamplerKind::Ddpm => self.p_sample(prediction, t, noise),
             SamplerKind::Ddim { eta } => self.ddim_sample(prediction, x_t, t, eta, noise),
         }
-    }
-
-    /// Per-element dtype check shared by entry points that take user tensors.
-    pub fn check_float(x: &Tensor, what: &str) -> Result<()> {
-        if x.dtype() != DType::F32 {
-            return Err(Error::Data(format!("{what} must be f32, got {:?}", x.dtype())));
-        }
-        Ok(())
     }
 }
 

@@ -173,8 +173,7 @@ impl Dit {
         config.validate()?;
         let root = params.root();
         let dim = config.hidden_size;
-        let patch_embed =
-            Linear::conv_patch(&root.pp("x_embedder.proj"), dim, config.in_channels, config.patch_size)?;
+        let patch_embed = Linear::conv_patch(&root.pp("x_embedder.proj"), dim, config.in_channels, config.patch_size)?;
         let pos_embed = sincos_pos_embed_2d(dim, config.grid_size(), params.device())?.unsqueeze(0)?;
         let t_path = root.pp("t_embedder.mlp");
         let t_init = Init::Normal { std: 0.02 };
@@ -187,11 +186,19 @@ impl Dit {
                 Some(root.pp("y_embedder.embedding_table").get("weight", &[rows, dim], Init::Normal { std: 0.02 })?)
             }
         };
-        let blocks = (0..config.depth)
-            .map(|i| DitBlock::new(&root.pp("blocks").pp(i), config))
-            .collect::<Result<Vec<_>>>()?;
+        let blocks =
+            (0..config.depth).map(|i| DitBlock::new(&root.pp("blocks").pp(i), config)).collect::<Result<Vec<_>>>()?;
         let final_layer = FinalLayer::new(&root.pp("final_layer"), config)?;
-        Ok(Dit { config: config.clone(), patch_embed, pos_embed, t_mlp_in, t_mlp_out, label_table, blocks, final_layer })
+        Ok(Dit {
+            config: config.clone(),
+            patch_embed,
+            pos_embed,
+            t_mlp_in,
+            t_mlp_out,
+            label_table,
+            blocks,
+            final_layer,
+        })
     }
 
     /// A freshly initialised model and its variables.
@@ -220,7 +227,8 @@ impl Dit {
 
     /// The conditioning vector `c` = timestep embedding (+ label embedding).
     fn condition(&self, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
-        let t_emb = self.t_mlp_out.forward(&self.t_mlp_in.forward(&timestep_features(t, TIMESTEP_FREQUENCIES)?)?.silu()?)?;
+        let t_emb =
+            self.t_mlp_out.forward(&self.t_mlp_in.forward(&timestep_features(t, TIMESTEP_FREQUENCIES)?)?.silu()?)?;
         match (&self.label_table, labels) {
             (None, None) => Ok(t_emb),
             (Some(table), Some(labels)) => {

@@ -50,7 +50,9 @@ pub fn to_images(samples: &Tensor) -> Result<Vec<DynamicImage>> {
     for i in 0..n {
         let sample = &data[i * c * plane..(i + 1) * c * plane];
         let img = if c == 1 {
-            DynamicImage::ImageLuma8(GrayImage::from_raw(w as u32, h as u32, sample.iter().map(|&v| to_byte(v)).collect()).expect("size"))
+            DynamicImage::ImageLuma8(
+                GrayImage::from_raw(w as u32, h as u32, sample.iter().map(|&v| to_byte(v)).collect()).expect("size"),
+            )
         } else {
             let channels: Vec<Vec<u8>> = (0..3.min(c))
                 .map(|ch| {
@@ -87,7 +89,12 @@ pub fn grid(images: &[DynamicImage], columns: usize) -> Option<RgbImage> {
     let mut canvas = RgbImage::from_pixel(columns * (w + pad) + pad, rows * (h + pad) + pad, image::Rgb([32, 32, 32]));
     for (i, img) in images.iter().enumerate() {
         let (col, row) = (i as u32 % columns, i as u32 / columns);
-        image::imageops::replace(&mut canvas, &img.to_rgb8(), (pad + col * (w + pad)) as i64, (pad + row * (h + pad)) as i64);
+        image::imageops::replace(
+            &mut canvas,
+            &img.to_rgb8(),
+            (pad + col * (w + pad)) as i64,
+            (pad + row * (h + pad)) as i64,
+        );
     }
     Some(canvas)
 }

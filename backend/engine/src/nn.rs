@@ -19,7 +19,9 @@ pub enum Init {
     /// Glorot/Xavier uniform with fan_out = dim 0 and fan_in = the product of the other dims (so a conv
     /// kernel is treated as its flattened linear map, as DiT does for the patch embedding).
     XavierUniform,
-    Normal { std: f64 },
+    Normal {
+        std: f64,
+    },
 }
 
 enum Source {
@@ -37,7 +39,11 @@ pub struct Params {
 impl Params {
     /// Fresh parameters drawn from a generator seeded with `seed`.
     pub fn random(seed: u64, device: &Device) -> Self {
-        Params { device: device.clone(), source: Source::Random(RefCell::new(Rng::new(seed))), vars: Default::default() }
+        Params {
+            device: device.clone(),
+            source: Source::Random(RefCell::new(Rng::new(seed))),
+            vars: Default::default(),
+        }
     }
 
     /// Parameters taken from `tensors` (e.g. a checkpoint): every requested name must be there with the
@@ -163,9 +169,8 @@ impl VarSet {
     /// Overwrites every variable from `tensors` (same names and shapes required).
     pub fn assign(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         for (name, var) in &self.vars {
-            let value = tensors
-                .get(name)
-                .ok_or_else(|| Error::Param { name: name.clone(), reason: "missing".into() })?;
+            let value =
+                tensors.get(name).ok_or_else(|| Error::Param { name: name.clone(), reason: "missing".into() })?;
             if value.dims() != var.dims() {
                 return Err(Error::Param {
                     name: name.clone(),

@@ -80,7 +80,11 @@ pub fn guided_output(model: &Dit, x: &Tensor, t_model: &Tensor, labels: Option<&
     })?;
     let n = x.dim(0)?;
     let null_labels = Tensor::full(null as u32, n, x.device())?;
-    let out = model.forward(&Tensor::cat(&[x, x], 0)?, &Tensor::cat(&[t_model, t_model], 0)?, Some(&Tensor::cat(&[labels, &null_labels], 0)?))?;
+    let out = model.forward(
+        &Tensor::cat(&[x, x], 0)?,
+        &Tensor::cat(&[t_model, t_model], 0)?,
+        Some(&Tensor::cat(&[labels, &null_labels], 0)?),
+    )?;
     let c = x.dim(1)?;
     let (cond, uncond) = (out.narrow(0, 0, n)?, out.narrow(0, n, n)?);
     let (cond_eps, uncond_eps) = (cond.narrow(1, 0, c)?, uncond.narrow(1, 0, c)?);
@@ -89,14 +93,21 @@ pub fn guided_output(model: &Dit, x: &Tensor, t_model: &Tensor, labels: Option<&
     Ok(Tensor::cat(&[&eps, &rest], 1)?)
 }
 
+/// What the reverse process is steered by: class labels (for a class-conditional model) and the
+/// classifier-free guidance scale (1 = none).
+#[derive(Clone, Copy)]
+pub struct Guide<'a> {
+    pub labels: Option<&'a Tensor>,
+    pub scale: f64,
+}
+
 /// Runs the reverse process from `noise` to data. `on_step(i, &prediction)` sees each step's prediction
 /// (its `pred_xstart` is the x0 estimate along the trajectory).
 pub fn denoise(
     model: &Dit,
     diffusion: &GaussianDiffusion,
     noise: Tensor,
-    labels: Option<&Tensor>,
-    guidance_scale: f64,
+    guide: Guide,
     sampler: SamplerKind,
     rng: &mut Rng,
     mut on_step: impl FnMut(usize, &Prediction),
@@ -106,7 +117,7 @@ pub fn denoise(
     for i in (0..diffusion.num_steps()).rev() {
         let t = vec![i; n];
         let t_model = diffusion.model_timesteps(&t, x.device())?;
-        let output = guided_output(model, &x, &t_model, labels, guidance_scale)?;
+        let output = guided_output(model, &x, &t_model, guide.labels, guide.scale)?;
         let prediction = diffusion.p_mean_variance(&output, &x, &t)?;
         let step_noise = rng.randn(x.shape().clone(), x.device())?;
         x = diffusion.step(sampler, &prediction, &x, &t, &step_noise)?;
@@ -135,7 +146,13 @@ pub fn labels_for(model: &Dit, requested: Option<&[u32]>, n: usize) -> Result<Op
 
 /// Draws `options.num_samples` samples; returns `[N, C, H, W]` and the label of each.
 /// `on_progress(done_steps, total_steps)` is called after every denoising step.
-pub fn sample(model: &Dit, config: &RunConfig, options: &SampleOptions, device: &Device, mut on_progress: impl FnMut(usize, usize)) -> Result<(Tensor, Option<Vec<u32>>)> {
+pub fn sample(
+    model: &Dit,
+    config: &RunConfig,
+    options: &SampleOptions,
+    device: &Device,
+    mut on_progress: impl FnMut(usize, usize),
+) -> Result<(Tensor, Option<Vec<u32>>)> {
     if options.num_samples == 0 || options.batch_size == 0 {
         return Err(Error::Config("num_samples and batch_size must be positive".into()));
     }
@@ -155,10 +172,18 @@ pub fn sample(model: &Dit, config: &RunConfig, options: &SampleOptions, device: 
             Some(all) => Some(Tensor::new(&all[start..start + n], device)?),
             None => None,
         };
-        let x = denoise(model, &diffusion, noise, batch_labels.as_ref(), options.guidance_scale, options.sampler, &mut rng, |_, _| {
-            done += 1;
-            on_progress(done, total);
-        })?;
+        let x = denoise(
+            model,
+            &diffusion,
+            noise,
+            Guide { labels: batch_labels.as_ref(), scale: options.guidance_scale },
+            options.sampler,
+            &mut rng,
+            |_, _| {
+                done += 1;
+                on_progress(done, total);
+            },
+        )?;
         outputs.push(x);
     }
     Ok((Tensor::cat(&outputs, 0)?, labels))

@@ -96,7 +96,11 @@ impl Trainer {
     }
 
     /// A run initialised from given model weights (e.g. a fine-tune), with fresh optimiser state.
-    pub fn from_weights(config: RunConfig, weights: std::collections::HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+    pub fn from_weights(
+        config: RunConfig,
+        weights: std::collections::HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate()?;
         let params = Params::loaded(weights, device);
         let model = Dit::new(&config.model, &params)?;
@@ -105,11 +109,23 @@ impl Trainer {
 
     fn assemble(config: RunConfig, model: Dit, vars: VarSet, device: &Device) -> Result<Self> {
         let optimizer = AdamW::new(adamw_config(&config), &vars)?;
-        let ema = Ema::new(config.train.ema_decay, &vars)?;
+        let ema = Ema::new(config.train.ema_decay, config.train.ema_warmup, &vars)?;
         let diffusion = GaussianDiffusion::new(&config.diffusion, config.model.learn_sigma);
         // A stream separate from the initialisation's, so changing the architecture does not change the data order.
         let rng = Rng::derive(config.train.seed, 1);
-        Ok(Trainer { config, model, vars, optimizer, ema, diffusion, rng, step: 0, order: Vec::new(), cursor: 0, device: device.clone() })
+        Ok(Trainer {
+            config,
+            model,
+            vars,
+            optimizer,
+            ema,
+            diffusion,
+            rng,
+            step: 0,
+            order: Vec::new(),
+            cursor: 0,
+            device: device.clone(),
+        })
     }
 
     /// Continues a run from a checkpoint written by [`Trainer::save`]: weights, EMA, optimiser moments, RNG,
@@ -118,14 +134,18 @@ impl Trainer {
         let ckpt = Checkpoint::read(path, device)?;
         let config = ckpt.config()?;
         if !ckpt.has_section("optim") {
-            return Err(Error::checkpoint(path, "holds weights only (no optimiser state): use it to fine-tune or sample, not to resume"));
+            return Err(Error::checkpoint(
+                path,
+                "holds weights only (no optimiser state): use it to fine-tune or sample, not to resume",
+            ));
         }
         let mut trainer = Self::from_weights(config, ckpt.section("model"), device)?;
         trainer.ema.load(&ckpt.section("ema"))?;
         trainer.optimizer.load_state(&ckpt.section("optim"), ckpt.meta_u64("optim_step")?)?;
         trainer.step = ckpt.meta_u64("step")? as usize;
         let rng: Vec<u64> = ckpt.meta("rng")?.split(',').filter_map(|s| s.parse().ok()).collect();
-        let state: [u64; 4] = rng.try_into().map_err(|_| Error::checkpoint(path, "rng metadata is not four integers"))?;
+        let state: [u64; 4] =
+            rng.try_into().map_err(|_| Error::checkpoint(path, "rng metadata is not four integers"))?;
         trainer.rng = Rng::from_state(state);
         trainer.cursor = ckpt.meta_u64("cursor")? as usize;
         if let Some(order) = ckpt.tensors.get("data.order") {
@@ -169,16 +189,26 @@ impl Trainer {
         let (c, h, w) = data.sample_dims();
         let expected = self.config.model.sample_dims();
         if (c, h, w) != expected {
-            return Err(Error::Data(format!("samples are {c}x{h}x{w} (CxHxW) but the model expects {}x{}x{}", expected.0, expected.1, expected.2)));
+            return Err(Error::Data(format!(
+                "samples are {c}x{h}x{w} (CxHxW) but the model expects {}x{}x{}",
+                expected.0, expected.1, expected.2
+            )));
         }
         if let Conditioning::Class { num_classes, .. } = self.config.model.conditioning {
-            let labels = data.labels.as_ref().ok_or_else(|| Error::Data("a class-conditional model needs labelled data".into()))?;
+            let labels = data
+                .labels
+                .as_ref()
+                .ok_or_else(|| Error::Data("a class-conditional model needs labelled data".into()))?;
             if let Some(&bad) = labels.iter().find(|&&l| l as usize >= num_classes) {
                 return Err(Error::Data(format!("label {bad} is out of range for a model of {num_classes} classes")));
             }
         }
         if !self.order.is_empty() && self.order.len() != data.len() {
-            return Err(Error::Data(format!("this run was trained on {} samples; the data now has {}", self.order.len(), data.len())));
+            return Err(Error::Data(format!(
+                "this run was trained on {} samples; the data now has {}",
+                self.order.len(),
+                data.len()
+            )));
         }
         Ok(())
     }
@@ -215,7 +245,13 @@ impl Trainer {
                 let all = data.labels.as_ref().expect("checked in check_data");
                 let ids: Vec<u32> = indices
                     .iter()
-                    .map(|&i| if dropout_prob > 0.0 && self.rng.bernoulli(dropout_prob) { num_classes as u32 } else { all[i as usize] })
+                    .map(|&i| {
+                        if dropout_prob > 0.0 && self.rng.bernoulli(dropout_prob) {
+                            num_classes as u32
+                        } else {
+                            all[i as usize]
+                        }
+                    })
                     .collect();
                 Some(Tensor::new(ids.as_slice(), &self.device)?)
             }
@@ -236,7 +272,7 @@ impl Trainer {
             None => grad_norm(&self.vars, &grads)?,
         };
         self.optimizer.step(&self.vars, &grads)?;
-        self.ema.update(&self.vars)?;
+        self.ema.update(&self.vars, self.step as u64)?;
         self.step += 1;
         Ok(StepStats {
             step: self.step,
@@ -272,16 +308,17 @@ impl Trainer {
             first_loss.get_or_insert(stats.loss);
             last_loss = Some(stats.loss);
             on_step(&stats);
-            if let Some(path) = checkpoint {
-                if self.step % every == 0 && self.step < until_step {
-                    self.save(path)?;
-                }
-            }
-        }
-        if let Some(path) = checkpoint {
-            if self.step > start_step || stop == StopReason::Cancelled {
+            if let Some(path) = checkpoint
+                && self.step.is_multiple_of(every)
+                && self.step < until_step
+            {
                 self.save(path)?;
             }
+        }
+        if let Some(path) = checkpoint
+            && (self.step > start_step || stop == StopReason::Cancelled)
+        {
+            self.save(path)?;
         }
         Ok(RunSummary {
             stop,

@@ -95,8 +95,16 @@ fn q_sample_and_posterior_match_reference() {
     assert_close("q_sample", &x_t, case.get("x_t"));
     let (mean, var, log_var) = diffusion.q_posterior(case.get("x_start"), case.get("x_t"), &t).unwrap();
     assert_close("posterior mean", &mean, case.get("posterior_mean"));
-    assert_close("posterior variance", &var.contiguous().unwrap(), &case.get("posterior_variance").broadcast_as(var.shape()).unwrap().contiguous().unwrap());
-    assert_close("posterior log variance", &log_var.contiguous().unwrap(), &case.get("posterior_log_variance").broadcast_as(log_var.shape()).unwrap().contiguous().unwrap());
+    assert_close(
+        "posterior variance",
+        &var.contiguous().unwrap(),
+        &case.get("posterior_variance").broadcast_as(var.shape()).unwrap().contiguous().unwrap(),
+    );
+    assert_close(
+        "posterior log variance",
+        &log_var.contiguous().unwrap(),
+        &case.get("posterior_log_variance").broadcast_as(log_var.shape()).unwrap().contiguous().unwrap(),
+    );
 }
 
 #[test]

@@ -35,6 +35,7 @@ fn tiny_config(steps: usize, conditioning: Conditioning) -> RunConfig {
             adam_eps: 1e-8,
             grad_clip_norm: Some(1.0),
             ema_decay: 0.99,
+            ema_warmup: true,
             checkpoint_every: 10,
             seed: 3,
             hflip: true,
@@ -74,7 +75,8 @@ fn every_parameter_gets_a_finite_nonzero_gradient_after_one_step() {
     let diffusion = trainer.diffusion().clone();
     let x_t = diffusion.q_sample(&x, &t, &noise).unwrap();
     let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2, 0, 1], &Device::Cpu).unwrap();
-    let out = trainer.model.forward(&x_t, &diffusion.model_timesteps(&t, &Device::Cpu).unwrap(), Some(&labels)).unwrap();
+    let out =
+        trainer.model.forward(&x_t, &diffusion.model_timesteps(&t, &Device::Cpu).unwrap(), Some(&labels)).unwrap();
     let loss = diffusion.training_losses(&out, &x, &x_t, &t, &noise).unwrap().loss.mean_all().unwrap();
     let grads = loss.backward().unwrap();
     // patch embed 2 + timestep MLP 4 + label table 1 + 2 blocks x 10 + final layer 4
@@ -231,7 +233,11 @@ fn bad_inputs_get_errors_that_name_the_problem() {
     std::fs::write(&garbage, b"this is not a checkpoint").unwrap();
     let foreign = dir.join("foreign.safetensors");
     bars().save_latent_file(&foreign).unwrap();
-    for (path, needle) in [(&truncated, "not a readable safetensors"), (&garbage, "not a readable safetensors"), (&foreign, "not a RepDiff checkpoint")] {
+    for (path, needle) in [
+        (&truncated, "not a readable safetensors"),
+        (&garbage, "not a readable safetensors"),
+        (&foreign, "not a RepDiff checkpoint"),
+    ] {
         let err = Trainer::resume(path, &dev).err().expect("must fail").to_string();
         assert!(err.contains(needle) && err.contains(path.file_name().unwrap().to_str().unwrap()), "{err}");
     }
@@ -243,7 +249,10 @@ fn bad_inputs_get_errors_that_name_the_problem() {
     let mut wider = config.clone();
     wider.model.hidden_size = 128;
     let err = Trainer::from_weights(wider, ck.section("model"), &dev).err().unwrap().to_string();
-    assert!(err.contains("x_embedder.proj.weight") && err.contains("[64, 1, 2, 2]") && err.contains("[128, 1, 2, 2]"), "{err}");
+    assert!(
+        err.contains("x_embedder.proj.weight") && err.contains("[64, 1, 2, 2]") && err.contains("[128, 1, 2, 2]"),
+        "{err}"
+    );
     let mut uncond = config;
     uncond.model.conditioning = Conditioning::None;
     let err = Trainer::from_weights(uncond, ck.section("model"), &dev).err().unwrap().to_string();

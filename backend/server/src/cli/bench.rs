@@ -1,0 +1,91 @@
+//! `repdiff bench`: forward throughput and training steps/s of named DiTs on random latents.
+//! Prints a Markdown table (for docs/benchmarks.md).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use repdiff_engine::Tensor;
+use repdiff_engine::config::{Conditioning, ModelConfig, RunConfig};
+use repdiff_engine::data::Dataset;
+use repdiff_engine::device::best_device;
+use repdiff_engine::rng::Rng;
+use repdiff_engine::train::Trainer;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Models to measure, comma-separated: DiT names, or a preset name (tiny-cpu) for that preset's model.
+    #[arg(long, value_delimiter = ',', default_value = "DiT-S/2,DiT-B/2")]
+    models: Vec<String>,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Timed repetitions of each measurement (after one untimed warm-up).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Latent size and channels (32x32x4 = SD-VAE latents of 256x256 images).
+    #[arg(long, default_value_t = 32)]
+    input_size: usize,
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+}
+
+fn mean_seconds(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let start = Instant::now();
+    for _ in 0..iters {
+        f()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / iters as f64)
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let (device, device_note) = best_device();
+    let iters = args.iters.max(1);
+    println!(
+        "Device: {device_note}; batch {}, {}x{}x{} inputs, mean of {iters} timed runs after a warm-up\n",
+        args.batch_size, args.channels, args.input_size, args.input_size
+    );
+    println!("| model | parameters | forward s/batch | forward images/s | train s/step | train steps/s |");
+    println!("|---|---|---|---|---|---|");
+    for name in &args.models {
+        let mut config = RunConfig::preset("paper")?;
+        config.model = match RunConfig::preset(name) {
+            Ok(preset) => preset.model,
+            Err(_) => ModelConfig::dit(
+                name,
+                args.input_size,
+                args.channels,
+                Conditioning::Class { num_classes: 2, dropout_prob: 0.1 },
+            )?,
+        };
+        config.train.batch_size = args.batch_size;
+        let (channels, size, _) = config.model.sample_dims();
+        let mut trainer = Trainer::new(config, &device)?;
+        let n = args.batch_size;
+        let mut rng = Rng::new(0);
+        let data = Dataset::new(
+            rng.randn((n, channels, size, size), &device)?,
+            Some((0..n as u32).map(|i| i % 2).collect()),
+            Vec::new(),
+        )?;
+        let x = rng.randn((n, channels, size, size), &device)?;
+        let t = Tensor::from_vec((0..n).map(|i| (i * 61 % 1000) as f32).collect::<Vec<_>>(), n, &device)?;
+        let y = Tensor::from_vec((0..n as u32).map(|i| i % 2).collect::<Vec<_>>(), n, &device)?;
+        let forward = mean_seconds(iters, || {
+            let out = trainer.model.forward(&x, &t, Some(&y))?;
+            out.sum_all()?.to_scalar::<f32>()?;
+            Ok(())
+        })?;
+        let step = mean_seconds(iters, || {
+            trainer.train_step(&data)?;
+            Ok(())
+        })?;
+        println!(
+            "| {name} | {:.1}M | {forward:.3} | {:.1} | {step:.3} | {:.3} |",
+            trainer.vars().num_parameters() as f64 / 1e6,
+            n as f64 / forward,
+            1.0 / step
+        );
+    }
+    Ok(())
+}

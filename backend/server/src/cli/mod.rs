@@ -1,0 +1,182 @@
+//! Command-line interface: argument definitions and dispatch. Each command lives in its own module and is
+//! a thin layer over `repdiff-engine`.
+
+mod bench;
+mod sample;
+mod train;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use repdiff_engine::config::{Conditioning, ModelConfig, RunConfig};
+use repdiff_engine::device::best_device;
+
+#[derive(Parser)]
+#[command(
+    name = "repdiff",
+    version,
+    about = "Representation-conditional latent diffusion for CT: train, sample, benchmark"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a DiT (from a folder of images, a latent file, or the toy set); resumes with --resume.
+    Train(train::TrainArgs),
+    /// Draw samples from a checkpoint: PNG files, a grid, and the raw tensors.
+    Sample(sample::SampleArgs),
+    /// Measure training steps/s and forward throughput of DiT models on this machine.
+    Bench(bench::BenchArgs),
+    /// Train the tiny-cpu preset on the toy set and sample each class: the whole engine in a few minutes.
+    Demo(DemoArgs),
+    /// Print a preset's full configuration as JSON (a starting point for --config files).
+    Config {
+        #[arg(long, default_value = "tiny-cpu")]
+        preset: String,
+    },
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Output folder.
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+    /// Training steps.
+    #[arg(long, default_value_t = 1500)]
+    steps: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CondArg {
+    None,
+    Class,
+}
+
+/// Options shared by commands that build a run configuration.
+#[derive(Args, Clone)]
+pub struct ConfigArgs {
+    /// Configuration preset: tiny-cpu (minutes on a CPU) or paper (DiT-B/2 on SD-VAE latents, for a GPU).
+    #[arg(long, default_value = "tiny-cpu")]
+    preset: String,
+    /// A JSON run configuration (see `repdiff config`); overrides --preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A named model (DiT-S/2 ... DiT-XL/8) replacing the preset's architecture.
+    #[arg(long)]
+    model: Option<String>,
+    /// Conditioning: none (unconditional) or class (with a null class for guidance).
+    #[arg(long, value_enum)]
+    conditioning: Option<CondArg>,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+}
+
+impl ConfigArgs {
+    /// Whether these options would change what the run is (not allowed when resuming: only its length and
+    /// checkpoint cadence may change).
+    pub fn changes_run(&self) -> bool {
+        self.config.is_some()
+            || self.model.is_some()
+            || self.conditioning.is_some()
+            || self.preset != "tiny-cpu"
+            || self.batch_size.is_some()
+            || self.lr.is_some()
+            || self.seed.is_some()
+    }
+
+    pub fn resolve(&self, num_classes: usize) -> Result<RunConfig> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                RunConfig::from_json(&text)?
+            }
+            None => RunConfig::preset(&self.preset)?,
+        };
+        if let Some(name) = &self.model {
+            let m = &config.model;
+            config.model = ModelConfig::dit(name, m.input_size, m.in_channels, m.conditioning.clone())?;
+        }
+        match self.conditioning {
+            Some(CondArg::None) => config.model.conditioning = Conditioning::None,
+            Some(CondArg::Class) if config.model.num_classes().is_none() => {
+                config.model.conditioning = Conditioning::Class { num_classes: num_classes.max(1), dropout_prob: 0.1 }
+            }
+            _ => {}
+        }
+        if let (Conditioning::Class { num_classes: n, .. }, true) = (&mut config.model.conditioning, num_classes > 0) {
+            *n = num_classes;
+        }
+        let t = &mut config.train;
+        if let Some(v) = self.steps {
+            t.steps = v;
+        }
+        if let Some(v) = self.batch_size {
+            t.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            t.learning_rate = v;
+        }
+        if let Some(v) = self.seed {
+            t.seed = v;
+        }
+        if let Some(v) = self.checkpoint_every {
+            t.checkpoint_every = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Sample(args) => sample::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => demo(args),
+        Command::Config { preset } => {
+            println!("{}", serde_json::to_string_pretty(&RunConfig::preset(&preset)?)?);
+            Ok(())
+        }
+    }
+}
+
+fn demo(args: DemoArgs) -> Result<()> {
+    if args.steps == 0 {
+        bail!("--steps must be positive");
+    }
+    let (_, device_note) = best_device();
+    println!(
+        "RepDiff demo: tiny-cpu DiT on 256 toy images (horizontal vs vertical bars), {} steps, on {device_note}",
+        args.steps
+    );
+    let train_args = train::TrainArgs::toy_demo(&args.out, args.steps);
+    train::run(train_args)?;
+    let sample_args = sample::SampleArgs::demo(&args.out);
+    sample::run(sample_args)?;
+    println!(
+        "\nOpen {} to see 8 samples of each class (top rows: horizontal, bottom rows: vertical).",
+        args.out.join("samples/grid.png").display()
+    );
+    Ok(())
+}
+
+pub fn progress_bar(total: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}

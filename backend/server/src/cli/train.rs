@@ -1,0 +1,190 @@
+//! `repdiff train`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use repdiff_engine::config::{DataSpace, RunConfig};
+use repdiff_engine::data::Dataset;
+use repdiff_engine::device::best_device;
+use repdiff_engine::train::{CancelToken, StopReason, Trainer};
+
+use super::{ConfigArgs, progress_bar};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// A folder of PNG/JPEG images; sub-folders are classes.
+    #[arg(long, group = "source")]
+    images: Option<PathBuf>,
+    /// A safetensors file with `latents` [N, C, H, W] and optional `labels` [N].
+    #[arg(long, group = "source")]
+    latents: Option<PathBuf>,
+    /// Generate N toy images (two classes: horizontal and vertical bars) at the model's input size.
+    #[arg(long, group = "source")]
+    toy: Option<usize>,
+    /// Run folder: checkpoint.safetensors, config.json, metrics.csv.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Continue the run in --out from its checkpoint (same data required).
+    #[arg(long)]
+    resume: bool,
+}
+
+impl TrainArgs {
+    pub fn toy_demo(out: &Path, steps: usize) -> Self {
+        TrainArgs {
+            config: ConfigArgs {
+                preset: "tiny-cpu".into(),
+                config: None,
+                model: None,
+                conditioning: None,
+                steps: Some(steps),
+                batch_size: None,
+                lr: None,
+                seed: None,
+                checkpoint_every: None,
+            },
+            images: None,
+            latents: None,
+            toy: Some(256),
+            out: out.to_path_buf(),
+            resume: false,
+        }
+    }
+}
+
+fn load_data(args: &TrainArgs, config: &RunConfig, device: &repdiff_engine::Device) -> Result<Dataset> {
+    let (c, size, _) = config.model.sample_dims();
+    if let Some(dir) = &args.images {
+        if config.data_space != DataSpace::Pixels {
+            bail!(
+                "--images trains in pixel space, but this config expects {:?} latents: encode them first, or use --preset tiny-cpu",
+                config.data_space
+            );
+        }
+        return Ok(Dataset::from_image_folder(dir, size, c, device)?);
+    }
+    if let Some(path) = &args.latents {
+        return Ok(Dataset::from_latent_file(path, device)?);
+    }
+    if let Some(n) = args.toy {
+        if c != 1 {
+            bail!("the toy set is grey (1 channel) but the model takes {c} channels");
+        }
+        return Ok(Dataset::toy_bars(n, size, 1234, device)?);
+    }
+    bail!("say what to train on: --images DIR, --latents FILE or --toy N")
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let (device, device_note) = best_device();
+    let ckpt = args.out.join("checkpoint.safetensors");
+    let mut trainer = if args.resume {
+        let mut trainer =
+            Trainer::resume(&ckpt, &device).with_context(|| format!("resuming from {}", ckpt.display()))?;
+        if args.config.changes_run() {
+            bail!("--resume continues the run as configured; only --steps and --checkpoint-every may change");
+        }
+        // The run's length and checkpoint cadence may change; everything else is the checkpoint's.
+        if let Some(steps) = args.config.steps {
+            trainer.config.train.steps = steps;
+        }
+        if let Some(every) = args.config.checkpoint_every {
+            trainer.config.train.checkpoint_every = every;
+        }
+        println!("Resuming {} at step {}", args.out.display(), trainer.step());
+        trainer
+    } else {
+        if ckpt.exists() {
+            bail!("{} already holds a run: pass --resume to continue it, or choose another --out", args.out.display());
+        }
+        // Resolve once without data to learn the input size, then again with the data's class count.
+        let probe = args.config.resolve(0)?;
+        let data = load_data(&args, &probe, &device)?;
+        let config = args.config.resolve(data.num_classes())?;
+        Trainer::new(config, &device)?
+    };
+    let config = trainer.config.clone();
+    let data = load_data(&args, &config, &device)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::write(args.out.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+
+    let m = &config.model;
+    println!(
+        "Training {}x{}x{} inputs, DiT depth {} width {} heads {} patch {} ({:.2}M parameters), {:?}",
+        m.in_channels,
+        m.input_size,
+        m.input_size,
+        m.depth,
+        m.hidden_size,
+        m.num_heads,
+        m.patch_size,
+        trainer.vars().num_parameters() as f64 / 1e6,
+        m.conditioning
+    );
+    println!(
+        "Data: {} samples{}; device: {device_note}",
+        data.len(),
+        if data.class_names.is_empty() { String::new() } else { format!(", classes {:?}", data.class_names) }
+    );
+
+    let total = config.train.steps;
+    if trainer.step() >= total {
+        println!("Nothing to do: the run is at step {} of {total}. Raise --steps to train further.", trainer.step());
+        return Ok(());
+    }
+    let metrics_path = args.out.join("metrics.csv");
+    let new_file = !metrics_path.exists() || !args.resume;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(args.resume)
+        .write(true)
+        .truncate(!args.resume)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    if new_file {
+        writeln!(metrics, "step,loss,mse,vb,grad_norm")?;
+    }
+
+    let cancel = CancelToken::default();
+    let bar = progress_bar(total as u64, "{bar:40} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}");
+    bar.set_position(trainer.step() as u64);
+    let mut smoothed: Option<f32> = None;
+    let started = Instant::now();
+    let mut io_error = None;
+    let summary = trainer.run(&data, total, Some(&ckpt), &cancel, |s| {
+        if let Err(e) = writeln!(metrics, "{},{},{},{},{}", s.step, s.loss, s.mse, s.vb, s.grad_norm) {
+            io_error.get_or_insert(e);
+        }
+        let ema = smoothed.map_or(s.loss, |v| 0.98 * v + 0.02 * s.loss);
+        smoothed = Some(ema);
+        bar.set_position(s.step as u64);
+        bar.set_message(format!("loss {ema:.4} (mse {:.4}, vb {:.4})", s.mse, s.vb));
+    })?;
+    bar.finish();
+    if let Some(e) = io_error {
+        return Err(e).context("writing metrics.csv");
+    }
+    let rate = summary.steps_run as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "\n{}",
+        match summary.stop {
+            StopReason::Finished => "Finished.",
+            StopReason::Cancelled => "Cancelled.",
+        }
+    );
+    println!("  steps        {} (this session {}, {rate:.2} steps/s)", summary.step, summary.steps_run);
+    if let (Some(first), Some(last)) = (summary.first_loss, summary.last_loss) {
+        println!(
+            "  loss         {first:.4} at the first step, {last:.4} at the last (smoothed {:.4})",
+            smoothed.unwrap_or(last)
+        );
+    }
+    println!("  checkpoint   {}", ckpt.display());
+    println!("  metrics      {}", metrics_path.display());
+    Ok(())
+}

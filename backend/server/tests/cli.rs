@@ -1,0 +1,129 @@
+//! The `repdiff` binary end to end: train on a folder of images, resume, sample, and refuse bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repdiff(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_repdiff")).args(args).output().expect("runs repdiff")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("repdiff-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A class-per-folder image set: dark squares in `a/`, bright squares in `b/`, 16x16 PNGs.
+fn image_folder(root: &Path) {
+    for (class, value) in [("a", 40u8), ("b", 220u8)] {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..4u8 {
+            let img = image::GrayImage::from_fn(16, 16, |x, y| image::Luma([value.wrapping_add(((x + y) as u8) * i)]));
+            img.save(dir.join(format!("{i}.png"))).unwrap();
+        }
+    }
+    std::fs::write(root.join("a/notes.txt"), "not an image: ignored").unwrap();
+}
+
+fn tiny_config(dir: &Path) -> PathBuf {
+    let out = repdiff(&["config", "--preset", "tiny-cpu"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    config["model"]["input_size"] = 8.into();
+    config["model"]["patch_size"] = 2.into();
+    config["model"]["hidden_size"] = 32.into();
+    config["model"]["depth"] = 1.into();
+    config["train"]["batch_size"] = 4.into();
+    config["train"]["checkpoint_every"] = 2.into();
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn train_resume_and_sample_from_an_image_folder() {
+    let dir = tempdir("train");
+    image_folder(&dir.join("images"));
+    let config = tiny_config(&dir);
+    let run = dir.join("run");
+    let (config_s, images_s, run_s) = (config.to_str().unwrap(), dir.join("images"), run.to_str().unwrap());
+    let images_s = images_s.to_str().unwrap();
+
+    let out = repdiff(&["train", "--config", config_s, "--images", images_s, "--steps", "3", "--out", run_s]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("classes [\"a\", \"b\"]"), "{}", text(&out));
+    assert!(run.join("checkpoint.safetensors").exists() && run.join("config.json").exists());
+
+    // Training into an existing run without --resume is refused; with --resume it continues.
+    let out = repdiff(&["train", "--config", config_s, "--images", images_s, "--steps", "5", "--out", run_s]);
+    assert!(!out.status.success() && text(&out).contains("--resume"), "{}", text(&out));
+    let out = repdiff(&["train", "--images", images_s, "--steps", "5", "--out", run_s, "--resume"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Resuming") && text(&out).contains("at step 3"), "{}", text(&out));
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let steps: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(steps, ["1", "2", "3", "4", "5"]);
+
+    let samples = dir.join("samples");
+    let ckpt = run.join("checkpoint.safetensors");
+    let out = repdiff(&[
+        "sample",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "-n",
+        "3",
+        "--class",
+        "1",
+        "--guidance",
+        "2",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "5",
+        "--out",
+        samples.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    for name in ["sample_0000_class1.png", "sample_0002_class1.png", "grid.png", "samples.safetensors"] {
+        assert!(samples.join(name).exists(), "missing {name}");
+    }
+    let png = image::open(samples.join("sample_0001_class1.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (8, 8));
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_message() {
+    let dir = tempdir("bad");
+    let run = dir.join("run");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["train".into(), "--preset".into(), "huge".into(), "--toy".into(), "8".into()], "unknown preset \"huge\""),
+        (
+            vec!["train".into(), "--model".into(), "DiT-Q/2".into(), "--toy".into(), "8".into()],
+            "unknown model name \"DiT-Q/2\"",
+        ),
+        (vec!["train".into(), "--out".into(), run.to_str().unwrap().into()], "--images DIR, --latents FILE or --toy N"),
+        (vec!["train".into(), "--images".into(), dir.to_str().unwrap().into()], "holds no PNG or JPEG"),
+        (
+            vec!["sample".into(), "--checkpoint".into(), dir.join("none.safetensors").to_str().unwrap().into()],
+            "none.safetensors",
+        ),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = repdiff(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let msg = text(&out);
+        assert!(msg.contains(needle), "{args:?}: expected {needle:?} in {msg}");
+        assert!(!msg.contains("panicked"), "{args:?} panicked: {msg}");
+    }
+    std::fs::create_dir_all(dir.join("imgs")).unwrap();
+    std::fs::write(dir.join("imgs/broken.png"), b"\x89PNG not really").unwrap();
+    let out = repdiff(&["train", "--images", dir.join("imgs").to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out).contains("broken.png"), "{}", text(&out));
+}
