@@ -6,7 +6,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::{Conditioning, ModelConfig};
 use crate::error::expect_shape;
-use crate::nn::{Init, Linear, ParamPath, Params, VarSet, layer_norm, modulate, softmax_last_dim};
+use crate::nn::{Init, Linear, ParamPath, Params, VarSet};
+use crate::ops::{gated_residual, gelu, layer_norm, modulate, softmax_last_dim};
 use crate::{Error, Result};
 
 const NORM_EPS: f64 = 1e-6;
@@ -85,7 +86,7 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // tanh-approximated GELU, as DiT uses.
-        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
+        self.fc2.forward(&gelu(&self.fc1.forward(x)?)?)
     }
 }
 
@@ -127,9 +128,9 @@ impl DitBlock {
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
         let attn = self.attn.forward(&modulate(&layer_norm(x, NORM_EPS)?, shift_msa, scale_msa)?)?;
-        let x = (x + attn.broadcast_mul(&gate_msa.unsqueeze(1)?)?)?;
+        let x = gated_residual(x, &attn, gate_msa)?;
         let mlp = self.mlp.forward(&modulate(&layer_norm(&x, NORM_EPS)?, shift_mlp, scale_mlp)?)?;
-        Ok((&x + mlp.broadcast_mul(&gate_mlp.unsqueeze(1)?)?)?)
+        gated_residual(&x, &mlp, gate_mlp)
     }
 }
 

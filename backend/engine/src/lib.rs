@@ -10,6 +10,7 @@ pub mod dit;
 pub mod error;
 pub mod imaging;
 pub mod nn;
+pub mod ops;
 pub mod optim;
 pub mod rng;
 pub mod sample;

@@ -1,13 +1,14 @@
 //! Parameters and the few differentiable building blocks the models need.
 //!
 //! Why not candle-nn's layers: its `VarBuilder` initialises from candle's unseedable RNG, and its fused
-//! `layer_norm`/`softmax_last_dim` record no backward pass (gradients silently stop). Everything here is a
-//! composition of candle-core ops that all have a backward, and every initial weight comes from [`Rng`].
+//! `layer_norm`/`softmax_last_dim` record no backward pass (gradients silently stop). The layers here use
+//! candle-core ops and the fused kernels of [`crate::ops`], all with a backward, and every initial weight
+//! comes from [`Rng`].
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -220,7 +221,7 @@ impl Linear {
         let flat = x.reshape((rows, in_dim))?;
         let mut y = flat.matmul(&self.weight.t()?)?;
         if let Some(bias) = &self.bias {
-            y = y.broadcast_add(bias)?;
+            y = crate::ops::add_bias(&y, bias)?;
         }
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("rank >= 1") = out_dim;
@@ -228,33 +229,12 @@ impl Linear {
     }
 }
 
-/// Layer norm over the last dimension without affine parameters (DiT's `elementwise_affine=False`).
-pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(centered.broadcast_div(&(var + eps)?.sqrt()?)?)
-}
-
-/// adaLN modulation: `x * (1 + scale) + shift`, with per-sample `scale`/`shift` of shape [N, D] broadcast over
-/// the tokens of x [N, T, D].
-pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    let scale = (scale.unsqueeze(1)? + 1.0)?;
-    Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift.unsqueeze(1)?)?)
-}
-
-/// Softmax over the last dimension, built from differentiable ops.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    // Shift invariance makes the max a constant for the gradient.
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let exp = x.broadcast_sub(&max)?.exp()?;
-    let sum = exp.sum_keepdim(D::Minus1)?;
-    Ok(exp.broadcast_div(&sum)?)
-}
+pub use crate::ops::{layer_norm, modulate, softmax_last_dim};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::D;
 
     #[test]
     fn layer_norm_and_softmax_have_gradients() {
