@@ -265,3 +265,47 @@ impl Dit {
         self.unpatchify(&self.final_layer.forward(&tokens, &cond)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Conditioning, ModelConfig};
+
+    #[test]
+    fn fresh_model_has_the_reference_initialisation() {
+        let config =
+            ModelConfig::dit("DiT-S/8", 32, 4, Conditioning::Class { num_classes: 3, dropout_prob: 0.1 }).unwrap();
+        let (model, vars) = Dit::init(&config, 1, &Device::Cpu).unwrap();
+        // adaLN-Zero and the zero final layer: the untrained model predicts exactly zero.
+        let x = crate::rng::Rng::new(2).randn((2, 4, 32, 32), &Device::Cpu).unwrap();
+        let t = Tensor::new(&[3f32, 900.0], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[0u32, 3], &Device::Cpu).unwrap();
+        let out = model.forward(&x, &t, Some(&y)).unwrap();
+        assert_eq!(out.dims(), &[2, 8, 32, 32]);
+        assert_eq!(out.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        let stats = |name: &str| {
+            let v = vars.get(name).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let std = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+            (max, std)
+        };
+        // Xavier uniform: bound sqrt(6 / (fan_in + fan_out)), std bound / sqrt(3).
+        let bound = (6.0f32 / (384.0 + 1152.0)).sqrt();
+        let (max, std) = stats("blocks.0.attn.qkv.weight");
+        assert!(max <= bound && max > 0.99 * bound && (std - bound / 3f32.sqrt()).abs() < 0.02 * bound, "{max} {std}");
+        let (_, std) = stats("y_embedder.embedding_table.weight");
+        assert!((std - 0.02).abs() < 0.002, "{std}");
+        for zero in ["blocks.3.adaLN_modulation.1.weight", "final_layer.linear.weight", "blocks.0.attn.qkv.bias"] {
+            assert_eq!(stats(zero).0, 0.0, "{zero}");
+        }
+        assert_eq!(vars.len(), 2 + 4 + 1 + 12 * 10 + 4);
+    }
+
+    #[test]
+    fn position_embedding_encodes_column_then_row() {
+        let pe = sincos_pos_embed_2d(8, 3, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        // Token (row 1, col 2) = index 5: first half sin/cos of the column, second half of the row.
+        assert!((pe[5][0] - 2f32.sin()).abs() < 1e-6 && (pe[5][2] - 2f32.cos()).abs() < 1e-6);
+        assert!((pe[5][4] - 1f32.sin()).abs() < 1e-6 && (pe[5][6] - 1f32.cos()).abs() < 1e-6);
+    }
+}

@@ -9,6 +9,55 @@ use image::{DynamicImage, GrayImage, RgbImage};
 
 use crate::{Error, Result};
 
+/// A CT display window: Hounsfield units in [level - width/2, level + width/2] map to [0, 1].
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Window {
+    pub level: f32,
+    pub width: f32,
+}
+
+impl Window {
+    pub const BRAIN: Window = Window { level: 40.0, width: 80.0 };
+    pub const SUBDURAL: Window = Window { level: 80.0, width: 200.0 };
+    pub const SOFT_TISSUE: Window = Window { level: 40.0, width: 380.0 };
+    pub const BONE: Window = Window { level: 600.0, width: 2800.0 };
+
+    /// A preset by name (`brain`, `subdural`, `soft-tissue`, `bone`) or a custom `LEVEL/WIDTH`, e.g. `50/120`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let window = match spec {
+            "brain" => Window::BRAIN,
+            "subdural" => Window::SUBDURAL,
+            "soft-tissue" => Window::SOFT_TISSUE,
+            "bone" => Window::BONE,
+            custom => {
+                let parsed =
+                    custom.split_once('/').and_then(|(l, w)| Some((l.trim().parse().ok()?, w.trim().parse().ok()?)));
+                let (level, width) = parsed.ok_or_else(|| {
+                    Error::Config(format!(
+                        "unknown window {spec:?}: use brain, subdural, soft-tissue, bone or LEVEL/WIDTH"
+                    ))
+                })?;
+                Window { level, width }
+            }
+        };
+        if window.width.is_nan() || window.width <= 0.0 {
+            return Err(Error::Config(format!("window width must be positive, got {}", window.width)));
+        }
+        Ok(window)
+    }
+
+    /// Hounsfield units to [0, 1].
+    pub fn apply(&self, hu: f32) -> f32 {
+        ((hu - (self.level - self.width / 2.0)) / self.width).clamp(0.0, 1.0)
+    }
+
+    /// A `size` x `size` slice of Hounsfield units as an 8-bit grey image through this window.
+    pub fn to_gray8(&self, hu: &[f32], size: usize) -> GrayImage {
+        let pixels = hu.iter().map(|&v| (self.apply(v) * 255.0).round() as u8).collect();
+        GrayImage::from_raw(size as u32, size as u32, pixels).expect("hu has size * size values")
+    }
+}
+
 pub fn is_image_path(path: &Path) -> bool {
     let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
@@ -101,4 +150,20 @@ pub fn grid(images: &[DynamicImage], columns: usize) -> Option<RgbImage> {
 
 pub fn save_png(image: &DynamicImage, path: &Path) -> Result<()> {
     image.save(path).map_err(|source| Error::Image { path: path.into(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_map_their_range_to_unit_and_parse() {
+        let brain = Window::parse("brain").unwrap();
+        assert_eq!((brain.apply(0.0), brain.apply(40.0), brain.apply(80.0)), (0.0, 0.5, 1.0));
+        assert_eq!(brain.apply(-1000.0), 0.0);
+        assert_eq!(Window::parse("bone").unwrap(), Window::BONE);
+        assert_eq!(Window::parse("50/120").unwrap(), Window { level: 50.0, width: 120.0 });
+        assert!(Window::parse("lung").unwrap_err().to_string().contains("unknown window \"lung\""));
+        assert!(Window::parse("40/0").is_err());
+    }
 }

@@ -12,6 +12,7 @@ pub mod imaging;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod phantom;
 pub mod rng;
 pub mod sample;
 pub mod train;

@@ -127,3 +127,26 @@ fn bad_input_is_refused_with_a_clear_message() {
     let out = repdiff(&["train", "--images", dir.join("imgs").to_str().unwrap(), "--out", run.to_str().unwrap()]);
     assert!(!out.status.success() && text(&out).contains("broken.png"), "{}", text(&out));
 }
+
+#[test]
+fn phantoms_make_a_trainable_labelled_folder() {
+    let dir = tempdir("phantoms");
+    let out = dir.join("ct");
+    let run =
+        repdiff(&["phantoms", "--out", out.to_str().unwrap(), "-n", "12", "--size", "32", "--marker-prob", "0.3"]);
+    assert!(run.status.success(), "{}", text(&run));
+    let manifest = std::fs::read_to_string(out.join("manifest.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = manifest.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 12);
+    for row in &rows {
+        // The label is "any marker", and the file sits in its class folder.
+        let any = row[2..6].contains(&"1");
+        assert_eq!(row[6], if any { "1" } else { "0" });
+        assert!(row[0].starts_with(if any { "1_hematoma/" } else { "0_no_hematoma/" }));
+        assert!(out.join(row[0]).exists());
+        let site: usize = row[1].parse().unwrap();
+        assert!((1..=12).contains(&site));
+    }
+    let bad = repdiff(&["phantoms", "--out", out.to_str().unwrap(), "--window", "lung"]);
+    assert!(!bad.status.success() && text(&bad).contains("unknown window"), "{}", text(&bad));
+}

@@ -2,6 +2,7 @@
 //! a thin layer over `repdiff-engine`.
 
 mod bench;
+mod phantoms;
 mod sample;
 mod train;
 
@@ -33,6 +34,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train the tiny-cpu preset on the toy set and sample each class: the whole engine in a few minutes.
     Demo(DemoArgs),
+    /// Generate synthetic brain-CT slices with the four hematoma markers and 12 sites.
+    Phantoms(phantoms::PhantomArgs),
     /// Print a preset's full configuration as JSON (a starting point for --config files).
     Config {
         #[arg(long, default_value = "tiny-cpu")]
@@ -145,6 +148,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => sample::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo(args),
+        Command::Phantoms(args) => phantoms::run(args),
         Command::Config { preset } => {
             println!("{}", serde_json::to_string_pretty(&RunConfig::preset(&preset)?)?);
             Ok(())
