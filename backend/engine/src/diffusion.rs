@@ -276,8 +276,16 @@ impl GaussianDiffusion {
     }
 
     /// p(x_{t-1} | x_t) implied by the model output: learned-range log variance (interpolating between the
-    /// posterior variance and beta_t) or, without learned sigma, the fixed large variance.
-    pub fn p_mean_variance(&self, model_output: &Tensor, x_t: &Tensor, t: &[usize]) -> Result<Prediction> {
+    /// posterior variance and beta_t) or, without learned sigma, the fixed large variance. With
+    /// `clip_denoised` the x0 prediction is clamped to [-1, 1] before the mean is formed (for pixel-space data,
+    /// as improved DDPM samples images; at high t an eps error is amplified by sqrt(1/abar - 1) ~ 100 in x0).
+    pub fn p_mean_variance(
+        &self,
+        model_output: &Tensor,
+        x_t: &Tensor,
+        t: &[usize],
+        clip_denoised: bool,
+    ) -> Result<Prediction> {
         self.check_t(t, x_t)?;
         let (eps, var_values) = self.split_output(model_output, x_t)?;
         let log_variance = match var_values {
@@ -294,7 +302,10 @@ impl GaussianDiffusion {
                 self.extract(&fixed_large, t, x_t)?.broadcast_as(x_t.shape())?.contiguous()?
             }
         };
-        let pred_xstart = self.predict_xstart_from_eps(x_t, t, &eps)?;
+        let mut pred_xstart = self.predict_xstart_from_eps(x_t, t, &eps)?;
+        if clip_denoised {
+            pred_xstart = pred_xstart.clamp(-1f32, 1f32)?;
+        }
         let (mean, _, _) = self.q_posterior(&pred_xstart, x_t, t)?;
         Ok(Prediction { eps, pred_xstart, mean, log_variance })
     }
@@ -325,7 +336,7 @@ impl GaussianDiffusion {
     /// KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) in bits per dim, or the decoder NLL at t = 0.
     pub fn vb_terms_bpd(&self, model_output: &Tensor, x_start: &Tensor, x_t: &Tensor, t: &[usize]) -> Result<Tensor> {
         let (true_mean, _, true_log_var) = self.q_posterior(x_start, x_t, t)?;
-        let out = self.p_mean_variance(model_output, x_t, t)?;
+        let out = self.p_mean_variance(model_output, x_t, t, false)?;
         let kl = (mean_flat(&normal_kl(&true_mean, &true_log_var, &out.mean, &out.log_variance)?)? / LN_2)?;
         let log_scales = (&out.log_variance * 0.5)?;
         let nll = (mean_flat(&discretized_gaussian_log_likelihood(x_start, &out.mean, &log_scales)?.neg()?)? / LN_2)?;

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::checkpoint::Checkpoint;
-use crate::config::RunConfig;
+use crate::config::{DataSpace, RunConfig};
 use crate::diffusion::{GaussianDiffusion, Prediction, SamplerKind};
 use crate::dit::Dit;
 use crate::nn::Params;
@@ -51,6 +51,8 @@ pub struct SampleOptions {
     pub respacing: String,
     pub seed: u64,
     pub batch_size: usize,
+    /// Clamp x0 predictions to [-1, 1] at each step; `None` = yes for pixel-space models, no for latents.
+    pub clip_denoised: Option<bool>,
 }
 
 impl Default for SampleOptions {
@@ -63,6 +65,7 @@ impl Default for SampleOptions {
             respacing: "250".into(),
             seed: 0,
             batch_size: 16,
+            clip_denoised: None,
         }
     }
 }
@@ -93,12 +96,14 @@ pub fn guided_output(model: &Dit, x: &Tensor, t_model: &Tensor, labels: Option<&
     Ok(Tensor::cat(&[&eps, &rest], 1)?)
 }
 
-/// What the reverse process is steered by: class labels (for a class-conditional model) and the
-/// classifier-free guidance scale (1 = none).
+/// What the reverse process is steered by: class labels (for a class-conditional model), the
+/// classifier-free guidance scale (1 = none), and whether x0 predictions are clipped to the data range.
 #[derive(Clone, Copy)]
 pub struct Guide<'a> {
     pub labels: Option<&'a Tensor>,
     pub scale: f64,
+    /// Clamp each step's x0 prediction to [-1, 1] (pixel-space data).
+    pub clip_denoised: bool,
 }
 
 /// Runs the reverse process from `noise` to data. `on_step(i, &prediction)` sees each step's prediction
@@ -118,7 +123,7 @@ pub fn denoise(
         let t = vec![i; n];
         let t_model = diffusion.model_timesteps(&t, x.device())?;
         let output = guided_output(model, &x, &t_model, guide.labels, guide.scale)?;
-        let prediction = diffusion.p_mean_variance(&output, &x, &t)?;
+        let prediction = diffusion.p_mean_variance(&output, &x, &t, guide.clip_denoised)?;
         let step_noise = rng.randn(x.shape().clone(), x.device())?;
         x = diffusion.step(sampler, &prediction, &x, &t, &step_noise)?;
         on_step(i, &prediction);
@@ -176,7 +181,11 @@ pub fn sample(
             model,
             &diffusion,
             noise,
-            Guide { labels: batch_labels.as_ref(), scale: options.guidance_scale },
+            Guide {
+                labels: batch_labels.as_ref(),
+                scale: options.guidance_scale,
+                clip_denoised: options.clip_denoised.unwrap_or(config.data_space == DataSpace::Pixels),
+            },
             options.sampler,
             &mut rng,
             |_, _| {

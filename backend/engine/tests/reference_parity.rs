@@ -140,7 +140,7 @@ fn ddpm_and_ddim_steps_match_reference() {
     let full = GaussianDiffusion::new(&DiffusionConfig::default(), true);
     let t = case.t("t");
     let out = model.forward(x_t, &full.model_timesteps(&t, &Device::Cpu).unwrap(), Some(&labels)).unwrap();
-    let prediction = full.p_mean_variance(&out, x_t, &t).unwrap();
+    let prediction = full.p_mean_variance(&out, x_t, &t, false).unwrap();
     assert_close("p mean", &prediction.mean, case.get("p_mean"));
     assert_close("p log variance", &prediction.log_variance, case.get("p_log_variance"));
     assert_close("predicted x0", &prediction.pred_xstart, case.get("p_pred_xstart"));
@@ -150,7 +150,7 @@ fn ddpm_and_ddim_steps_match_reference() {
     let ddim = GaussianDiffusion::respaced(&DiffusionConfig::default(), true, "ddim10").unwrap();
     let t = case.t("ddim_t");
     let out = model.forward(x_t, &ddim.model_timesteps(&t, &Device::Cpu).unwrap(), Some(&labels)).unwrap();
-    let prediction = ddim.p_mean_variance(&out, x_t, &t).unwrap();
+    let prediction = ddim.p_mean_variance(&out, x_t, &t, false).unwrap();
     let sample = ddim.step(SamplerKind::Ddim { eta: 0.5 }, &prediction, x_t, &t, case.get("ddim_noise")).unwrap();
     assert_close("DDIM step (eta 0.5, respaced)", &sample, case.get("ddim_sample"));
 }

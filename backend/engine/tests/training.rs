@@ -159,6 +159,7 @@ fn sampling_is_seeded_shaped_and_checks_its_inputs() {
         respacing: "ddim10".into(),
         seed: 9,
         batch_size: 3,
+        clip_denoised: None,
     };
     let mut calls = 0;
     let (a, labels) = sample(&model, &config, &options, &Device::Cpu, |_, _| calls += 1).unwrap();
@@ -170,6 +171,13 @@ fn sampling_is_seeded_shaped_and_checks_its_inputs() {
     let ddpm = SampleOptions { sampler: SamplerKind::Ddpm, respacing: "25".into(), ..options.clone() };
     let (c, _) = sample(&model, &config, &ddpm, &Device::Cpu, |_, _| {}).unwrap();
     assert!(c.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|v| v.is_finite()));
+
+    // Pixel-space models clip x0 predictions by default, so samples stay in the data range.
+    let range = |x: &Tensor| x.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(range(&a) <= 1.0 && range(&c) <= 1.0, "{} {}", range(&a), range(&c));
+    let unclipped = SampleOptions { clip_denoised: Some(false), ..options.clone() };
+    let (u, _) = sample(&model, &config, &unclipped, &Device::Cpu, |_, _| {}).unwrap();
+    assert!(range(&u) > 1.0, "an almost untrained model's unclipped samples leave [-1, 1]: {}", range(&u));
 
     let bad_class = SampleOptions { labels: Some(vec![2]), ..options.clone() };
     let err = sample(&model, &config, &bad_class, &Device::Cpu, |_, _| {}).unwrap_err().to_string();

@@ -150,3 +150,44 @@ fn phantoms_make_a_trainable_labelled_folder() {
     let bad = repdiff(&["phantoms", "--out", out.to_str().unwrap(), "--window", "lung"]);
     assert!(!bad.status.success() && text(&bad).contains("unknown window"), "{}", text(&bad));
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_training_with_a_checkpoint_that_resumes() {
+    let dir = tempdir("sigint");
+    let config = tiny_config(&dir);
+    let run = dir.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_repdiff"))
+        .args(["train", "--config", config.to_str().unwrap(), "--toy", "16", "--steps", "1000000"])
+        .args(["--checkpoint-every", "1000000", "--out", run.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until a few steps are logged, then interrupt.
+    let metrics = run.join("metrics.csv");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 4 {
+        assert!(std::time::Instant::now() < deadline, "training never logged a step");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Cancelled"), "{}", text(&out));
+    let logged = std::fs::read_to_string(&metrics).unwrap().lines().count() - 1;
+    // The checkpoint holds exactly the logged steps: resuming starts right after the last one.
+    let resumed = repdiff(&[
+        "train",
+        "--toy",
+        "16",
+        "--steps",
+        &(logged + 1).to_string(),
+        "--out",
+        run.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(text(&resumed).contains(&format!("at step {logged}")), "{}", text(&resumed));
+}

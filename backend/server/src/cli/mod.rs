@@ -2,6 +2,7 @@
 //! a thin layer over `repdiff-engine`.
 
 mod bench;
+mod interrupt;
 mod phantoms;
 mod sample;
 mod train;

@@ -44,6 +44,9 @@ pub struct SampleArgs {
     seed: u64,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// Do not clamp x0 predictions to [-1, 1] while sampling (clamping is on for pixel-space models).
+    #[arg(long)]
+    no_clip: bool,
     /// Use the raw weights instead of their EMA.
     #[arg(long)]
     raw_weights: bool,
@@ -65,6 +68,7 @@ impl SampleArgs {
             seed: 0,
             batch_size: 16,
             raw_weights: false,
+            no_clip: false,
             out: run.join("samples"),
         }
     }
@@ -89,6 +93,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         respacing,
         seed: args.seed,
         batch_size: args.batch_size,
+        clip_denoised: args.no_clip.then_some(false),
     };
     println!(
         "Sampling {} images with {:?} over {} steps (guidance {}) on {device_note}",

@@ -9,7 +9,7 @@ use clap::Args;
 use repdiff_engine::config::{DataSpace, RunConfig};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
-use repdiff_engine::train::{CancelToken, StopReason, Trainer};
+use repdiff_engine::train::{StopReason, Trainer};
 
 use super::{ConfigArgs, progress_bar};
 
@@ -150,7 +150,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         writeln!(metrics, "step,loss,mse,vb,grad_norm")?;
     }
 
-    let cancel = CancelToken::default();
+    let cancel = super::interrupt::cancel_on_signal();
     let bar = progress_bar(total as u64, "{bar:40} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}");
     bar.set_position(trainer.step() as u64);
     let mut smoothed: Option<f32> = None;
@@ -174,7 +174,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "\n{}",
         match summary.stop {
             StopReason::Finished => "Finished.",
-            StopReason::Cancelled => "Cancelled.",
+            StopReason::Cancelled => "Cancelled: the checkpoint holds every finished step; continue with --resume.",
         }
     );
     println!("  steps        {} (this session {}, {rate:.2} steps/s)", summary.step, summary.steps_run);

@@ -1,0 +1,39 @@
+//! Ctrl-C (SIGINT) and SIGTERM cancel a running command through its [`CancelToken`]: training stops before
+//! its next step and saves a checkpoint, so `--resume` loses nothing. A second signal kills at once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use repdiff_engine::train::CancelToken;
+
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+#[cfg(unix)]
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store and _exit: both async-signal-safe.
+    if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
+        unsafe { libc::_exit(130) };
+    }
+}
+
+/// A token that is cancelled when the process receives SIGINT or SIGTERM.
+pub fn cancel_on_signal() -> CancelToken {
+    let token = CancelToken::default();
+    #[cfg(unix)]
+    {
+        // SAFETY: installs a handler that only touches an atomic and calls _exit.
+        unsafe {
+            libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        }
+        let watched = token.clone();
+        std::thread::spawn(move || {
+            while SIGNALS.load(Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("\nInterrupted: finishing the current step and saving a checkpoint (press Ctrl-C again to kill)");
+            watched.cancel();
+        });
+    }
+    token
+}
