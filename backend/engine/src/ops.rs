@@ -33,6 +33,34 @@ fn rows_per_task(row_len: usize) -> usize {
     (MIN_TASK / row_len.max(1)).max(1)
 }
 
+/// Applies `f(row, out_row)` to every row of length `d`, rows split across rayon tasks.
+fn map_rows(x: &[f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let chunk = rows_per_task(d) * d;
+    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, x)| {
+        for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            f(x, o);
+        }
+    });
+    out
+}
+
+/// Applies `f(a_row, b_row, out_row)` to matching rows of length `d` of `a` and `b`.
+fn map_rows2(a: &[f32], b: &[f32], d: usize, f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    let chunk = rows_per_task(d) * d;
+    out.par_chunks_mut(chunk).zip(a.par_chunks(chunk).zip(b.par_chunks(chunk))).for_each(|(o, (a, b))| {
+        for ((o, a), b) in o.chunks_exact_mut(d).zip(a.chunks_exact(d)).zip(b.chunks_exact(d)) {
+            f(a, b, o);
+        }
+    });
+    out
+}
+
+fn last_dim(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1)
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Softmax over the last dimension.
 
@@ -46,20 +74,15 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let d = l.dims()[l.dims().len() - 1];
-        let mut out = vec![0f32; x.len()];
-        let chunk = rows_per_task(d) * d;
-        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, x)| {
-            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = (v - max).exp();
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                o.iter_mut().for_each(|v| *v *= inv);
+        let out = map_rows(x, last_dim(l), |x, o| {
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = (v - max).exp();
+                sum += *o;
             }
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|v| *v *= inv);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -77,15 +100,10 @@ impl CustomOp2 for SoftmaxGrad {
     /// (g, y) -> y * (g - <g, y>)
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (g, y) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let d = l1.dims()[l1.dims().len() - 1];
-        let mut out = vec![0f32; g.len()];
-        let chunk = rows_per_task(d) * d;
-        out.par_chunks_mut(chunk).zip(g.par_chunks(chunk).zip(y.par_chunks(chunk))).for_each(|(o, (g, y))| {
-            for ((o, g), y) in o.chunks_exact_mut(d).zip(g.chunks_exact(d)).zip(y.chunks_exact(d)) {
-                let dot: f32 = g.iter().zip(y).map(|(a, b)| a * b).sum();
-                for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                    *o = y * (g - dot);
-                }
+        let out = map_rows2(g, y, last_dim(l1), |g, y, o| {
+            let dot: f32 = g.iter().zip(y).map(|(a, b)| a * b).sum();
+            for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+                *o = y * (g - dot);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -127,15 +145,10 @@ impl CustomOp1 for LayerNorm {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let d = l.dims()[l.dims().len() - 1];
-        let mut out = vec![0f32; x.len()];
-        let chunk = rows_per_task(d) * d;
-        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, x)| {
-            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                let (mean, rstd) = mean_rstd(x, self.eps);
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = (v - mean) * rstd;
-                }
+        let out = map_rows(x, last_dim(l), |x, o| {
+            let (mean, rstd) = mean_rstd(x, self.eps);
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = (v - mean) * rstd;
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -154,22 +167,17 @@ impl CustomOp2 for LayerNormGrad {
     /// (g, x) -> rstd * (g - mean(g) - y * mean(g * y)), y the normalised x.
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (g, x) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let d = l1.dims()[l1.dims().len() - 1];
-        let n = d as f32;
-        let mut out = vec![0f32; g.len()];
-        let chunk = rows_per_task(d) * d;
-        out.par_chunks_mut(chunk).zip(g.par_chunks(chunk).zip(x.par_chunks(chunk))).for_each(|(o, (g, x))| {
-            for ((o, g), x) in o.chunks_exact_mut(d).zip(g.chunks_exact(d)).zip(x.chunks_exact(d)) {
-                let (mean, rstd) = mean_rstd(x, self.eps);
-                let (mut sum_g, mut sum_gy) = (0f32, 0f32);
-                for (&g, &x) in g.iter().zip(x) {
-                    sum_g += g;
-                    sum_gy += g * (x - mean) * rstd;
-                }
-                let (mean_g, mean_gy) = (sum_g / n, sum_gy / n);
-                for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
-                    *o = rstd * (g - mean_g - (x - mean) * rstd * mean_gy);
-                }
+        let n = last_dim(l1) as f32;
+        let out = map_rows2(g, x, last_dim(l1), |g, x, o| {
+            let (mean, rstd) = mean_rstd(x, self.eps);
+            let (mut sum_g, mut sum_gy) = (0f32, 0f32);
+            for (&g, &x) in g.iter().zip(x) {
+                sum_g += g;
+                sum_gy += g * (x - mean) * rstd;
+            }
+            let (mean_g, mean_gy) = (sum_g / n, sum_gy / n);
+            for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
+                *o = rstd * (g - mean_g - (x - mean) * rstd * mean_gy);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
