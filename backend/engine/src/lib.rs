@@ -9,6 +9,7 @@ pub mod diffusion;
 pub mod dit;
 pub mod error;
 pub mod imaging;
+pub mod manifest;
 pub mod nn;
 pub mod ops;
 pub mod optim;

@@ -147,6 +147,20 @@ fn phantoms_make_a_trainable_labelled_folder() {
         let site: usize = row[1].parse().unwrap();
         assert!((1..=12).contains(&site));
     }
+    // The paper's split of that manifest: site 1 downstream, everything else pre-training.
+    let manifest = out.join("manifest.csv");
+    let split = repdiff(&["split", "--manifest", manifest.to_str().unwrap(), "--downstream-site", rows[0][1]]);
+    assert!(split.status.success(), "{}", text(&split));
+    assert!(text(&split).contains("| pretrain |") && text(&split).contains("| test |"), "{}", text(&split));
+    let written = std::fs::read_to_string(out.join("split.csv")).unwrap();
+    assert_eq!(written.lines().count(), 13);
+    for (line, row) in written.lines().skip(1).zip(&rows) {
+        let pretrain = line.ends_with(",pretrain");
+        assert_eq!(pretrain, row[1] != rows[0][1], "{line}");
+    }
+    let bad = repdiff(&["split", "--manifest", manifest.to_str().unwrap(), "--fractions", "0.5,0.5"]);
+    assert!(!bad.status.success() && text(&bad).contains("three numbers"), "{}", text(&bad));
+
     let bad = repdiff(&["phantoms", "--out", out.to_str().unwrap(), "--window", "lung"]);
     assert!(!bad.status.success() && text(&bad).contains("unknown window"), "{}", text(&bad));
 }

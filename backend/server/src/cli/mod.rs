@@ -5,6 +5,7 @@ mod bench;
 mod interrupt;
 mod phantoms;
 mod sample;
+mod split;
 mod train;
 
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ enum Command {
     Demo(DemoArgs),
     /// Generate synthetic brain-CT slices with the four hematoma markers and 12 sites.
     Phantoms(phantoms::PhantomArgs),
+    /// Split a manifest as the paper does: pre-training sites vs a downstream site split 8:1:1 by label.
+    Split(split::SplitArgs),
     /// Print a preset's full configuration as JSON (a starting point for --config files).
     Config {
         #[arg(long, default_value = "tiny-cpu")]
@@ -150,6 +153,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo(args),
         Command::Phantoms(args) => phantoms::run(args),
+        Command::Split(args) => split::run(args),
         Command::Config { preset } => {
             println!("{}", serde_json::to_string_pretty(&RunConfig::preset(&preset)?)?);
             Ok(())
