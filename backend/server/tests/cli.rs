@@ -108,12 +108,37 @@ fn bad_input_is_refused_with_a_clear_message() {
             "unknown model name \"DiT-Q/2\"",
         ),
         (vec!["train".into(), "--out".into(), run.to_str().unwrap().into()], "--images DIR, --latents FILE or --toy N"),
-        (vec!["train".into(), "--images".into(), dir.to_str().unwrap().into()], "holds no PNG or JPEG"),
+        (
+            vec![
+                "train".into(),
+                "--images".into(),
+                dir.to_str().unwrap().into(),
+                "--out".into(),
+                run.to_str().unwrap().into(),
+            ],
+            "holds no PNG or JPEG",
+        ),
         (
             vec!["sample".into(), "--checkpoint".into(), dir.join("none.safetensors").to_str().unwrap().into()],
             "none.safetensors",
         ),
     ];
+    // A flat folder of images has no labels: a class-conditional run says how to proceed.
+    let flat = tempdir("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    image::GrayImage::from_pixel(8, 8, image::Luma([90])).save(flat.join("x.png")).unwrap();
+    let mut cases = cases;
+    let flat_run = flat.join("run");
+    cases.push((
+        vec![
+            "train".into(),
+            "--images".into(),
+            flat.to_str().unwrap().into(),
+            "--out".into(),
+            flat_run.to_str().unwrap().into(),
+        ],
+        "--conditioning none",
+    ));
     for (args, needle) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = repdiff(&args);

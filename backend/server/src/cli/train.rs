@@ -106,6 +106,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let probe = args.config.resolve(0)?;
         let data = load_data(&args, &probe, &device)?;
         let config = args.config.resolve(data.num_classes())?;
+        if config.model.num_classes().is_some() && data.labels.is_none() {
+            bail!(
+                "the data has no class labels (no class sub-folders, or no `labels` tensor) but the model is \
+                 class-conditional: add labels, or pre-train unconditionally with --conditioning none"
+            );
+        }
         Trainer::new(config, &device)?
     };
     let config = trainer.config.clone();
