@@ -30,6 +30,9 @@ pub struct GaussianDiffusion {
     pub posterior_mean_coef1: Vec<f64>,
     pub posterior_mean_coef2: Vec<f64>,
     pub log_betas: Vec<f64>,
+    /// Log variance of the reverse step without learned sigma ("fixed large": beta_t, with the posterior
+    /// variance at t = 0).
+    pub fixed_large_log_variance: Vec<f64>,
 }
 
 /// What the model's output implies at (x_t, t).
@@ -194,6 +197,7 @@ impl GaussianDiffusion {
                 (1.0 - alphas_cumprod_prev[i]) * (1.0 - betas[i]).sqrt() / (1.0 - alphas_cumprod[i])
             }),
             log_betas: map(&|i| betas[i].ln()),
+            fixed_large_log_variance: map(&|i| if i == 0 { posterior_variance[1].ln() } else { betas[i].ln() }),
             posterior_variance,
             posterior_log_variance_clipped,
             alphas_cumprod_prev,
@@ -295,12 +299,7 @@ impl GaussianDiffusion {
                 let frac = ((values + 1.0)? * 0.5)?;
                 (frac.broadcast_mul(&max_log)? + frac.neg()?.affine(1.0, 1.0)?.broadcast_mul(&min_log)?)?
             }
-            None => {
-                let fixed_large: Vec<f64> = (0..self.num_steps())
-                    .map(|i| if i == 0 { self.posterior_variance[1].ln() } else { self.betas[i].ln() })
-                    .collect();
-                self.extract(&fixed_large, t, x_t)?.broadcast_as(x_t.shape())?.contiguous()?
-            }
+            None => self.extract(&self.fixed_large_log_variance, t, x_t)?.broadcast_as(x_t.shape())?.contiguous()?,
         };
         let mut pred_xstart = self.predict_xstart_from_eps(x_t, t, &eps)?;
         if clip_denoised {

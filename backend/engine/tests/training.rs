@@ -2,45 +2,23 @@
 
 use std::path::Path;
 
-use repdiff_engine::config::{Conditioning, DataSpace, DiffusionConfig, ModelConfig, RunConfig, TrainConfig};
+use repdiff_engine::config::{Conditioning, ModelConfig, RunConfig};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::diffusion::SamplerKind;
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample};
 use repdiff_engine::train::{CancelToken, StopReason, Trainer};
 use repdiff_engine::{Device, Tensor};
 
+/// The tiny-cpu preset shrunk to 8x8 grey inputs and a 2-block, width-64 DiT, so tests train in seconds.
 fn tiny_config(steps: usize, conditioning: Conditioning) -> RunConfig {
-    RunConfig {
-        preset: "test".into(),
-        data_space: DataSpace::Pixels,
-        model: ModelConfig {
-            input_size: 8,
-            in_channels: 1,
-            patch_size: 2,
-            hidden_size: 64,
-            depth: 2,
-            num_heads: 4,
-            mlp_ratio: 4.0,
-            learn_sigma: true,
-            conditioning,
-        },
-        diffusion: DiffusionConfig::default(),
-        train: TrainConfig {
-            batch_size: 16,
-            steps,
-            learning_rate: 1e-3,
-            weight_decay: 0.0,
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
-            adam_eps: 1e-8,
-            grad_clip_norm: Some(1.0),
-            ema_decay: 0.99,
-            ema_warmup: true,
-            checkpoint_every: 10,
-            seed: 3,
-            hflip: true,
-        },
-    }
+    let mut config = RunConfig::preset("tiny-cpu").unwrap();
+    config.model =
+        ModelConfig { input_size: 8, patch_size: 2, hidden_size: 64, depth: 2, conditioning, ..config.model };
+    config.train.steps = steps;
+    config.train.ema_decay = 0.99;
+    config.train.checkpoint_every = 10;
+    config.train.seed = 3;
+    config
 }
 
 fn class_cond() -> Conditioning {
