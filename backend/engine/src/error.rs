@@ -37,6 +37,9 @@ pub enum Error {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 
+    #[error("scan {path}: {reason}")]
+    Scan { path: PathBuf, reason: String },
+
     #[error("image {path}: {source}")]
     Image { path: PathBuf, source: image::ImageError },
 

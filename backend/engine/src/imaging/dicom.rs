@@ -1,0 +1,218 @@
+//! DICOM CT slices in and out (dicom-rs). Reading turns stored pixel values into Hounsfield units through
+//! the modality LUT (RescaleSlope/RescaleIntercept) for every transfer syntax the pure-Rust codecs decode:
+//! native (implicit/explicit VR little endian), deflate, RLE, JPEG baseline/extended/lossless and JPEG 2000.
+//! Anything else (not a CT, no pixel data, a codec we lack, truncated data) is an error that says which.
+
+use std::path::Path;
+
+use dicom_core::value::PrimitiveValue;
+use dicom_core::{DataElement, Tag, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
+use dicom_pixeldata::{ConvertOptions, PixelDecoder};
+use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
+
+use super::{Slice, Unit};
+use crate::{Error, Result};
+
+/// RepDiff's implementation class UID (under the UUID-derived root 2.25) written into every file it stores.
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.302208937174530180945512040271883127614";
+pub const IMPLEMENTATION_VERSION: &str = "REPDIFF_0_1";
+
+/// Identity of a slice inside its study: what a stored file is named after and how slices are ordered.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SliceIdentity {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub instance_uid: String,
+    pub instance_number: Option<i64>,
+}
+
+/// True when `bytes` start like a DICOM Part 10 file (128-byte preamble, then `DICM`).
+pub fn looks_like_dicom(bytes: &[u8]) -> bool {
+    bytes.len() >= 132 && &bytes[128..132] == b"DICM"
+}
+
+fn scan_error(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Scan { path: path.into(), reason: reason.into() }
+}
+
+/// The error and its causes on one line: dicom-rs nests the useful part ("unexpected end of file").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+pub fn open(path: &Path) -> Result<DefaultDicomObject> {
+    OpenFileOptions::new()
+        .open_file(path)
+        .map_err(|e| scan_error(path, format!("not a readable DICOM file: {}", chain(&e))))
+}
+
+fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let value = obj.get(tag)?.to_str().ok()?;
+    let value = value.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+fn transfer_syntax_name(uid: &str) -> String {
+    let uid = uid.trim_end_matches('\0');
+    match TransferSyntaxRegistry.get(uid) {
+        Some(ts) => format!("{} ({uid})", ts.name()),
+        None => format!("unknown transfer syntax {uid}"),
+    }
+}
+
+/// Reads every frame of a CT file as Hounsfield-unit slices, with the slice's identity.
+pub fn read(path: &Path) -> Result<(Vec<Slice>, SliceIdentity)> {
+    let obj = open(path)?;
+    read_object(&obj, path)
+}
+
+/// As [`read`], for an object already in memory (`path` names it in errors).
+pub fn read_object(obj: &DefaultDicomObject, path: &Path) -> Result<(Vec<Slice>, SliceIdentity)> {
+    match text(obj, tags::MODALITY).as_deref() {
+        Some("CT") => {}
+        Some(other) => return Err(scan_error(path, format!("not a CT: Modality is {other}"))),
+        None => return Err(scan_error(path, "not a CT: the file has no Modality")),
+    }
+    if obj.get(tags::PIXEL_DATA).is_none() {
+        return Err(scan_error(path, "the file has no pixel data"));
+    }
+    let syntax = obj.meta().transfer_syntax();
+    let syntax_name = transfer_syntax_name(syntax);
+    match TransferSyntaxRegistry.get(syntax.trim_end_matches('\0')) {
+        Some(ts) if ts.is_unsupported_pixel_encapsulation() || !ts.can_decode_all() => {
+            return Err(scan_error(
+                path,
+                format!(
+                    "unsupported transfer syntax {syntax_name}: RepDiff decodes native, deflate, RLE, JPEG and \
+                     JPEG 2000; convert the file first (e.g. `gdcmconv --raw` or dcmtk's `dcmdjpls`)"
+                ),
+            ));
+        }
+        Some(_) => {}
+        None => return Err(scan_error(path, format!("{syntax_name} is not a transfer syntax RepDiff knows"))),
+    }
+    let decoded = obj
+        .decode_pixel_data()
+        .map_err(|e| scan_error(path, format!("cannot decode the pixel data ({syntax_name}): {}", chain(&e))))?;
+    if decoded.samples_per_pixel() != 1 {
+        return Err(scan_error(
+            path,
+            format!("a CT slice has one sample per pixel, this file has {}", decoded.samples_per_pixel()),
+        ));
+    }
+    let (rows, columns) = (decoded.rows() as usize, decoded.columns() as usize);
+    let spacing = obj.get(tags::PIXEL_SPACING).and_then(|e| e.to_multi_float64().ok()).and_then(|v| match v[..] {
+        [row, column] if row > 0.0 && column > 0.0 => Some((row as f32, column as f32)),
+        _ => None,
+    });
+    // The modality LUT (slope/intercept, or a LUT sequence) gives Hounsfield units; no VOI window is applied.
+    let options = ConvertOptions::new();
+    let mut slices = Vec::with_capacity(decoded.number_of_frames() as usize);
+    for frame in 0..decoded.number_of_frames() {
+        let values: Vec<f32> = decoded
+            .to_vec_frame_with_options(frame, &options)
+            .map_err(|e| scan_error(path, format!("frame {frame}: {}", chain(&e))))?;
+        if values.len() != rows * columns {
+            return Err(scan_error(
+                path,
+                format!("frame {frame} has {} values, expected {rows} x {columns}", values.len()),
+            ));
+        }
+        slices.push(Slice { rows, columns, values, unit: Unit::Hounsfield, spacing_mm: spacing });
+    }
+    let identity = SliceIdentity {
+        study_uid: text(obj, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
+        series_uid: text(obj, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
+        instance_uid: text(obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
+        instance_number: obj.get(tags::INSTANCE_NUMBER).and_then(|e| e.to_int::<i64>().ok()),
+    };
+    Ok((slices, identity))
+}
+
+/// What a written CT file says about where it came from (all synthetic for phantoms).
+pub struct CtHeader<'a> {
+    pub patient_name: &'a str,
+    pub patient_id: &'a str,
+    pub institution: &'a str,
+    pub study_uid: &'a str,
+    pub series_uid: &'a str,
+    pub instance_uid: &'a str,
+    pub instance_number: i64,
+    pub study_date: &'a str,
+    pub description: &'a str,
+}
+
+fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
+    obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+}
+
+/// Writes a Hounsfield-unit slice as a CT Image Storage file (explicit VR little endian, signed 16-bit
+/// stored values with RescaleIntercept 0 and slope 1, so every HU in [-32768, 32767] is exact to 1 HU).
+pub fn write_ct(path: &Path, slice: &Slice, header: &CtHeader) -> Result<()> {
+    if slice.unit != Unit::Hounsfield {
+        return Err(scan_error(path, "only Hounsfield-unit slices can be written as CT"));
+    }
+    let mut obj = InMemDicomObject::new_empty();
+    put_str(&mut obj, tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE);
+    put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, header.instance_uid);
+    put_str(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, header.study_uid);
+    put_str(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, header.series_uid);
+    put_str(&mut obj, tags::STUDY_DATE, VR::DA, header.study_date);
+    put_str(&mut obj, tags::MODALITY, VR::CS, "CT");
+    put_str(&mut obj, tags::MANUFACTURER, VR::LO, "RepDiff phantom");
+    put_str(&mut obj, tags::INSTITUTION_NAME, VR::LO, header.institution);
+    put_str(&mut obj, tags::STUDY_DESCRIPTION, VR::LO, header.description);
+    put_str(&mut obj, tags::PATIENT_NAME, VR::PN, header.patient_name);
+    put_str(&mut obj, tags::PATIENT_ID, VR::LO, header.patient_id);
+    put_str(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, "HEAD");
+    put_str(&mut obj, tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY\\AXIAL");
+    obj.put(DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from(header.instance_number.to_string())));
+    obj.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)));
+    put_str(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    obj.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(slice.rows as u16)));
+    obj.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(slice.columns as u16)));
+    for (tag, bits) in [(tags::BITS_ALLOCATED, 16u16), (tags::BITS_STORED, 16), (tags::HIGH_BIT, 15)] {
+        obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(bits)));
+    }
+    obj.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(1u16)));
+    put_str(&mut obj, tags::RESCALE_INTERCEPT, VR::DS, "0");
+    put_str(&mut obj, tags::RESCALE_SLOPE, VR::DS, "1");
+    put_str(&mut obj, tags::RESCALE_TYPE, VR::LO, "HU");
+    put_str(&mut obj, tags::WINDOW_CENTER, VR::DS, "40");
+    put_str(&mut obj, tags::WINDOW_WIDTH, VR::DS, "80");
+    if let Some((row, column)) = slice.spacing_mm {
+        put_str(&mut obj, tags::PIXEL_SPACING, VR::DS, &format!("{row}\\{column}"));
+    }
+    let stored: Vec<i16> = slice.values.iter().map(|&hu| hu.round().clamp(-32768.0, 32767.0) as i16).collect();
+    let bytes: Vec<u8> = stored.iter().flat_map(|v| v.to_le_bytes()).collect();
+    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(bytes)));
+    write_file(obj, path, uids::EXPLICIT_VR_LITTLE_ENDIAN)
+}
+
+/// Writes `obj` as a Part 10 file with a fresh file meta group carrying RepDiff's implementation UID.
+pub fn write_file(obj: InMemDicomObject, path: &Path, transfer_syntax: &str) -> Result<()> {
+    let class = text(&obj, tags::SOP_CLASS_UID).unwrap_or_default();
+    let instance = text(&obj, tags::SOP_INSTANCE_UID).unwrap_or_default();
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(class)
+        .media_storage_sop_instance_uid(instance)
+        .transfer_syntax(transfer_syntax.trim_end_matches('\0'))
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(IMPLEMENTATION_VERSION)
+        .build()
+        .map_err(|e| scan_error(path, format!("building the file meta group: {}", chain(&e))))?;
+    let file = obj.with_exact_meta(meta);
+    file.write_to_file(path).map_err(|e| scan_error(path, format!("writing: {}", chain(&e))))
+}
