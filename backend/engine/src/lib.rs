@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dataset;
 pub mod device;
 pub mod diffusion;
 pub mod dit;

@@ -155,28 +155,39 @@ impl Manifest {
         Ok(parts)
     }
 
+    /// Writes the manifest: its columns plus the derived `hematoma`.
+    pub fn write_csv(&self, path: &Path) -> Result<()> {
+        self.write_rows(path, None)
+    }
+
     /// Writes the manifest with its split: the manifest's columns plus `hematoma` and `part`.
     pub fn write_split_csv(&self, parts: &[Part], path: &Path) -> Result<()> {
+        self.write_rows(path, Some(parts))
+    }
+
+    fn write_rows(&self, path: &Path, parts: Option<&[Part]>) -> Result<()> {
+        if let Some(parts) = parts
+            && parts.len() != self.records.len()
+        {
+            return Err(Error::Data(format!("{} parts for {} slices", parts.len(), self.records.len())));
+        }
         let fail = |e: String| Error::Data(format!("{}: {e}", path.display()));
         let mut csv = csv::Writer::from_path(path).map_err(|e| fail(e.to_string()))?;
-        csv.write_record([
-            "file",
-            "site",
-            "hypodensity",
-            "margin_irregularity",
-            "blend_sign",
-            "fluid_level",
-            "hematoma",
-            "part",
-        ])
-        .map_err(|e| fail(e.to_string()))?;
-        for (r, part) in self.records.iter().zip(parts) {
+        let mut header =
+            vec!["file", "site", "hypodensity", "margin_irregularity", "blend_sign", "fluid_level", "hematoma"];
+        if parts.is_some() {
+            header.push("part");
+        }
+        csv.write_record(&header).map_err(|e| fail(e.to_string()))?;
+        for (i, r) in self.records.iter().enumerate() {
             let m = &r.markers;
             let flags = [m.hypodensity, m.margin_irregularity, m.blend_sign, m.fluid_level, m.any()]
                 .map(|f| u8::from(f).to_string());
             let mut row = vec![r.file.clone(), r.site.to_string()];
             row.extend(flags);
-            row.push(part.name().to_string());
+            if let Some(parts) = parts {
+                row.push(parts[i].name().to_string());
+            }
             csv.write_record(&row).map_err(|e| fail(e.to_string()))?;
         }
         csv.flush().map_err(|e| Error::io(path, e))

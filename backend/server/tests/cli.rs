@@ -230,3 +230,71 @@ fn ctrl_c_stops_training_with_a_checkpoint_that_resumes() {
     assert!(resumed.status.success(), "{}", text(&resumed));
     assert!(text(&resumed).contains(&format!("at step {logged}")), "{}", text(&resumed));
 }
+
+#[test]
+fn phantom_dicom_series_import_de_identified_with_their_labels() {
+    let dir = tempdir("import");
+    let scans = dir.join("scans");
+    let out = repdiff(&["phantoms", "--format", "dicom", "-n", "8", "--size", "32", "--out", scans.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let labels = scans.join("labels.csv");
+    std::fs::write(scans.join("broken.dcm"), b"not a dicom file").unwrap();
+    let dataset = dir.join("dataset");
+    let import = |dataset: &Path| {
+        repdiff(&[
+            "import",
+            scans.to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--out",
+            dataset.to_str().unwrap(),
+            "--deid-key",
+            dir.join("deid.key").to_str().unwrap(),
+        ])
+    };
+    let out = import(&dataset);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Imported 8 slices from 8 files"), "{}", text(&out));
+    assert!(text(&out).contains("broken.dcm: not a readable DICOM file"), "{}", text(&out));
+
+    // The manifest keeps each slice's site and markers, in the input's order.
+    let input = repdiff_labels(&labels);
+    let imported = repdiff_labels(&dataset.join("manifest.csv"));
+    assert_eq!(input.len(), 8);
+    let strip = |rows: &[Vec<String>]| rows.iter().map(|r| r[1..].to_vec()).collect::<Vec<_>>();
+    assert_eq!(strip(&imported), strip(&input));
+
+    // Nothing identifying survives in the stored DICOM files, and slices of a series stay together.
+    let mut stored = Vec::new();
+    walk(&dataset.join("dicom"), &mut stored);
+    assert_eq!(stored.len(), 8);
+    for path in &stored {
+        let bytes = std::fs::read(path).unwrap();
+        for needle in ["PHANTOM^SITE", "PH-0000", "Phantom site", "20260101"] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} in {}", path.display());
+        }
+    }
+    let series: std::collections::BTreeSet<_> = stored.iter().map(|p| p.parent().unwrap().to_path_buf()).collect();
+    assert_eq!(series.len(), 2, "8 slices in series of 4: {series:?}");
+
+    // Importing again with the same key maps every slice to the same names.
+    let again = dir.join("again");
+    assert!(import(&again).status.success());
+    assert_eq!(
+        std::fs::read(again.join("manifest.csv")).unwrap(),
+        std::fs::read(dataset.join("manifest.csv")).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn repdiff_labels(path: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().skip(1).map(|line| line.split(',').map(str::to_string).collect()).collect()
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { walk(&path, out) } else { out.push(path) }
+    }
+}

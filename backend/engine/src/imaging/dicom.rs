@@ -132,13 +132,17 @@ pub fn read_object(obj: &DefaultDicomObject, path: &Path) -> Result<(Vec<Slice>,
         }
         slices.push(Slice { rows, columns, values, unit: Unit::Hounsfield, spacing_mm: spacing });
     }
-    let identity = SliceIdentity {
+    Ok((slices, identity(obj)))
+}
+
+/// The study, series and instance a DICOM object belongs to.
+pub fn identity(obj: &InMemDicomObject) -> SliceIdentity {
+    SliceIdentity {
         study_uid: text(obj, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
         series_uid: text(obj, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
         instance_uid: text(obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
         instance_number: obj.get(tags::INSTANCE_NUMBER).and_then(|e| e.to_int::<i64>().ok()),
-    };
-    Ok((slices, identity))
+    }
 }
 
 /// What a written CT file says about where it came from (all synthetic for phantoms).

@@ -2,6 +2,7 @@
 //! a thin layer over `repdiff-engine`.
 
 mod bench;
+mod import;
 mod interrupt;
 mod phantoms;
 mod sample;
@@ -38,6 +39,8 @@ enum Command {
     Demo(DemoArgs),
     /// Generate synthetic brain-CT slices with the four hematoma markers and 12 sites.
     Phantoms(phantoms::PhantomArgs),
+    /// Import scans (DICOM, NIfTI, PNG/JPEG) into a dataset folder: de-identified, with a manifest.
+    Import(import::ImportArgs),
     /// Split a manifest as the paper does: pre-training sites vs a downstream site split 8:1:1 by label.
     Split(split::SplitArgs),
     /// Print a preset's full configuration as JSON (a starting point for --config files).
@@ -153,6 +156,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo(args),
         Command::Phantoms(args) => phantoms::run(args),
+        Command::Import(args) => import::run(args),
         Command::Split(args) => split::run(args),
         Command::Config { preset } => {
             println!("{}", serde_json::to_string_pretty(&RunConfig::preset(&preset)?)?);

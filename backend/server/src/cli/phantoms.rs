@@ -1,20 +1,32 @@
-//! `repdiff phantoms`: a folder of synthetic brain-CT slices with hematoma markers, ready for `repdiff train`.
+//! `repdiff phantoms`: synthetic brain-CT slices with hematoma markers, as windowed PNGs ready for
+//! `repdiff train`, or as CT DICOM files (with made-up patient data) and a label file for `repdiff import`.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
-use repdiff_engine::imaging::Window;
+use clap::{Args, ValueEnum};
+use repdiff_engine::imaging::dicom::{self, CtHeader};
+use repdiff_engine::imaging::{Slice, Unit, Window};
+use repdiff_engine::manifest::{Manifest, SliceRecord};
 use repdiff_engine::phantom::{Markers, NUM_SITES, generate};
 use repdiff_engine::rng::Rng;
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PhantomFormat {
+    /// Windowed 8-bit PNGs in class folders `0_no_hematoma/`, `1_hematoma/`, and `manifest.csv`.
+    Png,
+    /// CT DICOM files in Hounsfield units, a few slices per synthetic patient series, with identifying
+    /// (made-up) patient data, and `labels.csv` for `repdiff import --labels`.
+    Dicom,
+}
+
 #[derive(Args)]
 pub struct PhantomArgs {
-    /// Output folder: `0_no_hematoma/` and `1_hematoma/` PNGs (class folders for `repdiff train --images`)
-    /// and `manifest.csv` with each slice's site and four markers.
+    /// Output folder.
     #[arg(long, default_value = "runs/phantoms")]
     out: PathBuf,
+    #[arg(long, value_enum, default_value = "png")]
+    format: PhantomFormat,
     /// Number of slices.
     #[arg(long, short = 'n', default_value_t = 200)]
     num: usize,
@@ -24,53 +36,101 @@ pub struct PhantomArgs {
     /// Probability of each of the four markers (independent).
     #[arg(long, default_value_t = 0.15)]
     marker_prob: f64,
-    /// Display window: brain, subdural, soft-tissue, bone, or LEVEL/WIDTH.
+    /// Display window of PNG output: brain, subdural, soft-tissue, bone, or LEVEL/WIDTH.
     #[arg(long, default_value = "brain")]
     window: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
 
+/// Slices per synthetic series in DICOM output.
+const SLICES_PER_SERIES: usize = 4;
+
 pub fn run(args: PhantomArgs) -> Result<()> {
-    if args.num == 0 || args.size < 16 {
-        bail!("need at least one slice of at least 16x16 pixels");
+    if args.num == 0 || args.size < 16 || args.size > 4096 {
+        bail!("need at least one slice of 16 to 4096 pixels a side");
     }
     if !(0.0..=1.0).contains(&args.marker_prob) {
         bail!("--marker-prob must be in [0, 1]");
     }
     let window = Window::parse(&args.window)?;
-    let class_dirs = [args.out.join("0_no_hematoma"), args.out.join("1_hematoma")];
-    for dir in &class_dirs {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let class_dirs = ["0_no_hematoma", "1_hematoma"];
+    if args.format == PhantomFormat::Png {
+        for dir in class_dirs {
+            let dir = args.out.join(dir);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
     }
-    let manifest_path = args.out.join("manifest.csv");
-    let mut manifest =
-        std::fs::File::create(&manifest_path).with_context(|| format!("creating {}", manifest_path.display()))?;
-    writeln!(manifest, "file,site,hypodensity,margin_irregularity,blend_sign,fluid_level,hematoma")?;
     let mut rng = Rng::new(args.seed);
-    let mut positives = 0;
+    let mut manifest = Manifest::default();
+    let mut series_site = 1;
     for i in 0..args.num {
-        let site = 1 + rng.below(NUM_SITES);
+        let series = i / SLICES_PER_SERIES;
+        // A DICOM series comes from one site; PNG slices each draw theirs.
+        let site = if args.format == PhantomFormat::Png || i % SLICES_PER_SERIES == 0 {
+            1 + rng.below(NUM_SITES)
+        } else {
+            series_site
+        };
+        series_site = site;
         let markers = Markers::random(&mut rng, args.marker_prob);
         let phantom = generate(args.size, site, markers, args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
-        let label = usize::from(markers.any());
-        positives += label;
-        let name = format!("slice_{i:05}_site{site:02}.png");
-        let path = class_dirs[label].join(&name);
-        window.to_gray8(&phantom.hu, args.size).save(&path).with_context(|| format!("writing {}", path.display()))?;
-        let flag = |b: bool| u8::from(b);
-        writeln!(
-            manifest,
-            "{}/{name},{site},{},{},{},{},{label}",
-            class_dirs[label].file_name().unwrap_or_default().to_string_lossy(),
-            flag(markers.hypodensity),
-            flag(markers.margin_irregularity),
-            flag(markers.blend_sign),
-            flag(markers.fluid_level)
-        )?;
+        let file = match args.format {
+            PhantomFormat::Png => {
+                let file = format!("{}/slice_{i:05}_site{site:02}.png", class_dirs[usize::from(markers.any())]);
+                let path = args.out.join(&file);
+                window
+                    .to_gray8(&phantom.hu, args.size)
+                    .save(&path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                file
+            }
+            PhantomFormat::Dicom => {
+                let file = format!("phantom_{i:05}.dcm");
+                let slice = Slice {
+                    rows: args.size,
+                    columns: args.size,
+                    values: phantom.hu,
+                    unit: Unit::Hounsfield,
+                    spacing_mm: Some((250.0 / args.size as f32, 250.0 / args.size as f32)),
+                };
+                let uid = |kind: u64, n: u64| format!("2.25.{}", (args.seed << 40) ^ (kind << 32) ^ n);
+                let header = CtHeader {
+                    patient_name: &format!("PHANTOM^SITE{site:02}^{series:04}"),
+                    patient_id: &format!("PH-{:04}-{series:05}", args.seed),
+                    institution: &format!("Phantom site {site}"),
+                    study_uid: &uid(1, series as u64),
+                    series_uid: &uid(2, series as u64),
+                    instance_uid: &uid(3, i as u64),
+                    instance_number: (i % SLICES_PER_SERIES + 1) as i64,
+                    study_date: "20260101",
+                    description: "synthetic head CT (RepDiff phantom)",
+                };
+                let path = args.out.join(&file);
+                dicom::write_ct(&path, &slice, &header)?;
+                file
+            }
+        };
+        manifest.records.push(SliceRecord { file, site, markers });
     }
+    let positives = manifest.records.iter().filter(|r| r.hematoma()).count();
+    let manifest_path = args.out.join(if args.format == PhantomFormat::Png { "manifest.csv" } else { "labels.csv" });
+    manifest.write_csv(&manifest_path)?;
     println!("Wrote {} phantom slices ({positives} with hematoma markers) to {}", args.num, args.out.display());
-    println!("  manifest  {}", manifest_path.display());
-    println!("  train on  repdiff train --images {}", args.out.display());
+    match args.format {
+        PhantomFormat::Png => {
+            println!("  manifest  {}", manifest_path.display());
+            println!("  train on  repdiff train --images {}", args.out.display());
+        }
+        PhantomFormat::Dicom => {
+            println!("  labels    {}", manifest_path.display());
+            println!(
+                "  import    repdiff import {} --labels {} --out runs/dataset",
+                args.out.display(),
+                manifest_path.display()
+            );
+        }
+    }
     Ok(())
 }
