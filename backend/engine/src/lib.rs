@@ -1,6 +1,7 @@
 //! RepDiff's engine: everything that computes (models, diffusion, training, sampling, images), on candle.
 //! It knows nothing of HTTP, SQL or jobs; every entry point takes a [`candle_core::Device`].
 
+pub mod autoencoder;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -10,6 +11,7 @@ pub mod diffusion;
 pub mod dit;
 pub mod error;
 pub mod imaging;
+pub mod latent_cache;
 pub mod manifest;
 pub mod nn;
 pub mod ops;
