@@ -110,6 +110,22 @@ impl VaeConfig {
     }
 }
 
+/// The autoencoders RepDiff knows by name: `pixels` (`channels` 1 or 3) and the Stable Diffusion VAEs
+/// `sd-vae-ft-ema` and `sd-vae-ft-mse`, read from `<weights_dir>/<name>/diffusion_pytorch_model.safetensors`.
+pub fn by_name(name: &str, channels: usize, weights_dir: &Path, device: &Device) -> Result<Box<dyn Autoencoder>> {
+    match name {
+        "pixels" if channels == 1 || channels == 3 => Ok(Box::new(PixelSpace { channels })),
+        "pixels" => Err(Error::Config(format!("pixel space has 1 or 3 channels, not {channels}"))),
+        "sd-vae-ft-ema" | "sd-vae-ft-mse" => {
+            let path = weights_dir.join(name).join("diffusion_pytorch_model.safetensors");
+            Ok(Box::new(SdVae::load(&path, VaeConfig::stable_diffusion(), device)?))
+        }
+        other => Err(Error::Config(format!(
+            "unknown autoencoder {other:?}: expected pixels, sd-vae-ft-ema or sd-vae-ft-mse"
+        ))),
+    }
+}
+
 /// The Stable Diffusion VAE.
 ///
 /// candle-transformers' `AutoEncoderKL::encode` returns a distribution whose mean and standard deviation

@@ -232,7 +232,7 @@ fn ctrl_c_stops_training_with_a_checkpoint_that_resumes() {
 }
 
 #[test]
-fn phantom_dicom_series_import_de_identified_with_their_labels() {
+fn phantom_dicom_series_import_de_identified_encode_and_train() {
     let dir = tempdir("import");
     let scans = dir.join("scans");
     let out = repdiff(&["phantoms", "--format", "dicom", "-n", "8", "--size", "32", "--out", scans.to_str().unwrap()]);

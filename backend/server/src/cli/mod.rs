@@ -2,6 +2,7 @@
 //! a thin layer over `repdiff-engine`.
 
 mod bench;
+mod encode;
 mod import;
 mod interrupt;
 mod phantoms;
@@ -41,6 +42,8 @@ enum Command {
     Phantoms(phantoms::PhantomArgs),
     /// Import scans (DICOM, NIfTI, PNG/JPEG) into a dataset folder: de-identified, with a manifest.
     Import(import::ImportArgs),
+    /// Encode a dataset (or a part of its split) into a latent file for training; reused while unchanged.
+    Encode(encode::EncodeArgs),
     /// Split a manifest as the paper does: pre-training sites vs a downstream site split 8:1:1 by label.
     Split(split::SplitArgs),
     /// Print a preset's full configuration as JSON (a starting point for --config files).
@@ -157,6 +160,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo(args),
         Command::Phantoms(args) => phantoms::run(args),
         Command::Import(args) => import::run(args),
+        Command::Encode(args) => encode::run(args),
         Command::Split(args) => split::run(args),
         Command::Config { preset } => {
             println!("{}", serde_json::to_string_pretty(&RunConfig::preset(&preset)?)?);

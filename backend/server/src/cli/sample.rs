@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use repdiff_engine::autoencoder;
+use repdiff_engine::config::DataSpace;
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
 use repdiff_engine::diffusion::SamplerKind;
@@ -50,6 +52,9 @@ pub struct SampleArgs {
     /// Use the raw weights instead of their EMA.
     #[arg(long)]
     raw_weights: bool,
+    /// Where pretrained weights live (the SD VAE that decodes latent-space samples).
+    #[arg(long, default_value = "model-weights")]
+    weights_dir: PathBuf,
     /// Output folder (PNG per sample, grid.png, samples.safetensors).
     #[arg(long, default_value = "runs/samples")]
     out: PathBuf,
@@ -69,6 +74,7 @@ impl SampleArgs {
             batch_size: 16,
             raw_weights: false,
             no_clip: false,
+            weights_dir: "model-weights".into(),
             out: run.join("samples"),
         }
     }
@@ -107,7 +113,21 @@ pub fn run(args: SampleArgs) -> Result<()> {
     bar.finish();
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let images = to_images(&samples)?;
+    // Latent-space samples are decoded to images when the autoencoder's weights are at hand.
+    let mut preview_note = None;
+    let decoded = match &config.data_space {
+        DataSpace::Pixels => None,
+        DataSpace::Latents { autoencoder: name, .. } => {
+            match autoencoder::by_name(name, 3, &args.weights_dir, &device) {
+                Ok(model) => Some(model.decode(&samples)?),
+                Err(e) => {
+                    preview_note = Some(format!("{e}; the PNGs preview the latents' first three channels"));
+                    None
+                }
+            }
+        }
+    };
+    let images = to_images(decoded.as_ref().unwrap_or(&samples))?;
     for (i, image) in images.iter().enumerate() {
         let name = match &labels {
             Some(l) => format!("sample_{i:04}_class{}.png", l[i]),
@@ -125,8 +145,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
     println!("\nWrote {} samples to {}", images.len(), args.out.display());
     println!("  grid     {}", args.out.join("grid.png").display());
     println!("  tensors  {}", args.out.join("samples.safetensors").display());
-    if !matches!(config.data_space, repdiff_engine::config::DataSpace::Pixels) {
-        println!("  note     these are latents ({:?}); the PNGs preview their first three channels", config.data_space);
+    if let Some(note) = preview_note {
+        println!("  note     {note}");
     }
     Ok(())
 }
