@@ -1,12 +1,16 @@
 //! Synthetic brain-CT slices in Hounsfield units, with the paper's four hematoma markers and twelve sites:
 //! data for the demo and the tests when no clinical scans are at hand.
 //!
-//! A slice has air, a skull ring, brain parenchyma with grey/white texture and two ventricles. A hematoma
+//! A slice has air, a skull ring, a thin layer of CSF, a cortical ribbon of grey matter (~40 HU) folded into
+//! gyri over white matter (~28 HU), and two ventricles (CSF, ~6 HU). Slices are taken at a level between
+//! the skull base and the vertex: higher slices cut a smaller head and the calvarium obliquely, so slices
+//! near the vertex are mostly bone. A hematoma
 //! (acute blood, ~60-80 HU) shows each requested marker: *hypodensity* (a darker core), *margin
 //! irregularity* (a lobulated border), *blend sign* (two densities meeting at a sharp line) and *fluid
 //! level* (a horizontal level, denser below). Slices without markers carry either no hematoma or a plain,
 //! round, homogeneous one, so a classifier must see the markers, not just blood. Each site has its own
-//! noise level, HU offset, head size and tilt, as scanners and protocols differ between facilities.
+//! noise level, sharpness (reconstruction kernel), HU offset, field of view and tilt, as scanners and
+//! protocols differ between facilities.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,8 +48,11 @@ pub const NUM_SITES: usize = 12;
 pub struct Site {
     pub noise_hu: f32,
     pub offset_hu: f32,
+    /// Head size in the field of view (a larger field of view shows a smaller head).
     pub head_scale: f32,
     pub tilt_radians: f32,
+    /// Blend weight of a 3x3 blur: 0 is a sharp (bone) kernel, 0.6 a soft one.
+    pub blur: f32,
 }
 
 impl Site {
@@ -55,8 +62,9 @@ impl Site {
         Site {
             noise_hu: 3.0 + 9.0 * rng.uniform() as f32,
             offset_hu: -6.0 + 12.0 * rng.uniform() as f32,
-            head_scale: 0.88 + 0.1 * rng.uniform() as f32,
+            head_scale: 0.78 + 0.2 * rng.uniform() as f32,
             tilt_radians: (-0.14 + 0.28 * rng.uniform()) as f32,
+            blur: 0.6 * rng.uniform() as f32,
         }
     }
 }
@@ -67,6 +75,8 @@ pub struct Phantom {
     pub site: usize,
     pub markers: Markers,
     pub has_hematoma: bool,
+    /// Axial level: 0 at the skull base, 1 at the vertex.
+    pub level: f32,
     pub hu: Vec<f32>,
 }
 
@@ -80,14 +90,28 @@ struct Hematoma {
     core_radius: f32,
 }
 
-/// Generates a slice of site `site` (1..=12) showing `markers`; `seed` fixes everything else.
+/// Generates a slice of site `site` (1..=12) showing `markers`; `seed` fixes everything else. Slices with
+/// a hematoma lie between the ventricles' level and the upper convexity; others anywhere up to the vertex.
 pub fn generate(size: usize, site: usize, markers: Markers, seed: u64) -> Phantom {
+    let mut rng = Rng::derive(seed ^ 0x1e7e1, site as u64);
+    let has_hematoma = markers.any() || rng.bernoulli(0.5);
+    let level = if has_hematoma { 0.3 + 0.35 * rng.uniform() } else { 0.2 + 0.8 * rng.uniform() } as f32;
+    generate_at(size, site, markers, has_hematoma, level, seed)
+}
+
+/// Generates a slice at axial `level` (0 skull base .. 1 vertex); a hematoma needs brain, so it is left
+/// out above level 0.8.
+pub fn generate_at(size: usize, site: usize, markers: Markers, has_hematoma: bool, level: f32, seed: u64) -> Phantom {
     let traits = Site::new(site.clamp(1, NUM_SITES));
     let mut rng = Rng::derive(seed, site as u64);
-    let has_hematoma = markers.any() || rng.bernoulli(0.5);
+    let level = level.clamp(0.0, 1.0);
+    let has_hematoma = (has_hematoma || markers.any()) && level <= 0.8;
     let (sin_t, cos_t) = traits.tilt_radians.sin_cos();
-    let (outer_a, outer_b) = (0.74 * traits.head_scale, 0.9 * traits.head_scale);
-    let skull = 0.06 * traits.head_scale;
+    // Above mid-level the head narrows like a dome and the calvarium is cut ever more obliquely.
+    let dome = if level <= 0.5 { 1.0 } else { (1.0 - 0.92 * ((level - 0.5) / 0.5).powi(2)).sqrt() };
+    let (outer_a, outer_b) = (0.74 * traits.head_scale * dome, 0.9 * traits.head_scale * dome);
+    let skull = (0.06 * traits.head_scale / dome.max(0.3)).min(0.8 * outer_a);
+    let ventricles = (0.3..0.62).contains(&level);
     let texture: Vec<(f32, f32, f32)> = (0..4)
         .map(|_| (2.0 + 6.0 * rng.uniform() as f32, 2.0 + 6.0 * rng.uniform() as f32, rng.uniform() as f32 * 6.3))
         .collect();
@@ -124,12 +148,24 @@ pub fn generate(size: usize, site: usize, markers: Markers, seed: u64) -> Phanto
             } else if inner > 1.0 {
                 900.0 + 300.0 * (1.0 - outer)
             } else {
-                let grey_white = texture.iter().map(|(fx, fy, ph)| (fx * x + fy * y + ph).sin()).sum::<f32>() / 4.0;
-                let mut brain = 32.0 + 5.0 * grey_white;
-                for side in [-1.0f32, 1.0] {
-                    let v = ((x - side * 0.12) / 0.07).powi(2) + ((y + 0.05) / 0.2).powi(2);
-                    if v < 1.0 {
-                        brain = 6.0;
+                // Depth below the inner table: CSF, then a cortical ribbon whose thickness follows the gyri.
+                let depth = 1.0 - inner.sqrt();
+                let gyri =
+                    texture.iter().map(|(fx, fy, ph)| (3.0 * fx * x + 3.0 * fy * y + ph).sin()).sum::<f32>() / 4.0;
+                let mut brain = if depth < 0.015 + 0.01 * gyri.max(0.0) {
+                    8.0
+                } else if depth < 0.11 + 0.06 * gyri {
+                    40.0
+                } else {
+                    28.0 + 2.0 * gyri
+                };
+                if ventricles {
+                    for side in [-1.0f32, 1.0] {
+                        let v =
+                            ((x - side * 0.12 * dome) / (0.07 * dome)).powi(2) + ((y + 0.05) / (0.2 * dome)).powi(2);
+                        if v < 1.0 {
+                            brain = 6.0;
+                        }
                     }
                 }
                 brain
@@ -159,10 +195,28 @@ pub fn generate(size: usize, site: usize, markers: Markers, seed: u64) -> Phanto
                     value = blood;
                 }
             }
-            hu[row * size + col] = value + traits.offset_hu + traits.noise_hu * noise[row * size + col];
+            hu[row * size + col] = value;
         }
     }
-    Phantom { size, site, markers, has_hematoma, hu }
+    // The site's reconstruction kernel (a blend with the 3x3 mean), then its offset and noise.
+    let clean = hu.clone();
+    for row in 0..size {
+        for col in 0..size {
+            let (mut sum, mut count) = (0.0, 0.0);
+            for r in row.saturating_sub(1)..(row + 2).min(size) {
+                for c in col.saturating_sub(1)..(col + 2).min(size) {
+                    sum += clean[r * size + c];
+                    count += 1.0;
+                }
+            }
+            let i = row * size + col;
+            hu[i] = (1.0 - traits.blur) * clean[i]
+                + traits.blur * sum / count
+                + traits.offset_hu
+                + traits.noise_hu * noise[i];
+        }
+    }
+    Phantom { size, site, markers, has_hematoma, level, hu }
 }
 
 #[cfg(test)]
@@ -176,13 +230,34 @@ mod tests {
 
     #[test]
     fn anatomy_has_the_right_hounsfield_units() {
-        let p = generate(128, 3, Markers::default(), 1);
+        let p = generate_at(128, 3, Markers::default(), false, 0.45, 1);
         let (air, n_air) = mean_where(&p, |v| v < -500.0);
         let (bone, n_bone) = mean_where(&p, |v| v > 500.0);
         let (soft, n_soft) = mean_where(&p, |v| (-100.0..100.0).contains(&v));
         assert!((air + 1000.0).abs() < 20.0 && n_air > 1000, "air {air} x{n_air}");
         assert!(bone > 800.0 && n_bone > 200, "bone {bone} x{n_bone}");
         assert!((10.0..50.0).contains(&soft) && n_soft > 5000, "brain {soft} x{n_soft}");
+        // Grey matter (cortex, ~40 HU) and white matter (~28 HU) both make up a good part of the brain.
+        let quiet = generate_at(128, 1, Markers::default(), false, 0.45, 1);
+        let noise = Site::new(1).noise_hu;
+        let grey = quiet.hu.iter().filter(|&&v| (36.0..46.0).contains(&v)).count();
+        let white = quiet.hu.iter().filter(|&&v| (22.0..32.0).contains(&v)).count();
+        assert!(grey > 800 && white > 800, "grey {grey}, white {white} pixels (noise {noise} HU)");
+    }
+
+    #[test]
+    fn slices_near_the_vertex_are_mostly_bone() {
+        let tissue = |p: &Phantom| {
+            let bone = p.hu.iter().filter(|&&v| v > 500.0).count();
+            let soft = p.hu.iter().filter(|&&v| (-100.0..100.0).contains(&v)).count();
+            (bone, soft)
+        };
+        let (bone, soft) = tissue(&generate_at(128, 5, Markers::default(), false, 0.97, 2));
+        assert!(bone > soft, "vertex: {bone} bone vs {soft} brain pixels");
+        let (bone, soft) = tissue(&generate_at(128, 5, Markers::default(), false, 0.4, 2));
+        assert!(soft > 3 * bone, "mid-level: {bone} bone vs {soft} brain pixels");
+        let high = generate_at(64, 5, Markers { blend_sign: true, ..Default::default() }, true, 0.95, 2);
+        assert!(!high.has_hematoma, "no hematoma without brain to hold it");
     }
 
     #[test]
@@ -192,8 +267,11 @@ mod tests {
         assert_eq!(plain.hu, again.hu);
         let fluid = generate(96, 2, Markers { fluid_level: true, ..Default::default() }, 5);
         assert!(fluid.has_hematoma);
-        // Fluid level: dense blood (~80 HU) exists only with the marker.
-        let dense = |p: &Phantom| p.hu.iter().filter(|&&v| (76.0..90.0).contains(&v)).count();
+        // Fluid level: dense blood (~82 HU) exists only with the marker. Same hematoma, quietest site.
+        let quiet = (1..=NUM_SITES).min_by(|&a, &b| Site::new(a).noise_hu.total_cmp(&Site::new(b).noise_hu)).unwrap();
+        let plain = generate_at(128, quiet, Markers::default(), true, 0.45, 5);
+        let fluid = generate_at(128, quiet, Markers { fluid_level: true, ..Default::default() }, true, 0.45, 5);
+        let dense = |p: &Phantom| p.hu.iter().filter(|&&v| (78.0..95.0).contains(&v)).count();
         assert!(dense(&fluid) > 3 * dense(&plain) + 10, "{} vs {}", dense(&fluid), dense(&plain));
         // Sites differ in noise.
         let brain_std = |site| {
