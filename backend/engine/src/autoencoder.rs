@@ -215,7 +215,44 @@ impl SimpleBackend for PaddingBackend {
     }
 }
 
+/// Random weights for any requested tensor (deterministic per name): an SD VAE with the cost of the real one.
+struct RandomBackend {
+    seed: u64,
+}
+
+impl SimpleBackend for RandomBackend {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let stream = name.bytes().fold(0u64, |h, b| h.wrapping_mul(0x100_0000_01b3).wrapping_add(b as u64));
+        let fan_in: usize = shape.dims().iter().skip(1).product::<usize>().max(1);
+        let values = Rng::derive(self.seed, stream).normal_vec(shape.elem_count());
+        let scale = (1.0 / fan_in as f32).sqrt();
+        Tensor::from_vec(values.into_iter().map(|v| v * scale).collect(), shape, dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        Err(candle_core::Error::Msg(format!("random VAE weights have no fixed shape for {name}")))
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
 impl SdVae {
+    /// A VAE of `config`'s architecture with random weights: for benchmarks, where only the cost matters.
+    pub fn random(config: VaeConfig, seed: u64, device: &Device) -> Result<Self> {
+        let vb = VarBuilder::from_backend(Box::new(RandomBackend { seed }), DType::F32, device.clone());
+        let model = AutoEncoderKL::new(vb, 3, 3, doubled_config(&config))?;
+        Ok(SdVae { model, config, fingerprint: format!("random{seed}"), device: device.clone() })
+    }
+
     /// Loads diffusers-format weights (`diffusion_pytorch_model.safetensors`).
     pub fn load(path: &Path, config: VaeConfig, device: &Device) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| match e.kind() {
@@ -235,15 +272,8 @@ impl SdVae {
         }
         let backend = PaddingBackend { tensors, path: path.into() };
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
-        let doubled = AutoEncoderKLConfig {
-            block_out_channels: config.block_out_channels.clone(),
-            layers_per_block: config.layers_per_block,
-            latent_channels: 2 * config.latent_channels,
-            norm_num_groups: config.norm_num_groups,
-            use_quant_conv: true,
-            use_post_quant_conv: true,
-        };
-        let model = AutoEncoderKL::new(vb, 3, 3, doubled).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+        let model = AutoEncoderKL::new(vb, 3, 3, doubled_config(&config))
+            .map_err(|e| Error::checkpoint(path, e.to_string()))?;
         Ok(SdVae { model, config, fingerprint, device: device.clone() })
     }
 
@@ -260,6 +290,18 @@ impl SdVae {
         let mean = both.narrow(1, 0, l)?;
         let logvar = both.narrow(1, l, l)?.clamp(-30f32, 20f32)?;
         Ok((mean, logvar))
+    }
+}
+
+/// candle's config for the doubled-latent-width model (see [`SdVae`]).
+fn doubled_config(config: &VaeConfig) -> AutoEncoderKLConfig {
+    AutoEncoderKLConfig {
+        block_out_channels: config.block_out_channels.clone(),
+        layers_per_block: config.layers_per_block,
+        latent_channels: 2 * config.latent_channels,
+        norm_num_groups: config.norm_num_groups,
+        use_quant_conv: true,
+        use_post_quant_conv: true,
     }
 }
 

@@ -27,6 +27,12 @@ pub struct BenchArgs {
     input_size: usize,
     #[arg(long, default_value_t = 4)]
     channels: usize,
+    /// Measure the data pipeline instead (DICOM read, import, encode) on this many synthetic slices.
+    #[arg(long)]
+    imaging: Option<usize>,
+    /// With --imaging: images to encode and decode with the SD VAE at 256x256 (0 skips it).
+    #[arg(long, default_value_t = 4)]
+    vae_images: usize,
 }
 
 fn mean_seconds(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -39,6 +45,9 @@ fn mean_seconds(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> 
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(slices) = args.imaging {
+        return super::bench_imaging::run(slices, args.vae_images);
+    }
     let (device, device_note) = best_device();
     let iters = args.iters.max(1);
     println!(

@@ -2,6 +2,7 @@
 //! a thin layer over `repdiff-engine`.
 
 mod bench;
+mod bench_imaging;
 mod encode;
 mod import;
 mod interrupt;
@@ -34,7 +35,7 @@ enum Command {
     Train(train::TrainArgs),
     /// Draw samples from a checkpoint: PNG files, a grid, and the raw tensors.
     Sample(sample::SampleArgs),
-    /// Measure training steps/s and forward throughput of DiT models on this machine.
+    /// Measure DiT training/forward throughput, or with --imaging the data pipeline (import, encode).
     Bench(bench::BenchArgs),
     /// Train the tiny-cpu preset on the toy set and sample each class: the whole engine in a few minutes.
     Demo(DemoArgs),
