@@ -72,6 +72,44 @@ fn transfer_syntax_name(uid: &str) -> String {
     }
 }
 
+/// The most a compressed frame may expand, and the most pixel data RepDiff decodes from one file.
+const MAX_COMPRESSION_RATIO: u64 = 1100;
+const MAX_DECODED_BYTES: u64 = 4 << 30;
+
+/// Refuses a header whose image cannot be in the file (e.g. a corrupt Rows or NumberOfFrames), before the
+/// decoder allocates for it.
+fn check_pixel_size(obj: &DefaultDicomObject, path: &Path) -> Result<()> {
+    let number = |tag| obj.get(tag).and_then(|e| e.to_int::<u64>().ok());
+    let (rows, columns) = (number(tags::ROWS).unwrap_or(0), number(tags::COLUMNS).unwrap_or(0));
+    let frames = number(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+    let bits = number(tags::BITS_ALLOCATED).unwrap_or(16).max(1);
+    let samples = number(tags::SAMPLES_PER_PIXEL).unwrap_or(1).max(1);
+    if rows == 0 || columns == 0 {
+        return Err(scan_error(path, "Rows or Columns is missing or zero"));
+    }
+    let claimed = [columns, frames, samples]
+        .iter()
+        .try_fold(rows, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_mul(bits.div_ceil(8)));
+    let stored: u64 = match obj.get(tags::PIXEL_DATA).map(|e| e.value()) {
+        Some(dicom_core::value::Value::PixelSequence(seq)) => {
+            seq.fragments().iter().map(|f| f.len() as u64).sum::<u64>().saturating_mul(MAX_COMPRESSION_RATIO)
+        }
+        Some(value) => value.to_bytes().map_or(0, |b| b.len() as u64),
+        None => 0,
+    };
+    match claimed {
+        Some(bytes) if bytes <= stored.min(MAX_DECODED_BYTES) => Ok(()),
+        _ => Err(scan_error(
+            path,
+            format!(
+                "truncated pixel data: {rows} x {columns} pixels x {frames} frames of {bits} bits are more than the \
+                 file's pixel data can hold"
+            ),
+        )),
+    }
+}
+
 /// Reads every frame of a CT file as Hounsfield-unit slices, with the slice's identity.
 pub fn read(path: &Path) -> Result<(Vec<Slice>, SliceIdentity)> {
     let obj = open(path)?;
@@ -103,6 +141,7 @@ pub fn read_object(obj: &DefaultDicomObject, path: &Path) -> Result<(Vec<Slice>,
         Some(_) => {}
         None => return Err(scan_error(path, format!("{syntax_name} is not a transfer syntax RepDiff knows"))),
     }
+    check_pixel_size(obj, path)?;
     let decoded = obj
         .decode_pixel_data()
         .map_err(|e| scan_error(path, format!("cannot decode the pixel data ({syntax_name}): {}", chain(&e))))?;

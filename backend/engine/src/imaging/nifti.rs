@@ -53,8 +53,39 @@ fn axis_mapping(affine: &[[f64; 3]; 3]) -> Option<[(usize, bool); 3]> {
     Some(mapping)
 }
 
+/// The most voxel data a gzipped volume may claim per compressed byte: deflate cannot do better than ~1032:1.
+const MAX_GZIP_RATIO: u64 = 1100;
+
+/// Refuses a header whose volume cannot be in the file, before anything is allocated for it.
+fn check_size(path: &Path) -> Result<()> {
+    let header =
+        NiftiHeader::from_file(path).map_err(|e| scan_error(path, format!("not a readable NIfTI-1 file: {e}")))?;
+    let file_len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let rank = (header.dim[0] as usize).clamp(1, 7);
+    let voxels = header.dim[1..=rank].iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+    let bytes = voxels.and_then(|n| n.checked_mul((header.bitpix.max(8) as u64) / 8));
+    let gzipped = path.to_string_lossy().to_ascii_lowercase().ends_with(".gz");
+    let available = if gzipped {
+        file_len.saturating_mul(MAX_GZIP_RATIO)
+    } else {
+        file_len.saturating_sub(header.vox_offset as u64)
+    };
+    match bytes {
+        Some(bytes) if bytes <= available => Ok(()),
+        _ => Err(scan_error(
+            path,
+            format!(
+                "the header claims {:?} voxels of {} bits, more than the file can hold",
+                &header.dim[1..=rank],
+                header.bitpix
+            ),
+        )),
+    }
+}
+
 /// Reads a 3-D volume as axial slices (inferior first).
 pub fn read_axial(path: &Path) -> Result<Vec<Slice>> {
+    check_size(path)?;
     let object = ReaderOptions::new()
         .read_file(path)
         .map_err(|e| scan_error(path, format!("not a readable NIfTI-1 file: {e}")))?;
