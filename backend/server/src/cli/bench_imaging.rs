@@ -44,7 +44,9 @@ pub fn run(slices: usize, vae_images: usize) -> Result<()> {
     println!("| stage | per second | seconds |");
     println!("|---|---|---|");
     let row = |stage: &str, count: usize, seconds: f64| {
-        println!("| {stage} | {:.1} | {seconds:.2} |", count as f64 / seconds.max(1e-9));
+        let rate = count as f64 / seconds.max(1e-9);
+        let digits = if rate < 10.0 { 2 } else { 1 };
+        println!("| {stage} | {rate:.digits$} | {seconds:.2} |");
     };
 
     let start = Instant::now();
