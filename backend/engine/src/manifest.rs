@@ -82,7 +82,74 @@ impl Part {
     }
 }
 
+/// A JSON manifest row: the CSV's columns as fields, flags as booleans or 0/1.
+#[derive(Deserialize)]
+struct JsonRow {
+    file: String,
+    site: usize,
+    #[serde(deserialize_with = "json_flag")]
+    hypodensity: bool,
+    #[serde(deserialize_with = "json_flag")]
+    margin_irregularity: bool,
+    #[serde(deserialize_with = "json_flag")]
+    blend_sign: bool,
+    #[serde(deserialize_with = "json_flag")]
+    fluid_level: bool,
+    #[serde(default, deserialize_with = "json_optional_flag")]
+    hematoma: Option<bool>,
+}
+
+fn json_flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<bool, D::Error> {
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Bool(b) => Ok(b),
+        serde_json::Value::Number(n) if n.as_u64() == Some(0) => Ok(false),
+        serde_json::Value::Number(n) if n.as_u64() == Some(1) => Ok(true),
+        other => Err(serde::de::Error::custom(format!("expected true/false or 0/1, got {other}"))),
+    }
+}
+
+fn json_optional_flag<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<bool>, D::Error> {
+    json_flag(deserializer).map(Some)
+}
+
 impl Manifest {
+    /// Reads a manifest as CSV, or as JSON (an array of objects with the same fields) if it ends in `.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+            Self::read_json(path)
+        } else {
+            Self::read_csv(path)
+        }
+    }
+
+    pub fn read_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let fail = |e: String| Error::Data(format!("{}: {e}", path.display()));
+        let rows: Vec<JsonRow> = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let mut records = Vec::with_capacity(rows.len());
+        for (i, row) in rows.into_iter().enumerate() {
+            let markers = Markers {
+                hypodensity: row.hypodensity,
+                margin_irregularity: row.margin_irregularity,
+                blend_sign: row.blend_sign,
+                fluid_level: row.fluid_level,
+            };
+            if row.hematoma.is_some_and(|label| label != markers.any()) {
+                return Err(fail(format!("entry {i} ({}): hematoma disagrees with the markers", row.file)));
+            }
+            if row.file.is_empty() {
+                return Err(fail(format!("entry {i}: empty file name")));
+            }
+            records.push(SliceRecord { file: row.file, site: row.site, markers });
+        }
+        if records.is_empty() {
+            return Err(fail("the manifest has no slices".into()));
+        }
+        Ok(Manifest { records })
+    }
+
     pub fn read_csv(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         Self::from_reader(file).map_err(|e| Error::Data(format!("{}: {e}", path.display())))
@@ -222,6 +289,29 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_manifests_read_like_csv_ones() {
+        let dir = std::env::temp_dir().join(format!("repdiff-manifest-json-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = dir.join("labels.json");
+        std::fs::write(
+            &json,
+            r#"[{"file": "a.dcm", "site": 2, "hypodensity": true, "margin_irregularity": 0, "blend_sign": false, "fluid_level": 0},
+                {"file": "b.dcm", "site": 1, "hypodensity": 0, "margin_irregularity": 0, "blend_sign": 0, "fluid_level": 0, "hematoma": false}]"#,
+        )
+        .unwrap();
+        let manifest = Manifest::read(&json).unwrap();
+        assert_eq!(manifest.records.len(), 2);
+        assert!(manifest.records[0].hematoma() && !manifest.records[1].hematoma());
+        assert_eq!(manifest.records[0].site, 2);
+        std::fs::write(&json, r#"[{"file": "a.dcm", "site": 2, "hypodensity": 2, "margin_irregularity": 0, "blend_sign": 0, "fluid_level": 0}]"#).unwrap();
+        let error = Manifest::read(&json).unwrap_err().to_string();
+        assert!(error.contains("expected true/false or 0/1"), "{error}");
+        std::fs::write(&json, r#"[{"file": "a.dcm", "site": 2, "hypodensity": 1, "margin_irregularity": 0, "blend_sign": 0, "fluid_level": 0, "hematoma": 0}]"#).unwrap();
+        assert!(Manifest::read(&json).unwrap_err().to_string().contains("disagrees"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     fn synthetic(n: usize) -> Manifest {
         let mut rng = Rng::new(4);

@@ -13,7 +13,7 @@ pub struct ImportArgs {
     /// Scan files or folders (walked recursively).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// Labels in the manifest's CSV format (file,site,hypodensity,margin_irregularity,blend_sign,fluid_level),
+    /// Labels in the manifest's CSV (or JSON) format (file,site,hypodensity,margin_irregularity,blend_sign,fluid_level),
     /// `file` naming inputs relative to the folder given or by file name; `file#k` labels slice k alone.
     #[arg(long)]
     labels: PathBuf,
@@ -37,7 +37,7 @@ fn default_key_path() -> Result<PathBuf> {
 }
 
 pub fn run(args: ImportArgs) -> Result<()> {
-    let labels = Manifest::read_csv(&args.labels)?;
+    let labels = Manifest::read(&args.labels)?;
     let key_path = match args.deid_key {
         Some(path) => path,
         None => default_key_path()?,

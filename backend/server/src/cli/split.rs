@@ -28,7 +28,7 @@ pub fn run(args: SplitArgs) -> Result<()> {
     let [train, val, test] = args.fractions[..] else {
         bail!("--fractions takes three numbers (train,validation,test), got {:?}", args.fractions);
     };
-    let manifest = Manifest::read_csv(&args.manifest)?;
+    let manifest = Manifest::read(&args.manifest)?;
     let parts = manifest.split(args.downstream_site, [train, val, test], args.seed)?;
     let out = args.out.unwrap_or_else(|| args.manifest.with_file_name("split.csv"));
     manifest.write_split_csv(&parts, &out)?;
