@@ -57,7 +57,8 @@ pub fn run(slices: usize, vae_images: usize) -> Result<()> {
 
     let start = Instant::now();
     let dataset = dir.join("dataset");
-    let report = import(&[scans.clone()], &Labels::from_manifest(labels), &DeidKey::from_bytes([1; 32]), &dataset)?;
+    let report =
+        import(std::slice::from_ref(&scans), &Labels::from_manifest(labels), &DeidKey::from_bytes([1; 32]), &dataset)?;
     row("import: read, de-identify, store (slices)", report.slices, start.elapsed().as_secs_f64());
 
     let manifest = dataset.join("manifest.csv");
