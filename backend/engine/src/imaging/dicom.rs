@@ -53,9 +53,99 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 pub fn open(path: &Path) -> Result<DefaultDicomObject> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    check_element_lengths(&bytes).map_err(|reason| scan_error(path, format!("not a readable DICOM file: {reason}")))?;
     OpenFileOptions::new()
         .open_file(path)
         .map_err(|e| scan_error(path, format!("not a readable DICOM file: {}", chain(&e))))
+}
+
+const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
+const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
+const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
+
+/// Walks the elements of a Part 10 file and refuses one that claims more bytes than the file has left.
+///
+/// dicom-rs reserves and zero-fills an element's declared length before reading it, so a corrupt
+/// kilobyte-sized file can make it touch gigabytes (found by fuzzing). The walk knows only lengths, VRs
+/// and nesting; anything it does not follow (a deflated data set, big endian, garbage) it leaves to
+/// dicom-rs, which then fails on its own terms.
+fn check_element_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
+    let mut pos = if looks_like_dicom(bytes) { 132 } else { 0 };
+    let u16_at = |p: usize| bytes.get(p..p + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |p: usize| bytes.get(p..p + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let mut explicit = true; // the file meta group is always explicit VR little endian
+    let mut in_meta = true;
+    let mut in_fragments = false;
+    let mut transfer_syntax = String::new();
+    while let (Some(group), Some(element)) = (u16_at(pos), u16_at(pos + 2)) {
+        if in_meta && group != 0x0002 {
+            in_meta = false;
+            let syntax = transfer_syntax.trim_end_matches(['\0', ' ']);
+            if syntax == EXPLICIT_VR_BIG_ENDIAN || syntax.ends_with(".99") {
+                return Ok(()); // big endian or deflated: not walked here
+            }
+            explicit = syntax != IMPLICIT_VR_LITTLE_ENDIAN;
+        }
+        let tag_end = pos + 4;
+        if group == 0xFFFE {
+            // Item and delimiters: a 4-byte length and no VR, whatever the syntax.
+            let Some(length) = u32_at(tag_end) else { return Ok(()) };
+            pos = tag_end + 4;
+            if element == 0xE0DD {
+                in_fragments = false;
+            } else if element == 0xE000 && in_fragments && length != UNDEFINED_LENGTH {
+                // A fragment of encapsulated pixel data: raw bytes.
+                if length as usize > bytes.len() - pos.min(bytes.len()) {
+                    return Err(format!(
+                        "a pixel data fragment claims {length} bytes, the file has {} left",
+                        bytes.len().saturating_sub(pos)
+                    ));
+                }
+                pos += length as usize;
+            }
+            continue;
+        }
+        let (vr, length, value_start) = if explicit {
+            let Some(vr) = bytes.get(tag_end..tag_end + 2) else { return Ok(()) };
+            // dicom-rs reads bytes that are no VR as UN, with a 4-byte length; so does this walk.
+            let vr: &[u8] = if vr.iter().all(u8::is_ascii_uppercase) { vr } else { b"UN" };
+            if matches!(
+                vr,
+                b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+            ) {
+                let Some(length) = u32_at(tag_end + 4) else { return Ok(()) };
+                (Some(vr), length, tag_end + 8)
+            } else {
+                let Some(length) = u16_at(tag_end + 2) else { return Ok(()) };
+                (Some(vr), length as u32, tag_end + 4)
+            }
+        } else {
+            let Some(length) = u32_at(tag_end) else { return Ok(()) };
+            (None, length, tag_end + 4)
+        };
+        pos = value_start;
+        if length == UNDEFINED_LENGTH && vr == Some(b"UN") {
+            return Ok(()); // an implicit VR sequence inside explicit VR: not walked here
+        }
+        if length == UNDEFINED_LENGTH {
+            // A sequence or encapsulated pixel data: its items follow.
+            in_fragments = (group, element) == (0x7FE0, 0x0010);
+            continue;
+        }
+        if vr == Some(b"SQ") {
+            continue; // a defined-length sequence: walk into its items
+        }
+        let left = bytes.len().saturating_sub(pos);
+        if length as usize > left {
+            return Err(format!("element ({group:04X},{element:04X}) claims {length} bytes, the file has {left} left"));
+        }
+        if in_meta && (group, element) == (0x0002, 0x0010) {
+            transfer_syntax = String::from_utf8_lossy(&bytes[pos..pos + length as usize]).into_owned();
+        }
+        pos += length as usize;
+    }
+    Ok(())
 }
 
 fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
