@@ -63,27 +63,42 @@ pub fn open(path: &Path) -> Result<DefaultDicomObject> {
 const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
 const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
 const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
+const DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1.99";
 
 /// Walks the elements of a Part 10 file and refuses one that claims more bytes than the file has left.
 ///
 /// dicom-rs reserves and zero-fills an element's declared length before reading it, so a corrupt
 /// kilobyte-sized file can make it touch gigabytes (found by fuzzing). The walk knows only lengths, VRs
-/// and nesting; anything it does not follow (a deflated data set, big endian, garbage) it leaves to
+/// and nesting (a deflated data set is inflated first); what it does not follow (big endian, an implicit
+/// sequence inside explicit VR, a broken deflate stream) it leaves to
 /// dicom-rs, which then fails on its own terms.
 fn check_element_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
-    let mut pos = if looks_like_dicom(bytes) { 132 } else { 0 };
+    walk_lengths(bytes, if looks_like_dicom(bytes) { 132 } else { 0 }, true)
+}
+
+/// The walk of [`check_element_lengths`] from `pos`; `in_meta` while in the file meta group.
+fn walk_lengths(bytes: &[u8], mut pos: usize, mut in_meta: bool) -> std::result::Result<(), String> {
     let u16_at = |p: usize| bytes.get(p..p + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |p: usize| bytes.get(p..p + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let mut explicit = true; // the file meta group is always explicit VR little endian
-    let mut in_meta = true;
     let mut in_fragments = false;
     let mut transfer_syntax = String::new();
     while let (Some(group), Some(element)) = (u16_at(pos), u16_at(pos + 2)) {
         if in_meta && group != 0x0002 {
             in_meta = false;
             let syntax = transfer_syntax.trim_end_matches(['\0', ' ']);
-            if syntax == EXPLICIT_VR_BIG_ENDIAN || syntax.ends_with(".99") {
-                return Ok(()); // big endian or deflated: not walked here
+            if syntax == EXPLICIT_VR_BIG_ENDIAN {
+                return Ok(()); // retired and rare: not walked here
+            }
+            if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
+                // The data set is a raw deflate stream of explicit VR little endian; deflate expands
+                // at most ~1032:1, so inflating it to check it is bounded by the file's size.
+                let mut inflated = Vec::new();
+                let mut decoder = flate2::read::DeflateDecoder::new(&bytes[pos..]);
+                if std::io::Read::read_to_end(&mut decoder, &mut inflated).is_err() {
+                    return Ok(()); // a broken stream: dicom-rs reports it
+                }
+                return walk_lengths(&inflated, 0, false);
             }
             explicit = syntax != IMPLICIT_VR_LITTLE_ENDIAN;
         }
