@@ -1,0 +1,406 @@
+//! The job queue, in PostgreSQL. Guarantees, each provoked by a test in `tests/queue.rs`:
+//! - a queued job is claimed by exactly one worker (`FOR UPDATE SKIP LOCKED`), highest priority first,
+//!   then oldest;
+//! - a claim is a lease: the worker renews it by heartbeating; a job whose lease runs out (its worker
+//!   died or hung) is put back in the queue by the rescuer, or failed when it has used its attempts;
+//! - a failed attempt is retried after an exponential backoff (1 s after the first attempt, doubling to at
+//!   most 2^11 s), up to `max_attempts`;
+//! - cancelling a queued job finishes it at once; cancelling a running one asks its worker, which learns
+//!   it from its next heartbeat and stops through the engine's cancel token;
+//! - submitting twice with one idempotency key makes one job;
+//! - workers wake on `NOTIFY` and also poll, so a missed notification delays a job by one poll interval.
+//!
+//! River (riverqueue) was the model; its Rust port has no heartbeats, and rescuing a days-long training
+//! job that way takes a timeout longer than the job, where a lease gets a dead worker's job back in
+//! minutes.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+/// The channel workers LISTEN on; the payload is the job kind.
+pub const CHANNEL: &str = "repdiff_jobs";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(state: &str) -> JobState {
+        match state {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            _ => JobState::Cancelled,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub params: serde_json::Value,
+    pub state: JobState,
+    pub priority: i16,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub run_after: DateTime<Utc>,
+    pub idempotency_key: Option<String>,
+    pub worker_id: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub cancel_requested: bool,
+    pub error: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A job row as sqlx reads it (the state is text in the table).
+struct JobRow {
+    id: i64,
+    kind: String,
+    params: serde_json::Value,
+    state: String,
+    priority: i16,
+    attempt: i32,
+    max_attempts: i32,
+    run_after: DateTime<Utc>,
+    idempotency_key: Option<String>,
+    worker_id: Option<String>,
+    lease_expires_at: Option<DateTime<Utc>>,
+    cancel_requested: bool,
+    error: Option<String>,
+    result: Option<serde_json::Value>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<JobRow> for Job {
+    fn from(r: JobRow) -> Job {
+        Job {
+            id: r.id,
+            kind: r.kind,
+            params: r.params,
+            state: JobState::parse(&r.state),
+            priority: r.priority,
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            run_after: r.run_after,
+            idempotency_key: r.idempotency_key,
+            worker_id: r.worker_id,
+            lease_expires_at: r.lease_expires_at,
+            cancel_requested: r.cancel_requested,
+            error: r.error,
+            result: r.result,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+/// What to submit.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub kind: String,
+    pub params: serde_json::Value,
+    pub priority: i16,
+    pub max_attempts: i32,
+    pub idempotency_key: Option<String>,
+}
+
+impl NewJob {
+    pub fn new(kind: impl Into<String>, params: serde_json::Value) -> Self {
+        NewJob { kind: kind.into(), params, priority: 0, max_attempts: 3, idempotency_key: None }
+    }
+}
+
+/// Submits a job (and wakes a worker). With an idempotency key already used, returns that job instead.
+pub async fn submit(pool: &PgPool, job: &NewJob) -> sqlx::Result<Job> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query_as!(
+        JobRow,
+        r#"INSERT INTO jobs (kind, params, priority, max_attempts, idempotency_key)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (idempotency_key) DO NOTHING
+           RETURNING id, kind, params, state, priority, attempt, max_attempts, run_after, idempotency_key,
+                     worker_id, lease_expires_at, cancel_requested, error, result, created_at, started_at,
+                     finished_at"#,
+        job.kind,
+        job.params,
+        job.priority,
+        job.max_attempts,
+        job.idempotency_key,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let row = match inserted {
+        Some(row) => {
+            sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, job.kind).execute(&mut *tx).await?;
+            row
+        }
+        None => {
+            let key = job.idempotency_key.as_deref().unwrap_or_default();
+            sqlx::query_as!(
+                JobRow,
+                r#"SELECT id, kind, params, state, priority, attempt, max_attempts, run_after, idempotency_key,
+                          worker_id, lease_expires_at, cancel_requested, error, result, created_at, started_at,
+                          finished_at
+                   FROM jobs WHERE idempotency_key = $1"#,
+                key
+            )
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+    tx.commit().await?;
+    Ok(row.into())
+}
+
+pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<Job>> {
+    let row = sqlx::query_as!(
+        JobRow,
+        r#"SELECT id, kind, params, state, priority, attempt, max_attempts, run_after, idempotency_key,
+                  worker_id, lease_expires_at, cancel_requested, error, result, created_at, started_at,
+                  finished_at
+           FROM jobs WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Job::from))
+}
+
+/// Claims the most urgent runnable job of one of `kinds` for `worker`, leased for `lease`.
+pub async fn claim(pool: &PgPool, worker: &str, kinds: &[String], lease: Duration) -> sqlx::Result<Option<Job>> {
+    let row = sqlx::query_as!(
+        JobRow,
+        r#"UPDATE jobs
+           SET state = 'running', attempt = attempt + 1, worker_id = $1,
+               lease_expires_at = now() + make_interval(secs => $2), started_at = coalesce(started_at, now())
+           WHERE id = (
+               SELECT id FROM jobs
+               WHERE state = 'queued' AND run_after <= now() AND kind = ANY($3)
+               ORDER BY priority DESC, run_after, id
+               LIMIT 1
+               FOR UPDATE SKIP LOCKED
+           )
+           RETURNING id, kind, params, state, priority, attempt, max_attempts, run_after, idempotency_key,
+                     worker_id, lease_expires_at, cancel_requested, error, result, created_at, started_at,
+                     finished_at"#,
+        worker,
+        lease.as_secs_f64(),
+        kinds,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Job::from))
+}
+
+/// What a heartbeat learns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// Renewed; keep going.
+    Held,
+    /// Renewed, but a user asked to cancel the job.
+    CancelRequested,
+    /// The job is no longer this worker's (rescued after a missed lease, or finished): stop, write nothing.
+    Lost,
+}
+
+/// Renews `worker`'s lease on job `id` for another `lease`.
+pub async fn heartbeat(pool: &PgPool, id: i64, worker: &str, lease: Duration) -> sqlx::Result<Lease> {
+    let renewed = sqlx::query_scalar!(
+        r#"UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
+           WHERE id = $1 AND worker_id = $2 AND state = 'running'
+           RETURNING cancel_requested"#,
+        id,
+        worker,
+        lease.as_secs_f64(),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(match renewed {
+        Some(true) => Lease::CancelRequested,
+        Some(false) => Lease::Held,
+        None => Lease::Lost,
+    })
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Succeeded(serde_json::Value),
+    /// Failed; retried after a backoff while attempts remain.
+    Failed(String),
+    /// Failed in a way another attempt cannot fix (bad parameters): no retry.
+    FailedPermanently(String),
+    Cancelled,
+}
+
+/// Records the end of `worker`'s attempt at job `id`. Returns the job's new state, or `None` when the job
+/// was no longer this worker's (its lease was lost): then nothing is written.
+pub async fn finish(pool: &PgPool, id: i64, worker: &str, outcome: &Outcome) -> sqlx::Result<Option<JobState>> {
+    let (state, error, result, retry) = match outcome {
+        Outcome::Succeeded(result) => ("succeeded", None, Some(result.clone()), false),
+        Outcome::Failed(error) => ("failed", Some(error.as_str()), None, true),
+        Outcome::FailedPermanently(error) => ("failed", Some(error.as_str()), None, false),
+        Outcome::Cancelled => ("cancelled", None, None, false),
+    };
+    let state = sqlx::query_scalar!(
+        r#"UPDATE jobs SET
+               state = CASE WHEN $4 AND attempt < max_attempts AND NOT cancel_requested THEN 'queued' ELSE $3 END,
+               run_after = CASE WHEN $4 AND attempt < max_attempts
+                                THEN now() + make_interval(secs => power(2, least(attempt - 1, 11))::float8)
+                                ELSE run_after END,
+               error = $5, result = $6, worker_id = NULL, lease_expires_at = NULL,
+               finished_at = CASE WHEN $4 AND attempt < max_attempts AND NOT cancel_requested
+                                  THEN NULL ELSE now() END
+           WHERE id = $1 AND worker_id = $2 AND state = 'running'
+           RETURNING state"#,
+        id,
+        worker,
+        state,
+        retry,
+        error,
+        result,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(state.map(|s| JobState::parse(&s)))
+}
+
+/// Cancels job `id`: a queued job at once, a running one by asking its worker. Returns the job as it is
+/// now, or `None` if there is no such job.
+pub async fn cancel(pool: &PgPool, id: i64) -> sqlx::Result<Option<Job>> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query_as!(
+        JobRow,
+        r#"UPDATE jobs SET
+               cancel_requested = (state = 'running') OR cancel_requested,
+               state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+               finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END
+           WHERE id = $1
+           RETURNING id, kind, params, state, priority, attempt, max_attempts, run_after, idempotency_key,
+                     worker_id, lease_expires_at, cancel_requested, error, result, created_at, started_at,
+                     finished_at"#,
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = &row {
+        sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, format!("cancel:{}", row.id)).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(row.map(Job::from))
+}
+
+/// Puts a failed or cancelled job back in the queue with one more attempt. `None` if it is not final.
+pub async fn retry(pool: &PgPool, id: i64) -> sqlx::Result<Option<Job>> {
+    let row = sqlx::query_as!(
+        JobRow,
+        r#"UPDATE jobs SET state = 'queued', run_after = now(), cancel_requested = false, error = NULL,
+               finished_at = NULL, max_attempts = greatest(max_attempts, attempt + 1)
+           WHERE id = $1 AND state IN ('failed', 'cancelled')
+           RETURNING id, kind, params, state, priority, attempt, max_attempts, run_after, idempotency_key,
+                     worker_id, lease_expires_at, cancel_requested, error, result, created_at, started_at,
+                     finished_at"#,
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = &row {
+        sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, row.kind).execute(pool).await?;
+    }
+    Ok(row.map(Job::from))
+}
+
+/// The rescuer: running jobs whose lease ran out go back to the queue (or fail, out of attempts).
+/// Returns how many were rescued and how many failed.
+pub async fn rescue_expired(pool: &PgPool) -> sqlx::Result<(u64, u64)> {
+    let rows = sqlx::query!(
+        r#"UPDATE jobs SET
+               state = CASE WHEN cancel_requested THEN 'cancelled'
+                            WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
+               error = CASE WHEN attempt < max_attempts AND NOT cancel_requested THEN error
+                            ELSE 'the worker stopped heartbeating (lease expired)' END,
+               finished_at = CASE WHEN attempt < max_attempts AND NOT cancel_requested THEN NULL ELSE now() END,
+               worker_id = NULL, lease_expires_at = NULL, run_after = now()
+           WHERE state = 'running' AND lease_expires_at < now()
+           RETURNING state, kind"#
+    )
+    .fetch_all(pool)
+    .await?;
+    let requeued = rows.iter().filter(|r| r.state == "queued").count() as u64;
+    for row in rows.iter().filter(|r| r.state == "queued") {
+        sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, row.kind).execute(pool).await?;
+    }
+    Ok((requeued, rows.len() as u64 - requeued))
+}
+
+/// Progress of a running job (upserted: one row per job).
+pub async fn set_progress(pool: &PgPool, id: i64, step: i64, total: i64, message: &str) -> sqlx::Result<()> {
+    sqlx::query!(
+        r#"INSERT INTO job_progress (job_id, step, total, message) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (job_id) DO UPDATE SET step = $2, total = $3, message = $4, updated_at = now()"#,
+        id,
+        step,
+        total,
+        message
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Metric points (name, step, value); a step reported again (after a resume) replaces the old value.
+pub async fn record_metrics(pool: &PgPool, id: i64, points: &[(String, i64, f64)]) -> sqlx::Result<()> {
+    let names: Vec<String> = points.iter().map(|p| p.0.clone()).collect();
+    let steps: Vec<i64> = points.iter().map(|p| p.1).collect();
+    let values: Vec<f64> = points.iter().map(|p| p.2).collect();
+    sqlx::query!(
+        r#"INSERT INTO job_metrics (job_id, name, step, value)
+           SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::float8[])
+           ON CONFLICT (job_id, name, step) DO UPDATE SET value = excluded.value"#,
+        id,
+        &names,
+        &steps,
+        &values
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn log(pool: &PgPool, id: i64, level: &str, message: &str) -> sqlx::Result<()> {
+    sqlx::query!("INSERT INTO job_logs (job_id, level, message) VALUES ($1, $2, $3)", id, level, message)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! The job queue's guarantees, each provoked against a real PostgreSQL (one fresh database per test).
+//! Time-dependent behaviour (leases, backoff) is driven by zero-length leases and by moving `run_after`,
+//! never by sleeping.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use repdiff_server::queue::{self, JobState, Lease, NewJob, Outcome};
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// A database of its own for one test, dropped by [`TestDb::drop`].
+struct TestDb {
+    pool: PgPool,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    async fn new(test: &str) -> TestDb {
+        let admin_url = std::env::var("REPDIFF_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("repdiff_test_{test}_{}", std::process::id());
+        let mut admin = PgConnection::connect(&admin_url).await.expect("connect to PostgreSQL as an admin");
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("REPDIFF_TEST_DATABASE_URL must name a database"),
+        };
+        let pool = repdiff_server::db::connect(&url, 16).await.expect("connect and migrate");
+        TestDb { pool, name, admin_url }
+    }
+
+    async fn drop(self) {
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+}
+
+fn kinds(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_workers_run_every_job_exactly_once() {
+    let db = TestDb::new("race").await;
+    let jobs = 300;
+    for i in 0..jobs {
+        queue::submit(&db.pool, &NewJob::new("noop", serde_json::json!({ "i": i }))).await.unwrap();
+    }
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let pool = db.pool.clone();
+        workers.push(tokio::spawn(async move {
+            let name = format!("worker-{w}");
+            let mut ran = Vec::new();
+            while let Some(job) = queue::claim(&pool, &name, &kinds(&["noop"]), LEASE).await.unwrap() {
+                ran.push(job.id);
+                let state =
+                    queue::finish(&pool, job.id, &name, &Outcome::Succeeded(serde_json::json!(null))).await.unwrap();
+                assert_eq!(state, Some(JobState::Succeeded));
+            }
+            ran
+        }));
+    }
+    let mut runs: HashMap<i64, usize> = HashMap::new();
+    let mut busy_workers = 0;
+    for worker in workers {
+        let ran = worker.await.unwrap();
+        busy_workers += usize::from(!ran.is_empty());
+        for id in ran {
+            *runs.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(runs.len(), jobs, "every job ran");
+    assert!(runs.values().all(|&n| n == 1), "no job ran twice");
+    assert!(busy_workers > 1, "the work was shared");
+    let succeeded: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded' AND attempt = 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(succeeded, jobs as i64);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn claims_go_by_priority_then_age_and_only_to_workers_of_the_kind() {
+    let db = TestDb::new("order").await;
+    let old = queue::submit(&db.pool, &NewJob::new("train", serde_json::json!({}))).await.unwrap();
+    let newer = queue::submit(&db.pool, &NewJob::new("train", serde_json::json!({}))).await.unwrap();
+    let urgent =
+        queue::submit(&db.pool, &NewJob { priority: 5, ..NewJob::new("train", serde_json::json!({})) }).await.unwrap();
+    let other = queue::submit(&db.pool, &NewJob::new("sample", serde_json::json!({}))).await.unwrap();
+    let order: Vec<i64> = {
+        let mut ids = Vec::new();
+        while let Some(job) = queue::claim(&db.pool, "w", &kinds(&["train"]), LEASE).await.unwrap() {
+            ids.push(job.id);
+        }
+        ids
+    };
+    assert_eq!(order, vec![urgent.id, old.id, newer.id]);
+    let job = queue::claim(&db.pool, "w", &kinds(&["sample", "train"]), LEASE).await.unwrap().unwrap();
+    assert_eq!(job.id, other.id);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_makes_one_job() {
+    let db = TestDb::new("idem").await;
+    let job =
+        NewJob { idempotency_key: Some("upload-42".into()), ..NewJob::new("import", serde_json::json!({"a": 1})) };
+    let first = queue::submit(&db.pool, &job).await.unwrap();
+    let second = queue::submit(&db.pool, &job).await.unwrap();
+    assert_eq!(first.id, second.id);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(count, 1);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_stops_heartbeating_is_rescued_and_its_old_worker_is_ignored() {
+    let db = TestDb::new("rescue").await;
+    let job = queue::submit(&db.pool, &NewJob::new("train", serde_json::json!({}))).await.unwrap();
+    // A zero lease: expired as soon as it is granted, as if the worker had died.
+    let claimed = queue::claim(&db.pool, "dead", &kinds(&["train"]), Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!((claimed.id, claimed.attempt), (job.id, 1));
+    // A live lease is left alone.
+    let busy = queue::submit(&db.pool, &NewJob::new("other", serde_json::json!({}))).await.unwrap();
+    queue::claim(&db.pool, "alive", &kinds(&["other"]), LEASE).await.unwrap().unwrap();
+
+    assert_eq!(queue::rescue_expired(&db.pool).await.unwrap(), (1, 0));
+    assert_eq!(queue::get(&db.pool, job.id).await.unwrap().unwrap().state, JobState::Queued);
+    assert_eq!(queue::get(&db.pool, busy.id).await.unwrap().unwrap().state, JobState::Running);
+
+    let again = queue::claim(&db.pool, "new", &kinds(&["train"]), LEASE).await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempt), (job.id, 2));
+    // The dead worker comes back: it has lost the job and can neither renew nor finish it.
+    assert_eq!(queue::heartbeat(&db.pool, job.id, "dead", LEASE).await.unwrap(), Lease::Lost);
+    let late = queue::finish(&db.pool, job.id, "dead", &Outcome::Succeeded(serde_json::json!(1))).await.unwrap();
+    assert_eq!(late, None);
+    assert_eq!(queue::heartbeat(&db.pool, job.id, "new", LEASE).await.unwrap(), Lease::Held);
+    let done = queue::finish(&db.pool, job.id, "new", &Outcome::Succeeded(serde_json::json!(2))).await.unwrap();
+    assert_eq!(done, Some(JobState::Succeeded));
+    assert_eq!(queue::get(&db.pool, job.id).await.unwrap().unwrap().result, Some(serde_json::json!(2)));
+
+    // Out of attempts, a lost job fails with the reason.
+    let last = queue::submit(&db.pool, &NewJob { max_attempts: 1, ..NewJob::new("train", serde_json::json!({})) })
+        .await
+        .unwrap();
+    queue::claim(&db.pool, "dead", &kinds(&["train"]), Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(queue::rescue_expired(&db.pool).await.unwrap(), (0, 1));
+    let failed = queue::get(&db.pool, last.id).await.unwrap().unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    assert!(failed.error.unwrap().contains("stopped heartbeating"));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn failures_are_retried_after_a_growing_backoff_up_to_max_attempts() {
+    let db = TestDb::new("retry").await;
+    let job = queue::submit(&db.pool, &NewJob { max_attempts: 3, ..NewJob::new("flaky", serde_json::json!({})) })
+        .await
+        .unwrap();
+    let mut delays = Vec::new();
+    for attempt in 1..=3 {
+        let claimed = queue::claim(&db.pool, "w", &kinds(&["flaky"]), LEASE).await.unwrap().unwrap();
+        assert_eq!(claimed.attempt, attempt);
+        let state = queue::finish(&db.pool, job.id, "w", &Outcome::Failed(format!("boom {attempt}"))).await.unwrap();
+        let now = queue::get(&db.pool, job.id).await.unwrap().unwrap();
+        if attempt < 3 {
+            assert_eq!(state, Some(JobState::Queued));
+            delays.push((now.run_after - chrono::Utc::now()).num_milliseconds());
+            // Not runnable before its backoff; runnable once it has passed.
+            assert!(queue::claim(&db.pool, "w", &kinds(&["flaky"]), LEASE).await.unwrap().is_none());
+            sqlx::query("UPDATE jobs SET run_after = now() WHERE id = $1")
+                .bind(job.id)
+                .execute(&db.pool)
+                .await
+                .unwrap();
+        } else {
+            assert_eq!(state, Some(JobState::Failed));
+            assert_eq!(now.error.as_deref(), Some("boom 3"));
+        }
+    }
+    assert!((500..=1000).contains(&delays[0]) && (1500..=2000).contains(&delays[1]), "backoff {delays:?} ms");
+
+    // A permanent failure is not retried; a user can still retry a failed job once more.
+    let bad = queue::submit(&db.pool, &NewJob::new("bad", serde_json::json!({}))).await.unwrap();
+    queue::claim(&db.pool, "w", &kinds(&["bad"]), LEASE).await.unwrap().unwrap();
+    let state = queue::finish(&db.pool, bad.id, "w", &Outcome::FailedPermanently("invalid".into())).await.unwrap();
+    assert_eq!(state, Some(JobState::Failed));
+    let retried = queue::retry(&db.pool, job.id).await.unwrap().unwrap();
+    assert_eq!((retried.state, retried.max_attempts), (JobState::Queued, 4));
+    assert!(queue::retry(&db.pool, retried.id).await.unwrap().is_none(), "only final jobs are retried");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn cancelling_finishes_a_queued_job_and_asks_a_running_one() {
+    let db = TestDb::new("cancel").await;
+    let queued = queue::submit(&db.pool, &NewJob::new("train", serde_json::json!({}))).await.unwrap();
+    let cancelled = queue::cancel(&db.pool, queued.id).await.unwrap().unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert!(queue::claim(&db.pool, "w", &kinds(&["train"]), LEASE).await.unwrap().is_none());
+
+    let running = queue::submit(&db.pool, &NewJob::new("train", serde_json::json!({}))).await.unwrap();
+    queue::claim(&db.pool, "w", &kinds(&["train"]), LEASE).await.unwrap().unwrap();
+    let asked = queue::cancel(&db.pool, running.id).await.unwrap().unwrap();
+    assert_eq!((asked.state, asked.cancel_requested), (JobState::Running, true));
+    assert_eq!(queue::heartbeat(&db.pool, running.id, "w", LEASE).await.unwrap(), Lease::CancelRequested);
+    // The worker stops through the engine's cancel token and reports it.
+    let state = queue::finish(&db.pool, running.id, "w", &Outcome::Cancelled).await.unwrap();
+    assert_eq!(state, Some(JobState::Cancelled));
+    assert!(queue::cancel(&db.pool, 9_999).await.unwrap().is_none());
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn submissions_notify_listening_workers() {
+    let db = TestDb::new("notify").await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen(queue::CHANNEL).await.unwrap();
+    queue::submit(&db.pool, &NewJob::new("sample", serde_json::json!({}))).await.unwrap();
+    let note = tokio::time::timeout(Duration::from_secs(10), listener.recv()).await.unwrap().unwrap();
+    assert_eq!(note.payload(), "sample");
+    drop(listener); // it holds a pool connection, which closing the pool would wait for
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn progress_metrics_and_logs_are_rows() {
+    let db = TestDb::new("progress").await;
+    let job = queue::submit(&db.pool, &NewJob::new("train", serde_json::json!({}))).await.unwrap();
+    queue::set_progress(&db.pool, job.id, 10, 100, "training").await.unwrap();
+    queue::set_progress(&db.pool, job.id, 20, 100, "training").await.unwrap();
+    let points: Vec<(String, i64, f64)> = (1..=3).map(|s| ("loss".to_string(), s, 1.0 / s as f64)).collect();
+    queue::record_metrics(&db.pool, job.id, &points).await.unwrap();
+    // A resumed job reports step 3 again: the new value replaces the old.
+    queue::record_metrics(&db.pool, job.id, &[("loss".into(), 3, 0.25)]).await.unwrap();
+    queue::log(&db.pool, job.id, "info", "started").await.unwrap();
+    let step: i64 = sqlx::query_scalar("SELECT step FROM job_progress WHERE job_id = $1")
+        .bind(job.id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(step, 20);
+    let losses: Vec<f64> = sqlx::query_scalar("SELECT value FROM job_metrics WHERE job_id = $1 ORDER BY step")
+        .bind(job.id)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(losses, vec![1.0, 0.5, 0.25]);
+    assert!(queue::log(&db.pool, job.id, "debug", "x").await.is_err(), "log levels are checked");
+    db.drop().await;
+}
