@@ -61,6 +61,8 @@ pub fn open(path: &Path) -> Result<DefaultDicomObject> {
 }
 
 const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
+/// Every VR of PS3.5, two letters each.
+const VALUE_REPRESENTATIONS: &[u8] = b"AEASATCSDADSDTFDFLISLOLTOBODOFOLOVOWPNSHSLSQSSSTSVTMUCUIULUNURUSUTUV";
 const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
 const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
 const DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1.99";
@@ -124,7 +126,7 @@ fn walk_lengths(bytes: &[u8], mut pos: usize, mut in_meta: bool) -> std::result:
         let (vr, length, value_start) = if explicit {
             let Some(vr) = bytes.get(tag_end..tag_end + 2) else { return Ok(()) };
             // dicom-rs reads bytes that are no VR as UN, with a 4-byte length; so does this walk.
-            let vr: &[u8] = if vr.iter().all(u8::is_ascii_uppercase) { vr } else { b"UN" };
+            let vr: &[u8] = if VALUE_REPRESENTATIONS.chunks(2).any(|known| known == vr) { vr } else { b"UN" };
             if matches!(
                 vr,
                 b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
