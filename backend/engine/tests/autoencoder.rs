@@ -1,9 +1,12 @@
 //! The Stable Diffusion VAE (through candle-transformers) against diffusers' AutoencoderKL on a small random
 //! configuration (`tests/fixtures/vae/gen_vae_reference.py`), and the pixel-space autoencoder.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use common::{assert_close, rel_err};
 use repdiff_engine::autoencoder::{Autoencoder, PixelSpace, Posterior, SdVae, VaeConfig};
 use repdiff_engine::rng::Rng;
 use repdiff_engine::{DType, Device, Tensor};
@@ -20,19 +23,6 @@ fn small_config() -> VaeConfig {
         norm_num_groups: 4,
         scaling_factor: 0.18215,
     }
-}
-
-fn rel_err(ours: &Tensor, reference: &Tensor) -> f32 {
-    assert_eq!(ours.dims(), reference.dims(), "shapes differ");
-    let diff = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-12);
-    diff / scale
-}
-
-fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
-    let err = rel_err(ours, reference);
-    eprintln!("{what}: relative error {err:e}");
-    assert!(err < 1e-4, "{what}: relative error {err:e}");
 }
 
 fn reference() -> HashMap<String, Tensor> {

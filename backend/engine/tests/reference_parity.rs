@@ -1,9 +1,12 @@
 //! Parity with the official DiT implementation (fixtures written by `fixtures/gen_dit_reference.py`).
 //! Agreement is measured as max |ours - reference| / max |reference| and must be under 1e-4.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use common::assert_close;
 use repdiff_engine::config::{Conditioning, DiffusionConfig, ModelConfig};
 use repdiff_engine::diffusion::{GaussianDiffusion, SamplerKind};
 use repdiff_engine::dit::Dit;
@@ -13,21 +16,6 @@ use repdiff_engine::{DType, Device, Tensor};
 fn fixture(name: &str) -> HashMap<String, Tensor> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn rel_err(ours: &Tensor, reference: &Tensor) -> f32 {
-    assert_eq!(ours.dims(), reference.dims(), "shapes differ");
-    let ours = ours.to_dtype(DType::F32).unwrap();
-    let reference = reference.to_dtype(DType::F32).unwrap();
-    let diff = (&ours - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-12);
-    diff / scale
-}
-
-fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
-    let err = rel_err(ours, reference);
-    eprintln!("{what}: relative error {err:e}");
-    assert!(err < 1e-4, "{what}: relative error {err:e}");
 }
 
 struct Case {
