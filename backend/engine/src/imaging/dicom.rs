@@ -249,8 +249,10 @@ pub fn read_object(obj: &DefaultDicomObject, path: &Path) -> Result<(Vec<Slice>,
         None => return Err(scan_error(path, format!("{syntax_name} is not a transfer syntax RepDiff knows"))),
     }
     check_pixel_size(obj, path)?;
-    let decoded = obj
-        .decode_pixel_data()
+    // dicom-rs 0.10's RLE decoder indexes past corrupt segments and panics (found by fuzzing); a codec
+    // panic on one file becomes that file's error.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
+        .map_err(|_| scan_error(path, format!("corrupt pixel data: the {syntax_name} decoder failed on it")))?
         .map_err(|e| scan_error(path, format!("cannot decode the pixel data ({syntax_name}): {}", chain(&e))))?;
     if decoded.samples_per_pixel() != 1 {
         return Err(scan_error(
