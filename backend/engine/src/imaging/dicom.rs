@@ -55,9 +55,13 @@ fn chain(error: &dyn std::error::Error) -> String {
 pub fn open(path: &Path) -> Result<DefaultDicomObject> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     check_element_lengths(&bytes).map_err(|reason| scan_error(path, format!("not a readable DICOM file: {reason}")))?;
-    OpenFileOptions::new()
-        .open_file(path)
-        .map_err(|e| scan_error(path, format!("not a readable DICOM file: {}", chain(&e))))
+    // Parse the bytes already read (after the preamble) rather than reading the file again.
+    let parsed = if looks_like_dicom(&bytes) {
+        OpenFileOptions::new().from_reader(&bytes[128..])
+    } else {
+        OpenFileOptions::new().open_file(path)
+    };
+    parsed.map_err(|e| scan_error(path, format!("not a readable DICOM file: {}", chain(&e))))
 }
 
 const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
