@@ -278,6 +278,87 @@ impl RunConfig {
     }
 }
 
+/// Conditioning as a user names it; the class count comes from the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConditioningKind {
+    None,
+    Class,
+}
+
+/// A run configuration as a user asks for it: a preset (or a whole config) and the usual overrides. The
+/// CLI's flags and a training job's parameters are both this, so they resolve to the same run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Overrides {
+    /// `tiny-cpu` (the default) or `paper`.
+    pub preset: Option<String>,
+    /// A complete configuration replacing the preset.
+    pub config: Option<RunConfig>,
+    /// A named architecture (DiT-S/2 ... DiT-XL/8) replacing the preset's.
+    pub model: Option<String>,
+    pub conditioning: Option<ConditioningKind>,
+    pub steps: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub learning_rate: Option<f64>,
+    pub seed: Option<u64>,
+    pub checkpoint_every: Option<usize>,
+}
+
+impl Overrides {
+    /// Whether these would change what a run is (when resuming only its length and checkpoint cadence may
+    /// change).
+    pub fn changes_run(&self) -> bool {
+        self.config.is_some()
+            || self.model.is_some()
+            || self.conditioning.is_some()
+            || self.preset.as_deref().is_some_and(|p| p != "tiny-cpu")
+            || self.batch_size.is_some()
+            || self.learning_rate.is_some()
+            || self.seed.is_some()
+    }
+
+    /// The run configuration, for data of `num_classes` classes (0: unknown or unlabelled).
+    pub fn resolve(&self, num_classes: usize) -> Result<RunConfig> {
+        let mut config = match &self.config {
+            Some(config) => config.clone(),
+            None => RunConfig::preset(self.preset.as_deref().unwrap_or("tiny-cpu"))?,
+        };
+        if let Some(name) = &self.model {
+            let m = &config.model;
+            config.model = ModelConfig::dit(name, m.input_size, m.in_channels, m.conditioning.clone())?;
+        }
+        match self.conditioning {
+            Some(ConditioningKind::None) => config.model.conditioning = Conditioning::None,
+            Some(ConditioningKind::Class) if config.model.num_classes().is_none() => {
+                config.model.conditioning = Conditioning::Class { num_classes: num_classes.max(1), dropout_prob: 0.1 }
+            }
+            _ => {}
+        }
+        if let (Conditioning::Class { num_classes: n, .. }, true) = (&mut config.model.conditioning, num_classes > 0) {
+            *n = num_classes;
+        }
+        let t = &mut config.train;
+        if let Some(v) = self.steps {
+            t.steps = v;
+        }
+        if let Some(v) = self.batch_size {
+            t.batch_size = v;
+        }
+        if let Some(v) = self.learning_rate {
+            t.learning_rate = v;
+        }
+        if let Some(v) = self.seed {
+            t.seed = v;
+        }
+        if let Some(v) = self.checkpoint_every {
+            t.checkpoint_every = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use crate::diffusion::{GaussianDiffusion, Prediction, SamplerKind};
 use crate::dit::Dit;
 use crate::nn::Params;
 use crate::rng::Rng;
+use crate::train::CancelToken;
 use crate::{Error, Result};
 
 /// Which weights of a training checkpoint to use.
@@ -53,6 +54,8 @@ pub struct SampleOptions {
     pub batch_size: usize,
     /// Clamp x0 predictions to [-1, 1] at each step; `None` = yes for pixel-space models, no for latents.
     pub clip_denoised: Option<bool>,
+    /// Checked before every denoising step: sampling stops with [`Error::Cancelled`].
+    pub cancel: CancelToken,
 }
 
 impl Default for SampleOptions {
@@ -66,6 +69,7 @@ impl Default for SampleOptions {
             seed: 0,
             batch_size: 16,
             clip_denoised: None,
+            cancel: CancelToken::default(),
         }
     }
 }
@@ -104,6 +108,8 @@ pub struct Guide<'a> {
     pub scale: f64,
     /// Clamp each step's x0 prediction to [-1, 1] (pixel-space data).
     pub clip_denoised: bool,
+    /// Checked before every step.
+    pub cancel: Option<&'a CancelToken>,
 }
 
 /// Runs the reverse process from `noise` to data. `on_step(i, &prediction)` sees each step's prediction
@@ -119,7 +125,10 @@ pub fn denoise(
 ) -> Result<Tensor> {
     let n = noise.dim(0)?;
     let mut x = noise;
-    for i in (0..diffusion.num_steps()).rev() {
+    for (done, i) in (0..diffusion.num_steps()).rev().enumerate() {
+        if guide.cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(Error::Cancelled { step: done });
+        }
         let t = vec![i; n];
         let t_model = diffusion.model_timesteps(&t, x.device())?;
         let output = guided_output(model, &x, &t_model, guide.labels, guide.scale)?;
@@ -185,6 +194,7 @@ pub fn sample(
                 labels: batch_labels.as_ref(),
                 scale: options.guidance_scale,
                 clip_denoised: options.clip_denoised.unwrap_or(config.data_space == DataSpace::Pixels),
+                cancel: Some(&options.cancel),
             },
             options.sampler,
             &mut rng,
@@ -196,4 +206,68 @@ pub fn sample(
         outputs.push(x);
     }
     Ok((Tensor::cat(&outputs, 0)?, labels))
+}
+
+/// The files [`write_samples`] wrote.
+#[derive(Clone, Debug)]
+pub struct WrittenSamples {
+    /// One PNG per sample, with its class.
+    pub images: Vec<(std::path::PathBuf, Option<u32>)>,
+    pub grid: Option<std::path::PathBuf>,
+    /// The raw samples (`latents`, `labels`), readable as a training set.
+    pub tensors: std::path::PathBuf,
+    /// Set when latent samples could not be decoded (no autoencoder weights): the PNGs then preview
+    /// the latents' first channels.
+    pub note: Option<String>,
+}
+
+/// Writes samples to `out`: a PNG per sample (`sample_0003_class1.png`), `grid.png` (a row per class
+/// when labelled), and `samples.safetensors`. Latent-space samples are decoded by the run's autoencoder
+/// when its weights are in `weights_dir`.
+pub fn write_samples(
+    samples: &Tensor,
+    labels: Option<&[u32]>,
+    config: &RunConfig,
+    weights_dir: &Path,
+    out: &Path,
+) -> Result<WrittenSamples> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut note = None;
+    let decoded = match &config.data_space {
+        DataSpace::Pixels => None,
+        DataSpace::Latents { autoencoder: name, .. } => {
+            match crate::autoencoder::by_name(name, 3, weights_dir, samples.device()) {
+                Ok(model) => Some(model.decode(samples)?),
+                Err(e) => {
+                    note = Some(format!("{e}; the PNGs preview the latents' first three channels"));
+                    None
+                }
+            }
+        }
+    };
+    let pictures = crate::imaging::to_images(decoded.as_ref().unwrap_or(samples))?;
+    let mut images = Vec::with_capacity(pictures.len());
+    for (i, picture) in pictures.iter().enumerate() {
+        let class = labels.map(|l| l[i]);
+        let name = match class {
+            Some(c) => format!("sample_{i:04}_class{c}.png"),
+            None => format!("sample_{i:04}.png"),
+        };
+        let path = out.join(name);
+        crate::imaging::save_png(picture, &path)?;
+        images.push((path, class));
+    }
+    let columns = (pictures.len() as f64).sqrt().ceil() as usize;
+    let columns = if labels.is_some() { columns.max(8).min(pictures.len()) } else { columns };
+    let grid = match crate::imaging::grid(&pictures, columns) {
+        Some(grid) => {
+            let path = out.join("grid.png");
+            crate::imaging::save_png(&grid.into(), &path)?;
+            Some(path)
+        }
+        None => None,
+    };
+    let tensors = out.join("samples.safetensors");
+    crate::data::Dataset::new(samples.clone(), labels.map(<[u32]>::to_vec), Vec::new())?.save_latent_file(&tensors)?;
+    Ok(WrittenSamples { images, grid, tensors, note })
 }

@@ -19,8 +19,8 @@ use crate::optim::{AdamW, AdamWConfig, Ema, clip_grad_norm, grad_norm};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
-/// Set from any thread; the loop checks it before every step.
-#[derive(Clone, Default)]
+/// Set from any thread; training and sampling loops check it before every step.
+#[derive(Clone, Debug, Default)]
 pub struct CancelToken(Arc<AtomicBool>);
 
 impl CancelToken {

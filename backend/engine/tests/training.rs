@@ -138,6 +138,7 @@ fn sampling_is_seeded_shaped_and_checks_its_inputs() {
         seed: 9,
         batch_size: 3,
         clip_denoised: None,
+        cancel: CancelToken::default(),
     };
     let mut calls = 0;
     let (a, labels) = sample(&model, &config, &options, &Device::Cpu, |_, _| calls += 1).unwrap();
@@ -160,8 +161,21 @@ fn sampling_is_seeded_shaped_and_checks_its_inputs() {
     let bad_class = SampleOptions { labels: Some(vec![2]), ..options.clone() };
     let err = sample(&model, &config, &bad_class, &Device::Cpu, |_, _| {}).unwrap_err().to_string();
     assert!(err.contains("class 2 does not exist"), "{err}");
-    let bad_spacing = SampleOptions { respacing: "ddim7x".into(), ..options };
+    let bad_spacing = SampleOptions { respacing: "ddim7x".into(), ..options.clone() };
     assert!(sample(&model, &config, &bad_spacing, &Device::Cpu, |_, _| {}).is_err());
+
+    // Cancelling from the progress callback stops sampling before the next denoising step.
+    let cancelled = SampleOptions { cancel: CancelToken::default(), ..options };
+    let mut steps = 0;
+    let err = sample(&model, &config, &cancelled, &Device::Cpu, |done, _| {
+        steps = done;
+        if done == 3 {
+            cancelled.cancel.cancel();
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(err, repdiff_engine::Error::Cancelled { step: 3 }), "{err}");
+    assert_eq!(steps, 3);
 }
 
 #[test]

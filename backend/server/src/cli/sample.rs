@@ -2,15 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
-use repdiff_engine::autoencoder;
-use repdiff_engine::config::DataSpace;
-use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
 use repdiff_engine::diffusion::SamplerKind;
-use repdiff_engine::imaging::{grid, save_png, to_images};
-use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample};
+use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample, write_samples};
 
 use super::progress_bar;
 
@@ -100,6 +96,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         seed: args.seed,
         batch_size: args.batch_size,
         clip_denoised: args.no_clip.then_some(false),
+        cancel: super::interrupt::cancel_on_signal(),
     };
     println!(
         "Sampling {} images with {:?} over {} steps (guidance {}) on {device_note}",
@@ -112,40 +109,13 @@ pub fn run(args: SampleArgs) -> Result<()> {
     })?;
     bar.finish();
 
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    // Latent-space samples are decoded to images when the autoencoder's weights are at hand.
-    let mut preview_note = None;
-    let decoded = match &config.data_space {
-        DataSpace::Pixels => None,
-        DataSpace::Latents { autoencoder: name, .. } => {
-            match autoencoder::by_name(name, 3, &args.weights_dir, &device) {
-                Ok(model) => Some(model.decode(&samples)?),
-                Err(e) => {
-                    preview_note = Some(format!("{e}; the PNGs preview the latents' first three channels"));
-                    None
-                }
-            }
-        }
-    };
-    let images = to_images(decoded.as_ref().unwrap_or(&samples))?;
-    for (i, image) in images.iter().enumerate() {
-        let name = match &labels {
-            Some(l) => format!("sample_{i:04}_class{}.png", l[i]),
-            None => format!("sample_{i:04}.png"),
-        };
-        save_png(image, &args.out.join(name))?;
+    let written = write_samples(&samples, labels.as_deref(), &config, &args.weights_dir, &args.out)?;
+    println!("\nWrote {} samples to {}", written.images.len(), args.out.display());
+    if let Some(grid) = &written.grid {
+        println!("  grid     {}", grid.display());
     }
-    let columns = (images.len() as f64).sqrt().ceil() as usize;
-    let columns = if labels.is_some() { columns.max(8).min(images.len()) } else { columns };
-    if let Some(grid) = grid(&images, columns) {
-        save_png(&grid.into(), &args.out.join("grid.png"))?;
-    }
-    // The same file format as a training set, so samples can be trained on or evaluated directly.
-    Dataset::new(samples, labels.clone(), Vec::new())?.save_latent_file(&args.out.join("samples.safetensors"))?;
-    println!("\nWrote {} samples to {}", images.len(), args.out.display());
-    println!("  grid     {}", args.out.join("grid.png").display());
-    println!("  tensors  {}", args.out.join("samples.safetensors").display());
-    if let Some(note) = preview_note {
+    println!("  tensors  {}", written.tensors.display());
+    if let Some(note) = written.note {
         println!("  note     {note}");
     }
     Ok(())

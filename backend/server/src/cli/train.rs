@@ -86,7 +86,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut trainer = if args.resume {
         let mut trainer =
             Trainer::resume(&ckpt, &device).with_context(|| format!("resuming from {}", ckpt.display()))?;
-        if args.config.changes_run() {
+        if args.config.overrides()?.changes_run() {
             bail!("--resume continues the run as configured; only --steps and --checkpoint-every may change");
         }
         // The run's length and checkpoint cadence may change; everything else is the checkpoint's.
