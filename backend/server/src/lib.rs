@@ -1,5 +1,10 @@
-//! RepDiff's server side: the Postgres job queue, workers and (to come) the REST API. The `repdiff`
-//! binary (src/main.rs) is the command-line front end over this crate and `repdiff-engine`.
+//! RepDiff's server side: the Postgres job queue, workers and their job kinds, artifact storage, and (to
+//! come) the REST API. The `repdiff` binary (src/main.rs) is the command-line front end over this crate and
+//! `repdiff-engine`.
 
+pub mod artifacts;
 pub mod db;
+pub mod jobs;
 pub mod queue;
+pub mod storage;
+pub mod worker;

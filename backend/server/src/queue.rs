@@ -404,3 +404,26 @@ pub async fn log(pool: &PgPool, id: i64, level: &str, message: &str) -> sqlx::Re
         .await?;
     Ok(())
 }
+
+/// Gives a running job back to the queue without using an attempt (its worker is shutting down; a
+/// resumable job continues from its checkpoint on the next worker). A job cancelled meanwhile ends
+/// cancelled. Returns the job's new state, or `None` when it was not `worker`'s.
+pub async fn release(pool: &PgPool, id: i64, worker: &str) -> sqlx::Result<Option<JobState>> {
+    let state = sqlx::query_scalar!(
+        r#"UPDATE jobs SET
+               state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+               attempt = CASE WHEN cancel_requested THEN attempt ELSE greatest(attempt - 1, 0) END,
+               finished_at = CASE WHEN cancel_requested THEN now() ELSE NULL END,
+               worker_id = NULL, lease_expires_at = NULL, run_after = now()
+           WHERE id = $1 AND worker_id = $2 AND state = 'running'
+           RETURNING state"#,
+        id,
+        worker
+    )
+    .fetch_optional(pool)
+    .await?;
+    if state.as_deref() == Some("queued") {
+        sqlx::query!("SELECT pg_notify($1, kind) FROM jobs WHERE id = $2", CHANNEL, id).execute(pool).await?;
+    }
+    Ok(state.map(|s| JobState::parse(&s)))
+}

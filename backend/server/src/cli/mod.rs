@@ -10,12 +10,13 @@ mod phantoms;
 mod sample;
 mod split;
 mod train;
+mod worker;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use repdiff_engine::config::{Conditioning, ModelConfig, RunConfig};
+use repdiff_engine::config::{ConditioningKind, Overrides, RunConfig};
 use repdiff_engine::device::best_device;
 
 #[derive(Parser)]
@@ -47,6 +48,8 @@ enum Command {
     Encode(encode::EncodeArgs),
     /// Split a manifest as the paper does: pre-training sites vs a downstream site split 8:1:1 by label.
     Split(split::SplitArgs),
+    /// Run jobs from the queue (any number of workers, on any machine, sharing one database and store).
+    Worker(worker::WorkerArgs),
     /// Print a preset's full configuration as JSON (a starting point for --config files).
     Config {
         #[arg(long, default_value = "tiny-cpu")]
@@ -98,58 +101,33 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
-    /// Whether these options would change what the run is (not allowed when resuming: only its length and
-    /// checkpoint cadence may change).
-    pub fn changes_run(&self) -> bool {
-        self.config.is_some()
-            || self.model.is_some()
-            || self.conditioning.is_some()
-            || self.preset != "tiny-cpu"
-            || self.batch_size.is_some()
-            || self.lr.is_some()
-            || self.seed.is_some()
+    /// The flags as the engine's [`Overrides`] (a config file is read here).
+    pub fn overrides(&self) -> Result<Overrides> {
+        let config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                Some(RunConfig::from_json(&text)?)
+            }
+            None => None,
+        };
+        Ok(Overrides {
+            preset: Some(self.preset.clone()),
+            config,
+            model: self.model.clone(),
+            conditioning: self.conditioning.map(|c| match c {
+                CondArg::None => ConditioningKind::None,
+                CondArg::Class => ConditioningKind::Class,
+            }),
+            steps: self.steps,
+            batch_size: self.batch_size,
+            learning_rate: self.lr,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+        })
     }
 
     pub fn resolve(&self, num_classes: usize) -> Result<RunConfig> {
-        let mut config = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                RunConfig::from_json(&text)?
-            }
-            None => RunConfig::preset(&self.preset)?,
-        };
-        if let Some(name) = &self.model {
-            let m = &config.model;
-            config.model = ModelConfig::dit(name, m.input_size, m.in_channels, m.conditioning.clone())?;
-        }
-        match self.conditioning {
-            Some(CondArg::None) => config.model.conditioning = Conditioning::None,
-            Some(CondArg::Class) if config.model.num_classes().is_none() => {
-                config.model.conditioning = Conditioning::Class { num_classes: num_classes.max(1), dropout_prob: 0.1 }
-            }
-            _ => {}
-        }
-        if let (Conditioning::Class { num_classes: n, .. }, true) = (&mut config.model.conditioning, num_classes > 0) {
-            *n = num_classes;
-        }
-        let t = &mut config.train;
-        if let Some(v) = self.steps {
-            t.steps = v;
-        }
-        if let Some(v) = self.batch_size {
-            t.batch_size = v;
-        }
-        if let Some(v) = self.lr {
-            t.learning_rate = v;
-        }
-        if let Some(v) = self.seed {
-            t.seed = v;
-        }
-        if let Some(v) = self.checkpoint_every {
-            t.checkpoint_every = v;
-        }
-        config.validate()?;
-        Ok(config)
+        Ok(self.overrides()?.resolve(num_classes)?)
     }
 }
 
@@ -163,6 +141,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(args) => import::run(args),
         Command::Encode(args) => encode::run(args),
         Command::Split(args) => split::run(args),
+        Command::Worker(args) => worker::run(args),
         Command::Config { preset } => {
             println!("{}", serde_json::to_string_pretty(&RunConfig::preset(&preset)?)?);
             Ok(())
@@ -197,4 +176,28 @@ pub fn progress_bar(total: u64, template: &str) -> indicatif::ProgressBar {
         .progress_chars("=> ");
     bar.set_style(style);
     bar
+}
+
+/// Logs to stderr; the level from `REPDIFF_LOG` (error, warn, info, debug, trace; default info).
+pub fn init_logging() {
+    let level = std::env::var("REPDIFF_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_target(false).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

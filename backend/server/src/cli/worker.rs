@@ -1,0 +1,96 @@
+//! `repdiff worker`: runs jobs from the queue until SIGINT/SIGTERM (then running jobs checkpoint and go
+//! back to the queue for the next worker).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use repdiff_server::jobs::{self, JobSettings};
+use repdiff_server::storage::Storage;
+use repdiff_server::worker::{Worker, WorkerOptions};
+
+#[derive(Args, Clone)]
+pub struct WorkerArgs {
+    /// PostgreSQL holding the job queue (the server's database).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Data directory: the artifact store (unless --store) and scratch space.
+    #[arg(long, env = "REPDIFF_DATA", default_value = "repdiff-data")]
+    pub data_dir: PathBuf,
+    /// Artifact store shared by the server and all workers: a path, file:///path or s3://bucket/prefix.
+    #[arg(long, env = "REPDIFF_STORE")]
+    pub store: Option<String>,
+    /// Jobs run at once by this process.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Only these job kinds (comma-separated); default all.
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// Lease of a claimed job; a worker that stops heartbeating loses its job after this.
+    #[arg(long, default_value_t = 120.0)]
+    pub lease_secs: f64,
+    /// How often to look for jobs when no notification arrives.
+    #[arg(long, default_value_t = 5.0)]
+    pub poll_secs: f64,
+    /// How often to look for jobs of dead workers.
+    #[arg(long, default_value_t = 30.0)]
+    pub rescue_secs: f64,
+    /// Pretrained weights (SD VAE for decoding latent samples).
+    #[arg(long, env = "REPDIFF_WEIGHTS", default_value = "model-weights")]
+    pub weights_dir: PathBuf,
+}
+
+impl WorkerArgs {
+    pub fn storage(&self) -> Result<Storage> {
+        let url = self.store.clone().unwrap_or_else(|| self.data_dir.join("artifacts").display().to_string());
+        Storage::from_url(&url).with_context(|| format!("opening the artifact store {url}"))
+    }
+
+    pub fn options(&self) -> Result<WorkerOptions> {
+        for (name, value) in
+            [("--lease-secs", self.lease_secs), ("--poll-secs", self.poll_secs), ("--rescue-secs", self.rescue_secs)]
+        {
+            if !(value.is_finite() && value > 0.0) {
+                bail!("{name} must be a positive number of seconds");
+            }
+        }
+        let mut options = WorkerOptions::new(self.data_dir.join("scratch"));
+        options.concurrency = self.concurrency.max(1);
+        options.lease = Duration::from_secs_f64(self.lease_secs);
+        options.poll_interval = Duration::from_secs_f64(self.poll_secs);
+        options.rescue_interval = Duration::from_secs_f64(self.rescue_secs);
+        Ok(options)
+    }
+
+    pub fn registry(&self) -> Result<repdiff_server::worker::Registry> {
+        let registry = jobs::registry(&JobSettings { weights_dir: self.weights_dir.clone() });
+        if self.kinds.is_empty() { Ok(registry) } else { registry.only(&self.kinds).map_err(anyhow::Error::msg) }
+    }
+}
+
+pub fn run(args: WorkerArgs) -> Result<()> {
+    super::init_logging();
+    let Some(url) = args.database_url.clone() else {
+        bail!("repdiff worker needs the server's database: pass --database-url or set DATABASE_URL");
+    };
+    let registry = args.registry()?;
+    let options = args.options()?;
+    let storage = args.storage()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let pool = repdiff_server::db::connect(&url, (options.concurrency as u32 * 2 + 4).min(64))
+            .await
+            .context("connecting to the database")?;
+        tracing::info!("artifacts in {}; {} job(s) at a time", storage.url(), options.concurrency);
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            super::shutdown_signal().await;
+            tracing::info!("stopping: running jobs checkpoint and return to the queue (signal again to kill)");
+            let _ = stop.send(true);
+            super::shutdown_signal().await;
+            std::process::exit(130);
+        });
+        Worker::new(pool, storage, registry, options).run(shutdown).await
+    })
+}

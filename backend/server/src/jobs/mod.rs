@@ -1,0 +1,50 @@
+//! Job kinds: thin adapters from a job's JSON parameters to the engine. Each kind's parameters are a serde
+//! type with `deny_unknown_fields`, so a misspelt field is an error at submission, not a silent default.
+
+mod noop;
+mod sample;
+mod train;
+
+pub use noop::NoopParams;
+pub use sample::{CheckpointRef, SampleParams};
+pub use train::{DataSource, TrainParams};
+
+use std::path::PathBuf;
+
+use crate::worker::Registry;
+
+/// Settings job handlers share.
+#[derive(Clone, Debug)]
+pub struct JobSettings {
+    /// Where pretrained weights live (the SD VAE that decodes latent samples).
+    pub weights_dir: PathBuf,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings { weights_dir: PathBuf::from("model-weights") }
+    }
+}
+
+/// Every job kind this build can run.
+pub fn registry(settings: &JobSettings) -> Registry {
+    let mut registry = Registry::new();
+    registry
+        .register("noop", noop::Noop)
+        .register("pretrain", train::Train)
+        .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() });
+    registry
+}
+
+/// Checks a job's parameters as `kind`'s handler would, before it is queued.
+pub fn validate(registry: &Registry, kind: &str, params: &serde_json::Value) -> Result<(), String> {
+    match registry.get(kind) {
+        Some(handler) => handler.validate(params),
+        None => Err(format!("unknown job kind {kind:?}; expected one of {}", registry.kinds().join(", "))),
+    }
+}
+
+/// Parses parameters into `T`, with the message the API returns.
+fn parse<T: serde::de::DeserializeOwned>(kind: &str, params: &serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(params.clone()).map_err(|e| format!("invalid parameters for a {kind} job: {e}"))
+}

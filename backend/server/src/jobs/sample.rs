@@ -1,0 +1,156 @@
+//! `sample`: draws samples from a checkpoint in the store and publishes them: a PNG per sample (kind
+//! `sample_image`, with its index and class), `grid.png`, and `samples.safetensors`.
+
+use repdiff_engine::device::best_device;
+use repdiff_engine::diffusion::SamplerKind;
+use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample, write_samples};
+use serde::{Deserialize, Serialize};
+
+use crate::worker::{Handler, JobContext, JobError};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CheckpointRef {
+    /// The checkpoint of a training job.
+    Job(i64),
+    /// Any checkpoint artifact by key.
+    Key(String),
+}
+
+impl CheckpointRef {
+    pub fn key(&self) -> String {
+        match self {
+            CheckpointRef::Job(id) => format!("jobs/{id}/checkpoint.safetensors"),
+            CheckpointRef::Key(key) => key.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    Ddpm,
+    #[default]
+    Ddim,
+}
+
+fn default_num() -> usize {
+    16
+}
+fn default_guidance() -> f64 {
+    1.0
+}
+fn default_steps() -> usize {
+    50
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleParams {
+    pub checkpoint: CheckpointRef,
+    #[serde(default = "default_num")]
+    pub num: usize,
+    /// Classes cycled over the samples; empty: every class in turn (class-conditional models).
+    #[serde(default)]
+    pub classes: Vec<u32>,
+    #[serde(default = "default_guidance")]
+    pub guidance: f64,
+    #[serde(default)]
+    pub sampler: Sampler,
+    /// Denoising steps, respaced from the trained T.
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    /// DDIM stochasticity (0: deterministic).
+    #[serde(default)]
+    pub eta: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// Use the raw weights instead of their EMA.
+    #[serde(default)]
+    pub raw_weights: bool,
+}
+
+pub struct Sample {
+    pub weights_dir: std::path::PathBuf,
+}
+
+impl Handler for Sample {
+    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
+        let p: SampleParams = super::parse("sample", params)?;
+        if p.num == 0 || p.num > 10_000 {
+            return Err("num must be between 1 and 10000".into());
+        }
+        if p.steps == 0 || p.steps > 1000 {
+            return Err("steps must be between 1 and 1000".into());
+        }
+        if !(p.guidance.is_finite() && p.guidance >= 0.0 && (0.0..=1.0).contains(&p.eta)) {
+            return Err("guidance must be >= 0 and eta in [0, 1]".into());
+        }
+        Ok(())
+    }
+
+    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
+        let p: SampleParams = ctx.params()?;
+        let (device, _) = best_device();
+        let local = ctx.fetch(&p.checkpoint.key(), "checkpoint.safetensors")?;
+        let weights = if p.raw_weights { Weights::Raw } else { Weights::Ema };
+        let (model, config) = load_model(&local, weights, &device)?;
+        if p.steps > config.diffusion.num_timesteps {
+            return Err(JobError::Permanent(format!(
+                "steps must be at most the model's {} diffusion steps",
+                config.diffusion.num_timesteps
+            )));
+        }
+        let (sampler, respacing) = match p.sampler {
+            Sampler::Ddpm => (SamplerKind::Ddpm, p.steps.to_string()),
+            Sampler::Ddim => (SamplerKind::Ddim { eta: p.eta }, format!("ddim{}", p.steps)),
+        };
+        let options = SampleOptions {
+            num_samples: p.num,
+            labels: (!p.classes.is_empty()).then(|| p.classes.clone()),
+            guidance_scale: p.guidance,
+            sampler,
+            respacing,
+            seed: p.seed,
+            batch_size: 16,
+            clip_denoised: None,
+            cancel: ctx.cancel.clone(),
+        };
+        let (samples, labels) = sample(&model, &config, &options, &device, |done, total| {
+            ctx.progress(done as u64, total as u64, "denoising");
+        })?;
+        let out = ctx.scratch.join("samples");
+        let written = write_samples(&samples, labels.as_deref(), &config, &self.weights_dir, &out)?;
+        if let Some(note) = &written.note {
+            ctx.log("warn", note);
+        }
+        for (index, (path, class)) in written.images.iter().enumerate() {
+            let name = format!("samples/{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("sample.png"));
+            ctx.publish(
+                path,
+                &name,
+                "sample_image",
+                "image/png",
+                serde_json::json!({ "index": index, "class": class }),
+            )?;
+        }
+        let grid = match &written.grid {
+            Some(path) => Some(ctx.publish(path, "grid.png", "grid", "image/png", serde_json::json!({}))?),
+            None => None,
+        };
+        let tensors = ctx.publish(
+            &written.tensors,
+            "samples.safetensors",
+            "samples",
+            "application/octet-stream",
+            serde_json::json!({ "num": p.num }),
+        )?;
+        Ok(serde_json::json!({
+            "num": written.images.len(),
+            "labels": labels,
+            "grid": grid,
+            "tensors": tensors,
+            "decoded": written.note.is_none(),
+        }))
+    }
+}

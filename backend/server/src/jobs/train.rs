@@ -1,0 +1,176 @@
+//! `pretrain`: trains a DiT (unconditional unless asked otherwise, as the paper pre-trains) on a toy set or
+//! a latent file from the store. Checkpoints go to the store every `checkpoint_every` steps under
+//! `jobs/<id>/checkpoint.safetensors`; an attempt that finds one there resumes from it, so a job whose
+//! worker died loses at most the steps since that checkpoint.
+
+use repdiff_engine::config::{ConditioningKind, Overrides, RunConfig};
+use repdiff_engine::data::Dataset;
+use repdiff_engine::device::best_device;
+use repdiff_engine::train::{StopReason, Trainer};
+use serde::{Deserialize, Serialize};
+
+use crate::worker::{Handler, JobContext, JobError};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    /// The run: a preset and overrides (`{"preset": "tiny-cpu", "steps": 500}`).
+    #[serde(default)]
+    pub run: Overrides,
+    pub data: DataSource,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataSource {
+    /// The two-class toy set (horizontal vs vertical bars), grey, at the model's input size.
+    Toy {
+        n: usize,
+        #[serde(default)]
+        seed: u64,
+    },
+    /// A latent file in the store (`latents` [N, C, H, W], optional `labels`), as `repdiff encode` writes.
+    Latents { key: String },
+}
+
+impl TrainParams {
+    /// The run configuration for data of `num_classes` classes: unconditional unless the job asks for
+    /// class conditioning.
+    fn config(&self, num_classes: usize) -> repdiff_engine::Result<RunConfig> {
+        let mut run = self.run.clone();
+        run.conditioning.get_or_insert(ConditioningKind::None);
+        run.resolve(num_classes)
+    }
+}
+
+pub struct Train;
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+
+impl Handler for Train {
+    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
+        let p: TrainParams = super::parse("pretrain", params)?;
+        let config = p.config(2).map_err(|e| e.to_string())?;
+        if config.train.steps == 0 {
+            return Err("steps must be positive".into());
+        }
+        match &p.data {
+            DataSource::Toy { n, .. } if *n == 0 => return Err("the toy set needs n > 0 images".into()),
+            DataSource::Toy { .. } if config.model.in_channels != 1 => {
+                return Err(format!(
+                    "the toy set is grey (1 channel) but the model takes {}",
+                    config.model.in_channels
+                ));
+            }
+            DataSource::Latents { key } if key.is_empty() => return Err("data.latents.key is empty".into()),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
+        let p: TrainParams = ctx.params()?;
+        let (device, device_note) = best_device();
+        let data = match &p.data {
+            DataSource::Toy { n, seed } => {
+                let size = p.config(2)?.model.input_size;
+                Dataset::toy_bars(*n, size, *seed, &device)?
+            }
+            DataSource::Latents { key } => {
+                let local = ctx.fetch(key, "data.safetensors")?;
+                Dataset::from_latent_file(&local, &device)?
+            }
+        };
+        let checkpoint_key = ctx.key(CHECKPOINT);
+        let local = ctx.scratch.join(CHECKPOINT);
+        let mut trainer = if ctx.exists(&checkpoint_key)? {
+            ctx.fetch(&checkpoint_key, CHECKPOINT)?;
+            let mut trainer = Trainer::resume(&local, &device)?;
+            let wanted = p.config(data.num_classes())?;
+            trainer.config.train.steps = wanted.train.steps;
+            trainer.config.train.checkpoint_every = wanted.train.checkpoint_every;
+            ctx.log("info", &format!("resumed from the checkpoint at step {}", trainer.step()));
+            trainer
+        } else {
+            let config = p.config(data.num_classes())?;
+            if config.model.num_classes().is_some() && data.labels.is_none() {
+                return Err(JobError::Permanent(
+                    "class conditioning needs labelled data; this data has no labels".into(),
+                ));
+            }
+            let trainer = Trainer::new(config, &device)?;
+            let m = &trainer.config.model;
+            ctx.log(
+                "info",
+                &format!(
+                    "training {}x{}x{} inputs, depth {} width {} patch {} ({:.2}M parameters) on {} samples, {device_note}",
+                    m.in_channels,
+                    m.input_size,
+                    m.input_size,
+                    m.depth,
+                    m.hidden_size,
+                    m.patch_size,
+                    trainer.vars().num_parameters() as f64 / 1e6,
+                    data.len()
+                ),
+            );
+            trainer
+        };
+
+        let total = trainer.config.train.steps;
+        let every = trainer.config.train.checkpoint_every.max(1);
+        let started = std::time::Instant::now();
+        let (start_step, mut first_loss, mut last_loss) = (trainer.step(), None, None);
+        while trainer.step() < total {
+            // Train to the next checkpoint boundary, then publish the checkpoint to the store.
+            let until = ((trainer.step() / every + 1) * every).min(total);
+            let mut metric_error = None;
+            let cancel = ctx.cancel.clone();
+            let summary = trainer.run(&data, until, Some(&local), &cancel, |s| {
+                first_loss.get_or_insert(s.loss);
+                last_loss = Some(s.loss);
+                let step = s.step as u64;
+                for (name, value) in
+                    [("loss", s.loss as f64), ("mse", s.mse as f64), ("vb", s.vb as f64), ("grad_norm", s.grad_norm)]
+                {
+                    if let Err(e) = ctx.metric(name, step, value) {
+                        metric_error.get_or_insert(e);
+                    }
+                }
+                ctx.progress(step, total as u64, &format!("loss {:.4}", s.loss));
+            })?;
+            if let Some(e) = metric_error {
+                return Err(e);
+            }
+            if summary.steps_run > 0 || summary.stop == StopReason::Cancelled {
+                ctx.publish(
+                    &local,
+                    CHECKPOINT,
+                    "checkpoint",
+                    "application/octet-stream",
+                    serde_json::json!({ "step": trainer.step(), "total": total }),
+                )?;
+            }
+            if summary.stop == StopReason::Cancelled {
+                ctx.log(
+                    "info",
+                    &format!("stopped at step {}; the checkpoint holds every finished step", trainer.step()),
+                );
+                return Err(JobError::Cancelled);
+            }
+        }
+        ctx.progress(total as u64, total as u64, "done");
+        let seconds = started.elapsed().as_secs_f64();
+        let steps_run = trainer.step() - start_step;
+        Ok(serde_json::json!({
+            "step": trainer.step(),
+            "resumed_from": (start_step > 0).then_some(start_step),
+            "steps_run": steps_run,
+            "steps_per_second": steps_run as f64 / seconds.max(1e-9),
+            "first_loss": first_loss,
+            "last_loss": last_loss,
+            "checkpoint": checkpoint_key,
+            "config": trainer.config,
+        }))
+    }
+}

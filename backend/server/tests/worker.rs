@@ -1,0 +1,348 @@
+//! Workers against a real PostgreSQL (one database per test): wake-ups by NOTIFY and by polling alone,
+//! cancellation of running jobs, retries, panics, graceful shutdown, rescue of a dead worker's job, and a
+//! `repdiff worker` process killed with SIGKILL mid-training whose job resumes from its checkpoint on
+//! another worker.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use repdiff_server::jobs::{self, JobSettings};
+use repdiff_server::queue::{self, Job, JobState, NewJob};
+use repdiff_server::storage::Storage;
+use repdiff_server::worker::{Handler, JobContext, JobError, Registry, Worker, WorkerOptions};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("repdiff-worker-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn options(dir: &Path, id: &str) -> WorkerOptions {
+    let mut options = WorkerOptions::new(dir.join("scratch"));
+    options.id = format!("{id}-{}", std::process::id());
+    options.poll_interval = Duration::from_secs(30);
+    options.lease = Duration::from_secs(30);
+    options.rescue_interval = Duration::from_secs(30);
+    options
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn shutdown(self) {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("worker stops").unwrap().unwrap();
+    }
+}
+
+fn start(pool: &PgPool, dir: &Path, registry: Registry, options: WorkerOptions) -> Running {
+    let storage = Storage::local(&dir.join("store")).unwrap();
+    let (stop, shutdown) = watch::channel(false);
+    let worker = Worker::new(pool.clone(), storage, registry, options);
+    Running { stop, task: tokio::spawn(worker.run(shutdown)) }
+}
+
+async fn wait_for(pool: &PgPool, id: i64, within: Duration, done: impl Fn(&Job) -> bool) -> Job {
+    let started = Instant::now();
+    loop {
+        let job = queue::get(pool, id).await.unwrap().unwrap();
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            started.elapsed() < within,
+            "job {id} still {:?} (attempt {}) after {within:?}",
+            job.state,
+            job.attempt
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn noop(sleep_ms: u64) -> NewJob {
+    NewJob::new("noop", json!({ "sleep_ms": sleep_ms }))
+}
+
+fn noops() -> Registry {
+    jobs::registry(&JobSettings::default()).only(&["noop".to_string()]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_workers_run_every_job_exactly_once() {
+    let db = TestDb::new("worker_many").await;
+    let dir = tempdir("many");
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let mut opts = options(&dir, &format!("w{w}"));
+        opts.concurrency = 2;
+        opts.poll_interval = Duration::from_millis(200);
+        workers.push(start(&db.pool, &dir, noops(), opts));
+    }
+    let mut ids = Vec::new();
+    for _ in 0..120 {
+        ids.push(queue::submit(&db.pool, &noop(0)).await.unwrap().id);
+    }
+    for id in ids {
+        let job = wait_for(&db.pool, id, Duration::from_secs(30), |j| j.state.is_final()).await;
+        assert_eq!((job.state, job.attempt), (JobState::Succeeded, 1), "job {id}");
+    }
+    for w in workers {
+        w.shutdown().await;
+    }
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_a_worker_at_once_and_polling_covers_a_missed_notify() {
+    let db = TestDb::new("worker_wake").await;
+    let dir = tempdir("wake");
+    // Listening, with a poll interval far longer than the test: only NOTIFY can wake it in time.
+    let listening = start(&db.pool, &dir, noops(), options(&dir, "listener"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let id = queue::submit(&db.pool, &noop(0)).await.unwrap().id;
+    wait_for(&db.pool, id, Duration::from_secs(5), |j| j.state == JobState::Succeeded).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    listening.shutdown().await;
+
+    // Not listening at all (every NOTIFY missed): the poll still picks the job up.
+    let mut opts = options(&dir, "poller");
+    opts.listen = false;
+    opts.poll_interval = Duration::from_millis(300);
+    let polling = start(&db.pool, &dir, noops(), opts);
+    let id = queue::submit(&db.pool, &noop(0)).await.unwrap().id;
+    wait_for(&db.pool, id, Duration::from_secs(5), |j| j.state == JobState::Succeeded).await;
+    polling.shutdown().await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_stops_it_by_notify_or_by_heartbeat() {
+    let db = TestDb::new("worker_cancel").await;
+    let dir = tempdir("cancel");
+    for listen in [true, false] {
+        let mut opts = options(&dir, if listen { "cancel-listen" } else { "cancel-heartbeat" });
+        opts.listen = listen;
+        opts.poll_interval = Duration::from_millis(200);
+        // Without NOTIFY the request arrives with the next heartbeat (every third of the lease).
+        opts.lease = Duration::from_millis(900);
+        let worker = start(&db.pool, &dir, noops(), opts);
+        let id = queue::submit(&db.pool, &noop(60_000)).await.unwrap().id;
+        wait_for(&db.pool, id, Duration::from_secs(5), |j| j.state == JobState::Running).await;
+        let asked = Instant::now();
+        queue::cancel(&db.pool, id).await.unwrap();
+        let job = wait_for(&db.pool, id, Duration::from_secs(5), |j| j.state.is_final()).await;
+        assert_eq!(job.state, JobState::Cancelled, "listen={listen}");
+        assert!(asked.elapsed() < Duration::from_secs(3), "listen={listen}: {:?}", asked.elapsed());
+        worker.shutdown().await;
+    }
+    db.drop().await;
+}
+
+/// Fails its first attempt, succeeds on the next.
+struct Flaky;
+
+impl Handler for Flaky {
+    fn validate(&self, _: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
+        if ctx.job.attempt == 1 {
+            return Err(JobError::Retryable("the first attempt always fails".into()));
+        }
+        Ok(json!({ "attempt": ctx.job.attempt }))
+    }
+}
+
+struct Panics;
+
+impl Handler for Panics {
+    fn validate(&self, _: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn run(&self, _: &mut JobContext) -> Result<serde_json::Value, JobError> {
+        panic!("a bug in a handler")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_is_retried_after_backoff_and_a_panic_fails_only_its_job() {
+    let db = TestDb::new("worker_retry").await;
+    let dir = tempdir("retry");
+    let mut registry = noops();
+    registry.register("flaky", Flaky).register("panics", Panics);
+    let mut opts = options(&dir, "retry");
+    opts.poll_interval = Duration::from_millis(100);
+    let worker = start(&db.pool, &dir, registry, opts);
+
+    let started = Instant::now();
+    let id = queue::submit(&db.pool, &NewJob::new("flaky", json!({}))).await.unwrap().id;
+    let job = wait_for(&db.pool, id, Duration::from_secs(10), |j| j.state.is_final()).await;
+    assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2));
+    assert!(started.elapsed() >= Duration::from_secs(1), "the retry waited for its 1 s backoff");
+    let logged: Vec<String> = sqlx::query_scalar("SELECT message FROM job_logs WHERE job_id = $1 AND level = 'error'")
+        .bind(id)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, vec!["the first attempt always fails".to_string()]);
+
+    let mut panicking = NewJob::new("panics", json!({}));
+    panicking.max_attempts = 1;
+    let id = queue::submit(&db.pool, &panicking).await.unwrap().id;
+    let job = wait_for(&db.pool, id, Duration::from_secs(5), |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.error.as_deref().unwrap_or("").contains("panicked: a bug in a handler"), "{:?}", job.error);
+    // The worker survived it.
+    let id = queue::submit(&db.pool, &noop(0)).await.unwrap().id;
+    wait_for(&db.pool, id, Duration::from_secs(5), |j| j.state == JobState::Succeeded).await;
+    worker.shutdown().await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_a_running_job_to_the_queue_and_a_live_worker_rescues_a_dead_ones() {
+    let db = TestDb::new("worker_rescue").await;
+    let dir = tempdir("rescue");
+    let mut opts = options(&dir, "leaving");
+    opts.poll_interval = Duration::from_millis(100);
+    let worker = start(&db.pool, &dir, noops(), opts);
+    let id = queue::submit(&db.pool, &noop(60_000)).await.unwrap().id;
+    wait_for(&db.pool, id, Duration::from_secs(5), |j| j.state == JobState::Running).await;
+    worker.shutdown().await;
+    let job = queue::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 0), "released without using an attempt");
+    queue::cancel(&db.pool, id).await.unwrap();
+
+    // A worker that claimed a job and died (its lease runs out at once): the next live worker's rescuer
+    // puts it back and runs it.
+    let id = queue::submit(&db.pool, &noop(0)).await.unwrap().id;
+    let ghost = queue::claim(&db.pool, "ghost", &["noop".to_string()], Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(ghost.id, id);
+    let mut opts = options(&dir, "rescuer");
+    opts.rescue_interval = Duration::from_millis(200);
+    opts.poll_interval = Duration::from_millis(100);
+    let rescuer = start(&db.pool, &dir, noops(), opts);
+    let job = wait_for(&db.pool, id, Duration::from_secs(5), |j| j.state.is_final()).await;
+    assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2));
+    rescuer.shutdown().await;
+    db.drop().await;
+}
+
+/// A tiny pixel-space DiT config that trains at tens of steps per second on two cores.
+fn tiny_run(steps: usize, checkpoint_every: usize) -> serde_json::Value {
+    let mut config = repdiff_engine::config::RunConfig::preset("tiny-cpu").unwrap();
+    let m = &mut config.model;
+    (m.input_size, m.patch_size, m.hidden_size, m.depth, m.num_heads) = (16, 4, 64, 2, 2);
+    config.train.steps = steps;
+    config.train.batch_size = 8;
+    config.train.checkpoint_every = checkpoint_every;
+    json!({ "config": config })
+}
+
+fn spawn_worker_process(db: &TestDb, dir: &Path, lease_secs: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_repdiff"))
+        .args(["worker", "--lease-secs", lease_secs, "--poll-secs", "0.2", "--rescue-secs", "0.5"])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("DATABASE_URL", &db.url)
+        .env("REPDIFF_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start repdiff worker")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_training_loses_only_the_steps_since_its_last_checkpoint() {
+    let db = TestDb::new("worker_sigkill").await;
+    let dir = tempdir("sigkill");
+    let (steps, every) = (400, 50);
+    let params = json!({ "run": tiny_run(steps, every), "data": { "toy": { "n": 64 } } });
+    jobs::validate(&jobs::registry(&JobSettings::default()), "pretrain", &params).unwrap();
+    let id = queue::submit(&db.pool, &NewJob::new("pretrain", params)).await.unwrap().id;
+
+    let mut first = spawn_worker_process(&db, &dir, "2");
+    // Kill it once a checkpoint is published and training has gone past it.
+    let started = Instant::now();
+    let killed_at = loop {
+        let checkpoint: Option<i64> = sqlx::query_scalar(
+            "SELECT (meta->>'step')::bigint FROM artifacts WHERE job_id = $1 AND kind = 'checkpoint'",
+        )
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+        let progress: Option<i64> = sqlx::query_scalar("SELECT step FROM job_progress WHERE job_id = $1")
+            .bind(id)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap();
+        if let (Some(c), Some(p)) = (checkpoint, progress)
+            && p > c
+            && (p as usize) < steps
+        {
+            break p;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint within 2 minutes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    first.kill().unwrap(); // SIGKILL: no chance to checkpoint or release the job
+    first.wait().unwrap();
+    assert_eq!(queue::get(&db.pool, id).await.unwrap().unwrap().state, JobState::Running);
+
+    let mut second = spawn_worker_process(&db, &dir, "30");
+    let job = wait_for(&db.pool, id, Duration::from_secs(180), |j| j.state.is_final()).await;
+    assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2), "{:?}", job.error);
+    let result = job.result.unwrap();
+    let resumed = result["resumed_from"].as_u64().expect("the second attempt resumed") as usize;
+    assert!(resumed > 0 && resumed.is_multiple_of(every) && resumed < killed_at as usize, "{resumed} {killed_at}");
+    assert_eq!(result["step"], steps);
+    // Every step's loss exactly once (steps replayed after the resume overwrote their first values).
+    let (count, min, max): (i64, i64, i64) =
+        sqlx::query_as("SELECT count(*), min(step), max(step) FROM job_metrics WHERE job_id = $1 AND name = 'loss'")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((count, min, max), (steps as i64, 1, steps as i64));
+    let checkpoints: Vec<i64> =
+        sqlx::query_scalar("SELECT (meta->>'step')::bigint FROM artifacts WHERE job_id = $1 AND kind = 'checkpoint'")
+            .bind(id)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(checkpoints, vec![steps as i64], "one checkpoint row, at the end");
+
+    // The same worker samples from the trained model; the images land in the store.
+    let sample = json!({ "checkpoint": { "job": id }, "num": 4, "steps": 5, "seed": 3 });
+    let sample_id = queue::submit(&db.pool, &NewJob::new("sample", sample)).await.unwrap().id;
+    let job = wait_for(&db.pool, sample_id, Duration::from_secs(60), |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.error);
+    let images = repdiff_server::artifacts::for_job(&db.pool, sample_id, Some("sample_image")).await.unwrap();
+    assert_eq!(images.len(), 4);
+    for image in &images {
+        let bytes = std::fs::read(dir.join("artifacts").join(&image.key)).unwrap();
+        assert_eq!(image::load_from_memory(&bytes).unwrap().width(), 16);
+    }
+
+    // SIGTERM: a graceful stop.
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    let status = second.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    db.drop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
