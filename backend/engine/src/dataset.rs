@@ -24,17 +24,26 @@ use crate::{Error, Result};
 /// Labels by input name: `file` or `file#k`.
 pub struct Labels {
     by_name: HashMap<String, SliceRecord>,
+    /// For slices with no row (uploads labelled later); `None` refuses them.
+    default: Option<SliceRecord>,
 }
 
 impl Labels {
     pub fn from_manifest(manifest: Manifest) -> Self {
-        Labels { by_name: manifest.records.into_iter().map(|r| (r.file.replace('\\', "/"), r)).collect() }
+        let by_name = manifest.records.into_iter().map(|r| (r.file.replace('\\', "/"), r)).collect();
+        Labels { by_name, default: None }
+    }
+
+    /// Slices without a row get `site` and no markers instead of being refused.
+    pub fn or_unlabelled(mut self, site: usize) -> Self {
+        self.default = Some(SliceRecord { file: String::new(), site, markers: Default::default() });
+        self
     }
 
     /// The row for slice `slice` of a file known by `names`: its own `name#k` row, else the file's row.
     fn find(&self, names: &[String], slice: usize) -> Option<&SliceRecord> {
         let indexed = names.iter().find_map(|name| self.by_name.get(&format!("{name}#{slice}")));
-        indexed.or_else(|| names.iter().find_map(|name| self.by_name.get(name)))
+        indexed.or_else(|| names.iter().find_map(|name| self.by_name.get(name))).or(self.default.as_ref())
     }
 }
 

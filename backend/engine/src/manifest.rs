@@ -126,8 +126,13 @@ impl Manifest {
 
     pub fn read_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let fail = |e: String| Error::Data(format!("{}: {e}", path.display()));
-        let rows: Vec<JsonRow> = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        Self::from_json_str(&text).map_err(|e| Error::Data(format!("{}: {e}", path.display())))
+    }
+
+    /// A JSON manifest: an array of `{file, site, hypodensity, margin_irregularity, blend_sign, fluid_level}`.
+    pub fn from_json_str(text: &str) -> std::result::Result<Self, String> {
+        let fail = |e: String| e;
+        let rows: Vec<JsonRow> = serde_json::from_str(text).map_err(|e| fail(e.to_string()))?;
         let mut records = Vec::with_capacity(rows.len());
         for (i, row) in rows.into_iter().enumerate() {
             let markers = Markers {

@@ -4,6 +4,8 @@
 
 pub mod artifacts;
 pub mod db;
+pub mod embedded_pg;
+pub mod http;
 pub mod jobs;
 pub mod queue;
 pub mod storage;

@@ -133,21 +133,37 @@ pub struct NewJob {
     pub priority: i16,
     pub max_attempts: i32,
     pub idempotency_key: Option<String>,
+    /// The user who submitted it (`None` for jobs made by the CLI or tests).
+    pub owner_id: Option<i64>,
+    pub experiment_id: Option<i64>,
 }
 
 impl NewJob {
     pub fn new(kind: impl Into<String>, params: serde_json::Value) -> Self {
-        NewJob { kind: kind.into(), params, priority: 0, max_attempts: 3, idempotency_key: None }
+        NewJob {
+            kind: kind.into(),
+            params,
+            priority: 0,
+            max_attempts: 3,
+            idempotency_key: None,
+            owner_id: None,
+            experiment_id: None,
+        }
     }
 }
 
 /// Submits a job (and wakes a worker). With an idempotency key already used, returns that job instead.
 pub async fn submit(pool: &PgPool, job: &NewJob) -> sqlx::Result<Job> {
+    Ok(submit_once(pool, job).await?.0)
+}
+
+/// [`submit`], also saying whether this call made the job (`false`: its idempotency key was used before).
+pub async fn submit_once(pool: &PgPool, job: &NewJob) -> sqlx::Result<(Job, bool)> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query_as!(
         JobRow,
-        r#"INSERT INTO jobs (kind, params, priority, max_attempts, idempotency_key)
-           VALUES ($1, $2, $3, $4, $5)
+        r#"INSERT INTO jobs (kind, params, priority, max_attempts, idempotency_key, owner_id, experiment_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
            ON CONFLICT (idempotency_key) DO NOTHING
            RETURNING id, kind, params, state, priority, attempt, max_attempts, run_after, idempotency_key,
                      worker_id, lease_expires_at, cancel_requested, error, result, created_at, started_at,
@@ -157,9 +173,12 @@ pub async fn submit(pool: &PgPool, job: &NewJob) -> sqlx::Result<Job> {
         job.priority,
         job.max_attempts,
         job.idempotency_key,
+        job.owner_id,
+        job.experiment_id,
     )
     .fetch_optional(&mut *tx)
     .await?;
+    let created = inserted.is_some();
     let row = match inserted {
         Some(row) => {
             sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, job.kind).execute(&mut *tx).await?;
@@ -180,7 +199,7 @@ pub async fn submit(pool: &PgPool, job: &NewJob) -> sqlx::Result<Job> {
         }
     };
     tx.commit().await?;
-    Ok(row.into())
+    Ok((row.into(), created))
 }
 
 pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<Job>> {

@@ -70,11 +70,26 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
+/// Something a job reads that belongs to someone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// An artifact by key.
+    Artifact(String),
+    /// A dataset's scans.
+    Dataset(i64),
+}
+
 /// One job kind: checks parameters at submission and runs the job on a worker.
 pub trait Handler: Send + Sync + 'static {
     /// Whether `params` are valid for this kind; the API refuses a job whose parameters are not, with
     /// this message.
     fn validate(&self, params: &serde_json::Value) -> Result<(), String>;
+
+    /// What a job with (valid) `params` reads: the API lets a user submit it only when they may read
+    /// every one.
+    fn reads(&self, _params: &serde_json::Value) -> Vec<Input> {
+        Vec::new()
+    }
 
     /// Runs one attempt. Called on a blocking thread; long loops check `ctx.cancel` every step. A handler
     /// that can resume (training) looks for its own earlier checkpoint first: an attempt after a crash
@@ -257,6 +272,11 @@ impl JobContext {
         let local = self.scratch.join(name);
         self.block_on(self.storage.download(key, &local))?;
         Ok(local)
+    }
+
+    /// The database (for handlers that read rows, such as a dataset's scans).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Whether the artifact `key` exists.

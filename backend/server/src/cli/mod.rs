@@ -8,6 +8,7 @@ mod import;
 mod interrupt;
 mod phantoms;
 mod sample;
+mod serve;
 mod split;
 mod train;
 mod worker;
@@ -48,6 +49,12 @@ enum Command {
     Encode(encode::EncodeArgs),
     /// Split a manifest as the paper does: pre-training sites vs a downstream site split 8:1:1 by label.
     Split(split::SplitArgs),
+    /// Run the web application: REST API, frontend, and an in-process worker (embedded PostgreSQL when
+    /// DATABASE_URL is unset).
+    Serve(serve::ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    Admin(serve::AdminCommand),
     /// Run jobs from the queue (any number of workers, on any machine, sharing one database and store).
     Worker(worker::WorkerArgs),
     /// Print a preset's full configuration as JSON (a starting point for --config files).
@@ -142,6 +149,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Encode(args) => encode::run(args),
         Command::Split(args) => split::run(args),
         Command::Worker(args) => worker::run(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Admin(command) => serve::admin(command),
         Command::Config { preset } => {
             println!("{}", serde_json::to_string_pretty(&RunConfig::preset(&preset)?)?);
             Ok(())

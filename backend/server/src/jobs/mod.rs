@@ -31,7 +31,7 @@ pub fn registry(settings: &JobSettings) -> Registry {
     let mut registry = Registry::new();
     registry
         .register("noop", noop::Noop)
-        .register("pretrain", train::Train)
+        .register("pretrain", train::Train { weights_dir: settings.weights_dir.clone() })
         .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() });
     registry
 }

@@ -6,7 +6,7 @@ use repdiff_engine::diffusion::SamplerKind;
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample, write_samples};
 use serde::{Deserialize, Serialize};
 
-use crate::worker::{Handler, JobContext, JobError};
+use crate::worker::{Handler, Input, JobContext, JobError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -87,6 +87,12 @@ impl Handler for Sample {
             return Err("guidance must be >= 0 and eta in [0, 1]".into());
         }
         Ok(())
+    }
+
+    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
+        serde_json::from_value::<SampleParams>(params.clone())
+            .map(|p| vec![Input::Artifact(p.checkpoint.key())])
+            .unwrap_or_default()
     }
 
     fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {

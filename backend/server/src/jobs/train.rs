@@ -3,13 +3,18 @@
 //! `jobs/<id>/checkpoint.safetensors`; an attempt that finds one there resumes from it, so a job whose
 //! worker died loses at most the steps since that checkpoint.
 
-use repdiff_engine::config::{ConditioningKind, Overrides, RunConfig};
+use repdiff_engine::autoencoder::{self, Posterior};
+use repdiff_engine::config::{ConditioningKind, DataSpace, Overrides, RunConfig};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
+use repdiff_engine::imaging::{Channels, Window};
+use repdiff_engine::latent_cache::{EncodeSpec, encode_dataset};
+use repdiff_engine::manifest::{Manifest, SliceRecord};
+use repdiff_engine::phantom::Markers;
 use repdiff_engine::train::{StopReason, Trainer};
 use serde::{Deserialize, Serialize};
 
-use crate::worker::{Handler, JobContext, JobError};
+use crate::worker::{Handler, Input, JobContext, JobError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +36,13 @@ pub enum DataSource {
     },
     /// A latent file in the store (`latents` [N, C, H, W], optional `labels`), as `repdiff encode` writes.
     Latents { key: String },
+    /// A dataset's slices (labels: hematoma or not), through a CT window (default brain), at the model's
+    /// input size; encoded by the run's autoencoder when it works on latents.
+    Dataset {
+        id: i64,
+        #[serde(default)]
+        window: Option<String>,
+    },
 }
 
 impl TrainParams {
@@ -43,7 +55,9 @@ impl TrainParams {
     }
 }
 
-pub struct Train;
+pub struct Train {
+    pub weights_dir: std::path::PathBuf,
+}
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
 
@@ -63,9 +77,20 @@ impl Handler for Train {
                 ));
             }
             DataSource::Latents { key } if key.is_empty() => return Err("data.latents.key is empty".into()),
+            DataSource::Dataset { window: Some(w), .. } => {
+                Window::parse(w).map_err(|e| e.to_string())?;
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
+        match serde_json::from_value::<TrainParams>(params.clone()).map(|p| p.data) {
+            Ok(DataSource::Latents { key }) => vec![Input::Artifact(key)],
+            Ok(DataSource::Dataset { id, .. }) => vec![Input::Dataset(id)],
+            _ => Vec::new(),
+        }
     }
 
     fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
@@ -78,6 +103,12 @@ impl Handler for Train {
             }
             DataSource::Latents { key } => {
                 let local = ctx.fetch(key, "data.safetensors")?;
+                Dataset::from_latent_file(&local, &device)?
+            }
+            DataSource::Dataset { id, window } => {
+                let config = p.config(2)?;
+                let window = Window::parse(window.as_deref().unwrap_or("brain"))?;
+                let local = encode_dataset_scans(ctx, *id, window, &config, &self.weights_dir, &device)?;
                 Dataset::from_latent_file(&local, &device)?
             }
         };
@@ -173,4 +204,68 @@ impl Handler for Train {
             "config": trainer.config,
         }))
     }
+}
+
+/// Downloads a dataset's slices, writes their manifest, and encodes them for `config`'s model (pixel space:
+/// windowed and resized; latent space: through the run's autoencoder). Returns the latent file.
+fn encode_dataset_scans(
+    ctx: &mut JobContext,
+    dataset: i64,
+    window: Window,
+    config: &RunConfig,
+    weights_dir: &std::path::Path,
+    device: &repdiff_engine::Device,
+) -> Result<std::path::PathBuf, JobError> {
+    let rows = ctx.block_on(
+        sqlx::query!(
+            r#"SELECT id, key, site, hypodensity, margin_irregularity, blend_sign, fluid_level
+               FROM scans WHERE dataset_id = $1 ORDER BY id"#,
+            dataset
+        )
+        .fetch_all(ctx.pool()),
+    )?;
+    if rows.is_empty() {
+        return Err(JobError::Permanent(format!("dataset {dataset} has no scans")));
+    }
+    let dir = ctx.scratch.join("dataset");
+    let mut manifest = Manifest::default();
+    for (i, row) in rows.iter().enumerate() {
+        let file = format!("slices/{}.png", row.id);
+        ctx.fetch(&row.key, &format!("dataset/{file}"))?;
+        manifest.records.push(SliceRecord {
+            file,
+            site: row.site.max(0) as usize,
+            markers: Markers {
+                hypodensity: row.hypodensity,
+                margin_irregularity: row.margin_irregularity,
+                blend_sign: row.blend_sign,
+                fluid_level: row.fluid_level,
+            },
+        });
+        ctx.progress(i as u64 + 1, rows.len() as u64, "fetching scans");
+    }
+    let manifest_path = dir.join("manifest.csv");
+    manifest.write_csv(&manifest_path)?;
+    let (name, copies) = match &config.data_space {
+        DataSpace::Pixels => ("pixels".to_string(), config.model.in_channels),
+        DataSpace::Latents { autoencoder, .. } => (autoencoder.clone(), 3),
+    };
+    let encoder = autoencoder::by_name(&name, copies, weights_dir, device)?;
+    let spec = EncodeSpec {
+        channels: Channels::Window { window, copies },
+        // The image side whose latent is the model's input (x8 for the SD VAE, x1 in pixel space).
+        size: config.model.input_size * (64 / encoder.latent_dims(64).1.max(1)),
+        posterior: Posterior::Mean,
+        seed: config.train.seed,
+        part: None,
+        batch_size: 16,
+    };
+    let out = ctx.scratch.join("data.safetensors");
+    let cancel = ctx.cancel.clone();
+    encode_dataset(&manifest_path, &spec, encoder.as_ref(), &out, device, &mut |done, total| {
+        if !cancel.is_cancelled() {
+            ctx.progress(done as u64, total as u64, "encoding scans");
+        }
+    })?;
+    Ok(out)
 }

@@ -1,0 +1,352 @@
+//! RepDiff's REST API (`/api/v1`) as Rust types: what the server sends and accepts, and what the browser
+//! frontend and other clients use. Serde only (plus OpenAPI schemas behind the `openapi` feature), so it
+//! compiles to wasm32.
+//!
+//! Conventions: ids are integers; times are RFC 3339 UTC; every error is an [`ErrorBody`] whose `code` is
+//! stable (clients branch on it) and whose `message` is for people.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ErrorDetail {
+    /// Stable: `unauthenticated`, `forbidden`, `not_found`, `invalid_json`, `invalid_request`,
+    /// `invalid_params`, `conflict`, `payload_too_large`, `unsupported_media`, `internal`, `unavailable`.
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads what is shared with the team.
+    Viewer,
+    /// Also uploads scans and runs jobs.
+    Researcher,
+    /// Also manages users.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Researcher => "researcher",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "researcher" => Some(Role::Researcher),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct NewToken {
+    /// What the token is for ("laptop", "CI").
+    pub name: String,
+}
+
+/// An API token as listed (the secret is shown once, at creation).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Token {
+    pub id: i64,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreatedToken {
+    pub token: Token,
+    /// Send as `Authorization: Bearer <secret>`. Not stored by the server: keep it.
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct NewExperiment {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Visible to the whole team (default) or to its owner only.
+    #[serde(default = "yes")]
+    pub shared: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Experiment {
+    pub id: i64,
+    pub owner: String,
+    pub name: String,
+    pub description: String,
+    pub shared: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SubmitJob {
+    /// `pretrain`, `sample`, `noop`, ... (`GET /api/v1/job-kinds` lists them).
+    pub kind: String,
+    /// The kind's parameters; checked before the job is queued. Default `{}`.
+    #[serde(default = "empty_object")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub params: serde_json::Value,
+    pub experiment_id: Option<i64>,
+    /// Higher runs first (-100..=100; default 0).
+    #[serde(default)]
+    pub priority: i16,
+    /// Attempts before the job fails for good (1..=20; default 3).
+    pub max_attempts: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Progress {
+    pub step: i64,
+    pub total: i64,
+    pub message: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub params: serde_json::Value,
+    pub state: JobState,
+    pub owner: Option<String>,
+    pub experiment_id: Option<i64>,
+    pub priority: i16,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub cancel_requested: bool,
+    pub error: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub result: Option<serde_json::Value>,
+    pub progress: Option<Progress>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A page of jobs, newest first; pass `next_before` as `before` for the next page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next_before: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct LogLine {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub level: String,
+    pub message: String,
+}
+
+/// One metric's points, ordered by step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MetricSeries {
+    pub name: String,
+    pub steps: Vec<i64>,
+    pub values: Vec<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Artifact {
+    pub id: i64,
+    pub job_id: Option<i64>,
+    /// `checkpoint`, `sample_image`, `grid`, `samples`, `latents`, ...
+    pub kind: String,
+    /// The object's key in the store (the last part is its file name).
+    pub key: String,
+    pub media_type: String,
+    pub size: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub meta: serde_json::Value,
+    /// Where to download it.
+    pub url: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What the server-sent event stream of a job sends: the job whenever it changes (`event: job`), until it
+/// is final.
+pub type JobEvent = Job;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct JobKind {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct NewDataset {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Visible to the whole team, or (default) to its owner only: scans are medical data.
+    #[serde(default)]
+    pub shared: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Dataset {
+    pub id: i64,
+    pub owner: String,
+    pub name: String,
+    pub description: String,
+    pub shared: bool,
+    /// Slices in it.
+    pub scans: i64,
+    /// Slices with any hematoma marker.
+    pub hematoma: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One CT slice with its site and the four hematoma markers (the label is "any marker").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Scan {
+    pub id: i64,
+    pub dataset_id: i64,
+    /// The uploaded file it came from.
+    pub source_name: String,
+    /// Its index in a multi-slice file (NIfTI volume, multi-frame DICOM).
+    pub slice_index: i32,
+    /// dicom, nifti or image.
+    pub format: String,
+    pub rows: i32,
+    pub columns: i32,
+    /// hounsfield (CT values) or grey (an 8-bit picture).
+    pub unit: String,
+    pub site: i32,
+    pub hypodensity: bool,
+    pub margin_irregularity: bool,
+    pub blend_sign: bool,
+    pub fluid_level: bool,
+    pub hematoma: bool,
+    /// Whether a de-identified DICOM of it is stored.
+    pub has_dicom: bool,
+    /// The slice as a windowed PNG (`?window=brain&size=128`).
+    pub image_url: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A label edit: only the fields given change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ScanPatch {
+    pub site: Option<i32>,
+    pub hypodensity: Option<bool>,
+    pub margin_irregularity: Option<bool>,
+    pub blend_sign: Option<bool>,
+    pub fluid_level: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RefusedFile {
+    pub file: String,
+    /// `unreadable` (not a scan RepDiff can read; the error says why) or `payload_too_large`.
+    pub code: String,
+    pub error: String,
+}
+
+/// What an upload did, file by file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct UploadReport {
+    pub accepted: Vec<Scan>,
+    pub refused: Vec<RefusedFile>,
+    /// Slices already in the dataset (same content), not stored again.
+    pub duplicates: usize,
+}

@@ -1,0 +1,168 @@
+//! `repdiff serve` (REST API + frontend + an in-process worker) and `repdiff admin create`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use repdiff_api::{NewUser, Role};
+use repdiff_engine::imaging::deid::DeidKey;
+use repdiff_server::embedded_pg::EmbeddedPostgres;
+use repdiff_server::http::{self, AppState, HttpConfig};
+use repdiff_server::worker::Worker;
+use sqlx::PgPool;
+
+use super::worker::WorkerArgs;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "REPDIFF_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The frontend's built files; default `frontend/dist` when it exists.
+    #[arg(long, env = "REPDIFF_STATIC")]
+    static_dir: Option<PathBuf>,
+    /// Jobs the in-process worker runs at once; 0 leaves all jobs to `repdiff worker` processes.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Mark the session cookie Secure (when served over HTTPS).
+    #[arg(long)]
+    secure_cookies: bool,
+    /// Allow browser calls from these origins (CORS); default none.
+    #[arg(long, value_delimiter = ',')]
+    cors_origin: Vec<String>,
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Create a user (the first admin, typically). The password is read from REPDIFF_PASSWORD or stdin.
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_parser = parse_role, default_value = "admin")]
+        role: Role,
+        #[command(flatten)]
+        worker: WorkerArgs,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("{s:?} is not a role: viewer, researcher or admin"))
+}
+
+/// The database: `DATABASE_URL`, or the embedded cluster under the data directory.
+async fn database(args: &WorkerArgs) -> Result<(PgPool, Option<EmbeddedPostgres>)> {
+    let (url, embedded) = match &args.database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let dir = args.data_dir.join("postgres");
+            let pg = tokio::task::block_in_place(|| EmbeddedPostgres::start(&dir))?;
+            let url = pg.database_url().await?;
+            println!("No DATABASE_URL: using the embedded PostgreSQL in {} ({url})", dir.display());
+            (url, Some(pg))
+        }
+    };
+    let pool = repdiff_server::db::connect(&url, 32).await.context("connecting to the database")?;
+    Ok((pool, embedded))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn random_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 20];
+    getrandom::fill(&mut bytes).expect("the OS random number generator");
+    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    super::init_logging();
+    let registry = args.worker.registry()?;
+    let mut options = args.worker.options()?;
+    options.concurrency = args.workers;
+    let storage = args.worker.storage()?;
+    let static_dir = args.static_dir.clone().or_else(|| {
+        let default = PathBuf::from("frontend/dist");
+        default.join("index.html").exists().then_some(default)
+    });
+    runtime()?.block_on(async move {
+        let (pool, embedded) = database(&args.worker).await?;
+        if http::auth::count_users(&pool).await? == 0 {
+            let password = std::env::var("REPDIFF_PASSWORD").unwrap_or_else(|_| random_password());
+            let admin = NewUser { username: "admin".into(), password: password.clone(), role: Role::Admin };
+            http::auth::create_user(&pool, &admin).await.map_err(|e| anyhow::anyhow!(e.message))?;
+            println!("Created the first user: admin / {password}  (shown once; add users in the app or with `repdiff admin create`)");
+        }
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let worker = (args.workers > 0)
+            .then(|| tokio::spawn(Worker::new(pool.clone(), storage.clone(), registry.clone(), options).run(shutdown.clone())));
+        let config = HttpConfig {
+            static_dir: static_dir.clone(),
+            secure_cookies: args.secure_cookies,
+            cors_origins: args.cors_origin.clone(),
+            ..HttpConfig::default()
+        };
+        let deid_key = DeidKey::load_or_create(&args.worker.data_dir.join("deid.key"))?;
+        let state = AppState::new(pool.clone(), storage.clone(), registry, config).with_deid_key(deid_key);
+        let app = http::router(state);
+        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+        println!(
+            "RepDiff on http://{}  (API /api/v1, OpenAPI /api/v1/openapi.json{}; artifacts in {}; {} in-process worker slot(s))",
+            listener.local_addr()?,
+            match &static_dir {
+                Some(dir) => format!(", frontend from {}", dir.display()),
+                None => ", no frontend build found".into(),
+            },
+            storage.url(),
+            args.workers
+        );
+        let mut stopping = shutdown.clone();
+        http::serve(listener, app, async move {
+            tokio::select! {
+                _ = super::shutdown_signal() => {}
+                _ = stopping.changed() => {}
+            }
+        })
+        .await?;
+        let _ = stop.send(true);
+        if let Some(worker) = worker {
+            worker.await??;
+        }
+        pool.close().await;
+        if let Some(pg) = embedded {
+            tokio::task::block_in_place(|| pg.stop())?;
+        }
+        Ok(())
+    })
+}
+
+pub fn admin(command: AdminCommand) -> Result<()> {
+    let AdminCommand::Create { username, role, worker } = command;
+    let password = match std::env::var("REPDIFF_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => {
+            eprintln!("Password for {username} (at least 10 characters), then Enter:");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    if password.is_empty() {
+        bail!("no password given");
+    }
+    runtime()?.block_on(async move {
+        let (pool, embedded) = database(&worker).await?;
+        let result = http::auth::create_user(&pool, &NewUser { username, password, role }).await;
+        pool.close().await;
+        if let Some(pg) = embedded {
+            tokio::task::block_in_place(|| pg.stop())?;
+        }
+        let user = result.map_err(|e| anyhow::anyhow!(e.message))?;
+        println!("Created {} ({}), id {}", user.username, user.role.as_str(), user.id);
+        Ok(())
+    })
+}

@@ -1,0 +1,568 @@
+//! `/datasets` and `/scans`: datasets of CT slices, uploaded as DICOM, NIfTI or PNG/JPEG files. Every file
+//! goes through the engine's import (DICOM de-identified per PS3.15 basic profile before anything is
+//! stored), one file at a time, so a bad file is refused with its reason and the others are kept. A
+//! dataset is visible to its owner, to everyone when shared, and to admins.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use repdiff_api::{Dataset, NewDataset, RefusedFile, Role, Scan, ScanPatch, UploadReport};
+use repdiff_engine::dataset::{Labels, import};
+use repdiff_engine::imaging::{PNG16_HU_OFFSET, Window};
+use repdiff_engine::manifest::{Manifest, SliceRecord};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tokio::io::AsyncWriteExt;
+
+use super::AppState;
+use super::auth::CurrentUser;
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/datasets", get(list_datasets).post(create_dataset))
+        .route("/datasets/{id}", get(get_dataset))
+        .route("/datasets/{id}/scans", get(list_scans))
+        .route("/scans/{id}", get(get_scan).patch(patch_scan))
+        .route("/scans/{id}/image", get(scan_image))
+}
+
+/// The upload route: no request timeout (large uploads take long), its own body limit.
+pub fn upload_routes(upload_limit: usize) -> Router<AppState> {
+    Router::new().route("/datasets/{id}/scans", post(upload_scans)).layer(DefaultBodyLimit::max(upload_limit))
+}
+
+struct DatasetRow {
+    id: i64,
+    owner: String,
+    name: String,
+    description: String,
+    shared: bool,
+    scans: i64,
+    hematoma: i64,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<DatasetRow> for Dataset {
+    fn from(r: DatasetRow) -> Dataset {
+        Dataset {
+            id: r.id,
+            owner: r.owner,
+            name: r.name,
+            description: r.description,
+            shared: r.shared,
+            scans: r.scans,
+            hematoma: r.hematoma,
+            created_at: r.created_at,
+        }
+    }
+}
+
+async fn visible_datasets(pool: &PgPool, user: &CurrentUser, id: Option<i64>) -> sqlx::Result<Vec<Dataset>> {
+    let rows = sqlx::query_as!(
+        DatasetRow,
+        r#"SELECT d.id, u.username AS owner, d.name, d.description, d.shared, d.created_at,
+                  (SELECT count(*) FROM scans s WHERE s.dataset_id = d.id) AS "scans!",
+                  (SELECT count(*) FROM scans s WHERE s.dataset_id = d.id
+                     AND (s.hypodensity OR s.margin_irregularity OR s.blend_sign OR s.fluid_level)) AS "hematoma!"
+           FROM datasets d JOIN users u ON u.id = d.owner_id
+           WHERE ($1 OR d.shared OR d.owner_id = $2) AND ($3::bigint IS NULL OR d.id = $3)
+           ORDER BY d.id DESC"#,
+        user.is_admin(),
+        user.id,
+        id
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(Dataset::from).collect())
+}
+
+/// The dataset if `user` may see it, else 404.
+pub async fn visible_dataset(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiResult<Dataset> {
+    visible_datasets(pool, user, Some(id)).await?.pop().ok_or_else(|| ApiError::not_found("dataset", id))
+}
+
+/// A visible dataset `user` may also change (owner or admin), else 403.
+async fn own_dataset(pool: &PgPool, user: &CurrentUser, id: i64, to: &str) -> ApiResult<Dataset> {
+    let dataset = visible_dataset(pool, user, id).await?;
+    if !user.is_admin() && dataset.owner != user.username {
+        return Err(ApiError::forbidden(format!("only its owner or an admin may {to} dataset {id}")));
+    }
+    Ok(dataset)
+}
+
+#[utoipa::path(get, path = "/api/v1/datasets", tag = "datasets", responses((status = 200, body = Vec<Dataset>)))]
+pub async fn list_datasets(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Vec<Dataset>>> {
+    Ok(Json(visible_datasets(&state.pool, &user, None).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/datasets/{id}", tag = "datasets",
+    responses((status = 200, body = Dataset), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn get_dataset(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<Dataset>> {
+    Ok(Json(visible_dataset(&state.pool, &user, id).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/datasets", tag = "datasets", request_body = NewDataset,
+    responses((status = 201, body = Dataset), (status = 403, body = repdiff_api::ErrorBody)))]
+pub async fn create_dataset(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiJson(new): ApiJson<NewDataset>,
+) -> ApiResult<(StatusCode, Json<Dataset>)> {
+    user.require(Role::Researcher, "creating datasets")?;
+    if new.name.trim().is_empty() || new.name.len() > 200 {
+        return Err(ApiError::invalid("a dataset's name is 1-200 characters"));
+    }
+    let id = sqlx::query_scalar!(
+        "INSERT INTO datasets (owner_id, name, description, shared) VALUES ($1, $2, $3, $4) RETURNING id",
+        user.id,
+        new.name.trim(),
+        new.description,
+        new.shared
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    Ok((StatusCode::CREATED, Json(visible_dataset(&state.pool, &user, id).await?)))
+}
+
+struct ScanRow {
+    id: i64,
+    dataset_id: i64,
+    source_name: String,
+    slice_index: i32,
+    format: String,
+    rows: i32,
+    columns: i32,
+    unit: String,
+    site: i32,
+    hypodensity: bool,
+    margin_irregularity: bool,
+    blend_sign: bool,
+    fluid_level: bool,
+    dicom_key: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<ScanRow> for Scan {
+    fn from(r: ScanRow) -> Scan {
+        Scan {
+            image_url: format!("/api/v1/scans/{}/image", r.id),
+            id: r.id,
+            dataset_id: r.dataset_id,
+            source_name: r.source_name,
+            slice_index: r.slice_index,
+            format: r.format,
+            rows: r.rows,
+            columns: r.columns,
+            unit: r.unit,
+            site: r.site,
+            hypodensity: r.hypodensity,
+            margin_irregularity: r.margin_irregularity,
+            blend_sign: r.blend_sign,
+            fluid_level: r.fluid_level,
+            hematoma: r.hypodensity || r.margin_irregularity || r.blend_sign || r.fluid_level,
+            has_dicom: r.dicom_key.is_some(),
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// Scans of datasets `user` may see: by id, or a dataset's page (ids after `after`).
+async fn visible_scans(
+    pool: &PgPool,
+    user: &CurrentUser,
+    scan: Option<i64>,
+    dataset: Option<i64>,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<Scan>> {
+    let rows = sqlx::query_as!(
+        ScanRow,
+        r#"SELECT s.id, s.dataset_id, s.source_name, s.slice_index, s.format, s.rows, s.columns, s.unit, s.site,
+                  s.hypodensity, s.margin_irregularity, s.blend_sign, s.fluid_level, s.dicom_key, s.created_at
+           FROM scans s JOIN datasets d ON d.id = s.dataset_id
+           WHERE ($1 OR d.shared OR d.owner_id = $2)
+             AND ($3::bigint IS NULL OR s.id = $3) AND ($4::bigint IS NULL OR s.dataset_id = $4) AND s.id > $5
+           ORDER BY s.id LIMIT $6"#,
+        user.is_admin(),
+        user.id,
+        scan,
+        dataset,
+        after,
+        limit
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(Scan::from).collect())
+}
+
+async fn visible_scan(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiResult<Scan> {
+    visible_scans(pool, user, Some(id), None, 0, 1).await?.pop().ok_or_else(|| ApiError::not_found("scan", id))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ScanQuery {
+    /// Only scans with a larger id (the last id of the previous page).
+    after: Option<i64>,
+    /// 1 to 1000; default 200.
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/datasets/{id}/scans", tag = "datasets", params(ScanQuery),
+    responses((status = 200, body = Vec<Scan>), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn list_scans(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<ScanQuery>,
+) -> ApiResult<Json<Vec<Scan>>> {
+    visible_dataset(&state.pool, &user, id).await?;
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit is 1 to 1000"));
+    }
+    Ok(Json(visible_scans(&state.pool, &user, None, Some(id), q.after.unwrap_or(0), limit).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/scans/{id}", tag = "datasets",
+    responses((status = 200, body = Scan), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn get_scan(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<Scan>> {
+    Ok(Json(visible_scan(&state.pool, &user, id).await?))
+}
+
+/// Edits a scan's site and markers (the label follows the markers).
+#[utoipa::path(patch, path = "/api/v1/scans/{id}", tag = "datasets", request_body = ScanPatch,
+    responses((status = 200, body = Scan), (status = 403, body = repdiff_api::ErrorBody), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn patch_scan(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(patch): ApiJson<ScanPatch>,
+) -> ApiResult<Json<Scan>> {
+    user.require(Role::Researcher, "editing labels")?;
+    let scan = visible_scan(&state.pool, &user, id).await?;
+    own_dataset(&state.pool, &user, scan.dataset_id, "edit").await?;
+    if patch.site.is_some_and(|s| s < 0) {
+        return Err(ApiError::invalid("site is a non-negative integer"));
+    }
+    sqlx::query!(
+        r#"UPDATE scans SET site = coalesce($2, site), hypodensity = coalesce($3, hypodensity),
+               margin_irregularity = coalesce($4, margin_irregularity), blend_sign = coalesce($5, blend_sign),
+               fluid_level = coalesce($6, fluid_level)
+           WHERE id = $1"#,
+        id,
+        patch.site,
+        patch.hypodensity,
+        patch.margin_irregularity,
+        patch.blend_sign,
+        patch.fluid_level
+    )
+    .execute(&state.pool)
+    .await?;
+    Ok(Json(visible_scan(&state.pool, &user, id).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ImageQuery {
+    /// brain (default), subdural, soft-tissue, bone or LEVEL/WIDTH; ignored for grey images.
+    window: Option<String>,
+    /// Longest side in pixels (thumbnails); default the slice's own size.
+    size: Option<u32>,
+}
+
+/// The slice as an 8-bit PNG through a CT window.
+#[utoipa::path(get, path = "/api/v1/scans/{id}/image", tag = "datasets", params(ImageQuery),
+    responses((status = 200, content_type = "image/png", description = "the windowed slice"), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn scan_image(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<ImageQuery>,
+) -> ApiResult<Response> {
+    visible_scan(&state.pool, &user, id).await?;
+    let window = Window::parse(q.window.as_deref().unwrap_or("brain")).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if q.size.is_some_and(|s| !(8..=2048).contains(&s)) {
+        return Err(ApiError::invalid("size is 8 to 2048"));
+    }
+    let key = sqlx::query_scalar!("SELECT key FROM scans WHERE id = $1", id).fetch_one(&state.pool).await?;
+    let bytes = state.storage.get_bytes(&key).await?;
+    let png = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let image = image::load_from_memory(&bytes).map_err(|e| e.to_string())?;
+        let mut grey = match image {
+            image::DynamicImage::ImageLuma16(hu) => {
+                let values: Vec<f32> = hu.pixels().map(|p| p.0[0] as f32 - PNG16_HU_OFFSET).collect();
+                let pixels = values.iter().map(|&v| (window.apply(v) * 255.0).round() as u8).collect();
+                image::GrayImage::from_raw(hu.width(), hu.height(), pixels).expect("same size")
+            }
+            other => other.to_luma8(),
+        };
+        if let Some(size) = q.size {
+            let scale = size as f32 / grey.width().max(grey.height()) as f32;
+            let (w, h) = (
+                ((grey.width() as f32 * scale).round() as u32).max(1),
+                ((grey.height() as f32 * scale).round() as u32).max(1),
+            );
+            grey = image::imageops::resize(&grey, w, h, image::imageops::FilterType::Triangle);
+        }
+        let mut out = Cursor::new(Vec::new());
+        grey.write_to(&mut out, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+        Ok(out.into_inner())
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let mut response = Body::from(png).into_response();
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("image/png"));
+    Ok(response)
+}
+
+/// File names from a client are only names: no folders, nothing hidden, nothing odd.
+fn safe_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String =
+        base.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).take(120).collect();
+    let cleaned = cleaned.trim_start_matches('.').to_string();
+    if cleaned.is_empty() { "upload".into() } else { cleaned }
+}
+
+/// What one uploaded file became.
+struct Imported {
+    records: Vec<(SliceRecord, Vec<u8>, u32, u32, bool)>,
+    dicom: Option<Vec<u8>>,
+    format: &'static str,
+}
+
+/// Runs the engine's import on one file (blocking): its slices as PNG bytes with their labels.
+fn import_file(
+    file: &Path,
+    labels: Labels,
+    deid_key: &repdiff_engine::imaging::deid::DeidKey,
+) -> Result<Imported, String> {
+    let out = file.with_extension("import");
+    let report = import(&[file.to_path_buf()], &labels, deid_key, &out).map_err(|e| e.to_string())?;
+    if let Some((_, reason)) = report.refused.first()
+        && report.slices == 0
+    {
+        return Err(reason.clone());
+    }
+    let manifest = Manifest::read_csv(&out.join("manifest.csv")).map_err(|e| e.to_string())?;
+    let mut records = Vec::new();
+    for record in manifest.records {
+        let bytes = std::fs::read(out.join(&record.file)).map_err(|e| e.to_string())?;
+        let image = image::load_from_memory(&bytes).map_err(|e| e.to_string())?;
+        let hounsfield = matches!(image, image::DynamicImage::ImageLuma16(_));
+        records.push((record, bytes, image.width(), image.height(), hounsfield));
+    }
+    let dicom = walk_first_dcm(&out.join("dicom")).map(std::fs::read).transpose().map_err(|e| e.to_string())?;
+    let format = match repdiff_engine::imaging::ScanFormat::detect(file) {
+        Some(repdiff_engine::imaging::ScanFormat::Dicom) => "dicom",
+        Some(repdiff_engine::imaging::ScanFormat::Nifti) => "nifti",
+        _ => "image",
+    };
+    Ok(Imported { records, dicom, format })
+}
+
+fn walk_first_dcm(dir: &Path) -> Option<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    entries.into_iter().find_map(|p| if p.is_dir() { walk_first_dcm(&p) } else { Some(p) })
+}
+
+/// Uploads scans: `multipart/form-data` with any number of `files` parts, optionally preceded by a
+/// `labels` part (a manifest, CSV or JSON, whose `file` column names the uploaded files; `name#k` labels
+/// slice k of a volume) and a `site` part (the site of unlabelled files, default 0). Files are streamed to
+/// disk and imported one by one: the answer lists the scans made and each refused file with its reason;
+/// a failed file loses nothing else (upload it again alone). The same slice uploaded twice is kept once.
+#[utoipa::path(post, path = "/api/v1/datasets/{id}/scans", tag = "datasets",
+    request_body(content_type = "multipart/form-data", description = "`labels` (optional), `site` (optional), then `files` parts"),
+    responses((status = 200, body = UploadReport), (status = 404, body = repdiff_api::ErrorBody), (status = 413, body = repdiff_api::ErrorBody)))]
+pub async fn upload_scans(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    mut multipart: Multipart,
+) -> ApiResult<Json<UploadReport>> {
+    user.require(Role::Researcher, "uploading scans")?;
+    own_dataset(&state.pool, &user, id, "upload to").await?;
+    let staging = std::env::temp_dir().join(format!("repdiff-upload-{}", super::auth::random_hex(8)));
+    tokio::fs::create_dir_all(&staging).await.map_err(ApiError::internal)?;
+    let result = receive(&state, id, &mut multipart, &staging).await;
+    let _ = tokio::fs::remove_dir_all(&staging).await;
+    result.map(Json)
+}
+
+async fn receive(state: &AppState, dataset: i64, multipart: &mut Multipart, staging: &Path) -> ApiResult<UploadReport> {
+    let mut report = UploadReport { accepted: Vec::new(), refused: Vec::new(), duplicates: 0 };
+    let mut manifest = Manifest::default();
+    let mut site = 0usize;
+    let mut index = 0usize;
+    let limit = state.config.upload_file_limit;
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(&e))? {
+        let name = field.name().unwrap_or("").to_string();
+        match name.as_str() {
+            "labels" => {
+                let text = field.text().await.map_err(|e| multipart_error(&e))?;
+                manifest = if text.trim_start().starts_with(['[', '{']) {
+                    Manifest::from_json_str(&text)
+                } else {
+                    Manifest::from_reader(text.as_bytes())
+                }
+                .map_err(|e| ApiError::invalid(format!("labels: {e}")))?;
+            }
+            "site" => {
+                let text = field.text().await.map_err(|e| multipart_error(&e))?;
+                site = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| ApiError::invalid(format!("site: {text:?} is not a site number")))?;
+            }
+            "files" | "file" => {
+                let original = field.file_name().unwrap_or("upload").to_string();
+                let file_name = safe_name(&original);
+                index += 1;
+                let dir = staging.join(format!("{index:05}"));
+                tokio::fs::create_dir_all(&dir).await.map_err(ApiError::internal)?;
+                let path = dir.join(&file_name);
+                let mut file = tokio::fs::File::create(&path).await.map_err(ApiError::internal)?;
+                let mut size = 0usize;
+                let mut too_big = false;
+                while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e))? {
+                    size += chunk.len();
+                    if size > limit {
+                        too_big = true;
+                        continue; // drain the part; the next files still arrive
+                    }
+                    file.write_all(&chunk).await.map_err(ApiError::internal)?;
+                }
+                file.flush().await.map_err(ApiError::internal)?;
+                drop(file);
+                if too_big {
+                    report.refused.push(RefusedFile {
+                        file: original,
+                        code: "payload_too_large".into(),
+                        error: format!("larger than the {} MiB limit per file", limit >> 20),
+                    });
+                    continue;
+                }
+                // Labels name files as the client knows them.
+                let mut labels = manifest.clone();
+                for record in &mut labels.records {
+                    if let Some(rest) = record.file.strip_prefix(&original) {
+                        record.file = format!("{file_name}{rest}");
+                    }
+                }
+                let key = state.deid_key.clone();
+                let imported = tokio::task::spawn_blocking(move || {
+                    import_file(&path, Labels::from_manifest(labels).or_unlabelled(site), &key)
+                })
+                .await
+                .map_err(ApiError::internal)?;
+                match imported {
+                    Ok(imported) => store(state, dataset, &original, imported, &mut report).await?,
+                    Err(reason) => {
+                        report.refused.push(RefusedFile { file: original, code: "unreadable".into(), error: reason })
+                    }
+                }
+            }
+            other => {
+                return Err(ApiError::invalid(format!("unexpected form field {other:?}: send labels, site and files")));
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn multipart_error(e: &axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large("the upload is larger than the server accepts in one request; send fewer files per request")
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("multipart body: {}", e.body_text()))
+    }
+}
+
+async fn store(
+    state: &AppState,
+    dataset: i64,
+    source: &str,
+    imported: Imported,
+    report: &mut UploadReport,
+) -> ApiResult<()> {
+    let dicom_key = match &imported.dicom {
+        Some(bytes) => {
+            let key = format!("datasets/{dataset}/dicom/{}.dcm", hex(&Sha256::digest(bytes)[..12]));
+            state.storage.put_bytes(&key, bytes.clone()).await?;
+            Some(key)
+        }
+        None => None,
+    };
+    let slices = imported.records.len();
+    for (k, (record, bytes, width, height, hounsfield)) in imported.records.into_iter().enumerate() {
+        let digest = hex(&Sha256::digest(&bytes));
+        let key = format!("datasets/{dataset}/slices/{}.png", &digest[..32]);
+        state.storage.put_bytes(&key, bytes).await?;
+        let m = record.markers;
+        let id = sqlx::query_scalar!(
+            r#"INSERT INTO scans (dataset_id, source_name, slice_index, format, rows, columns, unit, key, dicom_key, site,
+                                  hypodensity, margin_irregularity, blend_sign, fluid_level, sha256)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+               ON CONFLICT (dataset_id, sha256) DO NOTHING RETURNING id"#,
+            dataset,
+            source,
+            if slices == 1 { 0 } else { k as i32 },
+            imported.format,
+            height as i32,
+            width as i32,
+            if hounsfield { "hounsfield" } else { "grey" },
+            key,
+            dicom_key,
+            record.site as i32,
+            m.hypodensity,
+            m.margin_irregularity,
+            m.blend_sign,
+            m.fluid_level,
+            digest
+        )
+        .fetch_optional(&state.pool)
+        .await?;
+        match id {
+            Some(id) => report.accepted.push(scan_by_id(&state.pool, id).await?),
+            None => report.duplicates += 1,
+        }
+    }
+    Ok(())
+}
+
+async fn scan_by_id(pool: &PgPool, id: i64) -> sqlx::Result<Scan> {
+    let row = sqlx::query_as!(
+        ScanRow,
+        r#"SELECT id, dataset_id, source_name, slice_index, format, rows, columns, unit, site, hypodensity,
+                  margin_irregularity, blend_sign, fluid_level, dicom_key, created_at
+           FROM scans WHERE id = $1"#,
+        id
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(row.into())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

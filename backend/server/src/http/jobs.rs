@@ -1,0 +1,590 @@
+//! `/jobs`, `/artifacts`, `/experiments`, `/job-kinds`. A job is visible to its owner, to everyone when it
+//! belongs to a shared experiment, and to admins; anything else is answered 404, as if it did not exist.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt};
+use repdiff_api::{
+    Artifact, Experiment, Job, JobKind, JobPage, JobState, LogLine, MetricSeries, NewExperiment, Progress, Role,
+    SubmitJob,
+};
+use serde::Deserialize;
+use sqlx::PgPool;
+
+use super::AppState;
+use super::auth::CurrentUser;
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::queue::{self, NewJob};
+use crate::worker::Input;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/job-kinds", get(job_kinds))
+        .route("/jobs", get(list_jobs).post(submit_job))
+        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/cancel", post(cancel_job))
+        .route("/jobs/{id}/retry", post(retry_job))
+        .route("/jobs/{id}/events", get(job_events))
+        .route("/jobs/{id}/logs", get(job_logs))
+        .route("/jobs/{id}/metrics", get(job_metrics))
+        .route("/jobs/{id}/artifacts", get(job_artifacts))
+        .route("/artifacts/{id}", get(get_artifact))
+        .route("/artifacts/{id}/content", get(artifact_content))
+        .route("/experiments", get(list_experiments).post(create_experiment))
+        .route("/experiments/{id}", get(get_experiment))
+}
+
+fn state_of(text: &str) -> JobState {
+    match text {
+        "queued" => JobState::Queued,
+        "running" => JobState::Running,
+        "succeeded" => JobState::Succeeded,
+        "failed" => JobState::Failed,
+        _ => JobState::Cancelled,
+    }
+}
+
+fn state_name(state: JobState) -> &'static str {
+    match state {
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+#[derive(Default)]
+struct JobFilter {
+    id: Option<i64>,
+    state: Option<JobState>,
+    kind: Option<String>,
+    experiment_id: Option<i64>,
+    before: Option<i64>,
+    limit: i64,
+}
+
+/// The jobs `user` may see that pass `filter`, newest first.
+async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> sqlx::Result<Vec<Job>> {
+    let rows = sqlx::query!(
+        r#"SELECT j.id, j.kind, j.params, j.state, u.username AS "owner?", j.experiment_id, j.priority, j.attempt,
+                  j.max_attempts, j.cancel_requested, j.error, j.result, j.created_at, j.started_at, j.finished_at,
+                  p.step AS "step?", p.total AS "total?", p.message AS "message?", p.updated_at AS "progress_at?"
+           FROM jobs j
+           LEFT JOIN users u ON u.id = j.owner_id
+           LEFT JOIN job_progress p ON p.job_id = j.id
+           WHERE ($1 OR j.owner_id = $2
+                  OR EXISTS (SELECT 1 FROM experiments e WHERE e.id = j.experiment_id AND e.shared))
+             AND ($3::bigint IS NULL OR j.id = $3)
+             AND ($4::text IS NULL OR j.state = $4)
+             AND ($5::text IS NULL OR j.kind = $5)
+             AND ($6::bigint IS NULL OR j.experiment_id = $6)
+             AND ($7::bigint IS NULL OR j.id < $7)
+           ORDER BY j.id DESC
+           LIMIT $8"#,
+        user.is_admin(),
+        user.id,
+        filter.id,
+        filter.state.map(state_name),
+        filter.kind,
+        filter.experiment_id,
+        filter.before,
+        filter.limit,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Job {
+            id: r.id,
+            kind: r.kind,
+            params: r.params,
+            state: state_of(&r.state),
+            owner: r.owner,
+            experiment_id: r.experiment_id,
+            priority: r.priority,
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            cancel_requested: r.cancel_requested,
+            error: r.error,
+            result: r.result,
+            progress: match (r.step, r.total, r.message, r.progress_at) {
+                (Some(step), Some(total), Some(message), Some(updated_at)) => {
+                    Some(Progress { step, total, message, updated_at })
+                }
+                _ => None,
+            },
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        })
+        .collect())
+}
+
+/// The job if `user` may see it, else 404.
+async fn visible_job(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiResult<Job> {
+    let filter = JobFilter { id: Some(id), limit: 1, ..JobFilter::default() };
+    visible_jobs(pool, user, &filter).await?.pop().ok_or_else(|| ApiError::not_found("job", id))
+}
+
+/// A visible job that `user` may also change (owner or admin), else 403.
+async fn own_job(pool: &PgPool, user: &CurrentUser, id: i64, to: &str) -> ApiResult<Job> {
+    let job = visible_job(pool, user, id).await?;
+    if !user.is_admin() && job.owner.as_deref() != Some(user.username.as_str()) {
+        return Err(ApiError::forbidden(format!("only its owner or an admin may {to} job {id}")));
+    }
+    Ok(job)
+}
+
+#[utoipa::path(get, path = "/api/v1/job-kinds", tag = "jobs", responses((status = 200, body = Vec<JobKind>)))]
+pub async fn job_kinds(State(state): State<AppState>, _user: CurrentUser) -> Json<Vec<JobKind>> {
+    Json(state.registry.kinds().into_iter().map(|kind| JobKind { kind }).collect())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    /// queued, running, succeeded, failed or cancelled.
+    #[param(value_type = Option<String>)]
+    state: Option<JobState>,
+    kind: Option<String>,
+    experiment_id: Option<i64>,
+    /// Only jobs with a smaller id (the previous page's `next_before`).
+    before: Option<i64>,
+    /// 1 to 200; default 50.
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobQuery),
+    responses((status = 200, body = JobPage), (status = 422, body = repdiff_api::ErrorBody)))]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiQuery(q): ApiQuery<JobQuery>,
+) -> ApiResult<Json<JobPage>> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::invalid("limit is 1 to 200"));
+    }
+    let filter = JobFilter {
+        id: None,
+        state: q.state,
+        kind: q.kind,
+        experiment_id: q.experiment_id,
+        before: q.before,
+        limit: limit + 1,
+    };
+    let mut jobs = visible_jobs(&state.pool, &user, &filter).await?;
+    let next_before = if jobs.len() as i64 > limit {
+        jobs.truncate(limit as usize);
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
+    Ok(Json(JobPage { jobs, next_before }))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    responses((status = 200, body = Job), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn get_job(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<Job>> {
+    Ok(Json(visible_job(&state.pool, &user, id).await?))
+}
+
+/// Whether `user` may read the artifact stored under `key` (through the job that made it).
+async fn can_read_key(pool: &PgPool, user: &CurrentUser, key: &str) -> sqlx::Result<bool> {
+    let found = sqlx::query_scalar!(
+        r#"SELECT a.id FROM artifacts a JOIN jobs j ON j.id = a.job_id
+           WHERE a.key = $1 AND ($2 OR j.owner_id = $3
+                 OR EXISTS (SELECT 1 FROM experiments e WHERE e.id = j.experiment_id AND e.shared))"#,
+        key,
+        user.is_admin(),
+        user.id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(found.is_some())
+}
+
+/// Queues a job. With an `Idempotency-Key` header, submitting again with the same key returns the job
+/// the first submission made (status 200 instead of 201).
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = SubmitJob,
+    params(("Idempotency-Key" = Option<String>, Header, description = "submit at most once per key")),
+    responses((status = 201, body = Job), (status = 200, body = Job, description = "the job an earlier submission with this Idempotency-Key made"),
+              (status = 403, body = repdiff_api::ErrorBody), (status = 422, body = repdiff_api::ErrorBody)))]
+pub async fn submit_job(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    ApiJson(submit): ApiJson<SubmitJob>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    user.require(Role::Researcher, "running jobs")?;
+    let handler = state.registry.get(&submit.kind).ok_or_else(|| {
+        ApiError::invalid_params(format!(
+            "unknown job kind {:?}; expected one of {}",
+            submit.kind,
+            state.registry.kinds().join(", ")
+        ))
+    })?;
+    handler.validate(&submit.params).map_err(ApiError::invalid_params)?;
+    for input in handler.reads(&submit.params) {
+        match input {
+            Input::Artifact(key) => {
+                if !can_read_key(&state.pool, &user, &key).await? {
+                    return Err(ApiError::invalid_params(format!("there is no artifact {key:?} that you may read")));
+                }
+            }
+            Input::Dataset(id) => {
+                super::datasets::visible_dataset(&state.pool, &user, id)
+                    .await
+                    .map_err(|_| ApiError::invalid_params(format!("there is no dataset {id} that you may read")))?;
+            }
+        }
+    }
+    if let Some(experiment) = submit.experiment_id {
+        visible_experiment(&state.pool, &user, experiment).await?;
+    }
+    if !(-100..=100).contains(&submit.priority) {
+        return Err(ApiError::invalid("priority is -100 to 100"));
+    }
+    let max_attempts = submit.max_attempts.unwrap_or(3);
+    if !(1..=20).contains(&max_attempts) {
+        return Err(ApiError::invalid("max_attempts is 1 to 20"));
+    }
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(value) => {
+            let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 200);
+            let key = key.ok_or_else(|| ApiError::invalid("Idempotency-Key is 1-200 visible ASCII characters"))?;
+            // Keys are per user: two users' "job-1" are different jobs.
+            Some(format!("{}:{key}", user.id))
+        }
+        None => None,
+    };
+    let new = NewJob {
+        kind: submit.kind,
+        params: submit.params,
+        priority: submit.priority,
+        max_attempts,
+        idempotency_key,
+        owner_id: Some(user.id),
+        experiment_id: submit.experiment_id,
+    };
+    let (queued, created) = queue::submit_once(&state.pool, &new).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(visible_job(&state.pool, &user, queued.id).await?)))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
+    responses((status = 200, body = Job), (status = 403, body = repdiff_api::ErrorBody),
+              (status = 404, body = repdiff_api::ErrorBody), (status = 409, body = repdiff_api::ErrorBody)))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<Job>> {
+    let job = own_job(&state.pool, &user, id, "cancel").await?;
+    if job.state.is_final() {
+        return Err(ApiError::conflict(format!("job {id} has already finished ({})", state_name(job.state))));
+    }
+    queue::cancel(&state.pool, id).await?;
+    Ok(Json(visible_job(&state.pool, &user, id).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs",
+    responses((status = 200, body = Job), (status = 409, body = repdiff_api::ErrorBody)))]
+pub async fn retry_job(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<Job>> {
+    user.require(Role::Researcher, "running jobs")?;
+    own_job(&state.pool, &user, id, "retry").await?;
+    if queue::retry(&state.pool, id).await?.is_none() {
+        return Err(ApiError::conflict(format!("job {id} is not failed or cancelled")));
+    }
+    Ok(Json(visible_job(&state.pool, &user, id).await?))
+}
+
+/// Server-sent events: `event: job` with the job as JSON whenever it changes (progress, state), ending
+/// after it is final.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/events", tag = "jobs",
+    responses((status = 200, content_type = "text/event-stream", body = Job), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn job_events(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let first = visible_job(&state.pool, &user, id).await?;
+    let interval = state.config.event_interval;
+    let stream = futures_util::stream::unfold(
+        (Some(first), None::<String>, false, state.pool.clone(), user),
+        move |(next, last, done, pool, user)| async move {
+            if done {
+                return None;
+            }
+            let mut job = next;
+            loop {
+                let current = match job.take() {
+                    Some(job) => job,
+                    None => {
+                        tokio::time::sleep(interval).await;
+                        match visible_job(&pool, &user, id).await {
+                            Ok(job) => job,
+                            // Gone (deleted) or the database is down: end the stream; clients reconnect.
+                            Err(_) => return None,
+                        }
+                    }
+                };
+                let text = serde_json::to_string(&current).unwrap_or_default();
+                if last.as_deref() != Some(text.as_str()) {
+                    let finished = current.state.is_final();
+                    let event = Event::default().event("job").data(text.clone());
+                    return Some((Ok(event), (None, Some(text), finished, pool, user)));
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// Only lines after this line id (for tailing).
+    after: Option<i64>,
+    /// 1 to 1000; default 200.
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/logs", tag = "jobs", params(LogQuery),
+    responses((status = 200, body = Vec<LogLine>), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn job_logs(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> ApiResult<Json<Vec<LogLine>>> {
+    visible_job(&state.pool, &user, id).await?;
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit is 1 to 1000"));
+    }
+    let lines = sqlx::query_as!(
+        LogLine,
+        "SELECT id, at, level, message FROM job_logs WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        id,
+        q.after.unwrap_or(0),
+        limit
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(lines))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MetricQuery {
+    /// One metric (`loss`, `mse`, `vb`, `grad_norm`, ...); default all.
+    name: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/metrics", tag = "jobs", params(MetricQuery),
+    responses((status = 200, body = Vec<MetricSeries>), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn job_metrics(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<MetricQuery>,
+) -> ApiResult<Json<Vec<MetricSeries>>> {
+    visible_job(&state.pool, &user, id).await?;
+    let rows = sqlx::query!(
+        r#"SELECT name, array_agg(step ORDER BY step) AS "steps!", array_agg(value ORDER BY step) AS "values!"
+           FROM job_metrics WHERE job_id = $1 AND ($2::text IS NULL OR name = $2)
+           GROUP BY name ORDER BY name"#,
+        id,
+        q.name
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(rows.into_iter().map(|r| MetricSeries { name: r.name, steps: r.steps, values: r.values }).collect()))
+}
+
+fn artifact_view(a: crate::artifacts::Artifact) -> Artifact {
+    Artifact {
+        url: format!("/api/v1/artifacts/{}/content", a.id),
+        id: a.id,
+        job_id: a.job_id,
+        kind: a.kind,
+        key: a.key,
+        media_type: a.media_type,
+        size: a.size,
+        meta: a.meta,
+        created_at: a.created_at,
+        updated_at: a.updated_at,
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactQuery {
+    /// Only artifacts of this kind (`checkpoint`, `sample_image`, `grid`, ...).
+    kind: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/artifacts", tag = "artifacts", params(ArtifactQuery),
+    responses((status = 200, body = Vec<Artifact>), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn job_artifacts(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<ArtifactQuery>,
+) -> ApiResult<Json<Vec<Artifact>>> {
+    visible_job(&state.pool, &user, id).await?;
+    let artifacts = crate::artifacts::for_job(&state.pool, id, q.kind.as_deref()).await?;
+    Ok(Json(artifacts.into_iter().map(artifact_view).collect()))
+}
+
+async fn visible_artifact(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiResult<crate::artifacts::Artifact> {
+    let artifact = crate::artifacts::get(pool, id).await?.ok_or_else(|| ApiError::not_found("artifact", id))?;
+    match artifact.job_id {
+        Some(job) => {
+            visible_job(pool, user, job).await.map_err(|_| ApiError::not_found("artifact", id))?;
+        }
+        None if !user.is_admin() => return Err(ApiError::not_found("artifact", id)),
+        None => {}
+    }
+    Ok(artifact)
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/{id}", tag = "artifacts",
+    responses((status = 200, body = Artifact), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn get_artifact(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<Artifact>> {
+    Ok(Json(artifact_view(visible_artifact(&state.pool, &user, id).await?)))
+}
+
+/// The artifact's bytes, streamed from the store.
+#[utoipa::path(get, path = "/api/v1/artifacts/{id}/content", tag = "artifacts",
+    responses((status = 200, content_type = "application/octet-stream", description = "the file"),
+              (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn artifact_content(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Response> {
+    let artifact = visible_artifact(&state.pool, &user, id).await?;
+    let (size, stream) = state.storage.stream(&artifact.key).await?;
+    let name = artifact.key.rsplit('/').next().unwrap_or("artifact").replace('"', "");
+    let mut response = Body::from_stream(stream.map(|chunk| chunk.map_err(std::io::Error::other))).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_str(&artifact.media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
+    if let Ok(value) = HeaderValue::from_str(&format!("inline; filename=\"{name}\"")) {
+        headers.insert(CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+struct ExperimentRow {
+    id: i64,
+    owner: String,
+    name: String,
+    description: String,
+    shared: bool,
+    created_at: DateTime<Utc>,
+}
+
+impl From<ExperimentRow> for Experiment {
+    fn from(r: ExperimentRow) -> Experiment {
+        Experiment {
+            id: r.id,
+            owner: r.owner,
+            name: r.name,
+            description: r.description,
+            shared: r.shared,
+            created_at: r.created_at,
+        }
+    }
+}
+
+async fn visible_experiment(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiResult<Experiment> {
+    let row = sqlx::query_as!(
+        ExperimentRow,
+        r#"SELECT e.id, u.username AS owner, e.name, e.description, e.shared, e.created_at
+           FROM experiments e JOIN users u ON u.id = e.owner_id
+           WHERE e.id = $1 AND ($2 OR e.shared OR e.owner_id = $3)"#,
+        id,
+        user.is_admin(),
+        user.id
+    )
+    .fetch_optional(pool)
+    .await?;
+    row.map(Experiment::from).ok_or_else(|| ApiError::not_found("experiment", id))
+}
+
+#[utoipa::path(get, path = "/api/v1/experiments", tag = "experiments", responses((status = 200, body = Vec<Experiment>)))]
+pub async fn list_experiments(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Vec<Experiment>>> {
+    let rows = sqlx::query_as!(
+        ExperimentRow,
+        r#"SELECT e.id, u.username AS owner, e.name, e.description, e.shared, e.created_at
+           FROM experiments e JOIN users u ON u.id = e.owner_id
+           WHERE $1 OR e.shared OR e.owner_id = $2 ORDER BY e.id DESC"#,
+        user.is_admin(),
+        user.id
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(rows.into_iter().map(Experiment::from).collect()))
+}
+
+#[utoipa::path(get, path = "/api/v1/experiments/{id}", tag = "experiments",
+    responses((status = 200, body = Experiment), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn get_experiment(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<Experiment>> {
+    Ok(Json(visible_experiment(&state.pool, &user, id).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/experiments", tag = "experiments", request_body = NewExperiment,
+    responses((status = 201, body = Experiment), (status = 403, body = repdiff_api::ErrorBody)))]
+pub async fn create_experiment(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiJson(new): ApiJson<NewExperiment>,
+) -> ApiResult<(StatusCode, Json<Experiment>)> {
+    user.require(Role::Researcher, "creating experiments")?;
+    if new.name.trim().is_empty() || new.name.len() > 200 {
+        return Err(ApiError::invalid("an experiment's name is 1-200 characters"));
+    }
+    let id = sqlx::query_scalar!(
+        "INSERT INTO experiments (owner_id, name, description, shared) VALUES ($1, $2, $3, $4) RETURNING id",
+        user.id,
+        new.name.trim(),
+        new.description,
+        new.shared
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    Ok((StatusCode::CREATED, Json(visible_experiment(&state.pool, &user, id).await?)))
+}

@@ -1,0 +1,526 @@
+//! The REST API end to end against a real PostgreSQL (one database per test), through the application's
+//! router with an in-process worker: authentication and authorisation, the error shape for bad input,
+//! and a pretrain → metrics → checkpoint → sample → images round trip.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use common::TestDb;
+use repdiff_api::{NewUser, Role};
+use repdiff_server::http::{self, AppState, HttpConfig};
+use repdiff_server::jobs::{self, JobSettings};
+use repdiff_server::storage::Storage;
+use repdiff_server::worker::{Worker, WorkerOptions};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct App {
+    db: TestDb,
+    router: Router,
+    dir: PathBuf,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts the documented error shape and returns its code.
+    fn error_code(&self) -> String {
+        let body = self.json();
+        let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"));
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        code.to_string()
+    }
+}
+
+impl App {
+    async fn new(test: &str, with_worker: bool) -> App {
+        let db = TestDb::new(test).await;
+        let dir = std::env::temp_dir().join(format!("repdiff-api-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let storage = Storage::local(&dir.join("store")).unwrap();
+        let registry = jobs::registry(&JobSettings::default());
+        let config =
+            HttpConfig { json_limit: 64 << 10, event_interval: Duration::from_millis(50), ..HttpConfig::default() };
+        let router = http::router(AppState::new(db.pool.clone(), storage.clone(), registry.clone(), config));
+        let (mut stop, mut worker) = (None, None);
+        if with_worker {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let mut options = WorkerOptions::new(dir.join("scratch"));
+            options.poll_interval = Duration::from_millis(100);
+            worker = Some(tokio::spawn(Worker::new(db.pool.clone(), storage, registry, options).run(rx)));
+            stop = Some(tx);
+        }
+        for (name, role) in
+            [("ada", Role::Researcher), ("bob", Role::Researcher), ("val", Role::Viewer), ("root", Role::Admin)]
+        {
+            let user = NewUser { username: name.into(), password: format!("{name}-password-1"), role };
+            http::auth::create_user(&db.pool, &user).await.unwrap();
+        }
+        App { db, router, dir, stop, worker }
+    }
+
+    async fn finish(self) {
+        if let (Some(stop), Some(worker)) = (self.stop, self.worker) {
+            stop.send(true).unwrap();
+            worker.await.unwrap().unwrap();
+        }
+        self.db.drop().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 64 << 20).await.unwrap().to_vec();
+        Reply { status, headers, body }
+    }
+
+    async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        };
+        self.send(request.unwrap()).await
+    }
+
+    /// Signs in and returns an API token made with the session.
+    async fn token(&self, user: &str) -> String {
+        let login = json!({ "username": user, "password": format!("{user}-password-1") });
+        let reply = self.call("POST", "/api/v1/auth/login", None, Some(login)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+        let cookie = reply.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
+        let request = Request::post("/api/v1/tokens")
+            .header(header::COOKIE, cookie)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({ "name": "tests" }).to_string()))
+            .unwrap();
+        let reply = self.send(request).await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+        reply.json()["secret"].as_str().unwrap().to_string()
+    }
+
+    async fn wait_final(&self, token: &str, id: i64, within: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let job = self.call("GET", &format!("/api/v1/jobs/{id}"), Some(token), None).await.json();
+            if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap()) {
+                return job;
+            }
+            assert!(started.elapsed() < within, "job {id} not finished after {within:?}: {job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn noop(sleep_ms: u64) -> Value {
+    json!({ "kind": "noop", "params": { "sleep_ms": sleep_ms } })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_data_endpoint_needs_auth_and_users_see_only_what_they_may() {
+    let app = App::new("api_auth", false).await;
+    // No credentials, a wrong password, a made-up token: 401 with the error shape.
+    for uri in ["/api/v1/jobs", "/api/v1/jobs/1", "/api/v1/experiments", "/api/v1/auth/me", "/api/v1/artifacts/1"] {
+        let reply = app.call("GET", uri, None, None).await;
+        assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::UNAUTHORIZED, "unauthenticated"), "{uri}");
+    }
+    let wrong = app
+        .call("POST", "/api/v1/auth/login", None, Some(json!({ "username": "ada", "password": "nope-nope-nope" })))
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let unknown = app
+        .call("POST", "/api/v1/auth/login", None, Some(json!({ "username": "eve", "password": "nope-nope-nope" })))
+        .await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.call("GET", "/api/v1/jobs", Some("rdt_0000"), None).await.status, StatusCode::UNAUTHORIZED);
+    // Health and the OpenAPI document are public.
+    assert_eq!(app.call("GET", "/api/v1/health", None, None).await.status, StatusCode::OK);
+    let doc = app.call("GET", "/api/v1/openapi.json", None, None).await.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/api/v1/jobs", "/api/v1/jobs/{id}/events", "/api/v1/artifacts/{id}/content", "/api/v1/auth/login"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    }
+
+    let (ada, bob, val, root) =
+        (app.token("ada").await, app.token("bob").await, app.token("val").await, app.token("root").await);
+    let me = app.call("GET", "/api/v1/auth/me", Some(&ada), None).await.json();
+    assert_eq!((me["username"].as_str(), me["role"].as_str()), (Some("ada"), Some("researcher")));
+
+    // A viewer may not run jobs or add users; a researcher may not add users.
+    let reply = app.call("POST", "/api/v1/jobs", Some(&val), Some(noop(0))).await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::FORBIDDEN, "forbidden"));
+    let new_user = json!({ "username": "mallory", "password": "long-enough-1", "role": "admin" });
+    assert_eq!(
+        app.call("POST", "/api/v1/users", Some(&ada), Some(new_user.clone())).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.call("POST", "/api/v1/users", Some(&root), Some(new_user.clone())).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(app.call("POST", "/api/v1/users", Some(&root), Some(new_user)).await.error_code(), "conflict");
+
+    // Ada's private job (no experiment) is invisible to Bob and to the viewer: 404 everywhere, as if absent.
+    let private = app.call("POST", "/api/v1/jobs", Some(&ada), Some(noop(0))).await;
+    assert_eq!(private.status, StatusCode::CREATED);
+    let id = private.json()["id"].as_i64().unwrap();
+    for token in [&bob, &val] {
+        for (method, uri) in [
+            ("GET", format!("/api/v1/jobs/{id}")),
+            ("GET", format!("/api/v1/jobs/{id}/logs")),
+            ("GET", format!("/api/v1/jobs/{id}/metrics")),
+            ("GET", format!("/api/v1/jobs/{id}/artifacts")),
+            ("GET", format!("/api/v1/jobs/{id}/events")),
+            ("POST", format!("/api/v1/jobs/{id}/cancel")),
+        ] {
+            let reply = app.call(method, &uri, Some(token), None).await;
+            assert_eq!(
+                (reply.status, reply.error_code().as_str()),
+                (StatusCode::NOT_FOUND, "not_found"),
+                "{method} {uri}"
+            );
+        }
+        assert!(app.call("GET", "/api/v1/jobs", Some(token), None).await.json()["jobs"].as_array().unwrap().is_empty());
+    }
+    assert_eq!(app.call("GET", &format!("/api/v1/jobs/{id}"), Some(&root), None).await.status, StatusCode::OK);
+
+    // In a shared experiment everyone sees it, but only its owner (or an admin) may cancel it.
+    let experiment =
+        app.call("POST", "/api/v1/experiments", Some(&ada), Some(json!({ "name": "phantoms" }))).await.json();
+    let mut shared_job = noop(0);
+    shared_job["experiment_id"] = experiment["id"].clone();
+    let shared = app.call("POST", "/api/v1/jobs", Some(&ada), Some(shared_job)).await.json();
+    let uri = format!("/api/v1/jobs/{}", shared["id"]);
+    assert_eq!(app.call("GET", &uri, Some(&val), None).await.status, StatusCode::OK);
+    assert_eq!(app.call("POST", &format!("{uri}/cancel"), Some(&bob), None).await.error_code(), "forbidden");
+    let cancelled = app.call("POST", &format!("{uri}/cancel"), Some(&ada), None).await.json();
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(app.call("POST", &format!("{uri}/cancel"), Some(&ada), None).await.error_code(), "conflict");
+    let listed = app.call("GET", "/api/v1/jobs?state=cancelled", Some(&bob), None).await.json();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+
+    // A revoked token stops working.
+    let tokens = app.call("GET", "/api/v1/tokens", Some(&bob), None).await.json();
+    let token_id = tokens[0]["id"].as_i64().unwrap();
+    assert_eq!(
+        app.call("DELETE", &format!("/api/v1/tokens/{token_id}"), Some(&ada), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.call("DELETE", &format!("/api/v1/tokens/{token_id}"), Some(&bob), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(app.call("GET", "/api/v1/jobs", Some(&bob), None).await.status, StatusCode::UNAUTHORIZED);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_documented_error_and_the_server_keeps_serving() {
+    let app = App::new("api_bad_input", false).await;
+    let ada = app.token("ada").await;
+    let post = |body: &str, content_type: &str| {
+        Request::post("/api/v1/jobs")
+            .header(header::AUTHORIZATION, format!("Bearer {ada}"))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (post("{\"kind\": \"noop\", ", "application/json"), StatusCode::BAD_REQUEST, "invalid_json"),
+        (post("{\"kind\": \"noop\"}", "text/plain"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media"),
+        (post("{\"kind\": 7}", "application/json"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (post("{\"kind\": \"teleport\"}", "application/json"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_params"),
+        (
+            post("{\"kind\": \"noop\", \"params\": {\"sleep\": 1}}", "application/json"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_params",
+        ),
+        (
+            post("{\"kind\": \"pretrain\", \"params\": {\"data\": {\"toy\": {\"n\": 0}}}}", "application/json"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_params",
+        ),
+        (
+            post(
+                "{\"kind\": \"pretrain\", \"params\": {\"run\": {\"preset\": \"huge\"}, \"data\": {\"toy\": {\"n\": 8}}}}",
+                "application/json",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_params",
+        ),
+        // Reading another's artifact through a job's parameters is refused like a missing one.
+        (
+            post("{\"kind\": \"sample\", \"params\": {\"checkpoint\": {\"job\": 999}}}", "application/json"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_params",
+        ),
+        (
+            post("{\"kind\": \"noop\", \"priority\": 1000}", "application/json"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let reply = app.send(request).await;
+        assert_eq!(
+            (reply.status, reply.error_code().as_str()),
+            (status, code),
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let huge = format!("{{\"kind\": \"noop\", \"params\": {{\"pad\": \"{}\"}}}}", "x".repeat(200 << 10));
+    let reply = app.send(post(&huge, "application/json")).await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    for uri in [
+        "/api/v1/jobs/424242",
+        "/api/v1/jobs/abc",
+        "/api/v1/artifacts/9",
+        "/api/v1/experiments/3",
+        "/api/v1/no-such-thing",
+    ] {
+        let reply = app.call("GET", uri, Some(&ada), None).await;
+        assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::NOT_FOUND, "not_found"), "{uri}");
+    }
+    let reply = app.call("GET", "/api/v1/jobs?limit=0", Some(&ada), None).await;
+    assert_eq!(reply.error_code(), "invalid_request");
+    let reply = app.call("GET", "/api/v1/jobs?state=sleeping", Some(&ada), None).await;
+    assert_eq!(reply.error_code(), "invalid_request");
+    assert_eq!(app.call("DELETE", "/api/v1/jobs", Some(&ada), None).await.error_code(), "method_not_allowed");
+    assert_eq!(app.call("GET", "/api/v1/health", None, None).await.status, StatusCode::OK);
+
+    // Submitting twice with one Idempotency-Key makes one job; the replay answers 200.
+    let submit = || {
+        Request::post("/api/v1/jobs")
+            .header(header::AUTHORIZATION, format!("Bearer {ada}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", "run-1")
+            .body(Body::from(noop(0).to_string()))
+            .unwrap()
+    };
+    let (first, second) = (app.send(submit()).await, app.send(submit()).await);
+    assert_eq!((first.status, second.status), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(first.json()["id"], second.json()["id"]);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pretrain_then_sample_through_the_api() {
+    let app = App::new("api_e2e", true).await;
+    let ada = app.token("ada").await;
+    let mut config = repdiff_engine::config::RunConfig::preset("tiny-cpu").unwrap();
+    let m = &mut config.model;
+    (m.input_size, m.patch_size, m.hidden_size, m.depth, m.num_heads) = (16, 4, 32, 1, 2);
+    (config.train.steps, config.train.batch_size, config.train.checkpoint_every) = (30, 8, 10);
+    let submit =
+        json!({ "kind": "pretrain", "params": { "run": { "config": config }, "data": { "toy": { "n": 32 } } } });
+    let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply.body));
+    let id = reply.json()["id"].as_i64().unwrap();
+
+    // The event stream follows the job to its end and then closes.
+    let events = app.call("GET", &format!("/api/v1/jobs/{id}/events"), Some(&ada), None).await;
+    assert_eq!(events.headers[header::CONTENT_TYPE], "text/event-stream");
+    let text = String::from_utf8(events.body).unwrap();
+    let last = text.lines().filter_map(|l| l.strip_prefix("data: ")).next_back().expect("at least one event");
+    let job: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["progress"]["step"], 30);
+
+    let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
+    assert_eq!(job["result"]["step"], 30);
+    let metrics = app.call("GET", &format!("/api/v1/jobs/{id}/metrics?name=loss"), Some(&ada), None).await.json();
+    assert_eq!(metrics[0]["name"], "loss");
+    assert_eq!(metrics[0]["steps"].as_array().unwrap().len(), 30);
+    let logs = app.call("GET", &format!("/api/v1/jobs/{id}/logs"), Some(&ada), None).await.json();
+    assert!(logs[0]["message"].as_str().unwrap().starts_with("training"), "{logs}");
+    let checkpoints =
+        app.call("GET", &format!("/api/v1/jobs/{id}/artifacts?kind=checkpoint"), Some(&ada), None).await.json();
+    assert_eq!(checkpoints.as_array().unwrap().len(), 1);
+    let content = app.call("GET", checkpoints[0]["url"].as_str().unwrap(), Some(&ada), None).await;
+    assert_eq!(content.status, StatusCode::OK);
+    assert_eq!(content.body.len() as i64, checkpoints[0]["size"].as_i64().unwrap());
+    assert!(safetensors::SafeTensors::deserialize(&content.body).is_ok());
+
+    let submit = json!({ "kind": "sample", "params": { "checkpoint": { "job": id }, "num": 3, "steps": 4 } });
+    let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit.clone())).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply.body));
+    // Bob may not sample from Ada's private checkpoint.
+    let bob = app.token("bob").await;
+    assert_eq!(app.call("POST", "/api/v1/jobs", Some(&bob), Some(submit)).await.error_code(), "invalid_params");
+    let sample_id = reply.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, sample_id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let images = app
+        .call("GET", &format!("/api/v1/jobs/{sample_id}/artifacts?kind=sample_image"), Some(&ada), None)
+        .await
+        .json();
+    assert_eq!(images.as_array().unwrap().len(), 3);
+    for artifact in images.as_array().unwrap() {
+        let png = app.call("GET", artifact["url"].as_str().unwrap(), Some(&ada), None).await;
+        assert_eq!(png.headers[header::CONTENT_TYPE], "image/png");
+        assert_eq!(image::load_from_memory(&png.body).unwrap().width(), 16);
+        assert_eq!(
+            app.call("GET", artifact["url"].as_str().unwrap(), Some(&bob), None).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    app.finish().await;
+}
+
+/// A multipart body of `(field, file name, bytes)` parts.
+fn multipart(parts: &[(&str, Option<&str>, Vec<u8>)]) -> (String, Vec<u8>) {
+    let boundary = "repdiff-test-boundary-7MA4YWxkTrZu0gW";
+    let mut body = Vec::new();
+    for (field, file, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some(name) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+            ),
+            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{field}\"\r\n\r\n").as_bytes()),
+        }
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_label_browse_and_train_on_a_dataset() {
+    let app = App::new("api_datasets", true).await;
+    let (ada, bob) = (app.token("ada").await, app.token("bob").await);
+    // Phantom CT series as DICOM, with made-up patient data and their labels.
+    let scans = app.dir.join("phantoms");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_repdiff"))
+        .args(["phantoms", "--format", "dicom", "-n", "8", "--size", "32", "--seed", "5", "--out"])
+        .arg(&scans)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let dataset = app.call("POST", "/api/v1/datasets", Some(&ada), Some(json!({ "name": "phantoms" }))).await;
+    assert_eq!(dataset.status, StatusCode::CREATED);
+    let id = dataset.json()["id"].as_i64().unwrap();
+    let mut parts = vec![("labels", None, std::fs::read(scans.join("labels.csv")).unwrap())];
+    let mut names: Vec<String> = (0..8).map(|i| format!("phantom_{i:05}.dcm")).collect();
+    names.sort();
+    for name in &names {
+        parts.push(("files", Some(name.as_str()), std::fs::read(scans.join(name)).unwrap()));
+    }
+    parts.push(("files", Some("notes.dcm"), b"this is not a scan".to_vec()));
+    parts.push(("files", Some(names[0].as_str()), std::fs::read(scans.join(&names[0])).unwrap()));
+    let (content_type, body) = multipart(&parts);
+    let upload = |token: &str, body: Vec<u8>| {
+        Request::post(format!("/api/v1/datasets/{id}/scans"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, content_type.clone())
+            .body(Body::from(body))
+            .unwrap()
+    };
+    // Another researcher cannot upload to (or see) Ada's private dataset.
+    assert_eq!(app.send(upload(&bob, body.clone())).await.error_code(), "not_found");
+    let reply = app.send(upload(&ada, body)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+    let report = reply.json();
+    assert_eq!(report["accepted"].as_array().unwrap().len(), 8, "{report}");
+    assert_eq!(report["duplicates"], 1, "the same slice twice is stored once");
+    let refused = report["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!((refused[0]["file"].as_str(), refused[0]["code"].as_str()), (Some("notes.dcm"), Some("unreadable")));
+
+    // Labels came from labels.csv; the stored DICOM is de-identified.
+    let labels = std::fs::read_to_string(scans.join("labels.csv")).unwrap();
+    let listed = app.call("GET", &format!("/api/v1/datasets/{id}/scans"), Some(&ada), None).await.json();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 8);
+    for scan in listed {
+        let row = labels.lines().find(|l| l.starts_with(scan["source_name"].as_str().unwrap())).unwrap();
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(scan["site"].as_i64().unwrap().to_string(), fields[1]);
+        assert_eq!(scan["hypodensity"].as_bool().unwrap(), fields[2] == "1");
+        assert_eq!((scan["unit"].as_str(), scan["has_dicom"].as_bool()), (Some("hounsfield"), Some(true)));
+    }
+    for stored in walk(&app.dir.join("store/datasets")) {
+        if stored.extension().is_some_and(|e| e == "dcm") {
+            let bytes = std::fs::read(&stored).unwrap();
+            assert!(!bytes.windows(8).any(|w| w == b"PHANTOM^"), "a patient name survived in {}", stored.display());
+        }
+    }
+    let dataset = app.call("GET", &format!("/api/v1/datasets/{id}"), Some(&ada), None).await.json();
+    assert_eq!(dataset["scans"], 8);
+
+    // Editing a label; Bob may neither see nor edit it.
+    let scan = listed[0]["id"].as_i64().unwrap();
+    let patched = app
+        .call("PATCH", &format!("/api/v1/scans/{scan}"), Some(&ada), Some(json!({ "fluid_level": true, "site": 3 })))
+        .await
+        .json();
+    assert_eq!(
+        (patched["fluid_level"].as_bool(), patched["hematoma"].as_bool(), patched["site"].as_i64()),
+        (Some(true), Some(true), Some(3))
+    );
+    assert_eq!(
+        app.call("PATCH", &format!("/api/v1/scans/{scan}"), Some(&bob), Some(json!({ "site": 1 }))).await.error_code(),
+        "not_found"
+    );
+    assert_eq!(
+        app.call("PATCH", &format!("/api/v1/scans/{scan}"), Some(&ada), Some(json!({ "colour": 1 })))
+            .await
+            .error_code(),
+        "invalid_request"
+    );
+    // The slice through a window, as a thumbnail.
+    let image = app.call("GET", &format!("/api/v1/scans/{scan}/image?window=subdural&size=16"), Some(&ada), None).await;
+    assert_eq!(image.headers[header::CONTENT_TYPE], "image/png");
+    assert_eq!(image::load_from_memory(&image.body).unwrap().width(), 16);
+    assert_eq!(
+        app.call("GET", &format!("/api/v1/scans/{scan}/image?window=lung"), Some(&ada), None).await.error_code(),
+        "invalid_request"
+    );
+
+    // Train on it (pixel space, 16x16 windowed slices); Bob may not train on Ada's data.
+    let mut config = repdiff_engine::config::RunConfig::preset("tiny-cpu").unwrap();
+    let m = &mut config.model;
+    (m.input_size, m.patch_size, m.hidden_size, m.depth, m.num_heads) = (16, 4, 32, 1, 2);
+    (config.train.steps, config.train.batch_size, config.train.checkpoint_every) = (10, 4, 10);
+    let submit =
+        json!({ "kind": "pretrain", "params": { "run": { "config": config }, "data": { "dataset": { "id": id } } } });
+    assert_eq!(app.call("POST", "/api/v1/jobs", Some(&bob), Some(submit.clone())).await.error_code(), "invalid_params");
+    let job = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await.json();
+    let job = app.wait_final(&ada, job["id"].as_i64().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["step"], 10);
+    app.finish().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
