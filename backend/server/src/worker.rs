@@ -244,15 +244,18 @@ impl JobContext {
     }
 
     /// Uploads a local file as this job's artifact `name` and records it (replacing an earlier upload of
-    /// the same name, such as the previous checkpoint). Returns the key.
+    /// the same name, such as the previous checkpoint). Returns the key. Metrics reported before it are
+    /// written first: a checkpoint at step k means steps up to k are never replayed, so their metrics
+    /// must already be stored when a crash makes the next attempt resume from it.
     pub fn publish(
-        &self,
+        &mut self,
         local: &std::path::Path,
         name: &str,
         kind: &str,
         media_type: &str,
         meta: serde_json::Value,
     ) -> Result<String, JobError> {
+        self.flush()?;
         let key = self.key(name);
         let size = self.block_on(self.storage.upload(local, &key))?;
         let artifact = NewArtifact {
