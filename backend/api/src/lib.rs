@@ -350,3 +350,23 @@ pub struct UploadReport {
     /// Slices already in the dataset (same content), not stored again.
     pub duplicates: usize,
 }
+
+/// Counts of one part of a split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SplitPart {
+    /// pretrain, train, validation or test.
+    pub part: String,
+    pub no_hematoma: i64,
+    pub hematoma: i64,
+}
+
+/// The paper's split of a dataset (its tables 1 and 2): the downstream site's slices 8:1:1 into
+/// train/validation/test stratified by label, every other site's into pre-training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SplitSummary {
+    pub downstream_site: usize,
+    pub seed: u64,
+    pub parts: Vec<SplitPart>,
+}

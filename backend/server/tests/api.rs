@@ -513,6 +513,32 @@ async fn upload_label_browse_and_train_on_a_dataset() {
     let job = app.wait_final(&ada, job["id"].as_i64().unwrap(), Duration::from_secs(60)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["step"], 10);
+
+    // The paper's split (one site downstream), and an encode job of its pre-training part.
+    let downstream = listed[7]["site"].as_i64().unwrap();
+    let split = app
+        .call("GET", &format!("/api/v1/datasets/{id}/split?downstream_site={downstream}"), Some(&ada), None)
+        .await
+        .json();
+    let count = |part: &str| -> i64 {
+        let p = split["parts"].as_array().unwrap().iter().find(|p| p["part"] == part).unwrap();
+        p["hematoma"].as_i64().unwrap() + p["no_hematoma"].as_i64().unwrap()
+    };
+    let in_downstream = listed.iter().filter(|s| s["site"].as_i64() == Some(downstream)).count() as i64;
+    assert_eq!(count("train") + count("validation") + count("test"), in_downstream, "{split}");
+    assert_eq!(count("pretrain"), 8 - in_downstream, "{split}");
+    let encode = json!({ "kind": "encode", "params": {
+        "dataset": id, "size": 16, "split": { "downstream_site": downstream, "part": "train" } } });
+    let job = app.call("POST", "/api/v1/jobs", Some(&ada), Some(encode)).await.json();
+    let job = app.wait_final(&ada, job["id"].as_i64().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["slices"].as_i64(), Some(count("train")));
+    assert_eq!(job["result"]["shape"], json!([1, 16, 16]));
+    let train = json!({ "kind": "pretrain", "params": { "run": { "config": config },
+        "data": { "latents": { "key": job["result"]["latents"] } } } });
+    let job = app.call("POST", "/api/v1/jobs", Some(&ada), Some(train)).await.json();
+    let job = app.wait_final(&ada, job["id"].as_i64().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
     app.finish().await;
 }
 

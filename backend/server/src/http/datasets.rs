@@ -13,10 +13,11 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use repdiff_api::{Dataset, NewDataset, RefusedFile, Role, Scan, ScanPatch, UploadReport};
+use repdiff_api::{Dataset, NewDataset, RefusedFile, Role, Scan, ScanPatch, SplitPart, SplitSummary, UploadReport};
 use repdiff_engine::dataset::{Labels, import};
 use repdiff_engine::imaging::{PNG16_HU_OFFSET, Window};
-use repdiff_engine::manifest::{Manifest, SliceRecord};
+use repdiff_engine::manifest::{Manifest, Part, SliceRecord};
+use repdiff_engine::phantom::Markers;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -31,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/datasets", get(list_datasets).post(create_dataset))
         .route("/datasets/{id}", get(get_dataset))
         .route("/datasets/{id}/scans", get(list_scans))
+        .route("/datasets/{id}/split", get(split_summary))
         .route("/scans/{id}", get(get_scan).patch(patch_scan))
         .route("/scans/{id}/image", get(scan_image))
 }
@@ -565,4 +567,60 @@ async fn scan_by_id(pool: &PgPool, id: i64) -> sqlx::Result<Scan> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SplitQuery {
+    /// The site held out for the downstream task.
+    downstream_site: usize,
+    #[serde(default)]
+    seed: u64,
+}
+
+/// The paper's split of the dataset, counted per part and label (what an `encode` job with the same
+/// `split` uses).
+#[utoipa::path(get, path = "/api/v1/datasets/{id}/split", tag = "datasets", params(SplitQuery),
+    responses((status = 200, body = SplitSummary), (status = 404, body = repdiff_api::ErrorBody), (status = 422, body = repdiff_api::ErrorBody)))]
+pub async fn split_summary(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<SplitQuery>,
+) -> ApiResult<Json<SplitSummary>> {
+    visible_dataset(&state.pool, &user, id).await?;
+    let rows = sqlx::query!(
+        "SELECT id, site, hypodensity, margin_irregularity, blend_sign, fluid_level FROM scans WHERE dataset_id = $1 ORDER BY id",
+        id
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let manifest = Manifest {
+        records: rows
+            .iter()
+            .map(|r| SliceRecord {
+                file: r.id.to_string(),
+                site: r.site.max(0) as usize,
+                markers: Markers {
+                    hypodensity: r.hypodensity,
+                    margin_irregularity: r.margin_irregularity,
+                    blend_sign: r.blend_sign,
+                    fluid_level: r.fluid_level,
+                },
+            })
+            .collect(),
+    };
+    let parts =
+        manifest.split(q.downstream_site, [0.8, 0.1, 0.1], q.seed).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let summary = Part::ALL
+        .iter()
+        .map(|&part| {
+            let count = |hematoma: bool| {
+                manifest.records.iter().zip(&parts).filter(|(r, p)| **p == part && r.hematoma() == hematoma).count()
+                    as i64
+            };
+            SplitPart { part: part.name().into(), no_hematoma: count(false), hematoma: count(true) }
+        })
+        .collect();
+    Ok(Json(SplitSummary { downstream_site: q.downstream_site, seed: q.seed, parts: summary }))
 }

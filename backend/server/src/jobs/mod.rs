@@ -1,10 +1,12 @@
 //! Job kinds: thin adapters from a job's JSON parameters to the engine. Each kind's parameters are a serde
 //! type with `deny_unknown_fields`, so a misspelt field is an error at submission, not a silent default.
 
+mod encode;
 mod noop;
 mod sample;
 mod train;
 
+pub use encode::{EncodeParams, SplitSpec};
 pub use noop::NoopParams;
 pub use sample::{CheckpointRef, SampleParams};
 pub use train::{DataSource, TrainParams};
@@ -31,6 +33,7 @@ pub fn registry(settings: &JobSettings) -> Registry {
     let mut registry = Registry::new();
     registry
         .register("noop", noop::Noop)
+        .register("encode", encode::Encode { weights_dir: settings.weights_dir.clone() })
         .register("pretrain", train::Train { weights_dir: settings.weights_dir.clone() })
         .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() });
     registry

@@ -8,9 +8,7 @@ use repdiff_engine::config::{ConditioningKind, DataSpace, Overrides, RunConfig};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
 use repdiff_engine::imaging::{Channels, Window};
-use repdiff_engine::latent_cache::{EncodeSpec, encode_dataset};
-use repdiff_engine::manifest::{Manifest, SliceRecord};
-use repdiff_engine::phantom::Markers;
+use repdiff_engine::latent_cache::EncodeSpec;
 use repdiff_engine::train::{StopReason, Trainer};
 use serde::{Deserialize, Serialize};
 
@@ -108,7 +106,21 @@ impl Handler for Train {
             DataSource::Dataset { id, window } => {
                 let config = p.config(2)?;
                 let window = Window::parse(window.as_deref().unwrap_or("brain"))?;
-                let local = encode_dataset_scans(ctx, *id, window, &config, &self.weights_dir, &device)?;
+                let (name, copies) = match &config.data_space {
+                    DataSpace::Pixels => ("pixels".to_string(), config.model.in_channels),
+                    DataSpace::Latents { autoencoder, .. } => (autoencoder.clone(), 3),
+                };
+                let encoder = autoencoder::by_name(&name, copies, &self.weights_dir, &device)?;
+                let spec = EncodeSpec {
+                    channels: Channels::Window { window, copies },
+                    // The image side whose latent is the model's input (x8 for the SD VAE, x1 in pixels).
+                    size: config.model.input_size * (64 / encoder.latent_dims(64).1.max(1)),
+                    posterior: Posterior::Mean,
+                    seed: config.train.seed,
+                    part: None,
+                    batch_size: 16,
+                };
+                let local = super::encode::encode_scans(ctx, *id, None, &spec, encoder.as_ref(), &device)?;
                 Dataset::from_latent_file(&local, &device)?
             }
         };
@@ -204,68 +216,4 @@ impl Handler for Train {
             "config": trainer.config,
         }))
     }
-}
-
-/// Downloads a dataset's slices, writes their manifest, and encodes them for `config`'s model (pixel space:
-/// windowed and resized; latent space: through the run's autoencoder). Returns the latent file.
-fn encode_dataset_scans(
-    ctx: &mut JobContext,
-    dataset: i64,
-    window: Window,
-    config: &RunConfig,
-    weights_dir: &std::path::Path,
-    device: &repdiff_engine::Device,
-) -> Result<std::path::PathBuf, JobError> {
-    let rows = ctx.block_on(
-        sqlx::query!(
-            r#"SELECT id, key, site, hypodensity, margin_irregularity, blend_sign, fluid_level
-               FROM scans WHERE dataset_id = $1 ORDER BY id"#,
-            dataset
-        )
-        .fetch_all(ctx.pool()),
-    )?;
-    if rows.is_empty() {
-        return Err(JobError::Permanent(format!("dataset {dataset} has no scans")));
-    }
-    let dir = ctx.scratch.join("dataset");
-    let mut manifest = Manifest::default();
-    for (i, row) in rows.iter().enumerate() {
-        let file = format!("slices/{}.png", row.id);
-        ctx.fetch(&row.key, &format!("dataset/{file}"))?;
-        manifest.records.push(SliceRecord {
-            file,
-            site: row.site.max(0) as usize,
-            markers: Markers {
-                hypodensity: row.hypodensity,
-                margin_irregularity: row.margin_irregularity,
-                blend_sign: row.blend_sign,
-                fluid_level: row.fluid_level,
-            },
-        });
-        ctx.progress(i as u64 + 1, rows.len() as u64, "fetching scans");
-    }
-    let manifest_path = dir.join("manifest.csv");
-    manifest.write_csv(&manifest_path)?;
-    let (name, copies) = match &config.data_space {
-        DataSpace::Pixels => ("pixels".to_string(), config.model.in_channels),
-        DataSpace::Latents { autoencoder, .. } => (autoencoder.clone(), 3),
-    };
-    let encoder = autoencoder::by_name(&name, copies, weights_dir, device)?;
-    let spec = EncodeSpec {
-        channels: Channels::Window { window, copies },
-        // The image side whose latent is the model's input (x8 for the SD VAE, x1 in pixel space).
-        size: config.model.input_size * (64 / encoder.latent_dims(64).1.max(1)),
-        posterior: Posterior::Mean,
-        seed: config.train.seed,
-        part: None,
-        batch_size: 16,
-    };
-    let out = ctx.scratch.join("data.safetensors");
-    let cancel = ctx.cancel.clone();
-    encode_dataset(&manifest_path, &spec, encoder.as_ref(), &out, device, &mut |done, total| {
-        if !cancel.is_cancelled() {
-            ctx.progress(done as u64, total as u64, "encoding scans");
-        }
-    })?;
-    Ok(out)
 }
