@@ -33,6 +33,16 @@ pub struct BenchArgs {
     /// With --imaging: images to encode and decode with the SD VAE at 256x256 (0 skips it).
     #[arg(long, default_value_t = 4)]
     vae_images: usize,
+    /// Measure the job queue instead: this many no-op jobs through claim/finish and through workers
+    /// (a scratch database on the server of --database-url).
+    #[arg(long)]
+    queue: Option<usize>,
+    /// Concurrent workers for --queue.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// PostgreSQL for --queue (any database on the server; the benchmark makes and drops its own).
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    database_url: String,
 }
 
 fn mean_seconds(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -45,6 +55,9 @@ fn mean_seconds(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> 
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(jobs) = args.queue {
+        return super::bench_queue::run(&args.database_url, jobs, args.workers.max(1));
+    }
     if let Some(slices) = args.imaging {
         return super::bench_imaging::run(slices, args.vae_images);
     }

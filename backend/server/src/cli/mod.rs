@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_imaging;
+mod bench_queue;
 mod encode;
 mod import;
 mod interrupt;

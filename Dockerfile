@@ -1,0 +1,35 @@
+# RepDiff images. `server` runs the API (and, with --workers > 0, jobs on the CPU); `worker-cuda` runs
+# jobs on an NVIDIA GPU. Build from the repository root: docker compose build.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+# Queries are checked against backend/server/.sqlx, so the build needs no database.
+ENV SQLX_OFFLINE=true
+RUN cargo build --release --locked --bin repdiff
+
+FROM debian:bookworm-slim AS server
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/repdiff /usr/local/bin/repdiff
+RUN useradd --system --create-home repdiff && mkdir /data && chown repdiff /data
+USER repdiff
+ENV REPDIFF_DATA=/data REPDIFF_WEIGHTS=/model-weights
+EXPOSE 8080
+ENTRYPOINT ["repdiff"]
+CMD ["serve", "--listen", "0.0.0.0:8080"]
+
+FROM nvidia/cuda:12.6.3-devel-ubuntu24.04 AS build-cuda
+RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates build-essential pkg-config \
+    && rm -rf /var/lib/apt/lists/*
+RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+ENV PATH=/root/.cargo/bin:$PATH SQLX_OFFLINE=true
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin repdiff --features repdiff-server/cuda
+
+FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04 AS worker-cuda
+COPY --from=build-cuda /src/target/release/repdiff /usr/local/bin/repdiff
+RUN useradd --system --create-home repdiff && mkdir /data && chown repdiff /data
+USER repdiff
+ENV REPDIFF_DATA=/data REPDIFF_WEIGHTS=/model-weights
+ENTRYPOINT ["repdiff"]
+CMD ["worker"]
