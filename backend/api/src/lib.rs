@@ -22,7 +22,8 @@ pub struct ErrorBody {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct ErrorDetail {
     /// Stable: `unauthenticated`, `forbidden`, `not_found`, `invalid_json`, `invalid_request`,
-    /// `invalid_params`, `conflict`, `payload_too_large`, `unsupported_media`, `internal`, `unavailable`.
+    /// `invalid_params`, `conflict`, `payload_too_large`, `unsupported_media`, `method_not_allowed`,
+    /// `too_many_requests`, `internal`, `unavailable`.
     pub code: String,
     pub message: String,
 }

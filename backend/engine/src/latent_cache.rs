@@ -17,6 +17,7 @@ use crate::autoencoder::{Autoencoder, Posterior};
 use crate::imaging::{self, Channels};
 use crate::manifest::{Manifest, Part};
 use crate::rng::Rng;
+use crate::train::CancelToken;
 use crate::{Error, Result};
 
 pub const FORMAT: &str = "repdiff-latents-v1";
@@ -94,13 +95,15 @@ pub fn stored_key(path: &Path) -> Option<String> {
 }
 
 /// Encodes the slices of `manifest_path` (a dataset's `manifest.csv` or a `split.csv`) into `out`, or
-/// reuses `out` if it holds the same encoding. `progress(done, total)` is called after each batch.
+/// reuses `out` if it holds the same encoding. `progress(done, total)` is called after each batch; a set
+/// `cancel` stops before the next batch with [`Error::Cancelled`], writing nothing.
 pub fn encode_dataset(
     manifest_path: &Path,
     spec: &EncodeSpec,
     autoencoder: &dyn Autoencoder,
     out: &Path,
     device: &Device,
+    cancel: &CancelToken,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<CacheOutcome> {
     if spec.batch_size == 0 || spec.size == 0 {
@@ -125,6 +128,9 @@ pub fn encode_dataset(
     let mut latents = Vec::with_capacity(total.div_ceil(spec.batch_size));
     let per_image = spec.channels.count() * spec.size * spec.size;
     for (b, batch) in manifest.records.chunks(spec.batch_size).enumerate() {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled { step: b * spec.batch_size });
+        }
         let mut values = Vec::with_capacity(batch.len() * per_image);
         for record in batch {
             let path = root.join(&record.file);

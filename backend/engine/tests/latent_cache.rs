@@ -45,7 +45,8 @@ fn spec(window: Window, size: usize) -> EncodeSpec {
 }
 
 fn encode(manifest: &Path, spec: &EncodeSpec, out: &Path) -> CacheOutcome {
-    encode_dataset(manifest, spec, &PixelSpace { channels: 1 }, out, &Device::Cpu, &mut |_, _| {}).unwrap()
+    encode_dataset(manifest, spec, &PixelSpace { channels: 1 }, out, &Device::Cpu, &Default::default(), &mut |_, _| {})
+        .unwrap()
 }
 
 #[test]
@@ -95,10 +96,17 @@ fn a_split_part_encodes_alone_and_the_sd_vae_encodes_three_channel_windows() {
     let out = dir.join("pretrain.safetensors");
     let only_pretrain = EncodeSpec { part: Some(Part::Pretrain), ..spec(Window::BRAIN, 16) };
     assert_eq!(encode(&split, &only_pretrain, &out), CacheOutcome::Encoded { slices: pretrain });
-    let error =
-        encode_dataset(&manifest_path, &only_pretrain, &PixelSpace { channels: 1 }, &out, &Device::Cpu, &mut |_, _| {})
-            .unwrap_err()
-            .to_string();
+    let error = encode_dataset(
+        &manifest_path,
+        &only_pretrain,
+        &PixelSpace { channels: 1 },
+        &out,
+        &Device::Cpu,
+        &Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(error.contains("no part column"), "{error}");
 
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae/vae_small.safetensors");
@@ -111,8 +119,9 @@ fn a_split_part_encodes_alone_and_the_sd_vae_encodes_three_channel_windows() {
     };
     let vae = SdVae::load(&fixture, config, &Device::Cpu).unwrap();
     let grey = spec(Window::BRAIN, 16);
-    let error =
-        encode_dataset(&manifest_path, &grey, &vae, &out, &Device::Cpu, &mut |_, _| {}).unwrap_err().to_string();
+    let error = encode_dataset(&manifest_path, &grey, &vae, &out, &Device::Cpu, &Default::default(), &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("3-channel images"), "{error}");
     let rgb = EncodeSpec {
         channels: Channels::Window { window: Window::BRAIN, copies: 3 },
@@ -121,11 +130,21 @@ fn a_split_part_encodes_alone_and_the_sd_vae_encodes_three_channel_windows() {
     };
     let mut calls = Vec::new();
     let outcome =
-        encode_dataset(&manifest_path, &rgb, &vae, &out, &Device::Cpu, &mut |done, total| calls.push((done, total)))
-            .unwrap();
+        encode_dataset(&manifest_path, &rgb, &vae, &out, &Device::Cpu, &Default::default(), &mut |done, total| {
+            calls.push((done, total))
+        })
+        .unwrap();
     assert_eq!(outcome, CacheOutcome::Encoded { slices: 8 });
     assert_eq!(calls, vec![(4, 8), (8, 8)]);
     let latents: Tensor = Dataset::from_latent_file(&out, &Device::Cpu).unwrap().samples;
     assert_eq!(latents.dims(), [8, 4, 8, 8]);
+
+    // A cancelled encode stops before its next batch and writes nothing.
+    let cancel = repdiff_engine::train::CancelToken::default();
+    cancel.cancel();
+    let never = dir.join("never.safetensors");
+    let error = encode_dataset(&manifest_path, &rgb, &vae, &never, &Device::Cpu, &cancel, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(error, repdiff_engine::Error::Cancelled { step: 0 }), "{error}");
+    assert!(!never.exists());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -55,8 +55,13 @@ impl App {
         let _ = std::fs::remove_dir_all(&dir);
         let storage = Storage::local(&dir.join("store")).unwrap();
         let registry = jobs::registry(&JobSettings::default());
-        let config =
-            HttpConfig { json_limit: 64 << 10, event_interval: Duration::from_millis(50), ..HttpConfig::default() };
+        let config = HttpConfig {
+            json_limit: 64 << 10,
+            upload_limit: 2 << 20,
+            upload_file_limit: 256 << 10,
+            event_interval: Duration::from_millis(50),
+            ..HttpConfig::default()
+        };
         let router = http::router(AppState::new(db.pool.clone(), storage.clone(), registry.clone(), config));
         let (mut stop, mut worker) = (None, None);
         if with_worker {
@@ -219,6 +224,17 @@ async fn every_data_endpoint_needs_auth_and_users_see_only_what_they_may() {
     assert_eq!(app.call("POST", &format!("{uri}/cancel"), Some(&ada), None).await.error_code(), "conflict");
     let listed = app.call("GET", "/api/v1/jobs?state=cancelled", Some(&bob), None).await.json();
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+
+    // Guessing passwords locks the name out for a while (even the right password is refused then).
+    for _ in 0..5 {
+        let wrong = json!({ "username": "val", "password": "guess-guess-guess" });
+        assert_eq!(app.call("POST", "/api/v1/auth/login", None, Some(wrong)).await.status, StatusCode::UNAUTHORIZED);
+    }
+    let right = json!({ "username": "val", "password": "val-password-1" });
+    let reply = app.call("POST", "/api/v1/auth/login", None, Some(right)).await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"));
+    // Checkpoints are listed by what one may see.
+    assert!(app.call("GET", "/api/v1/checkpoints", Some(&bob), None).await.json().as_array().unwrap().is_empty());
 
     // A revoked token stops working.
     let tokens = app.call("GET", "/api/v1/tokens", Some(&bob), None).await.json();
@@ -431,6 +447,7 @@ async fn upload_label_browse_and_train_on_a_dataset() {
         parts.push(("files", Some(name.as_str()), std::fs::read(scans.join(name)).unwrap()));
     }
     parts.push(("files", Some("notes.dcm"), b"this is not a scan".to_vec()));
+    parts.push(("files", Some("huge.dcm"), vec![0u8; 300 << 10]));
     parts.push(("files", Some(names[0].as_str()), std::fs::read(scans.join(&names[0])).unwrap()));
     let (content_type, body) = multipart(&parts);
     let upload = |token: &str, body: Vec<u8>| {
@@ -448,8 +465,16 @@ async fn upload_label_browse_and_train_on_a_dataset() {
     assert_eq!(report["accepted"].as_array().unwrap().len(), 8, "{report}");
     assert_eq!(report["duplicates"], 1, "the same slice twice is stored once");
     let refused = report["refused"].as_array().unwrap();
-    assert_eq!(refused.len(), 1);
+    assert_eq!(refused.len(), 2);
     assert_eq!((refused[0]["file"].as_str(), refused[0]["code"].as_str()), (Some("notes.dcm"), Some("unreadable")));
+    assert_eq!(
+        (refused[1]["file"].as_str(), refused[1]["code"].as_str()),
+        (Some("huge.dcm"), Some("payload_too_large"))
+    );
+    // A request over the upload limit is refused whole, with the error shape; the server carries on.
+    let (_, body) = multipart(&(0..10).map(|_| ("files", Some("big.png"), vec![1u8; 250 << 10])).collect::<Vec<_>>());
+    let reply = app.send(upload(&ada, body)).await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
 
     // Labels came from labels.csv; the stored DICOM is de-identified.
     let labels = std::fs::read_to_string(scans.join("labels.csv")).unwrap();

@@ -73,7 +73,15 @@ pub fn run(slices: usize, vae_images: usize) -> Result<()> {
         };
         let out = dataset.join(format!("pixels{size}.safetensors"));
         let start = Instant::now();
-        encode_dataset(&manifest, &spec, &PixelSpace { channels: 1 }, &out, &device, &mut |_, _| {})?;
+        encode_dataset(
+            &manifest,
+            &spec,
+            &PixelSpace { channels: 1 },
+            &out,
+            &device,
+            &Default::default(),
+            &mut |_, _| {},
+        )?;
         row(&format!("encode, pixel space {size}x{size} (slices)"), slices, start.elapsed().as_secs_f64());
     }
 

@@ -97,10 +97,18 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     let out = args.out.unwrap_or_else(|| args.manifest.with_file_name(default_name));
     let started = Instant::now();
     let bar = progress_bar(0, "encoding {bar:30} {pos}/{len} slices {per_sec} eta {eta}");
-    let outcome = encode_dataset(&args.manifest, &spec, model.as_ref(), &out, &device, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let outcome = encode_dataset(
+        &args.manifest,
+        &spec,
+        model.as_ref(),
+        &out,
+        &device,
+        &super::interrupt::cancel_on_signal(),
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     bar.finish_and_clear();
     let (c, h, w) = model.latent_dims(spec.size);
     match outcome {

@@ -19,6 +19,36 @@ use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiResult};
 
 pub const SESSION_COOKIE: &str = "repdiff_session";
+/// Failed sign-ins allowed per username within [`LOCKOUT`] before sign-ins of that name are refused.
+const MAX_FAILURES: u32 = 5;
+const LOCKOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Failed sign-ins per username (in memory: a restart forgets them), so passwords cannot be guessed at
+/// the speed of the API.
+#[derive(Default)]
+pub struct LoginThrottle {
+    failures: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+}
+
+impl LoginThrottle {
+    /// `Some(wait)` while `username` is locked out.
+    fn locked(&self, username: &str) -> Option<std::time::Duration> {
+        let failures = self.failures.lock().expect("login throttle");
+        let (count, since) = failures.get(&username.to_lowercase())?;
+        (*count >= MAX_FAILURES && since.elapsed() < LOCKOUT).then(|| LOCKOUT - since.elapsed())
+    }
+
+    fn failed(&self, username: &str) {
+        let mut failures = self.failures.lock().expect("login throttle");
+        failures.retain(|_, (_, since)| since.elapsed() < LOCKOUT);
+        let entry = failures.entry(username.to_lowercase()).or_insert((0, std::time::Instant::now()));
+        entry.0 += 1;
+    }
+
+    fn succeeded(&self, username: &str) {
+        self.failures.lock().expect("login throttle").remove(&username.to_lowercase());
+    }
+}
 const SESSION_DAYS: i32 = 7;
 
 /// The signed-in user of a request.
@@ -173,8 +203,15 @@ fn cookie(value: &str, max_age_secs: i64, secure: bool) -> HeaderValue {
 
 /// Signs in with a password; sets the session cookie and returns the user.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = Login,
-    responses((status = 200, body = User), (status = 401, body = repdiff_api::ErrorBody)))]
+    responses((status = 200, body = User), (status = 401, body = repdiff_api::ErrorBody), (status = 429, body = repdiff_api::ErrorBody)))]
 pub async fn login(State(state): State<AppState>, ApiJson(login): ApiJson<Login>) -> ApiResult<Response> {
+    if let Some(wait) = state.login_throttle.locked(&login.username) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!("too many failed sign-ins for this user; try again in {} minutes", wait.as_secs() / 60 + 1),
+        ));
+    }
     let row = sqlx::query!(
         "SELECT id, username, role, password_hash, created_at FROM users WHERE username = $1",
         login.username
@@ -194,8 +231,12 @@ pub async fn login(State(state): State<AppState>, ApiJson(login): ApiJson<Login>
         tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.map_err(ApiError::internal)?;
     let user = match (ok, user) {
         (true, Some(user)) => user,
-        _ => return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "wrong username or password")),
+        _ => {
+            state.login_throttle.failed(&login.username);
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "wrong username or password"));
+        }
     };
+    state.login_throttle.succeeded(&login.username);
     let secret = new_secret("");
     sqlx::query!(
         "INSERT INTO sessions (token_hash, user_id, expires_at) VALUES ($1, $2, now() + make_interval(days => $3))",

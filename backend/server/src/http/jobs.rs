@@ -38,6 +38,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/logs", get(job_logs))
         .route("/jobs/{id}/metrics", get(job_metrics))
         .route("/jobs/{id}/artifacts", get(job_artifacts))
+        .route("/checkpoints", get(list_checkpoints))
         .route("/artifacts/{id}", get(get_artifact))
         .route("/artifacts/{id}/content", get(artifact_content))
         .route("/experiments", get(list_experiments).post(create_experiment))
@@ -455,6 +456,25 @@ pub async fn job_artifacts(
     visible_job(&state.pool, &user, id).await?;
     let artifacts = crate::artifacts::for_job(&state.pool, id, q.kind.as_deref()).await?;
     Ok(Json(artifacts.into_iter().map(artifact_view).collect()))
+}
+
+/// Checkpoints of the training jobs `user` may see, newest first (what sample and fine-tune jobs start
+/// from).
+#[utoipa::path(get, path = "/api/v1/checkpoints", tag = "artifacts", responses((status = 200, body = Vec<Artifact>)))]
+pub async fn list_checkpoints(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Vec<Artifact>>> {
+    let rows = sqlx::query_as!(
+        crate::artifacts::Artifact,
+        r#"SELECT a.id, a.key, a.job_id, a.kind, a.media_type, a.size, a.meta, a.created_at, a.updated_at
+           FROM artifacts a JOIN jobs j ON j.id = a.job_id
+           WHERE a.kind = 'checkpoint' AND ($1 OR j.owner_id = $2
+                 OR EXISTS (SELECT 1 FROM experiments e WHERE e.id = j.experiment_id AND e.shared))
+           ORDER BY a.updated_at DESC LIMIT 500"#,
+        user.is_admin(),
+        user.id
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(rows.into_iter().map(artifact_view).collect()))
 }
 
 async fn visible_artifact(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiResult<crate::artifacts::Artifact> {

@@ -72,6 +72,7 @@ pub struct AppState {
     pub config: Arc<HttpConfig>,
     /// The key of DICOM de-identification: the same key maps one patient's series to the same pseudonyms.
     pub deid_key: Arc<DeidKey>,
+    pub login_throttle: Arc<auth::LoginThrottle>,
     /// A real argon2 hash that no password matches: logins of unknown users verify against it, so they
     /// take as long as those of known users.
     dummy_hash: Arc<str>,
@@ -88,6 +89,7 @@ impl AppState {
             registry: Arc::new(registry),
             config: Arc::new(config),
             deid_key: Arc::new(DeidKey::generate()),
+            login_throttle: Arc::default(),
             dummy_hash: dummy_hash.into(),
         }
     }

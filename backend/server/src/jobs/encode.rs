@@ -187,10 +187,8 @@ pub fn encode_scans(
     };
     let out = ctx.scratch.join("latents.safetensors");
     let cancel = ctx.cancel.clone();
-    encode_dataset(&manifest_path, spec, encoder, &out, device, &mut |done, total| {
-        if !cancel.is_cancelled() {
-            ctx.progress(done as u64, total as u64, "encoding scans");
-        }
+    encode_dataset(&manifest_path, spec, encoder, &out, device, &cancel, &mut |done, total| {
+        ctx.progress(done as u64, total as u64, "encoding scans");
     })?;
     Ok(out)
 }
