@@ -575,3 +575,38 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     files
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frontend_is_served_beside_the_api_and_responses_are_compressed() {
+    let db = TestDb::new("api_static").await;
+    let dir = std::env::temp_dir().join(format!("repdiff-api-static-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("dist/assets")).unwrap();
+    std::fs::write(dir.join("dist/index.html"), "<!doctype html><title>RepDiff</title>").unwrap();
+    std::fs::write(dir.join("dist/assets/app.js"), "console.log('repdiff');".repeat(100)).unwrap();
+    let config = HttpConfig { static_dir: Some(dir.join("dist")), ..HttpConfig::default() };
+    let storage = Storage::local(&dir.join("store")).unwrap();
+    let router = http::router(AppState::new(db.pool.clone(), storage, jobs::registry(&JobSettings::default()), config));
+    let get = |uri: &str, gzip: bool| {
+        let mut request = Request::get(uri);
+        if gzip {
+            request = request.header(header::ACCEPT_ENCODING, "gzip");
+        }
+        router.clone().oneshot(request.body(Body::empty()).unwrap())
+    };
+    let index = get("/", false).await.unwrap();
+    assert_eq!(index.status(), StatusCode::OK);
+    // Client-side routes load the app, which routes them.
+    let deep = get("/runs/12", false).await.unwrap();
+    let body = axum::body::to_bytes(deep.into_body(), 1 << 20).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("<title>RepDiff</title>"));
+    let script = get("/assets/app.js", true).await.unwrap();
+    assert_eq!(script.headers()[header::CONTENT_ENCODING], "gzip");
+    // Unknown API paths stay JSON errors, not the app.
+    let missing = get("/api/v1/nothing-here", false).await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(missing.headers()[header::CONTENT_TYPE], "application/json");
+    let doc = get("/api/v1/openapi.json", true).await.unwrap();
+    assert_eq!(doc.headers()[header::CONTENT_ENCODING], "gzip");
+    db.drop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
