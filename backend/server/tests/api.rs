@@ -393,6 +393,14 @@ async fn pretrain_then_sample_through_the_api() {
         .await
         .json();
     assert_eq!(images.as_array().unwrap().len(), 3);
+    // The gallery's view: by source training job and checkpoint step.
+    let gallery =
+        app.call("GET", &format!("/api/v1/samples?from_job={id}&checkpoint_step=30"), Some(&ada), None).await.json();
+    assert_eq!(gallery, images);
+    let none =
+        app.call("GET", &format!("/api/v1/samples?from_job={id}&checkpoint_step=10"), Some(&ada), None).await.json();
+    assert!(none.as_array().unwrap().is_empty());
+    assert!(app.call("GET", "/api/v1/samples", Some(&bob), None).await.json().as_array().unwrap().is_empty());
     for artifact in images.as_array().unwrap() {
         let png = app.call("GET", artifact["url"].as_str().unwrap(), Some(&ada), None).await;
         assert_eq!(png.headers[header::CONTENT_TYPE], "image/png");

@@ -39,6 +39,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/metrics", get(job_metrics))
         .route("/jobs/{id}/artifacts", get(job_artifacts))
         .route("/checkpoints", get(list_checkpoints))
+        .route("/samples", get(list_samples))
         .route("/artifacts/{id}", get(get_artifact))
         .route("/artifacts/{id}/content", get(artifact_content))
         .route("/experiments", get(list_experiments).post(create_experiment))
@@ -471,6 +472,60 @@ pub async fn list_checkpoints(State(state): State<AppState>, user: CurrentUser) 
            ORDER BY a.updated_at DESC LIMIT 500"#,
         user.is_admin(),
         user.id
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(rows.into_iter().map(artifact_view).collect()))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SampleQuery {
+    /// The sample job that drew them.
+    job: Option<i64>,
+    /// The training job whose checkpoint they were drawn from.
+    from_job: Option<i64>,
+    class: Option<i64>,
+    /// The step of that checkpoint.
+    checkpoint_step: Option<i64>,
+    /// Only images with a larger artifact id (the last id of the previous page).
+    after: Option<i64>,
+    /// 1 to 1000; default 200.
+    limit: Option<i64>,
+}
+
+/// Sample images (the gallery): filter by sample job, source training job, class and checkpoint step.
+#[utoipa::path(get, path = "/api/v1/samples", tag = "artifacts", params(SampleQuery),
+    responses((status = 200, body = Vec<Artifact>), (status = 422, body = repdiff_api::ErrorBody)))]
+pub async fn list_samples(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiQuery(q): ApiQuery<SampleQuery>,
+) -> ApiResult<Json<Vec<Artifact>>> {
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit is 1 to 1000"));
+    }
+    let rows = sqlx::query_as!(
+        crate::artifacts::Artifact,
+        r#"SELECT a.id, a.key, a.job_id, a.kind, a.media_type, a.size, a.meta, a.created_at, a.updated_at
+           FROM artifacts a JOIN jobs j ON j.id = a.job_id
+           WHERE a.kind = 'sample_image' AND ($1 OR j.owner_id = $2
+                 OR EXISTS (SELECT 1 FROM experiments e WHERE e.id = j.experiment_id AND e.shared))
+             AND ($3::bigint IS NULL OR a.job_id = $3)
+             AND ($4::bigint IS NULL OR (a.meta->>'from_job')::bigint = $4)
+             AND ($5::bigint IS NULL OR (a.meta->>'class')::bigint = $5)
+             AND ($6::bigint IS NULL OR (a.meta->>'checkpoint_step')::bigint = $6)
+             AND a.id > $7
+           ORDER BY a.id LIMIT $8"#,
+        user.is_admin(),
+        user.id,
+        q.job,
+        q.from_job,
+        q.class,
+        q.checkpoint_step,
+        q.after.unwrap_or(0),
+        limit
     )
     .fetch_all(&state.pool)
     .await?;

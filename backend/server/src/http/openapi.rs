@@ -42,7 +42,7 @@ impl Modify for Security {
         auth::list_tokens, auth::add_token, auth::revoke_token,
         jobs::job_kinds, jobs::list_jobs, jobs::submit_job, jobs::get_job, jobs::cancel_job, jobs::retry_job,
         jobs::job_events, jobs::job_logs, jobs::job_metrics, jobs::job_artifacts,
-        jobs::list_checkpoints, jobs::get_artifact, jobs::artifact_content,
+        jobs::list_checkpoints, jobs::list_samples, jobs::get_artifact, jobs::artifact_content,
         jobs::list_experiments, jobs::create_experiment, jobs::get_experiment,
         datasets::list_datasets, datasets::create_dataset, datasets::get_dataset, datasets::list_scans,
         datasets::upload_scans, datasets::split_summary, datasets::get_scan, datasets::patch_scan, datasets::scan_image,

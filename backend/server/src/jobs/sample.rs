@@ -98,7 +98,14 @@ impl Handler for Sample {
     fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let p: SampleParams = ctx.params()?;
         let (device, _) = best_device();
-        let local = ctx.fetch(&p.checkpoint.key(), "checkpoint.safetensors")?;
+        let key = p.checkpoint.key();
+        let local = ctx.fetch(&key, "checkpoint.safetensors")?;
+        // Which training job and step the samples come from, for the gallery's filters.
+        let source = ctx.block_on(
+            sqlx::query!(r#"SELECT job_id, (meta->>'step')::bigint AS step FROM artifacts WHERE key = $1"#, key)
+                .fetch_optional(ctx.pool()),
+        )?;
+        let (from_job, step) = source.map_or((None, None), |s| (s.job_id, s.step));
         let weights = if p.raw_weights { Weights::Raw } else { Weights::Ema };
         let (model, config) = load_model(&local, weights, &device)?;
         if p.steps > config.diffusion.num_timesteps {
@@ -137,7 +144,7 @@ impl Handler for Sample {
                 &name,
                 "sample_image",
                 "image/png",
-                serde_json::json!({ "index": index, "class": class }),
+                serde_json::json!({ "index": index, "class": class, "from_job": from_job, "checkpoint_step": step }),
             )?;
         }
         let grid = match &written.grid {
