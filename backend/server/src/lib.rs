@@ -8,5 +8,6 @@ pub mod embedded_pg;
 pub mod http;
 pub mod jobs;
 pub mod queue;
+pub mod scans;
 pub mod storage;
 pub mod worker;

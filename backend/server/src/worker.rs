@@ -77,6 +77,8 @@ pub enum Input {
     Artifact(String),
     /// A dataset's scans.
     Dataset(i64),
+    /// A dataset the job adds to: the submitter must own it.
+    OwnDataset(i64),
 }
 
 /// One job kind: checks parameters at submission and runs the job on a worker.

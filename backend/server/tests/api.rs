@@ -54,7 +54,9 @@ impl App {
         let dir = std::env::temp_dir().join(format!("repdiff-api-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let storage = Storage::local(&dir.join("store")).unwrap();
-        let registry = jobs::registry(&JobSettings::default());
+        std::fs::create_dir_all(dir.join("imports")).unwrap();
+        let settings = JobSettings { import_roots: vec![dir.join("imports")], ..JobSettings::default() };
+        let registry = jobs::registry(&settings);
         let config = HttpConfig {
             json_limit: 64 << 10,
             upload_limit: 2 << 20,
@@ -533,6 +535,37 @@ async fn upload_label_browse_and_train_on_a_dataset() {
         app.call("GET", &format!("/api/v1/scans/{scan}/image?window=lung"), Some(&ada), None).await.error_code(),
         "invalid_request"
     );
+
+    // The same series imported by a job from an import root: same labels, files named as in labels.csv.
+    let batch = app.dir.join("imports/batch");
+    std::fs::create_dir_all(&batch).unwrap();
+    for entry in std::fs::read_dir(&scans).unwrap().flatten() {
+        std::fs::copy(entry.path(), batch.join(entry.file_name())).unwrap();
+    }
+    let second = app.call("POST", "/api/v1/datasets", Some(&ada), Some(json!({ "name": "imported" }))).await.json();
+    let import = |path: &str| {
+        json!({ "kind": "import", "params": {
+        "dataset": second["id"], "path": path, "labels": "batch/labels.csv" } })
+    };
+    for escape in ["../", "/etc"] {
+        assert_eq!(
+            app.call("POST", "/api/v1/jobs", Some(&ada), Some(import(escape))).await.error_code(),
+            "invalid_params"
+        );
+    }
+    assert_eq!(
+        app.call("POST", "/api/v1/jobs", Some(&bob), Some(import("batch"))).await.error_code(),
+        "invalid_params"
+    );
+    let job = app.call("POST", "/api/v1/jobs", Some(&ada), Some(import("batch"))).await.json();
+    let job = app.wait_final(&ada, job["id"].as_i64().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!((job["result"]["files"].as_i64(), job["result"]["slices"].as_i64()), (Some(8), Some(8)), "{job}");
+    let imported = app.call("GET", &format!("/api/v1/datasets/{}/scans", second["id"]), Some(&ada), None).await.json();
+    for (a, b) in imported.as_array().unwrap().iter().zip(listed.iter()) {
+        assert_eq!(a["source_name"], b["source_name"]);
+    }
+    assert_eq!(imported.as_array().unwrap().len(), 8);
 
     // Train on it (pixel space, 16x16 windowed slices); Bob may not train on Ada's data.
     let mut config = repdiff_engine::config::RunConfig::preset("tiny-cpu").unwrap();

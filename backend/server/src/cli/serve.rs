@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use repdiff_api::{NewUser, Role};
-use repdiff_engine::imaging::deid::DeidKey;
 use repdiff_server::embedded_pg::EmbeddedPostgres;
 use repdiff_server::http::{self, AppState, HttpConfig};
 use repdiff_server::worker::Worker;
@@ -106,7 +105,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             cors_origins: args.cors_origin.clone(),
             ..HttpConfig::default()
         };
-        let deid_key = DeidKey::load_or_create(&args.worker.data_dir.join("deid.key"))?;
+        let deid_key = args.worker.deid_key()?;
         let state = AppState::new(pool.clone(), storage.clone(), registry, config).with_deid_key(deid_key);
         let app = http::router(state);
         let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;

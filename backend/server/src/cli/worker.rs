@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use repdiff_engine::imaging::deid::DeidKey;
 use repdiff_server::jobs::{self, JobSettings};
 use repdiff_server::storage::Storage;
 use repdiff_server::worker::{Worker, WorkerOptions};
@@ -39,6 +40,13 @@ pub struct WorkerArgs {
     /// Pretrained weights (SD VAE for decoding latent samples).
     #[arg(long, env = "REPDIFF_WEIGHTS", default_value = "model-weights")]
     pub weights_dir: PathBuf,
+    /// Folders that `import` jobs may read scans from (comma-separated); none: no import jobs.
+    #[arg(long, env = "REPDIFF_IMPORT_ROOTS", value_delimiter = ',')]
+    pub import_root: Vec<PathBuf>,
+    /// The DICOM de-identification key (created if missing); every server and worker of a deployment
+    /// must share it so one patient's series always gets the same pseudonyms. Default DATA_DIR/deid.key.
+    #[arg(long, env = "REPDIFF_DEID_KEY")]
+    pub deid_key: Option<PathBuf>,
 }
 
 impl WorkerArgs {
@@ -63,8 +71,18 @@ impl WorkerArgs {
         Ok(options)
     }
 
+    pub fn deid_key(&self) -> Result<DeidKey> {
+        let path = self.deid_key.clone().unwrap_or_else(|| self.data_dir.join("deid.key"));
+        DeidKey::load_or_create(&path).with_context(|| format!("the de-identification key {}", path.display()))
+    }
+
     pub fn registry(&self) -> Result<repdiff_server::worker::Registry> {
-        let registry = jobs::registry(&JobSettings { weights_dir: self.weights_dir.clone() });
+        let settings = JobSettings {
+            weights_dir: self.weights_dir.clone(),
+            import_roots: self.import_root.clone(),
+            deid_key: std::sync::Arc::new(self.deid_key()?),
+        };
+        let registry = jobs::registry(&settings);
         if self.kinds.is_empty() { Ok(registry) } else { registry.only(&self.kinds).map_err(anyhow::Error::msg) }
     }
 }

@@ -4,7 +4,7 @@
 //! dataset is visible to its owner, to everyone when shared, and to admins.
 
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Multipart, State};
@@ -14,18 +14,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use repdiff_api::{Dataset, NewDataset, RefusedFile, Role, Scan, ScanPatch, SplitPart, SplitSummary, UploadReport};
-use repdiff_engine::dataset::{Labels, import};
+use repdiff_engine::dataset::Labels;
 use repdiff_engine::imaging::{PNG16_HU_OFFSET, Window};
 use repdiff_engine::manifest::{Manifest, Part, SliceRecord};
 use repdiff_engine::phantom::Markers;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::io::AsyncWriteExt;
 
 use super::AppState;
 use super::auth::CurrentUser;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::scans;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -93,7 +93,7 @@ pub async fn visible_dataset(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiR
 }
 
 /// A visible dataset `user` may also change (owner or admin), else 403.
-async fn own_dataset(pool: &PgPool, user: &CurrentUser, id: i64, to: &str) -> ApiResult<Dataset> {
+pub async fn own_dataset(pool: &PgPool, user: &CurrentUser, id: i64, to: &str) -> ApiResult<Dataset> {
     let dataset = visible_dataset(pool, user, id).await?;
     if !user.is_admin() && dataset.owner != user.username {
         return Err(ApiError::forbidden(format!("only its owner or an admin may {to} dataset {id}")));
@@ -345,49 +345,6 @@ fn safe_name(name: &str) -> String {
     if cleaned.is_empty() { "upload".into() } else { cleaned }
 }
 
-/// What one uploaded file became.
-struct Imported {
-    records: Vec<(SliceRecord, Vec<u8>, u32, u32, bool)>,
-    dicom: Option<Vec<u8>>,
-    format: &'static str,
-}
-
-/// Runs the engine's import on one file (blocking): its slices as PNG bytes with their labels.
-fn import_file(
-    file: &Path,
-    labels: Labels,
-    deid_key: &repdiff_engine::imaging::deid::DeidKey,
-) -> Result<Imported, String> {
-    let out = file.with_extension("import");
-    let report = import(&[file.to_path_buf()], &labels, deid_key, &out).map_err(|e| e.to_string())?;
-    if let Some((_, reason)) = report.refused.first()
-        && report.slices == 0
-    {
-        return Err(reason.clone());
-    }
-    let manifest = Manifest::read_csv(&out.join("manifest.csv")).map_err(|e| e.to_string())?;
-    let mut records = Vec::new();
-    for record in manifest.records {
-        let bytes = std::fs::read(out.join(&record.file)).map_err(|e| e.to_string())?;
-        let image = image::load_from_memory(&bytes).map_err(|e| e.to_string())?;
-        let hounsfield = matches!(image, image::DynamicImage::ImageLuma16(_));
-        records.push((record, bytes, image.width(), image.height(), hounsfield));
-    }
-    let dicom = walk_first_dcm(&out.join("dicom")).map(std::fs::read).transpose().map_err(|e| e.to_string())?;
-    let format = match repdiff_engine::imaging::ScanFormat::detect(file) {
-        Some(repdiff_engine::imaging::ScanFormat::Dicom) => "dicom",
-        Some(repdiff_engine::imaging::ScanFormat::Nifti) => "nifti",
-        _ => "image",
-    };
-    Ok(Imported { records, dicom, format })
-}
-
-fn walk_first_dcm(dir: &Path) -> Option<PathBuf> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).collect();
-    entries.sort();
-    entries.into_iter().find_map(|p| if p.is_dir() { walk_first_dcm(&p) } else { Some(p) })
-}
-
 /// Uploads scans: `multipart/form-data` with any number of `files` parts, optionally preceded by a
 /// `labels` part (a manifest, CSV or JSON, whose `file` column names the uploaded files; `name#k` labels
 /// slice k of a volume) and a `site` part (the site of unlabelled files, default 0). Files are streamed to
@@ -473,12 +430,18 @@ async fn receive(state: &AppState, dataset: i64, multipart: &mut Multipart, stag
                 }
                 let key = state.deid_key.clone();
                 let imported = tokio::task::spawn_blocking(move || {
-                    import_file(&path, Labels::from_manifest(labels).or_unlabelled(site), &key)
+                    scans::import_file(&path, Labels::from_manifest(labels).or_unlabelled(site), &key)
                 })
                 .await
                 .map_err(ApiError::internal)?;
                 match imported {
-                    Ok(imported) => store(state, dataset, &original, imported, &mut report).await?,
+                    Ok(imported) => {
+                        let stored = scans::store(&state.pool, &state.storage, dataset, &original, imported).await?;
+                        report.duplicates += stored.duplicates;
+                        for id in stored.ids {
+                            report.accepted.push(scan_by_id(&state.pool, id).await?);
+                        }
+                    }
                     Err(reason) => {
                         report.refused.push(RefusedFile { file: original, code: "unreadable".into(), error: reason })
                     }
@@ -500,58 +463,6 @@ fn multipart_error(e: &axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
-async fn store(
-    state: &AppState,
-    dataset: i64,
-    source: &str,
-    imported: Imported,
-    report: &mut UploadReport,
-) -> ApiResult<()> {
-    let dicom_key = match &imported.dicom {
-        Some(bytes) => {
-            let key = format!("datasets/{dataset}/dicom/{}.dcm", hex(&Sha256::digest(bytes)[..12]));
-            state.storage.put_bytes(&key, bytes.clone()).await?;
-            Some(key)
-        }
-        None => None,
-    };
-    let slices = imported.records.len();
-    for (k, (record, bytes, width, height, hounsfield)) in imported.records.into_iter().enumerate() {
-        let digest = hex(&Sha256::digest(&bytes));
-        let key = format!("datasets/{dataset}/slices/{}.png", &digest[..32]);
-        state.storage.put_bytes(&key, bytes).await?;
-        let m = record.markers;
-        let id = sqlx::query_scalar!(
-            r#"INSERT INTO scans (dataset_id, source_name, slice_index, format, rows, columns, unit, key, dicom_key, site,
-                                  hypodensity, margin_irregularity, blend_sign, fluid_level, sha256)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-               ON CONFLICT (dataset_id, sha256) DO NOTHING RETURNING id"#,
-            dataset,
-            source,
-            if slices == 1 { 0 } else { k as i32 },
-            imported.format,
-            height as i32,
-            width as i32,
-            if hounsfield { "hounsfield" } else { "grey" },
-            key,
-            dicom_key,
-            record.site as i32,
-            m.hypodensity,
-            m.margin_irregularity,
-            m.blend_sign,
-            m.fluid_level,
-            digest
-        )
-        .fetch_optional(&state.pool)
-        .await?;
-        match id {
-            Some(id) => report.accepted.push(scan_by_id(&state.pool, id).await?),
-            None => report.duplicates += 1,
-        }
-    }
-    Ok(())
-}
-
 async fn scan_by_id(pool: &PgPool, id: i64) -> sqlx::Result<Scan> {
     let row = sqlx::query_as!(
         ScanRow,
@@ -563,10 +474,6 @@ async fn scan_by_id(pool: &PgPool, id: i64) -> sqlx::Result<Scan> {
     .fetch_one(pool)
     .await?;
     Ok(row.into())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

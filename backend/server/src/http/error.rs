@@ -95,6 +95,15 @@ impl From<crate::storage::StorageError> for ApiError {
     }
 }
 
+impl From<crate::scans::StoreError> for ApiError {
+    fn from(e: crate::scans::StoreError) -> ApiError {
+        match e {
+            crate::scans::StoreError::Database(e) => e.into(),
+            crate::scans::StoreError::Storage(e) => e.into(),
+        }
+    }
+}
+
 /// `Json<T>` whose rejections are [`ApiError`]s.
 pub struct ApiJson<T>(pub T);
 

@@ -254,6 +254,11 @@ pub async fn submit_job(
                     .await
                     .map_err(|_| ApiError::invalid_params(format!("there is no dataset {id} that you may read")))?;
             }
+            Input::OwnDataset(id) => {
+                super::datasets::own_dataset(&state.pool, &user, id, "import into")
+                    .await
+                    .map_err(|_| ApiError::invalid_params(format!("there is no dataset {id} that you may change")))?;
+            }
         }
     }
     if let Some(experiment) = submit.experiment_id {

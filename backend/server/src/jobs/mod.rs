@@ -2,29 +2,42 @@
 //! type with `deny_unknown_fields`, so a misspelt field is an error at submission, not a silent default.
 
 mod encode;
+mod import;
 mod noop;
 mod sample;
 mod train;
 
 pub use encode::{EncodeParams, SplitSpec};
+pub use import::ImportParams;
 pub use noop::NoopParams;
 pub use sample::{CheckpointRef, SampleParams};
 pub use train::{DataSource, TrainParams};
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use repdiff_engine::imaging::deid::DeidKey;
 
 use crate::worker::Registry;
 
 /// Settings job handlers share.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct JobSettings {
     /// Where pretrained weights live (the SD VAE that decodes latent samples).
     pub weights_dir: PathBuf,
+    /// Folders `import` jobs may read scans from; none: import jobs are refused.
+    pub import_roots: Vec<PathBuf>,
+    /// The DICOM de-identification key (the server's, so pseudonyms match those of uploads).
+    pub deid_key: Arc<DeidKey>,
 }
 
 impl Default for JobSettings {
     fn default() -> Self {
-        JobSettings { weights_dir: PathBuf::from("model-weights") }
+        JobSettings {
+            weights_dir: PathBuf::from("model-weights"),
+            import_roots: Vec::new(),
+            deid_key: Arc::new(DeidKey::generate()),
+        }
     }
 }
 
@@ -34,6 +47,10 @@ pub fn registry(settings: &JobSettings) -> Registry {
     registry
         .register("noop", noop::Noop)
         .register("encode", encode::Encode { weights_dir: settings.weights_dir.clone() })
+        .register(
+            "import",
+            import::Import { roots: settings.import_roots.clone(), deid_key: settings.deid_key.clone() },
+        )
         .register("pretrain", train::Train { weights_dir: settings.weights_dir.clone() })
         .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() });
     registry
