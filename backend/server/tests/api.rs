@@ -506,6 +506,10 @@ async fn upload_label_browse_and_train_on_a_dataset() {
     }
     let dataset = app.call("GET", &format!("/api/v1/datasets/{id}"), Some(&ada), None).await.json();
     assert_eq!(dataset["scans"], 8);
+    let dicom = app.call("GET", &format!("/api/v1/scans/{}/dicom", listed[0]["id"]), Some(&ada), None).await;
+    assert_eq!(dicom.headers[header::CONTENT_TYPE], "application/dicom");
+    assert_eq!(&dicom.body[128..132], b"DICM");
+    assert!(!dicom.body.windows(8).any(|w| w == b"PHANTOM^"));
 
     // Editing a label; Bob may neither see nor edit it.
     let scan = listed[0]["id"].as_i64().unwrap();

@@ -35,6 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route("/datasets/{id}/split", get(split_summary))
         .route("/scans/{id}", get(get_scan).patch(patch_scan))
         .route("/scans/{id}/image", get(scan_image))
+        .route("/scans/{id}/dicom", get(scan_dicom))
 }
 
 /// The upload route: no request timeout (large uploads take long), its own body limit.
@@ -333,6 +334,26 @@ pub async fn scan_image(
     .map_err(ApiError::internal)?;
     let mut response = Body::from(png).into_response();
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("image/png"));
+    Ok(response)
+}
+
+/// The scan's DICOM file as stored: de-identified (PS3.15 basic profile), never the uploaded original.
+#[utoipa::path(get, path = "/api/v1/scans/{id}/dicom", tag = "datasets",
+    responses((status = 200, content_type = "application/dicom", description = "the de-identified DICOM file"),
+              (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn scan_dicom(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Response> {
+    visible_scan(&state.pool, &user, id).await?;
+    let key = sqlx::query_scalar!("SELECT dicom_key FROM scans WHERE id = $1", id).fetch_one(&state.pool).await?;
+    let key = key.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("scan {id} did not come from DICOM"))
+    })?;
+    let bytes = state.storage.get_bytes(&key).await?;
+    let mut response = Body::from(bytes).into_response();
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/dicom"));
     Ok(response)
 }
 

@@ -45,7 +45,7 @@ impl Modify for Security {
         jobs::list_checkpoints, jobs::list_samples, jobs::get_artifact, jobs::artifact_content,
         jobs::list_experiments, jobs::create_experiment, jobs::get_experiment,
         datasets::list_datasets, datasets::create_dataset, datasets::get_dataset, datasets::list_scans,
-        datasets::upload_scans, datasets::split_summary, datasets::get_scan, datasets::patch_scan, datasets::scan_image,
+        datasets::upload_scans, datasets::split_summary, datasets::get_scan, datasets::patch_scan, datasets::scan_image, datasets::scan_dicom,
     ),
     components(schemas(repdiff_api::ErrorBody, repdiff_api::ErrorDetail, repdiff_api::JobState, repdiff_api::Role)),
     modifiers(&Security),
