@@ -371,3 +371,14 @@ pub struct SplitSummary {
     pub seed: u64,
     pub parts: Vec<SplitPart>,
 }
+
+/// An edit of a dataset or an experiment: only the fields given change. Sharing a dataset makes its
+/// scans visible to the whole team; sharing an experiment, its jobs and their outputs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ResourcePatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub shared: Option<bool>,
+}

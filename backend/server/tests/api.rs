@@ -221,6 +221,15 @@ async fn every_data_endpoint_needs_auth_and_users_see_only_what_they_may() {
     let uri = format!("/api/v1/jobs/{}", shared["id"]);
     assert_eq!(app.call("GET", &uri, Some(&val), None).await.status, StatusCode::OK);
     assert_eq!(app.call("POST", &format!("{uri}/cancel"), Some(&bob), None).await.error_code(), "forbidden");
+    // Making the experiment private hides its jobs from the others.
+    let experiment_uri = format!("/api/v1/experiments/{}", experiment["id"]);
+    assert_eq!(
+        app.call("PATCH", &experiment_uri, Some(&bob), Some(json!({ "shared": false }))).await.error_code(),
+        "forbidden"
+    );
+    app.call("PATCH", &experiment_uri, Some(&ada), Some(json!({ "shared": false }))).await;
+    assert_eq!(app.call("GET", &uri, Some(&val), None).await.status, StatusCode::NOT_FOUND);
+    app.call("PATCH", &experiment_uri, Some(&ada), Some(json!({ "shared": true }))).await;
     let cancelled = app.call("POST", &format!("{uri}/cancel"), Some(&ada), None).await.json();
     assert_eq!(cancelled["state"], "cancelled");
     assert_eq!(app.call("POST", &format!("{uri}/cancel"), Some(&ada), None).await.error_code(), "conflict");
@@ -570,6 +579,17 @@ async fn upload_label_browse_and_train_on_a_dataset() {
         assert_eq!(a["source_name"], b["source_name"]);
     }
     assert_eq!(imported.as_array().unwrap().len(), 8);
+
+    // Sharing: Bob sees the dataset once Ada shares it, but may not change it; unsharing hides it again.
+    let uri = format!("/api/v1/datasets/{}", second["id"]);
+    assert_eq!(app.call("GET", &uri, Some(&bob), None).await.status, StatusCode::NOT_FOUND);
+    let shared =
+        app.call("PATCH", &uri, Some(&ada), Some(json!({ "shared": true, "name": "imported CT" }))).await.json();
+    assert_eq!((shared["shared"].as_bool(), shared["name"].as_str()), (Some(true), Some("imported CT")));
+    assert_eq!(app.call("GET", &format!("{uri}/scans"), Some(&bob), None).await.json().as_array().unwrap().len(), 8);
+    assert_eq!(app.call("PATCH", &uri, Some(&bob), Some(json!({ "shared": false }))).await.error_code(), "forbidden");
+    app.call("PATCH", &uri, Some(&ada), Some(json!({ "shared": false }))).await;
+    assert_eq!(app.call("GET", &uri, Some(&bob), None).await.status, StatusCode::NOT_FOUND);
 
     // Train on it (pixel space, 16x16 windowed slices); Bob may not train on Ada's data.
     let mut config = repdiff_engine::config::RunConfig::preset("tiny-cpu").unwrap();

@@ -13,7 +13,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use repdiff_api::{Dataset, NewDataset, RefusedFile, Role, Scan, ScanPatch, SplitPart, SplitSummary, UploadReport};
+use repdiff_api::{
+    Dataset, NewDataset, RefusedFile, ResourcePatch, Role, Scan, ScanPatch, SplitPart, SplitSummary, UploadReport,
+};
 use repdiff_engine::dataset::Labels;
 use repdiff_engine::imaging::{PNG16_HU_OFFSET, Window};
 use repdiff_engine::manifest::{Manifest, Part, SliceRecord};
@@ -30,7 +32,7 @@ use crate::scans;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/datasets", get(list_datasets).post(create_dataset))
-        .route("/datasets/{id}", get(get_dataset))
+        .route("/datasets/{id}", get(get_dataset).patch(patch_dataset))
         .route("/datasets/{id}/scans", get(list_scans))
         .route("/datasets/{id}/split", get(split_summary))
         .route("/scans/{id}", get(get_scan).patch(patch_scan))
@@ -138,6 +140,32 @@ pub async fn create_dataset(
     .fetch_one(&state.pool)
     .await?;
     Ok((StatusCode::CREATED, Json(visible_dataset(&state.pool, &user, id).await?)))
+}
+
+/// Renames, describes, shares or unshares a dataset (its owner or an admin).
+#[utoipa::path(patch, path = "/api/v1/datasets/{id}", tag = "datasets", request_body = ResourcePatch,
+    responses((status = 200, body = Dataset), (status = 403, body = repdiff_api::ErrorBody), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn patch_dataset(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(patch): ApiJson<ResourcePatch>,
+) -> ApiResult<Json<Dataset>> {
+    own_dataset(&state.pool, &user, id, "change").await?;
+    if patch.name.as_deref().is_some_and(|n| n.trim().is_empty() || n.len() > 200) {
+        return Err(ApiError::invalid("a dataset's name is 1-200 characters"));
+    }
+    sqlx::query!(
+        r#"UPDATE datasets SET name = coalesce($2, name), description = coalesce($3, description),
+               shared = coalesce($4, shared) WHERE id = $1"#,
+        id,
+        patch.name.as_deref().map(str::trim),
+        patch.description,
+        patch.shared
+    )
+    .execute(&state.pool)
+    .await?;
+    Ok(Json(visible_dataset(&state.pool, &user, id).await?))
 }
 
 struct ScanRow {

@@ -15,8 +15,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use repdiff_api::{
-    Artifact, Experiment, Job, JobKind, JobPage, JobState, LogLine, MetricSeries, NewExperiment, Progress, Role,
-    SubmitJob,
+    Artifact, Experiment, Job, JobKind, JobPage, JobState, LogLine, MetricSeries, NewExperiment, Progress,
+    ResourcePatch, Role, SubmitJob,
 };
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -43,7 +43,7 @@ pub fn routes() -> Router<AppState> {
         .route("/artifacts/{id}", get(get_artifact))
         .route("/artifacts/{id}/content", get(artifact_content))
         .route("/experiments", get(list_experiments).post(create_experiment))
-        .route("/experiments/{id}", get(get_experiment))
+        .route("/experiments/{id}", get(get_experiment).patch(patch_experiment))
 }
 
 fn state_of(text: &str) -> JobState {
@@ -667,4 +667,33 @@ pub async fn create_experiment(
     .fetch_one(&state.pool)
     .await?;
     Ok((StatusCode::CREATED, Json(visible_experiment(&state.pool, &user, id).await?)))
+}
+
+/// Renames, describes, shares or unshares an experiment (its owner or an admin).
+#[utoipa::path(patch, path = "/api/v1/experiments/{id}", tag = "experiments", request_body = ResourcePatch,
+    responses((status = 200, body = Experiment), (status = 403, body = repdiff_api::ErrorBody), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn patch_experiment(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(patch): ApiJson<ResourcePatch>,
+) -> ApiResult<Json<Experiment>> {
+    let experiment = visible_experiment(&state.pool, &user, id).await?;
+    if !user.is_admin() && experiment.owner != user.username {
+        return Err(ApiError::forbidden(format!("only its owner or an admin may change experiment {id}")));
+    }
+    if patch.name.as_deref().is_some_and(|n| n.trim().is_empty() || n.len() > 200) {
+        return Err(ApiError::invalid("an experiment's name is 1-200 characters"));
+    }
+    sqlx::query!(
+        r#"UPDATE experiments SET name = coalesce($2, name), description = coalesce($3, description),
+               shared = coalesce($4, shared) WHERE id = $1"#,
+        id,
+        patch.name.as_deref().map(str::trim),
+        patch.description,
+        patch.shared
+    )
+    .execute(&state.pool)
+    .await?;
+    Ok(Json(visible_experiment(&state.pool, &user, id).await?))
 }
