@@ -17,46 +17,18 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::PgPool;
 
 /// The channel workers LISTEN on; the payload is the job kind.
 pub const CHANNEL: &str = "repdiff_jobs";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
+/// A job's state: queued -> running -> succeeded | failed | cancelled (the API's type).
+pub use repdiff_api::JobState;
 
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-        }
-    }
-
-    fn parse(state: &str) -> JobState {
-        match state {
-            "queued" => JobState::Queued,
-            "running" => JobState::Running,
-            "succeeded" => JobState::Succeeded,
-            "failed" => JobState::Failed,
-            _ => JobState::Cancelled,
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
-    }
+/// The state column as a [`JobState`] (the table's CHECK constraint allows only the five names).
+pub(crate) fn state_of(text: &str) -> JobState {
+    JobState::parse(text).unwrap_or(JobState::Failed)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -107,7 +79,7 @@ impl From<JobRow> for Job {
             id: r.id,
             kind: r.kind,
             params: r.params,
-            state: JobState::parse(&r.state),
+            state: state_of(&r.state),
             priority: r.priority,
             attempt: r.attempt,
             max_attempts: r.max_attempts,
@@ -312,7 +284,7 @@ pub async fn finish(pool: &PgPool, id: i64, worker: &str, outcome: &Outcome) -> 
     )
     .fetch_optional(pool)
     .await?;
-    Ok(state.map(|s| JobState::parse(&s)))
+    Ok(state.map(|s| state_of(&s)))
 }
 
 /// Cancels job `id`: a queued job at once, a running one by asking its worker. Returns the job as it is
@@ -444,5 +416,5 @@ pub async fn release(pool: &PgPool, id: i64, worker: &str) -> sqlx::Result<Optio
     if state.as_deref() == Some("queued") {
         sqlx::query!("SELECT pg_notify($1, kind) FROM jobs WHERE id = $2", CHANNEL, id).execute(pool).await?;
     }
-    Ok(state.map(|s| JobState::parse(&s)))
+    Ok(state.map(|s| state_of(&s)))
 }

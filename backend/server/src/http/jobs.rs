@@ -46,26 +46,6 @@ pub fn routes() -> Router<AppState> {
         .route("/experiments/{id}", get(get_experiment).patch(patch_experiment))
 }
 
-fn state_of(text: &str) -> JobState {
-    match text {
-        "queued" => JobState::Queued,
-        "running" => JobState::Running,
-        "succeeded" => JobState::Succeeded,
-        "failed" => JobState::Failed,
-        _ => JobState::Cancelled,
-    }
-}
-
-fn state_name(state: JobState) -> &'static str {
-    match state {
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-    }
-}
-
 #[derive(Default)]
 struct JobFilter {
     id: Option<i64>,
@@ -97,7 +77,7 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
         user.is_admin(),
         user.id,
         filter.id,
-        filter.state.map(state_name),
+        filter.state.map(JobState::as_str),
         filter.kind,
         filter.experiment_id,
         filter.before,
@@ -111,7 +91,7 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
             id: r.id,
             kind: r.kind,
             params: r.params,
-            state: state_of(&r.state),
+            state: queue::state_of(&r.state),
             owner: r.owner,
             experiment_id: r.experiment_id,
             priority: r.priority,
@@ -304,7 +284,7 @@ pub async fn cancel_job(
 ) -> ApiResult<Json<Job>> {
     let job = own_job(&state.pool, &user, id, "cancel").await?;
     if job.state.is_final() {
-        return Err(ApiError::conflict(format!("job {id} has already finished ({})", state_name(job.state))));
+        return Err(ApiError::conflict(format!("job {id} has already finished ({})", job.state.as_str())));
     }
     queue::cancel(&state.pool, id).await?;
     Ok(Json(visible_job(&state.pool, &user, id).await?))
