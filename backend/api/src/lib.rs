@@ -404,3 +404,32 @@ pub struct ResourcePatch {
     pub description: Option<String>,
     pub shared: Option<bool>,
 }
+
+/// One metric of a run, summarised for a comparison table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MetricSummary {
+    pub name: String,
+    pub points: i64,
+    pub last_step: i64,
+    pub last: f64,
+    pub min: f64,
+    pub min_step: i64,
+    pub max: f64,
+    pub max_step: i64,
+}
+
+/// A job with its metrics summarised: a row of the runs table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Run {
+    pub job: Job,
+    pub metrics: Vec<MetricSummary>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RunPage {
+    pub runs: Vec<Run>,
+    pub next_before: Option<i64>,
+}

@@ -380,6 +380,14 @@ async fn pretrain_then_sample_through_the_api() {
     let metrics = app.call("GET", &format!("/api/v1/jobs/{id}/metrics?name=loss"), Some(&ada), None).await.json();
     assert_eq!(metrics[0]["name"], "loss");
     assert_eq!(metrics[0]["steps"].as_array().unwrap().len(), 30);
+    // The runs table: the loss's last value and its minimum, with their steps.
+    let runs = app.call("GET", "/api/v1/runs?kind=pretrain", Some(&ada), None).await.json();
+    let loss = runs["runs"][0]["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "loss").unwrap().clone();
+    let values = metrics[0]["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>();
+    let min = values.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert_eq!((loss["points"].as_i64(), loss["last_step"].as_i64()), (Some(30), Some(30)));
+    assert_eq!((loss["last"].as_f64(), loss["min"].as_f64()), (values.last().copied(), Some(min)));
+    assert_eq!(loss["min_step"].as_i64().unwrap() as usize, values.iter().position(|v| *v == min).unwrap() + 1);
     let logs = app.call("GET", &format!("/api/v1/jobs/{id}/logs"), Some(&ada), None).await.json();
     assert!(logs[0]["message"].as_str().unwrap().starts_with("training"), "{logs}");
     let checkpoints =

@@ -15,8 +15,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use repdiff_api::{
-    Artifact, Experiment, Job, JobKind, JobPage, JobState, LogLine, MetricSeries, NewExperiment, Progress,
-    ResourcePatch, Role, SubmitJob,
+    Artifact, Experiment, Job, JobKind, JobPage, JobState, LogLine, MetricSeries, MetricSummary, NewExperiment,
+    Progress, ResourcePatch, Role, Run, RunPage, SubmitJob,
 };
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -31,6 +31,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/job-kinds", get(job_kinds))
         .route("/jobs", get(list_jobs).post(submit_job))
+        .route("/runs", get(list_runs))
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/retry", post(retry_job))
@@ -174,6 +175,51 @@ pub async fn list_jobs(
         None
     };
     Ok(Json(JobPage { jobs, next_before }))
+}
+
+/// Jobs as a runs table: each with the last, minimum and maximum of every metric (and their steps), for
+/// comparing runs of an experiment. Same filters and pages as `GET /jobs`.
+#[utoipa::path(get, path = "/api/v1/runs", tag = "jobs", params(JobQuery),
+    responses((status = 200, body = RunPage), (status = 422, body = repdiff_api::ErrorBody)))]
+pub async fn list_runs(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    query: ApiQuery<JobQuery>,
+) -> ApiResult<Json<RunPage>> {
+    let Json(page) = list_jobs(State(state.clone()), user, query).await?;
+    let ids: Vec<i64> = page.jobs.iter().map(|j| j.id).collect();
+    let rows = sqlx::query!(
+        r#"SELECT job_id, name, count(*) AS "points!", max(step) AS "last_step!",
+                  (array_agg(value ORDER BY step DESC))[1] AS "last!",
+                  min(value) AS "min!", (array_agg(step ORDER BY value, step))[1] AS "min_step!",
+                  max(value) AS "max!", (array_agg(step ORDER BY value DESC, step))[1] AS "max_step!"
+           FROM job_metrics WHERE job_id = ANY($1) GROUP BY job_id, name ORDER BY job_id, name"#,
+        &ids
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let runs = page
+        .jobs
+        .into_iter()
+        .map(|job| {
+            let metrics = rows
+                .iter()
+                .filter(|r| r.job_id == job.id)
+                .map(|r| MetricSummary {
+                    name: r.name.clone(),
+                    points: r.points,
+                    last_step: r.last_step,
+                    last: r.last,
+                    min: r.min,
+                    min_step: r.min_step,
+                    max: r.max,
+                    max_step: r.max_step,
+                })
+                .collect();
+            Run { job, metrics }
+        })
+        .collect();
+    Ok(Json(RunPage { runs, next_before: page.next_before }))
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
