@@ -179,6 +179,9 @@ pub struct JobContext {
     pub storage: Storage,
     pool: PgPool,
     runtime: tokio::runtime::Handle,
+    /// This worker's id and lease, to confirm the job is still ours before publishing.
+    worker: String,
+    lease: Duration,
     last_progress: Option<Instant>,
     metrics: Vec<(String, i64, f64)>,
     last_flush: Instant,
@@ -258,6 +261,12 @@ impl JobContext {
         meta: serde_json::Value,
     ) -> Result<String, JobError> {
         self.flush()?;
+        // A worker that stalled past its lease must not overwrite what the job's new worker publishes
+        // (an older checkpoint over a newer one): renewing the lease also confirms it is still held.
+        if self.block_on(queue::heartbeat(&self.pool, self.job.id, &self.worker, self.lease))? == Lease::Lost {
+            self.cancel.cancel();
+            return Err(JobError::Retryable("the job's lease was lost; not publishing".into()));
+        }
         let key = self.key(name);
         let size = self.block_on(self.storage.upload(local, &key))?;
         let artifact = NewArtifact {
@@ -461,6 +470,8 @@ impl Attempt {
                     storage: self.storage.clone(),
                     pool: self.pool.clone(),
                     runtime: tokio::runtime::Handle::current(),
+                    worker: worker.clone(),
+                    lease: self.options.lease,
                     last_progress: None,
                     metrics: Vec::new(),
                     last_flush: Instant::now(),

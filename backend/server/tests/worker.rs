@@ -346,3 +346,45 @@ async fn a_worker_killed_mid_training_loses_only_the_steps_since_its_last_checkp
     db.drop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Loses its job to another worker mid-run (as a worker stalled past its lease would), then tries to
+/// publish an artifact.
+struct PublishesAfterLosingItsLease;
+
+impl Handler for PublishesAfterLosingItsLease {
+    fn validate(&self, _: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
+        let steal = sqlx::query("UPDATE jobs SET worker_id = 'another-worker' WHERE id = $1").bind(ctx.job.id);
+        ctx.block_on(steal.execute(ctx.pool())).unwrap();
+        let file = ctx.scratch.join("checkpoint.bin");
+        std::fs::write(&file, b"stale weights").unwrap();
+        ctx.publish(&file, "checkpoint.bin", "checkpoint", "application/octet-stream", json!({}))?;
+        Ok(json!({}))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_lost_its_lease_publishes_and_records_nothing() {
+    let db = TestDb::new("worker_lost_lease").await;
+    let dir = tempdir("lost_lease");
+    let mut registry = noops();
+    registry.register("stale", PublishesAfterLosingItsLease);
+    let mut opts = options(&dir, "stale");
+    opts.poll_interval = Duration::from_millis(100);
+    let worker = start(&db.pool, &dir, registry, opts);
+    let id = queue::submit(&db.pool, &NewJob::new("stale", json!({}))).await.unwrap().id;
+    // The handler ran (its job now names the other worker) and our worker is idle again.
+    wait_for(&db.pool, id, Duration::from_secs(5), |j| j.worker_id.as_deref() == Some("another-worker")).await;
+    let next = queue::submit(&db.pool, &noop(0)).await.unwrap().id;
+    wait_for(&db.pool, next, Duration::from_secs(5), |j| j.state == JobState::Succeeded).await;
+    let job = queue::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.worker_id.as_deref()), (JobState::Running, Some("another-worker")));
+    let artifacts = repdiff_server::artifacts::for_job(&db.pool, id, None).await.unwrap();
+    assert!(artifacts.is_empty(), "published after losing the lease: {artifacts:?}");
+    assert!(!dir.join("store/jobs").join(id.to_string()).exists());
+    worker.shutdown().await;
+    db.drop().await;
+}
