@@ -433,3 +433,12 @@ pub struct RunPage {
     pub runs: Vec<Run>,
     pub next_before: Option<i64>,
 }
+
+/// Checks the name of a dataset or an experiment (`what`): 1 to 200 characters, not only spaces.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        Err(format!("{what} names are 1-200 characters, not only spaces"))
+    } else {
+        Ok(())
+    }
+}

@@ -335,6 +335,12 @@ async fn bad_input_gets_the_documented_error_and_the_server_keeps_serving() {
     let reply = app.call("GET", "/api/v1/jobs?state=sleeping", Some(&ada), None).await;
     assert_eq!(reply.error_code(), "invalid_request");
     assert_eq!(app.call("DELETE", "/api/v1/jobs", Some(&ada), None).await.error_code(), "method_not_allowed");
+    let blank = app.call("POST", "/api/v1/experiments", Some(&ada), Some(json!({ "name": "   " }))).await;
+    assert_eq!((blank.status, blank.error_code().as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"));
+    let dataset = app.call("POST", "/api/v1/datasets", Some(&ada), Some(json!({ "name": "ct" }))).await.json();
+    let long = json!({ "name": "x".repeat(201) });
+    let reply = app.call("PATCH", &format!("/api/v1/datasets/{}", dataset["id"]), Some(&ada), Some(long)).await;
+    assert_eq!(reply.error_code(), "invalid_request");
     assert_eq!(app.call("GET", "/api/v1/health", None, None).await.status, StatusCode::OK);
 
     // Submitting twice with one Idempotency-Key makes one job; the replay answers 200.

@@ -127,9 +127,7 @@ pub async fn create_dataset(
     ApiJson(new): ApiJson<NewDataset>,
 ) -> ApiResult<(StatusCode, Json<Dataset>)> {
     user.require(Role::Researcher, "creating datasets")?;
-    if new.name.trim().is_empty() || new.name.len() > 200 {
-        return Err(ApiError::invalid("a dataset's name is 1-200 characters"));
-    }
+    repdiff_api::check_name("dataset", &new.name).map_err(ApiError::invalid)?;
     let id = sqlx::query_scalar!(
         "INSERT INTO datasets (owner_id, name, description, shared) VALUES ($1, $2, $3, $4) RETURNING id",
         user.id,
@@ -152,8 +150,8 @@ pub async fn patch_dataset(
     ApiJson(patch): ApiJson<ResourcePatch>,
 ) -> ApiResult<Json<Dataset>> {
     own_dataset(&state.pool, &user, id, "change").await?;
-    if patch.name.as_deref().is_some_and(|n| n.trim().is_empty() || n.len() > 200) {
-        return Err(ApiError::invalid("a dataset's name is 1-200 characters"));
+    if let Some(name) = &patch.name {
+        repdiff_api::check_name("dataset", name).map_err(ApiError::invalid)?;
     }
     sqlx::query!(
         r#"UPDATE datasets SET name = coalesce($2, name), description = coalesce($3, description),

@@ -680,9 +680,7 @@ pub async fn create_experiment(
     ApiJson(new): ApiJson<NewExperiment>,
 ) -> ApiResult<(StatusCode, Json<Experiment>)> {
     user.require(Role::Researcher, "creating experiments")?;
-    if new.name.trim().is_empty() || new.name.len() > 200 {
-        return Err(ApiError::invalid("an experiment's name is 1-200 characters"));
-    }
+    repdiff_api::check_name("experiment", &new.name).map_err(ApiError::invalid)?;
     let id = sqlx::query_scalar!(
         "INSERT INTO experiments (owner_id, name, description, shared) VALUES ($1, $2, $3, $4) RETURNING id",
         user.id,
@@ -708,8 +706,8 @@ pub async fn patch_experiment(
     if !user.is_admin() && experiment.owner != user.username {
         return Err(ApiError::forbidden(format!("only its owner or an admin may change experiment {id}")));
     }
-    if patch.name.as_deref().is_some_and(|n| n.trim().is_empty() || n.len() > 200) {
-        return Err(ApiError::invalid("an experiment's name is 1-200 characters"));
+    if let Some(name) = &patch.name {
+        repdiff_api::check_name("experiment", name).map_err(ApiError::invalid)?;
     }
     sqlx::query!(
         r#"UPDATE experiments SET name = coalesce($2, name), description = coalesce($3, description),
