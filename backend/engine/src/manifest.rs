@@ -131,8 +131,7 @@ impl Manifest {
 
     /// A JSON manifest: an array of `{file, site, hypodensity, margin_irregularity, blend_sign, fluid_level}`.
     pub fn from_json_str(text: &str) -> std::result::Result<Self, String> {
-        let fail = |e: String| e;
-        let rows: Vec<JsonRow> = serde_json::from_str(text).map_err(|e| fail(e.to_string()))?;
+        let rows: Vec<JsonRow> = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let mut records = Vec::with_capacity(rows.len());
         for (i, row) in rows.into_iter().enumerate() {
             let markers = Markers {
@@ -142,15 +141,15 @@ impl Manifest {
                 fluid_level: row.fluid_level,
             };
             if row.hematoma.is_some_and(|label| label != markers.any()) {
-                return Err(fail(format!("entry {i} ({}): hematoma disagrees with the markers", row.file)));
+                return Err(format!("entry {i} ({}): hematoma disagrees with the markers", row.file));
             }
             if row.file.is_empty() {
-                return Err(fail(format!("entry {i}: empty file name")));
+                return Err(format!("entry {i}: empty file name"));
             }
             records.push(SliceRecord { file: row.file, site: row.site, markers });
         }
         if records.is_empty() {
-            return Err(fail("the manifest has no slices".into()));
+            return Err("the manifest has no slices".into());
         }
         Ok(Manifest { records })
     }

@@ -192,33 +192,6 @@ impl Storage {
         tokio::fs::rename(&partial, local).await.map_err(|e| io_error(local, e))?;
         Ok(size)
     }
-
-    pub async fn delete(&self, key: &str) -> Result<()> {
-        match self.store.delete(&Self::key(key)?).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Deletes every object under `prefix` (a job's or a dataset's folder).
-    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize> {
-        let prefix = Self::key(prefix)?;
-        let keys: Vec<Key> = self
-            .store
-            .list(Some(&prefix))
-            .map(|m| m.map(|m| m.location))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<object_store::Result<_>>()?;
-        for key in &keys {
-            match self.store.delete(key).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(keys.len())
-    }
 }
 
 #[cfg(test)]
@@ -247,8 +220,6 @@ mod tests {
         for bad in ["", "/abs", "dir/", "a/../b"] {
             assert!(matches!(storage.put_bytes(bad, &b"x"[..]).await, Err(StorageError::InvalidKey { .. })), "{bad}");
         }
-        assert_eq!(storage.delete_prefix("jobs").await.unwrap(), 1);
-        assert_eq!(storage.size("jobs/1/big.bin").await.unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

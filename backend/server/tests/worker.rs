@@ -110,10 +110,8 @@ async fn notify_wakes_a_worker_at_once_and_polling_covers_a_missed_notify() {
     // Listening, with a poll interval far longer than the test: only NOTIFY can wake it in time.
     let listening = start(&db.pool, &dir, noops(), options(&dir, "listener"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let started = Instant::now();
     let id = queue::submit(&db.pool, &noop(0)).await.unwrap().id;
     wait_for(&db.pool, id, Duration::from_secs(5), |j| j.state == JobState::Succeeded).await;
-    assert!(started.elapsed() < Duration::from_secs(5));
     listening.shutdown().await;
 
     // Not listening at all (every NOTIFY missed): the poll still picks the job up.
@@ -140,11 +138,10 @@ async fn cancelling_a_running_job_stops_it_by_notify_or_by_heartbeat() {
         let worker = start(&db.pool, &dir, noops(), opts);
         let id = queue::submit(&db.pool, &noop(60_000)).await.unwrap().id;
         wait_for(&db.pool, id, Duration::from_secs(5), |j| j.state == JobState::Running).await;
-        let asked = Instant::now();
         queue::cancel(&db.pool, id).await.unwrap();
+        // The job sleeps for a minute unless stopped, so finishing within the deadline means it was stopped.
         let job = wait_for(&db.pool, id, Duration::from_secs(5), |j| j.state.is_final()).await;
         assert_eq!(job.state, JobState::Cancelled, "listen={listen}");
-        assert!(asked.elapsed() < Duration::from_secs(3), "listen={listen}: {:?}", asked.elapsed());
         worker.shutdown().await;
     }
     db.drop().await;

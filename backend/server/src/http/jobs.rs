@@ -260,14 +260,8 @@ pub async fn submit_job(
     ApiJson(submit): ApiJson<SubmitJob>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     user.require(Role::Researcher, "running jobs")?;
-    let handler = state.registry.get(&submit.kind).ok_or_else(|| {
-        ApiError::invalid_params(format!(
-            "unknown job kind {:?}; expected one of {}",
-            submit.kind,
-            state.registry.kinds().join(", ")
-        ))
-    })?;
-    handler.validate(&submit.params).map_err(ApiError::invalid_params)?;
+    crate::jobs::validate(&state.registry, &submit.kind, &submit.params).map_err(ApiError::invalid_params)?;
+    let handler = state.registry.get(&submit.kind).expect("validate knows the kind");
     for input in handler.reads(&submit.params) {
         match input {
             Input::Artifact(key) => {
