@@ -281,6 +281,16 @@ pub struct JobKind {
     pub kind: String,
 }
 
+/// A named run configuration that `pretrain` jobs start from (`{"run": {"preset": name, ...}}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Preset {
+    pub name: String,
+    /// The whole configuration: model, diffusion, training (steps, batch size, learning rate, ...).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub config: serde_json::Value,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Health {

@@ -190,6 +190,9 @@ pub struct RunConfig {
     pub train: TrainConfig,
 }
 
+/// The names `RunConfig::preset` knows.
+pub const PRESETS: [&str; 2] = ["tiny-cpu", "paper"];
+
 impl RunConfig {
     pub fn preset(name: &str) -> Result<Self> {
         match name {
@@ -386,7 +389,7 @@ mod tests {
 
     #[test]
     fn presets_roundtrip_through_json() {
-        for name in ["tiny-cpu", "paper"] {
+        for name in PRESETS {
             let config = RunConfig::preset(name).unwrap();
             let text = serde_json::to_string(&config).unwrap();
             assert_eq!(RunConfig::from_json(&text).unwrap(), config);

@@ -148,7 +148,14 @@ fn noop(sleep_ms: u64) -> Value {
 async fn every_data_endpoint_needs_auth_and_users_see_only_what_they_may() {
     let app = App::new("api_auth", false).await;
     // No credentials, a wrong password, a made-up token: 401 with the error shape.
-    for uri in ["/api/v1/jobs", "/api/v1/jobs/1", "/api/v1/experiments", "/api/v1/auth/me", "/api/v1/artifacts/1"] {
+    for uri in [
+        "/api/v1/jobs",
+        "/api/v1/jobs/1",
+        "/api/v1/experiments",
+        "/api/v1/auth/me",
+        "/api/v1/artifacts/1",
+        "/api/v1/presets",
+    ] {
         let reply = app.call("GET", uri, None, None).await;
         assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::UNAUTHORIZED, "unauthenticated"), "{uri}");
     }
@@ -371,6 +378,14 @@ async fn pretrain_then_sample_through_the_api() {
     let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply.body));
     let id = reply.json()["id"].as_i64().unwrap();
+
+    // The presets a launch form starts from, in full, as the engine resolves them.
+    let presets = app.call("GET", "/api/v1/presets", Some(&ada), None).await.json();
+    let names: Vec<&str> = presets.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, repdiff_engine::config::PRESETS);
+    let tiny = repdiff_engine::config::RunConfig::preset("tiny-cpu").unwrap();
+    assert_eq!(presets[0]["config"]["train"]["steps"], json!(tiny.train.steps));
+    assert_eq!(presets[0]["config"]["model"]["depth"], json!(tiny.model.depth));
 
     // The event stream follows the job to its end and then closes.
     let events = app.call("GET", &format!("/api/v1/jobs/{id}/events"), Some(&ada), None).await;

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use repdiff_api::{
-    Artifact, Experiment, Job, JobKind, JobPage, JobState, LogLine, MetricSeries, MetricSummary, NewExperiment,
+    Artifact, Experiment, Job, JobKind, JobPage, JobState, LogLine, MetricSeries, MetricSummary, NewExperiment, Preset,
     Progress, ResourcePatch, Role, Run, RunPage, SubmitJob,
 };
 use serde::Deserialize;
@@ -30,6 +30,7 @@ use crate::worker::Input;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/job-kinds", get(job_kinds))
+        .route("/presets", get(presets))
         .route("/jobs", get(list_jobs).post(submit_job))
         .route("/runs", get(list_runs))
         .route("/jobs/{id}", get(get_job))
@@ -132,6 +133,18 @@ async fn own_job(pool: &PgPool, user: &CurrentUser, id: i64, to: &str) -> ApiRes
 #[utoipa::path(get, path = "/api/v1/job-kinds", tag = "jobs", responses((status = 200, body = Vec<JobKind>)))]
 pub async fn job_kinds(State(state): State<AppState>, _user: CurrentUser) -> Json<Vec<JobKind>> {
     Json(state.registry.kinds().into_iter().map(|kind| JobKind { kind }).collect())
+}
+
+/// The run configurations a `pretrain` job may name, in full (launch forms show their values).
+#[utoipa::path(get, path = "/api/v1/presets", tag = "jobs", responses((status = 200, body = Vec<Preset>)))]
+pub async fn presets(_user: CurrentUser) -> ApiResult<Json<Vec<Preset>>> {
+    let mut out = Vec::new();
+    for name in repdiff_engine::config::PRESETS {
+        let config = repdiff_engine::config::RunConfig::preset(name).map_err(|e| ApiError::internal(e))?;
+        let config = serde_json::to_value(config).map_err(|e| ApiError::internal(e))?;
+        out.push(Preset { name: name.to_string(), config });
+    }
+    Ok(Json(out))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

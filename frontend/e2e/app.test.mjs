@@ -1,0 +1,268 @@
+// Browser test of RepDiff's frontend against a running `repdiff serve` (scripts/test-frontend starts one):
+// sign in, create a dataset, upload phantom DICOMs (and one broken file), edit a label, launch a tiny
+// pretrain run and watch it live, check its loss chart against the API's numbers, sample from it, browse
+// the gallery, compare runs. Screenshots of every page go to $SHOTS.
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const base = process.env.REPDIFF_URL;
+const user = process.env.REPDIFF_USER ?? "admin";
+const password = process.env.REPDIFF_PASSWORD;
+const phantoms = process.env.PHANTOMS;
+const shots = process.env.SHOTS ?? "screenshots";
+assert.ok(base && password && phantoms, "REPDIFF_URL, REPDIFF_PASSWORD and PHANTOMS are required");
+fs.mkdirSync(shots, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu"],
+});
+const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+const browserErrors = [];
+page.on("pageerror", (e) => browserErrors.push(String(e)));
+page.on("console", (m) => { if (m.type() === "error") browserErrors.push(m.text()); });
+page.setDefaultTimeout(20_000);
+
+let shotNo = 0;
+async function shot(name) {
+  shotNo += 1;
+  const file = path.join(shots, `${String(shotNo).padStart(2, "0")}-${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  console.log(`  screenshot ${file}`);
+}
+function step(what) { console.log(`- ${what}`); }
+async function api(p) {
+  const reply = await page.request.get(`${base}/api/v1${p}`);
+  assert.equal(reply.status(), 200, `GET ${p}: ${reply.status()} ${await reply.text()}`);
+  return reply.json();
+}
+async function waitState(state, timeout) {
+  await page.locator(`.titlebar .badge.state-${state}`).waitFor({ timeout });
+}
+
+try {
+  step("first load and sign-in (keyboard only)");
+  const t0 = Date.now();
+  await page.goto(`${base}/datasets`);
+  await page.locator(".signin form").waitFor();
+  const firstLoad = Date.now() - t0;
+  const nav = await page.evaluate(() => performance.getEntriesByType("navigation")[0].toJSON());
+  const wasm = await page.evaluate(() => performance.getEntriesByType("resource").filter((r) => r.name.endsWith(".wasm")).map((r) => ({ name: r.name, transfer: r.transferSize, body: r.decodedBodySize, ms: r.duration })));
+  console.log(`  first load: sign-in form shown after ${firstLoad} ms (DOMContentLoaded ${nav.domContentLoadedEventEnd.toFixed(0)} ms); wasm ${JSON.stringify(wasm)}`);
+  await shot("sign-in");
+  await page.keyboard.type(user);
+  await page.keyboard.press("Tab");
+  await page.keyboard.type("wrong password");
+  await page.keyboard.press("Enter");
+  await page.locator(".signin .error").waitFor();
+  await page.fill("input[name=password]", password);
+  await page.keyboard.press("Enter");
+  // The address asked for before signing in is kept.
+  await page.locator("h1", { hasText: "Datasets" }).waitFor();
+  assert.ok(page.url().endsWith("/datasets"));
+
+  step("create a dataset");
+  await page.fill("input[name=name]", "   ");
+  await page.click("button:has-text('Create')");
+  await page.locator(".card .error").waitFor();
+  const name = `phantoms ${Date.now()}`;
+  await page.fill("input[name=name]", name);
+  await page.click("button:has-text('Create')");
+  await page.waitForURL(/\/datasets\/\d+$/);
+  const datasetId = Number(page.url().split("/").pop());
+
+  step("upload phantom DICOMs with their labels, and one broken file");
+  const files = fs.readdirSync(phantoms).filter((f) => f.endsWith(".dcm")).sort().map((f) => path.join(phantoms, f));
+  const broken = path.join(phantoms, "broken.dcm.bin");
+  fs.writeFileSync(broken, "this is not a DICOM file");
+  await page.setInputFiles("input[name=labels]", path.join(phantoms, "labels.csv"));
+  await page.setInputFiles("input[name=files]", [...files, broken]);
+  await page.click(`button:has-text('Upload ${files.length + 1} files')`);
+  await page.locator(`text=${files.length} of ${files.length + 1} files stored, 1 refused or failed`).waitFor({ timeout: 60_000 });
+  const refused = page.locator("li.file.bad");
+  assert.equal(await refused.count(), 1);
+  assert.match(await refused.innerText(), /broken\.dcm\.bin[\s\S]*refused: /);
+  await shot("dataset-uploaded");
+  let dataset = await api(`/datasets/${datasetId}`);
+  assert.equal(dataset.scans, files.length, "every phantom slice stored");
+  // Retry sends the failed file alone: nothing else is sent again.
+  await page.click("button:has-text('Retry 1 failed')");
+  await page.locator("button:has-text('Retry 1 failed')").waitFor();
+  assert.equal(await page.locator("li.file.done").count(), files.length);
+  assert.equal((await api(`/datasets/${datasetId}`)).scans, files.length);
+  const labelled = await api(`/datasets/${datasetId}/scans?limit=1000`);
+  assert.equal(await page.locator(".thumbs .thumb").count(), labelled.length);
+  assert.equal(labelled.filter((s) => s.hematoma).length, dataset.hematoma);
+
+  step("windowing presets and label editing");
+  await page.click("button.chip:has-text('bone')");
+  await page.waitForURL(/window=bone/);
+  assert.match(await page.locator(".thumbs img").first().getAttribute("src"), /window=bone/);
+  const first = labelled[0];
+  await page.locator(".thumbs .thumb").first().click();
+  await page.locator(".dialog").waitFor();
+  await shot("scan-editor");
+  const blend = page.locator(".dialog input[name='blend sign']");
+  const wasBlend = await blend.isChecked();
+  await blend.setChecked(!wasBlend);
+  await page.fill(".dialog input[name=site]", "3");
+  await page.click(".dialog button:has-text('Save labels')");
+  await page.locator(".dialog .ok").waitFor();
+  const edited = await api(`/scans/${first.id}`);
+  assert.equal(edited.blend_sign, !wasBlend);
+  assert.equal(edited.site, 3);
+  await page.keyboard.press("Escape");
+  await page.locator(".dialog").waitFor({ state: "detached" });
+
+  step("split summary");
+  await page.fill("input[name=downstream_site]", "3");
+  await page.locator("input[name=downstream_site]").press("Enter");
+  await page.locator("input[name=downstream_site]").blur();
+  await page.waitForURL(/downstream_site=3/);
+  const split = await api(`/datasets/${datasetId}/split?downstream_site=3&seed=0`);
+  const total = split.parts.reduce((n, p) => n + p.hematoma + p.no_hematoma, 0);
+  await page.locator("table.split tr.total td:last-child", { hasText: String(total) }).waitFor();
+  await shot("dataset-split");
+
+  step("launch a tiny pretrain run on the dataset");
+  await page.click("nav >> text=Runs");
+  await page.click("a:has-text('New run')");
+  await page.waitForURL(/\/runs\/new/);
+  await page.selectOption("select[name=dataset]", String(datasetId));
+  await page.fill("input[name=steps]", "abc");
+  await page.locator(".problems", { hasText: "Steps" }).waitFor();
+  assert.ok(await page.locator("button[type=submit]:has-text('Launch')").isDisabled());
+  await page.fill("input[name=steps]", "80");
+  await page.fill("input[name=checkpoint_every]", "40");
+  await page.fill("input[name=batch_size]", "8");
+  await shot("launch-pretrain");
+  await page.click("button:has-text('Launch')");
+  await page.waitForURL(/\/runs\/\d+$/);
+  const trainId = Number(page.url().split("/").pop());
+
+  step("watch it live (server-sent events) until it succeeds");
+  const seen = new Set();
+  const deadline = Date.now() + 240_000;
+  while (Date.now() < deadline) {
+    seen.add(await page.locator(".progress-text").innerText());
+    if (await page.locator(".titlebar .badge.state-succeeded").count()) break;
+    if (await page.locator(".titlebar .badge.state-failed").count()) throw new Error(`run failed: ${await page.locator(".error").allInnerTexts()}`);
+    await page.waitForTimeout(200);
+  }
+  await waitState("succeeded", 1000);
+  const steps = [...seen].filter((t) => /^\d+ \/ 80/.test(t));
+  console.log(`  progress seen: ${[...seen].join(" | ")}`);
+  assert.ok(steps.length >= 2, "the page moved with the run without a reload");
+  assert.ok(!(await page.locator("button:has-text('Cancel')").count()), "no cancel on a finished run");
+
+  step("the loss chart draws the API's numbers");
+  const metrics = await api(`/jobs/${trainId}/metrics?name=loss`);
+  assert.equal(metrics.length, 1);
+  const loss = metrics[0];
+  await page.locator(".chart-main[data-metric=loss] svg.chart path.raw").waitFor();
+  // The chart refreshes with the run; wait until it has every point.
+  await page.waitForFunction((n) => {
+    const d = document.querySelector(".chart-main svg.chart path.raw")?.getAttribute("d") ?? "";
+    return (d.match(/[ML]/g) ?? []).length === n;
+  }, loss.steps.length);
+  const drawn = await page.locator(".chart-main svg.chart").evaluate((s) => ({
+    x0: +s.dataset.xMin, x1: +s.dataset.xMax, y0: +s.dataset.yMin, y1: +s.dataset.yMax,
+    plot: s.dataset.plot.split(" ").map(Number),
+    d: s.querySelector("path.raw").getAttribute("d"),
+    smoothed: !!s.querySelector("path.smoothed"),
+  }));
+  const [left, top, width, height] = drawn.plot;
+  const points = [...drawn.d.matchAll(/[ML]([-\d.]+) ([-\d.]+)/g)].map((m) => [
+    drawn.x0 + ((+m[1] - left) / width) * (drawn.x1 - drawn.x0),
+    drawn.y1 - ((+m[2] - top) / height) * (drawn.y1 - drawn.y0),
+  ]);
+  assert.equal(points.length, loss.steps.length);
+  const xTol = (0.006 / width) * (drawn.x1 - drawn.x0);
+  const yTol = (0.006 / height) * (drawn.y1 - drawn.y0);
+  points.forEach(([x, y], i) => {
+    assert.ok(Math.abs(x - loss.steps[i]) <= xTol, `point ${i}: step ${x} drawn, ${loss.steps[i]} in the API`);
+    assert.ok(Math.abs(y - loss.values[i]) <= yTol, `point ${i}: loss ${y} drawn, ${loss.values[i]} in the API`);
+  });
+  assert.ok(drawn.smoothed, "a smoothed curve over the raw one by default");
+  await shot("run-finished");
+  // The smoothing is in the address: a shared link shows the same chart.
+  await page.goto(`${base}/runs/${trainId}?smooth=0&metric=loss`);
+  await page.locator(".chart-main svg.chart path.raw").waitFor();
+  assert.equal(await page.locator(".chart-main svg.chart path.smoothed").count(), 0);
+  await page.locator(".chart-main svg.chart").hover({ position: { x: 400, y: 100 } });
+  await page.locator(".chart-main svg.chart text.readout").waitFor();
+
+  step("sample from its checkpoint");
+  await page.click("a:has-text('Sample from it')");
+  await page.waitForURL(/kind=sample/);
+  assert.equal(await page.locator("select[name=checkpoint]").inputValue(), String(trainId));
+  await page.fill("input[name=num]", "6");
+  await page.fill("input[name=sample_steps]", "10");
+  await page.click("button:has-text('Launch')");
+  await page.waitForURL(/\/runs\/\d+$/);
+  const sampleId = Number(page.url().split("/").pop());
+  await waitState("succeeded", 120_000);
+  await page.locator("#samples .thumbs img").first().waitFor();
+  assert.equal(await page.locator("#samples .thumbs img").count(), 6);
+  await shot("sample-run");
+
+  step("gallery");
+  await page.goto(`${base}/gallery?from_job=${trainId}`);
+  await page.locator(".class-row img").first().waitFor();
+  const apiSamples = await api(`/samples?from_job=${trainId}`);
+  assert.equal(await page.locator(".class-row img").count(), apiSamples.length);
+  await page.locator(".class-row .thumb").first().click();
+  await page.waitForURL(/image=\d+/);
+  await page.locator(".overlay .dialog img.full").waitFor();
+  await shot("gallery-full-size");
+  await page.locator(".overlay").press("ArrowRight");
+  await page.locator(".overlay").press("Escape");
+  await page.locator(".overlay").waitFor({ state: "detached" });
+  await shot("gallery");
+
+  step("runs table: sort, filter, compare");
+  await page.goto(`${base}/runs`);
+  await page.locator(`tr[data-run="${trainId}"]`).waitFor();
+  await page.locator(`tr[data-run="${sampleId}"]`).waitFor();
+  await page.click("button.sort:has-text('Run')");
+  await page.waitForURL(/sort=id/);
+  const order = await page.locator("tr[data-run]").evaluateAll((rows) => rows.map((r) => +r.dataset.run));
+  assert.deepEqual(order, [...order].sort((a, b) => a - b));
+  await page.fill("input[name=q]", "sample");
+  await page.locator(`tr[data-run="${trainId}"]`).waitFor({ state: "detached" });
+  await page.fill("input[name=q]", "");
+  await page.check(`tr[data-run="${trainId}"] input[type=checkbox]`);
+  await page.check(`tr[data-run="${sampleId}"] input[type=checkbox]`);
+  await shot("runs");
+  await page.click("button:has-text('Compare')");
+  await page.waitForURL(/\/compare\?runs=/);
+  await page.locator("table.compare tbody tr").nth(1).waitFor();
+  assert.equal(await page.locator("table.compare tbody tr").count(), 2);
+  await shot("compare");
+
+  step("experiments");
+  await page.click("nav >> text=Experiments");
+  await page.fill("input[name=name]", "e2e experiment");
+  await page.click("button:has-text('Create experiment')");
+  await page.locator("td a", { hasText: "e2e experiment" }).waitFor();
+  await shot("experiments");
+
+  step("an unknown run shows an error where it happened");
+  await page.goto(`${base}/runs/999999`);
+  await page.locator(".error", { hasText: "does not exist" }).waitFor();
+  assert.equal(await page.locator(".error").count(), 1, "one error, no empty sections under it");
+
+  // The browser logs every non-2xx reply; those of the wrong password (401), the unknown run (404) and
+  // the blank dataset name are the test's own doing. Anything else is a bug.
+  assert.deepEqual(browserErrors.filter((e) => !/Failed to load resource: the server responded with a status of (401|404)/.test(e)), [], "no errors in the browser console");
+  console.log("frontend browser test passed");
+} catch (e) {
+  await shot("failure").catch(() => {});
+  console.error(e);
+  console.error("browser errors:", browserErrors);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

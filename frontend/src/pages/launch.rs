@@ -1,0 +1,544 @@
+//! Launch forms for every job kind: fields with the presets and checks for the kinds RepDiff knows, the
+//! parameters as JSON (editable) for all, and the server's own check on submit. `?kind=sample&checkpoint=12`
+//! pre-fills a form; `?from=12` starts from run 12's parameters.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use leptos_router::hooks::{query_signal, use_navigate};
+use repdiff_api::{Dataset, Experiment, Job, JobKind, JobPage, Preset, SubmitJob};
+use serde_json::{Map, Value, json};
+
+use crate::api::{self, ApiError};
+use crate::util::{ErrorBox, loaded};
+
+/// A text field of a form and its check.
+#[derive(Clone, Copy)]
+struct Field {
+    value: RwSignal<String>,
+}
+
+impl Field {
+    fn new(v: &str) -> Self {
+        Field { value: RwSignal::new(v.to_string()) }
+    }
+    fn text(&self) -> String {
+        self.value.get().trim().to_string()
+    }
+}
+
+/// Every field of every form; the kind picks which are used.
+#[derive(Clone, Copy)]
+struct Form {
+    preset: Field,
+    conditioning: Field,
+    steps: Field,
+    batch_size: Field,
+    learning_rate: Field,
+    seed: Field,
+    checkpoint_every: Field,
+    data: Field,
+    toy_n: Field,
+    dataset: Field,
+    window: Field,
+    latents: Field,
+    checkpoint: Field,
+    num: Field,
+    classes: Field,
+    guidance: Field,
+    sampler: Field,
+    sample_steps: Field,
+    eta: Field,
+    autoencoder: Field,
+    size: Field,
+    channels: Field,
+    split_on: RwSignal<bool>,
+    downstream_site: Field,
+    part: Field,
+    split_seed: Field,
+    posterior: Field,
+    path: Field,
+    labels: Field,
+    site: Field,
+}
+
+impl Form {
+    fn new() -> Self {
+        Form {
+            preset: Field::new("tiny-cpu"),
+            conditioning: Field::new("none"),
+            steps: Field::new(""),
+            batch_size: Field::new(""),
+            learning_rate: Field::new(""),
+            seed: Field::new(""),
+            checkpoint_every: Field::new(""),
+            data: Field::new("dataset"),
+            toy_n: Field::new("64"),
+            dataset: Field::new(""),
+            window: Field::new("brain"),
+            latents: Field::new(""),
+            checkpoint: Field::new(""),
+            num: Field::new("16"),
+            classes: Field::new(""),
+            guidance: Field::new("1"),
+            sampler: Field::new("ddim"),
+            sample_steps: Field::new("50"),
+            eta: Field::new("0"),
+            autoencoder: Field::new("pixels"),
+            size: Field::new("32"),
+            channels: Field::new(""),
+            split_on: RwSignal::new(false),
+            downstream_site: Field::new("0"),
+            part: Field::new("train"),
+            split_seed: Field::new("0"),
+            posterior: Field::new("sample"),
+            path: Field::new(""),
+            labels: Field::new(""),
+            site: Field::new("0"),
+        }
+    }
+
+    /// The parameters of `kind`, or what is wrong with the fields.
+    fn params(&self, kind: &str) -> Result<Value, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut out = Map::new();
+        match kind {
+            "pretrain" => {
+                let mut run = Map::new();
+                run.insert("preset".into(), json!(self.preset.text()));
+                run.insert("conditioning".into(), json!(self.conditioning.text()));
+                number(&mut problems, &mut run, "steps", "Steps", &self.steps, true, true);
+                number(&mut problems, &mut run, "batch_size", "Batch size", &self.batch_size, true, true);
+                number(&mut problems, &mut run, "learning_rate", "Learning rate", &self.learning_rate, true, false);
+                number(&mut problems, &mut run, "seed", "Seed", &self.seed, false, true);
+                number(
+                    &mut problems,
+                    &mut run,
+                    "checkpoint_every",
+                    "Checkpoint every",
+                    &self.checkpoint_every,
+                    true,
+                    true,
+                );
+                out.insert("run".into(), Value::Object(run));
+                let data = match self.data.text().as_str() {
+                    "toy" => {
+                        let mut toy = Map::new();
+                        number(&mut problems, &mut toy, "n", "Toy images", &self.toy_n, true, true);
+                        json!({ "toy": toy })
+                    }
+                    "latents" => {
+                        if self.latents.text().is_empty() {
+                            problems.push("Latents: pick an encode run's latents".into());
+                        }
+                        json!({ "latents": { "key": self.latents.text() } })
+                    }
+                    _ => {
+                        let id = self.dataset.text().parse::<i64>().ok();
+                        if id.is_none() {
+                            problems.push("Dataset: pick one".into());
+                        }
+                        json!({ "dataset": { "id": id, "window": self.window.text() } })
+                    }
+                };
+                out.insert("data".into(), data);
+            }
+            "sample" => {
+                match self.checkpoint.text().parse::<i64>() {
+                    Ok(id) => {
+                        out.insert("checkpoint".into(), json!({ "job": id }));
+                    }
+                    Err(_) => problems.push("Checkpoint: pick a finished training run".into()),
+                }
+                number(&mut problems, &mut out, "num", "Samples", &self.num, true, true);
+                let classes: Result<Vec<u32>, _> =
+                    self.classes.text().split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse).collect();
+                match classes {
+                    Ok(c) => {
+                        out.insert("classes".into(), json!(c));
+                    }
+                    Err(_) => problems.push("Classes: whole numbers separated by commas".into()),
+                }
+                number(&mut problems, &mut out, "guidance", "Guidance", &self.guidance, false, false);
+                out.insert("sampler".into(), json!(self.sampler.text()));
+                number(&mut problems, &mut out, "steps", "Sampling steps", &self.sample_steps, true, true);
+                number(&mut problems, &mut out, "eta", "Eta", &self.eta, false, false);
+                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
+            }
+            "encode" => {
+                match self.dataset.text().parse::<i64>() {
+                    Ok(id) => {
+                        out.insert("dataset".into(), json!(id));
+                    }
+                    Err(_) => problems.push("Dataset: pick one".into()),
+                }
+                out.insert("autoencoder".into(), json!(self.autoencoder.text()));
+                let windows: Vec<String> =
+                    self.window.text().split(',').map(|w| w.trim().to_string()).filter(|w| !w.is_empty()).collect();
+                out.insert("windows".into(), json!(windows));
+                number(&mut problems, &mut out, "size", "Size", &self.size, true, true);
+                if !out.contains_key("size") {
+                    problems.push("Size: required".into());
+                }
+                number(&mut problems, &mut out, "channels", "Channels", &self.channels, true, true);
+                if self.split_on.get() {
+                    let mut split = Map::new();
+                    number(
+                        &mut problems,
+                        &mut split,
+                        "downstream_site",
+                        "Downstream site",
+                        &self.downstream_site,
+                        false,
+                        true,
+                    );
+                    split.insert("part".into(), json!(self.part.text()));
+                    number(&mut problems, &mut split, "seed", "Split seed", &self.split_seed, false, true);
+                    out.insert("split".into(), Value::Object(split));
+                }
+                out.insert("posterior".into(), json!(self.posterior.text()));
+                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
+            }
+            "import" => {
+                match self.dataset.text().parse::<i64>() {
+                    Ok(id) => {
+                        out.insert("dataset".into(), json!(id));
+                    }
+                    Err(_) => problems.push("Dataset: pick one".into()),
+                }
+                if self.path.text().is_empty() {
+                    problems.push("Path: a file or folder under the server's import roots".into());
+                }
+                out.insert("path".into(), json!(self.path.text()));
+                if !self.labels.text().is_empty() {
+                    out.insert("labels".into(), json!(self.labels.text()));
+                }
+                number(&mut problems, &mut out, "site", "Site", &self.site, false, true);
+            }
+            _ => {}
+        }
+        if problems.is_empty() { Ok(Value::Object(out)) } else { Err(problems) }
+    }
+}
+
+/// Parses an optional numeric field into `map[key]` (left out when empty), or says what is wrong.
+fn number(
+    problems: &mut Vec<String>,
+    map: &mut Map<String, Value>,
+    key: &str,
+    label: &str,
+    f: &Field,
+    positive: bool,
+    integer: bool,
+) {
+    let t = f.text();
+    if t.is_empty() {
+        return;
+    }
+    match t.parse::<f64>() {
+        Ok(v) if integer && v.fract() != 0.0 => problems.push(format!("{label}: a whole number")),
+        Ok(v) if positive && v <= 0.0 => problems.push(format!("{label}: more than 0")),
+        Ok(v) if v < 0.0 => problems.push(format!("{label}: not negative")),
+        Ok(v) => {
+            map.insert(key.into(), if integer { json!(v as i64) } else { json!(v) });
+        }
+        Err(_) => problems.push(format!("{label}: {t:?} is not a number")),
+    }
+}
+
+const KNOWN: [&str; 4] = ["pretrain", "sample", "encode", "import"];
+
+#[component]
+pub fn Launch() -> impl IntoView {
+    let (kind_q, set_kind_q) = query_signal::<String>("kind");
+    let (from, _) = query_signal::<i64>("from");
+    let (checkpoint_q, _) = query_signal::<i64>("checkpoint");
+    let kind = Memo::new(move |_| kind_q.get().unwrap_or_else(|| "pretrain".into()));
+    let form = Form::new();
+    if let Some(c) = checkpoint_q.get_untracked() {
+        form.checkpoint.value.set(c.to_string());
+    }
+    let raw_mode = RwSignal::new(false);
+    let raw = RwSignal::new(String::new());
+    let experiment = RwSignal::new(String::new());
+    let priority = Field::new("0");
+    let attempts = Field::new("3");
+    let error = RwSignal::new(None::<ApiError>);
+    let busy = RwSignal::new(false);
+
+    // `?from=ID`: that run's kind and parameters, as JSON to edit.
+    if let Some(id) = from.get_untracked() {
+        spawn_local(async move {
+            match api::get::<Job>(&format!("/jobs/{id}")).await {
+                Ok(job) => {
+                    set_kind_q.set(Some(job.kind.clone()));
+                    raw.set(serde_json::to_string_pretty(&job.params).unwrap_or_default());
+                    raw_mode.set(true);
+                    if let Some(e) = job.experiment_id {
+                        experiment.set(e.to_string());
+                    }
+                }
+                Err(e) => error.set(Some(e)),
+            }
+        });
+    }
+
+    let kinds = LocalResource::new(|| api::get::<Vec<JobKind>>("/job-kinds"));
+    let presets = LocalResource::new(|| api::get::<Vec<Preset>>("/presets"));
+    // A value of the chosen preset's configuration (a path such as ["train", "steps"]), for placeholders.
+    let preset_value = move |path: &'static [&'static str]| -> Option<String> {
+        let chosen = form.preset.text();
+        presets.with(|list| {
+            let list = list.as_ref()?.as_ref().ok()?;
+            let config = &list.iter().find(|p| p.name == chosen)?.config;
+            let v = path.iter().try_fold(config, |v, k| v.get(*k))?;
+            Some(match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        })
+    };
+    let preset_input = move |label: &'static str, name: &'static str, f: Field, path: &'static [&'static str]| {
+        view! {
+            <label>{label}
+                <input name=name placeholder=move || preset_value(path).map(|v| format!("{v} (preset)")).unwrap_or_default()
+                    prop:value=move || f.value.get() on:input=move |ev| f.value.set(event_target_value(&ev)) />
+            </label>
+        }
+    };
+    let preset_summary = move || {
+        let get = |p| preset_value(p).unwrap_or_else(|| "?".into());
+        format!(
+            "{}: {}×{}×{} {}, depth {} width {} patch {}, {} steps of batch {}",
+            form.preset.text(),
+            get(&["model", "input_size"]),
+            get(&["model", "input_size"]),
+            get(&["model", "in_channels"]),
+            get(&["data_space", "kind"]),
+            get(&["model", "depth"]),
+            get(&["model", "hidden_size"]),
+            get(&["model", "patch_size"]),
+            get(&["train", "steps"]),
+            get(&["train", "batch_size"]),
+        )
+    };
+    let datasets = LocalResource::new(|| api::get::<Vec<Dataset>>("/datasets"));
+    let experiments = LocalResource::new(|| api::get::<Vec<Experiment>>("/experiments"));
+    let trained = LocalResource::new(|| api::get::<JobPage>("/jobs?kind=pretrain&state=succeeded&limit=200"));
+    let encoded = LocalResource::new(|| api::get::<JobPage>("/jobs?kind=encode&state=succeeded&limit=200"));
+
+    let params = Memo::new(move |_| {
+        let k = kind.get();
+        if raw_mode.get() || !KNOWN.contains(&k.as_str()) {
+            let text = raw.get();
+            if text.trim().is_empty() {
+                return Ok(json!({}));
+            }
+            serde_json::from_str::<Value>(&text).map_err(|e| vec![format!("Parameters: not JSON ({e})")])
+        } else {
+            form.params(&k)
+        }
+    });
+    let edit_json = move |_| {
+        if let Ok(p) = params.get_untracked() {
+            raw.set(serde_json::to_string_pretty(&p).unwrap_or_default());
+        }
+        raw_mode.set(true);
+    };
+    let navigate = use_navigate();
+    let submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let Ok(p) = params.get_untracked() else { return };
+        let body = SubmitJob {
+            kind: kind.get_untracked(),
+            params: p,
+            experiment_id: experiment.get_untracked().parse().ok(),
+            priority: priority.text().parse().unwrap_or(0),
+            max_attempts: attempts.text().parse().ok(),
+        };
+        busy.set(true);
+        let navigate = navigate.clone();
+        spawn_local(async move {
+            match api::post::<_, Job>("/jobs", &body).await {
+                Ok(job) => navigate(&format!("/runs/{}", job.id), Default::default()),
+                Err(e) => error.set(Some(e)),
+            }
+            busy.set(false);
+        });
+    };
+
+    let text_input = move |label: &'static str, name: &'static str, f: Field, hint: &'static str| {
+        view! {
+            <label>{label}
+                <input name=name placeholder=hint prop:value=move || f.value.get() on:input=move |ev| f.value.set(event_target_value(&ev)) />
+            </label>
+        }
+    };
+    let choice = move |label: &'static str, name: &'static str, f: Field, options: &'static [&'static str]| {
+        view! {
+            <label>{label}
+                <select name=name on:change=move |ev| f.value.set(event_target_value(&ev))>
+                    {options.iter().map(|o| view! { <option value=*o selected=move || f.value.get() == *o>{*o}</option> }).collect_view()}
+                </select>
+            </label>
+        }
+    };
+    let dataset_select = move || {
+        view! {
+            <label>"Dataset"
+                <select name="dataset" on:change=move |ev| form.dataset.value.set(event_target_value(&ev))>
+                    <option value="">"Pick a dataset"</option>
+                    {move || datasets.get().and_then(|d| d.ok()).unwrap_or_default().into_iter().map(|d| {
+                        let id = d.id.to_string();
+                        let is = id.clone();
+                        view! { <option value=id selected=move || form.dataset.value.get() == is>{format!("{} ({} slices)", d.name, d.scans)}</option> }
+                    }).collect_view()}
+                </select>
+            </label>
+        }
+    };
+
+    let fields = move || {
+        if raw_mode.get() || !KNOWN.contains(&kind.get().as_str()) {
+            return view! {
+                <label class="wide">"Parameters (JSON)"
+                    <textarea name="params" rows="14" spellcheck="false" prop:value=move || raw.get()
+                        on:input=move |ev| raw.set(event_target_value(&ev))></textarea>
+                </label>
+                <button type="button" class="link" on:click=move |_| raw_mode.set(false)
+                    hidden=move || !KNOWN.contains(&kind.get().as_str())>"Back to the form"</button>
+            }
+            .into_any();
+        }
+        match kind.get().as_str() {
+            "pretrain" => view! {
+                <fieldset><legend>"Model and schedule"</legend>
+                    {choice("Preset", "preset", form.preset, &["tiny-cpu", "paper"])}
+                    {choice("Conditioning", "conditioning", form.conditioning, &["none", "class"])}
+                    {preset_input("Steps", "steps", form.steps, &["train", "steps"])}
+                    {preset_input("Batch size", "batch_size", form.batch_size, &["train", "batch_size"])}
+                    {preset_input("Learning rate", "learning_rate", form.learning_rate, &["train", "learning_rate"])}
+                    {preset_input("Seed", "seed", form.seed, &["train", "seed"])}
+                    {preset_input("Checkpoint every", "checkpoint_every", form.checkpoint_every, &["train", "checkpoint_every"])}
+                    <p class="muted small wide-row">{preset_summary}</p>
+                </fieldset>
+                <fieldset><legend>"Data"</legend>
+                    {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
+                    {move || match form.data.value.get().as_str() {
+                        "toy" => text_input("Toy images", "toy_n", form.toy_n, "64").into_any(),
+                        "latents" => view! {
+                            <label>"Latents"
+                                <select name="latents" on:change=move |ev| form.latents.value.set(event_target_value(&ev))>
+                                    <option value="">"Pick an encode run"</option>
+                                    {move || encoded.get().and_then(|p| p.ok()).map(|p| p.jobs).unwrap_or_default().into_iter().filter_map(|j| {
+                                        let key = j.result.as_ref()?.get("latents")?.as_str()?.to_string();
+                                        let is = key.clone();
+                                        Some(view! { <option value=key.clone() selected=move || form.latents.value.get() == is>{format!("run #{}: {key}", j.id)}</option> })
+                                    }).collect_view()}
+                                </select>
+                            </label>
+                        }.into_any(),
+                        _ => view! { {dataset_select()} {text_input("CT window", "window", form.window, "brain")} }.into_any(),
+                    }}
+                </fieldset>
+            }
+            .into_any(),
+            "sample" => view! {
+                <fieldset><legend>"Checkpoint"</legend>
+                    <label>"Training run"
+                        <select name="checkpoint" on:change=move |ev| form.checkpoint.value.set(event_target_value(&ev))>
+                            <option value="">"Pick a finished training run"</option>
+                            {move || trained.get().and_then(|p| p.ok()).map(|p| p.jobs).unwrap_or_default().into_iter().map(|j| {
+                                let id = j.id.to_string();
+                                let is = id.clone();
+                                let step = j.result.as_ref().and_then(|r| r.get("step")).and_then(Value::as_i64).unwrap_or(0);
+                                view! { <option value=id selected=move || form.checkpoint.value.get() == is>{format!("run #{} (step {step})", j.id)}</option> }
+                            }).collect_view()}
+                        </select>
+                    </label>
+                </fieldset>
+                <fieldset><legend>"Sampling"</legend>
+                    {text_input("Samples", "num", form.num, "16")}
+                    {text_input("Classes", "classes", form.classes, "every class in turn, or 0,1")}
+                    {text_input("Guidance scale", "guidance", form.guidance, "1")}
+                    {choice("Sampler", "sampler", form.sampler, &["ddim", "ddpm"])}
+                    {text_input("Steps", "sample_steps", form.sample_steps, "50")}
+                    {text_input("Eta (DDIM)", "eta", form.eta, "0")}
+                    {text_input("Seed", "seed", form.seed, "0")}
+                </fieldset>
+            }
+            .into_any(),
+            "encode" => view! {
+                <fieldset><legend>"Input"</legend>
+                    {dataset_select()}
+                    {text_input("Windows", "windows", form.window, "brain, or three: brain,subdural,bone")}
+                    {text_input("Size (pixels)", "size", form.size, "256 for the SD VAE")}
+                    {text_input("Channels", "channels", form.channels, "1 or 3")}
+                </fieldset>
+                <fieldset><legend>"Autoencoder"</legend>
+                    {choice("Autoencoder", "autoencoder", form.autoencoder, &["pixels", "sd-vae-ft-ema", "sd-vae-ft-mse"])}
+                    {choice("Posterior", "posterior", form.posterior, &["sample", "mean"])}
+                    {text_input("Seed", "seed", form.seed, "0")}
+                </fieldset>
+                <fieldset><legend>"Split"</legend>
+                    <label class="check"><input type="checkbox" prop:checked=form.split_on on:change=move |ev| form.split_on.set(event_target_checked(&ev)) />"Only one part of the paper's split"</label>
+                    <Show when=move || form.split_on.get()>
+                        {text_input("Downstream site", "downstream_site", form.downstream_site, "0")}
+                        {choice("Part", "part", form.part, &["pretrain", "train", "validation", "test"])}
+                        {text_input("Split seed", "split_seed", form.split_seed, "0")}
+                    </Show>
+                </fieldset>
+            }
+            .into_any(),
+            _ => view! {
+                <fieldset><legend>"Import from the server's import roots"</legend>
+                    {dataset_select()}
+                    {text_input("Path", "path", form.path, "a file or folder under an import root")}
+                    {text_input("Labels manifest", "labels", form.labels, "optional CSV/JSON under an import root")}
+                    {text_input("Site", "site", form.site, "0")}
+                </fieldset>
+            }
+            .into_any(),
+        }
+    };
+
+    view! {
+        <h1>"New run"</h1>
+        <form class="launch" on:submit=submit>
+            <fieldset><legend>"Job"</legend>
+                <label>"Kind"
+                    <select name="kind" on:change=move |ev| { raw_mode.set(false); set_kind_q.set(Some(event_target_value(&ev))); }>
+                        {move || loaded(kinds.get(), move |ks: Vec<JobKind>| ks.into_iter().map(|k| {
+                            let name = k.kind.clone();
+                            view! { <option value=k.kind.clone() selected=move || kind.get() == name>{k.kind.clone()}</option> }
+                        }).collect_view())}
+                    </select>
+                </label>
+                <label>"Experiment"
+                    <select name="experiment" on:change=move |ev| experiment.set(event_target_value(&ev))>
+                        <option value="">"None"</option>
+                        {move || experiments.get().and_then(|e| e.ok()).unwrap_or_default().into_iter().map(|e| {
+                            let id = e.id.to_string();
+                            let is = id.clone();
+                            view! { <option value=id selected=move || experiment.get() == is>{e.name.clone()}</option> }
+                        }).collect_view()}
+                    </select>
+                </label>
+                {text_input("Priority", "priority", priority, "0")}
+                {text_input("Attempts", "max_attempts", attempts, "3")}
+            </fieldset>
+            {fields}
+            {move || params.get().err().map(|problems| view! {
+                <ul class="problems">{problems.into_iter().map(|p| view! { <li>{p}</li> }).collect_view()}</ul>
+            })}
+            <ErrorBox error=error />
+            <div class="inline">
+                <button type="submit" disabled=move || busy.get() || params.with(Result::is_err)>"Launch"</button>
+                <button type="button" class="link" on:click=edit_json hidden=move || raw_mode.get()>"Edit as JSON"</button>
+            </div>
+            <details>
+                <summary>"Parameters sent"</summary>
+                <pre class="json">{move || params.get().ok().map(|p| serde_json::to_string_pretty(&p).unwrap_or_default())}</pre>
+            </details>
+        </form>
+    }
+}

@@ -1,0 +1,9 @@
+pub mod compare;
+pub mod dataset;
+pub mod datasets;
+pub mod experiments;
+pub mod gallery;
+pub mod launch;
+pub mod login;
+pub mod run;
+pub mod runs;

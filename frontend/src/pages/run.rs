@@ -1,0 +1,292 @@
+//! One run: live state through server-sent events, progress, cancel/retry, parameters and result, the
+//! training curves (smoothing in the URL), its samples and artifacts, and its log tail.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use leptos_router::hooks::{query_signal, use_navigate};
+use repdiff_api::{Artifact, Job, JobState, LogLine, MetricSeries};
+use send_wrapper::SendWrapper;
+use wasm_bindgen::prelude::*;
+
+use crate::api::{self, ApiError};
+use crate::chart::{LineChart, Series};
+use crate::util::{ErrorBox, ago, bytes, duration, loaded, param_id, state_badge};
+
+#[component]
+pub fn RunPage() -> impl IntoView {
+    let id = param_id("id");
+    move || id.get().map(|id| view! { <RunView id=id /> })
+}
+
+/// Follows a job through `GET /jobs/{id}/events` until it is final.
+fn follow(id: i64, job: RwSignal<Option<Result<Job, ApiError>>>) {
+    let Ok(source) = web_sys::EventSource::new(&format!("{}/jobs/{id}/events", api::BASE)) else { return };
+    let source = SendWrapper::new(source);
+    let closer = source.clone();
+    let on_job = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
+        let Some(text) = ev.data().as_string() else { return };
+        if let Ok(update) = serde_json::from_str::<Job>(&text) {
+            if update.state.is_final() {
+                closer.close();
+            }
+            job.set(Some(Ok(update)));
+        }
+    });
+    let _ = source.add_event_listener_with_callback("job", on_job.as_ref().unchecked_ref());
+    let on_job = SendWrapper::new(on_job);
+    on_cleanup(move || {
+        source.close();
+        drop(on_job);
+    });
+}
+
+#[component]
+fn RunView(id: i64) -> impl IntoView {
+    let job = RwSignal::new(None::<Result<Job, ApiError>>);
+    spawn_local(async move { job.set(Some(api::get::<Job>(&format!("/jobs/{id}")).await)) });
+    follow(id, job);
+    let action_error = RwSignal::new(None::<ApiError>);
+    let act = move |what: &'static str| {
+        spawn_local(async move {
+            match api::post::<_, Job>(&format!("/jobs/{id}/{what}"), &serde_json::json!({})).await {
+                Ok(j) => {
+                    let restarted = what == "retry";
+                    job.set(Some(Ok(j)));
+                    action_error.set(None);
+                    if restarted {
+                        // A retried job runs again: follow its new events.
+                        follow(id, job);
+                    }
+                }
+                Err(e) => action_error.set(Some(e)),
+            }
+        });
+    };
+    // Metrics and logs refresh as the job moves (at most every two seconds), and once more at its end.
+    let version = Memo::new(move |_| {
+        job.with(|j| match j {
+            Some(Ok(j)) => (j.state, j.progress.as_ref().map(|p| p.step).unwrap_or(0)),
+            _ => (JobState::Queued, 0),
+        })
+    });
+    let refresh = RwSignal::new(0u32);
+    let last = StoredValue::new(0.0f64);
+    Effect::new(move |_| {
+        let (state, _) = version.get();
+        let now = js_sys::Date::now();
+        if state.is_final() || now - last.get_value() > 2000.0 {
+            last.set_value(now);
+            refresh.update(|n| *n += 1);
+        }
+    });
+    view! {
+        {move || loaded(job.get(), move |j: Job| view! {
+            <RunHeader job=j on_cancel=move || act("cancel") on_retry=move || act("retry") />
+        })}
+        <ErrorBox error=action_error />
+        <Show when=move || job.with(|j| matches!(j, Some(Ok(_))))>
+            <Charts id=id refresh=refresh />
+            <Outputs id=id refresh=refresh job=job />
+            <Logs id=id refresh=refresh />
+        </Show>
+    }
+}
+
+#[component]
+fn RunHeader(
+    job: Job,
+    on_cancel: impl Fn() + Send + Sync + 'static,
+    on_retry: impl Fn() + Send + Sync + 'static,
+) -> impl IntoView {
+    let id = job.id;
+    let progress = job.progress.clone();
+    let fraction = progress.as_ref().filter(|p| p.total > 0).map(|p| p.step as f64 / p.total as f64);
+    let took = match (job.started_at, job.finished_at) {
+        (Some(s), Some(f)) => format!("took {}", duration((f - s).num_seconds())),
+        (Some(s), None) => format!("running for {}", duration((chrono::Utc::now() - s).num_seconds())),
+        _ => String::new(),
+    };
+    let can_cancel = !job.state.is_final() && !job.cancel_requested;
+    let can_retry = matches!(job.state, JobState::Failed | JobState::Cancelled);
+    let trained = job.kind == "pretrain" && job.state == JobState::Succeeded;
+    view! {
+        <div class="titlebar">
+            <h1>{format!("Run #{id} · {}", job.kind)}</h1>
+            {state_badge(job.state)}
+            <span class="muted">{format!("attempt {} of {}", job.attempt, job.max_attempts)}</span>
+            <span class="spacer"></span>
+            {can_cancel.then(|| view! { <button class="danger" on:click=move |_| on_cancel()>"Cancel"</button> })}
+            {job.cancel_requested.then(|| (!job.state.is_final()).then(|| view! { <span class="muted">"cancelling…"</span> }))}
+            {can_retry.then(|| view! { <button on:click=move |_| on_retry()>"Retry"</button> })}
+            <a class="button secondary" href=format!("/runs/new?from={id}")>"Clone"</a>
+            {trained.then(|| view! { <a class="button" href=format!("/runs/new?kind=sample&checkpoint={id}")>"Sample from it"</a> })}
+        </div>
+        <p class="muted">
+            {format!("by {} · created {}", job.owner.clone().unwrap_or_else(|| "-".into()), ago(job.created_at))}
+            {job.experiment_id.map(|e| view! { " · " <a href=format!("/runs?experiment={e}")>{format!("experiment {e}")}</a> })}
+            {(!took.is_empty()).then(|| format!(" · {took}"))}
+        </p>
+        <div class="progress-row">
+            <progress class="run-progress" max="1" value=fraction.unwrap_or(0.0)></progress>
+            <span class="progress-text">{progress.map(|p| format!("{} / {} {}", p.step, p.total, p.message)).unwrap_or_else(|| "waiting for a worker".into())}</span>
+        </div>
+        {job.error.clone().map(|e| view! { <div class="error" role="alert"><strong>"Failed: "</strong>{e}</div> })}
+        <div class="columns">
+            <section class="card"><h2>"Parameters"</h2><pre class="json">{serde_json::to_string_pretty(&job.params).unwrap_or_default()}</pre></section>
+            {job.result.clone().map(|r| view! { <section class="card"><h2>"Result"</h2><pre class="json">{serde_json::to_string_pretty(&r).unwrap_or_default()}</pre></section> })}
+        </div>
+    }
+}
+
+#[component]
+fn Charts(id: i64, refresh: RwSignal<u32>) -> impl IntoView {
+    let (smooth_q, set_smooth) = query_signal::<f64>("smooth");
+    let (metric_q, set_metric) = query_signal::<String>("metric");
+    let smoothing = Signal::derive(move || smooth_q.get().unwrap_or(0.6).clamp(0.0, 0.99));
+    let metrics = LocalResource::new(move || {
+        refresh.track();
+        async move { api::get::<Vec<MetricSeries>>(&format!("/jobs/{id}/metrics")).await }
+    });
+    // The last good answer stays on screen while a refresh is in flight.
+    let shown = RwSignal::new(Vec::<MetricSeries>::new());
+    Effect::new(move |_| {
+        if let Some(Ok(m)) = metrics.get() {
+            shown.set(m);
+        }
+    });
+    let main_name = Memo::new(move |_| {
+        metric_q
+            .get()
+            .or_else(|| shown.with(|m| m.iter().find(|s| s.name == "loss").or(m.first()).map(|s| s.name.clone())))
+    });
+    let main = Signal::derive(move || {
+        let name = main_name.get();
+        shown.with(|m| m.iter().filter(|s| Some(&s.name) == name.as_ref()).map(Series::from_metric).collect::<Vec<_>>())
+    });
+    view! {
+        <Show when=move || !shown.with(Vec::is_empty)>
+            <section class="card" id="charts">
+                <div class="titlebar">
+                    <h2>"Training curves"</h2>
+                    <span class="spacer"></span>
+                    <label>"Metric "
+                        <select name="metric" on:change=move |ev| set_metric.set(Some(event_target_value(&ev)))>
+                            {move || shown.get().into_iter().map(|s| {
+                                let n = s.name.clone();
+                                view! { <option value=s.name.clone() selected=move || main_name.get().as_deref() == Some(n.as_str())>{s.name.clone()}</option> }
+                            }).collect_view()}
+                        </select>
+                    </label>
+                    <label>"Smoothing "
+                        <input type="range" name="smoothing" min="0" max="0.99" step="0.01" prop:value=move || smoothing.get().to_string()
+                            on:input=move |ev| set_smooth.set(event_target_value(&ev).parse().ok()) />
+                        <span class="num">{move || format!("{:.2}", smoothing.get())}</span>
+                    </label>
+                </div>
+                <div class="chart-main" data-metric=move || main_name.get().unwrap_or_default()>
+                    <LineChart series=main smoothing=smoothing x_label="step" />
+                </div>
+                <div class="small-multiples">
+                    {move || shown.get().into_iter().filter(|s| Some(&s.name) != main_name.get().as_ref()).map(|s| {
+                        let name = s.name.clone();
+                        let series = vec![Series::from_metric(&s)];
+                        view! {
+                            <figure class="chart-small">
+                                <figcaption><button class="link" on:click=move |_| set_metric.set(Some(name.clone()))>{s.name.clone()}</button></figcaption>
+                                <LineChart series=series smoothing=smoothing x_label="step" />
+                            </figure>
+                        }
+                    }).collect_view()}
+                </div>
+            </section>
+        </Show>
+    }
+}
+
+#[component]
+fn Outputs(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
+    let artifacts = LocalResource::new(move || {
+        refresh.track();
+        async move { api::get::<Vec<Artifact>>(&format!("/jobs/{id}/artifacts")).await }
+    });
+    let navigate = use_navigate();
+    let kind =
+        move || job.with(|j| j.as_ref().and_then(|j| j.as_ref().ok()).map(|j| j.kind.clone())).unwrap_or_default();
+    view! {
+        {move || loaded(artifacts.get(), {
+            let navigate = navigate.clone();
+            move |list: Vec<Artifact>| {
+                if list.is_empty() {
+                    return ().into_any();
+                }
+                let images: Vec<Artifact> = list.iter().filter(|a| a.kind == "sample_image").cloned().collect();
+                let grid = list.iter().find(|a| a.kind == "grid").cloned();
+                let gallery = if kind() == "sample" { format!("/gallery?job={id}") } else { format!("/gallery?from_job={id}") };
+                let navigate = navigate.clone();
+                view! {
+                    {(!images.is_empty() || grid.is_some()).then(|| view! {
+                        <section class="card" id="samples">
+                            <div class="titlebar"><h2>"Samples"</h2><span class="spacer"></span>
+                                <button class="link" on:click=move |_| navigate(&gallery, Default::default())>"Open in the gallery"</button></div>
+                            {grid.map(|g| view! { <img class="grid-image" alt="sample grid" src=g.url.clone() /> })}
+                            <div class="thumbs">
+                                {images.into_iter().take(32).map(|a| {
+                                    let class = a.meta.get("class").and_then(|c| c.as_i64());
+                                    view! { <a class="thumb" href=a.url.clone() target="_blank"><img alt="sample" src=a.url.clone() loading="lazy" />
+                                        {class.map(|c| view! { <span class="tag">{format!("class {c}")}</span> })}</a> }
+                                }).collect_view()}
+                            </div>
+                        </section>
+                    })}
+                    <section class="card">
+                        <h2>"Artifacts"</h2>
+                        <table class="grid">
+                            <thead><tr><th>"Kind"</th><th>"File"</th><th>"Size"</th><th>"Updated"</th></tr></thead>
+                            <tbody>
+                                {list.into_iter().filter(|a| a.kind != "sample_image").map(|a| view! {
+                                    <tr><td>{a.kind.clone()}</td>
+                                        <td><a href=a.url.clone() download>{a.key.rsplit('/').next().unwrap_or("").to_string()}</a></td>
+                                        <td class="num">{bytes(a.size as f64)}</td><td>{ago(a.updated_at)}</td></tr>
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                    </section>
+                }.into_any()
+            }
+        })}
+    }
+}
+
+#[component]
+fn Logs(id: i64, refresh: RwSignal<u32>) -> impl IntoView {
+    let lines = RwSignal::new(Vec::<LogLine>::new());
+    let error = RwSignal::new(None::<ApiError>);
+    let busy = StoredValue::new(false);
+    Effect::new(move |_| {
+        refresh.track();
+        if busy.get_value() {
+            return;
+        }
+        busy.set_value(true);
+        let after = lines.with_untracked(|l| l.last().map(|l| l.id)).map(|a| format!("?after={a}")).unwrap_or_default();
+        spawn_local(async move {
+            match api::get::<Vec<LogLine>>(&format!("/jobs/{id}/logs{after}")).await {
+                Ok(more) => lines.update(|l| l.extend(more)),
+                Err(e) => error.set(Some(e)),
+            }
+            busy.set_value(false);
+        });
+    });
+    view! {
+        <section class="card" id="logs">
+            <h2>"Log"</h2>
+            <ErrorBox error=error />
+            {move || lines.with(Vec::is_empty).then(|| view! { <p class="empty">"Nothing logged yet."</p> })}
+            <pre class="log">
+                <For each=move || lines.get() key=|l| l.id let(l)>
+                    <div class=format!("log-{}", l.level)>{format!("{} {:5} {}", l.at.format("%H:%M:%S"), l.level, l.message)}</div>
+                </For>
+            </pre>
+        </section>
+    }
+}
