@@ -137,10 +137,12 @@ try {
   await page.fill("input[name=steps]", "80");
   await page.fill("input[name=checkpoint_every]", "40");
   await page.fill("input[name=batch_size]", "8");
+  await page.fill("input[name=tags]", "e2e, tiny, e2e");
   await shot("launch-pretrain");
   await page.click("button:has-text('Launch')");
   await page.waitForURL(/\/runs\/\d+$/);
   const trainId = Number(page.url().split("/").pop());
+  assert.deepEqual((await api(`/jobs/${trainId}`)).tags, ["e2e", "tiny"]);
 
   step("watch it live (server-sent events) until it succeeds");
   const seen = new Set();
@@ -156,6 +158,12 @@ try {
   console.log(`  progress seen: ${[...seen].join(" | ")}`);
   assert.ok(steps.length >= 2, "the page moved with the run without a reload");
   assert.ok(!(await page.locator("button:has-text('Cancel')").count()), "no cancel on a finished run");
+
+  step("tags: add one on the run page");
+  await page.fill("input[name=add_tag]", "keep");
+  await page.locator("input[name=add_tag]").press("Enter");
+  await page.locator(".tags .tagchip", { hasText: "keep" }).waitFor();
+  assert.deepEqual((await api(`/jobs/${trainId}`)).tags, ["e2e", "tiny", "keep"]);
 
   step("the loss chart draws the API's numbers");
   const metrics = await api(`/jobs/${trainId}/metrics?name=loss`);
@@ -233,6 +241,12 @@ try {
   await page.fill("input[name=q]", "sample");
   await page.locator(`tr[data-run="${trainId}"]`).waitFor({ state: "detached" });
   await page.fill("input[name=q]", "");
+  await page.locator(`tr[data-run="${trainId}"] button.tagchip`, { hasText: "keep" }).click();
+  await page.waitForURL(/tag=keep/);
+  await page.locator(`tr[data-run="${sampleId}"]`).waitFor({ state: "detached" });
+  await page.locator(`tr[data-run="${trainId}"]`).waitFor();
+  await page.click("button[aria-label='remove the tag filter']");
+  await page.locator(`tr[data-run="${sampleId}"]`).waitFor();
   await page.check(`tr[data-run="${trainId}"] input[type=checkbox]`);
   await page.check(`tr[data-run="${sampleId}"] input[type=checkbox]`);
   await shot("runs");

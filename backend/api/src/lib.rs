@@ -192,6 +192,18 @@ pub struct SubmitJob {
     pub priority: i16,
     /// Attempts before the job fails for good (1..=20; default 3).
     pub max_attempts: Option<i32>,
+    /// Labels for finding and comparing runs (see [`check_tags`]).
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// A change to a job: only the fields given change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct JobPatch {
+    /// The job's whole tag list (see [`check_tags`]).
+    pub tags: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -217,6 +229,8 @@ pub struct Job {
     pub attempt: i32,
     pub max_attempts: i32,
     pub cancel_requested: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
     pub error: Option<String>,
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub result: Option<serde_json::Value>,
@@ -450,5 +464,40 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
         Err(format!("{what} names are 1-200 characters, not only spaces"))
     } else {
         Ok(())
+    }
+}
+
+/// Tidies a run's tags: trimmed, blanks dropped, duplicates dropped (first kept); each 1-40 characters
+/// without commas, at most 20.
+pub fn check_tags(tags: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for tag in tags {
+        let tag = tag.trim();
+        if tag.is_empty() || out.iter().any(|t| t == tag) {
+            continue;
+        }
+        if tag.chars().count() > 40 || tag.contains(',') {
+            return Err(format!("tag {tag:?}: tags are 1-40 characters without commas"));
+        }
+        out.push(tag.to_string());
+    }
+    if out.len() > 20 {
+        return Err("at most 20 tags".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_tidied_and_checked() {
+        let tags = ["  baseline ", "", "lr-sweep", "baseline"].map(String::from);
+        assert_eq!(check_tags(&tags).unwrap(), ["baseline", "lr-sweep"]);
+        assert!(check_tags(&["a,b".to_string()]).is_err());
+        assert!(check_tags(&["x".repeat(41)]).is_err());
+        let many: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
+        assert!(check_tags(&many).is_err());
     }
 }

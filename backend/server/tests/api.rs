@@ -373,11 +373,24 @@ async fn pretrain_then_sample_through_the_api() {
     let m = &mut config.model;
     (m.input_size, m.patch_size, m.hidden_size, m.depth, m.num_heads) = (16, 4, 32, 1, 2);
     (config.train.steps, config.train.batch_size, config.train.checkpoint_every) = (30, 8, 10);
-    let submit =
-        json!({ "kind": "pretrain", "params": { "run": { "config": config }, "data": { "toy": { "n": 32 } } } });
+    let submit = json!({ "kind": "pretrain", "params": { "run": { "config": config }, "data": { "toy": { "n": 32 } } },
+                         "tags": [" tiny ", "toy", "tiny"] });
     let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply.body));
     let id = reply.json()["id"].as_i64().unwrap();
+    assert_eq!(reply.json()["tags"], json!(["tiny", "toy"]));
+
+    // Tags: changed by the owner, filtered on, checked.
+    let tagged = app
+        .call("PATCH", &format!("/api/v1/jobs/{id}"), Some(&ada), Some(json!({ "tags": ["baseline", "toy"] })))
+        .await;
+    assert_eq!(tagged.json()["tags"], json!(["baseline", "toy"]));
+    let found = app.call("GET", "/api/v1/jobs?tag=baseline", Some(&ada), None).await.json();
+    assert_eq!(found["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_i64().unwrap()).collect::<Vec<_>>(), [id]);
+    let none = app.call("GET", "/api/v1/jobs?tag=tiny", Some(&ada), None).await.json();
+    assert!(none["jobs"].as_array().unwrap().is_empty());
+    let bad = app.call("PATCH", &format!("/api/v1/jobs/{id}"), Some(&ada), Some(json!({ "tags": ["a,b"] }))).await;
+    assert_eq!(bad.error_code(), "invalid_request");
 
     // The presets a launch form starts from, in full, as the engine resolves them.
     let presets = app.call("GET", "/api/v1/presets", Some(&ada), None).await.json();

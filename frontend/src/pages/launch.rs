@@ -262,6 +262,7 @@ pub fn Launch() -> impl IntoView {
     let experiment = RwSignal::new(String::new());
     let priority = Field::new("0");
     let attempts = Field::new("3");
+    let tags = Field::new("");
     let error = RwSignal::new(None::<ApiError>);
     let busy = RwSignal::new(false);
 
@@ -276,6 +277,7 @@ pub fn Launch() -> impl IntoView {
                     if let Some(e) = job.experiment_id {
                         experiment.set(e.to_string());
                     }
+                    tags.value.set(job.tags.join(", "));
                 }
                 Err(e) => error.set(Some(e)),
             }
@@ -326,6 +328,10 @@ pub fn Launch() -> impl IntoView {
     let trained = LocalResource::new(|| api::get::<JobPage>("/jobs?kind=pretrain&state=succeeded&limit=200"));
     let encoded = LocalResource::new(|| api::get::<JobPage>("/jobs?kind=encode&state=succeeded&limit=200"));
 
+    let tag_list = Memo::new(move |_| {
+        let list: Vec<String> = tags.value.get().split(',').map(str::to_string).collect();
+        repdiff_api::check_tags(&list)
+    });
     let params = Memo::new(move |_| {
         let k = kind.get();
         if raw_mode.get() || !KNOWN.contains(&k.as_str()) {
@@ -347,13 +353,14 @@ pub fn Launch() -> impl IntoView {
     let navigate = use_navigate();
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        let Ok(p) = params.get_untracked() else { return };
+        let (Ok(p), Ok(tags)) = (params.get_untracked(), tag_list.get_untracked()) else { return };
         let body = SubmitJob {
             kind: kind.get_untracked(),
             params: p,
             experiment_id: experiment.get_untracked().parse().ok(),
             priority: priority.text().parse().unwrap_or(0),
             max_attempts: attempts.text().parse().ok(),
+            tags,
         };
         busy.set(true);
         let navigate = navigate.clone();
@@ -525,14 +532,16 @@ pub fn Launch() -> impl IntoView {
                 </label>
                 {text_input("Priority", "priority", priority, "0")}
                 {text_input("Attempts", "max_attempts", attempts, "3")}
+                {text_input("Tags", "tags", tags, "baseline, lr-sweep")}
             </fieldset>
             {fields}
+            {move || tag_list.get().err().map(|problem| view! { <ul class="problems"><li>{format!("Tags: {problem}")}</li></ul> })}
             {move || params.get().err().map(|problems| view! {
                 <ul class="problems">{problems.into_iter().map(|p| view! { <li>{p}</li> }).collect_view()}</ul>
             })}
             <ErrorBox error=error />
             <div class="inline">
-                <button type="submit" disabled=move || busy.get() || params.with(Result::is_err)>"Launch"</button>
+                <button type="submit" disabled=move || busy.get() || params.with(Result::is_err) || tag_list.with(Result::is_err)>"Launch"</button>
                 <button type="button" class="link" on:click=edit_json hidden=move || raw_mode.get()>"Edit as JSON"</button>
             </div>
             <details>

@@ -85,6 +85,7 @@ fn RunView(id: i64) -> impl IntoView {
         })}
         <ErrorBox error=action_error />
         <Show when=move || job.with(|j| matches!(j, Some(Ok(_))))>
+            <Tags id=id job=job />
             <Charts id=id refresh=refresh />
             <Outputs id=id refresh=refresh job=job />
             <Logs id=id refresh=refresh />
@@ -135,6 +136,57 @@ fn RunHeader(
             <section class="card"><h2>"Parameters"</h2><pre class="json">{serde_json::to_string_pretty(&job.params).unwrap_or_default()}</pre></section>
             {job.result.clone().map(|r| view! { <section class="card"><h2>"Result"</h2><pre class="json">{serde_json::to_string_pretty(&r).unwrap_or_default()}</pre></section> })}
         </div>
+    }
+}
+
+/// The run's tags: × removes one, Enter in the box adds them (commas separate several).
+#[component]
+fn Tags(id: i64, job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
+    let tags =
+        move || job.with(|j| j.as_ref().and_then(|j| j.as_ref().ok()).map(|j| j.tags.clone()).unwrap_or_default());
+    let draft = RwSignal::new(String::new());
+    let error = RwSignal::new(None::<ApiError>);
+    let save = move |list: Vec<String>| {
+        let list = match repdiff_api::check_tags(&list) {
+            Ok(list) => list,
+            Err(message) => return error.set(Some(ApiError { status: 422, code: "invalid_request".into(), message })),
+        };
+        spawn_local(async move {
+            let patch = repdiff_api::JobPatch { tags: Some(list) };
+            match api::patch::<_, Job>(&format!("/jobs/{id}"), &patch).await {
+                Ok(j) => {
+                    error.set(None);
+                    draft.set(String::new());
+                    job.set(Some(Ok(j)));
+                }
+                Err(e) => error.set(Some(e)),
+            }
+        });
+    };
+    view! {
+        <div class="inline tags">
+            "Tags: "
+            {move || tags().into_iter().map(|t| {
+                let gone = t.clone();
+                view! {
+                    <span class="tagchip">
+                        <a href=format!("/runs?tag={}", api::enc(&t))>{t.clone()}</a>
+                        <button class="link" aria-label=format!("remove tag {t}")
+                            on:click=move |_| save(tags().into_iter().filter(|x| *x != gone).collect())>"×"</button>
+                    </span>
+                }
+            }).collect_view()}
+            <input name="add_tag" class="short" placeholder="add tag" prop:value=draft
+                on:input=move |ev| draft.set(event_target_value(&ev))
+                on:keydown=move |ev: web_sys::KeyboardEvent| {
+                    if ev.key() == "Enter" {
+                        let mut list = tags();
+                        list.extend(draft.get_untracked().split(',').map(str::to_string));
+                        save(list);
+                    }
+                } />
+        </div>
+        <ErrorBox error=error />
     }
 }
 

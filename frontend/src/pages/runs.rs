@@ -77,6 +77,7 @@ pub fn Runs() -> impl IntoView {
     let (kind, set_kind) = query_signal::<String>("kind");
     let (state, set_state) = query_signal::<String>("state");
     let (experiment, set_experiment) = query_signal::<i64>("experiment");
+    let (tag, set_tag) = query_signal::<String>("tag");
     let (text, set_text) = query_signal::<String>("q");
     let (sort, set_sort) = query_signal::<String>("sort");
     let (desc, set_desc) = query_signal::<bool>("desc");
@@ -94,6 +95,9 @@ pub fn Runs() -> impl IntoView {
         }
         if let Some(e) = experiment.get() {
             q.push(format!("experiment_id={e}"));
+        }
+        if let Some(t) = tag.get().filter(|t| !t.is_empty()) {
+            q.push(format!("tag={}", api::enc(&t)));
         }
         let url = format!("/runs?{}", q.join("&"));
         async move { api::get::<RunPage>(&url).await }
@@ -161,6 +165,10 @@ pub fn Runs() -> impl IntoView {
                     view! { <option value=e.id selected=move || experiment.get() == Some(id)>{e.name.clone()}</option> }
                 }).collect_view()}
             </select>
+            {move || tag.get().map(|t| view! {
+                <span class="chip on">{format!("tag: {t}")}
+                    <button class="link" aria-label="remove the tag filter" on:click=move |_| set_tag.set(None)>"×"</button></span>
+            })}
             <input type="search" name="q" placeholder="Filter: text in any column" prop:value=move || text.get().unwrap_or_default()
                 on:input=move |ev| { let v = event_target_value(&ev); set_text.set((!v.is_empty()).then_some(v)); } />
             <label class="check"><input type="checkbox" prop:checked=move || diff.get().unwrap_or(false)
@@ -173,7 +181,8 @@ pub fn Runs() -> impl IntoView {
             let needle = text.get().unwrap_or_default().to_lowercase();
             view! {
                 <RunsTable runs=page.runs needle=needle sort=sort.get() desc=desc.get().unwrap_or(false)
-                    only_diff=diff.get().unwrap_or(false) selected=selected on_sort=header_click />
+                    only_diff=diff.get().unwrap_or(false) selected=selected on_sort=header_click
+                    on_tag=move |t| set_tag.set(Some(t)) />
             }
         })}
     }
@@ -188,6 +197,7 @@ fn RunsTable(
     only_diff: bool,
     selected: RwSignal<BTreeSet<i64>>,
     on_sort: impl Fn(String) + Copy + Send + Sync + 'static,
+    on_tag: impl Fn(String) + Copy + Send + Sync + 'static,
 ) -> impl IntoView {
     if runs.is_empty() {
         return view! { <p class="empty">"No runs match. Launch one with “New run”."</p> }.into_any();
@@ -225,11 +235,12 @@ fn RunsTable(
     if !needle.is_empty() {
         rows.retain(|(run, config)| {
             let hay = format!(
-                "{} {} {} {} {}",
+                "{} {} {} {} {} {}",
                 run.job.id,
                 run.job.kind,
                 run.job.state.as_str(),
                 run.job.owner.clone().unwrap_or_default(),
+                run.job.tags.join(" "),
                 config.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
             )
             .to_lowercase();
@@ -284,7 +295,7 @@ fn RunsTable(
                     {head("id", "Run".into())}
                     {head("kind", "Kind".into())}
                     {head("state", "State".into())}
-                    <th>"Progress"</th><th>"Owner"</th><th>"Created"</th><th>"Took"</th>
+                    <th>"Tags"</th><th>"Progress"</th><th>"Owner"</th><th>"Created"</th><th>"Took"</th>
                     {columns.iter().map(|(k, label)| head(k, label.clone())).collect_view()}
                 </tr></thead>
                 <tbody>
@@ -309,6 +320,11 @@ fn RunsTable(
                                 <td><a href=format!("/runs/{id}")>{format!("#{id}")}</a></td>
                                 <td>{job.kind.clone()}</td>
                                 <td>{state_badge(job.state)}</td>
+                                <td>{job.tags.iter().map(|t| {
+                                    let t = t.clone();
+                                    let label = t.clone();
+                                    view! { <button class="tagchip" title="show runs with this tag" on:click=move |_| on_tag(t.clone())>{label}</button> }
+                                }).collect_view()}</td>
                                 <td class="num">{progress}</td>
                                 <td>{job.owner.clone().unwrap_or_default()}</td>
                                 <td>{ago(job.created_at)}</td>

@@ -15,8 +15,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use repdiff_api::{
-    Artifact, Experiment, Job, JobKind, JobPage, JobState, LogLine, MetricSeries, MetricSummary, NewExperiment, Preset,
-    Progress, ResourcePatch, Role, Run, RunPage, SubmitJob,
+    Artifact, Experiment, Job, JobKind, JobPage, JobPatch, JobState, LogLine, MetricSeries, MetricSummary,
+    NewExperiment, Preset, Progress, ResourcePatch, Role, Run, RunPage, SubmitJob,
 };
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -33,7 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/presets", get(presets))
         .route("/jobs", get(list_jobs).post(submit_job))
         .route("/runs", get(list_runs))
-        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}", get(get_job).patch(patch_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/retry", post(retry_job))
         .route("/jobs/{id}/events", get(job_events))
@@ -54,6 +54,7 @@ struct JobFilter {
     state: Option<JobState>,
     kind: Option<String>,
     experiment_id: Option<i64>,
+    tag: Option<String>,
     before: Option<i64>,
     limit: i64,
 }
@@ -62,8 +63,8 @@ struct JobFilter {
 async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> sqlx::Result<Vec<Job>> {
     let rows = sqlx::query!(
         r#"SELECT j.id, j.kind, j.params, j.state, u.username AS "owner?", j.experiment_id, j.priority, j.attempt,
-                  j.max_attempts, j.cancel_requested, j.error, j.result, j.created_at, j.started_at, j.finished_at,
-                  p.step AS "step?", p.total AS "total?", p.message AS "message?", p.updated_at AS "progress_at?"
+                  j.max_attempts, j.cancel_requested, j.tags, j.error, j.result, j.created_at, j.started_at,
+                  j.finished_at, p.step AS "step?", p.total AS "total?", p.message AS "message?", p.updated_at AS "progress_at?"
            FROM jobs j
            LEFT JOIN users u ON u.id = j.owner_id
            LEFT JOIN job_progress p ON p.job_id = j.id
@@ -74,6 +75,7 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
              AND ($5::text IS NULL OR j.kind = $5)
              AND ($6::bigint IS NULL OR j.experiment_id = $6)
              AND ($7::bigint IS NULL OR j.id < $7)
+             AND ($9::text IS NULL OR $9 = ANY(j.tags))
            ORDER BY j.id DESC
            LIMIT $8"#,
         user.is_admin(),
@@ -84,6 +86,7 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
         filter.experiment_id,
         filter.before,
         filter.limit,
+        filter.tag,
     )
     .fetch_all(pool)
     .await?;
@@ -100,6 +103,7 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
             attempt: r.attempt,
             max_attempts: r.max_attempts,
             cancel_requested: r.cancel_requested,
+            tags: r.tags,
             error: r.error,
             result: r.result,
             progress: match (r.step, r.total, r.message, r.progress_at) {
@@ -140,8 +144,8 @@ pub async fn job_kinds(State(state): State<AppState>, _user: CurrentUser) -> Jso
 pub async fn presets(_user: CurrentUser) -> ApiResult<Json<Vec<Preset>>> {
     let mut out = Vec::new();
     for name in repdiff_engine::config::PRESETS {
-        let config = repdiff_engine::config::RunConfig::preset(name).map_err(|e| ApiError::internal(e))?;
-        let config = serde_json::to_value(config).map_err(|e| ApiError::internal(e))?;
+        let config = repdiff_engine::config::RunConfig::preset(name).map_err(ApiError::internal)?;
+        let config = serde_json::to_value(config).map_err(ApiError::internal)?;
         out.push(Preset { name: name.to_string(), config });
     }
     Ok(Json(out))
@@ -155,6 +159,8 @@ pub struct JobQuery {
     state: Option<JobState>,
     kind: Option<String>,
     experiment_id: Option<i64>,
+    /// Only jobs with this tag.
+    tag: Option<String>,
     /// Only jobs with a smaller id (the previous page's `next_before`).
     before: Option<i64>,
     /// 1 to 200; default 50.
@@ -177,6 +183,7 @@ pub async fn list_jobs(
         state: q.state,
         kind: q.kind,
         experiment_id: q.experiment_id,
+        tag: q.tag,
         before: q.before,
         limit: limit + 1,
     };
@@ -297,6 +304,7 @@ pub async fn submit_job(
     if let Some(experiment) = submit.experiment_id {
         visible_experiment(&state.pool, &user, experiment).await?;
     }
+    let tags = repdiff_api::check_tags(&submit.tags).map_err(ApiError::invalid)?;
     if !(-100..=100).contains(&submit.priority) {
         return Err(ApiError::invalid("priority is -100 to 100"));
     }
@@ -323,8 +331,34 @@ pub async fn submit_job(
         experiment_id: submit.experiment_id,
     };
     let (queued, created) = queue::submit_once(&state.pool, &new).await?;
+    if created && !tags.is_empty() {
+        set_tags(&state.pool, queued.id, &tags).await?;
+    }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(visible_job(&state.pool, &user, queued.id).await?)))
+}
+
+async fn set_tags(pool: &PgPool, id: i64, tags: &[String]) -> sqlx::Result<()> {
+    sqlx::query!("UPDATE jobs SET tags = $2 WHERE id = $1", id, tags).execute(pool).await?;
+    Ok(())
+}
+
+/// Changes a job's tags (its owner or an admin).
+#[utoipa::path(patch, path = "/api/v1/jobs/{id}", tag = "jobs", request_body = JobPatch,
+    responses((status = 200, body = Job), (status = 403, body = repdiff_api::ErrorBody),
+              (status = 404, body = repdiff_api::ErrorBody), (status = 422, body = repdiff_api::ErrorBody)))]
+pub async fn patch_job(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(patch): ApiJson<JobPatch>,
+) -> ApiResult<Json<Job>> {
+    own_job(&state.pool, &user, id, "change").await?;
+    if let Some(tags) = patch.tags {
+        let tags = repdiff_api::check_tags(&tags).map_err(ApiError::invalid)?;
+        set_tags(&state.pool, id, &tags).await?;
+    }
+    Ok(Json(visible_job(&state.pool, &user, id).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",

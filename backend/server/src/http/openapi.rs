@@ -40,7 +40,7 @@ impl Modify for Security {
         super::health,
         auth::login, auth::logout, auth::me, auth::list_users, auth::add_user,
         auth::list_tokens, auth::add_token, auth::revoke_token,
-        jobs::job_kinds, jobs::presets, jobs::list_jobs, jobs::list_runs, jobs::submit_job, jobs::get_job, jobs::cancel_job, jobs::retry_job,
+        jobs::job_kinds, jobs::presets, jobs::list_jobs, jobs::list_runs, jobs::submit_job, jobs::get_job, jobs::patch_job, jobs::cancel_job, jobs::retry_job,
         jobs::job_events, jobs::job_logs, jobs::job_metrics, jobs::job_artifacts,
         jobs::list_checkpoints, jobs::list_samples, jobs::get_artifact, jobs::artifact_content,
         jobs::list_experiments, jobs::create_experiment, jobs::get_experiment, jobs::patch_experiment,
