@@ -263,6 +263,19 @@ try {
   await page.locator("td a", { hasText: "e2e experiment" }).waitFor();
   await shot("experiments");
 
+  step("a laptop screen: nothing wider than the window");
+  await page.setViewportSize({ width: 1366, height: 768 });
+  for (const view of [`/runs/${trainId}`, `/datasets/${datasetId}`, "/runs", `/gallery?from_job=${trainId}`, "/runs/new"]) {
+    await page.goto(`${base}${view}`);
+    await page.locator("main h1").first().waitFor();
+    await page.waitForTimeout(300);
+    const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    assert.ok(scroll <= inner, `${view}: the page is ${scroll} px wide in a ${inner} px window`);
+  }
+  await page.goto(`${base}/runs/${trainId}`);
+  await page.locator(".chart-main svg.chart").waitFor();
+  await shot("run-laptop-1366");
+
   step("an unknown run shows an error where it happened");
   await page.goto(`${base}/runs/999999`);
   await page.locator(".error", { hasText: "does not exist" }).waitFor();

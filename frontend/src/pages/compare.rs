@@ -71,6 +71,8 @@ pub fn Compare() -> impl IntoView {
                     s.name = format!("#{}", r.job.id);
                     Some(s)
                 }).collect();
+                // The legend names the curves in the chart's colour order (runs without the metric have none).
+                let legend: Vec<String> = overlay.iter().map(|s| s.name.clone()).collect();
                 let configs: Vec<BTreeMap<String, String>> = runs.iter().map(|r| flatten(&r.job.params)).collect();
                 let keys: Vec<String> = configs.iter().flat_map(|c| c.keys().cloned()).collect::<BTreeSet<_>>().into_iter()
                     .filter(|k| configs.iter().any(|c| c.get(k) != configs[0].get(k)))
@@ -109,8 +111,8 @@ pub fn Compare() -> impl IntoView {
                                 </label>
                             </div>
                             <LineChart series=overlay smoothing=smoothing x_label="step" />
-                            <p class="legend">{runs.iter().enumerate().map(|(i, r)| view! {
-                                <span style=format!("color:{}", crate::chart::COLORS[i % crate::chart::COLORS.len()])>{format!("■ #{} ", r.job.id)}</span>
+                            <p class="legend">{legend.iter().enumerate().map(|(i, name)| view! {
+                                <span style=format!("color:{}", crate::chart::COLORS[i % crate::chart::COLORS.len()])>{format!("■ {name} ")}</span>
                             }).collect_view()}</p>
                         </section>
                     })}
