@@ -14,6 +14,12 @@ pub enum Conditioning {
     /// Class label through an embedding table. With `dropout_prob > 0` the table has one extra row, the
     /// null class, used for label dropout in training and for classifier-free guidance at sampling.
     Class { num_classes: usize, dropout_prob: f64 },
+    /// The paper's representation-conditional model (its Fig. 3): a ViT of `encoder_depth` blocks and
+    /// `encoder_heads` heads, as wide as the DiT and with its patch size, encodes the clean latent (a
+    /// reference image's at sampling) into tokens r, which enter the denoiser twice: as a latent-shaped
+    /// map concatenated to its input channels, and concatenated to every block's tokens before one Linear
+    /// maps them back to the width. Trained jointly by the diffusion loss.
+    Representation { encoder_depth: usize, encoder_heads: usize },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -96,6 +102,15 @@ impl ModelConfig {
                 return fail(format!("label dropout_prob must be in [0, 1), got {dropout_prob}"));
             }
         }
+        if let Conditioning::Representation { encoder_depth, encoder_heads } = self.conditioning
+            && (encoder_depth == 0 || encoder_heads == 0 || !self.hidden_size.is_multiple_of(encoder_heads))
+        {
+            return fail(format!(
+                "the representation encoder needs depth >= 1 and a head count dividing hidden_size {} \
+                 (got depth {encoder_depth}, {encoder_heads} heads)",
+                self.hidden_size
+            ));
+        }
         Ok(())
     }
 
@@ -117,9 +132,19 @@ impl ModelConfig {
 
     pub fn num_classes(&self) -> Option<usize> {
         match self.conditioning {
-            Conditioning::None => None,
             Conditioning::Class { num_classes, .. } => Some(num_classes),
+            Conditioning::None | Conditioning::Representation { .. } => None,
         }
+    }
+
+    /// Whether this is the representation-conditional model (it needs a reference latent).
+    pub fn is_representation(&self) -> bool {
+        matches!(self.conditioning, Conditioning::Representation { .. })
+    }
+
+    /// Channels entering the patch embedding: the noisy latent, plus the representation's map.
+    pub fn embed_channels(&self) -> usize {
+        if self.is_representation() { 2 * self.in_channels } else { self.in_channels }
     }
 
     /// The label id of the null class (classifier-free guidance), when the model has one.
@@ -287,6 +312,8 @@ impl RunConfig {
 pub enum ConditioningKind {
     None,
     Class,
+    /// The representation-conditional model, its encoder as deep and with as many heads as the DiT.
+    Representation,
 }
 
 /// A run configuration as a user asks for it: a preset (or a whole config) and the usual overrides. The
@@ -335,6 +362,11 @@ impl Overrides {
             Some(ConditioningKind::None) => config.model.conditioning = Conditioning::None,
             Some(ConditioningKind::Class) if config.model.num_classes().is_none() => {
                 config.model.conditioning = Conditioning::Class { num_classes: num_classes.max(1), dropout_prob: 0.1 }
+            }
+            Some(ConditioningKind::Representation) if !config.model.is_representation() => {
+                let m = &config.model;
+                config.model.conditioning =
+                    Conditioning::Representation { encoder_depth: m.depth, encoder_heads: m.num_heads }
             }
             _ => {}
         }

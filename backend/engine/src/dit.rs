@@ -1,6 +1,12 @@
 //! DiT (Peebles & Xie 2022): a ViT over latent patches whose blocks are modulated by the timestep (and
 //! class) embedding through adaLN-Zero. Parameter names equal the reference state-dict keys, so an official
 //! checkpoint converted to safetensors loads unchanged (less its fixed `pos_embed` buffer).
+//!
+//! The representation-conditional model (the paper's Fig. 3) adds, under names of its own:
+//! `rep_encoder.*` (a pre-norm ViT over the clean latent: `patch_embed.proj`, `blocks.{i}.{norm1, attn,
+//! norm2, mlp}`, `norm`), `rep_to_map.{norm, linear}` (r -> LayerNorm -> Linear -> unpatchify, the map
+//! concatenated to the noisy input, so `x_embedder.proj` takes 2C channels), and `blocks.{i}.rep_merge`
+//! (the Linear from [tokens, r] back to the width at the head of every block).
 
 use candle_core::{DType, Device, Tensor};
 
@@ -107,23 +113,101 @@ impl AdaLn {
     }
 }
 
+/// LayerNorm with a learned scale and shift (the ViT encoder's; DiT's own norms have none).
+struct AffineNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl AffineNorm {
+    fn new(path: &ParamPath, dim: usize) -> Result<Self> {
+        Ok(AffineNorm { weight: path.get("weight", &[dim], Init::Ones)?, bias: path.get("bias", &[dim], Init::Zeros)? })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(layer_norm(x, NORM_EPS)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// A pre-norm transformer block of the representation encoder.
+struct VitBlock {
+    norm1: AffineNorm,
+    attn: Attention,
+    norm2: AffineNorm,
+    mlp: Mlp,
+}
+
+impl VitBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
+        Ok((&x + self.mlp.forward(&self.norm2.forward(&x)?)?)?)
+    }
+}
+
+/// The ViT that encodes a clean latent into the representation r: `[N, tokens, hidden]`, one token per
+/// DiT patch.
+struct RepEncoder {
+    patch_embed: Linear,
+    blocks: Vec<VitBlock>,
+    norm: AffineNorm,
+}
+
+impl RepEncoder {
+    fn new(path: &ParamPath, config: &ModelConfig, depth: usize, heads: usize) -> Result<Self> {
+        let dim = config.hidden_size;
+        let patch_embed = Linear::conv_patch(&path.pp("patch_embed.proj"), dim, config.in_channels, config.patch_size)?;
+        let blocks = (0..depth)
+            .map(|i| {
+                let b = path.pp("blocks").pp(i);
+                Ok(VitBlock {
+                    norm1: AffineNorm::new(&b.pp("norm1"), dim)?,
+                    attn: Attention::new(&b.pp("attn"), dim, heads)?,
+                    norm2: AffineNorm::new(&b.pp("norm2"), dim)?,
+                    mlp: Mlp::new(&b.pp("mlp"), dim, config.mlp_hidden())?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RepEncoder { patch_embed, blocks, norm: AffineNorm::new(&path.pp("norm"), dim)? })
+    }
+}
+
+/// The parts of the representation-conditional model outside the DiT blocks.
+struct RepParts {
+    encoder: RepEncoder,
+    map_norm: AffineNorm,
+    map_linear: Linear,
+}
+
 struct DitBlock {
     attn: Attention,
     mlp: Mlp,
     ada_ln: AdaLn,
+    /// Representation models: [tokens, r] (2D) -> D before the block.
+    rep_merge: Option<Linear>,
 }
 
 impl DitBlock {
     fn new(path: &ParamPath, config: &ModelConfig) -> Result<Self> {
         let dim = config.hidden_size;
-        Ok(DitBlock {
-            attn: Attention::new(&path.pp("attn"), dim, config.num_heads)?,
-            mlp: Mlp::new(&path.pp("mlp"), dim, config.mlp_hidden())?,
-            ada_ln: AdaLn::new(path, dim, 6)?,
-        })
+        let attn = Attention::new(&path.pp("attn"), dim, config.num_heads)?;
+        let mlp = Mlp::new(&path.pp("mlp"), dim, config.mlp_hidden())?;
+        let ada_ln = AdaLn::new(path, dim, 6)?;
+        let rep_merge = match config.is_representation() {
+            true => Some(Linear::new(&path.pp("rep_merge"), 2 * dim, dim, Init::XavierUniform, Init::Zeros)?),
+            false => None,
+        };
+        Ok(DitBlock { attn, mlp, ada_ln, rep_merge })
     }
 
-    fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, c: &Tensor, rep: Option<&Tensor>) -> Result<Tensor> {
+        let merged;
+        let x = match (&self.rep_merge, rep) {
+            (Some(merge), Some(r)) => {
+                merged = merge.forward(&Tensor::cat(&[x, r], 2)?)?;
+                &merged
+            }
+            _ => x,
+        };
         let m = self.ada_ln.forward(c)?;
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
@@ -166,6 +250,7 @@ pub struct Dit {
     label_table: Option<Tensor>,
     blocks: Vec<DitBlock>,
     final_layer: FinalLayer,
+    rep: Option<RepParts>,
 }
 
 impl Dit {
@@ -174,14 +259,15 @@ impl Dit {
         config.validate()?;
         let root = params.root();
         let dim = config.hidden_size;
-        let patch_embed = Linear::conv_patch(&root.pp("x_embedder.proj"), dim, config.in_channels, config.patch_size)?;
+        let patch_embed =
+            Linear::conv_patch(&root.pp("x_embedder.proj"), dim, config.embed_channels(), config.patch_size)?;
         let pos_embed = sincos_pos_embed_2d(dim, config.grid_size(), params.device())?.unsqueeze(0)?;
         let t_path = root.pp("t_embedder.mlp");
         let t_init = Init::Normal { std: 0.02 };
         let t_mlp_in = Linear::new(&t_path.pp(0), TIMESTEP_FREQUENCIES, dim, t_init, Init::Zeros)?;
         let t_mlp_out = Linear::new(&t_path.pp(2), dim, dim, t_init, Init::Zeros)?;
         let label_table = match config.conditioning {
-            Conditioning::None => None,
+            Conditioning::None | Conditioning::Representation { .. } => None,
             Conditioning::Class { num_classes, dropout_prob } => {
                 let rows = num_classes + usize::from(dropout_prob > 0.0);
                 Some(root.pp("y_embedder.embedding_table").get("weight", &[rows, dim], Init::Normal { std: 0.02 })?)
@@ -190,6 +276,18 @@ impl Dit {
         let blocks =
             (0..config.depth).map(|i| DitBlock::new(&root.pp("blocks").pp(i), config)).collect::<Result<Vec<_>>>()?;
         let final_layer = FinalLayer::new(&root.pp("final_layer"), config)?;
+        let rep = match config.conditioning {
+            Conditioning::Representation { encoder_depth, encoder_heads } => {
+                let map = root.pp("rep_to_map");
+                let map_out = config.patch_size * config.patch_size * config.in_channels;
+                Some(RepParts {
+                    encoder: RepEncoder::new(&root.pp("rep_encoder"), config, encoder_depth, encoder_heads)?,
+                    map_norm: AffineNorm::new(&map.pp("norm"), dim)?,
+                    map_linear: Linear::new(&map.pp("linear"), dim, map_out, Init::XavierUniform, Init::Zeros)?,
+                })
+            }
+            _ => None,
+        };
         Ok(Dit {
             config: config.clone(),
             patch_embed,
@@ -199,6 +297,7 @@ impl Dit {
             label_table,
             blocks,
             final_layer,
+            rep,
         })
     }
 
@@ -220,10 +319,28 @@ impl Dit {
         Ok(x.reshape(vec![n, c, gh, p, gw, p])?.permute(vec![0, 2, 4, 1, 3, 5])?.reshape((n, gh * gw, c * p * p))?)
     }
 
-    fn unpatchify(&self, x: &Tensor) -> Result<Tensor> {
+    /// Tokens `[N, grid*grid, p*p*c]` back to images `[N, c, H, W]`.
+    fn unpatchify(&self, x: &Tensor, c: usize) -> Result<Tensor> {
         let n = x.dim(0)?;
-        let (p, c, g) = (self.config.patch_size, self.config.out_channels(), self.config.grid_size());
+        let (p, g) = (self.config.patch_size, self.config.grid_size());
         Ok(x.reshape(vec![n, g, g, p, p, c])?.permute(vec![0, 5, 1, 3, 2, 4])?.reshape((n, c, g * p, g * p))?)
+    }
+
+    /// The representation r of clean latents `z0` (`[N, C, H, W]`): `[N, tokens, hidden]`. Differentiable:
+    /// in training the encoder learns through the denoiser's loss. At sampling, the representation of
+    /// reference images, computed once for all steps.
+    pub fn encode(&self, z0: &Tensor) -> Result<Tensor> {
+        let rep = self
+            .rep
+            .as_ref()
+            .ok_or_else(|| Error::Config("only a representation-conditional model encodes references".into()))?;
+        let (c, h, w) = self.config.sample_dims();
+        expect_shape("reference latent z0", z0, &[z0.dim(0).unwrap_or(0), c, h, w])?;
+        let mut tokens = rep.encoder.patch_embed.forward(&self.patchify(z0)?)?.broadcast_add(&self.pos_embed)?;
+        for block in &rep.encoder.blocks {
+            tokens = block.forward(&tokens)?;
+        }
+        rep.encoder.norm.forward(&tokens)
     }
 
     /// The conditioning vector `c` = timestep embedding (+ label embedding).
@@ -250,6 +367,18 @@ impl Dit {
     /// `x`: `[N, C, H, W]` noisy inputs; `t`: `[N]` timesteps (any float/int dtype); `labels`: `[N]` class ids
     /// for a class-conditional model (the null class id drops the label).
     pub fn forward(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_with(x, t, labels, None)
+    }
+
+    /// [`Dit::forward`] for any model: `rep` is the representation ([`Dit::encode`]) that a
+    /// representation-conditional model needs, `[N, tokens, hidden]`.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        labels: Option<&Tensor>,
+        rep: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (c, h, w) = self.config.sample_dims();
         let n = x.dim(0).unwrap_or(0);
         expect_shape("DiT input x", x, &[n, c, h, w])?;
@@ -258,11 +387,25 @@ impl Dit {
             expect_shape("DiT class labels", labels, &[n])?;
         }
         let cond = self.condition(t, labels)?;
-        let mut tokens = self.patch_embed.forward(&self.patchify(x)?)?.broadcast_add(&self.pos_embed)?;
+        let input = match (&self.rep, rep) {
+            (None, None) => x.clone(),
+            (Some(parts), Some(r)) => {
+                expect_shape("representation r", r, &[n, self.config.num_patches(), self.config.hidden_size])?;
+                let map = self.unpatchify(&parts.map_linear.forward(&parts.map_norm.forward(r)?)?, c)?;
+                Tensor::cat(&[x, &map], 1)?
+            }
+            (None, Some(_)) => return Err(Error::Config("this model takes no representation".into())),
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "a representation-conditional model needs a reference (the representation of a latent)".into(),
+                ));
+            }
+        };
+        let mut tokens = self.patch_embed.forward(&self.patchify(&input)?)?.broadcast_add(&self.pos_embed)?;
         for block in &self.blocks {
-            tokens = block.forward(&tokens, &cond)?;
+            tokens = block.forward(&tokens, &cond, rep)?;
         }
-        self.unpatchify(&self.final_layer.forward(&tokens, &cond)?)
+        self.unpatchify(&self.final_layer.forward(&tokens, &cond)?, self.config.out_channels())
     }
 }
 

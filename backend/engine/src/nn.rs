@@ -17,6 +17,8 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug)]
 pub enum Init {
     Zeros,
+    /// All ones (LayerNorm scales).
+    Ones,
     /// Glorot/Xavier uniform with fan_out = dim 0 and fan_in = the product of the other dims (so a conv
     /// kernel is treated as its flattened linear map, as DiT does for the patch embedding).
     XavierUniform,
@@ -70,6 +72,7 @@ impl Params {
                 let count: usize = shape.iter().product();
                 let values = match init {
                     Init::Zeros => vec![0f32; count],
+                    Init::Ones => vec![1f32; count],
                     Init::XavierUniform => {
                         let fan_out = shape[0] as f64;
                         let fan_in = (count / shape[0]) as f64;

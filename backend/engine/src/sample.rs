@@ -56,6 +56,9 @@ pub struct SampleOptions {
     pub clip_denoised: Option<bool>,
     /// Checked before every denoising step: sampling stops with [`Error::Cancelled`].
     pub cancel: CancelToken,
+    /// Reference latents `[M, C, H, W]` for a representation-conditional model: sample i is a variation
+    /// of reference i mod M (how the paper draws its samples for FID).
+    pub references: Option<Tensor>,
 }
 
 impl Default for SampleOptions {
@@ -70,6 +73,7 @@ impl Default for SampleOptions {
             batch_size: 16,
             clip_denoised: None,
             cancel: CancelToken::default(),
+            references: None,
         }
     }
 }
@@ -77,10 +81,17 @@ impl Default for SampleOptions {
 /// The model output used for a step, with classifier-free guidance applied to the eps channels when asked
 /// (the variance channels are the conditional branch's). DiT's reference guides only 3 channels "for exact
 /// reproducibility"; this guides all of them, the standard formulation.
-pub fn guided_output(model: &Dit, x: &Tensor, t_model: &Tensor, labels: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+pub fn guided_output(
+    model: &Dit,
+    x: &Tensor,
+    t_model: &Tensor,
+    labels: Option<&Tensor>,
+    rep: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
     let guided = scale != 1.0;
     let Some(labels) = labels.filter(|_| guided) else {
-        return model.forward(x, t_model, labels);
+        return model.forward_with(x, t_model, labels, rep);
     };
     let null = model.config().null_class().ok_or_else(|| {
         Error::Config("classifier-free guidance needs a model trained with label dropout (a null class)".into())
@@ -105,6 +116,8 @@ pub fn guided_output(model: &Dit, x: &Tensor, t_model: &Tensor, labels: Option<&
 #[derive(Clone, Copy)]
 pub struct Guide<'a> {
     pub labels: Option<&'a Tensor>,
+    /// The representation of the reference latents, for a representation-conditional model.
+    pub rep: Option<&'a Tensor>,
     pub scale: f64,
     /// Clamp each step's x0 prediction to [-1, 1] (pixel-space data).
     pub clip_denoised: bool,
@@ -131,7 +144,7 @@ pub fn denoise(
         }
         let t = vec![i; n];
         let t_model = diffusion.model_timesteps(&t, x.device())?;
-        let output = guided_output(model, &x, &t_model, guide.labels, guide.scale)?;
+        let output = guided_output(model, &x, &t_model, guide.labels, guide.rep, guide.scale)?;
         let prediction = diffusion.p_mean_variance(&output, &x, &t, guide.clip_denoised)?;
         let step_noise = rng.randn(x.shape().clone(), x.device())?;
         x = diffusion.step(sampler, &prediction, &x, &t, &step_noise)?;
@@ -173,6 +186,25 @@ pub fn sample(
     let diffusion = GaussianDiffusion::respaced(&config.diffusion, config.model.learn_sigma, &options.respacing)?;
     let labels = labels_for(model, options.labels.as_deref(), options.num_samples)?;
     let (c, h, w) = config.model.sample_dims();
+    let references = match (config.model.is_representation(), &options.references) {
+        (true, Some(r)) => {
+            let m = r.dim(0).unwrap_or(0);
+            crate::error::expect_shape("reference latents", r, &[m, c, h, w])?;
+            if m == 0 {
+                return Err(Error::Config("no reference latents given".into()));
+            }
+            Some(r.to_device(device)?)
+        }
+        (true, None) => {
+            return Err(Error::Config(
+                "a representation-conditional model samples variations of reference images: give references".into(),
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(Error::Config("only a representation-conditional model takes references".into()));
+        }
+        (false, None) => None,
+    };
     let batches = options.num_samples.div_ceil(options.batch_size);
     let total = batches * diffusion.num_steps();
     let mut done = 0;
@@ -186,12 +218,22 @@ pub fn sample(
             Some(all) => Some(Tensor::new(&all[start..start + n], device)?),
             None => None,
         };
+        // Encoded once per batch: the reference does not change along the trajectory.
+        let rep = match &references {
+            Some(r) => {
+                let m = r.dim(0)?;
+                let ids: Vec<u32> = (start..start + n).map(|i| (i % m) as u32).collect();
+                Some(model.encode(&r.index_select(&Tensor::new(ids.as_slice(), device)?, 0)?)?)
+            }
+            None => None,
+        };
         let x = denoise(
             model,
             &diffusion,
             noise,
             Guide {
                 labels: batch_labels.as_ref(),
+                rep: rep.as_ref(),
                 scale: options.guidance_scale,
                 clip_denoised: options.clip_denoised.unwrap_or(config.data_space == DataSpace::Pixels),
                 cancel: Some(&options.cancel),

@@ -240,7 +240,7 @@ impl Trainer {
             x_start = mask.where_cond(&x_start.flip(&[3])?, &x_start)?;
         }
         let labels = match self.config.model.conditioning {
-            Conditioning::None => None,
+            Conditioning::None | Conditioning::Representation { .. } => None,
             Conditioning::Class { num_classes, dropout_prob } => {
                 let all = data.labels.as_ref().expect("checked in check_data");
                 let ids: Vec<u32> = indices
@@ -259,7 +259,13 @@ impl Trainer {
         let t: Vec<usize> = (0..batch).map(|_| self.rng.below(self.diffusion.num_steps())).collect();
         let noise = self.rng.randn(x_start.shape().clone(), &self.device)?;
         let x_t = self.diffusion.q_sample(&x_start, &t, &noise)?;
-        let output = self.model.forward(&x_t, &self.diffusion.model_timesteps(&t, &self.device)?, labels.as_ref())?;
+        // The representation model sees the clean sample, and its encoder learns through this same loss.
+        let rep = match self.config.model.is_representation() {
+            true => Some(self.model.encode(&x_start)?),
+            false => None,
+        };
+        let t_model = self.diffusion.model_timesteps(&t, &self.device)?;
+        let output = self.model.forward_with(&x_t, &t_model, labels.as_ref(), rep.as_ref())?;
         let losses = self.diffusion.training_losses(&output, &x_start, &x_t, &t, &noise)?;
         let loss = losses.loss.mean_all()?;
         let loss_value = loss.to_scalar::<f32>()?;

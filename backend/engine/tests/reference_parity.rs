@@ -157,3 +157,48 @@ fn respaced_betas_and_timestep_maps_match_reference() {
         assert_eq!(d.timestep_map, map, "{spec}");
     }
 }
+
+/// The representation-conditional model against a PyTorch re-implementation from the paper's
+/// description (`fixtures/rep/gen_rep_reference.py`): the encoder's tokens r and the denoiser's output.
+#[test]
+fn representation_model_matches_reference() {
+    let config = small_config(Conditioning::Representation { encoder_depth: 2, encoder_heads: 2 });
+    let params = Params::loaded(fixture("rep/rep_model.safetensors"), &Device::Cpu);
+    let model = Dit::new(&config, &params).unwrap();
+    params.finish().expect("every reference weight is used");
+    let case = fixture("rep/rep_cases.safetensors");
+    let r = model.encode(&case["z0"]).unwrap();
+    assert_close("representation r", &r, &case["r"]);
+    let out = model.forward_with(&case["x_t"], &case["t"], None, Some(&r)).unwrap();
+    assert_close("representation-conditional forward", &out, &case["out"]);
+    // Without a reference it says what it needs.
+    let err = model.forward(&case["x_t"], &case["t"], None).unwrap_err().to_string();
+    assert!(err.contains("reference"), "{err}");
+}
+
+/// The encoder is trained by the denoiser's loss alone: gradients reach every one of its parameters (and
+/// the map and merge layers), through both injections.
+#[test]
+fn gradients_reach_every_encoder_parameter() {
+    let config = small_config(Conditioning::Representation { encoder_depth: 2, encoder_heads: 2 });
+    let params = Params::loaded(fixture("rep/rep_model.safetensors"), &Device::Cpu);
+    let model = Dit::new(&config, &params).unwrap();
+    let vars = params.finish().unwrap();
+    let case = fixture("rep/rep_cases.safetensors");
+    let r = model.encode(&case["z0"]).unwrap();
+    let out = model.forward_with(&case["x_t"], &case["t"], None, Some(&r)).unwrap();
+    let loss = (out - &case["z0"].repeat((1, 2, 1, 1)).unwrap()).unwrap().sqr().unwrap().mean_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let mut checked = 0;
+    for (name, var) in vars.iter() {
+        if !(name.starts_with("rep_encoder.") || name.starts_with("rep_to_map.") || name.contains(".rep_merge.")) {
+            continue;
+        }
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let size = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(size > 0.0, "{name}: zero gradient");
+        checked += 1;
+    }
+    // 2 encoder blocks of 12 tensors, patch embedding 2, final norm 2, map 4, 2 merges of 2.
+    assert_eq!(checked, 2 * 12 + 2 + 2 + 4 + 2 * 2);
+}

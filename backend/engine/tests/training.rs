@@ -139,6 +139,7 @@ fn sampling_is_seeded_shaped_and_checks_its_inputs() {
         batch_size: 3,
         clip_denoised: None,
         cancel: CancelToken::default(),
+        references: None,
     };
     let mut calls = 0;
     let (a, labels) = sample(&model, &config, &options, &Device::Cpu, |_, _| calls += 1).unwrap();
@@ -197,7 +198,7 @@ fn guidance_needs_a_null_class_and_unconditional_models_take_no_labels() {
     let x = Tensor::zeros((1, 1, 8, 8), repdiff_engine::DType::F32, &Device::Cpu).unwrap();
     let t = Tensor::new(&[10f32], &Device::Cpu).unwrap();
     let y = Tensor::new(&[0u32], &Device::Cpu).unwrap();
-    let err = repdiff_engine::sample::guided_output(&model, &x, &t, Some(&y), 3.0).unwrap_err().to_string();
+    let err = repdiff_engine::sample::guided_output(&model, &x, &t, Some(&y), None, 3.0).unwrap_err().to_string();
     assert!(err.contains("null class"), "{err}");
 }
 

@@ -97,6 +97,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         batch_size: args.batch_size,
         clip_denoised: args.no_clip.then_some(false),
         cancel: super::interrupt::cancel_on_signal(),
+        references: None,
     };
     println!(
         "Sampling {} images with {:?} over {} steps (guidance {}) on {device_note}",

@@ -128,6 +128,7 @@ impl Handler for Sample {
             batch_size: 16,
             clip_denoised: None,
             cancel: ctx.cancel.clone(),
+            references: None,
         };
         let (samples, labels) = sample(&model, &config, &options, &device, |done, total| {
             ctx.progress(done as u64, total as u64, "denoising");
