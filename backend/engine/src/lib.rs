@@ -10,6 +10,7 @@ pub mod device;
 pub mod diffusion;
 pub mod dit;
 pub mod error;
+pub mod finetune;
 pub mod imaging;
 pub mod latent_cache;
 pub mod manifest;
