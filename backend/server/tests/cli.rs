@@ -298,3 +298,76 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         if path.is_dir() { walk(&path, out) } else { out.push(path) }
     }
 }
+
+#[test]
+fn pretrain_representation_model_sample_variations_and_finetune_from_it() {
+    let dir = tempdir("rep");
+    image_folder(&dir.join("images"));
+    let config = tiny_config(&dir);
+    let (config_s, images) = (config.to_str().unwrap(), dir.join("images"));
+    let images_s = images.to_str().unwrap();
+    let pre = dir.join("pre");
+    let out = repdiff(&[
+        "pretrain",
+        "--mode",
+        "rep",
+        "--config",
+        config_s,
+        "--images",
+        images_s,
+        "--steps",
+        "3",
+        "--out",
+        pre.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Representation"), "{}", text(&out));
+    let ckpt = pre.join("checkpoint.safetensors");
+
+    // A representation model draws variations of references, and says so when none are given.
+    let samples = dir.join("samples");
+    let base = ["sample", "--checkpoint", ckpt.to_str().unwrap(), "-n", "3", "--sampler", "ddim", "--steps", "4"];
+    let out = repdiff(&[&base[..], &["--out", samples.to_str().unwrap()]].concat());
+    assert!(!out.status.success() && text(&out).contains("--references"), "{}", text(&out));
+    let out = repdiff(
+        &[&base[..], &["--references", images.join("a").to_str().unwrap(), "--out", samples.to_str().unwrap()]]
+            .concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(samples.join("sample_0002.png").exists());
+
+    // Fine-tuning prints and keeps the transfer table, then trains the class-conditional model.
+    let ft = dir.join("ft");
+    let out = repdiff(&[
+        "finetune",
+        "--from",
+        ckpt.to_str().unwrap(),
+        "--images",
+        images_s,
+        "--steps",
+        "2",
+        "--out",
+        ft.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = std::fs::read_to_string(ft.join("transfer.txt")).unwrap();
+    assert!(table.contains("reshaped  x_embedder.proj.weight") && table.contains("new       y_embedder"), "{table}");
+    assert!(table.lines().last().unwrap().ends_with("19 loaded, 1 reshaped, 22 dropped, 1 new"), "{table}");
+    let out = repdiff(&[
+        "sample",
+        "--checkpoint",
+        ft.join("checkpoint.safetensors").to_str().unwrap(),
+        "-n",
+        "2",
+        "--class",
+        "0,1",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "4",
+        "--out",
+        dir.join("ft-samples").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(dir.join("ft-samples/sample_0001_class1.png").exists());
+}

@@ -36,6 +36,10 @@ pub struct Cli {
 enum Command {
     /// Train a DiT (from a folder of images, a latent file, or the toy set); resumes with --resume.
     Train(train::TrainArgs),
+    /// Pre-train without labels: --mode uncond (unconditional) or rep (representation-conditional).
+    Pretrain(train::PretrainArgs),
+    /// Fine-tune a class-conditional DiT from a pre-trained checkpoint (prints what it transfers).
+    Finetune(train::FinetuneArgs),
     /// Draw samples from a checkpoint: PNG files, a grid, and the raw tensors.
     Sample(sample::SampleArgs),
     /// Measure DiT training/forward throughput, or with --imaging the data pipeline (import, encode).
@@ -79,6 +83,9 @@ struct DemoArgs {
 pub enum CondArg {
     None,
     Class,
+    /// The representation-conditional model (`repdiff pretrain --mode rep`).
+    #[value(alias = "rep")]
+    Representation,
 }
 
 /// Options shared by commands that build a run configuration.
@@ -93,7 +100,7 @@ pub struct ConfigArgs {
     /// A named model (DiT-S/2 ... DiT-XL/8) replacing the preset's architecture.
     #[arg(long)]
     model: Option<String>,
-    /// Conditioning: none (unconditional) or class (with a null class for guidance).
+    /// Conditioning: none (unconditional), class (with a null class for guidance) or representation.
     #[arg(long, value_enum)]
     conditioning: Option<CondArg>,
     #[arg(long)]
@@ -125,6 +132,7 @@ impl ConfigArgs {
             conditioning: self.conditioning.map(|c| match c {
                 CondArg::None => ConditioningKind::None,
                 CondArg::Class => ConditioningKind::Class,
+                CondArg::Representation => ConditioningKind::Representation,
             }),
             steps: self.steps,
             batch_size: self.batch_size,
@@ -142,6 +150,8 @@ impl ConfigArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => train::run(args),
+        Command::Pretrain(args) => train::pretrain(args),
+        Command::Finetune(args) => train::finetune(args),
         Command::Sample(args) => sample::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo(args),

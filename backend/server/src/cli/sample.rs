@@ -48,6 +48,10 @@ pub struct SampleArgs {
     /// Use the raw weights instead of their EMA.
     #[arg(long)]
     raw_weights: bool,
+    /// Reference images for a representation-conditional model (sample i is a variation of reference i,
+    /// cycled): a latent file (`latents` [M, C, H, W]) or a folder of images at the model's size.
+    #[arg(long)]
+    references: Option<PathBuf>,
     /// Where pretrained weights live (the SD VAE that decodes latent-space samples).
     #[arg(long, default_value = "model-weights")]
     weights_dir: PathBuf,
@@ -69,6 +73,7 @@ impl SampleArgs {
             seed: 0,
             batch_size: 16,
             raw_weights: false,
+            references: None,
             no_clip: false,
             weights_dir: "model-weights".into(),
             out: run.join("samples"),
@@ -87,6 +92,12 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if args.steps == 0 || args.steps > config.diffusion.num_timesteps {
         bail!("--steps must be between 1 and the model's {} diffusion steps", config.diffusion.num_timesteps);
     }
+    if config.model.is_representation() && args.references.is_none() {
+        bail!(
+            "{} is a representation-conditional model: it samples variations of reference images, pass --references FILE|DIR",
+            args.checkpoint.display()
+        );
+    }
     let options = SampleOptions {
         num_samples: args.num,
         labels: (!args.class.is_empty()).then(|| args.class.clone()),
@@ -97,7 +108,18 @@ pub fn run(args: SampleArgs) -> Result<()> {
         batch_size: args.batch_size,
         clip_denoised: args.no_clip.then_some(false),
         cancel: super::interrupt::cancel_on_signal(),
-        references: None,
+        references: match &args.references {
+            None => None,
+            Some(path) => {
+                let (c, size, _) = config.model.sample_dims();
+                let data = if path.is_dir() {
+                    repdiff_engine::data::Dataset::from_image_folder(path, size, c, &device)?
+                } else {
+                    repdiff_engine::data::Dataset::from_latent_file(path, &device)?
+                };
+                Some(data.samples)
+            }
+        },
     };
     println!(
         "Sampling {} images with {:?} over {} steps (guidance {}) on {device_note}",

@@ -1,4 +1,4 @@
-//! `repdiff train`.
+//! `repdiff train`, `repdiff pretrain --mode uncond|rep` and `repdiff finetune --from CKPT`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -6,17 +6,18 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use repdiff_engine::config::Conditioning;
 use repdiff_engine::config::{DataSpace, RunConfig};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
+use repdiff_engine::finetune;
 use repdiff_engine::train::{StopReason, Trainer};
 
-use super::{ConfigArgs, progress_bar};
+use super::{CondArg, ConfigArgs, progress_bar};
 
-#[derive(Args)]
-pub struct TrainArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
+/// What to train on.
+#[derive(Args, Clone)]
+pub struct DataArgs {
     /// A folder of PNG/JPEG images; sub-folders are classes.
     #[arg(long, group = "source")]
     images: Option<PathBuf>,
@@ -26,10 +27,66 @@ pub struct TrainArgs {
     /// Generate N toy images (two classes: horizontal and vertical bars) at the model's input size.
     #[arg(long, group = "source")]
     toy: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    data: DataArgs,
     /// Run folder: checkpoint.safetensors, config.json, metrics.csv.
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
     /// Continue the run in --out from its checkpoint (same data required).
+    #[arg(long)]
+    resume: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Mode {
+    /// The unconditional model (no label; the paper's Fig. 2).
+    Uncond,
+    /// The representation-conditional model (a ViT encodes the clean latent; the paper's Fig. 3).
+    Rep,
+}
+
+/// `repdiff pretrain`: `train` without labels, unconditional or representation-conditional.
+#[derive(Args)]
+pub struct PretrainArgs {
+    #[arg(long, value_enum)]
+    mode: Mode,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// The pre-trained checkpoint (unconditional or representation-conditional) to start from.
+    #[arg(long)]
+    from: PathBuf,
+    /// Start from its raw weights instead of their EMA.
+    #[arg(long)]
+    raw_weights: bool,
+    /// Label dropout probability (a null class for classifier-free guidance; 0 for none).
+    #[arg(long, default_value_t = 0.1)]
+    label_dropout: f64,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Run folder: checkpoint.safetensors, config.json, metrics.csv, transfer.txt.
+    #[arg(long, default_value = "runs/finetune")]
+    out: PathBuf,
+    /// Continue the fine-tune in --out from its checkpoint.
     #[arg(long)]
     resume: bool,
 }
@@ -48,16 +105,14 @@ impl TrainArgs {
                 seed: None,
                 checkpoint_every: None,
             },
-            images: None,
-            latents: None,
-            toy: Some(256),
+            data: DataArgs { images: None, latents: None, toy: Some(256) },
             out: out.to_path_buf(),
             resume: false,
         }
     }
 }
 
-fn load_data(args: &TrainArgs, config: &RunConfig, device: &repdiff_engine::Device) -> Result<Dataset> {
+fn load_data(args: &DataArgs, config: &RunConfig, device: &repdiff_engine::Device) -> Result<Dataset> {
     let (c, size, _) = config.model.sample_dims();
     if let Some(dir) = &args.images {
         if config.data_space != DataSpace::Pixels {
@@ -83,7 +138,7 @@ fn load_data(args: &TrainArgs, config: &RunConfig, device: &repdiff_engine::Devi
 pub fn run(args: TrainArgs) -> Result<()> {
     let (device, device_note) = best_device();
     let ckpt = args.out.join("checkpoint.safetensors");
-    let mut trainer = if args.resume {
+    let trainer = if args.resume {
         let mut trainer =
             Trainer::resume(&ckpt, &device).with_context(|| format!("resuming from {}", ckpt.display()))?;
         if args.config.overrides()?.changes_run() {
@@ -104,7 +159,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         // Resolve once without data to learn the input size, then again with the data's class count.
         let probe = args.config.resolve(0)?;
-        let data = load_data(&args, &probe, &device)?;
+        let data = load_data(&args.data, &probe, &device)?;
         let config = args.config.resolve(data.num_classes())?;
         if config.model.num_classes().is_some() && data.labels.is_none() {
             bail!(
@@ -114,10 +169,64 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         Trainer::new(config, &device)?
     };
-    let config = trainer.config.clone();
-    let data = load_data(&args, &config, &device)?;
+    let data = load_data(&args.data, &trainer.config, &device)?;
+    fit(trainer, &data, &args.out, args.resume, &device_note)
+}
+
+pub fn pretrain(mut args: PretrainArgs) -> Result<()> {
+    if args.train.config.conditioning.is_some() {
+        bail!("pretrain sets the conditioning from --mode; leave --conditioning out");
+    }
+    args.train.config.conditioning = Some(match args.mode {
+        Mode::Uncond => CondArg::None,
+        Mode::Rep => CondArg::Representation,
+    });
+    run(args.train)
+}
+
+pub fn finetune(args: FinetuneArgs) -> Result<()> {
+    let (device, device_note) = best_device();
+    let ckpt = args.out.join("checkpoint.safetensors");
+    if args.resume {
+        let trainer = Trainer::resume(&ckpt, &device).with_context(|| format!("resuming from {}", ckpt.display()))?;
+        println!("Resuming {} at step {}", args.out.display(), trainer.step());
+        let data = load_data(&args.data, &trainer.config, &device)?;
+        return fit(trainer, &data, &args.out, true, &device_note);
+    }
+    if ckpt.exists() {
+        bail!("{} already holds a run: pass --resume to continue it, or choose another --out", args.out.display());
+    }
+    let source = repdiff_engine::checkpoint::Checkpoint::read(&args.from, &device)
+        .with_context(|| format!("reading {}", args.from.display()))?
+        .config()?;
+    let data = load_data(&args.data, &source, &device)?;
+    let num_classes = data.num_classes();
+    if data.labels.is_none() || num_classes == 0 {
+        bail!("fine-tuning needs class labels: class sub-folders of --images, or a `labels` tensor in --latents");
+    }
+    // The pre-training's run, made class-conditional, with the flags' training settings.
+    let mut config = source.clone();
+    config.model.conditioning = Conditioning::Class { num_classes, dropout_prob: args.label_dropout };
+    let t = &mut config.train;
+    (t.steps, t.batch_size) = (args.steps.unwrap_or(t.steps), args.batch_size.unwrap_or(t.batch_size));
+    (t.learning_rate, t.seed) = (args.lr.unwrap_or(t.learning_rate), args.seed.unwrap_or(t.seed));
+    t.checkpoint_every = args.checkpoint_every.unwrap_or(t.checkpoint_every);
+    config.validate()?;
+    let (transfer, _) =
+        finetune::from_checkpoint(&args.from, &config.model, config.train.seed, args.raw_weights, &device)?;
+    println!("Fine-tuning from {} ({:?}):\n{}", args.from.display(), source.model.conditioning, transfer.table);
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    std::fs::write(args.out.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(args.out.join("transfer.txt"), format!("{}\n", transfer.table))?;
+    let trainer = Trainer::from_weights(config, transfer.weights, &device)?;
+    fit(trainer, &data, &args.out, false, &device_note)
+}
+
+/// Trains `trainer` on `data` to its configured step count, writing the run folder `out`.
+fn fit(mut trainer: Trainer, data: &Dataset, out: &Path, resume: bool, device_note: &str) -> Result<()> {
+    let config = trainer.config.clone();
+    let ckpt = out.join("checkpoint.safetensors");
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config)?)?;
 
     let m = &config.model;
     println!(
@@ -143,13 +252,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         println!("Nothing to do: the run is at step {} of {total}. Raise --steps to train further.", trainer.step());
         return Ok(());
     }
-    let metrics_path = args.out.join("metrics.csv");
-    let new_file = !metrics_path.exists() || !args.resume;
+    let metrics_path = out.join("metrics.csv");
+    let new_file = !metrics_path.exists() || !resume;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
-        .append(args.resume)
+        .append(resume)
         .write(true)
-        .truncate(!args.resume)
+        .truncate(!resume)
         .open(&metrics_path)
         .with_context(|| format!("opening {}", metrics_path.display()))?;
     if new_file {
@@ -162,7 +271,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut smoothed: Option<f32> = None;
     let started = Instant::now();
     let mut io_error = None;
-    let summary = trainer.run(&data, total, Some(&ckpt), &cancel, |s| {
+    let summary = trainer.run(data, total, Some(&ckpt), &cancel, |s| {
         if let Err(e) = writeln!(metrics, "{},{},{},{},{}", s.step, s.loss, s.mse, s.vb, s.grad_norm) {
             io_error.get_or_insert(e);
         }
