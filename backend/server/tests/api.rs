@@ -466,6 +466,63 @@ async fn pretrain_then_sample_through_the_api() {
     app.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn representation_pretraining_then_finetune_through_the_api() {
+    let app = App::new("api_rep", true).await;
+    let ada = app.token("ada").await;
+    let mut config = repdiff_engine::config::RunConfig::preset("tiny-cpu").unwrap();
+    let m = &mut config.model;
+    (m.input_size, m.patch_size, m.hidden_size, m.depth, m.num_heads) = (16, 4, 32, 1, 2);
+    (config.train.steps, config.train.batch_size, config.train.checkpoint_every) = (6, 8, 3);
+    let toy = json!({ "toy": { "n": 16 } });
+    let submit = json!({ "kind": "pretrain", "params": {
+        "run": { "config": config, "conditioning": "representation" }, "data": toy } });
+    let pre = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, pre, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["config"]["model"]["conditioning"]["kind"], "representation");
+
+    // Sampling a representation model needs references; with them it draws variations.
+    let sample = |refs: Option<Value>| {
+        let mut params = json!({ "checkpoint": { "job": pre }, "num": 2, "steps": 3 });
+        if let Some(r) = refs {
+            params["references"] = r;
+        }
+        json!({ "kind": "sample", "params": params })
+    };
+    let id = app.call("POST", "/api/v1/jobs", Some(&ada), Some(sample(None))).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "failed");
+    assert!(job["error"].as_str().unwrap().contains("references"), "{job}");
+    let id = app.call("POST", "/api/v1/jobs", Some(&ada), Some(sample(Some(toy.clone())))).await.json()["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(app.wait_final(&ada, id, Duration::from_secs(60)).await["state"], "succeeded");
+
+    // Fine-tune: bad parameters are refused before queueing; the transfer is reported and kept.
+    let bad = json!({ "kind": "finetune", "params": { "from": { "job": pre }, "data": toy, "label_dropout": 1.5 } });
+    assert_eq!(app.call("POST", "/api/v1/jobs", Some(&ada), Some(bad)).await.error_code(), "invalid_params");
+    let submit =
+        json!({ "kind": "finetune", "params": { "from": { "job": pre }, "data": toy, "run": { "steps": 4 } } });
+    let ft = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, ft, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["step"], 4);
+    // Depth 1: 1 encoder block (12) + patch embedding and norm (4), the map (4), one merge (2).
+    assert_eq!(job["result"]["transfer"], json!({ "loaded": 19, "reshaped": 1, "dropped": 22, "new": 1 }));
+    assert_eq!(job["result"]["config"]["model"]["conditioning"]["kind"], "class");
+    let reports = app.call("GET", &format!("/api/v1/jobs/{ft}/artifacts?kind=report"), Some(&ada), None).await.json();
+    let text = app.call("GET", reports[0]["url"].as_str().unwrap(), Some(&ada), None).await;
+    assert!(String::from_utf8_lossy(&text.body).contains("reshaped  x_embedder.proj.weight"));
+    // The fine-tuned model samples both classes.
+    let submit =
+        json!({ "kind": "sample", "params": { "checkpoint": { "job": ft }, "num": 2, "classes": [0, 1], "steps": 3 } });
+    let id = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    app.finish().await;
+}
+
 /// A multipart body of `(field, file name, bytes)` parts.
 fn multipart(parts: &[(&str, Option<&str>, Vec<u8>)]) -> (String, Vec<u8>) {
     let boundary = "repdiff-test-boundary-7MA4YWxkTrZu0gW";

@@ -2,6 +2,7 @@
 //! type with `deny_unknown_fields`, so a misspelt field is an error at submission, not a silent default.
 
 mod encode;
+mod finetune;
 mod import;
 mod noop;
 mod sample;
@@ -52,6 +53,7 @@ pub fn registry(settings: &JobSettings) -> Registry {
             import::Import { roots: settings.import_roots.clone(), deid_key: settings.deid_key.clone() },
         )
         .register("pretrain", train::Train { weights_dir: settings.weights_dir.clone() })
+        .register("finetune", finetune::Finetune { weights_dir: settings.weights_dir.clone() })
         .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() });
     registry
 }

@@ -68,6 +68,10 @@ pub struct SampleParams {
     /// Use the raw weights instead of their EMA.
     #[serde(default)]
     pub raw_weights: bool,
+    /// Reference images for a representation-conditional model (sample i is a variation of reference
+    /// i, cycled): a dataset or a latent file, as a pretrain job's `data`.
+    #[serde(default)]
+    pub references: Option<super::train::DataSource>,
 }
 
 pub struct Sample {
@@ -86,13 +90,17 @@ impl Handler for Sample {
         if !(p.guidance.is_finite() && p.guidance >= 0.0 && (0.0..=1.0).contains(&p.eta)) {
             return Err("guidance must be >= 0 and eta in [0, 1]".into());
         }
-        Ok(())
+        p.references.as_ref().map_or(Ok(()), super::train::validate_data)
     }
 
     fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
-        serde_json::from_value::<SampleParams>(params.clone())
-            .map(|p| vec![Input::Artifact(p.checkpoint.key())])
-            .unwrap_or_default()
+        match serde_json::from_value::<SampleParams>(params.clone()) {
+            Ok(p) => {
+                let refs = p.references.as_ref().map(super::train::data_inputs).unwrap_or_default();
+                [vec![Input::Artifact(p.checkpoint.key())], refs].concat()
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
@@ -128,7 +136,19 @@ impl Handler for Sample {
             batch_size: 16,
             clip_denoised: None,
             cancel: ctx.cancel.clone(),
-            references: None,
+            references: match &p.references {
+                Some(source) => {
+                    let data = super::train::load_data(ctx, source, &config, &self.weights_dir, &device)?;
+                    Some(data.samples)
+                }
+                None if config.model.is_representation() => {
+                    return Err(JobError::Permanent(
+                        "a representation-conditional model samples variations of reference images: give references"
+                            .into(),
+                    ));
+                }
+                None => None,
+            },
         };
         let (samples, labels) = sample(&model, &config, &options, &device, |done, total| {
             ctx.progress(done as u64, total as u64, "denoising");

@@ -66,64 +66,20 @@ impl Handler for Train {
         if config.train.steps == 0 {
             return Err("steps must be positive".into());
         }
-        match &p.data {
-            DataSource::Toy { n, .. } if *n == 0 => return Err("the toy set needs n > 0 images".into()),
-            DataSource::Toy { .. } if config.model.in_channels != 1 => {
-                return Err(format!(
-                    "the toy set is grey (1 channel) but the model takes {}",
-                    config.model.in_channels
-                ));
-            }
-            DataSource::Latents { key } if key.is_empty() => return Err("data.latents.key is empty".into()),
-            DataSource::Dataset { window: Some(w), .. } => {
-                Window::parse(w).map_err(|e| e.to_string())?;
-            }
-            _ => {}
+        if matches!(p.data, DataSource::Toy { .. }) && config.model.in_channels != 1 {
+            return Err(format!("the toy set is grey (1 channel) but the model takes {}", config.model.in_channels));
         }
-        Ok(())
+        validate_data(&p.data)
     }
 
     fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
-        match serde_json::from_value::<TrainParams>(params.clone()).map(|p| p.data) {
-            Ok(DataSource::Latents { key }) => vec![Input::Artifact(key)],
-            Ok(DataSource::Dataset { id, .. }) => vec![Input::Dataset(id)],
-            _ => Vec::new(),
-        }
+        serde_json::from_value::<TrainParams>(params.clone()).map(|p| data_inputs(&p.data)).unwrap_or_default()
     }
 
     fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let p: TrainParams = ctx.params()?;
         let (device, device_note) = best_device();
-        let data = match &p.data {
-            DataSource::Toy { n, seed } => {
-                let size = p.config(2)?.model.input_size;
-                Dataset::toy_bars(*n, size, *seed, &device)?
-            }
-            DataSource::Latents { key } => {
-                let local = ctx.fetch(key, "data.safetensors")?;
-                Dataset::from_latent_file(&local, &device)?
-            }
-            DataSource::Dataset { id, window } => {
-                let config = p.config(2)?;
-                let window = Window::parse(window.as_deref().unwrap_or("brain"))?;
-                let (name, copies) = match &config.data_space {
-                    DataSpace::Pixels => ("pixels".to_string(), config.model.in_channels),
-                    DataSpace::Latents { autoencoder, .. } => (autoencoder.clone(), 3),
-                };
-                let encoder = autoencoder::by_name(&name, copies, &self.weights_dir, &device)?;
-                let spec = EncodeSpec {
-                    channels: Channels::Window { window, copies },
-                    // The image side whose latent is the model's input (x8 for the SD VAE, x1 in pixels).
-                    size: config.model.input_size * (64 / encoder.latent_dims(64).1.max(1)),
-                    posterior: Posterior::Mean,
-                    seed: config.train.seed,
-                    part: None,
-                    batch_size: 16,
-                };
-                let local = super::encode::encode_scans(ctx, *id, None, &spec, encoder.as_ref(), &device)?;
-                Dataset::from_latent_file(&local, &device)?
-            }
-        };
+        let data = load_data(ctx, &p.data, &p.config(2)?, &self.weights_dir, &device)?;
         let checkpoint_key = ctx.key(CHECKPOINT);
         let local = ctx.scratch.join(CHECKPOINT);
         let mut trainer = if ctx.exists(&checkpoint_key)? {
@@ -160,60 +116,125 @@ impl Handler for Train {
             trainer
         };
 
-        let total = trainer.config.train.steps;
-        let every = trainer.config.train.checkpoint_every.max(1);
-        let started = std::time::Instant::now();
-        let (start_step, mut first_loss, mut last_loss) = (trainer.step(), None, None);
-        while trainer.step() < total {
-            // Train to the next checkpoint boundary, then publish the checkpoint to the store.
-            let until = ((trainer.step() / every + 1) * every).min(total);
-            let mut metric_error = None;
-            let cancel = ctx.cancel.clone();
-            let summary = trainer.run(&data, until, Some(&local), &cancel, |s| {
-                first_loss.get_or_insert(s.loss);
-                last_loss = Some(s.loss);
-                let step = s.step as u64;
-                for (name, value) in
-                    [("loss", s.loss as f64), ("mse", s.mse as f64), ("vb", s.vb as f64), ("grad_norm", s.grad_norm)]
-                {
-                    if let Err(e) = ctx.metric(name, step, value) {
-                        metric_error.get_or_insert(e);
-                    }
-                }
-                ctx.progress(step, total as u64, &format!("loss {:.4}", s.loss));
-            })?;
-            if let Some(e) = metric_error {
-                return Err(e);
-            }
-            if summary.steps_run > 0 || summary.stop == StopReason::Cancelled {
-                ctx.publish(
-                    &local,
-                    CHECKPOINT,
-                    "checkpoint",
-                    "application/octet-stream",
-                    serde_json::json!({ "step": trainer.step(), "total": total }),
-                )?;
-            }
-            if summary.stop == StopReason::Cancelled {
-                ctx.log(
-                    "info",
-                    &format!("stopped at step {}; the checkpoint holds every finished step", trainer.step()),
-                );
-                return Err(JobError::Cancelled);
-            }
-        }
-        ctx.progress(total as u64, total as u64, "done");
-        let seconds = started.elapsed().as_secs_f64();
-        let steps_run = trainer.step() - start_step;
-        Ok(serde_json::json!({
-            "step": trainer.step(),
-            "resumed_from": (start_step > 0).then_some(start_step),
-            "steps_run": steps_run,
-            "steps_per_second": steps_run as f64 / seconds.max(1e-9),
-            "first_loss": first_loss,
-            "last_loss": last_loss,
-            "checkpoint": checkpoint_key,
-            "config": trainer.config,
-        }))
+        train_and_publish(ctx, &mut trainer, &data, &local, &checkpoint_key)
     }
+}
+
+/// The training data a job names, in the space of `config`'s model (a dataset is windowed and encoded by
+/// the run's autoencoder at the model's input size).
+pub(super) fn load_data(
+    ctx: &mut JobContext,
+    source: &DataSource,
+    config: &RunConfig,
+    weights_dir: &std::path::Path,
+    device: &repdiff_engine::Device,
+) -> Result<Dataset, JobError> {
+    Ok(match source {
+        DataSource::Toy { n, seed } => Dataset::toy_bars(*n, config.model.input_size, *seed, device)?,
+        DataSource::Latents { key } => {
+            let local = ctx.fetch(key, "data.safetensors")?;
+            Dataset::from_latent_file(&local, device)?
+        }
+        DataSource::Dataset { id, window } => {
+            let window = Window::parse(window.as_deref().unwrap_or("brain"))?;
+            let (name, copies) = match &config.data_space {
+                DataSpace::Pixels => ("pixels".to_string(), config.model.in_channels),
+                DataSpace::Latents { autoencoder, .. } => (autoencoder.clone(), 3),
+            };
+            let encoder = autoencoder::by_name(&name, copies, weights_dir, device)?;
+            let spec = EncodeSpec {
+                channels: Channels::Window { window, copies },
+                // The image side whose latent is the model's input (x8 for the SD VAE, x1 in pixels).
+                size: config.model.input_size * (64 / encoder.latent_dims(64).1.max(1)),
+                posterior: Posterior::Mean,
+                seed: config.train.seed,
+                part: None,
+                batch_size: 16,
+            };
+            let local = super::encode::encode_scans(ctx, *id, None, &spec, encoder.as_ref(), device)?;
+            Dataset::from_latent_file(&local, device)?
+        }
+    })
+}
+
+/// Checks a data source's own parameters.
+pub(super) fn validate_data(data: &DataSource) -> Result<(), String> {
+    match data {
+        DataSource::Toy { n, .. } if *n == 0 => Err("the toy set needs n > 0 images".into()),
+        DataSource::Latents { key } if key.is_empty() => Err("data.latents.key is empty".into()),
+        DataSource::Dataset { window: Some(w), .. } => Window::parse(w).map(|_| ()).map_err(|e| e.to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// What a data source reads from the store or the datasets.
+pub(super) fn data_inputs(data: &DataSource) -> Vec<Input> {
+    match data {
+        DataSource::Latents { key } => vec![Input::Artifact(key.clone())],
+        DataSource::Dataset { id, .. } => vec![Input::Dataset(*id)],
+        DataSource::Toy { .. } => Vec::new(),
+    }
+}
+
+/// Trains to the run's step count, publishing the checkpoint (`local`, stored under `checkpoint_key`)
+/// every `checkpoint_every` steps and on cancellation, with progress and metrics; the job's result.
+pub(super) fn train_and_publish(
+    ctx: &mut JobContext,
+    trainer: &mut Trainer,
+    data: &Dataset,
+    local: &std::path::Path,
+    checkpoint_key: &str,
+) -> Result<serde_json::Value, JobError> {
+    let total = trainer.config.train.steps;
+    let every = trainer.config.train.checkpoint_every.max(1);
+    let started = std::time::Instant::now();
+    let (start_step, mut first_loss, mut last_loss) = (trainer.step(), None, None);
+    while trainer.step() < total {
+        // Train to the next checkpoint boundary, then publish the checkpoint to the store.
+        let until = ((trainer.step() / every + 1) * every).min(total);
+        let mut metric_error = None;
+        let cancel = ctx.cancel.clone();
+        let summary = trainer.run(data, until, Some(local), &cancel, |s| {
+            first_loss.get_or_insert(s.loss);
+            last_loss = Some(s.loss);
+            let step = s.step as u64;
+            for (name, value) in
+                [("loss", s.loss as f64), ("mse", s.mse as f64), ("vb", s.vb as f64), ("grad_norm", s.grad_norm)]
+            {
+                if let Err(e) = ctx.metric(name, step, value) {
+                    metric_error.get_or_insert(e);
+                }
+            }
+            ctx.progress(step, total as u64, &format!("loss {:.4}", s.loss));
+        })?;
+        if let Some(e) = metric_error {
+            return Err(e);
+        }
+        if summary.steps_run > 0 || summary.stop == StopReason::Cancelled {
+            ctx.publish(
+                local,
+                CHECKPOINT,
+                "checkpoint",
+                "application/octet-stream",
+                serde_json::json!({ "step": trainer.step(), "total": total }),
+            )?;
+        }
+        if summary.stop == StopReason::Cancelled {
+            ctx.log("info", &format!("stopped at step {}; the checkpoint holds every finished step", trainer.step()));
+            return Err(JobError::Cancelled);
+        }
+    }
+    ctx.progress(total as u64, total as u64, "done");
+    let seconds = started.elapsed().as_secs_f64();
+    let steps_run = trainer.step() - start_step;
+    Ok(serde_json::json!({
+        "step": trainer.step(),
+        "resumed_from": (start_step > 0).then_some(start_step),
+        "steps_run": steps_run,
+        "steps_per_second": steps_run as f64 / seconds.max(1e-9),
+        "first_loss": first_loss,
+        "last_loss": last_loss,
+        "checkpoint": checkpoint_key,
+        "config": trainer.config,
+    }))
 }
