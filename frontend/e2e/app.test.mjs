@@ -1,7 +1,8 @@
 // Browser test of RepDiff's frontend against a running `repdiff serve` (scripts/test-frontend starts one):
 // sign in, create a dataset, upload phantom DICOMs (and one broken file), edit a label, launch a tiny
-// pretrain run and watch it live, check its loss chart against the API's numbers, sample from it, browse
-// the gallery, compare runs. Screenshots of every page go to $SHOTS.
+// representation-conditional pretrain run and watch it live, check its loss chart against the API's
+// numbers, sample variations of the dataset's scans from it, fine-tune a class-conditional model from it
+// (its weight-transfer table), browse the gallery, compare runs. Screenshots of every page go to $SHOTS.
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
@@ -126,7 +127,7 @@ try {
   await page.locator("table.split tr.total td:last-child", { hasText: String(total) }).waitFor();
   await shot("dataset-split");
 
-  step("launch a tiny pretrain run on the dataset");
+  step("launch a tiny representation-conditional pretrain run on the dataset");
   await page.click("nav >> text=Runs");
   await page.click("a:has-text('New run')");
   await page.waitForURL(/\/runs\/new/);
@@ -134,6 +135,7 @@ try {
   await page.fill("input[name=steps]", "abc");
   await page.locator(".problems", { hasText: "Steps" }).waitFor();
   assert.ok(await page.locator("button[type=submit]:has-text('Launch')").isDisabled());
+  await page.selectOption("select[name=conditioning]", "representation");
   await page.fill("input[name=steps]", "80");
   await page.fill("input[name=checkpoint_every]", "40");
   await page.fill("input[name=batch_size]", "8");
@@ -202,10 +204,12 @@ try {
   await page.locator(".chart-main svg.chart").hover({ position: { x: 400, y: 100 } });
   await page.locator(".chart-main svg.chart text.readout").waitFor();
 
-  step("sample from its checkpoint");
+  step("sample variations of the dataset's scans from its checkpoint");
   await page.click("a:has-text('Sample from it')");
   await page.waitForURL(/kind=sample/);
   assert.equal(await page.locator("select[name=checkpoint]").inputValue(), String(trainId));
+  await page.selectOption("select[name=references]", "dataset");
+  await page.selectOption("select[name=dataset]", String(datasetId));
   await page.fill("input[name=num]", "6");
   await page.fill("input[name=sample_steps]", "10");
   await page.click("button:has-text('Launch')");
@@ -215,6 +219,23 @@ try {
   await page.locator("#samples .thumbs img").first().waitFor();
   assert.equal(await page.locator("#samples .thumbs img").count(), 6);
   await shot("sample-run");
+
+  step("fine-tune a class-conditional model from it");
+  await page.goto(`${base}/runs/${trainId}`);
+  await page.click("a:has-text('Fine-tune from it')");
+  await page.waitForURL(/kind=finetune/);
+  assert.equal(await page.locator("select[name=checkpoint]").inputValue(), String(trainId));
+  await page.selectOption("select[name=dataset]", String(datasetId));
+  await page.fill("input[name=steps]", "10");
+  await page.click("button:has-text('Launch')");
+  await page.waitForURL(/\/runs\/\d+$/);
+  const finetuneId = Number(page.url().split("/").pop());
+  await waitState("succeeded", 120_000);
+  const transfer = page.locator(".report pre", { hasText: "reshaped  x_embedder.proj.weight" });
+  await transfer.waitFor();
+  assert.match(await transfer.innerText(), /\d+ loaded, 1 reshaped, \d+ dropped, 1 new/);
+  assert.equal((await api(`/jobs/${finetuneId}`)).result.transfer.reshaped, 1);
+  await shot("finetune-run");
 
   step("gallery");
   await page.goto(`${base}/gallery?from_job=${trainId}`);

@@ -74,7 +74,8 @@ async fn send(method: &str, path: &str, body: Option<String>) -> ApiResult<Strin
         init.set_body(&JsValue::from_str(body));
     }
     init.set_headers(&headers);
-    let url = format!("{BASE}{path}");
+    // Paths under the API; an artifact's `url` is already absolute.
+    let url = if path.starts_with(BASE) { path.to_string() } else { format!("{BASE}{path}") };
     let request = Request::new_with_str_and_init(&url, &init).map_err(js_error)?;
     let window = web_sys::window().ok_or_else(|| ApiError::network("no window"))?;
     let reply = JsFuture::from(window.fetch_with_request(&request))
@@ -96,6 +97,11 @@ async fn send(method: &str, path: &str, body: Option<String>) -> ApiResult<Strin
 
 fn decode<T: DeserializeOwned>(text: &str) -> ApiResult<T> {
     serde_json::from_str(text).map_err(|e| ApiError::network(format!("unexpected reply from the server: {e}")))
+}
+
+/// A text body (a report artifact), by API path or artifact URL.
+pub async fn get_text(path: &str) -> ApiResult<String> {
+    send("GET", path, None).await
 }
 
 pub async fn get<T: DeserializeOwned>(path: &str) -> ApiResult<T> {

@@ -21,7 +21,7 @@ pub fn Gallery() -> impl IntoView {
     let (step_q, set_step) = query_signal::<i64>("step");
     let (class_q, set_class) = query_signal::<i64>("class");
     let (open, set_open) = query_signal::<i64>("image");
-    let runs = LocalResource::new(|| api::get::<JobPage>("/jobs?kind=pretrain&limit=200"));
+    let runs = LocalResource::new(|| api::get::<JobPage>("/jobs?limit=200"));
     let samples = LocalResource::new(move || {
         let filter = match (job.get(), from_job.get()) {
             (Some(j), _) => Some(format!("job={j}")),
@@ -41,9 +41,10 @@ pub fn Gallery() -> impl IntoView {
             <label>"Training run "
                 <select name="from_job" on:change=move |ev| { set_step.set(None); set_from_job.set(event_target_value(&ev).parse().ok()); }>
                     <option value="">"Pick a training run"</option>
-                    {move || runs.get().and_then(|r| r.ok()).map(|p| p.jobs).unwrap_or_default().into_iter().map(|j| {
+                    {move || runs.get().and_then(|r| r.ok()).map(|p| p.jobs).unwrap_or_default().into_iter()
+                        .filter(|j| matches!(j.kind.as_str(), "pretrain" | "finetune")).map(|j| {
                         let id = j.id;
-                        view! { <option value=id selected=move || from_job.get() == Some(id)>{format!("run #{id} ({})", j.state.as_str())}</option> }
+                        view! { <option value=id selected=move || from_job.get() == Some(id)>{format!("run #{id} {} ({})", j.kind, j.state.as_str())}</option> }
                     }).collect_view()}
                 </select>
             </label>

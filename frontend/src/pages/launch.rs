@@ -59,6 +59,9 @@ struct Form {
     path: Field,
     labels: Field,
     site: Field,
+    label_dropout: Field,
+    /// Where a representation model's reference images come from: none, dataset, latents or toy.
+    references: Field,
 }
 
 impl Form {
@@ -94,6 +97,32 @@ impl Form {
             path: Field::new(""),
             labels: Field::new(""),
             site: Field::new("0"),
+            label_dropout: Field::new("0.1"),
+            references: Field::new("none"),
+        }
+    }
+
+    /// A data source's parameters (`{"dataset": ...}`, `{"latents": ...}` or `{"toy": ...}`).
+    fn data_json(&self, source: &str, problems: &mut Vec<String>) -> Value {
+        match source {
+            "toy" => {
+                let mut toy = Map::new();
+                number(problems, &mut toy, "n", "Toy images", &self.toy_n, true, true);
+                json!({ "toy": toy })
+            }
+            "latents" => {
+                if self.latents.text().is_empty() {
+                    problems.push("Latents: pick an encode run's latents".into());
+                }
+                json!({ "latents": { "key": self.latents.text() } })
+            }
+            _ => {
+                let id = self.dataset.text().parse::<i64>().ok();
+                if id.is_none() {
+                    problems.push("Dataset: pick one".into());
+                }
+                json!({ "dataset": { "id": id, "window": self.window.text() } })
+            }
         }
     }
 
@@ -120,29 +149,43 @@ impl Form {
                     true,
                 );
                 out.insert("run".into(), Value::Object(run));
-                let data = match self.data.text().as_str() {
-                    "toy" => {
-                        let mut toy = Map::new();
-                        number(&mut problems, &mut toy, "n", "Toy images", &self.toy_n, true, true);
-                        json!({ "toy": toy })
+                let data = self.data_json(&self.data.text(), &mut problems);
+                out.insert("data".into(), data);
+            }
+            "finetune" => {
+                match self.checkpoint.text().parse::<i64>() {
+                    Ok(id) => {
+                        out.insert("from".into(), json!({ "job": id }));
                     }
-                    "latents" => {
-                        if self.latents.text().is_empty() {
-                            problems.push("Latents: pick an encode run's latents".into());
-                        }
-                        json!({ "latents": { "key": self.latents.text() } })
-                    }
-                    _ => {
-                        let id = self.dataset.text().parse::<i64>().ok();
-                        if id.is_none() {
-                            problems.push("Dataset: pick one".into());
-                        }
-                        json!({ "dataset": { "id": id, "window": self.window.text() } })
-                    }
-                };
+                    Err(_) => problems.push("Pre-trained run: pick a finished pretrain run".into()),
+                }
+                let mut run = Map::new();
+                number(&mut problems, &mut run, "steps", "Steps", &self.steps, true, true);
+                number(&mut problems, &mut run, "batch_size", "Batch size", &self.batch_size, true, true);
+                number(&mut problems, &mut run, "learning_rate", "Learning rate", &self.learning_rate, true, false);
+                number(&mut problems, &mut run, "seed", "Seed", &self.seed, false, true);
+                number(
+                    &mut problems,
+                    &mut run,
+                    "checkpoint_every",
+                    "Checkpoint every",
+                    &self.checkpoint_every,
+                    true,
+                    true,
+                );
+                out.insert("run".into(), Value::Object(run));
+                number(&mut problems, &mut out, "label_dropout", "Label dropout", &self.label_dropout, false, false);
+                if out.get("label_dropout").and_then(Value::as_f64).is_some_and(|d| d >= 1.0) {
+                    problems.push("Label dropout: below 1".into());
+                }
+                let data = self.data_json(&self.data.text(), &mut problems);
                 out.insert("data".into(), data);
             }
             "sample" => {
+                if self.references.text() != "none" {
+                    let refs = self.data_json(&self.references.text(), &mut problems);
+                    out.insert("references".into(), refs);
+                }
                 match self.checkpoint.text().parse::<i64>() {
                     Ok(id) => {
                         out.insert("checkpoint".into(), json!({ "job": id }));
@@ -245,7 +288,7 @@ fn number(
     }
 }
 
-const KNOWN: [&str; 4] = ["pretrain", "sample", "encode", "import"];
+const KNOWN: [&str; 5] = ["pretrain", "finetune", "sample", "encode", "import"];
 
 #[component]
 pub fn Launch() -> impl IntoView {
@@ -325,7 +368,7 @@ pub fn Launch() -> impl IntoView {
     };
     let datasets = LocalResource::new(|| api::get::<Vec<Dataset>>("/datasets"));
     let experiments = LocalResource::new(|| api::get::<Vec<Experiment>>("/experiments"));
-    let trained = LocalResource::new(|| api::get::<JobPage>("/jobs?kind=pretrain&state=succeeded&limit=200"));
+    let trained = LocalResource::new(|| api::get::<JobPage>("/jobs?state=succeeded&limit=200"));
     let encoded = LocalResource::new(|| api::get::<JobPage>("/jobs?kind=encode&state=succeeded&limit=200"));
 
     let tag_list = Memo::new(move |_| {
@@ -404,6 +447,45 @@ pub fn Launch() -> impl IntoView {
         }
     };
 
+    // The fields of a data source (dataset and window, an encode run's latents, or the toy set).
+    let source_fields = move |source: Field| {
+        move || {
+            match source.value.get().as_str() {
+                        "toy" => text_input("Toy images", "toy_n", form.toy_n, "64").into_any(),
+                        "latents" => view! {
+                            <label>"Latents"
+                                <select name="latents" on:change=move |ev| form.latents.value.set(event_target_value(&ev))>
+                                    <option value="">"Pick an encode run"</option>
+                                    {move || encoded.get().and_then(|p| p.ok()).map(|p| p.jobs).unwrap_or_default().into_iter().filter_map(|j| {
+                                        let key = j.result.as_ref()?.get("latents")?.as_str()?.to_string();
+                                        let is = key.clone();
+                                        Some(view! { <option value=key.clone() selected=move || form.latents.value.get() == is>{format!("run #{}: {key}", j.id)}</option> })
+                                    }).collect_view()}
+                                </select>
+                            </label>
+                        }.into_any(),
+                        _ => view! { {dataset_select()} {text_input("CT window", "window", form.window, "brain")} }.into_any(),
+                    }
+        }
+    };
+    // A finished training run of one of `kinds`, into form.checkpoint.
+    let run_select = move |label: &'static str, kinds: &'static [&'static str]| {
+        view! {
+            <label>{label}
+                <select name="checkpoint" on:change=move |ev| form.checkpoint.value.set(event_target_value(&ev))>
+                    <option value="">"Pick a finished training run"</option>
+                    {move || trained.get().and_then(|p| p.ok()).map(|p| p.jobs).unwrap_or_default().into_iter().filter(|j| kinds.contains(&j.kind.as_str())).map(|j| {
+                        let id = j.id.to_string();
+                        let is = id.clone();
+                        let result = j.result.clone().unwrap_or_default();
+                        let step = result.get("step").and_then(Value::as_i64).unwrap_or(0);
+                        let cond = result.pointer("/config/model/conditioning/kind").and_then(Value::as_str).unwrap_or("").to_string();
+                        view! { <option value=id selected=move || form.checkpoint.value.get() == is>{format!("run #{} {} {cond} (step {step})", j.id, j.kind)}</option> }
+                    }).collect_view()}
+                </select>
+            </label>
+        }
+    };
     let fields = move || {
         if raw_mode.get() || !KNOWN.contains(&kind.get().as_str()) {
             return view! {
@@ -420,7 +502,7 @@ pub fn Launch() -> impl IntoView {
             "pretrain" => view! {
                 <fieldset><legend>"Model and schedule"</legend>
                     {choice("Preset", "preset", form.preset, &["tiny-cpu", "paper"])}
-                    {choice("Conditioning", "conditioning", form.conditioning, &["none", "class"])}
+                    {choice("Conditioning", "conditioning", form.conditioning, &["none", "class", "representation"])}
                     {preset_input("Steps", "steps", form.steps, &["train", "steps"])}
                     {preset_input("Batch size", "batch_size", form.batch_size, &["train", "batch_size"])}
                     {preset_input("Learning rate", "learning_rate", form.learning_rate, &["train", "learning_rate"])}
@@ -430,38 +512,13 @@ pub fn Launch() -> impl IntoView {
                 </fieldset>
                 <fieldset><legend>"Data"</legend>
                     {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
-                    {move || match form.data.value.get().as_str() {
-                        "toy" => text_input("Toy images", "toy_n", form.toy_n, "64").into_any(),
-                        "latents" => view! {
-                            <label>"Latents"
-                                <select name="latents" on:change=move |ev| form.latents.value.set(event_target_value(&ev))>
-                                    <option value="">"Pick an encode run"</option>
-                                    {move || encoded.get().and_then(|p| p.ok()).map(|p| p.jobs).unwrap_or_default().into_iter().filter_map(|j| {
-                                        let key = j.result.as_ref()?.get("latents")?.as_str()?.to_string();
-                                        let is = key.clone();
-                                        Some(view! { <option value=key.clone() selected=move || form.latents.value.get() == is>{format!("run #{}: {key}", j.id)}</option> })
-                                    }).collect_view()}
-                                </select>
-                            </label>
-                        }.into_any(),
-                        _ => view! { {dataset_select()} {text_input("CT window", "window", form.window, "brain")} }.into_any(),
-                    }}
+                    {source_fields(form.data)}
                 </fieldset>
             }
             .into_any(),
             "sample" => view! {
                 <fieldset><legend>"Checkpoint"</legend>
-                    <label>"Training run"
-                        <select name="checkpoint" on:change=move |ev| form.checkpoint.value.set(event_target_value(&ev))>
-                            <option value="">"Pick a finished training run"</option>
-                            {move || trained.get().and_then(|p| p.ok()).map(|p| p.jobs).unwrap_or_default().into_iter().map(|j| {
-                                let id = j.id.to_string();
-                                let is = id.clone();
-                                let step = j.result.as_ref().and_then(|r| r.get("step")).and_then(Value::as_i64).unwrap_or(0);
-                                view! { <option value=id selected=move || form.checkpoint.value.get() == is>{format!("run #{} (step {step})", j.id)}</option> }
-                            }).collect_view()}
-                        </select>
-                    </label>
+                    {run_select("Training run", &["pretrain", "finetune"])}
                 </fieldset>
                 <fieldset><legend>"Sampling"</legend>
                     {text_input("Samples", "num", form.num, "16")}
@@ -471,6 +528,30 @@ pub fn Launch() -> impl IntoView {
                     {text_input("Steps", "sample_steps", form.sample_steps, "50")}
                     {text_input("Eta (DDIM)", "eta", form.eta, "0")}
                     {text_input("Seed", "seed", form.seed, "0")}
+                </fieldset>
+                <fieldset><legend>"References (representation-conditional models)"</legend>
+                    {choice("Reference images", "references", form.references, &["none", "dataset", "latents", "toy"])}
+                    {move || (form.references.value.get() != "none").then(|| source_fields(form.references))}
+                    <p class="muted small wide-row">"A representation model draws variations of reference images: sample i from reference i."</p>
+                </fieldset>
+            }
+            .into_any(),
+            "finetune" => view! {
+                <fieldset><legend>"Pre-trained model"</legend>
+                    {run_select("Pre-trained run", &["pretrain"])}
+                    {text_input("Label dropout", "label_dropout", form.label_dropout, "0.1")}
+                    <p class="muted small wide-row">"The class-conditional model takes what the pre-trained one learnt about the noisy image; a representation model's encoder and merge layers are dropped, the label embedding is new. The run page shows the transfer table."</p>
+                </fieldset>
+                <fieldset><legend>"Schedule (unset: the pre-training's)"</legend>
+                    {text_input("Steps", "steps", form.steps, "pre-training's")}
+                    {text_input("Batch size", "batch_size", form.batch_size, "pre-training's")}
+                    {text_input("Learning rate", "learning_rate", form.learning_rate, "pre-training's")}
+                    {text_input("Seed", "seed", form.seed, "pre-training's")}
+                    {text_input("Checkpoint every", "checkpoint_every", form.checkpoint_every, "pre-training's")}
+                </fieldset>
+                <fieldset><legend>"Labelled data"</legend>
+                    {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
+                    {source_fields(form.data)}
                 </fieldset>
             }
             .into_any(),

@@ -109,7 +109,9 @@ fn RunHeader(
     };
     let can_cancel = !job.state.is_final() && !job.cancel_requested;
     let can_retry = matches!(job.state, JobState::Failed | JobState::Cancelled);
-    let trained = job.kind == "pretrain" && job.state == JobState::Succeeded;
+    let succeeded = job.state == JobState::Succeeded;
+    let trained = matches!(job.kind.as_str(), "pretrain" | "finetune") && succeeded;
+    let pretrained = job.kind == "pretrain" && succeeded;
     view! {
         <div class="titlebar">
             <h1>{format!("Run #{id} · {}", job.kind)}</h1>
@@ -121,6 +123,7 @@ fn RunHeader(
             {can_retry.then(|| view! { <button on:click=move |_| on_retry()>"Retry"</button> })}
             <a class="button secondary" href=format!("/runs/new?from={id}")>"Clone"</a>
             {trained.then(|| view! { <a class="button" href=format!("/runs/new?kind=sample&checkpoint={id}")>"Sample from it"</a> })}
+            {pretrained.then(|| view! { <a class="button secondary" href=format!("/runs/new?kind=finetune&checkpoint={id}")>"Fine-tune from it"</a> })}
         </div>
         <p class="muted">
             {format!("by {} · created {}", job.owner.clone().unwrap_or_else(|| "-".into()), ago(job.created_at))}
@@ -273,6 +276,7 @@ fn Outputs(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, Api
                 }
                 let images: Vec<Artifact> = list.iter().filter(|a| a.kind == "sample_image").cloned().collect();
                 let grid = list.iter().find(|a| a.kind == "grid").cloned();
+                let reports: Vec<Artifact> = list.iter().filter(|a| a.kind == "report").cloned().collect();
                 let gallery = if kind() == "sample" { format!("/gallery?job={id}") } else { format!("/gallery?from_job={id}") };
                 let navigate = navigate.clone();
                 view! {
@@ -290,6 +294,7 @@ fn Outputs(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, Api
                             </div>
                         </section>
                     })}
+                    {reports.into_iter().map(|a| view! { <Report artifact=a /> }).collect_view()}
                     <section class="card">
                         <h2>"Artifacts"</h2>
                         <table class="grid">
@@ -306,6 +311,23 @@ fn Outputs(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, Api
                 }.into_any()
             }
         })}
+    }
+}
+
+/// A text report of the run (a fine-tune's transfer table), shown as it is.
+#[component]
+fn Report(artifact: Artifact) -> impl IntoView {
+    let url = artifact.url.clone();
+    let text = LocalResource::new(move || {
+        let url = url.clone();
+        async move { api::get_text(&url).await }
+    });
+    let name = artifact.key.rsplit('/').next().unwrap_or("report").to_string();
+    view! {
+        <section class="card report">
+            <h2>{if name == "transfer.txt" { "Weight transfer".to_string() } else { name }}</h2>
+            {move || loaded(text.get(), |t: String| view! { <pre class="json">{t}</pre> })}
+        </section>
     }
 }
 
