@@ -27,6 +27,10 @@ pub struct BenchArgs {
     input_size: usize,
     #[arg(long, default_value_t = 4)]
     channels: usize,
+    /// Also measure each model as the representation-conditional model (its encoder as deep as the
+    /// DiT), to show the encoder's overhead. The plain rows are then unconditional, as in pre-training.
+    #[arg(long)]
+    representation: bool,
     /// Measure the data pipeline instead (DICOM read, import, encode) on this many synthetic slices.
     #[arg(long)]
     imaging: Option<usize>,
@@ -70,8 +74,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("| model | parameters | forward s/batch | forward images/s | train s/step | train steps/s |");
     println!("|---|---|---|---|---|---|");
     for name in &args.models {
-        let mut config = RunConfig::preset("paper")?;
-        config.model = match RunConfig::preset(name) {
+        let base = match RunConfig::preset(name) {
             Ok(preset) => preset.model,
             Err(_) => ModelConfig::dit(
                 name,
@@ -80,34 +83,63 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 Conditioning::Class { num_classes: 2, dropout_prob: 0.1 },
             )?,
         };
-        config.train.batch_size = args.batch_size;
-        let (channels, size, _) = config.model.sample_dims();
-        let mut trainer = Trainer::new(config, &device)?;
-        let n = args.batch_size;
-        let mut rng = Rng::new(0);
-        let data = Dataset::new(
-            rng.randn((n, channels, size, size), &device)?,
-            Some((0..n as u32).map(|i| i % 2).collect()),
-            Vec::new(),
-        )?;
-        let x = rng.randn((n, channels, size, size), &device)?;
-        let t = Tensor::from_vec((0..n).map(|i| (i * 61 % 1000) as f32).collect::<Vec<_>>(), n, &device)?;
-        let y = Tensor::from_vec((0..n as u32).map(|i| i % 2).collect::<Vec<_>>(), n, &device)?;
-        let forward = mean_seconds(iters, || {
-            let out = trainer.model.forward(&x, &t, Some(&y))?;
-            out.sum_all()?.to_scalar::<f32>()?;
-            Ok(())
-        })?;
-        let step = mean_seconds(iters, || {
-            trainer.train_step(&data)?;
-            Ok(())
-        })?;
-        println!(
-            "| {name} | {:.1}M | {forward:.3} | {:.1} | {step:.3} | {:.3} |",
-            trainer.vars().num_parameters() as f64 / 1e6,
-            n as f64 / forward,
-            1.0 / step
-        );
+        let variants = if args.representation {
+            let rep = Conditioning::Representation { encoder_depth: base.depth, encoder_heads: base.num_heads };
+            vec![(name.clone(), Conditioning::None), (format!("{name} + representation"), rep)]
+        } else {
+            vec![(name.clone(), base.conditioning.clone())]
+        };
+        for (label, conditioning) in variants {
+            let model = ModelConfig { conditioning, ..base.clone() };
+            bench_model(&label, model, &args, &device, iters)?;
+        }
     }
+    Ok(())
+}
+
+/// One row of the table: forward throughput and training speed of `model`.
+fn bench_model(
+    label: &str,
+    model: ModelConfig,
+    args: &BenchArgs,
+    device: &repdiff_engine::Device,
+    iters: usize,
+) -> Result<()> {
+    let mut config = RunConfig::preset("paper")?;
+    config.model = model;
+    config.train.batch_size = args.batch_size;
+    let (channels, size, _) = config.model.sample_dims();
+    let classes = config.model.num_classes().is_some();
+    let mut trainer = Trainer::new(config, device)?;
+    let n = args.batch_size;
+    let mut rng = Rng::new(0);
+    let data = Dataset::new(
+        rng.randn((n, channels, size, size), device)?,
+        Some((0..n as u32).map(|i| i % 2).collect()),
+        Vec::new(),
+    )?;
+    let x = rng.randn((n, channels, size, size), device)?;
+    let t = Tensor::from_vec((0..n).map(|i| (i * 61 % 1000) as f32).collect::<Vec<_>>(), n, device)?;
+    let y = Tensor::from_vec((0..n as u32).map(|i| i % 2).collect::<Vec<_>>(), n, device)?;
+    let forward = mean_seconds(iters, || {
+        // A representation model's forward includes encoding its reference.
+        let rep = match trainer.model.config().is_representation() {
+            true => Some(trainer.model.encode(&x)?),
+            false => None,
+        };
+        let out = trainer.model.forward_with(&x, &t, classes.then_some(&y), rep.as_ref())?;
+        out.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    let step = mean_seconds(iters, || {
+        trainer.train_step(&data)?;
+        Ok(())
+    })?;
+    println!(
+        "| {label} | {:.1}M | {forward:.3} | {:.1} | {step:.3} | {:.3} |",
+        trainer.vars().num_parameters() as f64 / 1e6,
+        n as f64 / forward,
+        1.0 / step
+    );
     Ok(())
 }
