@@ -102,6 +102,15 @@ impl Form {
         }
     }
 
+    /// The training schedule fields (left out when empty) into a run's parameters.
+    fn schedule(&self, run: &mut Map<String, Value>, problems: &mut Vec<String>) {
+        number(problems, run, "steps", "Steps", &self.steps, true, true);
+        number(problems, run, "batch_size", "Batch size", &self.batch_size, true, true);
+        number(problems, run, "learning_rate", "Learning rate", &self.learning_rate, true, false);
+        number(problems, run, "seed", "Seed", &self.seed, false, true);
+        number(problems, run, "checkpoint_every", "Checkpoint every", &self.checkpoint_every, true, true);
+    }
+
     /// A data source's parameters (`{"dataset": ...}`, `{"latents": ...}` or `{"toy": ...}`).
     fn data_json(&self, source: &str, problems: &mut Vec<String>) -> Value {
         match source {
@@ -135,19 +144,7 @@ impl Form {
                 let mut run = Map::new();
                 run.insert("preset".into(), json!(self.preset.text()));
                 run.insert("conditioning".into(), json!(self.conditioning.text()));
-                number(&mut problems, &mut run, "steps", "Steps", &self.steps, true, true);
-                number(&mut problems, &mut run, "batch_size", "Batch size", &self.batch_size, true, true);
-                number(&mut problems, &mut run, "learning_rate", "Learning rate", &self.learning_rate, true, false);
-                number(&mut problems, &mut run, "seed", "Seed", &self.seed, false, true);
-                number(
-                    &mut problems,
-                    &mut run,
-                    "checkpoint_every",
-                    "Checkpoint every",
-                    &self.checkpoint_every,
-                    true,
-                    true,
-                );
+                self.schedule(&mut run, &mut problems);
                 out.insert("run".into(), Value::Object(run));
                 let data = self.data_json(&self.data.text(), &mut problems);
                 out.insert("data".into(), data);
@@ -160,19 +157,7 @@ impl Form {
                     Err(_) => problems.push("Pre-trained run: pick a finished pretrain run".into()),
                 }
                 let mut run = Map::new();
-                number(&mut problems, &mut run, "steps", "Steps", &self.steps, true, true);
-                number(&mut problems, &mut run, "batch_size", "Batch size", &self.batch_size, true, true);
-                number(&mut problems, &mut run, "learning_rate", "Learning rate", &self.learning_rate, true, false);
-                number(&mut problems, &mut run, "seed", "Seed", &self.seed, false, true);
-                number(
-                    &mut problems,
-                    &mut run,
-                    "checkpoint_every",
-                    "Checkpoint every",
-                    &self.checkpoint_every,
-                    true,
-                    true,
-                );
+                self.schedule(&mut run, &mut problems);
                 out.insert("run".into(), Value::Object(run));
                 number(&mut problems, &mut out, "label_dropout", "Label dropout", &self.label_dropout, false, false);
                 if out.get("label_dropout").and_then(Value::as_f64).is_some_and(|d| d >= 1.0) {

@@ -103,6 +103,13 @@ pub struct ConfigArgs {
     /// Conditioning: none (unconditional), class (with a null class for guidance) or representation.
     #[arg(long, value_enum)]
     conditioning: Option<CondArg>,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
+}
+
+/// Training settings a run may change (unset: the preset's, or the pre-training's for a fine-tune).
+#[derive(Args, Clone, Default)]
+pub struct ScheduleArgs {
     #[arg(long)]
     steps: Option<usize>,
     #[arg(long)]
@@ -113,6 +120,17 @@ pub struct ConfigArgs {
     seed: Option<u64>,
     #[arg(long)]
     checkpoint_every: Option<usize>,
+}
+
+impl ScheduleArgs {
+    /// Sets the given settings in `train`.
+    pub fn apply(&self, train: &mut repdiff_engine::config::TrainConfig) {
+        train.steps = self.steps.unwrap_or(train.steps);
+        train.batch_size = self.batch_size.unwrap_or(train.batch_size);
+        train.learning_rate = self.lr.unwrap_or(train.learning_rate);
+        train.seed = self.seed.unwrap_or(train.seed);
+        train.checkpoint_every = self.checkpoint_every.unwrap_or(train.checkpoint_every);
+    }
 }
 
 impl ConfigArgs {
@@ -134,11 +152,11 @@ impl ConfigArgs {
                 CondArg::Class => ConditioningKind::Class,
                 CondArg::Representation => ConditioningKind::Representation,
             }),
-            steps: self.steps,
-            batch_size: self.batch_size,
-            learning_rate: self.lr,
-            seed: self.seed,
-            checkpoint_every: self.checkpoint_every,
+            steps: self.schedule.steps,
+            batch_size: self.schedule.batch_size,
+            learning_rate: self.schedule.lr,
+            seed: self.schedule.seed,
+            checkpoint_every: self.schedule.checkpoint_every,
         })
     }
 

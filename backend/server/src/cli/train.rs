@@ -13,7 +13,7 @@ use repdiff_engine::device::best_device;
 use repdiff_engine::finetune;
 use repdiff_engine::train::{StopReason, Trainer};
 
-use super::{CondArg, ConfigArgs, progress_bar};
+use super::{CondArg, ConfigArgs, ScheduleArgs, progress_bar};
 
 /// What to train on.
 #[derive(Args, Clone)]
@@ -71,16 +71,8 @@ pub struct FinetuneArgs {
     /// Label dropout probability (a null class for classifier-free guidance; 0 for none).
     #[arg(long, default_value_t = 0.1)]
     label_dropout: f64,
-    #[arg(long)]
-    steps: Option<usize>,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    lr: Option<f64>,
-    #[arg(long)]
-    seed: Option<u64>,
-    #[arg(long)]
-    checkpoint_every: Option<usize>,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
     #[command(flatten)]
     data: DataArgs,
     /// Run folder: checkpoint.safetensors, config.json, metrics.csv, transfer.txt.
@@ -99,11 +91,7 @@ impl TrainArgs {
                 config: None,
                 model: None,
                 conditioning: None,
-                steps: Some(steps),
-                batch_size: None,
-                lr: None,
-                seed: None,
-                checkpoint_every: None,
+                schedule: ScheduleArgs { steps: Some(steps), ..ScheduleArgs::default() },
             },
             data: DataArgs { images: None, latents: None, toy: Some(256) },
             out: out.to_path_buf(),
@@ -145,10 +133,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             bail!("--resume continues the run as configured; only --steps and --checkpoint-every may change");
         }
         // The run's length and checkpoint cadence may change; everything else is the checkpoint's.
-        if let Some(steps) = args.config.steps {
+        if let Some(steps) = args.config.schedule.steps {
             trainer.config.train.steps = steps;
         }
-        if let Some(every) = args.config.checkpoint_every {
+        if let Some(every) = args.config.schedule.checkpoint_every {
             trainer.config.train.checkpoint_every = every;
         }
         println!("Resuming {} at step {}", args.out.display(), trainer.step());
@@ -207,10 +195,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
     // The pre-training's run, made class-conditional, with the flags' training settings.
     let mut config = source.clone();
     config.model.conditioning = Conditioning::Class { num_classes, dropout_prob: args.label_dropout };
-    let t = &mut config.train;
-    (t.steps, t.batch_size) = (args.steps.unwrap_or(t.steps), args.batch_size.unwrap_or(t.batch_size));
-    (t.learning_rate, t.seed) = (args.lr.unwrap_or(t.learning_rate), args.seed.unwrap_or(t.seed));
-    t.checkpoint_every = args.checkpoint_every.unwrap_or(t.checkpoint_every);
+    args.schedule.apply(&mut config.train);
     config.validate()?;
     let (transfer, _) =
         finetune::from_checkpoint(&args.from, &config.model, config.train.seed, args.raw_weights, &device)?;
