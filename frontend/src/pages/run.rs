@@ -335,10 +335,13 @@ fn Report(artifact: Artifact) -> impl IntoView {
 fn Logs(id: i64, refresh: RwSignal<u32>) -> impl IntoView {
     let lines = RwSignal::new(Vec::<LogLine>::new());
     let error = RwSignal::new(None::<ApiError>);
+    // One request at a time; a refresh that arrives meanwhile runs when it returns (so the lines logged
+    // at the job's end are never missed).
     let busy = StoredValue::new(false);
-    Effect::new(move |_| {
-        refresh.track();
+    let again = StoredValue::new(false);
+    fn tail(id: i64, lines: RwSignal<Vec<LogLine>>, error: RwSignal<Option<ApiError>>, busy: StoredValue<bool>, again: StoredValue<bool>) {
         if busy.get_value() {
+            again.set_value(true);
             return;
         }
         busy.set_value(true);
@@ -349,7 +352,15 @@ fn Logs(id: i64, refresh: RwSignal<u32>) -> impl IntoView {
                 Err(e) => error.set(Some(e)),
             }
             busy.set_value(false);
+            if again.get_value() {
+                again.set_value(false);
+                tail(id, lines, error, busy, again);
+            }
         });
+    }
+    Effect::new(move |_| {
+        refresh.track();
+        tail(id, lines, error, busy, again);
     });
     view! {
         <section class="card" id="logs">
