@@ -339,7 +339,13 @@ fn Logs(id: i64, refresh: RwSignal<u32>) -> impl IntoView {
     // at the job's end are never missed).
     let busy = StoredValue::new(false);
     let again = StoredValue::new(false);
-    fn tail(id: i64, lines: RwSignal<Vec<LogLine>>, error: RwSignal<Option<ApiError>>, busy: StoredValue<bool>, again: StoredValue<bool>) {
+    fn tail(
+        id: i64,
+        lines: RwSignal<Vec<LogLine>>,
+        error: RwSignal<Option<ApiError>>,
+        busy: StoredValue<bool>,
+        again: StoredValue<bool>,
+    ) {
         if busy.get_value() {
             again.set_value(true);
             return;
