@@ -3,6 +3,7 @@
 
 pub mod autoencoder;
 pub mod checkpoint;
+pub mod classify;
 pub mod config;
 pub mod data;
 pub mod dataset;
