@@ -138,3 +138,85 @@ pub fn metrics(truth: &[u32], predicted: &[u32], num_classes: usize) -> Result<M
     };
     Ok(Metrics { accuracy: correct as f64 / truth.len() as f64, precision, recall, f1, confusion })
 }
+
+/// How a timestep sweep runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SweepOptions {
+    pub timesteps: Vec<usize>,
+    /// Noise draws per image and timestep (the paper: 512).
+    pub draws: usize,
+    pub seed: u64,
+    /// Images per model batch (each becomes `num_classes` rows).
+    pub batch_size: usize,
+    pub score: Score,
+}
+
+/// One timestep of a sweep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepRow {
+    pub t: usize,
+    pub metrics: Metrics,
+    /// Model forward passes per image (draws x classes).
+    pub forwards_per_image: usize,
+}
+
+/// Classifies every image of `samples` (`[N, C, H, W]`, true classes `labels`) at each timestep of
+/// `options`, reporting the metrics per timestep. `on_progress(done, total)` counts image batches.
+pub fn sweep(
+    model: &Dit,
+    diffusion: &GaussianDiffusion,
+    samples: &Tensor,
+    labels: &[u32],
+    options: &SweepOptions,
+    cancel: &crate::train::CancelToken,
+    mut on_progress: impl FnMut(usize, usize),
+) -> Result<Vec<SweepRow>> {
+    let num_classes = model
+        .config()
+        .num_classes()
+        .ok_or_else(|| Error::Config("the diffusion classifier needs a class-conditional model".into()))?;
+    let n = samples.dim(0)?;
+    if labels.len() != n || n == 0 {
+        return Err(Error::Data(format!("{n} images but {} labels", labels.len())));
+    }
+    if options.draws == 0 || options.batch_size == 0 || options.timesteps.is_empty() {
+        return Err(Error::Config("a sweep needs timesteps, draws >= 1 and batch_size >= 1".into()));
+    }
+    let batches = n.div_ceil(options.batch_size);
+    let total = batches * options.timesteps.len();
+    let mut predict = model_predictor(model, diffusion);
+    let mut rows = Vec::with_capacity(options.timesteps.len());
+    for (i, &t) in options.timesteps.iter().enumerate() {
+        let mut predicted = Vec::with_capacity(n);
+        for b in 0..batches {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled { step: i * batches + b });
+            }
+            let start = b * options.batch_size;
+            let z0 = samples.narrow(0, start, options.batch_size.min(n - start))?;
+            let draws = noise_draws(&z0, options.draws, options.seed, (t as u64) << 32 | b as u64)?;
+            let errors = class_errors(diffusion, &mut predict, &z0, t, &draws, num_classes, options.score)?;
+            predicted.extend(predictions(&errors)?);
+            on_progress(i * batches + b + 1, total);
+        }
+        rows.push(SweepRow {
+            t,
+            metrics: metrics(labels, &predicted, num_classes)?,
+            forwards_per_image: options.draws * num_classes,
+        });
+    }
+    Ok(rows)
+}
+
+/// The operating timestep: the best F1 (then accuracy; then the smaller t) of a sweep, meant to be run on
+/// the validation split and applied to the test split.
+pub fn choose_timestep(rows: &[SweepRow]) -> Option<usize> {
+    rows.iter()
+        .max_by(|a, b| {
+            (a.metrics.f1, a.metrics.accuracy)
+                .partial_cmp(&(b.metrics.f1, b.metrics.accuracy))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(b.t.cmp(&a.t))
+        })
+        .map(|r| r.t)
+}

@@ -108,3 +108,17 @@ fn a_tiny_class_conditional_dit_classifies_the_toy_bars_well_above_chance() {
     let mean = sum / grid.len() as f64;
     assert!(best >= 0.8 && mean >= 0.7, "accuracy over t: best {best}, mean {mean}");
 }
+
+#[test]
+fn the_operating_timestep_is_the_best_f1_then_accuracy_then_the_smaller_t() {
+    use repdiff_engine::classify::{Metrics, SweepRow, choose_timestep};
+    let row = |t, accuracy, f1| SweepRow {
+        t,
+        metrics: Metrics { accuracy, precision: 0.0, recall: 0.0, f1, confusion: Vec::new() },
+        forwards_per_image: 2,
+    };
+    assert_eq!(choose_timestep(&[row(100, 0.9, 0.5), row(200, 0.7, 0.8), row(300, 0.6, 0.7)]), Some(200));
+    assert_eq!(choose_timestep(&[row(100, 0.7, 0.8), row(200, 0.9, 0.8)]), Some(200));
+    assert_eq!(choose_timestep(&[row(300, 0.9, 0.8), row(100, 0.9, 0.8)]), Some(100));
+    assert_eq!(choose_timestep(&[]), None);
+}

@@ -371,3 +371,90 @@ fn pretrain_representation_model_sample_variations_and_finetune_from_it() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(dir.join("ft-samples/sample_0001_class1.png").exists());
 }
+
+#[test]
+fn classify_sweeps_timesteps_on_validation_and_reports_test_at_the_chosen_one() {
+    let dir = tempdir("classify");
+    image_folder(&dir.join("images"));
+    let config = tiny_config(&dir);
+    let images = dir.join("images");
+    let run = dir.join("run");
+    let out = repdiff(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--conditioning",
+        "class",
+        "--images",
+        images.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = dir.join("report.json");
+    let ckpt = run.join("checkpoint.safetensors");
+    let out = repdiff(&[
+        "classify",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--validation",
+        images.to_str().unwrap(),
+        "--test",
+        images.to_str().unwrap(),
+        "--timesteps",
+        "100,500",
+        "--draws",
+        "2",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("| t | accuracy | precision | recall | F1 |"), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let chosen = report["chosen_t"].as_u64().unwrap();
+    assert!([100, 500].contains(&chosen));
+    assert_eq!(report["validation"].as_array().unwrap().len(), 2);
+    assert_eq!(report["test"]["t"].as_u64(), Some(chosen));
+    let confusion = &report["test"]["metrics"]["confusion"];
+    let counted: u64 =
+        confusion.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(counted, 8, "every test image classified once");
+    assert_eq!(report["test"]["forwards_per_image"], 4);
+
+    // An unconditional model cannot classify; a timestep past T is refused.
+    let uncond = dir.join("uncond");
+    let out = repdiff(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--conditioning",
+        "none",
+        "--images",
+        images.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--out",
+        uncond.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = repdiff(&[
+        "classify",
+        "--checkpoint",
+        uncond.join("checkpoint.safetensors").to_str().unwrap(),
+        "--validation",
+        images.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success() && text(&out).contains("not class-conditional"), "{}", text(&out));
+    let out = repdiff(&[
+        "classify",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--validation",
+        images.to_str().unwrap(),
+        "--timesteps",
+        "1000",
+    ]);
+    assert!(!out.status.success() && text(&out).contains("outside"), "{}", text(&out));
+}

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_imaging;
 mod bench_queue;
+mod classify;
 mod encode;
 mod import;
 mod interrupt;
@@ -40,6 +41,8 @@ enum Command {
     Pretrain(train::PretrainArgs),
     /// Fine-tune a class-conditional DiT from a pre-trained checkpoint (prints what it transfers).
     Finetune(train::FinetuneArgs),
+    /// Classify zero-shot with the diffusion classifier: a timestep sweep on validation, the chosen t on test.
+    Classify(classify::ClassifyArgs),
     /// Draw samples from a checkpoint: PNG files, a grid, and the raw tensors.
     Sample(sample::SampleArgs),
     /// Measure DiT training/forward throughput, or with --imaging the data pipeline (import, encode).
@@ -170,6 +173,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::Pretrain(args) => train::pretrain(args),
         Command::Finetune(args) => train::finetune(args),
+        Command::Classify(args) => classify::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo(args),
