@@ -207,6 +207,7 @@ try {
   step("sample variations of the dataset's scans from its checkpoint");
   await page.click("a:has-text('Sample from it')");
   await page.waitForURL(/kind=sample/);
+  await page.locator(`select[name=checkpoint] option[value="${trainId}"]`).waitFor({ state: "attached" });
   assert.equal(await page.locator("select[name=checkpoint]").inputValue(), String(trainId));
   await page.selectOption("select[name=references]", "dataset");
   await page.selectOption("select[name=dataset]", String(datasetId));
@@ -224,6 +225,7 @@ try {
   await page.goto(`${base}/runs/${trainId}`);
   await page.click("a:has-text('Fine-tune from it')");
   await page.waitForURL(/kind=finetune/);
+  await page.locator(`select[name=checkpoint] option[value="${trainId}"]`).waitFor({ state: "attached" });
   assert.equal(await page.locator("select[name=checkpoint]").inputValue(), String(trainId));
   await page.selectOption("select[name=dataset]", String(datasetId));
   await page.fill("input[name=steps]", "10");
@@ -236,6 +238,33 @@ try {
   assert.match(await transfer.innerText(), /\d+ loaded, 1 reshaped, \d+ dropped, 1 new/);
   assert.equal((await api(`/jobs/${finetuneId}`)).result.transfer.reshaped, 1);
   await shot("finetune-run");
+
+  step("classify zero-shot with the fine-tuned model: a sweep over t, the chosen t marked");
+  await page.goto(`${base}/runs/new?kind=classify&checkpoint=${finetuneId}`);
+  await page.locator(`select[name=checkpoint] option[value="${finetuneId}"]`).waitFor({ state: "attached" });
+  assert.equal(await page.locator("select[name=checkpoint]").inputValue(), String(finetuneId));
+  await page.selectOption("select[name=data]", "dataset");
+  await page.selectOption("select[name=dataset]", String(datasetId));
+  await page.fill("input[name=timesteps]", "100,300,1000");
+  await page.locator(".problems", { hasText: "Timesteps" }).waitFor();
+  await page.fill("input[name=timesteps]", "100,300,500");
+  await page.fill("input[name=draws]", "2");
+  await page.click("button:has-text('Launch')");
+  await page.waitForURL(/\/runs\/\d+$/);
+  const classifyId = Number(page.url().split("/").pop());
+  await waitState("succeeded", 120_000);
+  const report = (await api(`/jobs/${classifyId}`)).result;
+  await page.locator("#classification h2", { hasText: `timestep ${report.chosen_t} chosen` }).waitFor();
+  assert.equal(await page.locator("table.sweep tbody tr").count(), 3);
+  assert.equal(await page.locator("table.sweep tr.chosen td").first().innerText(), String(report.chosen_t));
+  // The F1 chart over t, with the chosen t drawn where it belongs.
+  const chart = page.locator(".chart-main[data-metric=val_f1] svg.chart");
+  await chart.locator("line.marker").waitFor({ state: "attached" });
+  const [x1, plot, x0, xMax] = await chart.evaluate((s) => [
+    +s.querySelector("line.marker").getAttribute("x1"), s.dataset.plot.split(" ").map(Number), +s.dataset.xMin, +s.dataset.xMax]);
+  const markedT = x0 + ((x1 - plot[0]) / plot[2]) * (xMax - x0);
+  assert.ok(Math.abs(markedT - report.chosen_t) < 0.5, `marker at t ${markedT}, chosen ${report.chosen_t}`);
+  await shot("classify-run");
 
   step("gallery");
   await page.goto(`${base}/gallery?from_job=${trainId}`);

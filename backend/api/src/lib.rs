@@ -458,6 +458,39 @@ pub struct RunPage {
     pub next_before: Option<i64>,
 }
 
+/// Classification quality at one timestep: class 1 (haematoma) is the positive class of a two-class
+/// problem; macro averages for more classes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ClassMetrics {
+    pub accuracy: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// `confusion[truth][predicted]`.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// One timestep of a classifier sweep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SweepRow {
+    pub t: usize,
+    pub metrics: ClassMetrics,
+    /// Model forward passes per image (noise draws x classes).
+    pub forwards_per_image: usize,
+}
+
+/// The result of a `classify` job: the validation sweep, the timestep chosen on it (best F1), and the
+/// test data at that timestep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ClassifyReport {
+    pub chosen_t: usize,
+    pub validation: Vec<SweepRow>,
+    pub test: Option<SweepRow>,
+}
+
 /// Checks the name of a dataset or an experiment (`what`): 1 to 200 characters, not only spaces.
 pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     if name.trim().is_empty() || name.chars().count() > 200 {

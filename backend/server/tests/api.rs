@@ -514,6 +514,26 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     let reports = app.call("GET", &format!("/api/v1/jobs/{ft}/artifacts?kind=report"), Some(&ada), None).await.json();
     let text = app.call("GET", reports[0]["url"].as_str().unwrap(), Some(&ada), None).await;
     assert!(String::from_utf8_lossy(&text.body).contains("reshaped  x_embedder.proj.weight"));
+    // The zero-shot classifier on the fine-tuned model: a sweep on validation, the chosen t on test.
+    let submit = json!({ "kind": "classify", "params": { "checkpoint": { "job": ft }, "validation": { "toy": { "n": 8 } },
+        "test": { "toy": { "n": 6, "seed": 3 } }, "timesteps": [100, 500], "draws": 2 } });
+    let id = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let report: repdiff_api::ClassifyReport = serde_json::from_value(job["result"].clone()).unwrap();
+    assert!([100, 500].contains(&report.chosen_t));
+    assert_eq!(report.validation.iter().map(|r| r.t).collect::<Vec<_>>(), [100, 500]);
+    let test = report.test.unwrap();
+    assert_eq!((test.t, test.forwards_per_image), (report.chosen_t, 4));
+    assert_eq!(test.metrics.confusion.iter().flatten().sum::<usize>(), 6);
+    let f1 = app.call("GET", &format!("/api/v1/jobs/{id}/metrics?name=val_f1"), Some(&ada), None).await.json();
+    assert_eq!(f1[0]["steps"], json!([100, 500]), "the sweep is charted over t");
+    // A model without classes cannot classify.
+    let submit = json!({ "kind": "classify", "params": { "checkpoint": { "job": pre }, "validation": toy, "timesteps": [100], "draws": 1 } });
+    let id = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
+    assert!(job["state"] == "failed" && job["error"].as_str().unwrap().contains("class-conditional"), "{job}");
+
     // The fine-tuned model samples both classes.
     let submit =
         json!({ "kind": "sample", "params": { "checkpoint": { "job": ft }, "num": 2, "classes": [0, 1], "steps": 3 } });

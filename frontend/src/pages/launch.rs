@@ -60,6 +60,11 @@ struct Form {
     labels: Field,
     site: Field,
     label_dropout: Field,
+    timesteps: Field,
+    draws: Field,
+    score: Field,
+    /// The test split's latents key (an encode run's), or empty for none.
+    test_latents: Field,
     /// Where a representation model's reference images come from: none, dataset, latents or toy.
     references: Field,
 }
@@ -98,6 +103,10 @@ impl Form {
             labels: Field::new(""),
             site: Field::new("0"),
             label_dropout: Field::new("0.1"),
+            timesteps: Field::new("50,100,200,300,400,500,600,700,800,900"),
+            draws: Field::new("64"),
+            score: Field::new("x0_mse"),
+            test_latents: Field::new(""),
             references: Field::new("none"),
         }
     }
@@ -165,6 +174,30 @@ impl Form {
                 }
                 let data = self.data_json(&self.data.text(), &mut problems);
                 out.insert("data".into(), data);
+            }
+            "classify" => {
+                match self.checkpoint.text().parse::<i64>() {
+                    Ok(id) => {
+                        out.insert("checkpoint".into(), json!({ "job": id }));
+                    }
+                    Err(_) => problems.push("Model: pick a finished class-conditional run".into()),
+                }
+                let validation = self.data_json(&self.data.text(), &mut problems);
+                out.insert("validation".into(), validation);
+                if !self.test_latents.text().is_empty() {
+                    out.insert("test".into(), json!({ "latents": { "key": self.test_latents.text() } }));
+                }
+                let timesteps: Result<Vec<usize>, _> =
+                    self.timesteps.text().split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse).collect();
+                match timesteps {
+                    Ok(t) if !t.is_empty() && t.iter().all(|&t| t < 1000) => {
+                        out.insert("timesteps".into(), json!(t));
+                    }
+                    _ => problems.push("Timesteps: whole numbers below 1000, separated by commas".into()),
+                }
+                number(&mut problems, &mut out, "draws", "Noise draws", &self.draws, true, true);
+                out.insert("score".into(), json!(self.score.text()));
+                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
             }
             "sample" => {
                 if self.references.text() != "none" {
@@ -273,7 +306,7 @@ fn number(
     }
 }
 
-const KNOWN: [&str; 5] = ["pretrain", "finetune", "sample", "encode", "import"];
+const KNOWN: [&str; 6] = ["pretrain", "finetune", "classify", "sample", "encode", "import"];
 
 #[component]
 pub fn Launch() -> impl IntoView {
@@ -518,6 +551,33 @@ pub fn Launch() -> impl IntoView {
                     {choice("Reference images", "references", form.references, &["none", "dataset", "latents", "toy"])}
                     {move || (form.references.value.get() != "none").then(|| source_fields(form.references))}
                     <p class="muted small wide-row">"A representation model draws variations of reference images: sample i from reference i."</p>
+                </fieldset>
+            }
+            .into_any(),
+            "classify" => view! {
+                <fieldset><legend>"Zero-shot diffusion classifier"</legend>
+                    {run_select("Class-conditional run", &["finetune", "pretrain"])}
+                    {text_input("Timesteps", "timesteps", form.timesteps, "50,100,...")}
+                    {text_input("Noise draws", "draws", form.draws, "64 (the paper: 512)")}
+                    {choice("Score", "score", form.score, &["x0_mse", "eps_mse"])}
+                    {text_input("Seed", "seed", form.seed, "0")}
+                    <p class="muted small wide-row">"Every class sees the same noise draws. The timestep with the best F1 on validation is applied to test."</p>
+                </fieldset>
+                <fieldset><legend>"Validation data (chooses the timestep)"</legend>
+                    {choice("Source", "data", form.data, &["latents", "dataset", "toy"])}
+                    {source_fields(form.data)}
+                </fieldset>
+                <fieldset><legend>"Test data (optional)"</legend>
+                    <label>"Test latents"
+                        <select name="test_latents" on:change=move |ev| form.test_latents.value.set(event_target_value(&ev))>
+                            <option value="">"None"</option>
+                            {move || encoded.get().and_then(|p| p.ok()).map(|p| p.jobs).unwrap_or_default().into_iter().filter_map(|j| {
+                                let key = j.result.as_ref()?.get("latents")?.as_str()?.to_string();
+                                let is = key.clone();
+                                Some(view! { <option value=key.clone() selected=move || form.test_latents.value.get() == is>{format!("run #{}: {key}", j.id)}</option> })
+                            }).collect_view()}
+                        </select>
+                    </label>
                 </fieldset>
             }
             .into_any(),

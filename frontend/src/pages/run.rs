@@ -86,7 +86,8 @@ fn RunView(id: i64) -> impl IntoView {
         <ErrorBox error=action_error />
         <Show when=move || job.with(|j| matches!(j, Some(Ok(_))))>
             <Tags id=id job=job />
-            <Charts id=id refresh=refresh />
+            <Charts id=id refresh=refresh job=job />
+            <ClassifyResult job=job />
             <Outputs id=id refresh=refresh job=job />
             <Logs id=id refresh=refresh />
         </Show>
@@ -194,10 +195,19 @@ fn Tags(id: i64, job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView 
 }
 
 #[component]
-fn Charts(id: i64, refresh: RwSignal<u32>) -> impl IntoView {
+fn Charts(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
+    // A classifier's metrics are a sweep over timesteps (not smoothed), with the chosen t marked.
+    let classify = move || job.with(|j| matches!(j, Some(Ok(j)) if j.kind == "classify"));
+    let marker = Signal::derive(move || {
+        job.with(|j| {
+            let t = j.as_ref()?.as_ref().ok()?.result.as_ref()?.get("chosen_t")?.as_f64()?;
+            Some((t, format!("chosen t = {t}")))
+        })
+    });
     let (smooth_q, set_smooth) = query_signal::<f64>("smooth");
     let (metric_q, set_metric) = query_signal::<String>("metric");
-    let smoothing = Signal::derive(move || smooth_q.get().unwrap_or(0.6).clamp(0.0, 0.99));
+    let smoothing =
+        Signal::derive(move || smooth_q.get().unwrap_or(if classify() { 0.0 } else { 0.6 }).clamp(0.0, 0.99));
     let metrics = LocalResource::new(move || {
         refresh.track();
         async move { api::get::<Vec<MetricSeries>>(&format!("/jobs/{id}/metrics")).await }
@@ -210,10 +220,17 @@ fn Charts(id: i64, refresh: RwSignal<u32>) -> impl IntoView {
         }
     });
     let main_name = Memo::new(move |_| {
-        metric_q
-            .get()
-            .or_else(|| shown.with(|m| m.iter().find(|s| s.name == "loss").or(m.first()).map(|s| s.name.clone())))
+        metric_q.get().or_else(|| {
+            shown.with(|m| {
+                ["loss", "val_f1"]
+                    .iter()
+                    .find_map(|want| m.iter().find(|s| s.name == *want))
+                    .or(m.first())
+                    .map(|s| s.name.clone())
+            })
+        })
     });
+    let x_label = move || if classify() { "timestep" } else { "step" };
     let main = Signal::derive(move || {
         let name = main_name.get();
         shown.with(|m| m.iter().filter(|s| Some(&s.name) == name.as_ref()).map(Series::from_metric).collect::<Vec<_>>())
@@ -222,7 +239,7 @@ fn Charts(id: i64, refresh: RwSignal<u32>) -> impl IntoView {
         <Show when=move || !shown.with(Vec::is_empty)>
             <section class="card" id="charts">
                 <div class="titlebar">
-                    <h2>"Training curves"</h2>
+                    <h2>{move || if classify() { "Metrics over the timestep" } else { "Training curves" }}</h2>
                     <span class="spacer"></span>
                     <label>"Metric "
                         <select name="metric" on:change=move |ev| set_metric.set(Some(event_target_value(&ev)))>
@@ -239,7 +256,7 @@ fn Charts(id: i64, refresh: RwSignal<u32>) -> impl IntoView {
                     </label>
                 </div>
                 <div class="chart-main" data-metric=move || main_name.get().unwrap_or_default()>
-                    <LineChart series=main smoothing=smoothing x_label="step" />
+                    {move || view! { <LineChart series=main smoothing=smoothing x_label=x_label() marker=marker /> }}
                 </div>
                 <div class="small-multiples">
                     {move || shown.get().into_iter().filter(|s| Some(&s.name) != main_name.get().as_ref()).map(|s| {
@@ -248,13 +265,74 @@ fn Charts(id: i64, refresh: RwSignal<u32>) -> impl IntoView {
                         view! {
                             <figure class="chart-small">
                                 <figcaption><button class="link" on:click=move |_| set_metric.set(Some(name.clone()))>{s.name.clone()}</button></figcaption>
-                                <LineChart series=series smoothing=smoothing x_label="step" />
+                                <LineChart series=series smoothing=smoothing x_label=x_label() marker=marker />
                             </figure>
                         }
                     }).collect_view()}
                 </div>
             </section>
         </Show>
+    }
+}
+
+/// A classification run: the validation sweep as a table (the chosen timestep marked) and the test result
+/// at that timestep with its confusion matrix.
+#[component]
+fn ClassifyResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
+    use repdiff_api::ClassifyReport;
+    let report = move || {
+        job.with(|j| {
+            let j = j.as_ref()?.as_ref().ok()?;
+            (j.kind == "classify").then(|| serde_json::from_value::<ClassifyReport>(j.result.clone()?).ok())?
+        })
+    };
+    let pct = |v: f64| format!("{:.1}", v * 100.0);
+    move || {
+        report().map(|r| {
+            let chosen = r.chosen_t;
+            view! {
+                <section class="card" id="classification">
+                    <h2>{format!("Classification: timestep {chosen} chosen on validation (best F1)")}</h2>
+                    <div class="columns">
+                        <table class="grid sweep">
+                            <thead><tr><th>"t"</th><th>"accuracy %"</th><th>"precision %"</th><th>"recall %"</th><th>"F1 %"</th></tr></thead>
+                            <tbody>
+                                {r.validation.iter().map(|row| {
+                                    let m = &row.metrics;
+                                    view! {
+                                        <tr class=if row.t == chosen { "chosen" } else { "" }>
+                                            <td class="num">{row.t}</td><td class="num">{pct(m.accuracy)}</td><td class="num">{pct(m.precision)}</td>
+                                            <td class="num">{pct(m.recall)}</td><td class="num">{pct(m.f1)}</td>
+                                        </tr>
+                                    }
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                        {r.test.map(|row| {
+                            let m = row.metrics;
+                            view! {
+                                <div>
+                                    <h3>{format!("Test at t = {}", row.t)}</h3>
+                                    <p>{format!("accuracy {}%, precision {}%, recall {}%, F1 {}% ({} forwards per image)",
+                                        pct(m.accuracy), pct(m.precision), pct(m.recall), pct(m.f1), row.forwards_per_image)}</p>
+                                    <table class="grid confusion">
+                                        <thead><tr><th>"truth \\ predicted"</th>
+                                            {(0..m.confusion.len()).map(|c| view! { <th>{c}</th> }).collect_view()}</tr></thead>
+                                        <tbody>
+                                            {m.confusion.iter().enumerate().map(|(t, cells)| view! {
+                                                <tr><th>{t}</th>{cells.iter().enumerate().map(|(p, n)| view! {
+                                                    <td class=if p == t { "num hit" } else { "num" }>{*n}</td>
+                                                }).collect_view()}</tr>
+                                            }).collect_view()}
+                                        </tbody>
+                                    </table>
+                                </div>
+                            }
+                        })}
+                    </div>
+                </section>
+            }
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! Job kinds: thin adapters from a job's JSON parameters to the engine. Each kind's parameters are a serde
 //! type with `deny_unknown_fields`, so a misspelt field is an error at submission, not a silent default.
 
+mod classify;
 mod encode;
 mod finetune;
 mod import;
@@ -54,6 +55,7 @@ pub fn registry(settings: &JobSettings) -> Registry {
         )
         .register("pretrain", train::Train { weights_dir: settings.weights_dir.clone() })
         .register("finetune", finetune::Finetune { weights_dir: settings.weights_dir.clone() })
+        .register("classify", classify::Classify { weights_dir: settings.weights_dir.clone() })
         .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() });
     registry
 }

@@ -1,0 +1,186 @@
+//! `classify`: the zero-shot diffusion classifier as a job. A timestep sweep on the validation data
+//! (metrics `val_accuracy`, `val_precision`, `val_recall`, `val_f1` with the timestep as their step, so
+//! the run page charts them over t), the best-F1 timestep chosen there, and the test data classified at
+//! that timestep (`test_*` metrics, one point at the chosen t). The result holds every row with its
+//! confusion matrix.
+
+use repdiff_engine::classify::{Score, SweepOptions, choose_timestep, sweep};
+use repdiff_engine::device::best_device;
+use repdiff_engine::diffusion::GaussianDiffusion;
+use repdiff_engine::sample::{Weights, load_model};
+use serde::{Deserialize, Serialize};
+
+use super::sample::CheckpointRef;
+use super::train::{DataSource, data_inputs, load_data, validate_data};
+use crate::worker::{Handler, Input, JobContext, JobError};
+
+fn default_timesteps() -> Vec<usize> {
+    vec![50, 100, 200, 300, 400, 500, 600, 700, 800, 900]
+}
+
+fn default_draws() -> usize {
+    64
+}
+
+fn default_batch() -> usize {
+    16
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyParams {
+    /// A class-conditional checkpoint (a finetune job's: `{"job": ID}`).
+    pub checkpoint: CheckpointRef,
+    /// Labelled data the timestep is chosen on.
+    pub validation: DataSource,
+    /// Labelled data classified at the chosen timestep.
+    #[serde(default)]
+    pub test: Option<DataSource>,
+    #[serde(default = "default_timesteps")]
+    pub timesteps: Vec<usize>,
+    /// Noise draws per image and timestep, shared by every class (the paper: 512).
+    #[serde(default = "default_draws")]
+    pub draws: usize,
+    #[serde(default)]
+    pub score: Score,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub raw_weights: bool,
+}
+
+pub struct Classify {
+    pub weights_dir: std::path::PathBuf,
+}
+
+impl Handler for Classify {
+    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
+        let p: ClassifyParams = super::parse("classify", params)?;
+        if p.timesteps.is_empty() || p.timesteps.len() > 1000 {
+            return Err("timesteps: 1 to 1000 of them".into());
+        }
+        if !(1..=4096).contains(&p.draws) || !(1..=1024).contains(&p.batch_size) {
+            return Err("draws is 1 to 4096 and batch_size 1 to 1024".into());
+        }
+        validate_data(&p.validation)?;
+        p.test.as_ref().map_or(Ok(()), validate_data)
+    }
+
+    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
+        match serde_json::from_value::<ClassifyParams>(params.clone()) {
+            Ok(p) => {
+                let mut inputs = vec![Input::Artifact(p.checkpoint.key())];
+                inputs.extend(data_inputs(&p.validation));
+                inputs.extend(p.test.as_ref().map(data_inputs).unwrap_or_default());
+                inputs
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
+        let p: ClassifyParams = ctx.params()?;
+        let (device, device_note) = best_device();
+        let local = ctx.fetch(&p.checkpoint.key(), "checkpoint.safetensors")?;
+        let weights = if p.raw_weights { Weights::Raw } else { Weights::Ema };
+        let (model, config) = load_model(&local, weights, &device)?;
+        let Some(num_classes) = config.model.num_classes() else {
+            return Err(JobError::Permanent("the diffusion classifier needs a class-conditional model".into()));
+        };
+        if let Some(&bad) = p.timesteps.iter().find(|&&t| t >= config.diffusion.num_timesteps) {
+            return Err(JobError::Permanent(format!(
+                "timestep {bad} is outside the model's 0..{}",
+                config.diffusion.num_timesteps
+            )));
+        }
+        let diffusion = GaussianDiffusion::new(&config.diffusion, config.model.learn_sigma);
+        let options = SweepOptions {
+            timesteps: p.timesteps.clone(),
+            draws: p.draws,
+            seed: p.seed,
+            batch_size: p.batch_size,
+            score: p.score,
+        };
+        let labelled = |ctx: &mut JobContext, source: &DataSource, what: &str| -> Result<_, JobError> {
+            let data = load_data(ctx, source, &config, &self.weights_dir, &device)?;
+            let labels =
+                data.labels.clone().ok_or_else(|| JobError::Permanent(format!("the {what} data has no labels")))?;
+            Ok((data, labels))
+        };
+        let (validation, labels) = labelled(ctx, &p.validation, "validation")?;
+        ctx.log(
+            "info",
+            &format!(
+                "sweeping {} timesteps over {} validation images, {} draws x {num_classes} classes each, {device_note}",
+                options.timesteps.len(),
+                labels.len(),
+                options.draws
+            ),
+        );
+        let cancel = ctx.cancel.clone();
+        let rows = sweep(&model, &diffusion, &validation.samples, &labels, &options, &cancel, |done, total| {
+            ctx.progress(done as u64, total as u64, "validation sweep");
+        })?;
+        for r in &rows {
+            let m = &r.metrics;
+            for (name, value) in [
+                ("val_accuracy", m.accuracy),
+                ("val_precision", m.precision),
+                ("val_recall", m.recall),
+                ("val_f1", m.f1),
+            ] {
+                ctx.metric(name, r.t as u64, value)?;
+            }
+        }
+        let chosen = choose_timestep(&rows).expect("a sweep has rows");
+        let test = match &p.test {
+            Some(source) => {
+                let (data, labels) = labelled(ctx, source, "test")?;
+                let at = SweepOptions { timesteps: vec![chosen], ..options.clone() };
+                let row = sweep(&model, &diffusion, &data.samples, &labels, &at, &cancel, |done, total| {
+                    ctx.progress(done as u64, total as u64, "test at the chosen timestep");
+                })?
+                .remove(0);
+                let m = &row.metrics;
+                for (name, value) in [
+                    ("test_accuracy", m.accuracy),
+                    ("test_precision", m.precision),
+                    ("test_recall", m.recall),
+                    ("test_f1", m.f1),
+                ] {
+                    ctx.metric(name, chosen as u64, value)?;
+                }
+                ctx.log("info", &format!("test at t = {chosen}: accuracy {:.3}, F1 {:.3}", m.accuracy, m.f1));
+                Some(row)
+            }
+            None => None,
+        };
+        ctx.flush()?;
+        let report = repdiff_api::ClassifyReport {
+            chosen_t: chosen,
+            validation: rows.into_iter().map(api_row).collect(),
+            test: test.map(api_row),
+        };
+        let mut result = serde_json::to_value(report).map_err(|e| JobError::Permanent(e.to_string()))?;
+        result["options"] = serde_json::json!(options);
+        Ok(result)
+    }
+}
+
+/// The engine's row as the API's (the wire contract the frontend reads).
+fn api_row(row: repdiff_engine::classify::SweepRow) -> repdiff_api::SweepRow {
+    let m = row.metrics;
+    repdiff_api::SweepRow {
+        t: row.t,
+        metrics: repdiff_api::ClassMetrics {
+            accuracy: m.accuracy,
+            precision: m.precision,
+            recall: m.recall,
+            f1: m.f1,
+            confusion: m.confusion,
+        },
+        forwards_per_image: row.forwards_per_image,
+    }
+}
