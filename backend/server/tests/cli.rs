@@ -372,6 +372,26 @@ fn pretrain_representation_model_sample_variations_and_finetune_from_it() {
     assert!(dir.join("ft-samples/sample_0001_class1.png").exists());
 }
 
+/// Trains the tiny config on an image folder with a conditioning, for `steps` steps, into `out`.
+fn train_images(config: &Path, images: &Path, conditioning: &str, steps: &str, out: &Path) {
+    let (config, images, out) = (config.to_str().unwrap(), images.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        "train",
+        "--config",
+        config,
+        "--conditioning",
+        conditioning,
+        "--images",
+        images,
+        "--steps",
+        steps,
+        "--out",
+        out,
+    ];
+    let result = repdiff(&args);
+    assert!(result.status.success(), "{}", text(&result));
+}
+
 #[test]
 fn classify_sweeps_timesteps_on_validation_and_reports_test_at_the_chosen_one() {
     let dir = tempdir("classify");
@@ -379,20 +399,7 @@ fn classify_sweeps_timesteps_on_validation_and_reports_test_at_the_chosen_one() 
     let config = tiny_config(&dir);
     let images = dir.join("images");
     let run = dir.join("run");
-    let out = repdiff(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--conditioning",
-        "class",
-        "--images",
-        images.to_str().unwrap(),
-        "--steps",
-        "4",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    train_images(&config, &images, "class", "4", &run);
     let report = dir.join("report.json");
     let ckpt = run.join("checkpoint.safetensors");
     let out = repdiff(&[
@@ -425,20 +432,7 @@ fn classify_sweeps_timesteps_on_validation_and_reports_test_at_the_chosen_one() 
 
     // An unconditional model cannot classify; a timestep past T is refused.
     let uncond = dir.join("uncond");
-    let out = repdiff(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--conditioning",
-        "none",
-        "--images",
-        images.to_str().unwrap(),
-        "--steps",
-        "1",
-        "--out",
-        uncond.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    train_images(&config, &images, "none", "1", &uncond);
     let out = repdiff(&[
         "classify",
         "--checkpoint",
