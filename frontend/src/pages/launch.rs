@@ -465,25 +465,27 @@ pub fn Launch() -> impl IntoView {
         }
     };
 
+    // An encode run's latents artifact, into `field` (`empty`: the label of choosing none).
+    let latents_select = move |label: &'static str, name: &'static str, field: Field, empty: &'static str| {
+        view! {
+            <label>{label}
+                <select name=name on:change=move |ev| field.value.set(event_target_value(&ev))>
+                    <option value="">{empty}</option>
+                    {move || encoded.get().and_then(|p| p.ok()).map(|p| p.jobs).unwrap_or_default().into_iter().filter_map(|j| {
+                        let key = j.result.as_ref()?.get("latents")?.as_str()?.to_string();
+                        let is = key.clone();
+                        Some(view! { <option value=key.clone() selected=move || field.value.get() == is>{format!("run #{}: {key}", j.id)}</option> })
+                    }).collect_view()}
+                </select>
+            </label>
+        }
+    };
     // The fields of a data source (dataset and window, an encode run's latents, or the toy set).
     let source_fields = move |source: Field| {
-        move || {
-            match source.value.get().as_str() {
-                        "toy" => text_input("Toy images", "toy_n", form.toy_n, "64").into_any(),
-                        "latents" => view! {
-                            <label>"Latents"
-                                <select name="latents" on:change=move |ev| form.latents.value.set(event_target_value(&ev))>
-                                    <option value="">"Pick an encode run"</option>
-                                    {move || encoded.get().and_then(|p| p.ok()).map(|p| p.jobs).unwrap_or_default().into_iter().filter_map(|j| {
-                                        let key = j.result.as_ref()?.get("latents")?.as_str()?.to_string();
-                                        let is = key.clone();
-                                        Some(view! { <option value=key.clone() selected=move || form.latents.value.get() == is>{format!("run #{}: {key}", j.id)}</option> })
-                                    }).collect_view()}
-                                </select>
-                            </label>
-                        }.into_any(),
-                        _ => view! { {dataset_select()} {text_input("CT window", "window", form.window, "brain")} }.into_any(),
-                    }
+        move || match source.value.get().as_str() {
+            "toy" => text_input("Toy images", "toy_n", form.toy_n, "64").into_any(),
+            "latents" => latents_select("Latents", "latents", form.latents, "Pick an encode run").into_any(),
+            _ => view! { {dataset_select()} {text_input("CT window", "window", form.window, "brain")} }.into_any(),
         }
     };
     // A finished training run of one of `kinds`, into form.checkpoint.
@@ -568,16 +570,7 @@ pub fn Launch() -> impl IntoView {
                     {source_fields(form.data)}
                 </fieldset>
                 <fieldset><legend>"Test data (optional)"</legend>
-                    <label>"Test latents"
-                        <select name="test_latents" on:change=move |ev| form.test_latents.value.set(event_target_value(&ev))>
-                            <option value="">"None"</option>
-                            {move || encoded.get().and_then(|p| p.ok()).map(|p| p.jobs).unwrap_or_default().into_iter().filter_map(|j| {
-                                let key = j.result.as_ref()?.get("latents")?.as_str()?.to_string();
-                                let is = key.clone();
-                                Some(view! { <option value=key.clone() selected=move || form.test_latents.value.get() == is>{format!("run #{}: {key}", j.id)}</option> })
-                            }).collect_view()}
-                        </select>
-                    </label>
+                    {latents_select("Test latents", "test_latents", form.test_latents, "None")}
                 </fieldset>
             }
             .into_any(),
