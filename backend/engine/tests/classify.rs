@@ -3,7 +3,9 @@
 
 use std::cell::RefCell;
 
-use repdiff_engine::classify::{Score, class_errors, metrics, model_predictor, noise_draws, predictions};
+use repdiff_engine::classify::{
+    Score, Stopping, SweepOptions, class_errors, metrics, model_predictor, noise_draws, predictions, test_at,
+};
 use repdiff_engine::config::{Conditioning, DiffusionConfig, ModelConfig, RunConfig};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::diffusion::GaussianDiffusion;
@@ -107,6 +109,40 @@ fn a_tiny_class_conditional_dit_classifies_the_toy_bars_well_above_chance() {
     // Chance is 0.5 (16 images per class). Measured: 0.91, 0.78, 0.81, 0.84.
     let mean = sum / grid.len() as f64;
     assert!(best >= 0.8 && mean >= 0.7, "accuracy over t: best {best}, mean {mean}");
+
+    // Sequential stopping against the paper's fixed budget of 512 draws on the same images and noise.
+    // Measured: the same decision on every image with 28% of the forwards (64 draws at t = 200: 66%; the
+    // images the model finds ambiguous take the whole budget).
+    let options = SweepOptions {
+        timesteps: vec![500],
+        draws: 512,
+        seed: 5,
+        batch_size: 256,
+        score: Score::X0Mse,
+        stopping: Some(Stopping { alpha: 0.01, min_draws: 16 }),
+    };
+    let report = test_at(
+        &trainer.model,
+        &diffusion,
+        &test.samples,
+        &truth,
+        500,
+        &options,
+        true,
+        &CancelToken::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let agreement = report.agreement.clone().unwrap();
+    println!("sequential: {agreement:?}, accuracy {:.3} {:?}", report.metrics.accuracy, report.intervals);
+    assert!(agreement.agreement >= 0.98, "sequential decisions agree with the fixed budget on {}", agreement.agreement);
+    assert!(
+        agreement.forwards_fraction <= 0.4,
+        "sequential runs spent {} of the forwards",
+        agreement.forwards_fraction
+    );
+    let [lo, hi] = report.intervals.accuracy;
+    assert!(lo <= report.metrics.accuracy && report.metrics.accuracy <= hi && hi - lo > 0.0, "{:?}", report.intervals);
 }
 
 #[test]
@@ -115,10 +151,119 @@ fn the_operating_timestep_is_the_best_f1_then_accuracy_then_the_smaller_t() {
     let row = |t, accuracy, f1| SweepRow {
         t,
         metrics: Metrics { accuracy, precision: 0.0, recall: 0.0, f1, confusion: Vec::new() },
-        forwards_per_image: 2,
+        forwards_per_image: 2.0,
     };
     assert_eq!(choose_timestep(&[row(100, 0.9, 0.5), row(200, 0.7, 0.8), row(300, 0.6, 0.7)]), Some(200));
     assert_eq!(choose_timestep(&[row(100, 0.7, 0.8), row(200, 0.9, 0.8)]), Some(200));
     assert_eq!(choose_timestep(&[row(300, 0.9, 0.8), row(100, 0.9, 0.8)]), Some(100));
     assert_eq!(choose_timestep(&[]), None);
+}
+
+#[test]
+fn metrics_bootstrap_intervals_and_t_quantiles_match_scikit_learn_and_scipy() {
+    use repdiff_engine::classify::bootstrap_with;
+    use repdiff_engine::classify::stats::student_t_quantile;
+    // Written by fixtures/classify/gen_metrics_reference.py.
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/classify/metrics_reference.json"))
+            .unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let labels = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    let close = |a: f64, b: &serde_json::Value, what: &str| {
+        let b = b.as_f64().unwrap();
+        assert!((a - b).abs() <= 1e-12, "{what}: {a} against scikit-learn's {b}");
+    };
+    for (i, case) in reference["cases"].as_array().unwrap().iter().enumerate() {
+        let classes = case["classes"].as_u64().unwrap() as usize;
+        let (truth, predicted) = (labels(&case["truth"]), labels(&case["predicted"]));
+        let m = metrics(&truth, &predicted, classes).unwrap();
+        let r = &case["metrics"];
+        close(m.accuracy, &r["accuracy"], &format!("case {i} accuracy"));
+        close(m.precision, &r["precision"], &format!("case {i} precision"));
+        close(m.recall, &r["recall"], &format!("case {i} recall"));
+        close(m.f1, &r["f1"], &format!("case {i} f1"));
+        assert_eq!(serde_json::to_value(&m.confusion).unwrap(), r["confusion"], "case {i} confusion");
+        let resamples: Vec<Vec<usize>> = case["resamples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect())
+            .collect();
+        let intervals = bootstrap_with(&truth, &predicted, classes, &resamples, 0.95).unwrap();
+        let r = &case["intervals"];
+        for (name, got) in [
+            ("accuracy", intervals.accuracy),
+            ("precision", intervals.precision),
+            ("recall", intervals.recall),
+            ("f1", intervals.f1),
+        ] {
+            close(got[0], &r[name][0], &format!("case {i} {name} low"));
+            close(got[1], &r[name][1], &format!("case {i} {name} high"));
+        }
+    }
+    for q in reference["t_quantiles"].as_array().unwrap() {
+        let (p, df, want) = (q["p"].as_f64().unwrap(), q["df"].as_f64().unwrap(), q["t"].as_f64().unwrap());
+        let got = student_t_quantile(p, df);
+        assert!(
+            (got - want).abs() <= 1e-8 * want.abs().max(1.0),
+            "t quantile p {p} df {df}: {got} against SciPy's {want}"
+        );
+    }
+}
+
+/// Noise-free two-class "images": constant -0.5 (class 0) or +0.5 (class 1) plus a little texture, and a
+/// denoiser that predicts the clean image to be its class's constant (or, `blind`, ignores the class).
+fn templates(n: usize) -> (Tensor, Vec<u32>) {
+    let truth: Vec<u32> = (0..n as u32).map(|i| i % 2).collect();
+    let texture = repdiff_engine::rng::Rng::new(4).randn((n, 1, 4, 4), &Device::Cpu).unwrap();
+    let level: Vec<f32> = truth.iter().map(|&c| c as f32 - 0.5).collect();
+    let level = Tensor::from_vec(level, (n, 1, 1, 1), &Device::Cpu).unwrap();
+    ((texture * 0.1).unwrap().broadcast_add(&level).unwrap(), truth)
+}
+
+fn template_denoiser(
+    diffusion: &GaussianDiffusion,
+    blind: bool,
+) -> impl FnMut(&Tensor, &[usize], &Tensor) -> repdiff_engine::Result<Tensor> + '_ {
+    move |x, t, labels| {
+        let level: Vec<f32> =
+            labels.to_vec1::<u32>()?.iter().map(|&c| if blind { 0.0 } else { c as f32 - 0.5 }).collect();
+        let x0 = Tensor::from_vec(level, (x.dim(0)?, 1, 1, 1), x.device())?.broadcast_as(x.shape())?.contiguous()?;
+        diffusion.predict_eps_from_xstart(x, t, &x0)
+    }
+}
+
+#[test]
+fn sequential_stopping_stops_decided_images_early_and_keeps_the_fixed_decision_of_undecided_ones() {
+    use repdiff_engine::classify::{Stopping, SweepOptions, classify_images};
+    let diffusion = GaussianDiffusion::new(&DiffusionConfig::default(), false);
+    let (z0, truth) = templates(10);
+    let fixed =
+        SweepOptions { timesteps: vec![300], draws: 64, seed: 9, batch_size: 7, score: Score::X0Mse, stopping: None };
+    let sequential = SweepOptions { stopping: Some(Stopping { alpha: 0.01, min_draws: 8 }), ..fixed.clone() };
+    let cancel = CancelToken::default();
+    let run = |options: &SweepOptions, blind: bool| {
+        let mut predict = template_denoiser(&diffusion, blind);
+        classify_images(&mut predict, &diffusion, &z0, 2, 300, options, &cancel, |_, _| {}).unwrap()
+    };
+    // A denoiser that knows the classes: every image is decided at the first look.
+    let (full, early) = (run(&fixed, false), run(&sequential, false));
+    assert_eq!(full.predicted, truth);
+    assert_eq!(early.predicted, truth);
+    assert_eq!(full.draws, vec![64; 10]);
+    assert_eq!(early.draws, vec![8; 10], "decided images stop at the first look");
+    assert_eq!(early.forwards_per_image(), 16.0);
+    // One that ignores the class: nothing is ever decided, every image takes the whole budget and ends
+    // with exactly the fixed run's errors (its draws are the same stream).
+    let (full, late) = (run(&fixed, true), run(&sequential, true));
+    assert_eq!(late.draws, vec![64; 10]);
+    assert_eq!(late.errors, full.errors);
+    // The result of an image does not depend on how images are batched.
+    let rebatched = run(&SweepOptions { batch_size: 3, ..fixed.clone() }, true);
+    for (a, b) in rebatched.errors.iter().flatten().zip(full.errors.iter().flatten()) {
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "batching changed an error: {a} vs {b}");
+    }
+    assert!(SweepOptions { stopping: Some(Stopping { alpha: 1.5, min_draws: 8 }), ..fixed }.check().is_err());
 }
