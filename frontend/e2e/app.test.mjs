@@ -239,16 +239,30 @@ try {
   assert.equal((await api(`/jobs/${finetuneId}`)).result.transfer.reshaped, 1);
   await shot("finetune-run");
 
-  step("classify zero-shot with the fine-tuned model: a sweep over t, the chosen t marked");
+  step("classify zero-shot with the fine-tuned model on the split's validation and test parts, stopping early");
+  // A downstream site whose validation and test parts both hold slices.
+  let site = null;
+  for (let s = 0; s < 6 && site === null; s++) {
+    const parts = (await api(`/datasets/${datasetId}/split?downstream_site=${s}&seed=0`).catch(() => ({ parts: [] }))).parts;
+    const count = (name) => parts.filter((p) => p.part === name).reduce((n, p) => n + p.hematoma + p.no_hematoma, 0);
+    if (count("validation") > 0 && count("test") > 0) site = s;
+  }
+  assert.notEqual(site, null, "some site has validation and test slices");
   await page.goto(`${base}/runs/new?kind=classify&checkpoint=${finetuneId}`);
   await page.locator(`select[name=checkpoint] option[value="${finetuneId}"]`).waitFor({ state: "attached" });
   assert.equal(await page.locator("select[name=checkpoint]").inputValue(), String(finetuneId));
   await page.selectOption("select[name=data]", "dataset");
   await page.selectOption("select[name=dataset]", String(datasetId));
+  await page.check("input[name=split_on]");
+  await page.fill("input[name=downstream_site]", String(site));
+  await page.locator("text=The test part of the dataset's split").waitFor();
   await page.fill("input[name=timesteps]", "100,300,1000");
   await page.locator(".problems", { hasText: "Timesteps" }).waitFor();
   await page.fill("input[name=timesteps]", "100,300,500");
-  await page.fill("input[name=draws]", "2");
+  await page.fill("input[name=draws]", "4");
+  await page.selectOption("select[name=stopping]", "sequential");
+  await page.fill("input[name=min_draws]", "2");
+  await page.selectOption("select[name=agreement]", "yes");
   await page.click("button:has-text('Launch')");
   await page.waitForURL(/\/runs\/\d+$/);
   const classifyId = Number(page.url().split("/").pop());
@@ -264,6 +278,16 @@ try {
     +s.querySelector("line.marker").getAttribute("x1"), s.dataset.plot.split(" ").map(Number), +s.dataset.xMin, +s.dataset.xMax]);
   const markedT = x0 + ((x1 - plot[0]) / plot[2]) * (xMax - x0);
   assert.ok(Math.abs(markedT - report.chosen_t) < 0.5, `marker at t ${markedT}, chosen ${report.chosen_t}`);
+  // The test part at the chosen t: metrics with bootstrap intervals, the sequential run's agreement.
+  const job = await api(`/jobs/${classifyId}`);
+  assert.equal(job.params.validation.dataset.split.part, "validation");
+  assert.equal(job.params.test.dataset.split.part, "test");
+  const test = report.test;
+  assert.ok(test && test.intervals && test.agreement, JSON.stringify(report));
+  const pct = (v) => (v * 100).toFixed(1);
+  const accuracyRow = page.locator(".test-result table.test-metrics tr", { hasText: "accuracy" });
+  await accuracyRow.locator("td", { hasText: `${pct(test.intervals.accuracy[0])} - ${pct(test.intervals.accuracy[1])}` }).waitFor();
+  await page.locator(".test-result .agreement", { hasText: `with ${pct(test.agreement.forwards_fraction)}% of their forward passes` }).waitFor();
   await shot("classify-run");
 
   step("gallery");

@@ -477,8 +477,54 @@ pub struct ClassMetrics {
 pub struct SweepRow {
     pub t: usize,
     pub metrics: ClassMetrics,
-    /// Model forward passes per image (noise draws x classes).
-    pub forwards_per_image: usize,
+    /// Mean model forward passes per image (noise draws x classes).
+    pub forwards_per_image: f64,
+}
+
+/// Percentile bootstrap intervals of the metrics over the test images: `[low, high]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Intervals {
+    /// Coverage, e.g. 0.95.
+    pub level: f64,
+    pub resamples: usize,
+    pub accuracy: [f64; 2],
+    pub precision: [f64; 2],
+    pub recall: [f64; 2],
+    pub f1: [f64; 2],
+}
+
+/// A sequentially stopped run against the fixed noise budget on the same test images and noise.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Agreement {
+    /// Draws per image of the fixed run.
+    pub fixed_draws: usize,
+    /// The fraction of images whose sequential decision is the fixed run's.
+    pub agreement: f64,
+    /// The sequential run's forward passes as a fraction of the fixed run's.
+    pub forwards_fraction: f64,
+    pub fixed_accuracy: f64,
+}
+
+/// The test data at the chosen timestep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TestResult {
+    pub t: usize,
+    pub metrics: ClassMetrics,
+    /// Mean model forward passes per image (noise draws x classes).
+    pub forwards_per_image: f64,
+    #[serde(default)]
+    pub intervals: Option<Intervals>,
+    /// The predicted class of every test image, in the data's order.
+    #[serde(default)]
+    pub predicted: Vec<u32>,
+    /// The noise draws every test image took.
+    #[serde(default)]
+    pub draws: Vec<usize>,
+    #[serde(default)]
+    pub agreement: Option<Agreement>,
 }
 
 /// The result of a `classify` job: the validation sweep, the timestep chosen on it (best F1), and the
@@ -488,7 +534,7 @@ pub struct SweepRow {
 pub struct ClassifyReport {
     pub chosen_t: usize,
     pub validation: Vec<SweepRow>,
-    pub test: Option<SweepRow>,
+    pub test: Option<TestResult>,
 }
 
 /// Checks the name of a dataset or an experiment (`what`): 1 to 200 characters, not only spaces.

@@ -514,9 +514,16 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     let reports = app.call("GET", &format!("/api/v1/jobs/{ft}/artifacts?kind=report"), Some(&ada), None).await.json();
     let text = app.call("GET", reports[0]["url"].as_str().unwrap(), Some(&ada), None).await;
     assert!(String::from_utf8_lossy(&text.body).contains("reshaped  x_embedder.proj.weight"));
-    // The zero-shot classifier on the fine-tuned model: a sweep on validation, the chosen t on test.
-    let submit = json!({ "kind": "classify", "params": { "checkpoint": { "job": ft }, "validation": { "toy": { "n": 8 } },
-        "test": { "toy": { "n": 6, "seed": 3 } }, "timesteps": [100, 500], "draws": 2 } });
+    // The zero-shot classifier on the fine-tuned model: a sweep on validation, the chosen t on test, with
+    // sequential stopping measured against the fixed budget. A stopping rule that cannot hold is refused.
+    let classify = |stopping: Value| {
+        json!({ "kind": "classify", "params": { "checkpoint": { "job": ft }, "validation": { "toy": { "n": 8 } },
+            "test": { "toy": { "n": 6, "seed": 3 } }, "timesteps": [100, 500], "draws": 4,
+            "stopping": stopping, "measure_agreement": true } })
+    };
+    let bad = classify(json!({ "alpha": 0 }));
+    assert_eq!(app.call("POST", "/api/v1/jobs", Some(&ada), Some(bad)).await.error_code(), "invalid_params");
+    let submit = classify(json!({ "min_draws": 2 }));
     let id = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await.json()["id"].as_i64().unwrap();
     let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -524,8 +531,17 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     assert!([100, 500].contains(&report.chosen_t));
     assert_eq!(report.validation.iter().map(|r| r.t).collect::<Vec<_>>(), [100, 500]);
     let test = report.test.unwrap();
-    assert_eq!((test.t, test.forwards_per_image), (report.chosen_t, 4));
+    assert_eq!(test.t, report.chosen_t);
     assert_eq!(test.metrics.confusion.iter().flatten().sum::<usize>(), 6);
+    assert_eq!(test.predicted.len(), 6);
+    assert!(test.draws.iter().all(|d| [2, 4].contains(d)), "draws stop at a look: {:?}", test.draws);
+    let forwards = test.draws.iter().sum::<usize>() as f64 * 2.0 / 6.0;
+    assert!((test.forwards_per_image - forwards).abs() < 1e-9);
+    let [lo, hi] = test.intervals.unwrap().accuracy;
+    assert!(lo <= test.metrics.accuracy && test.metrics.accuracy <= hi);
+    let agreement = test.agreement.unwrap();
+    assert_eq!(agreement.fixed_draws, 4);
+    assert!((agreement.forwards_fraction - forwards / 8.0).abs() < 1e-9);
     let f1 = app.call("GET", &format!("/api/v1/jobs/{id}/metrics?name=val_f1"), Some(&ada), None).await.json();
     assert_eq!(f1[0]["steps"], json!([100, 500]), "the sweep is charted over t");
     // A model without classes cannot classify.

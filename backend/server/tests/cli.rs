@@ -413,12 +413,18 @@ fn classify_sweeps_timesteps_on_validation_and_reports_test_at_the_chosen_one() 
         "--timesteps",
         "100,500",
         "--draws",
+        "4",
+        "--sequential",
+        "--min-draws",
         "2",
+        "--agreement",
         "--out",
         report.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("| t | accuracy | precision | recall | F1 |"), "{}", text(&out));
+    assert!(text(&out).contains("| metric | value | 95% interval (1000 bootstrap resamples) |"), "{}", text(&out));
+    assert!(text(&out).contains("Sequential stopping against 4 draws: the same decision on"), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let chosen = report["chosen_t"].as_u64().unwrap();
     assert!([100, 500].contains(&chosen));
@@ -428,7 +434,13 @@ fn classify_sweeps_timesteps_on_validation_and_reports_test_at_the_chosen_one() 
     let counted: u64 =
         confusion.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(counted, 8, "every test image classified once");
-    assert_eq!(report["test"]["forwards_per_image"], 4);
+    let draws: Vec<u64> = report["test"]["draws"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+    assert!(draws.len() == 8 && draws.iter().all(|d| [2, 4].contains(d)), "draws stop at a look: {draws:?}");
+    let forwards = report["test"]["forwards_per_image"].as_f64().unwrap();
+    assert!((forwards - draws.iter().sum::<u64>() as f64 * 2.0 / 8.0).abs() < 1e-9);
+    let low = report["test"]["intervals"]["accuracy"][0].as_f64().unwrap();
+    assert!(low <= report["test"]["metrics"]["accuracy"].as_f64().unwrap());
+    assert!(report["test"]["agreement"]["agreement"].as_f64().is_some());
 
     // An unconditional model cannot classify; a timestep past T is refused.
     let uncond = dir.join("uncond");

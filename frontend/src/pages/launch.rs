@@ -67,6 +67,12 @@ struct Form {
     test_latents: Field,
     /// Where a representation model's reference images come from: none, dataset, latents or toy.
     references: Field,
+    /// The classifier's noise budget: "fixed" or "sequential" (stop once decided).
+    stopping: Field,
+    alpha: Field,
+    min_draws: Field,
+    /// "yes": also run the test data at the fixed budget and compare.
+    agreement: Field,
 }
 
 impl Form {
@@ -108,6 +114,10 @@ impl Form {
             score: Field::new("x0_mse"),
             test_latents: Field::new(""),
             references: Field::new("none"),
+            stopping: Field::new("fixed"),
+            alpha: Field::new("0.01"),
+            min_draws: Field::new("16"),
+            agreement: Field::new("no"),
         }
     }
 
@@ -121,7 +131,9 @@ impl Form {
     }
 
     /// A data source's parameters (`{"dataset": ...}`, `{"latents": ...}` or `{"toy": ...}`).
-    fn data_json(&self, source: &str, problems: &mut Vec<String>) -> Value {
+    /// A data source's parameters; a dataset's from `part` of its split when the split is on (the form's
+    /// part when `part` is None).
+    fn data_json(&self, source: &str, part: Option<&str>, problems: &mut Vec<String>) -> Value {
         match source {
             "toy" => {
                 let mut toy = Map::new();
@@ -139,9 +151,22 @@ impl Form {
                 if id.is_none() {
                     problems.push("Dataset: pick one".into());
                 }
-                json!({ "dataset": { "id": id, "window": self.window.text() } })
+                let mut dataset = json!({ "id": id, "window": self.window.text() });
+                if self.split_on.get() {
+                    dataset["split"] = self.split_json(part.unwrap_or(&self.part.text()), problems);
+                }
+                json!({ "dataset": dataset })
             }
         }
+    }
+
+    /// One `part` of the paper's split, from the split fields.
+    fn split_json(&self, part: &str, problems: &mut Vec<String>) -> Value {
+        let mut split = Map::new();
+        number(problems, &mut split, "downstream_site", "Downstream site", &self.downstream_site, false, true);
+        split.insert("part".into(), json!(part));
+        number(problems, &mut split, "seed", "Split seed", &self.split_seed, false, true);
+        Value::Object(split)
     }
 
     /// The parameters of `kind`, or what is wrong with the fields.
@@ -155,7 +180,7 @@ impl Form {
                 run.insert("conditioning".into(), json!(self.conditioning.text()));
                 self.schedule(&mut run, &mut problems);
                 out.insert("run".into(), Value::Object(run));
-                let data = self.data_json(&self.data.text(), &mut problems);
+                let data = self.data_json(&self.data.text(), None, &mut problems);
                 out.insert("data".into(), data);
             }
             "finetune" => {
@@ -172,7 +197,7 @@ impl Form {
                 if out.get("label_dropout").and_then(Value::as_f64).is_some_and(|d| d >= 1.0) {
                     problems.push("Label dropout: below 1".into());
                 }
-                let data = self.data_json(&self.data.text(), &mut problems);
+                let data = self.data_json(&self.data.text(), None, &mut problems);
                 out.insert("data".into(), data);
             }
             "classify" => {
@@ -182,9 +207,12 @@ impl Form {
                     }
                     Err(_) => problems.push("Model: pick a finished class-conditional run".into()),
                 }
-                let validation = self.data_json(&self.data.text(), &mut problems);
+                let validation = self.data_json(&self.data.text(), Some("validation"), &mut problems);
                 out.insert("validation".into(), validation);
-                if !self.test_latents.text().is_empty() {
+                if self.data.text() == "dataset" && self.split_on.get() {
+                    let test = self.data_json("dataset", Some("test"), &mut problems);
+                    out.insert("test".into(), test);
+                } else if !self.test_latents.text().is_empty() {
                     out.insert("test".into(), json!({ "latents": { "key": self.test_latents.text() } }));
                 }
                 let timesteps: Result<Vec<usize>, _> =
@@ -196,12 +224,22 @@ impl Form {
                     _ => problems.push("Timesteps: whole numbers below 1000, separated by commas".into()),
                 }
                 number(&mut problems, &mut out, "draws", "Noise draws", &self.draws, true, true);
+                if self.stopping.text() == "sequential" {
+                    let mut stopping = Map::new();
+                    number(&mut problems, &mut stopping, "alpha", "Error rate", &self.alpha, true, false);
+                    if stopping.get("alpha").and_then(Value::as_f64).is_some_and(|a| a >= 1.0) {
+                        problems.push("Error rate: below 1".into());
+                    }
+                    number(&mut problems, &mut stopping, "min_draws", "First look after", &self.min_draws, true, true);
+                    out.insert("stopping".into(), Value::Object(stopping));
+                    out.insert("measure_agreement".into(), json!(self.agreement.text() == "yes"));
+                }
                 out.insert("score".into(), json!(self.score.text()));
                 number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
             }
             "sample" => {
                 if self.references.text() != "none" {
-                    let refs = self.data_json(&self.references.text(), &mut problems);
+                    let refs = self.data_json(&self.references.text(), None, &mut problems);
                     out.insert("references".into(), refs);
                 }
                 match self.checkpoint.text().parse::<i64>() {
@@ -242,19 +280,8 @@ impl Form {
                 }
                 number(&mut problems, &mut out, "channels", "Channels", &self.channels, true, true);
                 if self.split_on.get() {
-                    let mut split = Map::new();
-                    number(
-                        &mut problems,
-                        &mut split,
-                        "downstream_site",
-                        "Downstream site",
-                        &self.downstream_site,
-                        false,
-                        true,
-                    );
-                    split.insert("part".into(), json!(self.part.text()));
-                    number(&mut problems, &mut split, "seed", "Split seed", &self.split_seed, false, true);
-                    out.insert("split".into(), Value::Object(split));
+                    let split = self.split_json(&self.part.text(), &mut problems);
+                    out.insert("split".into(), split);
                 }
                 out.insert("posterior".into(), json!(self.posterior.text()));
                 number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
@@ -481,11 +508,30 @@ pub fn Launch() -> impl IntoView {
         }
     };
     // The fields of a data source (dataset and window, an encode run's latents, or the toy set).
-    let source_fields = move |source: Field| {
+    // The paper's split of a dataset: the downstream site and seed, and the part unless the form picks it.
+    let split_fields = move |label: &'static str, with_part: bool| {
+        view! {
+            <label class="check wide-row"><input type="checkbox" name="split_on" prop:checked=form.split_on
+                on:change=move |ev| form.split_on.set(event_target_checked(&ev)) />{label}</label>
+            <Show when=move || form.split_on.get()>
+                {text_input("Downstream site", "downstream_site", form.downstream_site, "0")}
+                {with_part.then(|| choice("Part", "part", form.part, &["pretrain", "train", "validation", "test"]))}
+                {text_input("Split seed", "split_seed", form.split_seed, "0")}
+            </Show>
+        }
+    };
+    // Where data comes from; a dataset's split fields pick a part unless `part_label` says what the split
+    // stands for (the classifier takes validation and test).
+    let source_fields = move |source: Field, part_label: Option<&'static str>| {
         move || match source.value.get().as_str() {
             "toy" => text_input("Toy images", "toy_n", form.toy_n, "64").into_any(),
             "latents" => latents_select("Latents", "latents", form.latents, "Pick an encode run").into_any(),
-            _ => view! { {dataset_select()} {text_input("CT window", "window", form.window, "brain")} }.into_any(),
+            _ => view! {
+                {dataset_select()}
+                {text_input("CT window", "window", form.window, "brain")}
+                {split_fields(part_label.unwrap_or("Only one part of the paper's split"), part_label.is_none())}
+            }
+            .into_any(),
         }
     };
     // A finished training run of one of `kinds`, into form.checkpoint.
@@ -532,7 +578,7 @@ pub fn Launch() -> impl IntoView {
                 </fieldset>
                 <fieldset><legend>"Data"</legend>
                     {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
-                    {source_fields(form.data)}
+                    {source_fields(form.data, None)}
                 </fieldset>
             }
             .into_any(),
@@ -551,7 +597,7 @@ pub fn Launch() -> impl IntoView {
                 </fieldset>
                 <fieldset><legend>"References (representation-conditional models)"</legend>
                     {choice("Reference images", "references", form.references, &["none", "dataset", "latents", "toy"])}
-                    {move || (form.references.value.get() != "none").then(|| source_fields(form.references))}
+                    {move || (form.references.value.get() != "none").then(|| source_fields(form.references, None))}
                     <p class="muted small wide-row">"A representation model draws variations of reference images: sample i from reference i."</p>
                 </fieldset>
             }
@@ -563,14 +609,27 @@ pub fn Launch() -> impl IntoView {
                     {text_input("Noise draws", "draws", form.draws, "64 (the paper: 512)")}
                     {choice("Score", "score", form.score, &["x0_mse", "eps_mse"])}
                     {text_input("Seed", "seed", form.seed, "0")}
-                    <p class="muted small wide-row">"Every class sees the same noise draws. The timestep with the best F1 on validation is applied to test."</p>
+                    <p class="muted small wide-row">"Every class sees the same noise draws. The timestep with the best F1 on validation is applied to test, with bootstrap 95% intervals."</p>
+                </fieldset>
+                <fieldset><legend>"Noise budget"</legend>
+                    {choice("Draws per image", "stopping", form.stopping, &["fixed", "sequential"])}
+                    {move || (form.stopping.value.get() == "sequential").then(|| view! {
+                        {text_input("Error rate", "alpha", form.alpha, "0.01")}
+                        {text_input("First look after", "min_draws", form.min_draws, "16 draws")}
+                        {choice("Compare with the fixed budget on test", "agreement", form.agreement, &["no", "yes"])}
+                    })}
+                    <p class="muted small wide-row">"Sequential: an image stops drawing noise once a paired t-test decides its class (at the stated error rate, looks at 16, 32, 64, ... draws); the noise draws above are then the most it gets."</p>
                 </fieldset>
                 <fieldset><legend>"Validation data (chooses the timestep)"</legend>
                     {choice("Source", "data", form.data, &["latents", "dataset", "toy"])}
-                    {source_fields(form.data)}
+                    {source_fields(form.data, Some("Its split: validation here, test below"))}
                 </fieldset>
                 <fieldset><legend>"Test data (optional)"</legend>
-                    {latents_select("Test latents", "test_latents", form.test_latents, "None")}
+                    {move || if form.data.value.get() == "dataset" && form.split_on.get() {
+                        view! { <p class="muted small wide-row">"The test part of the dataset's split, classified at the chosen timestep."</p> }.into_any()
+                    } else {
+                        latents_select("Test latents", "test_latents", form.test_latents, "None").into_any()
+                    }}
                 </fieldset>
             }
             .into_any(),
@@ -589,7 +648,7 @@ pub fn Launch() -> impl IntoView {
                 </fieldset>
                 <fieldset><legend>"Labelled data"</legend>
                     {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
-                    {source_fields(form.data)}
+                    {source_fields(form.data, None)}
                 </fieldset>
             }
             .into_any(),
@@ -606,12 +665,7 @@ pub fn Launch() -> impl IntoView {
                     {text_input("Seed", "seed", form.seed, "0")}
                 </fieldset>
                 <fieldset><legend>"Split"</legend>
-                    <label class="check"><input type="checkbox" prop:checked=form.split_on on:change=move |ev| form.split_on.set(event_target_checked(&ev)) />"Only one part of the paper's split"</label>
-                    <Show when=move || form.split_on.get()>
-                        {text_input("Downstream site", "downstream_site", form.downstream_site, "0")}
-                        {choice("Part", "part", form.part, &["pretrain", "train", "validation", "test"])}
-                        {text_input("Split seed", "split_seed", form.split_seed, "0")}
-                    </Show>
+                    {split_fields("Only one part of the paper's split", true)}
                 </fieldset>
             }
             .into_any(),

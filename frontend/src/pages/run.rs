@@ -276,7 +276,8 @@ fn Charts(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, ApiE
 }
 
 /// A classification run: the validation sweep as a table (the chosen timestep marked) and the test result
-/// at that timestep with its confusion matrix.
+/// at that timestep with its bootstrap intervals, the sequential run's agreement with the fixed budget
+/// when measured, and its confusion matrix.
 #[component]
 fn ClassifyResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
     use repdiff_api::ClassifyReport;
@@ -295,7 +296,7 @@ fn ClassifyResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView
                     <h2>{format!("Classification: timestep {chosen} chosen on validation (best F1)")}</h2>
                     <div class="columns">
                         <table class="grid sweep">
-                            <thead><tr><th>"t"</th><th>"accuracy %"</th><th>"precision %"</th><th>"recall %"</th><th>"F1 %"</th></tr></thead>
+                            <thead><tr><th>"t"</th><th>"accuracy %"</th><th>"precision %"</th><th>"recall %"</th><th>"F1 %"</th><th>"forwards/image"</th></tr></thead>
                             <tbody>
                                 {r.validation.iter().map(|row| {
                                     let m = &row.metrics;
@@ -303,6 +304,7 @@ fn ClassifyResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView
                                         <tr class=if row.t == chosen { "chosen" } else { "" }>
                                             <td class="num">{row.t}</td><td class="num">{pct(m.accuracy)}</td><td class="num">{pct(m.precision)}</td>
                                             <td class="num">{pct(m.recall)}</td><td class="num">{pct(m.f1)}</td>
+                                            <td class="num">{format!("{:.1}", row.forwards_per_image)}</td>
                                         </tr>
                                     }
                                 }).collect_view()}
@@ -310,11 +312,33 @@ fn ClassifyResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView
                         </table>
                         {r.test.map(|row| {
                             let m = row.metrics;
+                            let interval = |range: Option<[f64; 2]>| {
+                                range.map(|[lo, hi]| format!("{} - {}", pct(lo), pct(hi))).unwrap_or_else(|| "-".into())
+                            };
+                            let i = row.intervals.clone();
+                            let level = i.as_ref().map(|i| format!("{:.0}% interval", 100.0 * i.level)).unwrap_or_else(|| "interval".into());
                             view! {
-                                <div>
+                                <div class="test-result">
                                     <h3>{format!("Test at t = {}", row.t)}</h3>
-                                    <p>{format!("accuracy {}%, precision {}%, recall {}%, F1 {}% ({} forwards per image)",
-                                        pct(m.accuracy), pct(m.precision), pct(m.recall), pct(m.f1), row.forwards_per_image)}</p>
+                                    <table class="grid test-metrics">
+                                        <thead><tr><th>"metric"</th><th>"%"</th><th>{level}</th></tr></thead>
+                                        <tbody>
+                                            {[
+                                                ("accuracy", m.accuracy, i.as_ref().map(|i| i.accuracy)),
+                                                ("precision", m.precision, i.as_ref().map(|i| i.precision)),
+                                                ("recall", m.recall, i.as_ref().map(|i| i.recall)),
+                                                ("F1", m.f1, i.as_ref().map(|i| i.f1)),
+                                            ].into_iter().map(|(name, value, range)| view! {
+                                                <tr><td>{name}</td><td class="num">{pct(value)}</td><td class="num">{interval(range)}</td></tr>
+                                            }).collect_view()}
+                                        </tbody>
+                                    </table>
+                                    <p class="muted">{format!("{:.1} forward passes per image", row.forwards_per_image)}</p>
+                                    {row.agreement.map(|a| view! {
+                                        <p class="agreement">{format!(
+                                            "Sequential stopping decided {}% of the images as {} draws do, with {}% of their forward passes (fixed-budget accuracy {}%).",
+                                            pct(a.agreement), a.fixed_draws, pct(a.forwards_fraction), pct(a.fixed_accuracy))}</p>
+                                    })}
                                     <table class="grid confusion">
                                         <thead><tr><th>"truth \\ predicted"</th>
                                             {(0..m.confusion.len()).map(|c| view! { <th>{c}</th> }).collect_view()}</tr></thead>

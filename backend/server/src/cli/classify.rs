@@ -1,11 +1,13 @@
 //! `repdiff classify`: the zero-shot diffusion classifier over a timestep sweep. The operating timestep is
-//! chosen on the validation data (best F1) and then applied to the test data, never chosen on test.
+//! chosen on the validation data (best F1) and then applied to the test data, never chosen on test; the
+//! test metrics come with bootstrap 95% intervals. `--sequential` stops drawing noise for an image once
+//! its class is decided; `--agreement` measures that against the fixed budget.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use repdiff_engine::classify::{Score, SweepOptions, SweepRow, choose_timestep, sweep};
+use repdiff_engine::classify::{Score, Stopping, SweepOptions, SweepRow, TestReport, choose_timestep, sweep, test_at};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
 use repdiff_engine::diffusion::GaussianDiffusion;
@@ -43,9 +45,23 @@ pub struct ClassifyArgs {
     score: ScoreArg,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Images per batch (each is one row per class).
-    #[arg(long, default_value_t = 16)]
+    /// (Image, noise) rows per model batch (each is one model row per class).
+    #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Stop drawing noise for an image once its class is decided (a sequential test); --draws is then
+    /// the most an image gets.
+    #[arg(long)]
+    sequential: bool,
+    /// The error rate of a sequential early decision.
+    #[arg(long, default_value_t = 0.01, requires = "sequential")]
+    alpha: f64,
+    /// Draws before the first sequential look (then at twice as many each time).
+    #[arg(long, default_value_t = 16, requires = "sequential")]
+    min_draws: usize,
+    /// With --sequential: also classify the test data with every draw and report how often the two agree
+    /// and what fraction of the forward passes the sequential run spent.
+    #[arg(long, requires = "sequential")]
+    agreement: bool,
     /// Use the raw weights instead of their EMA.
     #[arg(long)]
     raw_weights: bool,
@@ -71,8 +87,33 @@ fn table(rows: &[SweepRow], chosen: Option<usize>) {
         let m = &r.metrics;
         let mark = if Some(r.t) == chosen { " *" } else { "" };
         println!(
-            "| {}{mark} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            "| {}{mark} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} |",
             r.t, m.accuracy, m.precision, m.recall, m.f1, r.forwards_per_image
+        );
+    }
+}
+
+fn print_test(report: &TestReport) {
+    let (m, i) = (&report.metrics, &report.intervals);
+    println!("| metric | value | {:.0}% interval ({} bootstrap resamples) |", 100.0 * i.level, i.resamples);
+    println!("|---|---|---|");
+    for (name, value, [lo, hi]) in [
+        ("accuracy", m.accuracy, i.accuracy),
+        ("precision", m.precision, i.precision),
+        ("recall", m.recall, i.recall),
+        ("F1", m.f1, i.f1),
+    ] {
+        println!("| {name} | {value:.3} | {lo:.3} - {hi:.3} |");
+    }
+    println!("Confusion (rows truth, columns predicted): {:?}", m.confusion);
+    println!("Forward passes per image: {:.1}", report.forwards_per_image);
+    if let Some(a) = &report.agreement {
+        println!(
+            "Sequential stopping against {} draws: the same decision on {:.1}% of the images, {:.1}% of the forward passes (fixed-budget accuracy {:.3})",
+            a.fixed_draws,
+            100.0 * a.agreement,
+            100.0 * a.forwards_fraction,
+            a.fixed_accuracy
         );
     }
 }
@@ -98,7 +139,9 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
             ScoreArg::X0 => Score::X0Mse,
             ScoreArg::Eps => Score::EpsMse,
         },
+        stopping: args.sequential.then_some(Stopping { alpha: args.alpha, min_draws: args.min_draws }),
     };
+    options.check()?;
     let cancel = super::interrupt::cancel_on_signal();
     let (validation, labels) = load(&args.validation, size, c, &device)?;
     println!(
@@ -108,7 +151,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         options.draws,
         config.model.num_classes().unwrap_or(0)
     );
-    let bar = progress_bar(1, "{bar:40} {pos}/{len} batches [{elapsed_precise}<{eta_precise}]");
+    let bar = progress_bar(1, "{bar:40} {percent}% [{elapsed_precise}<{eta_precise}]");
     let rows = sweep(&model, &diffusion, &validation.samples, &labels, &options, &cancel, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -121,19 +164,25 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     let test = match &args.test {
         Some(path) => {
             let (data, labels) = load(path, size, c, &device)?;
-            let at = SweepOptions { timesteps: vec![chosen], ..options.clone() };
-            let row = sweep(&model, &diffusion, &data.samples, &labels, &at, &cancel, |_, _| {})?.remove(0);
-            let m = &row.metrics;
-            println!(
-                "\nTest at t = {chosen} ({} images): accuracy {:.3}, precision {:.3}, recall {:.3}, F1 {:.3}; confusion (rows truth, columns predicted) {:?}",
-                labels.len(),
-                m.accuracy,
-                m.precision,
-                m.recall,
-                m.f1,
-                m.confusion
-            );
-            Some(row)
+            println!("\nTest at t = {chosen} ({} images):", labels.len());
+            let bar = progress_bar(1000, "{bar:40} {percent}% [{elapsed_precise}<{eta_precise}]");
+            let report = test_at(
+                &model,
+                &diffusion,
+                &data.samples,
+                &labels,
+                chosen,
+                &options,
+                args.agreement,
+                &cancel,
+                |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )?;
+            bar.finish_and_clear();
+            print_test(&report);
+            Some(report)
         }
         None => None,
     };

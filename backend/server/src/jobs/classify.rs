@@ -1,10 +1,12 @@
 //! `classify`: the zero-shot diffusion classifier as a job. A timestep sweep on the validation data
 //! (metrics `val_accuracy`, `val_precision`, `val_recall`, `val_f1` with the timestep as their step, so
 //! the run page charts them over t), the best-F1 timestep chosen there, and the test data classified at
-//! that timestep (`test_*` metrics, one point at the chosen t). The result holds every row with its
-//! confusion matrix.
+//! that timestep (`test_*` metrics, one point at the chosen t) with bootstrap 95% intervals. With
+//! `stopping`, each image stops drawing noise once its class is decided; `measure_agreement` also runs
+//! the test data at the fixed budget and reports how often the two decide alike and the forward passes
+//! saved. The result holds every row with its confusion matrix and each test image's prediction.
 
-use repdiff_engine::classify::{Score, SweepOptions, choose_timestep, sweep};
+use repdiff_engine::classify::{Score, Stopping, SweepOptions, choose_timestep, sweep, test_at};
 use repdiff_engine::device::best_device;
 use repdiff_engine::diffusion::GaussianDiffusion;
 use repdiff_engine::sample::{Weights, load_model};
@@ -49,6 +51,12 @@ pub struct ClassifyParams {
     pub batch_size: usize,
     #[serde(default)]
     pub raw_weights: bool,
+    /// Stop drawing noise for an image once its class is decided (`{}` for the defaults).
+    #[serde(default)]
+    pub stopping: Option<Stopping>,
+    /// With `stopping`: also classify the test data at the full budget and compare.
+    #[serde(default)]
+    pub measure_agreement: bool,
 }
 
 pub struct Classify {
@@ -63,6 +71,9 @@ impl Handler for Classify {
         }
         if !(1..=4096).contains(&p.draws) || !(1..=1024).contains(&p.batch_size) {
             return Err("draws is 1 to 4096 and batch_size 1 to 1024".into());
+        }
+        if let Some(stopping) = &p.stopping {
+            stopping.check()?;
         }
         validate_data(&p.validation)?;
         p.test.as_ref().map_or(Ok(()), validate_data)
@@ -102,6 +113,7 @@ impl Handler for Classify {
             seed: p.seed,
             batch_size: p.batch_size,
             score: p.score,
+            stopping: p.stopping,
         };
         let labelled = |ctx: &mut JobContext, source: &DataSource, what: &str| -> Result<_, JobError> {
             let data = load_data(ctx, source, &config, &self.weights_dir, &device)?;
@@ -138,12 +150,18 @@ impl Handler for Classify {
         let test = match &p.test {
             Some(source) => {
                 let (data, labels) = labelled(ctx, source, "test")?;
-                let at = SweepOptions { timesteps: vec![chosen], ..options.clone() };
-                let row = sweep(&model, &diffusion, &data.samples, &labels, &at, &cancel, |done, total| {
-                    ctx.progress(done as u64, total as u64, "test at the chosen timestep");
-                })?
-                .remove(0);
-                let m = &row.metrics;
+                let report = test_at(
+                    &model,
+                    &diffusion,
+                    &data.samples,
+                    &labels,
+                    chosen,
+                    &options,
+                    p.measure_agreement,
+                    &cancel,
+                    |done, total| ctx.progress(done as u64, total as u64, "test at the chosen timestep"),
+                )?;
+                let m = &report.metrics;
                 for (name, value) in [
                     ("test_accuracy", m.accuracy),
                     ("test_precision", m.precision),
@@ -152,8 +170,26 @@ impl Handler for Classify {
                 ] {
                     ctx.metric(name, chosen as u64, value)?;
                 }
-                ctx.log("info", &format!("test at t = {chosen}: accuracy {:.3}, F1 {:.3}", m.accuracy, m.f1));
-                Some(row)
+                let [lo, hi] = report.intervals.accuracy;
+                ctx.log(
+                    "info",
+                    &format!(
+                        "test at t = {chosen}: accuracy {:.3} (95% CI {lo:.3}-{hi:.3}), F1 {:.3}, {:.0} forwards per image",
+                        m.accuracy, m.f1, report.forwards_per_image
+                    ),
+                );
+                if let Some(a) = &report.agreement {
+                    ctx.log(
+                        "info",
+                        &format!(
+                            "sequential stopping agrees with {} draws on {:.1}% of the test images at {:.1}% of the forwards",
+                            a.fixed_draws,
+                            100.0 * a.agreement,
+                            100.0 * a.forwards_fraction
+                        ),
+                    );
+                }
+                Some(report)
             }
             None => None,
         };
@@ -161,7 +197,7 @@ impl Handler for Classify {
         let report = repdiff_api::ClassifyReport {
             chosen_t: chosen,
             validation: rows.into_iter().map(api_row).collect(),
-            test: test.map(api_row),
+            test: test.map(api_test),
         };
         let mut result = serde_json::to_value(report).map_err(|e| JobError::Permanent(e.to_string()))?;
         result["options"] = serde_json::json!(options);
@@ -169,18 +205,42 @@ impl Handler for Classify {
     }
 }
 
-/// The engine's row as the API's (the wire contract the frontend reads).
+/// The engine's metrics as the API's (the wire contract the frontend reads).
+fn api_metrics(m: repdiff_engine::classify::Metrics) -> repdiff_api::ClassMetrics {
+    repdiff_api::ClassMetrics {
+        accuracy: m.accuracy,
+        precision: m.precision,
+        recall: m.recall,
+        f1: m.f1,
+        confusion: m.confusion,
+    }
+}
+
 fn api_row(row: repdiff_engine::classify::SweepRow) -> repdiff_api::SweepRow {
-    let m = row.metrics;
-    repdiff_api::SweepRow {
-        t: row.t,
-        metrics: repdiff_api::ClassMetrics {
-            accuracy: m.accuracy,
-            precision: m.precision,
-            recall: m.recall,
-            f1: m.f1,
-            confusion: m.confusion,
-        },
-        forwards_per_image: row.forwards_per_image,
+    repdiff_api::SweepRow { t: row.t, metrics: api_metrics(row.metrics), forwards_per_image: row.forwards_per_image }
+}
+
+fn api_test(report: repdiff_engine::classify::TestReport) -> repdiff_api::TestResult {
+    let i = report.intervals;
+    repdiff_api::TestResult {
+        t: report.t,
+        metrics: api_metrics(report.metrics),
+        forwards_per_image: report.forwards_per_image,
+        intervals: Some(repdiff_api::Intervals {
+            level: i.level,
+            resamples: i.resamples,
+            accuracy: i.accuracy,
+            precision: i.precision,
+            recall: i.recall,
+            f1: i.f1,
+        }),
+        predicted: report.predicted,
+        draws: report.draws,
+        agreement: report.agreement.map(|a| repdiff_api::Agreement {
+            fixed_draws: a.fixed_draws,
+            agreement: a.agreement,
+            forwards_fraction: a.forwards_fraction,
+            fixed_accuracy: a.fixed_accuracy,
+        }),
     }
 }

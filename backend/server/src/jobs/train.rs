@@ -34,12 +34,17 @@ pub enum DataSource {
     },
     /// A latent file in the store (`latents` [N, C, H, W], optional `labels`), as `repdiff encode` writes.
     Latents { key: String },
-    /// A dataset's slices (labels: hematoma or not), through a CT window (default brain), at the model's
-    /// input size; encoded by the run's autoencoder when it works on latents.
+    /// A dataset's slices (labels: hematoma or not), or one part of its split, through a CT window
+    /// (default brain), at the model's input size; encoded by the run's autoencoder when it works on
+    /// latents.
     Dataset {
         id: i64,
         #[serde(default)]
         window: Option<String>,
+        /// One part of the paper's split of the dataset (pre-training, train, validation or test); all
+        /// slices when absent.
+        #[serde(default)]
+        split: Option<super::encode::SplitSpec>,
     },
 }
 
@@ -135,7 +140,7 @@ pub(super) fn load_data(
             let local = ctx.fetch(key, "data.safetensors")?;
             Dataset::from_latent_file(&local, device)?
         }
-        DataSource::Dataset { id, window } => {
+        DataSource::Dataset { id, window, split } => {
             let window = Window::parse(window.as_deref().unwrap_or("brain"))?;
             let (name, copies) = match &config.data_space {
                 DataSpace::Pixels => ("pixels".to_string(), config.model.in_channels),
@@ -148,10 +153,10 @@ pub(super) fn load_data(
                 size: config.model.input_size * (64 / encoder.latent_dims(64).1.max(1)),
                 posterior: Posterior::Mean,
                 seed: config.train.seed,
-                part: None,
+                part: split.as_ref().map(|s| s.part),
                 batch_size: 16,
             };
-            let local = super::encode::encode_scans(ctx, *id, None, &spec, encoder.as_ref(), device)?;
+            let local = super::encode::encode_scans(ctx, *id, split.as_ref(), &spec, encoder.as_ref(), device)?;
             Dataset::from_latent_file(&local, device)?
         }
     })
