@@ -11,6 +11,7 @@ pub mod device;
 pub mod diffusion;
 pub mod dit;
 pub mod error;
+pub mod explain;
 pub mod finetune;
 pub mod imaging;
 pub mod latent_cache;

@@ -134,11 +134,27 @@ pub fn denoise(
     guide: Guide,
     sampler: SamplerKind,
     rng: &mut Rng,
+    on_step: impl FnMut(usize, &Prediction),
+) -> Result<Tensor> {
+    denoise_from(model, diffusion, noise, diffusion.num_steps(), guide, sampler, rng, on_step)
+}
+
+/// Runs the reverse process from `x`, a sample at (respaced) step `from` - 1 (the whole process when
+/// `from` is `diffusion.num_steps()`), down to data.
+#[allow(clippy::too_many_arguments)]
+pub fn denoise_from(
+    model: &Dit,
+    diffusion: &GaussianDiffusion,
+    x: Tensor,
+    from: usize,
+    guide: Guide,
+    sampler: SamplerKind,
+    rng: &mut Rng,
     mut on_step: impl FnMut(usize, &Prediction),
 ) -> Result<Tensor> {
-    let n = noise.dim(0)?;
-    let mut x = noise;
-    for (done, i) in (0..diffusion.num_steps()).rev().enumerate() {
+    let n = x.dim(0)?;
+    let mut x = x;
+    for (done, i) in (0..from.min(diffusion.num_steps())).rev().enumerate() {
         if guide.cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(Error::Cancelled { step: done });
         }
@@ -250,6 +266,27 @@ pub fn sample(
     Ok((Tensor::cat(&outputs, 0)?, labels))
 }
 
+/// Samples as images can show them: pixel-space samples as they are, latents decoded by the run's
+/// autoencoder when its weights are in `weights_dir`; without them the latents themselves (their first
+/// channels make a preview) and a note saying so.
+pub fn decode_for_display(
+    samples: &Tensor,
+    config: &RunConfig,
+    weights_dir: &Path,
+) -> Result<(Tensor, Option<String>)> {
+    match &config.data_space {
+        DataSpace::Pixels => Ok((samples.clone(), None)),
+        DataSpace::Latents { autoencoder: name, .. } => {
+            match crate::autoencoder::by_name(name, 3, weights_dir, samples.device()) {
+                Ok(model) => Ok((model.decode(samples)?, None)),
+                Err(e) => {
+                    Ok((samples.clone(), Some(format!("{e}; the PNGs preview the latents' first three channels"))))
+                }
+            }
+        }
+    }
+}
+
 /// The files [`write_samples`] wrote.
 #[derive(Clone, Debug)]
 pub struct WrittenSamples {
@@ -274,20 +311,8 @@ pub fn write_samples(
     out: &Path,
 ) -> Result<WrittenSamples> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut note = None;
-    let decoded = match &config.data_space {
-        DataSpace::Pixels => None,
-        DataSpace::Latents { autoencoder: name, .. } => {
-            match crate::autoencoder::by_name(name, 3, weights_dir, samples.device()) {
-                Ok(model) => Some(model.decode(samples)?),
-                Err(e) => {
-                    note = Some(format!("{e}; the PNGs preview the latents' first three channels"));
-                    None
-                }
-            }
-        }
-    };
-    let pictures = crate::imaging::to_images(decoded.as_ref().unwrap_or(samples))?;
+    let (decoded, note) = decode_for_display(samples, config, weights_dir)?;
+    let pictures = crate::imaging::to_images(&decoded)?;
     let mut images = Vec::with_capacity(pictures.len());
     for (i, picture) in pictures.iter().enumerate() {
         let class = labels.map(|l| l[i]);

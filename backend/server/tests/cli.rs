@@ -464,3 +464,49 @@ fn classify_sweeps_timesteps_on_validation_and_reports_test_at_the_chosen_one() 
     ]);
     assert!(!out.status.success() && text(&out).contains("outside"), "{}", text(&out));
 }
+
+#[test]
+fn counterfactual_and_trajectory_write_their_figures() {
+    let dir = tempdir("explain");
+    image_folder(&dir.join("images"));
+    let config = tiny_config(&dir);
+    let images = dir.join("images");
+    let run = dir.join("run");
+    train_images(&config, &images, "class", "2", &run);
+    let ckpt = run.join("checkpoint.safetensors");
+    let cf = dir.join("cf");
+    let args = ["counterfactual", "--checkpoint", ckpt.to_str().unwrap(), "--data", images.to_str().unwrap()];
+    let out = repdiff(&[&args[..], &["-n", "3", "--t", "305", "--steps", "10", "--out", cf.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Noised to t = 300"), "{}", text(&out));
+    assert!(text(&out).contains("| 2 | 0 |"), "scan 2 is in class folder a (0): {}", text(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cf.join("counterfactuals.json")).unwrap()).unwrap();
+    assert_eq!(report["mean_abs_difference"].as_array().unwrap().len(), 3);
+    assert!(cf.join("counterfactual_0002.png").exists() && cf.join("counterfactuals.png").exists());
+    // t must lie inside the process.
+    let out = repdiff(&[&args[..], &["--t", "1000", "--out", cf.to_str().unwrap()]].concat());
+    assert!(!out.status.success() && text(&out).contains("t is in 1..1000"), "{}", text(&out));
+
+    let traj = dir.join("traj");
+    let out = repdiff(&[
+        "trajectory",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "-n",
+        "2",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "10",
+        "--frames",
+        "4",
+        "--out",
+        traj.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Frames at t = [900, 600, 300, 0]"), "{}", text(&out));
+    let grid = image::open(traj.join("trajectory.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (4 * 10 + 2, 2 * 10 + 2), "a row of 4 frames per sample");
+    let _ = std::fs::remove_dir_all(&dir);
+}

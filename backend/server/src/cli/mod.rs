@@ -6,6 +6,7 @@ mod bench_imaging;
 mod bench_queue;
 mod classify;
 mod encode;
+mod explain;
 mod import;
 mod interrupt;
 mod phantoms;
@@ -45,6 +46,10 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Draw samples from a checkpoint: PNG files, a grid, and the raw tensors.
     Sample(sample::SampleArgs),
+    /// Denoise scans under each class from the same noisy latent and map the difference (Fig. 10).
+    Counterfactual(explain::CounterfactualArgs),
+    /// Draw samples and show the x0 predictions along the way (Fig. 11).
+    Trajectory(explain::TrajectoryArgs),
     /// Measure DiT training/forward throughput, or with --imaging the data pipeline (import, encode).
     Bench(bench::BenchArgs),
     /// Train the tiny-cpu preset on the toy set and sample each class: the whole engine in a few minutes.
@@ -174,6 +179,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pretrain(args) => train::pretrain(args),
         Command::Finetune(args) => train::finetune(args),
         Command::Classify(args) => classify::run(args),
+        Command::Counterfactual(args) => explain::counterfactual(args),
+        Command::Trajectory(args) => explain::run_trajectory(args),
         Command::Sample(args) => sample::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo(args),

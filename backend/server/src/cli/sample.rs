@@ -54,10 +54,10 @@ pub struct SampleArgs {
     references: Option<PathBuf>,
     /// Where pretrained weights live (the SD VAE that decodes latent-space samples).
     #[arg(long, default_value = "model-weights")]
-    weights_dir: PathBuf,
+    pub(super) weights_dir: PathBuf,
     /// Output folder (PNG per sample, grid.png, samples.safetensors).
     #[arg(long, default_value = "runs/samples")]
-    out: PathBuf,
+    pub(super) out: PathBuf,
 }
 
 impl SampleArgs {
@@ -81,7 +81,17 @@ impl SampleArgs {
     }
 }
 
-pub fn run(args: SampleArgs) -> Result<()> {
+/// The model, its configuration and the sampling options the arguments ask for, on the best device.
+pub struct Prepared {
+    pub model: repdiff_engine::dit::Dit,
+    pub config: repdiff_engine::config::RunConfig,
+    pub options: SampleOptions,
+    pub device: repdiff_engine::Device,
+    pub device_note: String,
+    pub sampler: SamplerKind,
+}
+
+pub fn prepare(args: &SampleArgs) -> Result<Prepared> {
     let (device, device_note) = best_device();
     let weights = if args.raw_weights { Weights::Raw } else { Weights::Ema };
     let (model, config) = load_model(&args.checkpoint, weights, &device)?;
@@ -121,6 +131,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
             }
         },
     };
+    Ok(Prepared { model, config, options, device, device_note, sampler })
+}
+
+pub fn run(args: SampleArgs) -> Result<()> {
+    let Prepared { model, config, options, device, device_note, sampler } = prepare(&args)?;
     println!(
         "Sampling {} images with {:?} over {} steps (guidance {}) on {device_note}",
         args.num, sampler, args.steps, args.guidance
