@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
 use image::{DynamicImage, RgbImage};
-use serde::{Deserialize, Serialize};
 
 use crate::config::{DataSpace, RunConfig};
 use crate::diffusion::{GaussianDiffusion, SamplerKind};
@@ -235,7 +234,7 @@ fn difference_image(a: &Tensor, b: &Tensor, scale: f32) -> Result<DynamicImage> 
 }
 
 /// What [`write_counterfactuals`] wrote, and the size of each image's change.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct CounterfactualReport {
     pub t: usize,
     /// One row per image: original, then each class's denoising, then each class's difference to class 0.
@@ -296,8 +295,18 @@ pub fn write_counterfactuals(
         scale: scale as f64,
         note,
     };
+    // File names, not paths: the folder may be moved (or be a worker's scratch).
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let json = out.join("counterfactuals.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report).expect("serialisable"))
+    let written = serde_json::json!({
+        "t": report.t,
+        "rows": report.rows.iter().map(|p| name(p)).collect::<Vec<_>>(),
+        "grid": name(&report.grid),
+        "mean_abs_difference": report.mean_abs_difference,
+        "scale": report.scale,
+        "note": report.note,
+    });
+    std::fs::write(&json, serde_json::to_string_pretty(&written).expect("serialisable"))
         .map_err(|e| Error::io(&json, e))?;
     Ok(report)
 }

@@ -550,12 +550,34 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
     assert!(job["state"] == "failed" && job["error"].as_str().unwrap().contains("class-conditional"), "{job}");
 
-    // The fine-tuned model samples both classes.
-    let submit =
-        json!({ "kind": "sample", "params": { "checkpoint": { "job": ft }, "num": 2, "classes": [0, 1], "steps": 3 } });
+    // The fine-tuned model samples both classes, here with their trajectories.
+    let submit = json!({ "kind": "sample", "params": { "checkpoint": { "job": ft }, "num": 2, "classes": [0, 1],
+        "steps": 3, "frames": 3 } });
     let id = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await.json()["id"].as_i64().unwrap();
     let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
+    let traj = app.call("GET", &format!("/api/v1/jobs/{id}/artifacts?kind=trajectory"), Some(&ada), None).await.json();
+    assert_eq!(traj[0]["meta"]["timesteps"], json!([668, 334, 0]), "{traj}");
+
+    // Counterfactuals of toy scans under both classes; a model without classes has none.
+    let counterfactual = |checkpoint: i64| {
+        json!({ "kind": "counterfactual", "params": { "checkpoint": { "job": checkpoint }, "data": toy, "num": 3,
+            "t": 300, "steps": 10 } })
+    };
+    let id =
+        app.call("POST", "/api/v1/jobs", Some(&ada), Some(counterfactual(ft))).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["t"], 300);
+    assert_eq!(job["result"]["mean_abs_difference"].as_array().unwrap().len(), 3);
+    let figures = app.call("GET", &format!("/api/v1/jobs/{id}/artifacts?kind=figure"), Some(&ada), None).await.json();
+    assert_eq!(figures.as_array().unwrap().len(), 3);
+    let grid = app.call("GET", &format!("/api/v1/jobs/{id}/artifacts?kind=grid"), Some(&ada), None).await.json();
+    assert_eq!(grid[0]["key"], format!("jobs/{id}/counterfactuals.png"));
+    let id =
+        app.call("POST", "/api/v1/jobs", Some(&ada), Some(counterfactual(pre))).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
+    assert!(job["state"] == "failed" && job["error"].as_str().unwrap().contains("class-conditional"), "{job}");
     app.finish().await;
 }
 

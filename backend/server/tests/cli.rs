@@ -476,13 +476,15 @@ fn counterfactual_and_trajectory_write_their_figures() {
     let ckpt = run.join("checkpoint.safetensors");
     let cf = dir.join("cf");
     let args = ["counterfactual", "--checkpoint", ckpt.to_str().unwrap(), "--data", images.to_str().unwrap()];
-    let out = repdiff(&[&args[..], &["-n", "3", "--t", "305", "--steps", "10", "--out", cf.to_str().unwrap()]].concat());
+    let out =
+        repdiff(&[&args[..], &["-n", "3", "--t", "305", "--steps", "10", "--out", cf.to_str().unwrap()]].concat());
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("Noised to t = 300"), "{}", text(&out));
     assert!(text(&out).contains("| 2 | 0 |"), "scan 2 is in class folder a (0): {}", text(&out));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cf.join("counterfactuals.json")).unwrap()).unwrap();
     assert_eq!(report["mean_abs_difference"].as_array().unwrap().len(), 3);
+    assert_eq!(report["rows"][2], "counterfactual_0002.png", "file names, not scratch paths");
     assert!(cf.join("counterfactual_0002.png").exists() && cf.join("counterfactuals.png").exists());
     // t must lie inside the process.
     let out = repdiff(&[&args[..], &["--t", "1000", "--out", cf.to_str().unwrap()]].concat());

@@ -73,6 +73,10 @@ struct Form {
     min_draws: Field,
     /// "yes": also run the test data at the fixed budget and compare.
     agreement: Field,
+    /// Trajectory frames per sample (empty: none).
+    frames: Field,
+    /// The noise level of counterfactuals.
+    noise_t: Field,
 }
 
 impl Form {
@@ -118,6 +122,8 @@ impl Form {
             alpha: Field::new("0.01"),
             min_draws: Field::new("16"),
             agreement: Field::new("no"),
+            frames: Field::new(""),
+            noise_t: Field::new("500"),
         }
     }
 
@@ -262,6 +268,28 @@ impl Form {
                 number(&mut problems, &mut out, "steps", "Sampling steps", &self.sample_steps, true, true);
                 number(&mut problems, &mut out, "eta", "Eta", &self.eta, false, false);
                 number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
+                number(&mut problems, &mut out, "frames", "Trajectory frames", &self.frames, true, true);
+                if out.get("frames").and_then(Value::as_i64).is_some_and(|f| !(2..=64).contains(&f)) {
+                    problems.push("Trajectory frames: 2 to 64".into());
+                }
+            }
+            "counterfactual" => {
+                match self.checkpoint.text().parse::<i64>() {
+                    Ok(id) => {
+                        out.insert("checkpoint".into(), json!({ "job": id }));
+                    }
+                    Err(_) => problems.push("Model: pick a finished class-conditional run".into()),
+                }
+                let data = self.data_json(&self.data.text(), None, &mut problems);
+                out.insert("data".into(), data);
+                number(&mut problems, &mut out, "num", "Scans", &self.num, true, true);
+                number(&mut problems, &mut out, "t", "Noise level t", &self.noise_t, true, true);
+                if out.get("t").and_then(Value::as_i64).is_some_and(|t| t >= 1000) {
+                    problems.push("Noise level t: below 1000".into());
+                }
+                number(&mut problems, &mut out, "steps", "DDIM steps", &self.sample_steps, true, true);
+                number(&mut problems, &mut out, "guidance", "Guidance", &self.guidance, false, false);
+                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
             }
             "encode" => {
                 match self.dataset.text().parse::<i64>() {
@@ -333,7 +361,7 @@ fn number(
     }
 }
 
-const KNOWN: [&str; 6] = ["pretrain", "finetune", "classify", "sample", "encode", "import"];
+const KNOWN: [&str; 7] = ["pretrain", "finetune", "classify", "counterfactual", "sample", "encode", "import"];
 
 #[component]
 pub fn Launch() -> impl IntoView {
@@ -594,11 +622,28 @@ pub fn Launch() -> impl IntoView {
                     {text_input("Steps", "sample_steps", form.sample_steps, "50")}
                     {text_input("Eta (DDIM)", "eta", form.eta, "0")}
                     {text_input("Seed", "seed", form.seed, "0")}
+                    {text_input("Trajectory frames", "frames", form.frames, "none, or 8: x0 predictions along the way")}
                 </fieldset>
                 <fieldset><legend>"References (representation-conditional models)"</legend>
                     {choice("Reference images", "references", form.references, &["none", "dataset", "latents", "toy"])}
                     {move || (form.references.value.get() != "none").then(|| source_fields(form.references, None))}
                     <p class="muted small wide-row">"A representation model draws variations of reference images: sample i from reference i."</p>
+                </fieldset>
+            }
+            .into_any(),
+            "counterfactual" => view! {
+                <fieldset><legend>"Counterfactuals (where the model puts the haematoma)"</legend>
+                    {run_select("Class-conditional run", &["finetune", "pretrain"])}
+                    {text_input("Scans", "num", form.num, "8")}
+                    {text_input("Noise level t", "noise_t", form.noise_t, "500 of 1000")}
+                    {text_input("DDIM steps", "sample_steps", form.sample_steps, "50")}
+                    {text_input("Guidance scale", "guidance", form.guidance, "1; larger shows stronger differences")}
+                    {text_input("Seed", "seed", form.seed, "0")}
+                    <p class="muted small wide-row">"Each scan is noised to t and denoised under every class from the same noisy latent; the difference map shows what the model changes (red: brighter under the last class)."</p>
+                </fieldset>
+                <fieldset><legend>"Scans"</legend>
+                    {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
+                    {source_fields(form.data, None)}
                 </fieldset>
             }
             .into_any(),

@@ -378,14 +378,22 @@ fn Outputs(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, Api
                 }
                 let images: Vec<Artifact> = list.iter().filter(|a| a.kind == "sample_image").cloned().collect();
                 let grid = list.iter().find(|a| a.kind == "grid").cloned();
+                let trajectory = list.iter().find(|a| a.kind == "trajectory").cloned();
+                let title = if kind() == "counterfactual" {
+                    "Counterfactuals: original | class 0 | class 1 | difference (red: brighter under class 1)"
+                } else {
+                    "Samples"
+                };
                 let reports: Vec<Artifact> = list.iter().filter(|a| a.kind == "report").cloned().collect();
                 let gallery = if kind() == "sample" { format!("/gallery?job={id}") } else { format!("/gallery?from_job={id}") };
                 let navigate = navigate.clone();
                 view! {
                     {(!images.is_empty() || grid.is_some()).then(|| view! {
                         <section class="card" id="samples">
-                            <div class="titlebar"><h2>"Samples"</h2><span class="spacer"></span>
-                                <button class="link" on:click=move |_| navigate(&gallery, Default::default())>"Open in the gallery"</button></div>
+                            <div class="titlebar"><h2>{title}</h2><span class="spacer"></span>
+                                {(!images.is_empty()).then(|| view! {
+                                    <button class="link" on:click=move |_| navigate(&gallery, Default::default())>"Open in the gallery"</button>
+                                })}</div>
                             {grid.map(|g| view! { <img class="grid-image" alt="sample grid" src=g.url.clone() /> })}
                             <div class="thumbs">
                                 {images.into_iter().take(32).map(|a| {
@@ -395,6 +403,16 @@ fn Outputs(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, Api
                                 }).collect_view()}
                             </div>
                         </section>
+                    })}
+                    {trajectory.map(|t| {
+                        let steps = t.meta.get("timesteps").map(|v| v.to_string()).unwrap_or_default();
+                        view! {
+                            <section class="card" id="trajectory">
+                                <h2>"Trajectories: x0 predictions, noisiest first"</h2>
+                                <p class="muted small">{format!("A row per sample, at t = {steps}")}</p>
+                                <img class="grid-image" alt="trajectories" src=t.url.clone() />
+                            </section>
+                        }
                     })}
                     {reports.into_iter().map(|a| view! { <Report artifact=a /> }).collect_view()}
                     <section class="card">

@@ -2,6 +2,7 @@
 //! type with `deny_unknown_fields`, so a misspelt field is an error at submission, not a silent default.
 
 mod classify;
+mod counterfactual;
 mod encode;
 mod finetune;
 mod import;
@@ -56,6 +57,7 @@ pub fn registry(settings: &JobSettings) -> Registry {
         .register("pretrain", train::Train { weights_dir: settings.weights_dir.clone() })
         .register("finetune", finetune::Finetune { weights_dir: settings.weights_dir.clone() })
         .register("classify", classify::Classify { weights_dir: settings.weights_dir.clone() })
+        .register("counterfactual", counterfactual::Counterfactual { weights_dir: settings.weights_dir.clone() })
         .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() });
     registry
 }

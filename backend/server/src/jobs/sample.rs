@@ -1,8 +1,10 @@
 //! `sample`: draws samples from a checkpoint in the store and publishes them: a PNG per sample (kind
-//! `sample_image`, with its index and class), `grid.png`, and `samples.safetensors`.
+//! `sample_image`, with its index and class), `grid.png`, and `samples.safetensors`. With `frames`, also
+//! the trajectory of every sample (kind `trajectory`): its x0 predictions at that many steps.
 
 use repdiff_engine::device::best_device;
 use repdiff_engine::diffusion::SamplerKind;
+use repdiff_engine::explain::{trajectory, write_trajectory};
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample, write_samples};
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +74,9 @@ pub struct SampleParams {
     /// i, cycled): a dataset or a latent file, as a pretrain job's `data`.
     #[serde(default)]
     pub references: Option<super::train::DataSource>,
+    /// Also record each sample's x0 predictions at this many evenly spaced steps (the paper's Fig. 11).
+    #[serde(default)]
+    pub frames: Option<usize>,
 }
 
 pub struct Sample {
@@ -89,6 +94,16 @@ impl Handler for Sample {
         }
         if !(p.guidance.is_finite() && p.guidance >= 0.0 && (0.0..=1.0).contains(&p.eta)) {
             return Err("guidance must be >= 0 and eta in [0, 1]".into());
+        }
+        if let Some(frames) = p.frames {
+            if !(2..=64).contains(&frames) {
+                return Err("frames is 2 to 64".into());
+            }
+            if p.references.is_some() {
+                return Err(
+                    "trajectories are drawn without references (unconditional or class-conditional models)".into()
+                );
+            }
         }
         p.references.as_ref().map_or(Ok(()), super::train::validate_data)
     }
@@ -150,9 +165,24 @@ impl Handler for Sample {
                 None => None,
             },
         };
-        let (samples, labels) = sample(&model, &config, &options, &device, |done, total| {
-            ctx.progress(done as u64, total as u64, "denoising");
-        })?;
+        let (samples, labels, trajectory_grid) = match p.frames {
+            None => {
+                let (samples, labels) = sample(&model, &config, &options, &device, |done, total| {
+                    ctx.progress(done as u64, total as u64, "denoising");
+                })?;
+                (samples, labels, None)
+            }
+            Some(frames) => {
+                let traj = trajectory(&model, &config, &options, frames, &device, |done, total| {
+                    ctx.progress(done as u64, total as u64, "denoising");
+                })?;
+                let (_, grid, _) =
+                    write_trajectory(&traj, &config, &self.weights_dir, &ctx.scratch.join("trajectory"))?;
+                let meta = serde_json::json!({ "timesteps": traj.timesteps });
+                let grid = ctx.publish(&grid, "trajectory.png", "trajectory", "image/png", meta)?;
+                (traj.samples, traj.labels, Some(grid))
+            }
+        };
         let out = ctx.scratch.join("samples");
         let written = write_samples(&samples, labels.as_deref(), &config, &self.weights_dir, &out)?;
         if let Some(note) = &written.note {
@@ -183,6 +213,7 @@ impl Handler for Sample {
             "num": written.images.len(),
             "labels": labels,
             "grid": grid,
+            "trajectory": trajectory_grid,
             "tensors": tensors,
             "decoded": written.note.is_none(),
         }))
