@@ -8,7 +8,7 @@
 B=$(realpath "${1:?usage: scripts/gpu-check.sh PATH/TO/repdiff [OUT]}")
 OUT=$(mkdir -p "${2:-gpu-check}" && realpath "${2:-gpu-check}")
 D=$(dirname "$B")
-exec > >(tee ""$OUT"/log.txt") 2>&1
+exec > >(tee "$OUT/log.txt") 2>&1
 set -x
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 # The newest toolkit's libraries under /usr/local (what `ldd` does not find otherwise).
