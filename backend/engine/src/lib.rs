@@ -20,6 +20,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod phantom;
+pub mod probe;
 pub mod rng;
 pub mod sample;
 pub mod train;

@@ -512,3 +512,56 @@ fn counterfactual_and_trajectory_write_their_figures() {
     assert_eq!((grid.width(), grid.height()), (4 * 10 + 2, 2 * 10 + 2), "a row of 4 frames per sample");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn probe_fits_on_a_representation_encoder_and_refuses_other_models() {
+    let dir = tempdir("probe");
+    image_folder(&dir.join("images"));
+    let config = tiny_config(&dir);
+    let images = dir.join("images");
+    let pre = dir.join("pre");
+    let out = repdiff(&[
+        "pretrain",
+        "--mode",
+        "rep",
+        "--config",
+        config.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--out",
+        pre.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = dir.join("probe.json");
+    let images_s = images.to_str().unwrap();
+    let probe = |checkpoint: &Path, out: &Path| {
+        repdiff(&[
+            "probe",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--train",
+            images_s,
+            "--validation",
+            images_s,
+            "--test",
+            images_s,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let out = probe(&pre.join("checkpoint.safetensors"), &report);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Chosen on validation: lambda"), "{}", text(&out));
+    assert!(text(&out).contains("| accuracy |"), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["test"]["predicted"].as_array().unwrap().len(), 8);
+    assert!(report["lambda"].as_f64().unwrap() > 0.0);
+    // A model without an encoder has nothing to probe.
+    let plain = dir.join("plain");
+    train_images(&config, &images, "class", "1", &plain);
+    let out = probe(&plain.join("checkpoint.safetensors"), &dir.join("x.json"));
+    assert!(!out.status.success() && text(&out).contains("no representation encoder"), "{}", text(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}

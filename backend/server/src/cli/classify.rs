@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use repdiff_engine::classify::{Score, Stopping, SweepOptions, SweepRow, TestReport, choose_timestep, sweep, test_at};
+use repdiff_engine::classify::{
+    Intervals, Metrics, Score, Stopping, SweepOptions, SweepRow, TestReport, choose_timestep, sweep, test_at,
+};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
 use repdiff_engine::diffusion::GaussianDiffusion;
@@ -70,7 +72,12 @@ pub struct ClassifyArgs {
     out: Option<PathBuf>,
 }
 
-fn load(path: &Path, size: usize, channels: usize, device: &repdiff_engine::Device) -> Result<(Dataset, Vec<u32>)> {
+pub(super) fn load(
+    path: &Path,
+    size: usize,
+    channels: usize,
+    device: &repdiff_engine::Device,
+) -> Result<(Dataset, Vec<u32>)> {
     let data = if path.is_dir() {
         Dataset::from_image_folder(path, size, channels, device)?
     } else {
@@ -93,8 +100,8 @@ fn table(rows: &[SweepRow], chosen: Option<usize>) {
     }
 }
 
-fn print_test(report: &TestReport) {
-    let (m, i) = (&report.metrics, &report.intervals);
+/// Test metrics with their bootstrap intervals as a Markdown table, then the confusion matrix.
+pub(super) fn print_metrics(m: &Metrics, i: &Intervals) {
     println!("| metric | value | {:.0}% interval ({} bootstrap resamples) |", 100.0 * i.level, i.resamples);
     println!("|---|---|---|");
     for (name, value, [lo, hi]) in [
@@ -106,6 +113,10 @@ fn print_test(report: &TestReport) {
         println!("| {name} | {value:.3} | {lo:.3} - {hi:.3} |");
     }
     println!("Confusion (rows truth, columns predicted): {:?}", m.confusion);
+}
+
+fn print_test(report: &TestReport) {
+    print_metrics(&report.metrics, &report.intervals);
     println!("Forward passes per image: {:.1}", report.forwards_per_image);
     if let Some(a) = &report.agreement {
         println!(

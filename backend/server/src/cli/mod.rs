@@ -10,6 +10,7 @@ mod explain;
 mod import;
 mod interrupt;
 mod phantoms;
+mod probe;
 mod sample;
 mod serve;
 mod split;
@@ -46,6 +47,8 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Draw samples from a checkpoint: PNG files, a grid, and the raw tensors.
     Sample(sample::SampleArgs),
+    /// The linear-probe baseline: logistic regression on a representation model's encoder features.
+    Probe(probe::ProbeArgs),
     /// Denoise scans under each class from the same noisy latent and map the difference (Fig. 10).
     Counterfactual(explain::CounterfactualArgs),
     /// Draw samples and show the x0 predictions along the way (Fig. 11).
@@ -179,6 +182,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pretrain(args) => train::pretrain(args),
         Command::Finetune(args) => train::finetune(args),
         Command::Classify(args) => classify::run(args),
+        Command::Probe(args) => probe::run(args),
         Command::Counterfactual(args) => explain::counterfactual(args),
         Command::Trajectory(args) => explain::run_trajectory(args),
         Command::Sample(args) => sample::run(args),
