@@ -107,7 +107,7 @@ impl Probe {
                 labels.len()
             )));
         }
-        if classes < 2 || labels.iter().any(|&y| y as usize >= classes) || !(lambda > 0.0) {
+        if classes < 2 || labels.iter().any(|&y| y as usize >= classes) || lambda.is_nan() || lambda <= 0.0 {
             return Err(Error::Config(format!(
                 "a probe needs labels in 0..{classes} (at least 2 classes) and lambda > 0"
             )));
