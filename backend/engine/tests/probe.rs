@@ -39,5 +39,5 @@ fn a_probe_separates_separable_features_and_refuses_bad_input() {
     assert_eq!(probe.predict(&features), labels);
     assert!(Probe::fit(&features, &labels, 2, 0.0).is_err());
     assert!(Probe::fit(&features, &labels[..3], 2, 1.0).is_err());
-    assert!(Probe::fit(&features, &vec![3; 40], 2, 1.0).is_err());
+    assert!(Probe::fit(&features, &[3; 40], 2, 1.0).is_err());
 }
