@@ -11,6 +11,7 @@ mod import;
 mod interrupt;
 mod phantoms;
 mod probe;
+mod reproduce;
 mod sample;
 mod serve;
 mod split;
@@ -53,6 +54,9 @@ enum Command {
     Counterfactual(explain::CounterfactualArgs),
     /// Draw samples and show the x0 predictions along the way (Fig. 11).
     Trajectory(explain::TrajectoryArgs),
+    /// The paper's whole pipeline on a dataset (phantoms by default): pre-train, fine-tune, classify,
+    /// the baselines, counterfactuals; writes the Table 6 analogue.
+    Reproduce(reproduce::ReproduceArgs),
     /// Measure DiT training/forward throughput, or with --imaging the data pipeline (import, encode).
     Bench(bench::BenchArgs),
     /// Train the tiny-cpu preset on the toy set and sample each class: the whole engine in a few minutes.
@@ -187,6 +191,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Trajectory(args) => explain::run_trajectory(args),
         Command::Sample(args) => sample::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Reproduce(args) => reproduce::run(args),
         Command::Demo(args) => demo(args),
         Command::Phantoms(args) => phantoms::run(args),
         Command::Import(args) => import::run(args),

@@ -27,9 +27,13 @@ pub struct PhantomArgs {
     out: PathBuf,
     #[arg(long, value_enum, default_value = "png")]
     format: PhantomFormat,
-    /// Number of slices.
+    /// Number of slices, each from a random site.
     #[arg(long, short = 'n', default_value_t = 200)]
     num: usize,
+    /// This many more slices, all from site 1 (the paper's downstream facility): enough for the
+    /// train/validation/test parts of its split.
+    #[arg(long, default_value_t = 0)]
+    downstream: usize,
     /// Side length in pixels (the paper's scans are 512).
     #[arg(long, default_value_t = 256)]
     size: usize,
@@ -65,10 +69,18 @@ pub fn run(args: PhantomArgs) -> Result<()> {
     let mut rng = Rng::new(args.seed);
     let mut manifest = Manifest::default();
     let mut series_site = 1;
-    for i in 0..args.num {
-        let series = i / SLICES_PER_SERIES;
+    let total = args.num + args.downstream;
+    for i in 0..total {
+        // Downstream slices start series of their own.
+        let series = if i < args.num {
+            i / SLICES_PER_SERIES
+        } else {
+            args.num.div_ceil(SLICES_PER_SERIES) + (i - args.num) / SLICES_PER_SERIES
+        };
         // A DICOM series comes from one site; PNG slices each draw theirs.
-        let site = if args.format == PhantomFormat::Png || i % SLICES_PER_SERIES == 0 {
+        let site = if i >= args.num {
+            1
+        } else if args.format == PhantomFormat::Png || i % SLICES_PER_SERIES == 0 {
             1 + rng.below(NUM_SITES)
         } else {
             series_site
@@ -117,7 +129,7 @@ pub fn run(args: PhantomArgs) -> Result<()> {
     let positives = manifest.records.iter().filter(|r| r.hematoma()).count();
     let manifest_path = args.out.join(if args.format == PhantomFormat::Png { "manifest.csv" } else { "labels.csv" });
     manifest.write_csv(&manifest_path)?;
-    println!("Wrote {} phantom slices ({positives} with hematoma markers) to {}", args.num, args.out.display());
+    println!("Wrote {total} phantom slices ({positives} with hematoma markers) to {}", args.out.display());
     match args.format {
         PhantomFormat::Png => {
             println!("  manifest  {}", manifest_path.display());

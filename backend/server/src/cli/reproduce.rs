@@ -1,0 +1,444 @@
+//! `repdiff reproduce`: the paper's whole pipeline in one command. On a dataset (synthetic phantoms by
+//! default): the paper's split, encoding, unconditional and representation-conditional pre-training,
+//! fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, the
+//! linear probe on the representation encoder, counterfactuals; then the Table 6 analogue (Markdown and
+//! JSON). Every step is the `repdiff` command it names (printed before it runs) writing into its own
+//! folder of OUT, so a rerun continues where an interrupted one stopped: training resumes from its
+//! checkpoint, and finished steps are kept.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, ValueEnum};
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReproducePreset {
+    /// The tiny-cpu model on 32x32 pixels, short schedules: about 20 minutes on 2 CPU cores.
+    TinyCpu,
+    /// The paper's: DiT-B/2 on SD-VAE latents of 256x256 slices (weights in model-weights/), 1,000 epochs,
+    /// 512 noise draws: for a GPU.
+    Paper,
+}
+
+#[derive(Args)]
+pub struct ReproduceArgs {
+    #[arg(long, value_enum, default_value = "tiny-cpu")]
+    preset: ReproducePreset,
+    /// A dataset folder holding manifest.csv (`repdiff import`'s output); default: synthetic phantoms
+    /// generated into OUT/data (a third of them from the downstream site).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The site whose slices form the downstream task; every other site pre-trains.
+    #[arg(long, default_value_t = 1)]
+    downstream_site: usize,
+    /// Pre-training steps (default: the preset's).
+    #[arg(long)]
+    pretrain_steps: Option<usize>,
+    /// Fine-tuning steps (default: the preset's).
+    #[arg(long)]
+    finetune_steps: Option<usize>,
+    /// Noise draws per image, the most a sequentially stopped image takes (default: the preset's).
+    #[arg(long)]
+    draws: Option<usize>,
+    /// Seeds the split, the training runs and the noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "model-weights")]
+    weights_dir: PathBuf,
+    #[arg(long, default_value = "runs/reproduce")]
+    out: PathBuf,
+}
+
+/// What a preset runs.
+struct Plan {
+    phantoms: usize,
+    downstream: usize,
+    phantom_size: usize,
+    autoencoder: &'static str,
+    encode_size: usize,
+    model_preset: &'static str,
+    pretrain_steps: Option<usize>,
+    finetune_steps: Option<usize>,
+    /// Epochs when the steps are not given (the paper's 1,000), over the data of each stage.
+    epochs: usize,
+    timesteps: &'static str,
+    draws: usize,
+}
+
+fn plan(preset: ReproducePreset) -> Plan {
+    match preset {
+        ReproducePreset::TinyCpu => Plan {
+            phantoms: 600,
+            downstream: 300,
+            phantom_size: 64,
+            autoencoder: "pixels",
+            encode_size: 32,
+            model_preset: "tiny-cpu",
+            pretrain_steps: Some(3000),
+            finetune_steps: Some(1500),
+            epochs: 0,
+            timesteps: "50,100,200,300,400,500,700",
+            draws: 64,
+        },
+        ReproducePreset::Paper => Plan {
+            phantoms: 2400,
+            downstream: 1200,
+            phantom_size: 256,
+            autoencoder: "sd-vae-ft-ema",
+            encode_size: 256,
+            model_preset: "paper",
+            pretrain_steps: None,
+            finetune_steps: None,
+            epochs: 1000,
+            timesteps: "25,50,100,150,200,250,300,350,400,450,500,600,700,800,900",
+            draws: 512,
+        },
+    }
+}
+
+/// Runs `repdiff ARGS` in this process, after printing it.
+fn step(title: &str, args: &[String], timings: &mut Vec<(String, f64)>) -> Result<()> {
+    println!("\n== {title}\n$ repdiff {}", args.join(" "));
+    let started = Instant::now();
+    let cli = super::Cli::try_parse_from(std::iter::once("repdiff".to_string()).chain(args.iter().cloned()))
+        .map_err(|e| anyhow::anyhow!("{title}: {e}"))?;
+    super::run(cli).with_context(|| title.to_string())?;
+    timings.push((title.to_string(), started.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Slices of `part` in a split CSV (its `part` column).
+fn count_part(split: &Path, part: &str) -> Result<usize> {
+    let text = std::fs::read_to_string(split).with_context(|| format!("reading {}", split.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let column = header.iter().position(|&h| h == "part").context("the split has no part column")?;
+    Ok(lines.filter(|l| l.split(',').nth(column) == Some(part)).count())
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+        .with_context(|| format!("parsing {}", path.display()))
+}
+
+pub fn run(args: ReproduceArgs) -> Result<()> {
+    let plan = plan(args.preset);
+    let started = Instant::now();
+    let out = &args.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut timings = Vec::new();
+    let seed = args.seed.to_string();
+
+    // 1. Data and the paper's split.
+    let data = match &args.data {
+        Some(dir) => dir.clone(),
+        None => {
+            let dir = out.join("data");
+            if !dir.join("manifest.csv").exists() {
+                let a = [
+                    "phantoms",
+                    "--out",
+                    &path(&dir),
+                    "-n",
+                    &plan.phantoms.to_string(),
+                    "--downstream",
+                    &plan.downstream.to_string(),
+                    "--size",
+                    &plan.phantom_size.to_string(),
+                    "--seed",
+                    &seed,
+                ];
+                step("synthetic phantoms", &strings(&a), &mut timings)?;
+            }
+            dir
+        }
+    };
+    let manifest = data.join("manifest.csv");
+    if !manifest.exists() {
+        bail!(
+            "{} has no manifest.csv: give a folder written by `repdiff import` (or leave --data out)",
+            data.display()
+        );
+    }
+    // Beside the manifest: the split names its slices relative to its own folder.
+    let split = data.join("split.csv");
+    let a = [
+        "split",
+        "--manifest",
+        &path(&manifest),
+        "--downstream-site",
+        &args.downstream_site.to_string(),
+        "--seed",
+        &seed,
+        "--out",
+        &path(&split),
+    ];
+    step("the paper's split", &strings(&a), &mut timings)?;
+    for part in ["validation", "test"] {
+        if count_part(&split, part)? == 0 {
+            bail!("the downstream site {} has no {part} slices: it needs at least ten per label", args.downstream_site);
+        }
+    }
+
+    // 2. Latents of every part (reused while the data and settings are unchanged).
+    let latents = |part: &str| out.join(format!("latents-{part}.safetensors"));
+    for part in ["pretrain", "train", "validation", "test"] {
+        let a = [
+            "encode",
+            "--manifest",
+            &path(&split),
+            "--part",
+            part,
+            "--autoencoder",
+            plan.autoencoder,
+            "--weights-dir",
+            &path(&args.weights_dir),
+            "--size",
+            &plan.encode_size.to_string(),
+            "--seed",
+            &seed,
+            "--out",
+            &path(&latents(part)),
+        ];
+        step(&format!("encode the {part} part"), &strings(&a), &mut timings)?;
+    }
+
+    // 3. Pre-training, unconditional and representation-conditional; 4. fine-tuning both.
+    let epochs_steps =
+        |part: &str| -> Result<usize> { Ok(plan.epochs.max(1) * count_part(&split, part)?.div_ceil(16).max(1)) };
+    let pretrain_steps = match args.pretrain_steps.or(plan.pretrain_steps) {
+        Some(s) => s,
+        None => epochs_steps("pretrain")?,
+    };
+    let finetune_steps = match args.finetune_steps.or(plan.finetune_steps) {
+        Some(s) => s,
+        None => epochs_steps("train")?,
+    };
+    let every = (pretrain_steps / 10).max(1).to_string();
+    for mode in ["uncond", "rep"] {
+        let run = out.join(format!("pretrain-{mode}"));
+        let mut a = strings(&[
+            "pretrain",
+            "--mode",
+            mode,
+            "--preset",
+            plan.model_preset,
+            "--latents",
+            &path(&latents("pretrain")),
+            "--steps",
+            &pretrain_steps.to_string(),
+            "--checkpoint-every",
+            &every,
+            "--out",
+            &path(&run),
+        ]);
+        if run.join("checkpoint.safetensors").exists() {
+            a.push("--resume".into());
+        } else {
+            a.extend(strings(&["--seed", &seed]));
+        }
+        step(&format!("pre-train ({mode})"), &a, &mut timings)?;
+        let ft = out.join(format!("finetune-{mode}"));
+        let mut a = strings(&[
+            "finetune",
+            "--latents",
+            &path(&latents("train")),
+            "--steps",
+            &finetune_steps.to_string(),
+            "--out",
+            &path(&ft),
+        ]);
+        if ft.join("checkpoint.safetensors").exists() {
+            a.push("--resume".into());
+        } else {
+            a.extend(strings(&["--from", &path(&run.join("checkpoint.safetensors"))]));
+        }
+        step(&format!("fine-tune from the {mode} model"), &a, &mut timings)?;
+    }
+
+    // 5. The diffusion classifier on both fine-tuned models; 6. the linear probe; 7. counterfactuals.
+    let draws = args.draws.unwrap_or(plan.draws).to_string();
+    for mode in ["uncond", "rep"] {
+        let report = out.join(format!("classify-{mode}.json"));
+        if !report.exists() {
+            let a = [
+                "classify",
+                "--checkpoint",
+                &path(&out.join(format!("finetune-{mode}/checkpoint.safetensors"))),
+                "--validation",
+                &path(&latents("validation")),
+                "--test",
+                &path(&latents("test")),
+                "--timesteps",
+                plan.timesteps,
+                "--draws",
+                &draws,
+                "--sequential",
+                "--agreement",
+                "--seed",
+                &seed,
+                "--out",
+                &path(&report),
+            ];
+            step(&format!("diffusion classifier ({mode} pre-training)"), &strings(&a), &mut timings)?;
+        }
+    }
+    let probe = out.join("probe.json");
+    if !probe.exists() {
+        let a = [
+            "probe",
+            "--checkpoint",
+            &path(&out.join("pretrain-rep/checkpoint.safetensors")),
+            "--train",
+            &path(&latents("train")),
+            "--validation",
+            &path(&latents("validation")),
+            "--test",
+            &path(&latents("test")),
+            "--seed",
+            &seed,
+            "--out",
+            &path(&probe),
+        ];
+        step("linear probe on the representation encoder", &strings(&a), &mut timings)?;
+    }
+    let figures = out.join("counterfactuals");
+    if !figures.join("counterfactuals.json").exists() {
+        let a = [
+            "counterfactual",
+            "--checkpoint",
+            &path(&out.join("finetune-rep/checkpoint.safetensors")),
+            "--data",
+            &path(&latents("test")),
+            "-n",
+            "8",
+            "--t",
+            "500",
+            "--weights-dir",
+            &path(&args.weights_dir),
+            "--out",
+            &path(&figures),
+        ];
+        step("counterfactuals of test scans", &strings(&a), &mut timings)?;
+    }
+
+    // The tables.
+    let rows = vec![
+        table_row(
+            "Diffusion classifier, unconditional pre-training + fine-tuning",
+            &read_json(&out.join("classify-uncond.json"))?,
+        ),
+        table_row(
+            "Diffusion classifier, representation-conditional pre-training + fine-tuning (the paper's)",
+            &read_json(&out.join("classify-rep.json"))?,
+        ),
+        probe_row("Linear probe on the representation encoder (mean-pooled tokens)", &read_json(&probe)?),
+    ];
+    let total = started.elapsed().as_secs_f64();
+    let markdown = table6_markdown(&rows, &args, pretrain_steps, finetune_steps, &split)?;
+    std::fs::write(out.join("table6.md"), &markdown)?;
+    let summary = json!({
+        "preset": format!("{:?}", args.preset),
+        "seed": args.seed,
+        "pretrain_steps": pretrain_steps,
+        "finetune_steps": finetune_steps,
+        "table6": rows,
+        "timings_s": timings.iter().map(|(k, v)| json!({ "step": k, "seconds": v })).collect::<Vec<_>>(),
+        "total_s": total,
+    });
+    std::fs::write(out.join("table6.json"), serde_json::to_string_pretty(&summary)?)?;
+    println!("\n{markdown}");
+    println!("Wrote {} and table6.json ({:.1} minutes in all)", out.join("table6.md").display(), total / 60.0);
+    Ok(())
+}
+
+/// One method's test result as a row: name, metrics, intervals, forward passes per image.
+fn table_row(name: &str, report: &Value) -> Value {
+    let test = &report["test"];
+    json!({
+        "method": name,
+        "chosen_t": report["chosen_t"],
+        "metrics": test["metrics"],
+        "intervals": test["intervals"],
+        "forwards_per_image": test["forwards_per_image"],
+        "agreement": test["agreement"],
+    })
+}
+
+fn probe_row(name: &str, report: &Value) -> Value {
+    json!({
+        "method": name,
+        "lambda": report["lambda"],
+        "metrics": report["test"]["metrics"],
+        "intervals": report["test"]["intervals"],
+    })
+}
+
+fn table6_markdown(
+    rows: &[Value],
+    args: &ReproduceArgs,
+    pretrain_steps: usize,
+    finetune_steps: usize,
+    split: &Path,
+) -> Result<String> {
+    use std::fmt::Write;
+    let mut md = String::new();
+    let test = count_part(split, "test")?;
+    writeln!(
+        md,
+        "# Table 6 analogue: haematoma classification on the test part ({test} slices of site {})\n",
+        args.downstream_site
+    )?;
+    writeln!(
+        md,
+        "Preset {:?}, seed {}, pre-training {pretrain_steps} steps, fine-tuning {finetune_steps} steps. Percentages \
+         with percentile bootstrap 95% intervals; the diffusion classifier's timestep was chosen on validation.\n",
+        args.preset, args.seed
+    )?;
+    writeln!(md, "| method | t | accuracy % | precision % | recall % | F1 % | forwards/image |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    let cell = |row: &Value, name: &str| -> String {
+        let v = row["metrics"][name].as_f64().unwrap_or(f64::NAN) * 100.0;
+        let i = &row["intervals"][name];
+        match (i[0].as_f64(), i[1].as_f64()) {
+            (Some(lo), Some(hi)) => format!("{v:.1} [{:.1}, {:.1}]", lo * 100.0, hi * 100.0),
+            _ => format!("{v:.1}"),
+        }
+    };
+    for row in rows {
+        let t = row["chosen_t"].as_u64().map_or("-".to_string(), |t| t.to_string());
+        let forwards = row["forwards_per_image"].as_f64().map_or("-".to_string(), |f| format!("{f:.0}"));
+        writeln!(
+            md,
+            "| {} | {t} | {} | {} | {} | {} | {forwards} |",
+            row["method"].as_str().unwrap_or(""),
+            cell(row, "accuracy"),
+            cell(row, "precision"),
+            cell(row, "recall"),
+            cell(row, "f1")
+        )?;
+    }
+    for row in rows {
+        if let Some(a) = row["agreement"].as_object() {
+            writeln!(
+                md,
+                "\n{}: sequential stopping took the decision of all {} draws on {:.1}% of the test slices with {:.1}% of the forward passes.",
+                row["method"].as_str().unwrap_or(""),
+                a["fixed_draws"],
+                a["agreement"].as_f64().unwrap_or(0.0) * 100.0,
+                a["forwards_fraction"].as_f64().unwrap_or(0.0) * 100.0
+            )?;
+        }
+    }
+    Ok(md)
+}
