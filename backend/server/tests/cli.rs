@@ -565,3 +565,42 @@ fn probe_fits_on_a_representation_encoder_and_refuses_other_models() {
     assert!(!out.status.success() && text(&out).contains("no representation encoder"), "{}", text(&out));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
+    let dir = tempdir("reproduce");
+    let out = dir.join("run");
+    let args = [
+        "reproduce",
+        "--phantoms",
+        "96",
+        "--pretrain-steps",
+        "4",
+        "--finetune-steps",
+        "2",
+        "--draws",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let first = repdiff(&args);
+    assert!(first.status.success(), "{}", text(&first));
+    let pretrain =
+        text(&first).lines().find(|l| l.starts_with("$ repdiff pretrain --mode rep")).unwrap_or("").to_string();
+    assert!(pretrain.ends_with("--preset tiny-cpu --seed 0"), "{}", text(&first));
+    let table = std::fs::read_to_string(out.join("table6.md")).unwrap();
+    for method in ["unconditional pre-training", "representation-conditional pre-training", "Linear probe"] {
+        assert!(table.contains(method), "{table}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table6.json")).unwrap()).unwrap();
+    assert_eq!(summary["table6"].as_array().unwrap().len(), 3);
+    assert!(summary["table6"][1]["intervals"]["accuracy"][1].as_f64().is_some());
+    assert!(out.join("counterfactuals/counterfactuals.png").exists());
+    // A second run keeps what is done: training resumes at its last step, the reports stay.
+    let again = repdiff(&args);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("Nothing to do: the run is at step 4 of 4"), "{}", text(&again));
+    assert!(!text(&again).contains("diffusion classifier ("), "finished steps are not run again: {}", text(&again));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,6 +30,10 @@ pub struct ReproduceArgs {
     /// generated into OUT/data (a third of them from the downstream site).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Phantom slices from random sites, and half as many more from the downstream site (default: the
+    /// preset's).
+    #[arg(long, conflicts_with = "data")]
+    phantoms: Option<usize>,
     /// The site whose slices form the downstream task; every other site pre-trains.
     #[arg(long, default_value_t = 1)]
     downstream_site: usize,
@@ -132,7 +136,10 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 pub fn run(args: ReproduceArgs) -> Result<()> {
-    let plan = plan(args.preset);
+    let mut plan = plan(args.preset);
+    if let Some(n) = args.phantoms {
+        (plan.phantoms, plan.downstream) = (n, n / 2);
+    }
     let started = Instant::now();
     let out = &args.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -227,12 +234,11 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     let every = (pretrain_steps / 10).max(1).to_string();
     for mode in ["uncond", "rep"] {
         let run = out.join(format!("pretrain-{mode}"));
+        // A resumed run keeps its configuration: only the step count goes with it.
         let mut a = strings(&[
             "pretrain",
             "--mode",
             mode,
-            "--preset",
-            plan.model_preset,
             "--latents",
             &path(&latents("pretrain")),
             "--steps",
@@ -245,7 +251,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         if run.join("checkpoint.safetensors").exists() {
             a.push("--resume".into());
         } else {
-            a.extend(strings(&["--seed", &seed]));
+            a.extend(strings(&["--preset", plan.model_preset, "--seed", &seed]));
         }
         step(&format!("pre-train ({mode})"), &a, &mut timings)?;
         let ft = out.join(format!("finetune-{mode}"));
@@ -257,11 +263,11 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             &finetune_steps.to_string(),
             "--out",
             &path(&ft),
+            "--from",
+            &path(&run.join("checkpoint.safetensors")),
         ]);
         if ft.join("checkpoint.safetensors").exists() {
             a.push("--resume".into());
-        } else {
-            a.extend(strings(&["--from", &path(&run.join("checkpoint.safetensors"))]));
         }
         step(&format!("fine-tune from the {mode} model"), &a, &mut timings)?;
     }

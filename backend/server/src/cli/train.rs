@@ -43,7 +43,7 @@ pub struct TrainArgs {
     resume: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Mode {
     /// The unconditional model (no label; the paper's Fig. 2).
     Uncond,
@@ -164,6 +164,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
 pub fn pretrain(mut args: PretrainArgs) -> Result<()> {
     if args.train.config.conditioning.is_some() {
         bail!("pretrain sets the conditioning from --mode; leave --conditioning out");
+    }
+    if args.train.resume {
+        // The checkpoint holds the conditioning: check that it is the mode asked for.
+        let ckpt = args.train.out.join("checkpoint.safetensors");
+        let (device, _) = best_device();
+        let config = repdiff_engine::checkpoint::Checkpoint::read(&ckpt, &device)
+            .with_context(|| format!("resuming from {}", ckpt.display()))?
+            .config()?;
+        let is_rep = config.model.is_representation();
+        if is_rep != matches!(args.mode, Mode::Rep) || config.model.num_classes().is_some() {
+            bail!("{} is not a {:?} pre-training run: {:?}", ckpt.display(), args.mode, config.model.conditioning);
+        }
+        return run(args.train);
     }
     args.train.config.conditioning = Some(match args.mode {
         Mode::Uncond => CondArg::None,
