@@ -94,6 +94,8 @@ try {
   assert.equal(await page.locator("li.file.done").count(), files.length);
   assert.equal((await api(`/datasets/${datasetId}`)).scans, files.length);
   const labelled = await api(`/datasets/${datasetId}/scans?limit=1000`);
+  // The scan browser refreshes after the last upload: wait for it (a busy machine lags).
+  await page.locator(".thumbs .thumb").nth(labelled.length - 1).waitFor();
   assert.equal(await page.locator(".thumbs .thumb").count(), labelled.length);
   assert.equal(labelled.filter((s) => s.hematoma).length, dataset.hematoma);
 
@@ -280,6 +282,8 @@ try {
     +s.querySelector("line.marker").getAttribute("x1"), s.dataset.plot.split(" ").map(Number), +s.dataset.xMin, +s.dataset.xMax]);
   const markedT = x0 + ((x1 - plot[0]) / plot[2]) * (xMax - x0);
   assert.ok(Math.abs(markedT - report.chosen_t) < 0.5, `marker at t ${markedT}, chosen ${report.chosen_t}`);
+  // The test metrics are one point each (at the chosen t): drawn as a dot, not an empty line.
+  await page.locator("svg.chart circle.point").first().waitFor({ state: "attached" });
   // The test part at the chosen t: metrics with bootstrap intervals, the sequential run's agreement.
   const job = await api(`/jobs/${classifyId}`);
   assert.equal(job.params.validation.dataset.split.part, "validation");
@@ -291,6 +295,26 @@ try {
   await accuracyRow.locator("td", { hasText: `${pct(test.intervals.accuracy[0])} - ${pct(test.intervals.accuracy[1])}` }).waitFor();
   await page.locator(".test-result .agreement", { hasText: `with ${pct(test.agreement.forwards_fraction)}% of their forward passes` }).waitFor();
   await shot("classify-run");
+
+  step("the linear-probe baseline on the pre-trained representation encoder, over the same split");
+  await page.goto(`${base}/runs/new?kind=probe&checkpoint=${trainId}`);
+  await page.locator(`select[name=checkpoint] option[value="${trainId}"]`).waitFor({ state: "attached" });
+  await page.selectOption("select[name=data]", "dataset");
+  await page.selectOption("select[name=dataset]", String(datasetId));
+  // Without the split the probe has no validation data: Launch waits until it has.
+  await page.locator(".problems", { hasText: "Validation latents" }).waitFor();
+  assert.ok(await page.locator("button:has-text('Launch')").isDisabled());
+  await page.check("input[name=split_on]");
+  await page.fill("input[name=downstream_site]", String(site));
+  await page.click("button:has-text('Launch')");
+  await page.waitForURL(/\/runs\/\d+$/);
+  const probeId = Number(page.url().split("/").pop());
+  await waitState("succeeded", 120_000);
+  const probe = (await api(`/jobs/${probeId}`)).result;
+  await page.locator("#probe h2", { hasText: `L2 strength ${probe.lambda} chosen` }).waitFor();
+  const lo = (probe.test.intervals.accuracy[0] * 100).toFixed(1);
+  await page.locator("#probe table.test-metrics tr", { hasText: "accuracy" }).locator("td", { hasText: `${lo} - ` }).waitFor();
+  await shot("probe-run");
 
   step("counterfactuals of two test scans, and trajectories of the fine-tuned model's samples");
   await page.goto(`${base}/runs/new?kind=counterfactual&checkpoint=${finetuneId}`);

@@ -178,8 +178,13 @@ pub fn LineChart(
                 let raw = path(s, &c.xs, &c.ys);
                 let smoothed = (weight > 0.0).then(|| path(s, &c.xs, &smooth(&c.ys, weight)));
                 let raw_opacity = if smoothed.is_some() { "0.25" } else { "1" };
+                // A lone point (a test result at one timestep) draws no line: mark it.
+                let finite: Vec<(f64, f64)> =
+                    c.xs.iter().zip(&c.ys).filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(&x, &y)| (x, y)).collect();
+                let lone = (finite.len() == 1).then(|| finite[0]);
                 view! {
                     <g class="series" data-series=c.name.clone()>
+                        {lone.map(|(x, y)| view! { <circle class="point" cx=format!("{:.2}", s.x(x)) cy=format!("{:.2}", s.y(y)) r="4" fill=color></circle> })}
                         <path class="raw" d=raw fill="none" stroke=color stroke-width="1.2" opacity=raw_opacity></path>
                         {smoothed.map(|d| view! { <path class="smoothed" d=d fill="none" stroke=color stroke-width="2"></path> })}
                     </g>

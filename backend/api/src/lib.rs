@@ -537,6 +537,25 @@ pub struct ClassifyReport {
     pub test: Option<TestResult>,
 }
 
+/// The test data of a `probe` job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ProbeTest {
+    pub metrics: ClassMetrics,
+    pub intervals: Intervals,
+    pub predicted: Vec<u32>,
+}
+
+/// The result of a `probe` job: the L2 strength chosen on validation, its validation metrics, and the
+/// test metrics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ProbeReport {
+    pub lambda: f64,
+    pub validation: ClassMetrics,
+    pub test: Option<ProbeTest>,
+}
+
 /// Checks the name of a dataset or an experiment (`what`): 1 to 200 characters, not only spaces.
 pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     if name.trim().is_empty() || name.chars().count() > 200 {

@@ -559,6 +559,21 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     let traj = app.call("GET", &format!("/api/v1/jobs/{id}/artifacts?kind=trajectory"), Some(&ada), None).await.json();
     assert_eq!(traj[0]["meta"]["timesteps"], json!([668, 334, 0]), "{traj}");
 
+    // The linear probe on the pre-trained encoder; a model without one is refused when it runs.
+    let probe = |checkpoint: i64| {
+        json!({ "kind": "probe", "params": { "checkpoint": { "job": checkpoint }, "train": { "toy": { "n": 12 } },
+            "validation": { "toy": { "n": 8, "seed": 1 } }, "test": { "toy": { "n": 8, "seed": 2 } } } })
+    };
+    let id = app.call("POST", "/api/v1/jobs", Some(&ada), Some(probe(pre))).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(job["result"]["lambda"].as_f64().unwrap() > 0.0);
+    assert_eq!(job["result"]["test"]["predicted"].as_array().unwrap().len(), 8);
+    assert!(job["result"]["test"]["intervals"]["f1"][1].as_f64().is_some(), "{job}");
+    let id = app.call("POST", "/api/v1/jobs", Some(&ada), Some(probe(ft))).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
+    assert!(job["state"] == "failed" && job["error"].as_str().unwrap().contains("representation encoder"), "{job}");
+
     // Counterfactuals of toy scans under both classes; a model without classes has none.
     let counterfactual = |checkpoint: i64| {
         json!({ "kind": "counterfactual", "params": { "checkpoint": { "job": checkpoint }, "data": toy, "num": 3,

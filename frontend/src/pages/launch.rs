@@ -65,6 +65,8 @@ struct Form {
     score: Field,
     /// The test split's latents key (an encode run's), or empty for none.
     test_latents: Field,
+    /// The validation split's latents key, for the probe.
+    val_latents: Field,
     /// Where a representation model's reference images come from: none, dataset, latents or toy.
     references: Field,
     /// The classifier's noise budget: "fixed" or "sequential" (stop once decided).
@@ -117,6 +119,7 @@ impl Form {
             draws: Field::new("64"),
             score: Field::new("x0_mse"),
             test_latents: Field::new(""),
+            val_latents: Field::new(""),
             references: Field::new("none"),
             stopping: Field::new("fixed"),
             alpha: Field::new("0.01"),
@@ -273,6 +276,32 @@ impl Form {
                     problems.push("Trajectory frames: 2 to 64".into());
                 }
             }
+            "probe" => {
+                match self.checkpoint.text().parse::<i64>() {
+                    Ok(id) => {
+                        out.insert("checkpoint".into(), json!({ "job": id }));
+                    }
+                    Err(_) => problems.push("Model: pick a finished representation-conditional pre-training".into()),
+                }
+                if self.data.text() == "dataset" && self.split_on.get() {
+                    for (key, part) in [("train", "train"), ("validation", "validation"), ("test", "test")] {
+                        let source = self.data_json("dataset", Some(part), &mut problems);
+                        out.insert(key.into(), source);
+                    }
+                } else {
+                    let train = self.data_json(&self.data.text(), None, &mut problems);
+                    out.insert("train".into(), train);
+                    if self.val_latents.text().is_empty() {
+                        problems
+                            .push("Validation latents: pick an encode run's (they choose the probe's strength)".into());
+                    }
+                    out.insert("validation".into(), json!({ "latents": { "key": self.val_latents.text() } }));
+                    if !self.test_latents.text().is_empty() {
+                        out.insert("test".into(), json!({ "latents": { "key": self.test_latents.text() } }));
+                    }
+                }
+                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
+            }
             "counterfactual" => {
                 match self.checkpoint.text().parse::<i64>() {
                     Ok(id) => {
@@ -361,7 +390,7 @@ fn number(
     }
 }
 
-const KNOWN: [&str; 7] = ["pretrain", "finetune", "classify", "counterfactual", "sample", "encode", "import"];
+const KNOWN: [&str; 8] = ["pretrain", "finetune", "classify", "probe", "counterfactual", "sample", "encode", "import"];
 
 #[component]
 pub fn Launch() -> impl IntoView {
@@ -629,6 +658,24 @@ pub fn Launch() -> impl IntoView {
                     {move || (form.references.value.get() != "none").then(|| source_fields(form.references, None))}
                     <p class="muted small wide-row">"A representation model draws variations of reference images: sample i from reference i."</p>
                 </fieldset>
+            }
+            .into_any(),
+            "probe" => view! {
+                <fieldset><legend>"Linear probe (the Table 6 baseline)"</legend>
+                    {run_select("Representation pre-training", &["pretrain"])}
+                    {text_input("Seed", "seed", form.seed, "0 (bootstrap resamples)")}
+                    <p class="muted small wide-row">"Logistic regression on the representation encoder's mean-pooled tokens; its L2 strength is chosen on validation (best F1), the test metrics come with bootstrap 95% intervals."</p>
+                </fieldset>
+                <fieldset><legend>"Training data"</legend>
+                    {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
+                    {source_fields(form.data, Some("Its split: train, validation and test parts"))}
+                </fieldset>
+                {move || (!(form.data.value.get() == "dataset" && form.split_on.get())).then(|| view! {
+                    <fieldset><legend>"Validation and test data"</legend>
+                        {latents_select("Validation latents", "val_latents", form.val_latents, "Pick an encode run")}
+                        {latents_select("Test latents", "test_latents", form.test_latents, "None")}
+                    </fieldset>
+                })}
             }
             .into_any(),
             "counterfactual" => view! {

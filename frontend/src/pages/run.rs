@@ -88,6 +88,7 @@ fn RunView(id: i64) -> impl IntoView {
             <Tags id=id job=job />
             <Charts id=id refresh=refresh job=job />
             <ClassifyResult job=job />
+            <ProbeResult job=job />
             <Outputs id=id refresh=refresh job=job />
             <Logs id=id refresh=refresh />
         </Show>
@@ -312,48 +313,88 @@ fn ClassifyResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView
                         </table>
                         {r.test.map(|row| {
                             let m = row.metrics;
-                            let interval = |range: Option<[f64; 2]>| {
-                                range.map(|[lo, hi]| format!("{} - {}", pct(lo), pct(hi))).unwrap_or_else(|| "-".into())
-                            };
-                            let i = row.intervals.clone();
-                            let level = i.as_ref().map(|i| format!("{:.0}% interval", 100.0 * i.level)).unwrap_or_else(|| "interval".into());
                             view! {
                                 <div class="test-result">
                                     <h3>{format!("Test at t = {}", row.t)}</h3>
-                                    <table class="grid test-metrics">
-                                        <thead><tr><th>"metric"</th><th>"%"</th><th>{level}</th></tr></thead>
-                                        <tbody>
-                                            {[
-                                                ("accuracy", m.accuracy, i.as_ref().map(|i| i.accuracy)),
-                                                ("precision", m.precision, i.as_ref().map(|i| i.precision)),
-                                                ("recall", m.recall, i.as_ref().map(|i| i.recall)),
-                                                ("F1", m.f1, i.as_ref().map(|i| i.f1)),
-                                            ].into_iter().map(|(name, value, range)| view! {
-                                                <tr><td>{name}</td><td class="num">{pct(value)}</td><td class="num">{interval(range)}</td></tr>
-                                            }).collect_view()}
-                                        </tbody>
-                                    </table>
+                                    {metrics_table(&m, row.intervals.as_ref())}
                                     <p class="muted">{format!("{:.1} forward passes per image", row.forwards_per_image)}</p>
                                     {row.agreement.map(|a| view! {
                                         <p class="agreement">{format!(
                                             "Sequential stopping decided {}% of the images as {} draws do, with {}% of their forward passes (fixed-budget accuracy {}%).",
                                             pct(a.agreement), a.fixed_draws, pct(a.forwards_fraction), pct(a.fixed_accuracy))}</p>
                                     })}
-                                    <table class="grid confusion">
-                                        <thead><tr><th>"truth \\ predicted"</th>
-                                            {(0..m.confusion.len()).map(|c| view! { <th>{c}</th> }).collect_view()}</tr></thead>
-                                        <tbody>
-                                            {m.confusion.iter().enumerate().map(|(t, cells)| view! {
-                                                <tr><th>{t}</th>{cells.iter().enumerate().map(|(p, n)| view! {
-                                                    <td class=if p == t { "num hit" } else { "num" }>{*n}</td>
-                                                }).collect_view()}</tr>
-                                            }).collect_view()}
-                                        </tbody>
-                                    </table>
+                                    {confusion_table(&m.confusion)}
                                 </div>
                             }
                         })}
                     </div>
+                </section>
+            }
+        })
+    }
+}
+
+/// Test metrics in percent with their bootstrap intervals (when the run has them).
+fn metrics_table(m: &repdiff_api::ClassMetrics, i: Option<&repdiff_api::Intervals>) -> impl IntoView + use<> {
+    let pct = |v: f64| format!("{:.1}", v * 100.0);
+    let level = i.map(|i| format!("{:.0}% interval", 100.0 * i.level)).unwrap_or_else(|| "interval".into());
+    let rows = [
+        ("accuracy", m.accuracy, i.map(|i| i.accuracy)),
+        ("precision", m.precision, i.map(|i| i.precision)),
+        ("recall", m.recall, i.map(|i| i.recall)),
+        ("F1", m.f1, i.map(|i| i.f1)),
+    ];
+    view! {
+        <table class="grid test-metrics">
+            <thead><tr><th>"metric"</th><th>"%"</th><th>{level}</th></tr></thead>
+            <tbody>
+                {rows.into_iter().map(|(name, value, range)| view! {
+                    <tr><td>{name}</td><td class="num">{pct(value)}</td>
+                        <td class="num">{range.map(|[lo, hi]| format!("{} - {}", pct(lo), pct(hi))).unwrap_or_else(|| "-".into())}</td></tr>
+                }).collect_view()}
+            </tbody>
+        </table>
+    }
+}
+
+/// A confusion matrix: rows are the truth, columns the prediction, the diagonal marked.
+fn confusion_table(confusion: &[Vec<usize>]) -> impl IntoView + use<> {
+    let confusion = confusion.to_vec();
+    view! {
+        <table class="grid confusion">
+            <thead><tr><th>"truth \\ predicted"</th>
+                {(0..confusion.len()).map(|c| view! { <th>{c}</th> }).collect_view()}</tr></thead>
+            <tbody>
+                {confusion.iter().enumerate().map(|(t, cells)| view! {
+                    <tr><th>{t}</th>{cells.iter().enumerate().map(|(p, n)| view! {
+                        <td class=if p == t { "num hit" } else { "num" }>{*n}</td>
+                    }).collect_view()}</tr>
+                }).collect_view()}
+            </tbody>
+        </table>
+    }
+}
+
+/// A linear-probe run: the strength chosen on validation and the test metrics with their intervals.
+#[component]
+fn ProbeResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
+    let report = move || {
+        job.with(|j| {
+            let j = j.as_ref()?.as_ref().ok()?;
+            (j.kind == "probe").then(|| serde_json::from_value::<repdiff_api::ProbeReport>(j.result.clone()?).ok())?
+        })
+    };
+    move || {
+        report().map(|r| {
+            view! {
+                <section class="card" id="probe">
+                    <h2>{format!("Linear probe: L2 strength {} chosen on validation (F1 {:.1}%)", r.lambda, r.validation.f1 * 100.0)}</h2>
+                    {r.test.map(|t| view! {
+                        <div class="columns">
+                            <div class="test-result"><h3>"Test"</h3>{metrics_table(&t.metrics, Some(&t.intervals))}</div>
+                            <div>{confusion_table(&t.metrics.confusion)}</div>
+                        </div>
+                    })}
                 </section>
             }
         })

@@ -7,6 +7,7 @@ mod encode;
 mod finetune;
 mod import;
 mod noop;
+mod probe;
 mod sample;
 mod train;
 
@@ -58,6 +59,7 @@ pub fn registry(settings: &JobSettings) -> Registry {
         .register("finetune", finetune::Finetune { weights_dir: settings.weights_dir.clone() })
         .register("classify", classify::Classify { weights_dir: settings.weights_dir.clone() })
         .register("counterfactual", counterfactual::Counterfactual { weights_dir: settings.weights_dir.clone() })
+        .register("probe", probe::Probe { weights_dir: settings.weights_dir.clone() })
         .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() });
     registry
 }
