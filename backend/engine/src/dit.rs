@@ -171,6 +171,51 @@ impl RepEncoder {
     }
 }
 
+/// Images `[N, C, H, W]` as patch tokens `[N, (H/p)*(W/p), C*p*p]`.
+fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (gh, gw) = (h / p, w / p);
+    Ok(x.reshape(vec![n, c, gh, p, gw, p])?.permute(vec![0, 2, 4, 1, 3, 5])?.reshape((n, gh * gw, c * p * p))?)
+}
+
+/// A ViT classifier, the paper's supervised ViT baseline: the representation encoder's architecture
+/// (patch embedding, fixed 2-D sin-cos positions, pre-norm blocks, final norm) over the input, its tokens
+/// averaged, then a linear head. Parameters `encoder.*` and `head.*`; `config` gives the input, patch,
+/// width, depth and heads (ViT-B is the DiT table's B: 12 blocks of width 768 with 12 heads).
+pub struct VitClassifier {
+    config: ModelConfig,
+    encoder: RepEncoder,
+    pos_embed: Tensor,
+    head: Linear,
+}
+
+impl VitClassifier {
+    pub fn new(config: &ModelConfig, classes: usize, params: &Params) -> Result<Self> {
+        config.validate()?;
+        let root = params.root();
+        let encoder = RepEncoder::new(&root.pp("encoder"), config, config.depth, config.num_heads)?;
+        let pos_embed = sincos_pos_embed_2d(config.hidden_size, config.grid_size(), params.device())?.unsqueeze(0)?;
+        let head = Linear::new(&root.pp("head"), config.hidden_size, classes, Init::XavierUniform, Init::Zeros)?;
+        Ok(VitClassifier { config: config.clone(), encoder, pos_embed, head })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Class logits `[N, classes]` of images `[N, C, H, W]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (c, h, w) = self.config.sample_dims();
+        expect_shape("classifier input", x, &[x.dim(0).unwrap_or(0), c, h, w])?;
+        let mut tokens =
+            self.encoder.patch_embed.forward(&patchify(x, self.config.patch_size)?)?.broadcast_add(&self.pos_embed)?;
+        for block in &self.encoder.blocks {
+            tokens = block.forward(&tokens)?;
+        }
+        self.head.forward(&self.encoder.norm.forward(&tokens)?.mean(1)?)
+    }
+}
+
 /// The parts of the representation-conditional model outside the DiT blocks.
 struct RepParts {
     encoder: RepEncoder,
@@ -313,10 +358,7 @@ impl Dit {
     }
 
     fn patchify(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let p = self.config.patch_size;
-        let (gh, gw) = (h / p, w / p);
-        Ok(x.reshape(vec![n, c, gh, p, gw, p])?.permute(vec![0, 2, 4, 1, 3, 5])?.reshape((n, gh * gw, c * p * p))?)
+        patchify(x, self.config.patch_size)
     }
 
     /// Tokens `[N, grid*grid, p*p*c]` back to images `[N, c, H, W]`.

@@ -23,6 +23,7 @@ pub mod phantom;
 pub mod probe;
 pub mod rng;
 pub mod sample;
+pub mod supervised;
 pub mod train;
 
 pub use candle_core::{DType, Device, Tensor};

@@ -580,6 +580,8 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
         "2",
         "--draws",
         "2",
+        "--supervised-epochs",
+        "2",
         "--out",
         out.to_str().unwrap(),
     ];
@@ -589,12 +591,14 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
         text(&first).lines().find(|l| l.starts_with("$ repdiff pretrain --mode rep")).unwrap_or("").to_string();
     assert!(pretrain.ends_with("--preset tiny-cpu --seed 0"), "{}", text(&first));
     let table = std::fs::read_to_string(out.join("table6.md")).unwrap();
-    for method in ["unconditional pre-training", "representation-conditional pre-training", "Linear probe"] {
+    for method in
+        ["unconditional pre-training", "representation-conditional pre-training", "Linear probe", "from scratch"]
+    {
         assert!(table.contains(method), "{table}");
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("table6.json")).unwrap()).unwrap();
-    assert_eq!(summary["table6"].as_array().unwrap().len(), 3);
+    assert_eq!(summary["table6"].as_array().unwrap().len(), 4);
     assert!(summary["table6"][1]["intervals"]["accuracy"][1].as_f64().is_some());
     assert!(out.join("counterfactuals/counterfactuals.png").exists());
     // A second run keeps what is done: training resumes at its last step, the reports stay.

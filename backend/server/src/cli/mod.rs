@@ -15,6 +15,7 @@ mod reproduce;
 mod sample;
 mod serve;
 mod split;
+mod supervised;
 mod train;
 mod worker;
 
@@ -50,6 +51,9 @@ enum Command {
     Sample(sample::SampleArgs),
     /// The linear-probe baseline: logistic regression on a representation model's encoder features.
     Probe(probe::ProbeArgs),
+    /// The supervised baseline: a ViT trained from scratch on the labelled data, its epoch chosen on
+    /// validation.
+    Supervised(supervised::SupervisedArgs),
     /// Denoise scans under each class from the same noisy latent and map the difference (Fig. 10).
     Counterfactual(explain::CounterfactualArgs),
     /// Draw samples and show the x0 predictions along the way (Fig. 11).
@@ -187,6 +191,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Finetune(args) => train::finetune(args),
         Command::Classify(args) => classify::run(args),
         Command::Probe(args) => probe::run(args),
+        Command::Supervised(args) => supervised::run(args),
         Command::Counterfactual(args) => explain::counterfactual(args),
         Command::Trajectory(args) => explain::run_trajectory(args),
         Command::Sample(args) => sample::run(args),

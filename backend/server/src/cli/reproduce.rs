@@ -1,7 +1,7 @@
 //! `repdiff reproduce`: the paper's whole pipeline in one command. On a dataset (synthetic phantoms by
 //! default): the paper's split, encoding, unconditional and representation-conditional pre-training,
 //! fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, the
-//! linear probe on the representation encoder, counterfactuals; then the Table 6 analogue (Markdown and
+//! linear probe on the representation encoder, a ViT trained from scratch, counterfactuals; then the Table 6 analogue (Markdown and
 //! JSON). Every step is the `repdiff` command it names (printed before it runs) writing into its own
 //! folder of OUT, so a rerun continues where an interrupted one stopped: training resumes from its
 //! checkpoint, and finished steps are kept.
@@ -43,6 +43,9 @@ pub struct ReproduceArgs {
     /// Fine-tuning steps (default: the preset's).
     #[arg(long)]
     finetune_steps: Option<usize>,
+    /// Epochs of the supervised ViT baseline (default: the preset's).
+    #[arg(long)]
+    supervised_epochs: Option<usize>,
     /// Noise draws per image, the most a sequentially stopped image takes (default: the preset's).
     #[arg(long)]
     draws: Option<usize>,
@@ -69,6 +72,8 @@ struct Plan {
     epochs: usize,
     timesteps: &'static str,
     draws: usize,
+    /// The supervised ViT baseline: architecture, patch and epochs.
+    vit: (&'static str, usize, usize),
 }
 
 fn plan(preset: ReproducePreset) -> Plan {
@@ -85,6 +90,7 @@ fn plan(preset: ReproducePreset) -> Plan {
             epochs: 0,
             timesteps: "50,100,200,300,400,500,700",
             draws: 64,
+            vit: ("tiny", 4, 30),
         },
         ReproducePreset::Paper => Plan {
             phantoms: 2400,
@@ -98,6 +104,7 @@ fn plan(preset: ReproducePreset) -> Plan {
             epochs: 1000,
             timesteps: "25,50,100,150,200,250,300,350,400,450,500,600,700,800,900",
             draws: 512,
+            vit: ("vit-b", 2, 100),
         },
     }
 }
@@ -318,6 +325,31 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         ];
         step("linear probe on the representation encoder", &strings(&a), &mut timings)?;
     }
+    let supervised = out.join("supervised.json");
+    if !supervised.exists() {
+        let (arch, patch, epochs) = plan.vit;
+        let epochs = args.supervised_epochs.unwrap_or(epochs);
+        let a = [
+            "supervised",
+            "--arch",
+            arch,
+            "--patch",
+            &patch.to_string(),
+            "--epochs",
+            &epochs.to_string(),
+            "--train",
+            &path(&latents("train")),
+            "--validation",
+            &path(&latents("validation")),
+            "--test",
+            &path(&latents("test")),
+            "--seed",
+            &seed,
+            "--out",
+            &path(&supervised),
+        ];
+        step("supervised ViT from scratch", &strings(&a), &mut timings)?;
+    }
     let figures = out.join("counterfactuals");
     if !figures.join("counterfactuals.json").exists() {
         let a = [
@@ -349,6 +381,10 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             &read_json(&out.join("classify-rep.json"))?,
         ),
         probe_row("Linear probe on the representation encoder (mean-pooled tokens)", &read_json(&probe)?),
+        probe_row(
+            &format!("ViT ({}, patch {}) trained from scratch on the training part", plan.vit.0, plan.vit.1),
+            &read_json(&supervised)?,
+        ),
     ];
     let total = started.elapsed().as_secs_f64();
     let markdown = table6_markdown(&rows, &args, pretrain_steps, finetune_steps, &split)?;
