@@ -15,7 +15,7 @@ use crate::config::{DataSpace, RunConfig};
 use crate::diffusion::{GaussianDiffusion, SamplerKind};
 use crate::dit::Dit;
 use crate::rng::Rng;
-use crate::sample::{Guide, SampleOptions, decode_for_display, denoise, denoise_from, labels_for};
+use crate::sample::{Guide, SampleOptions, decode_for_display, denoise_from, sample_observed};
 use crate::train::CancelToken;
 use crate::{Error, Result};
 
@@ -179,43 +179,17 @@ pub fn trajectory(
         return Err(Error::Config("trajectories need samples, a positive batch size and frames".into()));
     }
     let diffusion = GaussianDiffusion::respaced(&config.diffusion, config.model.learn_sigma, &options.respacing)?;
-    let labels = labels_for(model, options.labels.as_deref(), options.num_samples)?;
-    let (c, h, w) = config.model.sample_dims();
     let recorded = frame_steps(diffusion.num_steps(), frames);
-    let batches = options.num_samples.div_ceil(options.batch_size);
-    let total = batches * diffusion.num_steps();
-    let mut done = 0;
-    let mut frame_parts: Vec<Vec<Tensor>> = vec![Vec::with_capacity(batches); recorded.len()];
-    let mut samples = Vec::with_capacity(batches);
-    for b in 0..batches {
-        let start = b * options.batch_size;
-        let n = options.batch_size.min(options.num_samples - start);
-        let mut rng = Rng::derive(options.seed, b as u64);
-        let noise = rng.randn((n, c, h, w), device)?;
-        let batch_labels = match &labels {
-            Some(all) => Some(Tensor::new(&all[start..start + n], device)?),
-            None => None,
-        };
-        let guide = Guide {
-            labels: batch_labels.as_ref(),
-            rep: None,
-            scale: options.guidance_scale,
-            clip_denoised: options.clip_denoised.unwrap_or(config.data_space == DataSpace::Pixels),
-            cancel: Some(&options.cancel),
-        };
-        let x = denoise(model, &diffusion, noise, guide, options.sampler, &mut rng, |i, prediction| {
-            if let Some(k) = recorded.iter().position(|&r| r == i) {
-                frame_parts[k].push(prediction.pred_xstart.clone());
-            }
-            done += 1;
-            on_progress(done, total);
-        })?;
-        samples.push(x);
-    }
+    let mut frame_parts: Vec<Vec<Tensor>> = vec![Vec::new(); recorded.len()];
+    let (samples, labels) = sample_observed(model, config, options, device, &mut on_progress, |i, prediction| {
+        if let Some(k) = recorded.iter().position(|&r| r == i) {
+            frame_parts[k].push(prediction.pred_xstart.clone());
+        }
+    })?;
     Ok(Trajectory {
         timesteps: recorded.iter().map(|&i| diffusion.timestep_map[i]).collect(),
         frames: frame_parts.iter().map(|parts| Tensor::cat(parts, 0)).collect::<candle_core::Result<Vec<_>>>()?,
-        samples: Tensor::cat(&samples, 0)?,
+        samples,
         labels,
     })
 }

@@ -194,7 +194,20 @@ pub fn sample(
     config: &RunConfig,
     options: &SampleOptions,
     device: &Device,
+    on_progress: impl FnMut(usize, usize),
+) -> Result<(Tensor, Option<Vec<u32>>)> {
+    sample_observed(model, config, options, device, on_progress, |_, _| {})
+}
+
+/// [`sample`], showing `observe(i, &prediction)` every step of every batch (batches in order): what a
+/// trajectory records.
+pub fn sample_observed(
+    model: &Dit,
+    config: &RunConfig,
+    options: &SampleOptions,
+    device: &Device,
     mut on_progress: impl FnMut(usize, usize),
+    mut observe: impl FnMut(usize, &Prediction),
 ) -> Result<(Tensor, Option<Vec<u32>>)> {
     if options.num_samples == 0 || options.batch_size == 0 {
         return Err(Error::Config("num_samples and batch_size must be positive".into()));
@@ -256,7 +269,8 @@ pub fn sample(
             },
             options.sampler,
             &mut rng,
-            |_, _| {
+            |i, prediction| {
+                observe(i, prediction);
                 done += 1;
                 on_progress(done, total);
             },

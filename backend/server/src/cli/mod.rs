@@ -88,6 +88,26 @@ enum Command {
     },
 }
 
+/// The labelled parts a baseline reads: it fits on train, chooses on validation, reports on test.
+#[derive(Args)]
+pub struct PartsArgs {
+    /// Labelled training data (a latent file with `labels`, or an image folder of class sub-folders).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Labelled validation data: what the baseline keeps is chosen here (best F1).
+    #[arg(long)]
+    pub validation: PathBuf,
+    /// Labelled test data, reported with bootstrap 95% intervals.
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// Seeds the baseline and the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
 #[derive(Args)]
 struct DemoArgs {
     /// Output folder.

@@ -18,25 +18,13 @@ pub struct ProbeArgs {
     /// A representation-conditional checkpoint (`repdiff pretrain --mode rep`): its encoder is probed.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Labelled training data (a latent file with `labels`, or an image folder of class sub-folders).
-    #[arg(long)]
-    train: PathBuf,
-    /// Labelled validation data: the L2 strength is chosen here (best F1).
-    #[arg(long)]
-    validation: PathBuf,
-    /// Labelled test data.
-    #[arg(long)]
-    test: Option<PathBuf>,
+    #[command(flatten)]
+    parts: super::PartsArgs,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Use the raw weights instead of their EMA.
     #[arg(long)]
     raw_weights: bool,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Write the result as JSON here.
-    #[arg(long)]
-    out: Option<PathBuf>,
 }
 
 pub fn run(args: ProbeArgs) -> Result<()> {
@@ -51,8 +39,8 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         let (data, labels) = load(path, size, c, &device)?;
         Ok((encoder_features(&model, &data.samples, args.batch_size)?, labels))
     };
-    let train = features(&args.train)?;
-    let validation = features(&args.validation)?;
+    let train = features(&args.parts.train)?;
+    let validation = features(&args.parts.validation)?;
     let classes = train.1.iter().chain(&validation.1).max().map_or(0, |&m| m as usize + 1).max(2);
     println!(
         "Probing the encoder ({} features) of {} on {} training and {} validation images, {device_note}",
@@ -66,19 +54,19 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         "Chosen on validation: lambda {} (accuracy {:.3}, F1 {:.3}; {} Newton steps)",
         probe.lambda, val.accuracy, val.f1, probe.iterations
     );
-    let test = match &args.test {
+    let test = match &args.parts.test {
         Some(path) => {
             let (x, y) = features(path)?;
             let predicted = probe.predict(&x);
             let m = metrics(&y, &predicted, classes)?;
-            let intervals = bootstrap(&y, &predicted, classes, 1000, 0.95, args.seed)?;
+            let intervals = bootstrap(&y, &predicted, classes, 1000, 0.95, args.parts.seed)?;
             println!("\nTest ({} images):", y.len());
             print_metrics(&m, &intervals);
             Some(serde_json::json!({ "metrics": m, "intervals": intervals, "predicted": predicted }))
         }
         None => None,
     };
-    if let Some(out) = &args.out {
+    if let Some(out) = &args.parts.out {
         let report = serde_json::json!({
             "checkpoint": args.checkpoint, "lambda": probe.lambda, "validation": val, "test": test,
         });

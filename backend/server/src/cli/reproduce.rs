@@ -120,6 +120,15 @@ fn step(title: &str, args: &[String], timings: &mut Vec<(String, f64)>) -> Resul
     Ok(())
 }
 
+/// Runs `repdiff ARGS --out REPORT` unless REPORT exists (a finished step of an earlier run).
+fn unless_done(report: &Path, title: &str, mut args: Vec<String>, timings: &mut Vec<(String, f64)>) -> Result<()> {
+    if report.exists() {
+        return Ok(());
+    }
+    args.extend(strings(&["--out", &path(report)]));
+    step(title, &args, timings)
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
@@ -282,74 +291,47 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     // 5. The diffusion classifier on both fine-tuned models; 6. the linear probe; 7. counterfactuals.
     let draws = args.draws.unwrap_or(plan.draws).to_string();
     for mode in ["uncond", "rep"] {
-        let report = out.join(format!("classify-{mode}.json"));
-        if !report.exists() {
-            let a = [
-                "classify",
-                "--checkpoint",
-                &path(&out.join(format!("finetune-{mode}/checkpoint.safetensors"))),
-                "--validation",
-                &path(&latents("validation")),
-                "--test",
-                &path(&latents("test")),
-                "--timesteps",
-                plan.timesteps,
-                "--draws",
-                &draws,
-                "--sequential",
-                "--agreement",
-                "--seed",
-                &seed,
-                "--out",
-                &path(&report),
-            ];
-            step(&format!("diffusion classifier ({mode} pre-training)"), &strings(&a), &mut timings)?;
-        }
-    }
-    let probe = out.join("probe.json");
-    if !probe.exists() {
-        let a = [
-            "probe",
+        let a = strings(&[
+            "classify",
             "--checkpoint",
-            &path(&out.join("pretrain-rep/checkpoint.safetensors")),
-            "--train",
-            &path(&latents("train")),
+            &path(&out.join(format!("finetune-{mode}/checkpoint.safetensors"))),
             "--validation",
             &path(&latents("validation")),
             "--test",
             &path(&latents("test")),
+            "--timesteps",
+            plan.timesteps,
+            "--draws",
+            &draws,
+            "--sequential",
+            "--agreement",
             "--seed",
             &seed,
-            "--out",
-            &path(&probe),
-        ];
-        step("linear probe on the representation encoder", &strings(&a), &mut timings)?;
+        ]);
+        let title = format!("diffusion classifier ({mode} pre-training)");
+        unless_done(&out.join(format!("classify-{mode}.json")), &title, a, &mut timings)?;
     }
+    // The baselines read the same three parts.
+    let parts = strings(&[
+        "--train",
+        &path(&latents("train")),
+        "--validation",
+        &path(&latents("validation")),
+        "--test",
+        &path(&latents("test")),
+        "--seed",
+        &seed,
+    ]);
+    let probe = out.join("probe.json");
+    let rep_checkpoint = path(&out.join("pretrain-rep/checkpoint.safetensors"));
+    let a = [strings(&["probe", "--checkpoint", &rep_checkpoint]), parts.clone()].concat();
+    unless_done(&probe, "linear probe on the representation encoder", a, &mut timings)?;
     let supervised = out.join("supervised.json");
-    if !supervised.exists() {
-        let (arch, patch, epochs) = plan.vit;
-        let epochs = args.supervised_epochs.unwrap_or(epochs);
-        let a = [
-            "supervised",
-            "--arch",
-            arch,
-            "--patch",
-            &patch.to_string(),
-            "--epochs",
-            &epochs.to_string(),
-            "--train",
-            &path(&latents("train")),
-            "--validation",
-            &path(&latents("validation")),
-            "--test",
-            &path(&latents("test")),
-            "--seed",
-            &seed,
-            "--out",
-            &path(&supervised),
-        ];
-        step("supervised ViT from scratch", &strings(&a), &mut timings)?;
-    }
+    let (arch, patch, epochs) = plan.vit;
+    let epochs = args.supervised_epochs.unwrap_or(epochs).to_string();
+    let a =
+        [strings(&["supervised", "--arch", arch, "--patch", &patch.to_string(), "--epochs", &epochs]), parts].concat();
+    unless_done(&supervised, "supervised ViT from scratch", a, &mut timings)?;
     let figures = out.join("counterfactuals");
     if !figures.join("counterfactuals.json").exists() {
         let a = [

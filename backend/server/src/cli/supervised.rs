@@ -2,8 +2,6 @@
 //! downstream training data, its best epoch chosen on validation, the test metrics with bootstrap 95%
 //! intervals.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use repdiff_engine::classify::{bootstrap, metrics};
@@ -29,14 +27,8 @@ pub struct SupervisedArgs {
     /// Patch size over the input (2 on 32x32 latents, as DiT-B/2).
     #[arg(long, default_value_t = 2)]
     patch: usize,
-    /// Labelled training data: a latent file with `labels`, or an image folder of class sub-folders.
-    #[arg(long)]
-    train: PathBuf,
-    /// Labelled validation data: the epoch whose weights are kept is chosen here (best F1).
-    #[arg(long)]
-    validation: PathBuf,
-    #[arg(long)]
-    test: Option<PathBuf>,
+    #[command(flatten)]
+    parts: super::PartsArgs,
     /// Image side when reading an image folder.
     #[arg(long, default_value_t = 32)]
     size: usize,
@@ -46,11 +38,6 @@ pub struct SupervisedArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 3e-4)]
     lr: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Write the report as JSON here.
-    #[arg(long)]
-    out: Option<PathBuf>,
 }
 
 fn load(path: &std::path::Path, size: usize, device: &repdiff_engine::Device) -> Result<Dataset> {
@@ -73,8 +60,8 @@ pub fn run(args: SupervisedArgs) -> Result<()> {
         "tiny" => (4, 128, 4),
         other => bail!("unknown --arch {other:?}: vit-b, vit-s or tiny"),
     };
-    let train = load(&args.train, args.size, &device)?;
-    let validation = load(&args.validation, args.size, &device)?;
+    let train = load(&args.parts.train, args.size, &device)?;
+    let validation = load(&args.parts.validation, args.size, &device)?;
     let (_, c, h, w) = train.samples.dims4()?;
     if h != w {
         bail!("square inputs only, not {h}x{w}");
@@ -94,7 +81,7 @@ pub fn run(args: SupervisedArgs) -> Result<()> {
         epochs: args.epochs,
         batch_size: args.batch_size,
         learning_rate: args.lr,
-        seed: args.seed,
+        seed: args.parts.seed,
         ..Default::default()
     };
     println!(
@@ -120,20 +107,20 @@ pub fn run(args: SupervisedArgs) -> Result<()> {
         run.best_epoch, options.epochs, best.validation.accuracy, best.validation.f1, best.loss
     );
     let classes = train.num_classes().max(validation.num_classes()).max(2);
-    let test = match &args.test {
+    let test = match &args.parts.test {
         Some(path) => {
             let data = load(path, args.size, &device)?;
             let truth = data.labels.clone().expect("checked in load");
             let predicted = predict(&run.model, &data.samples, 64)?;
             let m = metrics(&truth, &predicted, classes)?;
-            let intervals = bootstrap(&truth, &predicted, classes, 1000, 0.95, args.seed)?;
+            let intervals = bootstrap(&truth, &predicted, classes, 1000, 0.95, args.parts.seed)?;
             println!("\nTest ({} images):", truth.len());
             super::classify::print_metrics(&m, &intervals);
             Some(serde_json::json!({ "metrics": m, "intervals": intervals, "predicted": predicted }))
         }
         None => None,
     };
-    if let Some(out) = &args.out {
+    if let Some(out) = &args.parts.out {
         let report = serde_json::json!({
             "architecture": { "depth": config.depth, "width": config.hidden_size, "heads": config.num_heads, "patch": config.patch_size },
             "parameters": run.vars.num_parameters(),
