@@ -369,7 +369,11 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         ),
     ];
     let total = started.elapsed().as_secs_f64();
-    let markdown = table6_markdown(&rows, &args, pretrain_steps, finetune_steps, &split)?;
+    let mut markdown = table6_markdown(&rows, &args, pretrain_steps, finetune_steps, &split)?;
+    markdown.push_str(&sweep_markdown(
+        &read_json(&out.join("classify-uncond.json"))?,
+        &read_json(&out.join("classify-rep.json"))?,
+    ));
     std::fs::write(out.join("table6.md"), &markdown)?;
     let summary = json!({
         "preset": format!("{:?}", args.preset),
@@ -406,6 +410,30 @@ fn probe_row(name: &str, report: &Value) -> Value {
         "metrics": report["test"]["metrics"],
         "intervals": report["test"]["intervals"],
     })
+}
+
+/// The two validation sweeps side by side (the paper's Fig. 12: accuracy and F1 over the timestep).
+fn sweep_markdown(uncond: &Value, rep: &Value) -> String {
+    let rows = |report: &Value| report["validation"].as_array().cloned().unwrap_or_default();
+    let (u, r) = (rows(uncond), rows(rep));
+    let pct = |row: Option<&Value>, name: &str| {
+        row.and_then(|row| row["metrics"][name].as_f64()).map_or("-".to_string(), |v| format!("{:.1}", v * 100.0))
+    };
+    let mut md = String::from(
+        "\n## Validation sweep (Fig. 12 analogue)\n\n| t | accuracy %, unconditional | F1 %, unconditional | accuracy %, representation | F1 %, representation |\n|---|---|---|---|---|\n",
+    );
+    for (i, row) in u.iter().enumerate() {
+        let other = r.get(i);
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            row["t"],
+            pct(Some(row), "accuracy"),
+            pct(Some(row), "f1"),
+            pct(other, "accuracy"),
+            pct(other, "f1")
+        ));
+    }
+    md
 }
 
 fn table6_markdown(
