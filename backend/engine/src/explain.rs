@@ -114,7 +114,7 @@ pub fn counterfactuals(
                 clip_denoised: clip,
                 cancel: Some(&options.cancel),
             };
-            // Deterministic DDIM: the generator is never drawn from.
+            // DDIM with eta 0 is deterministic: the step noise it draws is scaled by zero.
             let mut rng = Rng::new(0);
             let x = denoise_from(
                 model,
