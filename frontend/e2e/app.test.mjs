@@ -315,6 +315,13 @@ try {
   const lo = (probe.test.intervals.accuracy[0] * 100).toFixed(1);
   await page.locator("#probe table.test-metrics tr", { hasText: "accuracy" }).locator("td", { hasText: `${lo} - ` }).waitFor();
   await shot("probe-run");
+  // Both baselines' test results side by side, with their intervals (Table 6).
+  await page.goto(`${base}/compare?runs=${classifyId},${probeId}`);
+  await page.locator("#test-results tbody tr").nth(1).waitFor();
+  const classifyAcc = (report.test.metrics.accuracy * 100).toFixed(1);
+  await page.locator("#test-results tbody tr", { hasText: `#${classifyId}` }).locator("td", { hasText: `${classifyAcc} [` }).first().waitFor();
+  assert.ok((await page.locator("#test-results td.best").count()) >= 4, "a best run marked in every metric column");
+  await shot("compare-test-results");
 
   step("counterfactuals of two test scans, and trajectories of the fine-tuned model's samples");
   await page.goto(`${base}/runs/new?kind=counterfactual&checkpoint=${finetuneId}`);

@@ -1,6 +1,7 @@
 //! Comparing runs side by side: one metric's curves overlaid, and a table (the form of the paper's
 //! Tables 5 and 6) of every metric's last and best value per run, the best run of each column marked,
-//! with the configuration that differs between them. `?runs=3,5,8&metric=loss`.
+//! with the configuration that differs between them; for classifier and probe runs, their test results
+//! with bootstrap intervals (the paper's Table 6). `?runs=3,5,8&metric=loss`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -116,6 +117,7 @@ pub fn Compare() -> impl IntoView {
                             }).collect_view()}</p>
                         </section>
                     })}
+                    {test_results(&runs)}
                     <div class="scroll">
                         <table class="grid compare">
                             <thead>
@@ -155,4 +157,79 @@ pub fn Compare() -> impl IntoView {
             })
         }}
     }
+}
+
+/// One run's test result: (t, metrics, intervals, forward passes per image).
+type TestRow = (Option<usize>, repdiff_api::ClassMetrics, Option<repdiff_api::Intervals>, Option<f64>);
+
+/// The test result of a classify or probe run, when it has one.
+fn test_row(job: &Job) -> Option<TestRow> {
+    let result = job.result.clone()?;
+    match job.kind.as_str() {
+        "classify" => {
+            let t = serde_json::from_value::<repdiff_api::ClassifyReport>(result).ok()?.test?;
+            Some((Some(t.t), t.metrics, t.intervals, Some(t.forwards_per_image)))
+        }
+        "probe" => {
+            let t = serde_json::from_value::<repdiff_api::ProbeReport>(result).ok()?.test?;
+            Some((None, t.metrics, Some(t.intervals), None))
+        }
+        _ => None,
+    }
+}
+
+/// The compared runs' test results side by side (Table 6), each metric with its bootstrap interval and
+/// the best run of each column marked.
+fn test_results(runs: &[Compared]) -> impl IntoView + use<> {
+    let rows: Vec<(i64, String, i64, TestRow)> = runs
+        .iter()
+        .filter_map(|r| {
+            let model = r.job.params.pointer("/checkpoint/job").and_then(serde_json::Value::as_i64).unwrap_or(0);
+            Some((r.job.id, r.job.kind.clone(), model, test_row(&r.job)?))
+        })
+        .collect();
+    if rows.is_empty() {
+        return ().into_any();
+    }
+    let pick = |m: &repdiff_api::ClassMetrics, k: usize| [m.accuracy, m.precision, m.recall, m.f1][k];
+    let best: Vec<Option<usize>> = (0..4)
+        .map(|k| {
+            (rows.len() > 1).then(|| {
+                rows.iter().enumerate().max_by(|a, b| pick(&a.1.3.1, k).total_cmp(&pick(&b.1.3.1, k))).map(|(i, _)| i)
+            })?
+        })
+        .collect();
+    let pct = |v: f64| format!("{:.1}", v * 100.0);
+    view! {
+        <section class="card" id="test-results">
+            <h2>"Test results (95% bootstrap intervals)"</h2>
+            <table class="grid test-results">
+                <thead><tr><th>"Run"</th><th>"Kind"</th><th>"Model"</th><th>"t"</th><th>"accuracy %"</th><th>"precision %"</th>
+                    <th>"recall %"</th><th>"F1 %"</th><th>"forwards/image"</th></tr></thead>
+                <tbody>
+                    {rows.into_iter().enumerate().map(|(i, (id, kind, model, (t, m, intervals, forwards)))| {
+                        let cells = (0..4).map(|k| {
+                            let range = intervals.as_ref().map(|iv| [iv.accuracy, iv.precision, iv.recall, iv.f1][k]);
+                            let text = match range {
+                                Some([lo, hi]) => format!("{} [{}, {}]", pct(pick(&m, k)), pct(lo), pct(hi)),
+                                None => pct(pick(&m, k)),
+                            };
+                            let is_best = best[k] == Some(i);
+                            view! { <td class=if is_best { "num best" } else { "num" }>{text}{is_best.then_some(" ★")}</td> }
+                        }).collect_view();
+                        view! {
+                            <tr>
+                                <td><a href=format!("/runs/{id}")>{format!("#{id}")}</a></td><td>{kind}</td>
+                                <td><a href=format!("/runs/{model}")>{format!("#{model}")}</a></td>
+                                <td class="num">{t.map(|t| t.to_string()).unwrap_or_default()}</td>
+                                {cells}
+                                <td class="num">{forwards.map(|f| format!("{f:.1}")).unwrap_or_default()}</td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </section>
+    }
+    .into_any()
 }
