@@ -179,7 +179,7 @@ fn test_row(job: &Job) -> Option<TestRow> {
 }
 
 /// The compared runs' test results side by side (Table 6), each metric with its bootstrap interval and
-/// the best run of each column marked.
+/// the best run(s) of each column marked where the runs differ.
 fn test_results(runs: &[Compared]) -> impl IntoView + use<> {
     let rows: Vec<(i64, String, i64, TestRow)> = runs
         .iter()
@@ -192,11 +192,12 @@ fn test_results(runs: &[Compared]) -> impl IntoView + use<> {
         return ().into_any();
     }
     let pick = |m: &repdiff_api::ClassMetrics, k: usize| [m.accuracy, m.precision, m.recall, m.f1][k];
-    let best: Vec<Option<usize>> = (0..4)
+    // Per metric column, the best value, when the runs differ in it (every run that reaches it is marked).
+    let best: Vec<Option<f64>> = (0..4)
         .map(|k| {
-            (rows.len() > 1).then(|| {
-                rows.iter().enumerate().max_by(|a, b| pick(&a.1.3.1, k).total_cmp(&pick(&b.1.3.1, k))).map(|(i, _)| i)
-            })?
+            let values: Vec<f64> = rows.iter().map(|r| pick(&r.3.1, k)).collect();
+            let top = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            values.iter().any(|&v| v != top).then_some(top)
         })
         .collect();
     let pct = |v: f64| format!("{:.1}", v * 100.0);
@@ -207,14 +208,14 @@ fn test_results(runs: &[Compared]) -> impl IntoView + use<> {
                 <thead><tr><th>"Run"</th><th>"Kind"</th><th>"Model"</th><th>"t"</th><th>"accuracy %"</th><th>"precision %"</th>
                     <th>"recall %"</th><th>"F1 %"</th><th>"forwards/image"</th></tr></thead>
                 <tbody>
-                    {rows.into_iter().enumerate().map(|(i, (id, kind, model, (t, m, intervals, forwards)))| {
+                    {rows.into_iter().map(|(id, kind, model, (t, m, intervals, forwards))| {
                         let cells = (0..4).map(|k| {
                             let range = intervals.as_ref().map(|iv| [iv.accuracy, iv.precision, iv.recall, iv.f1][k]);
                             let text = match range {
                                 Some([lo, hi]) => format!("{} [{}, {}]", pct(pick(&m, k)), pct(lo), pct(hi)),
                                 None => pct(pick(&m, k)),
                             };
-                            let is_best = best[k] == Some(i);
+                            let is_best = best[k] == Some(pick(&m, k));
                             view! { <td class=if is_best { "num best" } else { "num" }>{text}{is_best.then_some(" ★")}</td> }
                         }).collect_view();
                         view! {
