@@ -1,7 +1,8 @@
-//! The supervised baseline of the paper's Table 6: a ViT ([`VitClassifier`]) trained from scratch on the
-//! downstream training part with cross-entropy, AdamW, gradient clipping and horizontal flips, evaluated
-//! on validation after every epoch; the weights of the best epoch (F1, then accuracy) are kept, so the
-//! test split never chooses anything.
+//! The supervised baselines of the paper's Table 6: a ViT ([`VitClassifier`]) or a bottleneck ResNet
+//! ([`ResNet`]; ResNet-50 is `[3, 4, 6, 3]` blocks from width 64) trained from scratch on the downstream
+//! training part with cross-entropy, AdamW, gradient clipping and horizontal flips, evaluated on
+//! validation after every epoch; the weights of the best epoch (F1, then accuracy) are kept, so the test
+//! split never chooses anything. Weights, batch-norm statistics included, are drawn from the run's seed.
 
 use candle_core::{D, DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -10,11 +11,141 @@ use crate::classify::{Metrics, metrics};
 use crate::config::ModelConfig;
 use crate::data::Dataset;
 use crate::dit::VitClassifier;
-use crate::nn::{Params, VarSet};
+use crate::nn::{Init, Linear, ParamPath, Params, VarSet};
 use crate::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::rng::Rng;
 use crate::train::CancelToken;
 use crate::{Error, Result};
+
+/// A classifier the baseline trains: logits `[N, classes]`, in training mode (batch statistics) or not.
+pub trait Classifier {
+    fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+}
+
+impl Classifier for VitClassifier {
+    fn logits(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        self.forward(x)
+    }
+}
+
+/// A convolution and its batch norm (ReLU after, unless the block adds first).
+struct ConvBn {
+    conv: candle_nn::Conv2d,
+    bn: candle_nn::BatchNorm,
+}
+
+impl ConvBn {
+    fn new(path: &ParamPath, c_in: usize, c_out: usize, kernel: usize, stride: usize) -> Result<Self> {
+        // He initialisation; the running statistics are parameters without gradients, so the best
+        // epoch's snapshot carries them.
+        let std = (2.0 / (c_in * kernel * kernel) as f64).sqrt();
+        let weight = path.pp("conv").get("weight", &[c_out, c_in, kernel, kernel], Init::Normal { std })?;
+        let config = candle_nn::Conv2dConfig { padding: kernel / 2, stride, ..Default::default() };
+        let bn = path.pp("bn");
+        let norm = candle_nn::BatchNorm::new(
+            c_out,
+            bn.get("running_mean", &[c_out], Init::Zeros)?,
+            bn.get("running_var", &[c_out], Init::Ones)?,
+            bn.get("weight", &[c_out], Init::Ones)?,
+            bn.get("bias", &[c_out], Init::Zeros)?,
+            1e-5,
+        )?;
+        Ok(ConvBn { conv: candle_nn::Conv2d::new(weight, None, config), bn: norm })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        use candle_nn::{Module, ModuleT};
+        Ok(self.bn.forward_t(&self.conv.forward(x)?, train)?)
+    }
+}
+
+/// 1x1 down, 3x3 (strided), 1x1 up by 4, plus the (projected) input.
+struct Bottleneck {
+    reduce: ConvBn,
+    spatial: ConvBn,
+    expand: ConvBn,
+    shortcut: Option<ConvBn>,
+}
+
+impl Bottleneck {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.reduce.forward(x, train)?.relu()?;
+        let y = self.spatial.forward(&y, train)?.relu()?;
+        let y = self.expand.forward(&y, train)?;
+        let skip = match &self.shortcut {
+            Some(s) => s.forward(x, train)?,
+            None => x.clone(),
+        };
+        Ok((y + skip)?.relu()?)
+    }
+}
+
+/// A bottleneck ResNet for small inputs (a 3x3 stem at stride 1, no max-pool: the inputs are 32x32
+/// latents or slices), stages doubling the width and halving the resolution, global average pooling and
+/// a linear head. Parameters `stem.*`, `stages.{s}.{b}.{reduce,spatial,expand,shortcut}.*`, `head.*`.
+pub struct ResNet {
+    stem: ConvBn,
+    stages: Vec<Vec<Bottleneck>>,
+    head: Linear,
+}
+
+impl ResNet {
+    /// `blocks` per stage (ResNet-50: `[3, 4, 6, 3]`), the first stage's width `width` (64).
+    pub fn new(channels: usize, blocks: &[usize], width: usize, classes: usize, params: &Params) -> Result<Self> {
+        if blocks.is_empty() || width == 0 {
+            return Err(Error::Config("a ResNet needs stages and a width".into()));
+        }
+        let root = params.root();
+        let stem = ConvBn::new(&root.pp("stem"), channels, width, 3, 1)?;
+        let mut c_in = width;
+        let mut stages = Vec::with_capacity(blocks.len());
+        for (s, &count) in blocks.iter().enumerate() {
+            let inner = width << s;
+            let c_out = inner * 4;
+            let stage = (0..count)
+                .map(|b| {
+                    let path = root.pp("stages").pp(s).pp(b);
+                    let stride = if b == 0 && s > 0 { 2 } else { 1 };
+                    let block = Bottleneck {
+                        reduce: ConvBn::new(&path.pp("reduce"), c_in, inner, 1, 1)?,
+                        spatial: ConvBn::new(&path.pp("spatial"), inner, inner, 3, stride)?,
+                        expand: ConvBn::new(&path.pp("expand"), inner, c_out, 1, 1)?,
+                        shortcut: (b == 0)
+                            .then(|| ConvBn::new(&path.pp("shortcut"), c_in, c_out, 1, stride))
+                            .transpose()?,
+                    };
+                    c_in = c_out;
+                    Ok(block)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            stages.push(stage);
+        }
+        let head = Linear::new(&root.pp("head"), c_in, classes, Init::XavierUniform, Init::Zeros)?;
+        Ok(ResNet { stem, stages, head })
+    }
+}
+
+impl Classifier for ResNet {
+    fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = self.stem.forward(x, train)?.relu()?;
+        for block in self.stages.iter().flatten() {
+            y = block.forward(&y, train)?;
+        }
+        self.head.forward(&y.mean(D::Minus1)?.mean(D::Minus1)?)
+    }
+}
+
+/// Which network the baseline trains.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// A ViT of this shape (input size, channels, patch, width, depth, heads).
+    Vit(ModelConfig),
+    ResNet {
+        blocks: Vec<usize>,
+        width: usize,
+    },
+}
 
 /// How the baseline trains.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -43,27 +174,27 @@ pub struct Epoch {
 
 /// A trained baseline: the model at its best validation epoch.
 pub struct Supervised {
-    pub model: VitClassifier,
+    pub model: Box<dyn Classifier>,
     pub vars: VarSet,
     pub best_epoch: usize,
     pub history: Vec<Epoch>,
 }
 
 /// The predicted class of every image.
-pub fn predict(model: &VitClassifier, samples: &Tensor, batch_size: usize) -> Result<Vec<u32>> {
+pub fn predict(model: &dyn Classifier, samples: &Tensor, batch_size: usize) -> Result<Vec<u32>> {
     let n = samples.dim(0)?;
     let mut out = Vec::with_capacity(n);
     for start in (0..n).step_by(batch_size.max(1)) {
         let batch = samples.narrow(0, start, batch_size.max(1).min(n - start))?.detach();
-        out.extend(model.forward(&batch)?.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?);
+        out.extend(model.logits(&batch, false)?.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?);
     }
     Ok(out)
 }
 
-/// Trains a [`VitClassifier`] of architecture `config` on `train` (labelled), choosing the epoch on
-/// `validation`. `on_epoch` sees every epoch as it ends.
-pub fn train_vit(
-    config: &ModelConfig,
+/// Trains a classifier of `architecture` on `train` (labelled), choosing the epoch on `validation`.
+/// `on_epoch` sees every epoch as it ends.
+pub fn train_supervised(
+    architecture: &Architecture,
     train: &Dataset,
     validation: &Dataset,
     options: &SupervisedOptions,
@@ -80,7 +211,12 @@ pub fn train_vit(
     }
     let device = train.samples.device().clone();
     let params = Params::random(options.seed, &device);
-    let model = VitClassifier::new(config, classes, &params)?;
+    let model: Box<dyn Classifier> = match architecture {
+        Architecture::Vit(config) => Box::new(VitClassifier::new(config, classes, &params)?),
+        Architecture::ResNet { blocks, width } => {
+            Box::new(ResNet::new(train.samples.dim(1)?, blocks, *width, classes, &params)?)
+        }
+    };
     let vars = params.finish()?;
     let adam = AdamWConfig {
         learning_rate: options.learning_rate,
@@ -112,14 +248,14 @@ pub fn train_vit(
             }
             let y: Vec<u32> = chunk.iter().map(|&i| train_labels[i as usize]).collect();
             let y = Tensor::new(y.as_slice(), &device)?;
-            let loss = candle_nn::loss::cross_entropy(&model.forward(&x)?, &y)?;
+            let loss = candle_nn::loss::cross_entropy(&model.logits(&x, true)?, &y)?;
             let mut grads = loss.backward()?;
             clip_grad_norm(&vars, &mut grads, 1.0)?;
             optimizer.step(&vars, &grads)?;
             total += loss.to_scalar::<f32>()? as f64;
             batches += 1;
         }
-        let validation_metrics = metrics(val_labels, &predict(&model, &validation.samples, 64)?, classes)?;
+        let validation_metrics = metrics(val_labels, &predict(model.as_ref(), &validation.samples, 64)?, classes)?;
         let record = Epoch { epoch, loss: total / batches.max(1) as f64, validation: validation_metrics };
         on_epoch(&record);
         let score = (record.validation.f1, record.validation.accuracy);

@@ -591,14 +591,18 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
         text(&first).lines().find(|l| l.starts_with("$ repdiff pretrain --mode rep")).unwrap_or("").to_string();
     assert!(pretrain.ends_with("--preset tiny-cpu --seed 0"), "{}", text(&first));
     let table = std::fs::read_to_string(out.join("table6.md")).unwrap();
-    for method in
-        ["unconditional pre-training", "representation-conditional pre-training", "Linear probe", "from scratch"]
-    {
+    for method in [
+        "unconditional pre-training",
+        "representation-conditional pre-training",
+        "Linear probe",
+        "tiny trained from scratch",
+        "resnet-tiny trained from scratch",
+    ] {
         assert!(table.contains(method), "{table}");
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("table6.json")).unwrap()).unwrap();
-    assert_eq!(summary["table6"].as_array().unwrap().len(), 4);
+    assert_eq!(summary["table6"].as_array().unwrap().len(), 5);
     assert!(table.contains("| 700 |"), "the validation sweep lists every timestep: {table}");
     assert!(summary["table6"][1]["intervals"]["accuracy"][1].as_f64().is_some());
     assert!(out.join("counterfactuals/counterfactuals.png").exists());

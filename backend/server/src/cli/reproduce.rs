@@ -1,7 +1,7 @@
 //! `repdiff reproduce`: the paper's whole pipeline in one command. On a dataset (synthetic phantoms by
 //! default): the paper's split, encoding, unconditional and representation-conditional pre-training,
 //! fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, the
-//! linear probe on the representation encoder, a ViT trained from scratch, counterfactuals; then the Table 6 analogue (Markdown and
+//! linear probe on the representation encoder, a ViT and a ResNet trained from scratch, counterfactuals; then the Table 6 analogue (Markdown and
 //! JSON). Every step is the `repdiff` command it names (printed before it runs) writing into its own
 //! folder of OUT, so a rerun continues where an interrupted one stopped: training resumes from its
 //! checkpoint, and finished steps are kept.
@@ -72,8 +72,10 @@ struct Plan {
     epochs: usize,
     timesteps: &'static str,
     draws: usize,
-    /// The supervised ViT baseline: architecture, patch and epochs.
-    vit: (&'static str, usize, usize),
+    /// The supervised baselines (`repdiff supervised --arch`), a ViT and a ResNet, and their epochs.
+    supervised: [&'static str; 2],
+    vit_patch: usize,
+    supervised_epochs: usize,
 }
 
 fn plan(preset: ReproducePreset) -> Plan {
@@ -90,7 +92,9 @@ fn plan(preset: ReproducePreset) -> Plan {
             epochs: 0,
             timesteps: "50,100,200,300,400,500,700",
             draws: 64,
-            vit: ("tiny", 4, 30),
+            supervised: ["tiny", "resnet-tiny"],
+            vit_patch: 4,
+            supervised_epochs: 30,
         },
         ReproducePreset::Paper => Plan {
             phantoms: 2400,
@@ -104,7 +108,9 @@ fn plan(preset: ReproducePreset) -> Plan {
             epochs: 1000,
             timesteps: "25,50,100,150,200,250,300,350,400,450,500,600,700,800,900",
             draws: 512,
-            vit: ("vit-b", 2, 100),
+            supervised: ["vit-b", "resnet50"],
+            vit_patch: 2,
+            supervised_epochs: 100,
         },
     }
 }
@@ -326,12 +332,12 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     let rep_checkpoint = path(&out.join("pretrain-rep/checkpoint.safetensors"));
     let a = [strings(&["probe", "--checkpoint", &rep_checkpoint]), parts.clone()].concat();
     unless_done(&probe, "linear probe on the representation encoder", a, &mut timings)?;
-    let supervised = out.join("supervised.json");
-    let (arch, patch, epochs) = plan.vit;
-    let epochs = args.supervised_epochs.unwrap_or(epochs).to_string();
-    let a =
-        [strings(&["supervised", "--arch", arch, "--patch", &patch.to_string(), "--epochs", &epochs]), parts].concat();
-    unless_done(&supervised, "supervised ViT from scratch", a, &mut timings)?;
+    let epochs = args.supervised_epochs.unwrap_or(plan.supervised_epochs).to_string();
+    for arch in plan.supervised {
+        let a = strings(&["supervised", "--arch", arch, "--patch", &plan.vit_patch.to_string(), "--epochs", &epochs]);
+        let title = format!("{arch} trained from scratch");
+        unless_done(&out.join(format!("supervised-{arch}.json")), &title, [a, parts.clone()].concat(), &mut timings)?;
+    }
     let figures = out.join("counterfactuals");
     if !figures.join("counterfactuals.json").exists() {
         let a = [
@@ -353,7 +359,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     }
 
     // The tables.
-    let rows = vec![
+    let mut rows = vec![
         table_row(
             "Diffusion classifier, unconditional pre-training + fine-tuning",
             &read_json(&out.join("classify-uncond.json"))?,
@@ -363,11 +369,11 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             &read_json(&out.join("classify-rep.json"))?,
         ),
         probe_row("Linear probe on the representation encoder (mean-pooled tokens)", &read_json(&probe)?),
-        probe_row(
-            &format!("ViT ({}, patch {}) trained from scratch on the training part", plan.vit.0, plan.vit.1),
-            &read_json(&supervised)?,
-        ),
     ];
+    for arch in plan.supervised {
+        let report = read_json(&out.join(format!("supervised-{arch}.json")))?;
+        rows.push(probe_row(&format!("{arch} trained from scratch on the training part (supervised)"), &report));
+    }
     let total = started.elapsed().as_secs_f64();
     let mut markdown = table6_markdown(&rows, &args, pretrain_steps, finetune_steps, &split)?;
     markdown.push_str(&sweep_markdown(

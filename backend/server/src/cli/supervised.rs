@@ -1,6 +1,6 @@
-//! `repdiff supervised`: the supervised baseline of the paper's Table 6, a ViT trained from scratch on the
-//! downstream training data, its best epoch chosen on validation, the test metrics with bootstrap 95%
-//! intervals.
+//! `repdiff supervised`: the supervised baselines of the paper's Table 6, a ViT or a ResNet trained from
+//! scratch on the downstream training data, its best epoch chosen on validation, the test metrics with
+//! bootstrap 95% intervals.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -8,14 +8,16 @@ use repdiff_engine::classify::{bootstrap, metrics};
 use repdiff_engine::config::{Conditioning, ModelConfig, RunConfig};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
-use repdiff_engine::supervised::{SupervisedOptions, predict, train_vit};
+use repdiff_engine::supervised::{Architecture, SupervisedOptions, predict, train_supervised};
 
 use super::progress_bar;
 
 #[derive(Args)]
 pub struct SupervisedArgs {
-    /// Architecture: vit-b (12 blocks, width 768, 12 heads: the paper's ViT-B), vit-s (12, 384, 6) or
-    /// tiny (4, 128, 4: the tiny-cpu DiT's size); --depth/--width/--heads override.
+    /// Architecture: vit-b (12 blocks, width 768, 12 heads: the paper's ViT-B), vit-s (12, 384, 6), tiny
+    /// (4, 128, 4: the tiny-cpu DiT's size), resnet50 (bottleneck blocks [3, 4, 6, 3] from width 64: the
+    /// paper's ResNet-50) or resnet-tiny ([1, 1, 1] from width 16); --depth/--width/--heads override a
+    /// ViT's shape, --width a ResNet's.
     #[arg(long, default_value = "vit-b")]
     arch: String,
     #[arg(long)]
@@ -54,28 +56,32 @@ fn load(path: &std::path::Path, size: usize, device: &repdiff_engine::Device) ->
 
 pub fn run(args: SupervisedArgs) -> Result<()> {
     let (device, device_note) = best_device();
-    let (depth, width, heads) = match args.arch.as_str() {
-        "vit-b" => (12, 768, 12),
-        "vit-s" => (12, 384, 6),
-        "tiny" => (4, 128, 4),
-        other => bail!("unknown --arch {other:?}: vit-b, vit-s or tiny"),
-    };
     let train = load(&args.parts.train, args.size, &device)?;
     let validation = load(&args.parts.validation, args.size, &device)?;
     let (_, c, h, w) = train.samples.dims4()?;
     if h != w {
         bail!("square inputs only, not {h}x{w}");
     }
-    let config = ModelConfig {
-        input_size: h,
-        in_channels: c,
-        patch_size: args.patch,
-        hidden_size: args.width.unwrap_or(width),
-        depth: args.depth.unwrap_or(depth),
-        num_heads: args.heads.unwrap_or(heads),
-        conditioning: Conditioning::None,
-        learn_sigma: false,
-        ..RunConfig::preset("tiny-cpu")?.model
+    let vit = |(depth, width, heads): (usize, usize, usize)| -> Result<Architecture> {
+        Ok(Architecture::Vit(ModelConfig {
+            input_size: h,
+            in_channels: c,
+            patch_size: args.patch,
+            hidden_size: args.width.unwrap_or(width),
+            depth: args.depth.unwrap_or(depth),
+            num_heads: args.heads.unwrap_or(heads),
+            conditioning: Conditioning::None,
+            learn_sigma: false,
+            ..RunConfig::preset("tiny-cpu")?.model
+        }))
+    };
+    let architecture = match args.arch.as_str() {
+        "vit-b" => vit((12, 768, 12))?,
+        "vit-s" => vit((12, 384, 6))?,
+        "tiny" => vit((4, 128, 4))?,
+        "resnet50" => Architecture::ResNet { blocks: vec![3, 4, 6, 3], width: args.width.unwrap_or(64) },
+        "resnet-tiny" => Architecture::ResNet { blocks: vec![1, 1, 1], width: args.width.unwrap_or(16) },
+        other => bail!("unknown --arch {other:?}: vit-b, vit-s, tiny, resnet50 or resnet-tiny"),
     };
     let options = SupervisedOptions {
         epochs: args.epochs,
@@ -84,19 +90,21 @@ pub fn run(args: SupervisedArgs) -> Result<()> {
         seed: args.parts.seed,
         ..Default::default()
     };
+    let shape = match &architecture {
+        Architecture::Vit(m) => {
+            format!("a ViT (depth {}, width {}, {} heads, patch {})", m.depth, m.hidden_size, m.num_heads, m.patch_size)
+        }
+        Architecture::ResNet { blocks, width } => format!("a ResNet (bottleneck blocks {blocks:?} from width {width})"),
+    };
     println!(
-        "Training a ViT (depth {}, width {}, {} heads, patch {}) from scratch on {} images of {c}x{h}x{w}, {} epochs, on {device_note}",
-        config.depth,
-        config.hidden_size,
-        config.num_heads,
-        config.patch_size,
+        "Training {shape} from scratch on {} images of {c}x{h}x{w}, {} epochs, on {device_note}",
         train.len(),
         options.epochs
     );
     let bar =
         progress_bar(options.epochs as u64, "{bar:40} {pos}/{len} epochs [{elapsed_precise}<{eta_precise}] {msg}");
     let cancel = super::interrupt::cancel_on_signal();
-    let run = train_vit(&config, &train, &validation, &options, &cancel, |e| {
+    let run = train_supervised(&architecture, &train, &validation, &options, &cancel, |e| {
         bar.set_position(e.epoch as u64);
         bar.set_message(format!("loss {:.4}, validation F1 {:.3}", e.loss, e.validation.f1));
     })?;
@@ -111,7 +119,7 @@ pub fn run(args: SupervisedArgs) -> Result<()> {
         Some(path) => {
             let data = load(path, args.size, &device)?;
             let truth = data.labels.clone().expect("checked in load");
-            let predicted = predict(&run.model, &data.samples, 64)?;
+            let predicted = predict(run.model.as_ref(), &data.samples, 64)?;
             let m = metrics(&truth, &predicted, classes)?;
             let intervals = bootstrap(&truth, &predicted, classes, 1000, 0.95, args.parts.seed)?;
             println!("\nTest ({} images):", truth.len());
@@ -122,7 +130,7 @@ pub fn run(args: SupervisedArgs) -> Result<()> {
     };
     if let Some(out) = &args.parts.out {
         let report = serde_json::json!({
-            "architecture": { "depth": config.depth, "width": config.hidden_size, "heads": config.num_heads, "patch": config.patch_size },
+            "architecture": architecture,
             "parameters": run.vars.num_parameters(),
             "options": options, "best_epoch": run.best_epoch, "history": run.history, "test": test,
         });
