@@ -1,7 +1,7 @@
 //! `repdiff reproduce`: the paper's whole pipeline in one command. On a dataset (synthetic phantoms by
 //! default): the paper's split, encoding, unconditional and representation-conditional pre-training,
 //! fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, the
-//! linear probe on the representation encoder, a ViT and a ResNet trained from scratch, counterfactuals; then the Table 6 analogue (Markdown and
+//! linear probe on the representation encoder, a ViT trained from scratch, counterfactuals; then the Table 6 analogue (Markdown and
 //! JSON). Every step is the `repdiff` command it names (printed before it runs) writing into its own
 //! folder of OUT, so a rerun continues where an interrupted one stopped: training resumes from its
 //! checkpoint, and finished steps are kept.
@@ -72,8 +72,8 @@ struct Plan {
     epochs: usize,
     timesteps: &'static str,
     draws: usize,
-    /// The supervised baselines (`repdiff supervised --arch`), a ViT and a ResNet, and their epochs.
-    supervised: [&'static str; 2],
+    /// The supervised baselines (`repdiff supervised --arch`) and their epochs.
+    supervised: [&'static str; 1],
     vit_patch: usize,
     supervised_epochs: usize,
 }
@@ -92,7 +92,7 @@ fn plan(preset: ReproducePreset) -> Plan {
             epochs: 0,
             timesteps: "50,100,200,300,400,500,700",
             draws: 64,
-            supervised: ["tiny", "resnet-tiny"],
+            supervised: ["tiny"],
             vit_patch: 4,
             supervised_epochs: 30,
         },
@@ -108,7 +108,7 @@ fn plan(preset: ReproducePreset) -> Plan {
             epochs: 1000,
             timesteps: "25,50,100,150,200,250,300,350,400,450,500,600,700,800,900",
             draws: 512,
-            supervised: ["vit-b", "resnet50"],
+            supervised: ["vit-b"],
             vit_patch: 2,
             supervised_epochs: 100,
         },
