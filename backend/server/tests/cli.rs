@@ -596,7 +596,6 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
         "representation-conditional pre-training",
         "Linear probe",
         "tiny trained from scratch",
-        "resnet-tiny trained from scratch",
     ] {
         assert!(table.contains(method), "{table}");
     }
