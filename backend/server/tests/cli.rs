@@ -595,7 +595,7 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
         "unconditional pre-training",
         "representation-conditional pre-training",
         "Linear probe",
-        "tiny trained from scratch",
+        "ViT (tiny) trained from scratch",
     ] {
         assert!(table.contains(method), "{table}");
     }

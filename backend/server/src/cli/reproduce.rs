@@ -335,7 +335,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     let epochs = args.supervised_epochs.unwrap_or(plan.supervised_epochs).to_string();
     for arch in plan.supervised {
         let a = strings(&["supervised", "--arch", arch, "--patch", &plan.vit_patch.to_string(), "--epochs", &epochs]);
-        let title = format!("{arch} trained from scratch");
+        let title = format!("ViT ({arch}) trained from scratch");
         unless_done(&out.join(format!("supervised-{arch}.json")), &title, [a, parts.clone()].concat(), &mut timings)?;
     }
     let figures = out.join("counterfactuals");
@@ -372,7 +372,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     ];
     for arch in plan.supervised {
         let report = read_json(&out.join(format!("supervised-{arch}.json")))?;
-        rows.push(probe_row(&format!("{arch} trained from scratch on the training part (supervised)"), &report));
+        rows.push(probe_row(&format!("ViT ({arch}) trained from scratch on the training part"), &report));
     }
     let total = started.elapsed().as_secs_f64();
     let mut markdown = table6_markdown(&rows, &args, pretrain_steps, finetune_steps, &split)?;
