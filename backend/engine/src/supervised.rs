@@ -85,8 +85,9 @@ impl Bottleneck {
 /// a linear head. Parameters `stem.*`, `stages.{s}.{b}.{reduce,spatial,expand,shortcut}.*`, `head.*`.
 ///
 /// Known problem: training it grows the process's memory by about 3 GB per epoch on 273 images of
-/// 1x32x32 (blocks [1, 1, 1], width 16; the allocator settings are not the cause), so the CLI does not
-/// offer it yet.
+/// 1x32x32 (blocks [1, 1, 1], width 16), so the CLI does not offer it yet. Ruled out: the allocator
+/// settings, the running statistics being shared variables, and batch norm's training mode (2.4 GB per
+/// epoch with it in evaluation mode); left: the convolutions' training path.
 pub struct ResNet {
     stem: ConvBn,
     stages: Vec<Vec<Bottleneck>>,
