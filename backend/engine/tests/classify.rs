@@ -1,15 +1,17 @@
 //! The zero-shot diffusion classifier: its score on a perfect denoiser, paired noise, the metrics, and a
 //! tiny class-conditional DiT that classifies the toy bars well above chance.
 
+mod toy;
+
 use std::cell::RefCell;
 
 use repdiff_engine::classify::{
     Score, Stopping, SweepOptions, class_errors, metrics, model_predictor, noise_draws, predictions, test_at,
 };
-use repdiff_engine::config::{Conditioning, DiffusionConfig, ModelConfig, RunConfig};
+use repdiff_engine::config::DiffusionConfig;
 use repdiff_engine::data::Dataset;
 use repdiff_engine::diffusion::GaussianDiffusion;
-use repdiff_engine::train::{CancelToken, Trainer};
+use repdiff_engine::train::CancelToken;
 use repdiff_engine::{Device, Tensor};
 
 #[test]
@@ -75,21 +77,8 @@ fn metrics_match_hand_computed_values() {
 
 #[test]
 fn a_tiny_class_conditional_dit_classifies_the_toy_bars_well_above_chance() {
-    let mut config = RunConfig::preset("tiny-cpu").unwrap();
-    config.model = ModelConfig {
-        input_size: 8,
-        patch_size: 2,
-        hidden_size: 64,
-        depth: 2,
-        num_heads: 4,
-        conditioning: Conditioning::Class { num_classes: 2, dropout_prob: 0.1 },
-        ..config.model
-    };
-    (config.train.steps, config.train.batch_size, config.train.learning_rate, config.train.seed) = (1500, 16, 1e-3, 3);
     // 1,500 steps of a depth-2 width-64 model on 8x8 bars: about 15 s on two cores.
-    let train = Dataset::toy_bars(64, 8, 11, &Device::Cpu).unwrap();
-    let mut trainer = Trainer::new(config.clone(), &Device::Cpu).unwrap();
-    trainer.run(&train, 1500, None, &CancelToken::default(), |_| {}).unwrap();
+    let (config, trainer) = toy::trained_class_model(1500);
 
     // Unseen images: another seed of the generator.
     let test = Dataset::toy_bars(32, 8, 99, &Device::Cpu).unwrap();

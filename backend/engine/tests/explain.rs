@@ -2,14 +2,14 @@
 //! trained on the toy bars: the same noised image denoised under the vertical-bar class comes back more
 //! vertical than under the horizontal one.
 
-use repdiff_engine::config::{Conditioning, ModelConfig, RunConfig};
+mod toy;
+
 use repdiff_engine::data::Dataset;
 use repdiff_engine::diffusion::SamplerKind;
 use repdiff_engine::explain::{
     CounterfactualOptions, counterfactuals, frame_steps, trajectory, write_counterfactuals, write_trajectory,
 };
 use repdiff_engine::sample::{SampleOptions, sample};
-use repdiff_engine::train::{CancelToken, Trainer};
 use repdiff_engine::{Device, Tensor};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -32,20 +32,7 @@ fn frames_are_evenly_spaced_from_the_noisiest_step_to_the_last() {
 
 #[test]
 fn counterfactuals_move_toward_the_class_asked_for_and_trajectories_end_at_the_sample() {
-    let mut config = RunConfig::preset("tiny-cpu").unwrap();
-    config.model = ModelConfig {
-        input_size: 8,
-        patch_size: 2,
-        hidden_size: 64,
-        depth: 2,
-        num_heads: 4,
-        conditioning: Conditioning::Class { num_classes: 2, dropout_prob: 0.1 },
-        ..config.model
-    };
-    (config.train.steps, config.train.batch_size, config.train.learning_rate, config.train.seed) = (1200, 16, 1e-3, 3);
-    let train = Dataset::toy_bars(64, 8, 11, &Device::Cpu).unwrap();
-    let mut trainer = Trainer::new(config.clone(), &Device::Cpu).unwrap();
-    trainer.run(&train, 1200, None, &CancelToken::default(), |_| {}).unwrap();
+    let (config, trainer) = toy::trained_class_model(1200);
     let model = &trainer.model;
 
     let test = Dataset::toy_bars(16, 8, 99, &Device::Cpu).unwrap();
