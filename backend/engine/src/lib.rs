@@ -16,6 +16,7 @@ pub mod finetune;
 pub mod imaging;
 pub mod latent_cache;
 pub mod manifest;
+pub mod metrics;
 pub mod nn;
 pub mod ops;
 pub mod optim;

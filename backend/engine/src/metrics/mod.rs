@@ -1,0 +1,293 @@
+//! Generation metrics as the field computes them (the ADM evaluator's definitions, which DiT used): FID
+//! and sFID, Inception Score, precision and recall, plus density and coverage, and the feature histograms
+//! of the paper's Figs. 7/9.
+//!
+//! Images go through [`inception::InceptionV3`] once ([`extract`]); everything after works on the
+//! features. The pretrained FID network comes from `model-weights/`; without it the documented random
+//! network stands in, and every result carries the extractor's label so that a Frechet distance in a
+//! random feature space is never presented as FID.
+
+pub mod distance;
+pub mod inception;
+pub mod tsne;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use distance::{FeatureMatrix, Gaussian, density_coverage, frechet_distance, inception_score, precision_recall};
+pub use inception::{Extractor, InceptionV3};
+
+use crate::train::CancelToken;
+use crate::{Error, Result};
+
+/// What one image set looks like to the extractor.
+#[derive(Clone, Debug)]
+pub struct SetFeatures {
+    /// [`Extractor::label`] of the network that computed them.
+    pub extractor: String,
+    pub pool: FeatureMatrix,
+    pub spatial: FeatureMatrix,
+    pub logits: FeatureMatrix,
+}
+
+fn to_matrix(t: &Tensor) -> Result<FeatureMatrix> {
+    let (n, d) = t.dims2()?;
+    FeatureMatrix::new(n, d, t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+}
+
+/// Rounds `[-1, 1]` images to the 256 levels a PNG holds, so generated samples (floats) and real images
+/// (read from 8-bit files) meet the network alike, as the ADM evaluator's uint8 batches do.
+pub fn quantise(images: &Tensor) -> Result<Tensor> {
+    let levels = ((images.to_dtype(DType::F32)? + 1.0)? * 127.5)?.clamp(0f32, 255f32)?.round()?;
+    Ok(((levels / 127.5)? - 1.0)?)
+}
+
+/// Features of `images` (`[N, 1 or 3, H, W]` in [-1, 1]), `batch_size` at a time;
+/// `on_progress(done, total)` after each batch.
+pub fn extract(
+    net: &InceptionV3,
+    images: &Tensor,
+    batch_size: usize,
+    cancel: Option<&CancelToken>,
+    mut on_progress: impl FnMut(usize, usize),
+) -> Result<SetFeatures> {
+    let n = images.dim(0)?;
+    if n == 0 {
+        return Err(Error::Config("no images to evaluate".into()));
+    }
+    let (mut pool, mut spatial, mut logits) = (Vec::new(), Vec::new(), Vec::new());
+    for start in (0..n).step_by(batch_size.max(1)) {
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(Error::Cancelled { step: start });
+        }
+        let size = batch_size.max(1).min(n - start);
+        let f = net.features(&quantise(&images.narrow(0, start, size)?)?)?;
+        pool.push(to_matrix(&f.pool)?);
+        spatial.push(to_matrix(&f.spatial)?);
+        logits.push(to_matrix(&f.logits)?);
+        on_progress(start + size, n);
+    }
+    Ok(SetFeatures {
+        extractor: net.extractor().label(),
+        pool: FeatureMatrix::concat(&pool)?,
+        spatial: FeatureMatrix::concat(&spatial)?,
+        logits: FeatureMatrix::concat(&logits)?,
+    })
+}
+
+impl SetFeatures {
+    /// Writes the features as safetensors (`pool`, `spatial`, `logits`; the extractor in the metadata).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let device = candle_core::Device::Cpu;
+        let mut tensors = HashMap::new();
+        for (name, m) in [("pool", &self.pool), ("spatial", &self.spatial), ("logits", &self.logits)] {
+            tensors.insert(name.to_string(), Tensor::from_slice(&m.values, (m.n, m.d), &device)?);
+        }
+        let metadata = HashMap::from([("extractor".to_string(), self.extractor.clone())]);
+        let bytes = safetensors::serialize(
+            tensors.iter().map(|(k, v)| (k.clone(), v)).collect::<Vec<_>>(),
+            Some(metadata),
+        )
+        .map_err(|e| Error::Data(format!("cannot serialise features: {e}")))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        // Written whole, then renamed: a killed process never leaves half a cache behind.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, bytes).map_err(|e| Error::io(&partial, e))?;
+        std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bad = |why: String| Error::Data(format!("{}: {why}", path.display()));
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let extractor = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("extractor").cloned())
+            .ok_or_else(|| bad("no extractor in the metadata".into()))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
+            .map_err(|e| bad(e.to_string()))?;
+        let get = |name: &str| tensors.get(name).ok_or_else(|| bad(format!("no tensor {name}"))).and_then(to_matrix);
+        Ok(SetFeatures { extractor, pool: get("pool")?, spatial: get("spatial")?, logits: get("logits")? })
+    }
+
+    pub fn len(&self) -> usize {
+        self.pool.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pool.n == 0
+    }
+}
+
+/// [`extract`], reusing features cached in `cache_dir` for the same pixels and extractor (a dataset's
+/// reference statistics are computed once). Returns the features and whether they came from the cache.
+pub fn extract_cached(
+    net: &InceptionV3,
+    images: &Tensor,
+    cache_dir: &Path,
+    batch_size: usize,
+    cancel: Option<&CancelToken>,
+    on_progress: impl FnMut(usize, usize),
+) -> Result<(SetFeatures, bool)> {
+    let pixels = quantise(images)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut hash = Sha256::new();
+    hash.update(format!("{:?}|{}", images.dims(), net.extractor().label()).as_bytes());
+    let levels: Vec<u8> = pixels.iter().map(|v| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8).collect();
+    hash.update(&levels);
+    let key: String = hash.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let path = cache_dir.join(format!("features-{key}.safetensors"));
+    if path.exists()
+        && let Ok(cached) = SetFeatures::load(&path)
+        && cached.extractor == net.extractor().label()
+    {
+        return Ok((cached, true));
+    }
+    let features = extract(net, images, batch_size, cancel, on_progress)?;
+    features.save(&path)?;
+    Ok((features, false))
+}
+
+/// Neighbourhood sizes and splits of the metrics (the field's defaults).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MetricOptions {
+    /// k of precision/recall (ADM evaluator: 3).
+    pub pr_neighbours: usize,
+    /// k of density/coverage (prdc: 5).
+    pub dc_neighbours: usize,
+    /// Inception Score splits (10; fewer when there are fewer generated images).
+    pub is_splits: usize,
+}
+
+impl Default for MetricOptions {
+    fn default() -> Self {
+        MetricOptions { pr_neighbours: 3, dc_neighbours: 5, is_splits: 10 }
+    }
+}
+
+/// One generated set against the real one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GenerationMetrics {
+    /// The extractor's label: `inception-v3` (the field's FID) or a random network's.
+    pub extractor: String,
+    pub real: usize,
+    pub generated: usize,
+    /// Frechet distance of pool features (FID with the pretrained extractor).
+    pub fid: f64,
+    /// Frechet distance of the spatial features (sFID).
+    pub sfid: f64,
+    pub inception_score: f64,
+    pub inception_score_std: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub density: f64,
+    pub coverage: f64,
+}
+
+impl GenerationMetrics {
+    /// Whether the numbers are the field's (pretrained Inception) or a random network's.
+    pub fn is_pretrained(&self) -> bool {
+        self.extractor == Extractor::Pretrained.label()
+    }
+
+    /// Display names and values; a random extractor's Frechet distances and score are named for what
+    /// they are (`FD`, `sFD`, `score`, with the extractor), never FID, sFID or IS.
+    pub fn rows(&self) -> Vec<(String, f64)> {
+        let (fid, sfid, is) = if self.is_pretrained() {
+            ("FID".to_string(), "sFID".to_string(), "IS".to_string())
+        } else {
+            let e = &self.extractor;
+            (format!("FD ({e})"), format!("sFD ({e})"), format!("Inception-style score ({e})"))
+        };
+        vec![
+            (fid, self.fid),
+            (sfid, self.sfid),
+            (is, self.inception_score),
+            ("precision".into(), self.precision),
+            ("recall".into(), self.recall),
+            ("density".into(), self.density),
+            ("coverage".into(), self.coverage),
+        ]
+    }
+}
+
+/// All metrics of `generated` against `real` (features from the same extractor).
+pub fn compare(real: &SetFeatures, generated: &SetFeatures, options: &MetricOptions) -> Result<GenerationMetrics> {
+    if real.extractor != generated.extractor {
+        return Err(Error::Config(format!(
+            "features from different extractors ({} vs {}) cannot be compared",
+            real.extractor, generated.extractor
+        )));
+    }
+    let fid = frechet_distance(&Gaussian::fit(&real.pool)?, &Gaussian::fit(&generated.pool)?)?;
+    let sfid = frechet_distance(&Gaussian::fit(&real.spatial)?, &Gaussian::fit(&generated.spatial)?)?;
+    let splits = options.is_splits.min(generated.len()).max(1);
+    let (inception_score, inception_score_std) = inception_score(&generated.logits, splits)?;
+    let (precision, recall) = precision_recall(&real.pool, &generated.pool, options.pr_neighbours)?;
+    let (density, coverage) = density_coverage(&real.pool, &generated.pool, options.dc_neighbours)?;
+    Ok(GenerationMetrics {
+        extractor: real.extractor.clone(),
+        real: real.len(),
+        generated: generated.len(),
+        fid,
+        sfid,
+        inception_score,
+        inception_score_std,
+        precision,
+        recall,
+        density,
+        coverage,
+    })
+}
+
+/// Loads an image set to evaluate: a folder of PNG/JPEG images (class sub-folders allowed; a `grid.png`
+/// that `repdiff sample` writes beside its samples is skipped), at the first image's size unless `size`
+/// is given, as RGB; or a safetensors file whose `latents` are pixel-space images in [-1, 1] (1 or 3
+/// channels, as `repdiff sample` writes for pixel-space models).
+pub fn load_image_set(path: &Path, size: Option<usize>, device: &candle_core::Device) -> Result<Tensor> {
+    if path.is_dir() {
+        let mut files = Vec::new();
+        let mut entries: Vec<_> = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for entry in entries {
+            if entry.is_dir() {
+                let mut inner: Vec<_> =
+                    std::fs::read_dir(&entry).map_err(|e| Error::io(&entry, e))?.flatten().map(|e| e.path()).collect();
+                inner.sort();
+                files.extend(inner.into_iter().filter(|p| crate::imaging::is_image_path(p)));
+            } else if crate::imaging::is_image_path(&entry) && entry.file_name().is_some_and(|n| n != "grid.png") {
+                files.push(entry);
+            }
+        }
+        let Some(first) = files.first() else {
+            return Err(Error::Data(format!("{} holds no PNG or JPEG images", path.display())));
+        };
+        let size = match size {
+            Some(s) => s,
+            None => {
+                let (w, h) = image::image_dimensions(first).map_err(|source| Error::Image { path: first.clone(), source })?;
+                w.min(h) as usize
+            }
+        };
+        let mut values = Vec::with_capacity(files.len() * 3 * size * size);
+        for file in &files {
+            values.extend(crate::imaging::load_normalised(file, size, 3)?);
+        }
+        return Ok(Tensor::from_vec(values, (files.len(), 3, size, size), device)?);
+    }
+    let data = crate::data::Dataset::from_latent_file(path, device)?;
+    let (c, _, _) = data.sample_dims();
+    if c != 1 && c != 3 {
+        return Err(Error::Data(format!(
+            "{} holds {c}-channel latents, not images: evaluate the PNG folder written beside it (decoded by the autoencoder)",
+            path.display()
+        )));
+    }
+    Ok(data.samples)
+}
