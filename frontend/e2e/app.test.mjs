@@ -355,6 +355,38 @@ try {
   await page.locator("#trajectory img.grid-image").waitFor();
   await page.locator("#trajectory p", { hasText: "at t = [" }).waitFor();
 
+  step("generation metrics of both models against the dataset's slices, with the t-SNE histograms");
+  await page.goto(`${base}/runs/new?kind=evaluate`);
+  await page.locator(`#models input[value="${finetuneId}"]`).waitFor();
+  await page.locator(".problems", { hasText: "Models: tick" }).waitFor();
+  await page.check(`#models input[value="${finetuneId}"]`);
+  await page.check(`#models input[value="${trainId}"]`);
+  await page.fill("input[name=eval_num]", "10");
+  await page.fill("input[name=sample_steps]", "5");
+  await page.fill("input[name=histogram]", "10");
+  await page.selectOption("select[name=data]", "dataset");
+  await page.selectOption("select[name=dataset]", String(datasetId));
+  await page.click("button:has-text('Launch')");
+  await page.waitForURL(/\/runs\/\d+$/);
+  const evalId = Number(page.url().split("/").pop());
+  await waitState("succeeded", 180_000);
+  const evaluation = (await api(`/jobs/${evalId}`)).result;
+  assert.equal(evaluation.results.length, 2);
+  assert.equal(evaluation.pretrained, false);
+  // No pretrained Inception here: the columns say so instead of claiming FID.
+  await page.locator("#evaluation th", { hasText: "FD (random)" }).waitFor();
+  assert.equal(await page.locator("#evaluation th", { hasText: /^FID$/ }).count(), 0);
+  const fd = evaluation.results[0].fid.toFixed(3);
+  await page.locator("#evaluation tbody tr").first().locator("td", { hasText: fd }).waitFor();
+  // One histogram curve per set: real and both models.
+  await page.locator("#evaluation svg.chart").waitFor();
+  assert.equal(await page.locator("#evaluation svg.chart path.raw").count(), 3);
+  await shot("evaluate-run");
+  await page.goto(`${base}/compare?runs=${evalId}`);
+  await page.locator("#generation-results tbody tr").nth(1).waitFor();
+  assert.equal(await page.locator("#generation-results tbody tr").count(), 2);
+  await shot("compare-generation");
+
   step("gallery");
   await page.goto(`${base}/gallery?from_job=${trainId}`);
   await page.locator(".class-row img").first().waitFor();

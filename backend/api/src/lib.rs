@@ -556,6 +556,61 @@ pub struct ProbeReport {
     pub test: Option<ProbeTest>,
 }
 
+/// One generated set's metrics against the real images (an `evaluate` job's row of Table 5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct EvaluatedSet {
+    /// The model's name (given, or its checkpoint).
+    pub name: String,
+    /// The checkpoint artifact the samples came from.
+    pub checkpoint: String,
+    pub generated: usize,
+    /// Frechet distance of pool_3 features: FID when `pretrained`, else a random network's FD.
+    pub fid: f64,
+    /// Frechet distance of the spatial features: sFID when `pretrained`.
+    pub sfid: f64,
+    pub inception_score: f64,
+    pub inception_score_std: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub density: f64,
+    pub coverage: f64,
+}
+
+/// One set's counts in a [`FeatureHistogram`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SetHistogram {
+    pub name: String,
+    pub counts: Vec<u32>,
+    /// Histogram intersection with the real set (1: same distribution on the line; 0: disjoint).
+    pub overlap: f64,
+}
+
+/// Real and generated features embedded together by 1-D t-SNE, rounded, counted per set (Figs. 7/9).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FeatureHistogram {
+    /// Bin `k` is the integer position `first_bin + k`.
+    pub first_bin: i64,
+    /// The real set first, then each model.
+    pub sets: Vec<SetHistogram>,
+}
+
+/// The result of an `evaluate` job: generation metrics of each model against the real images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct EvaluateReport {
+    /// The feature extractor: `inception-v3` (pretrained: FID, sFID, IS) or a random network's label.
+    pub extractor: String,
+    pub pretrained: bool,
+    /// Real images evaluated against.
+    pub real: usize,
+    pub results: Vec<EvaluatedSet>,
+    #[serde(default)]
+    pub histogram: Option<FeatureHistogram>,
+}
+
 /// Checks the name of a dataset or an experiment (`what`): 1 to 200 characters, not only spaces.
 pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     if name.trim().is_empty() || name.chars().count() > 200 {

@@ -182,5 +182,9 @@ fn feature_histograms_separate_a_shifted_set_from_the_real_one() {
         .unwrap();
     assert_eq!(h.sets.iter().map(|s| s.counts.iter().sum::<u32>()).collect::<Vec<_>>(), [60, 60, 60]);
     assert_eq!(h.sets[0].overlap, 1.0);
-    assert!(h.sets[1].overlap > 0.5 && h.sets[2].overlap < 0.1, "{:?}", h.sets.iter().map(|s| s.overlap).collect::<Vec<_>>());
+    assert!(
+        h.sets[1].overlap > 0.5 && h.sets[2].overlap < 0.1,
+        "{:?}",
+        h.sets.iter().map(|s| s.overlap).collect::<Vec<_>>()
+    );
 }

@@ -593,6 +593,32 @@ async fn representation_pretraining_then_finetune_through_the_api() {
         app.call("POST", "/api/v1/jobs", Some(&ada), Some(counterfactual(pre))).await.json()["id"].as_i64().unwrap();
     let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
     assert!(job["state"] == "failed" && job["error"].as_str().unwrap().contains("class-conditional"), "{job}");
+
+    // Generation metrics of both models against toy scans (the representation model varies them), with
+    // the random extractor (no pretrained weights here), labelled as such.
+    let evaluate = |num: usize| {
+        json!({ "kind": "evaluate", "params": { "real": { "toy": { "n": 12, "seed": 5 } },
+            "models": [{ "checkpoint": { "job": ft }, "name": "fine-tuned" }, { "checkpoint": { "job": pre } }],
+            "num": num, "steps": 3, "histogram": 12 } })
+    };
+    let refused = app.call("POST", "/api/v1/jobs", Some(&ada), Some(evaluate(5))).await;
+    assert_eq!(refused.error_code(), "invalid_params");
+    let id = app.call("POST", "/api/v1/jobs", Some(&ada), Some(evaluate(10))).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(120)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let report: repdiff_api::EvaluateReport = serde_json::from_value(job["result"].clone()).unwrap();
+    assert!(!report.pretrained && report.extractor == "random-inception-v3-seed0", "{report:?}");
+    assert_eq!(report.real, 12);
+    assert_eq!(
+        report.results.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["fine-tuned", &format!("jobs/{pre}/checkpoint.safetensors")]
+    );
+    for r in &report.results {
+        assert_eq!(r.generated, 10);
+        assert!(r.fid.is_finite() && r.fid > 0.0 && (0.0..=1.0).contains(&r.precision), "{r:?}");
+    }
+    let histogram = report.histogram.unwrap();
+    assert_eq!(histogram.sets.iter().map(|s| s.counts.iter().sum::<u32>()).collect::<Vec<_>>(), [12, 10, 10]);
     app.finish().await;
 }
 

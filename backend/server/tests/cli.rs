@@ -612,3 +612,46 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     assert!(!text(&again).contains("diffusion classifier ("), "finished steps are not run again: {}", text(&again));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn evaluate_reports_metrics_named_for_their_extractor_and_caches_the_real_features() {
+    let dir = tempdir("evaluate");
+    image_folder(&dir.join("real"));
+    image_folder(&dir.join("generated"));
+    let (real, generated, out, cache) = (dir.join("real"), dir.join("generated"), dir.join("eval"), dir.join("cache"));
+    let run = || {
+        repdiff(&[
+            "evaluate",
+            "--real",
+            real.to_str().unwrap(),
+            "--generated",
+            generated.to_str().unwrap(),
+            "--histogram",
+            "8",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--weights-dir",
+            dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", text(&first));
+    // No pretrained weights in --weights-dir: the random extractor, never called FID.
+    assert!(text(&first).contains("FD (random-inception-v3-seed0)"), "{}", text(&first));
+    let header = text(&first).lines().find(|l| l.starts_with("set ")).unwrap_or_default().to_string();
+    assert!(header.contains("FD (random") && !header.contains("FID"), "{header}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let result = &report["results"][0];
+    assert_eq!((result["real"].as_u64(), result["generated"].as_u64()), (Some(8), Some(8)));
+    // The same images on both sides: distance ~0, every image inside the other manifold.
+    assert!(result["fid"].as_f64().unwrap().abs() < 1e-3, "{result}");
+    assert_eq!(result["precision"], 1.0);
+    assert_eq!(report["histogram"]["sets"].as_array().unwrap().len(), 2);
+    let second = run();
+    assert!(text(&second).contains("features from the cache"), "{}", text(&second));
+    let none = repdiff(&["evaluate", "--real", real.to_str().unwrap()]);
+    assert!(!none.status.success() && text(&none).contains("nothing to evaluate"), "{}", text(&none));
+}

@@ -118,6 +118,7 @@ pub fn Compare() -> impl IntoView {
                         </section>
                     })}
                     {test_results(&runs)}
+                    {generation_results(&runs)}
                     <div class="scroll">
                         <table class="grid compare">
                             <thead>
@@ -226,6 +227,62 @@ fn test_results(runs: &[Compared]) -> impl IntoView + use<> {
                                 {cells}
                                 <td class="num">{forwards.map(|f| format!("{f:.1}")).unwrap_or_default()}</td>
                             </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </section>
+    }
+    .into_any()
+}
+
+/// The compared evaluate runs' generation metrics side by side (Table 5): a row per evaluated model, the
+/// best value of each column starred (lowest distance; highest score, precision, recall, coverage).
+/// Runs whose extractors differ are not comparable; the extractor is shown per row.
+fn generation_results(runs: &[Compared]) -> impl IntoView + use<> {
+    let rows: Vec<(i64, String, repdiff_api::EvaluatedSet)> = runs
+        .iter()
+        .filter(|r| r.job.kind == "evaluate")
+        .filter_map(|r| {
+            serde_json::from_value::<repdiff_api::EvaluateReport>(r.job.result.clone()?).ok().map(|e| (r.job.id, e))
+        })
+        .flat_map(|(id, e)| e.results.into_iter().map(move |m| (id, e.extractor.clone(), m)))
+        .collect();
+    if rows.is_empty() {
+        return ().into_any();
+    }
+    let pick = |m: &repdiff_api::EvaluatedSet| {
+        [m.fid, m.sfid, m.inception_score, m.precision, m.recall, m.density, m.coverage]
+    };
+    // Lower is better for the two distances, higher for the rest but density (best near 1: unmarked).
+    let best: Vec<Option<f64>> = (0..7)
+        .map(|k| {
+            let values: Vec<f64> = rows.iter().map(|r| pick(&r.2)[k]).collect();
+            let top = match k {
+                0 | 1 => values.iter().cloned().fold(f64::INFINITY, f64::min),
+                5 => return None,
+                _ => values.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            };
+            values.iter().any(|&v| v != top).then_some(top)
+        })
+        .collect();
+    let pretrained = rows.iter().all(|r| r.1 == "inception-v3");
+    let columns = crate::pages::run::evaluation_columns(pretrained);
+    view! {
+        <section class="card" id="generation-results">
+            <h2>"Generation metrics"</h2>
+            <table class="grid generation-results">
+                <thead><tr><th>"Run"</th><th>"Model"</th><th>"Extractor"</th>
+                    {columns.iter().map(|c| view! { <th class="num">{*c}</th> }).collect_view()}</tr></thead>
+                <tbody>
+                    {rows.into_iter().map(|(id, extractor, m)| {
+                        let cells = pick(&m).into_iter().enumerate().map(|(k, v)| {
+                            let is_best = best[k] == Some(v);
+                            view! { <td class=if is_best { "num best" } else { "num" }>{format!("{v:.3}")}{is_best.then_some(" ★")}</td> }
+                        }).collect_view();
+                        view! {
+                            <tr><td><a href=format!("/runs/{id}")>{format!("#{id}")}</a></td><td>{m.name.clone()}</td>
+                                <td>{extractor}</td>{cells}</tr>
                         }
                     }).collect_view()}
                 </tbody>

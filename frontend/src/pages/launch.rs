@@ -79,6 +79,14 @@ struct Form {
     frames: Field,
     /// The noise level of counterfactuals.
     noise_t: Field,
+    /// The training runs an evaluation samples from, comma-separated ids.
+    models: Field,
+    /// Samples per model of an evaluation.
+    eval_num: Field,
+    /// Images per set in the t-SNE histograms (0: none).
+    histogram: Field,
+    /// auto, pretrained or random.
+    extractor: Field,
 }
 
 impl Form {
@@ -127,6 +135,10 @@ impl Form {
             agreement: Field::new("no"),
             frames: Field::new(""),
             noise_t: Field::new("500"),
+            models: Field::new(""),
+            eval_num: Field::new("256"),
+            histogram: Field::new("500"),
+            extractor: Field::new("auto"),
         }
     }
 
@@ -320,6 +332,29 @@ impl Form {
                 number(&mut problems, &mut out, "guidance", "Guidance", &self.guidance, false, false);
                 number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
             }
+            "evaluate" => {
+                let real = self.data_json(&self.data.text(), None, &mut problems);
+                out.insert("real".into(), real);
+                let ids: Result<Vec<i64>, _> =
+                    self.models.text().split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse).collect();
+                match ids {
+                    Ok(ids) if !ids.is_empty() && ids.len() <= 8 => {
+                        let models: Vec<Value> = ids.iter().map(|id| json!({ "checkpoint": { "job": id } })).collect();
+                        out.insert("models".into(), json!(models));
+                    }
+                    _ => problems.push("Models: tick 1 to 8 finished training runs".into()),
+                }
+                number(&mut problems, &mut out, "num", "Samples per model", &self.eval_num, true, true);
+                if out.get("num").and_then(Value::as_i64).is_some_and(|n| !(10..=10_000).contains(&n)) {
+                    problems.push("Samples per model: 10 to 10000".into());
+                }
+                out.insert("sampler".into(), json!(self.sampler.text()));
+                number(&mut problems, &mut out, "steps", "Sampling steps", &self.sample_steps, true, true);
+                number(&mut problems, &mut out, "guidance", "Guidance", &self.guidance, false, false);
+                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
+                number(&mut problems, &mut out, "histogram", "Histogram images", &self.histogram, false, true);
+                out.insert("extractor".into(), json!(self.extractor.text()));
+            }
             "encode" => {
                 match self.dataset.text().parse::<i64>() {
                     Ok(id) => {
@@ -390,7 +425,8 @@ fn number(
     }
 }
 
-const KNOWN: [&str; 8] = ["pretrain", "finetune", "classify", "probe", "counterfactual", "sample", "encode", "import"];
+const KNOWN: [&str; 9] =
+    ["pretrain", "finetune", "classify", "probe", "counterfactual", "sample", "evaluate", "encode", "import"];
 
 #[component]
 pub fn Launch() -> impl IntoView {
@@ -609,6 +645,32 @@ pub fn Launch() -> impl IntoView {
             </label>
         }
     };
+    // Finished training runs as ticks, into form.models (comma-separated ids).
+    let models_select = move || {
+        view! {
+            <div class="checklist wide-row" id="models">
+                {move || trained.get().and_then(|p| p.ok()).map(|p| p.jobs).unwrap_or_default().into_iter()
+                    .filter(|j| j.kind == "pretrain" || j.kind == "finetune").map(|j| {
+                    let id = j.id.to_string();
+                    let has = id.clone();
+                    let cond = j.result.as_ref().and_then(|r| r.pointer("/config/model/conditioning/kind")).and_then(Value::as_str).unwrap_or("").to_string();
+                    let toggle = move |ev: leptos::ev::Event| {
+                        let on = event_target_checked(&ev);
+                        let mut ids: Vec<String> = form.models.text().split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && *s != id).collect();
+                        if on {
+                            ids.push(id.clone());
+                        }
+                        form.models.value.set(ids.join(","));
+                    };
+                    view! {
+                        <label class="check"><input type="checkbox" name="model" value=j.id.to_string()
+                            prop:checked=move || form.models.text().split(',').any(|s| s.trim() == has) on:change=toggle />
+                            {format!("run #{} {} {cond}", j.id, j.kind)}</label>
+                    }
+                }).collect_view()}
+            </div>
+        }
+    };
     let fields = move || {
         if raw_mode.get() || !KNOWN.contains(&kind.get().as_str()) {
             return view! {
@@ -657,6 +719,27 @@ pub fn Launch() -> impl IntoView {
                     {choice("Reference images", "references", form.references, &["none", "dataset", "latents", "toy"])}
                     {move || (form.references.value.get() != "none").then(|| source_fields(form.references, None))}
                     <p class="muted small wide-row">"A representation model draws variations of reference images: sample i from reference i."</p>
+                </fieldset>
+            }
+            .into_any(),
+            "evaluate" => view! {
+                <fieldset><legend>"Models (samples are drawn from each)"</legend>
+                    {models_select()}
+                    {text_input("Samples per model", "eval_num", form.eval_num, "256 (the paper: 10,000)")}
+                    {choice("Sampler", "sampler", form.sampler, &["ddim", "ddpm"])}
+                    {text_input("Steps", "sample_steps", form.sample_steps, "50")}
+                    {text_input("Guidance scale", "guidance", form.guidance, "1")}
+                    {text_input("Seed", "seed", form.seed, "0")}
+                    <p class="muted small wide-row">"Representation-conditional models draw variations of the real images below."</p>
+                </fieldset>
+                <fieldset><legend>"Metrics"</legend>
+                    {choice("Feature extractor", "extractor", form.extractor, &["auto", "pretrained", "random"])}
+                    {text_input("Histogram images per set", "histogram", form.histogram, "500 (0: no t-SNE histogram)")}
+                    <p class="muted small wide-row">"FID, sFID and IS need pytorch-fid's Inception weights on the server (auto uses them when present). Without them a fixed random Inception-v3 measures the same quantities, labelled as such."</p>
+                </fieldset>
+                <fieldset><legend>"Real images"</legend>
+                    {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
+                    {source_fields(form.data, None)}
                 </fieldset>
             }
             .into_any(),

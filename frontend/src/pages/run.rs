@@ -89,6 +89,7 @@ fn RunView(id: i64) -> impl IntoView {
             <Charts id=id refresh=refresh job=job />
             <ClassifyResult job=job />
             <ProbeResult job=job />
+            <EvaluateResult job=job />
             <Outputs id=id refresh=refresh job=job />
             <Logs id=id refresh=refresh />
         </Show>
@@ -394,6 +395,74 @@ fn ProbeResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
                             <div class="test-result"><h3>"Test"</h3>{metrics_table(&t.metrics, Some(&t.intervals))}</div>
                             <div>{confusion_table(&t.metrics.confusion)}</div>
                         </div>
+                    })}
+                </section>
+            }
+        })
+    }
+}
+
+/// The column names of an evaluation: the field's names with the pretrained extractor, else names that
+/// say the distances live in a random network's feature space.
+pub fn evaluation_columns(pretrained: bool) -> [&'static str; 7] {
+    if pretrained {
+        ["FID", "sFID", "IS", "Precision", "Recall", "Density", "Coverage"]
+    } else {
+        ["FD (random)", "sFD (random)", "Score (random)", "Precision", "Recall", "Density", "Coverage"]
+    }
+}
+
+/// An evaluate run: Table 5 (a row per model) and the feature histograms of Figs. 7/9.
+#[component]
+fn EvaluateResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
+    let report = move || {
+        job.with(|j| {
+            let j = j.as_ref()?.as_ref().ok()?;
+            (j.kind == "evaluate")
+                .then(|| serde_json::from_value::<repdiff_api::EvaluateReport>(j.result.clone()?).ok())?
+        })
+    };
+    move || {
+        report().map(|r| {
+            let columns = evaluation_columns(r.pretrained);
+            let note = if r.pretrained {
+                "pytorch-fid's Inception-v3: the field's FID, sFID and IS.".to_string()
+            } else {
+                format!(
+                    "No pretrained Inception weights on the server: distances are in the feature space of {} (comparable between these runs, not with published FIDs).",
+                    r.extractor
+                )
+            };
+            let series: Vec<Series> = r
+                .histogram
+                .iter()
+                .flat_map(|h| {
+                    h.sets.iter().map(move |s| {
+                        let total = s.counts.iter().sum::<u32>().max(1) as f64;
+                        Series {
+                            name: if s.name == "real" { s.name.clone() } else { format!("{} (overlap {:.2})", s.name, s.overlap) },
+                            xs: (0..s.counts.len()).map(|k| (h.first_bin + k as i64) as f64).collect(),
+                            ys: s.counts.iter().map(|&c| c as f64 / total).collect(),
+                        }
+                    })
+                })
+                .collect();
+            view! {
+                <section class="card" id="evaluation">
+                    <h2>{format!("Generation metrics against {} real images", r.real)}</h2>
+                    <p class="muted small">{note}</p>
+                    <table class="metrics">
+                        <thead><tr><th>"Model"</th><th class="num">"Samples"</th>
+                            {columns.iter().map(|c| view! { <th class="num">{*c}</th> }).collect_view()}</tr></thead>
+                        <tbody>{r.results.iter().map(|m| {
+                            let values = [m.fid, m.sfid, m.inception_score, m.precision, m.recall, m.density, m.coverage];
+                            view! { <tr><td>{m.name.clone()}</td><td class="num">{m.generated}</td>
+                                {values.iter().map(|v| view! { <td class="num">{format!("{v:.3}")}</td> }).collect_view()}</tr> }
+                        }).collect_view()}</tbody>
+                    </table>
+                    {(!series.is_empty()).then(|| view! {
+                        <h3>"Feature histograms (1-D t-SNE of pool features, share of each set per bin)"</h3>
+                        <LineChart series=Signal::stored(series) x_label="t-SNE position" />
                     })}
                 </section>
             }

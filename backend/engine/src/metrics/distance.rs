@@ -113,7 +113,12 @@ pub fn inception_score(logits: &FeatureMatrix, splits: usize) -> Result<(f64, f6
                 (0..logits.d).map(|j| part.iter().map(|p| p[j]).sum::<f64>() / part.len() as f64).collect();
             let kl: f64 = part
                 .iter()
-                .map(|p| p.iter().zip(&marginal).map(|(&q, &m)| if q > 0.0 { q * (q.ln() - m.ln()) } else { 0.0 }).sum::<f64>())
+                .map(|p| {
+                    p.iter()
+                        .zip(&marginal)
+                        .map(|(&q, &m)| if q > 0.0 { q * (q.ln() - m.ln()) } else { 0.0 })
+                        .sum::<f64>()
+                })
                 .sum::<f64>()
                 / part.len() as f64;
             kl.exp()

@@ -40,11 +40,8 @@ impl ConvUnit {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // candle pads both spatial dimensions alike: asymmetric (1x7, 7x1) kernels are padded here.
         let (ph, pw) = self.padding;
-        let (x, pad) = if ph == pw {
-            (x.clone(), ph)
-        } else {
-            (x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?, 0)
-        };
+        let (x, pad) =
+            if ph == pw { (x.clone(), ph) } else { (x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?, 0) };
         let y = x.conv2d(&self.weight, pad, self.stride, 1, 1)?;
         Ok(y.broadcast_add(&self.bias)?.relu()?)
     }

@@ -88,11 +88,9 @@ impl SetFeatures {
             tensors.insert(name.to_string(), Tensor::from_slice(&m.values, (m.n, m.d), &device)?);
         }
         let metadata = HashMap::from([("extractor".to_string(), self.extractor.clone())]);
-        let bytes = safetensors::serialize(
-            tensors.iter().map(|(k, v)| (k.clone(), v)).collect::<Vec<_>>(),
-            Some(metadata),
-        )
-        .map_err(|e| Error::Data(format!("cannot serialise features: {e}")))?;
+        let bytes =
+            safetensors::serialize(tensors.iter().map(|(k, v)| (k.clone(), v)).collect::<Vec<_>>(), Some(metadata))
+                .map_err(|e| Error::Data(format!("cannot serialise features: {e}")))?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
@@ -111,8 +109,8 @@ impl SetFeatures {
             .as_ref()
             .and_then(|m| m.get("extractor").cloned())
             .ok_or_else(|| bad("no extractor in the metadata".into()))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
-            .map_err(|e| bad(e.to_string()))?;
+        let tensors =
+            candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).map_err(|e| bad(e.to_string()))?;
         let get = |name: &str| tensors.get(name).ok_or_else(|| bad(format!("no tensor {name}"))).and_then(to_matrix);
         Ok(SetFeatures { extractor, pool: get("pool")?, spatial: get("spatial")?, logits: get("logits")? })
     }
@@ -253,7 +251,8 @@ pub fn compare(real: &SetFeatures, generated: &SetFeatures, options: &MetricOpti
 pub fn load_image_set(path: &Path, size: Option<usize>, device: &candle_core::Device) -> Result<Tensor> {
     if path.is_dir() {
         let mut files = Vec::new();
-        let mut entries: Vec<_> = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?.flatten().map(|e| e.path()).collect();
+        let mut entries: Vec<_> =
+            std::fs::read_dir(path).map_err(|e| Error::io(path, e))?.flatten().map(|e| e.path()).collect();
         entries.sort();
         for entry in entries {
             if entry.is_dir() {
@@ -271,7 +270,8 @@ pub fn load_image_set(path: &Path, size: Option<usize>, device: &candle_core::De
         let size = match size {
             Some(s) => s,
             None => {
-                let (w, h) = image::image_dimensions(first).map_err(|source| Error::Image { path: first.clone(), source })?;
+                let (w, h) =
+                    image::image_dimensions(first).map_err(|source| Error::Image { path: first.clone(), source })?;
                 w.min(h) as usize
             }
         };

@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// With --imaging: images to encode and decode with the SD VAE at 256x256 (0 skips it).
     #[arg(long, default_value_t = 4)]
     vae_images: usize,
+    /// Measure the generation metrics instead: Inception-v3 features of this many 256x256 images (batches
+    /// of --batch-size), then FID, P/R and density/coverage on them; extrapolated to 10,000 samples.
+    #[arg(long)]
+    metrics: Option<usize>,
     /// Measure the job queue instead: this many no-op jobs through claim/finish and through workers
     /// (a scratch database on the server of --database-url).
     #[arg(long)]
@@ -61,6 +65,9 @@ fn mean_seconds(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> 
 pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(jobs) = args.queue {
         return super::bench_queue::run(&args.database_url, jobs, args.workers.max(1));
+    }
+    if let Some(images) = args.metrics {
+        return metrics(images.max(2), args.batch_size.max(1));
     }
     if let Some(slices) = args.imaging {
         return super::bench_imaging::run(slices, args.vae_images);
@@ -140,6 +147,54 @@ fn bench_model(
         trainer.vars().num_parameters() as f64 / 1e6,
         n as f64 / forward,
         1.0 / step
+    );
+    Ok(())
+}
+
+/// Inception-v3 throughput on `n` images, and the metrics on 2,000 synthetic feature rows per set; a
+/// 10,000-image evaluation (real and generated) extrapolated: features and the Gaussian fits linear in
+/// N, the eigendecompositions constant, the neighbour searches (P/R, D/C) quadratic.
+fn metrics(n: usize, batch: usize) -> Result<()> {
+    use repdiff_engine::metrics::{
+        FeatureMatrix, Gaussian, InceptionV3, density_coverage, extract, frechet_distance, precision_recall,
+    };
+    let (device, device_note) = best_device();
+    let net = InceptionV3::random(0, &device)?;
+    let images = Rng::new(0).randn((n, 3, 256, 256), &device)?.clamp(-1f32, 1f32)?;
+    println!("Device: {device_note}; {n} images of 3x256x256, batch {batch}\n");
+    let start = Instant::now();
+    extract(&net, &images, batch, None, |_, _| {})?;
+    let per_image = start.elapsed().as_secs_f64() / n as f64;
+
+    let rows = 2000;
+    let mut rng = Rng::new(1);
+    let mut set = |d: usize| FeatureMatrix::new(rows, d, rng.normal_vec(rows * d));
+    let (real, fake, real_s, fake_s) = (set(2048)?, set(2048)?, set(2023)?, set(2023)?);
+    let start = Instant::now();
+    let fits = [Gaussian::fit(&real)?, Gaussian::fit(&fake)?, Gaussian::fit(&real_s)?, Gaussian::fit(&fake_s)?];
+    let fit_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    frechet_distance(&fits[0], &fits[1])?;
+    frechet_distance(&fits[2], &fits[3])?;
+    let fd_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    precision_recall(&real, &fake, 3)?;
+    density_coverage(&real, &fake, 5)?;
+    let nn_s = start.elapsed().as_secs_f64();
+    let scale = 10_000.0 / rows as f64;
+    println!("| step | measured | 10,000 real + 10,000 generated (extrapolated) |");
+    println!("|---|---|---|");
+    println!(
+        "| Inception-v3 features | {:.1} ms/image ({:.2} images/s) | {:.0} min |",
+        per_image * 1e3,
+        1.0 / per_image,
+        2.0 * 10_000.0 * per_image / 60.0
+    );
+    println!("| 4 Gaussian fits (FID, sFID) | {fit_s:.2} s at {rows} rows | {:.1} s |", fit_s * scale);
+    println!("| 2 Frechet distances (eigendecompositions) | {fd_s:.2} s | {fd_s:.2} s |");
+    println!(
+        "| P/R (k=3) + density/coverage (k=5) | {nn_s:.2} s at {rows} rows | {:.1} min |",
+        nn_s * scale * scale / 60.0
     );
     Ok(())
 }

@@ -6,6 +6,7 @@ mod bench_imaging;
 mod bench_queue;
 mod classify;
 mod encode;
+mod evaluate;
 mod explain;
 mod import;
 mod interrupt;
@@ -49,6 +50,9 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Draw samples from a checkpoint: PNG files, a grid, and the raw tensors.
     Sample(sample::SampleArgs),
+    /// Generation metrics (FID, sFID, IS, precision/recall, density/coverage) and feature histograms of
+    /// generated images (folders, or samples drawn from checkpoints) against real ones.
+    Evaluate(evaluate::EvaluateArgs),
     /// The linear-probe baseline: logistic regression on a representation model's encoder features.
     Probe(probe::ProbeArgs),
     /// The supervised baseline: a ViT trained from scratch on the labelled data, its epoch chosen on
@@ -211,6 +215,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Finetune(args) => train::finetune(args),
         Command::Classify(args) => classify::run(args),
         Command::Probe(args) => probe::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
         Command::Supervised(args) => supervised::run(args),
         Command::Counterfactual(args) => explain::counterfactual(args),
         Command::Trajectory(args) => explain::run_trajectory(args),

@@ -20,38 +20,38 @@ pub enum SamplerArg {
 pub struct SampleArgs {
     /// A checkpoint written by `repdiff train`.
     #[arg(long)]
-    checkpoint: PathBuf,
+    pub(super) checkpoint: PathBuf,
     /// Number of samples.
     #[arg(long, short = 'n', default_value_t = 16)]
-    num: usize,
+    pub(super) num: usize,
     /// Classes, comma-separated (cycled over the samples); default: all classes in turn.
     #[arg(long, value_delimiter = ',')]
-    class: Vec<u32>,
+    pub(super) class: Vec<u32>,
     /// Classifier-free guidance scale (1 = none).
     #[arg(long, default_value_t = 1.0)]
-    guidance: f64,
+    pub(super) guidance: f64,
     #[arg(long, value_enum, default_value = "ddpm")]
-    sampler: SamplerArg,
+    pub(super) sampler: SamplerArg,
     /// Denoising steps (respaced from the trained T).
     #[arg(long, default_value_t = 250)]
-    steps: usize,
+    pub(super) steps: usize,
     /// DDIM stochasticity (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
-    eta: f64,
+    pub(super) eta: f64,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(super) seed: u64,
     #[arg(long, default_value_t = 16)]
-    batch_size: usize,
+    pub(super) batch_size: usize,
     /// Do not clamp x0 predictions to [-1, 1] while sampling (clamping is on for pixel-space models).
     #[arg(long)]
-    no_clip: bool,
+    pub(super) no_clip: bool,
     /// Use the raw weights instead of their EMA.
     #[arg(long)]
-    raw_weights: bool,
+    pub(super) raw_weights: bool,
     /// Reference images for a representation-conditional model (sample i is a variation of reference i,
     /// cycled): a latent file (`latents` [M, C, H, W]) or a folder of images at the model's size.
     #[arg(long)]
-    references: Option<PathBuf>,
+    pub(super) references: Option<PathBuf>,
     /// Where pretrained weights live (the SD VAE that decodes latent-space samples).
     #[arg(long, default_value = "model-weights")]
     pub(super) weights_dir: PathBuf,

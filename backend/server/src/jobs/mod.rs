@@ -4,6 +4,7 @@
 mod classify;
 mod counterfactual;
 mod encode;
+mod evaluate;
 mod finetune;
 mod import;
 mod noop;
@@ -60,6 +61,7 @@ pub fn registry(settings: &JobSettings) -> Registry {
         .register("classify", classify::Classify { weights_dir: settings.weights_dir.clone() })
         .register("counterfactual", counterfactual::Counterfactual { weights_dir: settings.weights_dir.clone() })
         .register("probe", probe::Probe { weights_dir: settings.weights_dir.clone() })
+        .register("evaluate", evaluate::Evaluate { weights_dir: settings.weights_dir.clone() })
         .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() });
     registry
 }

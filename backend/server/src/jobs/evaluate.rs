@@ -1,0 +1,255 @@
+//! `evaluate`: the paper's Table 5 and Figs. 7/9 as a job. Draws `num` samples from each model, reads the
+//! real images, and reports FID, sFID, IS, precision/recall and density/coverage of every model against
+//! them, plus the 1-D t-SNE feature histograms. The result is an [`repdiff_api::EvaluateReport`].
+//!
+//! With pytorch-fid's weights in the weights folder the numbers are the field's; without them the
+//! documented random Inception stands in and the report's `extractor` and `pretrained` say so.
+
+use repdiff_engine::Tensor;
+use repdiff_engine::device::best_device;
+use repdiff_engine::diffusion::SamplerKind;
+use repdiff_engine::metrics::tsne::{TsneOptions, feature_histogram};
+use repdiff_engine::metrics::{InceptionV3, MetricOptions, compare, extract, extract_cached};
+use repdiff_engine::sample::{SampleOptions, Weights, decode_for_display, load_model, sample};
+use serde::{Deserialize, Serialize};
+
+use super::sample::{CheckpointRef, Sampler};
+use super::train::{DataSource, data_inputs, load_data, validate_data};
+use crate::worker::{Handler, Input, JobContext, JobError};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelToEvaluate {
+    pub checkpoint: CheckpointRef,
+    /// Shown in the report; default: the checkpoint's key.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Reference images of a representation-conditional model (sample i varies reference i); default:
+    /// the real images.
+    #[serde(default)]
+    pub references: Option<DataSource>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtractorChoice {
+    /// Pretrained when its weights are present, else random.
+    #[default]
+    Auto,
+    Pretrained,
+    Random,
+}
+
+fn default_num() -> usize {
+    256
+}
+fn default_steps() -> usize {
+    50
+}
+fn default_guidance() -> f64 {
+    1.0
+}
+fn default_histogram() -> usize {
+    500
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateParams {
+    /// The real images (a dataset, one part of its split, a latent file, or the toy set).
+    pub real: DataSource,
+    pub models: Vec<ModelToEvaluate>,
+    /// Samples per model.
+    #[serde(default = "default_num")]
+    pub num: usize,
+    #[serde(default)]
+    pub sampler: Sampler,
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    #[serde(default = "default_guidance")]
+    pub guidance: f64,
+    /// Classes cycled over a class-conditional model's samples; empty: every class in turn.
+    #[serde(default)]
+    pub classes: Vec<u32>,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub extractor: ExtractorChoice,
+    /// Images per set in the t-SNE histograms (0: none).
+    #[serde(default = "default_histogram")]
+    pub histogram: usize,
+}
+
+pub struct Evaluate {
+    pub weights_dir: std::path::PathBuf,
+}
+
+impl Handler for Evaluate {
+    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
+        let p: EvaluateParams = super::parse("evaluate", params)?;
+        if p.models.is_empty() || p.models.len() > 8 {
+            return Err("models lists 1 to 8 checkpoints to evaluate".into());
+        }
+        if !(10..=10_000).contains(&p.num) {
+            return Err("num must be between 10 and 10000 samples per model".into());
+        }
+        if p.steps == 0 || p.steps > 1000 {
+            return Err("steps must be between 1 and 1000".into());
+        }
+        if !(p.guidance.is_finite() && p.guidance >= 0.0) {
+            return Err("guidance must be >= 0".into());
+        }
+        if p.histogram > 2000 {
+            return Err("histogram takes at most 2000 images per set (exact t-SNE)".into());
+        }
+        if p.extractor == ExtractorChoice::Pretrained
+            && !self.weights_dir.join(repdiff_engine::metrics::inception::WEIGHTS_FILE).exists()
+        {
+            return Err(format!(
+                "the pretrained extractor needs {} in the server's weights folder (or choose auto/random)",
+                repdiff_engine::metrics::inception::WEIGHTS_FILE
+            ));
+        }
+        validate_data(&p.real)?;
+        p.models.iter().filter_map(|m| m.references.as_ref()).try_for_each(validate_data)
+    }
+
+    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
+        match serde_json::from_value::<EvaluateParams>(params.clone()) {
+            Ok(p) => {
+                let mut inputs = data_inputs(&p.real);
+                for m in &p.models {
+                    inputs.push(Input::Artifact(m.checkpoint.key()));
+                    inputs.extend(m.references.as_ref().map(data_inputs).unwrap_or_default());
+                }
+                inputs
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
+        let p: EvaluateParams = ctx.params()?;
+        let (device, device_note) = best_device();
+        let net = match p.extractor {
+            ExtractorChoice::Auto => InceptionV3::pretrained_or_random(&self.weights_dir, &device)?,
+            ExtractorChoice::Pretrained => InceptionV3::pretrained(&self.weights_dir, &device)?,
+            ExtractorChoice::Random => InceptionV3::random(0, &device)?,
+        };
+        let extractor = net.extractor().label();
+        ctx.log("info", &format!("extractor {extractor} on {device_note}"));
+        let (sampler, respacing) = match p.sampler {
+            Sampler::Ddpm => (SamplerKind::Ddpm, p.steps.to_string()),
+            Sampler::Ddim => (SamplerKind::Ddim { eta: 0.0 }, format!("ddim{}", p.steps)),
+        };
+
+        let mut generated: Vec<(String, String, Tensor)> = Vec::new();
+        let mut real_images = None;
+        for (i, m) in p.models.iter().enumerate() {
+            let key = m.checkpoint.key();
+            let local = ctx.fetch(&key, &format!("checkpoint-{i}.safetensors"))?;
+            let (model, config) = load_model(&local, Weights::Ema, &device)?;
+            if p.steps > config.diffusion.num_timesteps {
+                return Err(JobError::Permanent(format!(
+                    "steps must be at most the model's {} diffusion steps",
+                    config.diffusion.num_timesteps
+                )));
+            }
+            // A representation model varies reference images: its own, or else the real ones.
+            let references = match (&m.references, config.model.is_representation()) {
+                (Some(source), _) => Some(load_data(ctx, source, &config, &self.weights_dir, &device)?.samples),
+                (None, true) => Some(load_data(ctx, &p.real, &config, &self.weights_dir, &device)?.samples),
+                (None, false) => None,
+            };
+            let options = SampleOptions {
+                num_samples: p.num,
+                labels: (!p.classes.is_empty()).then(|| p.classes.clone()),
+                guidance_scale: p.guidance,
+                sampler,
+                respacing: respacing.clone(),
+                seed: p.seed,
+                batch_size: 16,
+                clip_denoised: None,
+                cancel: ctx.cancel.clone(),
+                references,
+            };
+            let (samples, _) = sample(&model, &config, &options, &device, |done, total| {
+                ctx.progress(done as u64, total as u64, &format!("sampling model {}/{}", i + 1, p.models.len()));
+            })?;
+            let (images, note) = decode_for_display(&samples, &config, &self.weights_dir)?;
+            if let Some(note) = note {
+                return Err(JobError::Permanent(format!("model {i}: {note}; undecoded latents cannot be evaluated")));
+            }
+            // The real images in the first model's space, decoded like its samples.
+            if real_images.is_none() {
+                let data = load_data(ctx, &p.real, &config, &self.weights_dir, &device)?;
+                real_images = Some(decode_for_display(&data.samples, &config, &self.weights_dir)?.0);
+            }
+            generated.push((m.name.clone().unwrap_or_else(|| key.clone()), key, images));
+        }
+        let real_images = real_images.expect("at least one model");
+
+        let cache = std::env::temp_dir().join("repdiff-feature-cache");
+        let total = real_images.dims()[0] as u64;
+        let cancel = ctx.cancel.clone();
+        let (real, cached) = extract_cached(&net, &real_images, &cache, 32, Some(&cancel), |d, _| {
+            ctx.progress(d as u64, total, "real features");
+        })?;
+        ctx.log("info", &format!("{} real images{}", real.len(), if cached { " (features cached)" } else { "" }));
+        let options = MetricOptions::default();
+        let mut results = Vec::new();
+        let mut features = Vec::new();
+        for (name, checkpoint, images) in &generated {
+            let n = images.dims()[0] as u64;
+            let f = extract(&net, images, 32, Some(&cancel), |d, _| {
+                ctx.progress(d as u64, n, &format!("features of {name}"));
+            })?;
+            let m = compare(&real, &f, &options)?;
+            ctx.log(
+                "info",
+                &format!(
+                    "{name}: {}",
+                    m.rows().iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(", ")
+                ),
+            );
+            results.push(repdiff_api::EvaluatedSet {
+                name: name.clone(),
+                checkpoint: checkpoint.clone(),
+                generated: m.generated,
+                fid: m.fid,
+                sfid: m.sfid,
+                inception_score: m.inception_score,
+                inception_score_std: m.inception_score_std,
+                precision: m.precision,
+                recall: m.recall,
+                density: m.density,
+                coverage: m.coverage,
+            });
+            features.push((name.clone(), f));
+        }
+        let histogram = if p.histogram > 0 {
+            ctx.progress(0, 1, "t-SNE histograms");
+            let mut sets = vec![("real".to_string(), &real.pool)];
+            sets.extend(features.iter().map(|(n, f)| (n.clone(), &f.pool)));
+            let h = feature_histogram(&sets, p.histogram, &TsneOptions { seed: p.seed, ..Default::default() })?;
+            Some(repdiff_api::FeatureHistogram {
+                first_bin: h.first_bin,
+                sets: h
+                    .sets
+                    .into_iter()
+                    .map(|s| repdiff_api::SetHistogram { name: s.name, counts: s.counts, overlap: s.overlap })
+                    .collect(),
+            })
+        } else {
+            None
+        };
+        let report = repdiff_api::EvaluateReport {
+            pretrained: net.extractor() == &repdiff_engine::metrics::Extractor::Pretrained,
+            extractor,
+            real: real.len(),
+            results,
+            histogram,
+        };
+        serde_json::to_value(report).map_err(|e| JobError::Permanent(format!("cannot encode the report: {e}")))
+    }
+}
