@@ -374,7 +374,7 @@ try {
   assert.equal(evaluation.results.length, 2);
   assert.equal(evaluation.pretrained, false);
   // No pretrained Inception here: the columns say so instead of claiming FID.
-  await page.locator("#evaluation th", { hasText: "FD (random)" }).waitFor();
+  await page.locator("#evaluation th", { hasText: /^FD \(random\)$/ }).waitFor();
   assert.equal(await page.locator("#evaluation th", { hasText: /^FID$/ }).count(), 0);
   const fd = evaluation.results[0].fid.toFixed(3);
   await page.locator("#evaluation tbody tr").first().locator("td", { hasText: fd }).waitFor();

@@ -587,12 +587,13 @@ pub struct SetHistogram {
     pub overlap: f64,
 }
 
-/// Real and generated features embedded together by 1-D t-SNE, rounded, counted per set (Figs. 7/9).
+/// Real and generated features embedded together by 1-D t-SNE, counted per set in equal-width bins
+/// (Figs. 7/9).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct FeatureHistogram {
-    /// Bin `k` is the integer position `first_bin + k`.
-    pub first_bin: i64,
+    /// The t-SNE position at the centre of each bin.
+    pub centres: Vec<f64>,
     /// The real set first, then each model.
     pub sets: Vec<SetHistogram>,
 }

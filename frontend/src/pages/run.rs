@@ -441,7 +441,7 @@ fn EvaluateResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView
                         let total = s.counts.iter().sum::<u32>().max(1) as f64;
                         Series {
                             name: if s.name == "real" { s.name.clone() } else { format!("{} (overlap {:.2})", s.name, s.overlap) },
-                            xs: (0..s.counts.len()).map(|k| (h.first_bin + k as i64) as f64).collect(),
+                            xs: h.centres.clone(),
                             ys: s.counts.iter().map(|&c| c as f64 / total).collect(),
                         }
                     })

@@ -30,7 +30,7 @@ impl FeatureMatrix {
         Mat::from_fn(self.n, self.d, |i, j| self.values[i * self.d + j] as f64)
     }
 
-    /// Rows `rows` of the matrix, appended after another's (for concatenating batches).
+    /// The rows of `parts`, one part after another (batches joined into one set).
     pub fn concat(parts: &[FeatureMatrix]) -> Result<Self> {
         let d = parts.first().map_or(0, |p| p.d);
         if parts.iter().any(|p| p.d != d) {

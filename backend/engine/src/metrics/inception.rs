@@ -280,15 +280,13 @@ impl InceptionV3 {
     /// Features of `images` (`[N, 1 or 3, H, W]`, values in [-1, 1]; grey is replicated to RGB), resized
     /// bilinearly to 299 x 299 as pytorch-fid does (`align_corners=False`, no antialiasing).
     pub fn features(&self, images: &Tensor) -> Result<InceptionFeatures> {
-        let (n, c, h, w) = images.dims4()?;
+        let (n, c, _, _) = images.dims4()?;
         let x = match c {
             3 => images.clone(),
             1 => images.repeat((1, 3, 1, 1))?,
             _ => return Err(Error::Config(format!("Inception takes grey or RGB images, got {c} channels"))),
         };
         let x = resize_bilinear(&x.to_dtype(DType::F32)?.to_device(&self.device)?, INPUT_SIZE, INPUT_SIZE)?;
-        debug_assert_eq!(x.dims4()?, (n, 3, INPUT_SIZE, INPUT_SIZE));
-        let _ = (h, w);
         let x = self.conv("Conv2d_1a_3x3", &x)?;
         let x = self.conv("Conv2d_2a_3x3", &x)?;
         let x = self.conv("Conv2d_2b_3x3", &x)?;

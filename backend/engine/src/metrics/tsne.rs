@@ -1,5 +1,8 @@
 //! One-dimensional t-SNE (van der Maaten & Hinton 2008) and the feature histograms of the paper's Figs.
-//! 7 and 9: real and generated features embedded together on a line, positions rounded, counted per set.
+//! 7 and 9: real and generated features embedded together on a line, binned, counted per set. The paper
+//! rounds the positions to integers; the bins here are [`BINS`] equal widths over the embedding's range
+//! instead, because t-SNE's scale follows the number and spread of the points (a few dozen points land
+//! hundreds of units apart, one per integer bin), while a fixed count of bins reads the same at any N.
 //!
 //! Exact O(n^2) t-SNE as scikit-learn's `method="exact"` runs it: perplexity-calibrated Gaussian
 //! affinities (binary search on each row's precision), symmetrised; Student-t similarities in the
@@ -143,11 +146,14 @@ pub struct SetHistogram {
     pub overlap: f64,
 }
 
-/// Figs. 7/9: the sets' features embedded together by 1-D t-SNE, rounded to integers, counted per set.
+/// Equal-width bins of a [`FeatureHistogram`].
+pub const BINS: usize = 40;
+
+/// Figs. 7/9: the sets' features embedded together by 1-D t-SNE, counted per set in [`BINS`] bins.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FeatureHistogram {
-    /// The integer position of the first bin; bin `k` is `first_bin + k`.
-    pub first_bin: i64,
+    /// The t-SNE position at the centre of each bin.
+    pub centres: Vec<f64>,
     pub sets: Vec<SetHistogram>,
 }
 
@@ -178,13 +184,14 @@ pub fn feature_histogram(
     }
     let joined = FeatureMatrix::new(owners.len(), d, values)?;
     let y = tsne_1d(&joined, options)?;
-    let bins: Vec<i64> = y.iter().map(|v| v.round() as i64).collect();
-    let first_bin = *bins.iter().min().expect("t-SNE ran on at least 4 points");
-    let width = (*bins.iter().max().expect("non-empty") - first_bin + 1) as usize;
-    let mut counts = vec![vec![0u32; width]; sets.len()];
-    for (&bin, &k) in bins.iter().zip(&owners) {
-        counts[k][(bin - first_bin) as usize] += 1;
+    let lo = y.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = y.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let width = ((hi - lo) / BINS as f64).max(f64::MIN_POSITIVE);
+    let mut counts = vec![vec![0u32; BINS]; sets.len()];
+    for (&v, &k) in y.iter().zip(&owners) {
+        counts[k][(((v - lo) / width) as usize).min(BINS - 1)] += 1;
     }
+    let centres = (0..BINS).map(|b| lo + (b as f64 + 0.5) * width).collect();
     let normalised = |c: &[u32]| {
         let total = c.iter().sum::<u32>().max(1) as f64;
         c.iter().map(|&v| v as f64 / total).collect::<Vec<_>>()
@@ -198,5 +205,5 @@ pub fn feature_histogram(
             SetHistogram { name: name.clone(), counts, overlap }
         })
         .collect();
-    Ok(FeatureHistogram { first_bin, sets })
+    Ok(FeatureHistogram { centres, sets })
 }

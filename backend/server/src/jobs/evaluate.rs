@@ -233,7 +233,7 @@ impl Handler for Evaluate {
             sets.extend(features.iter().map(|(n, f)| (n.clone(), &f.pool)));
             let h = feature_histogram(&sets, p.histogram, &TsneOptions { seed: p.seed, ..Default::default() })?;
             Some(repdiff_api::FeatureHistogram {
-                first_bin: h.first_bin,
+                centres: h.centres,
                 sets: h
                     .sets
                     .into_iter()
