@@ -206,7 +206,7 @@ pub fn LineChart(
             view! {
                 <line class="hover" x1=px x2=px y1=TOP y2=HEIGHT - BOTTOM stroke="#9ca3af" stroke-dasharray="3 3"></line>
                 <text class="readout" x=LEFT + 6.0 y=TOP + 12.0 font-size="11">
-                    {format!("{} {}", "step", format_tick(at))}
+                    {format!("{} {}", x_label, format_tick(at))}
                     {rows
                         .into_iter()
                         .map(|(i, name, _, y, smoothed)| {
@@ -268,6 +268,17 @@ pub fn LineChart(
             </svg>
         }
         .into_any()
+    }
+}
+
+/// The names of a chart's series beside their colours (the order of the series).
+pub fn legend(names: &[String]) -> impl IntoView + use<> {
+    view! {
+        <p class="legend">
+            {names.iter().enumerate().map(|(i, name)| view! {
+                <span style=format!("color:{}", COLORS[i % COLORS.len()])>{format!("■ {name} ")}</span>
+            }).collect_view()}
+        </p>
     }
 }
 

@@ -582,6 +582,8 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
         "2",
         "--supervised-epochs",
         "2",
+        "--eval-samples",
+        "10",
         "--out",
         out.to_str().unwrap(),
     ];
@@ -605,11 +607,17 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     assert!(table.contains("| 700 |"), "the validation sweep lists every timestep: {table}");
     assert!(summary["table6"][1]["intervals"]["accuracy"][1].as_f64().is_some());
     assert!(out.join("counterfactuals/counterfactuals.png").exists());
+    // Table 5: both pre-trained models' generation metrics, in the random extractor's names (no weights).
+    assert!(table.contains("## Table 5 analogue") && table.contains("| FD | sFD |"), "{table}");
+    let table5 = summary["table5"].as_array().unwrap();
+    assert_eq!(table5.len(), 2);
+    assert!(table5.iter().all(|r| r["generated"] == 10 && r["fid"].as_f64().unwrap() > 0.0), "{table5:?}");
     // A second run keeps what is done: training resumes at its last step, the reports stay.
     let again = repdiff(&args);
     assert!(again.status.success(), "{}", text(&again));
     assert!(text(&again).contains("Nothing to do: the run is at step 4 of 4"), "{}", text(&again));
     assert!(!text(&again).contains("diffusion classifier ("), "finished steps are not run again: {}", text(&again));
+    assert!(!text(&again).contains("generation metrics of"), "{}", text(&again));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

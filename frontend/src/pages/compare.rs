@@ -112,9 +112,7 @@ pub fn Compare() -> impl IntoView {
                                 </label>
                             </div>
                             <LineChart series=overlay smoothing=smoothing x_label="step" />
-                            <p class="legend">{legend.iter().enumerate().map(|(i, name)| view! {
-                                <span style=format!("color:{}", crate::chart::COLORS[i % crate::chart::COLORS.len()])>{format!("■ {name} ")}</span>
-                            }).collect_view()}</p>
+                            {crate::chart::legend(&legend)}
                         </section>
                     })}
                     {test_results(&runs)}

@@ -462,7 +462,8 @@ fn EvaluateResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView
                     </table>
                     {(!series.is_empty()).then(|| view! {
                         <h3>"Feature histograms (1-D t-SNE of pool features, share of each set per bin)"</h3>
-                        <LineChart series=Signal::stored(series) x_label="t-SNE position" />
+                        {let names: Vec<String> = series.iter().map(|s| s.name.clone()).collect();
+                        view! { <LineChart series=Signal::stored(series) x_label="t-SNE position" />{crate::chart::legend(&names)} }}
                     })}
                 </section>
             }

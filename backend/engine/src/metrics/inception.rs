@@ -34,10 +34,18 @@ struct ConvUnit {
     bias: Tensor,
     stride: usize,
     padding: (usize, usize),
+    /// A 1x1 convolution's weight as a `[out, in]` matrix: it runs as one matrix product per image on
+    /// the `[in, H*W]` input, without the column copy (im2col) and output transpose of a convolution.
+    pointwise: Option<Tensor>,
 }
 
 impl ConvUnit {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(w) = &self.pointwise {
+            let (n, c, h, width) = x.dims4()?;
+            let y = w.broadcast_left(n)?.matmul(&x.reshape((n, c, h * width))?)?;
+            return Ok(y.reshape((n, w.dim(0)?, h, width))?.broadcast_add(&self.bias)?.relu()?);
+        }
         // candle pads both spatial dimensions alike: asymmetric (1x7, 7x1) kernels are padded here.
         let (ph, pw) = self.padding;
         let (x, pad) =
@@ -255,13 +263,18 @@ impl InceptionV3 {
             let scale = (bn("weight")? / (bn("running_var")? + BN_EPS)?.sqrt()?)?;
             let bias = (bn("bias")? - (bn("running_mean")? * &scale)?)?;
             let weight = weight.broadcast_mul(&scale.reshape((s.c_out, 1, 1, 1))?)?;
+            let weight = weight.to_dtype(DType::F32)?.to_device(device)?;
+            let pointwise = (s.kernel == (1, 1) && s.stride == 1 && s.padding == (0, 0))
+                .then(|| weight.reshape((s.c_out, s.c_in)))
+                .transpose()?;
             convs.insert(
                 s.name,
                 ConvUnit {
-                    weight: weight.to_dtype(DType::F32)?.to_device(device)?,
+                    weight,
                     bias: bias.to_dtype(DType::F32)?.reshape((1, s.c_out, 1, 1))?.to_device(device)?,
                     stride: s.stride,
                     padding: s.padding,
+                    pointwise,
                 },
             );
         }

@@ -1,8 +1,8 @@
 //! One-dimensional t-SNE (van der Maaten & Hinton 2008) and the feature histograms of the paper's Figs.
 //! 7 and 9: real and generated features embedded together on a line, binned, counted per set. The paper
-//! rounds the positions to integers; the bins here are [`BINS`] equal widths over the embedding's range
-//! instead, because t-SNE's scale follows the number and spread of the points (a few dozen points land
-//! hundreds of units apart, one per integer bin), while a fixed count of bins reads the same at any N.
+//! rounds the positions to integers; the bins here are equal widths over the embedding's range instead
+//! (about sqrt(N) of them, 5 to [`MAX_BINS`]), because t-SNE's scale follows the number of points: a few
+//! dozen points land hundreds of units apart (scikit-learn's too), one per integer bin.
 //!
 //! Exact O(n^2) t-SNE as scikit-learn's `method="exact"` runs it: perplexity-calibrated Gaussian
 //! affinities (binary search on each row's precision), symmetrised; Student-t similarities in the
@@ -146,10 +146,10 @@ pub struct SetHistogram {
     pub overlap: f64,
 }
 
-/// Equal-width bins of a [`FeatureHistogram`].
-pub const BINS: usize = 40;
+/// The most bins of a [`FeatureHistogram`].
+pub const MAX_BINS: usize = 40;
 
-/// Figs. 7/9: the sets' features embedded together by 1-D t-SNE, counted per set in [`BINS`] bins.
+/// Figs. 7/9: the sets' features embedded together by 1-D t-SNE, counted per set in equal-width bins.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FeatureHistogram {
     /// The t-SNE position at the centre of each bin.
@@ -186,12 +186,13 @@ pub fn feature_histogram(
     let y = tsne_1d(&joined, options)?;
     let lo = y.iter().cloned().fold(f64::INFINITY, f64::min);
     let hi = y.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let width = ((hi - lo) / BINS as f64).max(f64::MIN_POSITIVE);
-    let mut counts = vec![vec![0u32; BINS]; sets.len()];
+    let bins = ((y.len() as f64).sqrt().round() as usize).clamp(5, MAX_BINS);
+    let width = ((hi - lo) / bins as f64).max(f64::MIN_POSITIVE);
+    let mut counts = vec![vec![0u32; bins]; sets.len()];
     for (&v, &k) in y.iter().zip(&owners) {
-        counts[k][(((v - lo) / width) as usize).min(BINS - 1)] += 1;
+        counts[k][(((v - lo) / width) as usize).min(bins - 1)] += 1;
     }
-    let centres = (0..BINS).map(|b| lo + (b as f64 + 0.5) * width).collect();
+    let centres = (0..bins).map(|b| lo + (b as f64 + 0.5) * width).collect();
     let normalised = |c: &[u32]| {
         let total = c.iter().sum::<u32>().max(1) as f64;
         c.iter().map(|&v| v as f64 / total).collect::<Vec<_>>()

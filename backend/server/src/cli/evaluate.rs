@@ -143,7 +143,11 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
             weights_dir: args.weights_dir.clone(),
             out: out.clone(),
         };
-        let prepared = prepare(&sample_args)?;
+        let mut prepared = prepare(&sample_args)?;
+        // --references is for representation-conditional checkpoints; the others sample without them.
+        if !prepared.config.model.is_representation() {
+            prepared.options.references = None;
+        }
         println!("Sampling {} images from {}", args.num, checkpoint.display());
         let bar = progress_bar(1, "{bar:40} {pos}/{len} denoising steps [{elapsed_precise}<{eta_precise}]");
         let (samples, labels) = sample(&prepared.model, &prepared.config, &prepared.options, &device, |d, t| {

@@ -1,7 +1,8 @@
 //! `repdiff reproduce`: the paper's whole pipeline in one command. On a dataset (synthetic phantoms by
 //! default): the paper's split, encoding, unconditional and representation-conditional pre-training,
 //! fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, the
-//! linear probe on the representation encoder, a ViT trained from scratch, counterfactuals; then the Table 6 analogue (Markdown and
+//! linear probe on the representation encoder, a ViT trained from scratch, counterfactuals, the
+//! generation metrics of both pre-trained models; then the Table 6 and Table 5 analogues (Markdown and
 //! JSON). Every step is the `repdiff` command it names (printed before it runs) writing into its own
 //! folder of OUT, so a rerun continues where an interrupted one stopped: training resumes from its
 //! checkpoint, and finished steps are kept.
@@ -49,6 +50,10 @@ pub struct ReproduceArgs {
     /// Noise draws per image, the most a sequentially stopped image takes (default: the preset's).
     #[arg(long)]
     draws: Option<usize>,
+    /// Samples drawn from each pre-trained model for the Table 5 analogue (generation metrics against
+    /// the pre-training images; default: the preset's; 0 leaves Table 5 out).
+    #[arg(long)]
+    eval_samples: Option<usize>,
     /// Seeds the split, the training runs and the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -76,6 +81,10 @@ struct Plan {
     supervised: [&'static str; 1],
     vit_patch: usize,
     supervised_epochs: usize,
+    /// Samples per pre-trained model for the Table 5 analogue, and how they are drawn.
+    eval_samples: usize,
+    eval_sampler: &'static str,
+    eval_steps: usize,
 }
 
 fn plan(preset: ReproducePreset) -> Plan {
@@ -95,6 +104,9 @@ fn plan(preset: ReproducePreset) -> Plan {
             supervised: ["tiny"],
             vit_patch: 4,
             supervised_epochs: 30,
+            eval_samples: 200,
+            eval_sampler: "ddim",
+            eval_steps: 50,
         },
         ReproducePreset::Paper => Plan {
             phantoms: 2400,
@@ -111,6 +123,9 @@ fn plan(preset: ReproducePreset) -> Plan {
             supervised: ["vit-b"],
             vit_patch: 2,
             supervised_epochs: 100,
+            eval_samples: 10_000,
+            eval_sampler: "ddpm",
+            eval_steps: 250,
         },
     }
 }
@@ -358,6 +373,62 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         step("counterfactuals of test scans", &strings(&a), &mut timings)?;
     }
 
+    // 8. Generation metrics of both pre-trained models against the pre-training images (Table 5).
+    let eval_samples = args.eval_samples.unwrap_or(plan.eval_samples);
+    let evaluation = out.join("evaluate");
+    if eval_samples > 0 && !evaluation.join("metrics.json").exists() {
+        // The real images as pixels in [-1, 1]: the pixel preset's latents are; for an autoencoder's,
+        // the same part is read again without it, at the decoded size, in RGB as the decoder gives.
+        let real = if plan.autoencoder == "pixels" {
+            latents("pretrain")
+        } else {
+            let images = out.join("images-pretrain.safetensors");
+            let a = [
+                "encode",
+                "--manifest",
+                &path(&split),
+                "--part",
+                "pretrain",
+                "--size",
+                &plan.encode_size.to_string(),
+                "--channels",
+                "3",
+                "--seed",
+                &seed,
+                "--out",
+                &path(&images),
+            ];
+            step("the pre-training images as pixels", &strings(&a), &mut timings)?;
+            images
+        };
+        let a = [
+            "evaluate",
+            "--real",
+            &path(&real),
+            "--checkpoint",
+            &path(&out.join("pretrain-uncond/checkpoint.safetensors")),
+            "--checkpoint",
+            &rep_checkpoint,
+            "--references",
+            &path(&latents("pretrain")),
+            "-n",
+            &eval_samples.to_string(),
+            "--sampler",
+            plan.eval_sampler,
+            "--steps",
+            &plan.eval_steps.to_string(),
+            "--seed",
+            &seed,
+            "--weights-dir",
+            &path(&args.weights_dir),
+            "--cache-dir",
+            &path(&out.join("feature-cache")),
+            "--out",
+            &path(&evaluation),
+        ];
+        step("generation metrics of both pre-trained models", &strings(&a), &mut timings)?;
+    }
+
     // The tables.
     let mut rows = vec![
         table_row(
@@ -380,8 +451,16 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         &read_json(&out.join("classify-uncond.json"))?,
         &read_json(&out.join("classify-rep.json"))?,
     ));
+    let table5 = if evaluation.join("metrics.json").exists() {
+        let report = read_json(&evaluation.join("metrics.json"))?;
+        markdown.push_str(&table5_markdown(&report));
+        report["results"].clone()
+    } else {
+        Value::Null
+    };
     std::fs::write(out.join("table6.md"), &markdown)?;
     let summary = json!({
+        "table5": table5,
         "preset": format!("{:?}", args.preset),
         "seed": args.seed,
         "pretrain_steps": pretrain_steps,
@@ -499,4 +578,41 @@ fn table6_markdown(
         }
     }
     Ok(md)
+}
+
+/// The generation metrics of the two pre-trained models (the paper's Table 5), named for the extractor
+/// that measured them.
+fn table5_markdown(report: &Value) -> String {
+    let results = report["results"].as_array().cloned().unwrap_or_default();
+    let pretrained = results.first().is_some_and(|r| r["extractor"] == "inception-v3");
+    let (fid, sfid, is) = if pretrained { ("FID", "sFID", "IS") } else { ("FD", "sFD", "score") };
+    let mut md = format!(
+        "\n## Table 5 analogue: generation against {} pre-training images\n\n",
+        results.first().map_or(0, |r| r["real"].as_u64().unwrap_or(0))
+    );
+    if !pretrained {
+        md.push_str(&format!(
+            "Features of {} (no pretrained Inception weights in the weights folder): FD, sFD and the score \
+             compare these models with each other, not with published FIDs.\n\n",
+            results.first().and_then(|r| r["extractor"].as_str()).unwrap_or("a random network")
+        ));
+    }
+    md.push_str(&format!(
+        "| pre-training | samples | {fid} | {sfid} | {is} | precision | recall | density | coverage |\n|---|---|---|---|---|---|---|---|---|\n"
+    ));
+    for (row, name) in results.iter().zip(["Unconditional", "Representation-conditional (the paper's)"]) {
+        let v = |k: &str| row[k].as_f64().map_or("-".to_string(), |v| format!("{v:.3}"));
+        md.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            row["generated"],
+            v("fid"),
+            v("sfid"),
+            v("inception_score"),
+            v("precision"),
+            v("recall"),
+            v("density"),
+            v("coverage")
+        ));
+    }
+    md
 }

@@ -6,6 +6,7 @@
 //! documented random Inception stands in and the report's `extractor` and `pretrained` say so.
 
 use repdiff_engine::Tensor;
+use repdiff_engine::config::{DataSpace, RunConfig};
 use repdiff_engine::device::best_device;
 use repdiff_engine::diffusion::SamplerKind;
 use repdiff_engine::metrics::tsne::{TsneOptions, feature_histogram};
@@ -82,6 +83,31 @@ pub struct EvaluateParams {
 
 pub struct Evaluate {
     pub weights_dir: std::path::PathBuf,
+}
+
+impl Evaluate {
+    /// The real images at the size and channels of the first model's decoded samples. A dataset's slices
+    /// are read as images (through the CT window, no autoencoder); a latent file or the toy set come in
+    /// the model's space and are decoded like its samples.
+    fn real_images(
+        &self,
+        ctx: &mut JobContext,
+        real: &DataSource,
+        config: &RunConfig,
+        samples: &Tensor,
+        device: &repdiff_engine::Device,
+    ) -> Result<Tensor, JobError> {
+        if let DataSource::Dataset { .. } = real {
+            let (_, channels, side, _) = samples.dims4().map_err(repdiff_engine::Error::from)?;
+            let mut pixels = config.clone();
+            pixels.data_space = DataSpace::Pixels;
+            pixels.model.input_size = side;
+            pixels.model.in_channels = channels;
+            return Ok(load_data(ctx, real, &pixels, &self.weights_dir, device)?.samples);
+        }
+        let data = load_data(ctx, real, config, &self.weights_dir, device)?;
+        Ok(decode_for_display(&data.samples, config, &self.weights_dir)?.0)
+    }
 }
 
 impl Handler for Evaluate {
@@ -180,10 +206,8 @@ impl Handler for Evaluate {
             if let Some(note) = note {
                 return Err(JobError::Permanent(format!("model {i}: {note}; undecoded latents cannot be evaluated")));
             }
-            // The real images in the first model's space, decoded like its samples.
             if real_images.is_none() {
-                let data = load_data(ctx, &p.real, &config, &self.weights_dir, &device)?;
-                real_images = Some(decode_for_display(&data.samples, &config, &self.weights_dir)?.0);
+                real_images = Some(self.real_images(ctx, &p.real, &config, &images, &device)?);
             }
             generated.push((m.name.clone().unwrap_or_else(|| key.clone()), key, images));
         }
