@@ -355,6 +355,27 @@ try {
   await page.locator("#trajectory img.grid-image").waitFor();
   await page.locator("#trajectory p", { hasText: "at t = [" }).waitFor();
 
+  step("the supervised baseline: a tiny ViT from scratch on the same split, its epoch chosen on validation");
+  await page.goto(`${base}/runs/new?kind=supervised`);
+  await page.selectOption("select[name=architecture]", "tiny");
+  await page.fill("input[name=patch]", "4");
+  await page.fill("input[name=epochs]", "3");
+  await page.fill("input[name=size]", "16");
+  await page.selectOption("select[name=data]", "dataset");
+  await page.selectOption("select[name=dataset]", String(datasetId));
+  await page.check("input[name=split_on]");
+  await page.fill("input[name=downstream_site]", String(site));
+  await page.click("button:has-text('Launch')");
+  await page.waitForURL(/\/runs\/\d+$/);
+  const supervisedId = Number(page.url().split("/").pop());
+  await waitState("succeeded", 120_000);
+  const supervised = (await api(`/jobs/${supervisedId}`)).result;
+  await page.locator("#supervised h2", { hasText: `epoch ${supervised.best_epoch} of 3 kept` }).waitFor();
+  await page.locator("#supervised table.test-metrics tr", { hasText: "accuracy" }).waitFor();
+  await shot("supervised-run");
+  await page.goto(`${base}/compare?runs=${classifyId},${probeId},${supervisedId}`);
+  await page.locator("#test-results tbody tr", { hasText: "supervised" }).waitFor();
+
   step("generation metrics of both models against the dataset's slices, with the t-SNE histograms");
   await page.goto(`${base}/runs/new?kind=evaluate`);
   await page.locator(`#models input[value="${finetuneId}"]`).waitFor();

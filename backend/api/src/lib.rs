@@ -556,6 +556,21 @@ pub struct ProbeReport {
     pub test: Option<ProbeTest>,
 }
 
+/// The result of a `supervised` job: the baseline trained from scratch, its epoch chosen on validation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SupervisedReport {
+    /// The network, in words (`a ViT (depth 12, width 768, 12 heads, patch 2)`).
+    pub architecture: String,
+    pub parameters: usize,
+    pub epochs: usize,
+    /// The epoch whose weights were kept (best validation F1, then accuracy).
+    pub best_epoch: usize,
+    /// Validation metrics at that epoch.
+    pub validation: ClassMetrics,
+    pub test: Option<ProbeTest>,
+}
+
 /// One generated set's metrics against the real images (an `evaluate` job's row of Table 5).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]

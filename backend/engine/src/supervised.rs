@@ -152,6 +152,47 @@ pub enum Architecture {
     },
 }
 
+impl Architecture {
+    /// The ViT shapes by name: `vit-b` (12 blocks, width 768, 12 heads: the paper's ViT-B), `vit-s`
+    /// (12, 384, 6) or `tiny` (4, 128, 4: the tiny-cpu DiT's size), over `size` x `size` inputs of
+    /// `channels` cut into `patch` x `patch` patches.
+    pub fn vit(name: &str, size: usize, channels: usize, patch: usize) -> Result<Architecture> {
+        let (depth, hidden_size, num_heads) = match name {
+            "vit-b" => (12, 768, 12),
+            "vit-s" => (12, 384, 6),
+            "tiny" => (4, 128, 4),
+            other => return Err(Error::Config(format!("unknown architecture {other:?}: vit-b, vit-s or tiny"))),
+        };
+        if patch == 0 || !size.is_multiple_of(patch) {
+            return Err(Error::Config(format!("patch {patch} does not tile {size}x{size} inputs")));
+        }
+        Ok(Architecture::Vit(ModelConfig {
+            input_size: size,
+            in_channels: channels,
+            patch_size: patch,
+            hidden_size,
+            depth,
+            num_heads,
+            conditioning: crate::config::Conditioning::None,
+            learn_sigma: false,
+            ..crate::config::RunConfig::preset("tiny-cpu")?.model
+        }))
+    }
+
+    /// What it is, in words.
+    pub fn describe(&self) -> String {
+        match self {
+            Architecture::Vit(m) => format!(
+                "a ViT (depth {}, width {}, {} heads, patch {})",
+                m.depth, m.hidden_size, m.num_heads, m.patch_size
+            ),
+            Architecture::ResNet { blocks, width } => {
+                format!("a ResNet (bottleneck blocks {blocks:?} from width {width})")
+            }
+        }
+    }
+}
+
 /// How the baseline trains.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SupervisedOptions {

@@ -574,6 +574,23 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
     assert!(job["state"] == "failed" && job["error"].as_str().unwrap().contains("representation encoder"), "{job}");
 
+    // The supervised baseline: a tiny ViT from scratch, its epochs charted, the best one kept for test.
+    let supervised = |architecture: &str| {
+        json!({ "kind": "supervised", "params": { "train": { "toy": { "n": 16 } }, "validation": { "toy": { "n": 8, "seed": 1 } },
+            "test": { "toy": { "n": 8, "seed": 2 } }, "architecture": architecture, "patch": 4, "size": 16, "epochs": 3 } })
+    };
+    let refused = app.call("POST", "/api/v1/jobs", Some(&ada), Some(supervised("resnet-9000"))).await;
+    assert_eq!(refused.error_code(), "invalid_params");
+    let id =
+        app.call("POST", "/api/v1/jobs", Some(&ada), Some(supervised("tiny"))).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let report: repdiff_api::SupervisedReport = serde_json::from_value(job["result"].clone()).unwrap();
+    assert!((1..=3).contains(&report.best_epoch) && report.architecture.starts_with("a ViT (depth 4"), "{report:?}");
+    assert_eq!(report.test.unwrap().predicted.len(), 8);
+    let f1 = app.call("GET", &format!("/api/v1/jobs/{id}/metrics?name=val_f1"), Some(&ada), None).await.json();
+    assert_eq!(f1[0]["steps"], json!([1, 2, 3]), "validation F1 per epoch: {f1}");
+
     // Counterfactuals of toy scans under both classes; a model without classes has none.
     let counterfactual = |checkpoint: i64| {
         json!({ "kind": "counterfactual", "params": { "checkpoint": { "job": checkpoint }, "data": toy, "num": 3,

@@ -161,7 +161,7 @@ pub fn Compare() -> impl IntoView {
 /// One run's test result: (t, metrics, intervals, forward passes per image).
 type TestRow = (Option<usize>, repdiff_api::ClassMetrics, Option<repdiff_api::Intervals>, Option<f64>);
 
-/// The test result of a classify or probe run, when it has one.
+/// The test result of a classify, probe or supervised run, when it has one.
 fn test_row(job: &Job) -> Option<TestRow> {
     let result = job.result.clone()?;
     match job.kind.as_str() {
@@ -171,6 +171,10 @@ fn test_row(job: &Job) -> Option<TestRow> {
         }
         "probe" => {
             let t = serde_json::from_value::<repdiff_api::ProbeReport>(result).ok()?.test?;
+            Some((None, t.metrics, Some(t.intervals), None))
+        }
+        "supervised" => {
+            let t = serde_json::from_value::<repdiff_api::SupervisedReport>(result).ok()?.test?;
             Some((None, t.metrics, Some(t.intervals), None))
         }
         _ => None,

@@ -87,6 +87,10 @@ struct Form {
     histogram: Field,
     /// auto, pretrained or random.
     extractor: Field,
+    /// The supervised baseline's network: vit-b, vit-s or tiny.
+    architecture: Field,
+    patch: Field,
+    epochs: Field,
 }
 
 impl Form {
@@ -139,6 +143,9 @@ impl Form {
             eval_num: Field::new("256"),
             histogram: Field::new("500"),
             extractor: Field::new("auto"),
+            architecture: Field::new("vit-b"),
+            patch: Field::new("2"),
+            epochs: Field::new("50"),
         }
     }
 
@@ -188,6 +195,27 @@ impl Form {
         split.insert("part".into(), json!(part));
         number(problems, &mut split, "seed", "Split seed", &self.split_seed, false, true);
         Value::Object(split)
+    }
+
+    /// A baseline's labelled `train`, `validation` (chooses) and optional `test` data: a dataset's split
+    /// parts, or the training source with an encode run's validation and test latents.
+    fn labelled_parts(&self, out: &mut Map<String, Value>, problems: &mut Vec<String>) {
+        if self.data.text() == "dataset" && self.split_on.get() {
+            for (key, part) in [("train", "train"), ("validation", "validation"), ("test", "test")] {
+                let source = self.data_json("dataset", Some(part), problems);
+                out.insert(key.into(), source);
+            }
+        } else {
+            let train = self.data_json(&self.data.text(), None, problems);
+            out.insert("train".into(), train);
+            if self.val_latents.text().is_empty() {
+                problems.push("Validation latents: pick an encode run's (they choose what the baseline keeps)".into());
+            }
+            out.insert("validation".into(), json!({ "latents": { "key": self.val_latents.text() } }));
+            if !self.test_latents.text().is_empty() {
+                out.insert("test".into(), json!({ "latents": { "key": self.test_latents.text() } }));
+            }
+        }
     }
 
     /// The parameters of `kind`, or what is wrong with the fields.
@@ -295,23 +323,17 @@ impl Form {
                     }
                     Err(_) => problems.push("Model: pick a finished representation-conditional pre-training".into()),
                 }
-                if self.data.text() == "dataset" && self.split_on.get() {
-                    for (key, part) in [("train", "train"), ("validation", "validation"), ("test", "test")] {
-                        let source = self.data_json("dataset", Some(part), &mut problems);
-                        out.insert(key.into(), source);
-                    }
-                } else {
-                    let train = self.data_json(&self.data.text(), None, &mut problems);
-                    out.insert("train".into(), train);
-                    if self.val_latents.text().is_empty() {
-                        problems
-                            .push("Validation latents: pick an encode run's (they choose the probe's strength)".into());
-                    }
-                    out.insert("validation".into(), json!({ "latents": { "key": self.val_latents.text() } }));
-                    if !self.test_latents.text().is_empty() {
-                        out.insert("test".into(), json!({ "latents": { "key": self.test_latents.text() } }));
-                    }
-                }
+                self.labelled_parts(&mut out, &mut problems);
+                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
+            }
+            "supervised" => {
+                out.insert("architecture".into(), json!(self.architecture.text()));
+                number(&mut problems, &mut out, "patch", "Patch", &self.patch, true, true);
+                number(&mut problems, &mut out, "epochs", "Epochs", &self.epochs, true, true);
+                number(&mut problems, &mut out, "batch_size", "Batch size", &self.batch_size, true, true);
+                number(&mut problems, &mut out, "learning_rate", "Learning rate", &self.learning_rate, true, false);
+                number(&mut problems, &mut out, "size", "Image size", &self.size, true, true);
+                self.labelled_parts(&mut out, &mut problems);
                 number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
             }
             "counterfactual" => {
@@ -425,8 +447,18 @@ fn number(
     }
 }
 
-const KNOWN: [&str; 9] =
-    ["pretrain", "finetune", "classify", "probe", "counterfactual", "sample", "evaluate", "encode", "import"];
+const KNOWN: [&str; 10] = [
+    "pretrain",
+    "finetune",
+    "classify",
+    "probe",
+    "supervised",
+    "counterfactual",
+    "sample",
+    "evaluate",
+    "encode",
+    "import",
+];
 
 #[component]
 pub fn Launch() -> impl IntoView {
@@ -645,6 +677,21 @@ pub fn Launch() -> impl IntoView {
             </label>
         }
     };
+    // A baseline's labelled data: the training source and, without a split, validation and test latents.
+    let labelled_fields = move || {
+        view! {
+                <fieldset><legend>"Training data"</legend>
+                    {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
+                    {source_fields(form.data, Some("Its split: train, validation and test parts"))}
+                </fieldset>
+                {move || (!(form.data.value.get() == "dataset" && form.split_on.get())).then(|| view! {
+                    <fieldset><legend>"Validation and test data"</legend>
+                        {latents_select("Validation latents", "val_latents", form.val_latents, "Pick an encode run")}
+                        {latents_select("Test latents", "test_latents", form.test_latents, "None")}
+                    </fieldset>
+                })}
+        }
+    };
     // Finished training runs as ticks, into form.models (comma-separated ids).
     let models_select = move || {
         view! {
@@ -749,16 +796,21 @@ pub fn Launch() -> impl IntoView {
                     {text_input("Seed", "seed", form.seed, "0 (bootstrap resamples)")}
                     <p class="muted small wide-row">"Logistic regression on the representation encoder's mean-pooled tokens; its L2 strength is chosen on validation (best F1), the test metrics come with bootstrap 95% intervals."</p>
                 </fieldset>
-                <fieldset><legend>"Training data"</legend>
-                    {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
-                    {source_fields(form.data, Some("Its split: train, validation and test parts"))}
+                {labelled_fields()}
+            }
+            .into_any(),
+            "supervised" => view! {
+                <fieldset><legend>"Supervised baseline (Table 6): a ViT trained from scratch"</legend>
+                    {choice("Architecture", "architecture", form.architecture, &["vit-b", "vit-s", "tiny"])}
+                    {text_input("Patch", "patch", form.patch, "2 (on 32x32 inputs, as DiT-B/2)")}
+                    {text_input("Epochs", "epochs", form.epochs, "50")}
+                    {text_input("Batch size", "batch_size", form.batch_size, "32")}
+                    {text_input("Learning rate", "learning_rate", form.learning_rate, "0.0003")}
+                    {text_input("Image size", "size", form.size, "32 (dataset slices and toy images)")}
+                    {text_input("Seed", "seed", form.seed, "0")}
+                    <p class="muted small wide-row">"Cross-entropy with AdamW and flips; the epoch with the best validation F1 is kept and applied to test, with bootstrap 95% intervals. Loss and validation metrics are charted per epoch."</p>
                 </fieldset>
-                {move || (!(form.data.value.get() == "dataset" && form.split_on.get())).then(|| view! {
-                    <fieldset><legend>"Validation and test data"</legend>
-                        {latents_select("Validation latents", "val_latents", form.val_latents, "Pick an encode run")}
-                        {latents_select("Test latents", "test_latents", form.test_latents, "None")}
-                    </fieldset>
-                })}
+                {labelled_fields()}
             }
             .into_any(),
             "counterfactual" => view! {

@@ -89,6 +89,7 @@ fn RunView(id: i64) -> impl IntoView {
             <Charts id=id refresh=refresh job=job />
             <ClassifyResult job=job />
             <ProbeResult job=job />
+            <SupervisedResult job=job />
             <EvaluateResult job=job />
             <Outputs id=id refresh=refresh job=job />
             <Logs id=id refresh=refresh />
@@ -390,6 +391,38 @@ fn ProbeResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
             view! {
                 <section class="card" id="probe">
                     <h2>{format!("Linear probe: L2 strength {} chosen on validation (F1 {:.1}%)", r.lambda, r.validation.f1 * 100.0)}</h2>
+                    {r.test.map(|t| view! {
+                        <div class="columns">
+                            <div class="test-result"><h3>"Test"</h3>{metrics_table(&t.metrics, Some(&t.intervals))}</div>
+                            <div>{confusion_table(&t.metrics.confusion)}</div>
+                        </div>
+                    })}
+                </section>
+            }
+        })
+    }
+}
+
+/// A supervised baseline run: the epoch kept and the test metrics with their intervals (its loss and
+/// validation curves are among the run's charts).
+#[component]
+fn SupervisedResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
+    let report = move || {
+        job.with(|j| {
+            let j = j.as_ref()?.as_ref().ok()?;
+            (j.kind == "supervised")
+                .then(|| serde_json::from_value::<repdiff_api::SupervisedReport>(j.result.clone()?).ok())?
+        })
+    };
+    move || {
+        report().map(|r| {
+            view! {
+                <section class="card" id="supervised">
+                    <h2>{format!(
+                        "{}: epoch {} of {} kept (validation F1 {:.1}%)",
+                        r.architecture, r.best_epoch, r.epochs, r.validation.f1 * 100.0
+                    )}</h2>
+                    <p class="muted small">{format!("{} parameters, trained from scratch", r.parameters)}</p>
                     {r.test.map(|t| view! {
                         <div class="columns">
                             <div class="test-result"><h3>"Test"</h3>{metrics_table(&t.metrics, Some(&t.intervals))}</div>

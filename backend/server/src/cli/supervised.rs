@@ -5,7 +5,6 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use repdiff_engine::classify::{bootstrap, metrics};
-use repdiff_engine::config::{Conditioning, ModelConfig, RunConfig};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
 use repdiff_engine::supervised::{Architecture, SupervisedOptions, predict, train_supervised};
@@ -60,25 +59,12 @@ pub fn run(args: SupervisedArgs) -> Result<()> {
     if h != w {
         bail!("square inputs only, not {h}x{w}");
     }
-    let vit = |(depth, width, heads): (usize, usize, usize)| -> Result<Architecture> {
-        Ok(Architecture::Vit(ModelConfig {
-            input_size: h,
-            in_channels: c,
-            patch_size: args.patch,
-            hidden_size: args.width.unwrap_or(width),
-            depth: args.depth.unwrap_or(depth),
-            num_heads: args.heads.unwrap_or(heads),
-            conditioning: Conditioning::None,
-            learn_sigma: false,
-            ..RunConfig::preset("tiny-cpu")?.model
-        }))
-    };
-    let architecture = match args.arch.as_str() {
-        "vit-b" => vit((12, 768, 12))?,
-        "vit-s" => vit((12, 384, 6))?,
-        "tiny" => vit((4, 128, 4))?,
-        other => bail!("unknown --arch {other:?}: vit-b, vit-s or tiny"),
-    };
+    let mut architecture = Architecture::vit(&args.arch, h, c, args.patch)?;
+    if let Architecture::Vit(m) = &mut architecture {
+        m.depth = args.depth.unwrap_or(m.depth);
+        m.hidden_size = args.width.unwrap_or(m.hidden_size);
+        m.num_heads = args.heads.unwrap_or(m.num_heads);
+    }
     let options = SupervisedOptions {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -86,12 +72,7 @@ pub fn run(args: SupervisedArgs) -> Result<()> {
         seed: args.parts.seed,
         ..Default::default()
     };
-    let shape = match &architecture {
-        Architecture::Vit(m) => {
-            format!("a ViT (depth {}, width {}, {} heads, patch {})", m.depth, m.hidden_size, m.num_heads, m.patch_size)
-        }
-        Architecture::ResNet { blocks, width } => format!("a ResNet (bottleneck blocks {blocks:?} from width {width})"),
-    };
+    let shape = architecture.describe();
     println!(
         "Training {shape} from scratch on {} images of {c}x{h}x{w}, {} epochs, on {device_note}",
         train.len(),

@@ -10,6 +10,7 @@ mod import;
 mod noop;
 mod probe;
 mod sample;
+mod supervised;
 mod train;
 
 pub use encode::{EncodeParams, SplitSpec};
@@ -62,6 +63,7 @@ pub fn registry(settings: &JobSettings) -> Registry {
         .register("counterfactual", counterfactual::Counterfactual { weights_dir: settings.weights_dir.clone() })
         .register("probe", probe::Probe { weights_dir: settings.weights_dir.clone() })
         .register("evaluate", evaluate::Evaluate { weights_dir: settings.weights_dir.clone() })
+        .register("supervised", supervised::Supervised { weights_dir: settings.weights_dir.clone() })
         .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() });
     registry
 }
