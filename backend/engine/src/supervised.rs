@@ -153,15 +153,26 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    /// The ViT shapes by name: `vit-b` (12 blocks, width 768, 12 heads: the paper's ViT-B), `vit-s`
-    /// (12, 384, 6) or `tiny` (4, 128, 4: the tiny-cpu DiT's size), over `size` x `size` inputs of
-    /// `channels` cut into `patch` x `patch` patches.
-    pub fn vit(name: &str, size: usize, channels: usize, patch: usize) -> Result<Architecture> {
+    /// The networks by name: the ViTs `vit-b` (12 blocks, width 768, 12 heads: the paper's ViT-B),
+    /// `vit-s` (12, 384, 6) and `tiny` (4, 128, 4: the tiny-cpu DiT's size) over `size` x `size` inputs
+    /// of `channels` cut into `patch` x `patch` patches; the bottleneck ResNets `resnet-50` (blocks
+    /// [3, 4, 6, 3] from width 64, the paper's) and `resnet-tiny` ([1, 1, 1, 1] from width 16, for CPU
+    /// runs), which take any input size (`patch` unused).
+    pub fn named(name: &str, size: usize, channels: usize, patch: usize) -> Result<Architecture> {
+        match name {
+            "resnet-50" => return Ok(Architecture::ResNet { blocks: vec![3, 4, 6, 3], width: 64 }),
+            "resnet-tiny" => return Ok(Architecture::ResNet { blocks: vec![1, 1, 1, 1], width: 16 }),
+            _ => {}
+        }
         let (depth, hidden_size, num_heads) = match name {
             "vit-b" => (12, 768, 12),
             "vit-s" => (12, 384, 6),
             "tiny" => (4, 128, 4),
-            other => return Err(Error::Config(format!("unknown architecture {other:?}: vit-b, vit-s or tiny"))),
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown architecture {other:?}: vit-b, vit-s, tiny, resnet-50 or resnet-tiny"
+                )));
+            }
         };
         if patch == 0 || !size.is_multiple_of(patch) {
             return Err(Error::Config(format!("patch {patch} does not tile {size}x{size} inputs")));

@@ -598,12 +598,13 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
         "representation-conditional pre-training",
         "Linear probe",
         "ViT (tiny) trained from scratch",
+        "ResNet (resnet-tiny) trained from scratch",
     ] {
         assert!(table.contains(method), "{table}");
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("table6.json")).unwrap()).unwrap();
-    assert_eq!(summary["table6"].as_array().unwrap().len(), 4);
+    assert_eq!(summary["table6"].as_array().unwrap().len(), 5);
     assert!(table.contains("| 700 |"), "the validation sweep lists every timestep: {table}");
     assert!(summary["table6"][1]["intervals"]["accuracy"][1].as_f64().is_some());
     assert!(out.join("counterfactuals/counterfactuals.png").exists());
@@ -660,6 +661,28 @@ fn evaluate_reports_metrics_named_for_their_extractor_and_caches_the_real_featur
     assert_eq!(report["histogram"]["sets"].as_array().unwrap().len(), 2);
     let second = run();
     assert!(text(&second).contains("features from the cache"), "{}", text(&second));
+    let few = repdiff(&[
+        "evaluate",
+        "--real",
+        real.to_str().unwrap(),
+        "--generated",
+        generated.to_str().unwrap(),
+        "--max-real",
+        "4",
+        "--histogram",
+        "0",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--weights-dir",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(few.status.success(), "{}", text(&few));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(report["results"][0]["real"], 4, "--max-real keeps 4 of the 8 real images");
+    assert!(report["histogram"].is_null());
     let none = repdiff(&["evaluate", "--real", real.to_str().unwrap()]);
     assert!(!none.status.success() && text(&none).contains("nothing to evaluate"), "{}", text(&none));
 }

@@ -800,9 +800,9 @@ pub fn Launch() -> impl IntoView {
             }
             .into_any(),
             "supervised" => view! {
-                <fieldset><legend>"Supervised baseline (Table 6): a ViT trained from scratch"</legend>
-                    {choice("Architecture", "architecture", form.architecture, &["vit-b", "vit-s", "tiny"])}
-                    {text_input("Patch", "patch", form.patch, "2 (on 32x32 inputs, as DiT-B/2)")}
+                <fieldset><legend>"Supervised baseline (Table 6): a ViT or ResNet trained from scratch"</legend>
+                    {choice("Architecture", "architecture", form.architecture, &["vit-b", "vit-s", "tiny", "resnet-50", "resnet-tiny"])}
+                    {text_input("Patch (ViT)", "patch", form.patch, "2 (on 32x32 inputs, as DiT-B/2)")}
                     {text_input("Epochs", "epochs", form.epochs, "50")}
                     {text_input("Batch size", "batch_size", form.batch_size, "32")}
                     {text_input("Learning rate", "learning_rate", form.learning_rate, "0.0003")}

@@ -56,6 +56,9 @@ pub struct EvaluateArgs {
     seed: u64,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Use at most this many real images, evenly spaced through the set (all by default).
+    #[arg(long)]
+    max_real: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     extractor: ExtractorArg,
     /// Where pretrained weights live (pt_inception-2015-12-05.safetensors; the SD VAE for latent runs).
@@ -163,8 +166,14 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         sets.push((set_name(checkpoint), checkpoint.display().to_string(), images));
     }
     let size = sets[0].2.dim(3)?;
-    let real = load_image_set(&args.real, Some(size), &device)
+    let mut real = load_image_set(&args.real, Some(size), &device)
         .with_context(|| format!("reading the real images {}", args.real.display()))?;
+    if let Some(max) = args.max_real.filter(|&m| m > 0 && m < real.dim(0).unwrap_or(0)) {
+        // Evenly spaced, so the subset spans the folder's classes and sites as the whole does.
+        let n = real.dim(0)?;
+        let picks: Vec<u32> = (0..max).map(|i| (i * n / max) as u32).collect();
+        real = real.index_select(&Tensor::new(picks.as_slice(), real.device())?, 0)?;
+    }
 
     let started = Instant::now();
     let bar = progress_bar(real.dim(0)? as u64, "{bar:40} {pos}/{len} real images [{elapsed_precise}<{eta_precise}]");

@@ -1,7 +1,7 @@
 //! `repdiff reproduce`: the paper's whole pipeline in one command. On a dataset (synthetic phantoms by
 //! default): the paper's split, encoding, unconditional and representation-conditional pre-training,
 //! fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, the
-//! linear probe on the representation encoder, a ViT trained from scratch, counterfactuals, the
+//! linear probe on the representation encoder, a ViT and a ResNet trained from scratch, counterfactuals, the
 //! generation metrics of both pre-trained models; then the Table 6 and Table 5 analogues (Markdown and
 //! JSON). Every step is the `repdiff` command it names (printed before it runs) writing into its own
 //! folder of OUT, so a rerun continues where an interrupted one stopped: training resumes from its
@@ -44,7 +44,7 @@ pub struct ReproduceArgs {
     /// Fine-tuning steps (default: the preset's).
     #[arg(long)]
     finetune_steps: Option<usize>,
-    /// Epochs of the supervised ViT baseline (default: the preset's).
+    /// Epochs of both supervised baselines, the ViT and the ResNet (default: the preset's for each).
     #[arg(long)]
     supervised_epochs: Option<usize>,
     /// Noise draws per image, the most a sequentially stopped image takes (default: the preset's).
@@ -77,12 +77,13 @@ struct Plan {
     epochs: usize,
     timesteps: &'static str,
     draws: usize,
-    /// The supervised baselines (`repdiff supervised --arch`) and their epochs.
-    supervised: [&'static str; 1],
+    /// The supervised baselines (`repdiff supervised --arch`) and the epochs of each.
+    supervised: [(&'static str, usize); 2],
     vit_patch: usize,
-    supervised_epochs: usize,
-    /// Samples per pre-trained model for the Table 5 analogue, and how they are drawn.
+    /// Samples per pre-trained model for the Table 5 analogue, how they are drawn, and at most how many
+    /// pre-training images they are measured against.
     eval_samples: usize,
+    eval_real: usize,
     eval_sampler: &'static str,
     eval_steps: usize,
 }
@@ -101,10 +102,10 @@ fn plan(preset: ReproducePreset) -> Plan {
             epochs: 0,
             timesteps: "50,100,200,300,400,500,700",
             draws: 64,
-            supervised: ["tiny"],
+            supervised: [("tiny", 30), ("resnet-tiny", 10)],
             vit_patch: 4,
-            supervised_epochs: 30,
             eval_samples: 200,
+            eval_real: 300,
             eval_sampler: "ddim",
             eval_steps: 50,
         },
@@ -120,10 +121,10 @@ fn plan(preset: ReproducePreset) -> Plan {
             epochs: 1000,
             timesteps: "25,50,100,150,200,250,300,350,400,450,500,600,700,800,900",
             draws: 512,
-            supervised: ["vit-b"],
+            supervised: [("vit-b", 100), ("resnet-50", 100)],
             vit_patch: 2,
-            supervised_epochs: 100,
             eval_samples: 10_000,
+            eval_real: 50_000,
             eval_sampler: "ddpm",
             eval_steps: 250,
         },
@@ -347,10 +348,10 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     let rep_checkpoint = path(&out.join("pretrain-rep/checkpoint.safetensors"));
     let a = [strings(&["probe", "--checkpoint", &rep_checkpoint]), parts.clone()].concat();
     unless_done(&probe, "linear probe on the representation encoder", a, &mut timings)?;
-    let epochs = args.supervised_epochs.unwrap_or(plan.supervised_epochs).to_string();
-    for arch in plan.supervised {
+    for (arch, epochs) in plan.supervised {
+        let epochs = args.supervised_epochs.unwrap_or(epochs).to_string();
         let a = strings(&["supervised", "--arch", arch, "--patch", &plan.vit_patch.to_string(), "--epochs", &epochs]);
-        let title = format!("ViT ({arch}) trained from scratch");
+        let title = format!("{} ({arch}) trained from scratch", network(arch));
         unless_done(&out.join(format!("supervised-{arch}.json")), &title, [a, parts.clone()].concat(), &mut timings)?;
     }
     let figures = out.join("counterfactuals");
@@ -413,6 +414,8 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             &path(&latents("pretrain")),
             "-n",
             &eval_samples.to_string(),
+            "--max-real",
+            &plan.eval_real.to_string(),
             "--sampler",
             plan.eval_sampler,
             "--steps",
@@ -441,9 +444,9 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         ),
         probe_row("Linear probe on the representation encoder (mean-pooled tokens)", &read_json(&probe)?),
     ];
-    for arch in plan.supervised {
+    for (arch, _) in plan.supervised {
         let report = read_json(&out.join(format!("supervised-{arch}.json")))?;
-        rows.push(probe_row(&format!("ViT ({arch}) trained from scratch on the training part"), &report));
+        rows.push(probe_row(&format!("{} ({arch}) trained from scratch on the training part", network(arch)), &report));
     }
     let total = started.elapsed().as_secs_f64();
     let mut markdown = table6_markdown(&rows, &args, pretrain_steps, finetune_steps, &split)?;
@@ -473,6 +476,11 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     println!("\n{markdown}");
     println!("Wrote {} and table6.json ({:.1} minutes in all)", out.join("table6.md").display(), total / 60.0);
     Ok(())
+}
+
+/// What kind of network a supervised baseline's architecture name is.
+fn network(arch: &str) -> &'static str {
+    if arch.starts_with("resnet") { "ResNet" } else { "ViT" }
 }
 
 /// One method's test result as a row: name, metrics, intervals, forward passes per image.

@@ -1,6 +1,6 @@
-//! `repdiff supervised`: the supervised ViT baseline of the paper's Table 6, trained from scratch on the
-//! downstream training data, its best epoch chosen on validation, the test metrics with bootstrap 95%
-//! intervals. (The engine's ResNet is not offered yet: its training grows memory every epoch.)
+//! `repdiff supervised`: the supervised baselines of the paper's Table 6 (a ViT or a ResNet), trained from
+//! scratch on the downstream training data, the best epoch chosen on validation, the test metrics with
+//! bootstrap 95% intervals.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -13,8 +13,9 @@ use super::progress_bar;
 
 #[derive(Args)]
 pub struct SupervisedArgs {
-    /// Architecture: vit-b (12 blocks, width 768, 12 heads: the paper's ViT-B), vit-s (12, 384, 6) or
-    /// tiny (4, 128, 4: the tiny-cpu DiT's size); --depth/--width/--heads override.
+    /// Architecture: vit-b (12 blocks, width 768, 12 heads: the paper's ViT-B), vit-s (12, 384, 6), tiny
+    /// (4, 128, 4: the tiny-cpu DiT's size); --depth/--width/--heads override a ViT's. resnet-50 (the
+    /// paper's) or resnet-tiny (bottleneck blocks [1, 1, 1, 1] from width 16).
     #[arg(long, default_value = "vit-b")]
     arch: String,
     #[arg(long)]
@@ -59,7 +60,7 @@ pub fn run(args: SupervisedArgs) -> Result<()> {
     if h != w {
         bail!("square inputs only, not {h}x{w}");
     }
-    let mut architecture = Architecture::vit(&args.arch, h, c, args.patch)?;
+    let mut architecture = Architecture::named(&args.arch, h, c, args.patch)?;
     if let Architecture::Vit(m) = &mut architecture {
         m.depth = args.depth.unwrap_or(m.depth);
         m.hidden_size = args.width.unwrap_or(m.hidden_size);

@@ -1,4 +1,4 @@
-//! `supervised`: the supervised baseline of the paper's Table 6 as a job. A ViT trained from scratch on
+//! `supervised`: the supervised baselines of the paper's Table 6 as a job. A ViT or ResNet trained from scratch on
 //! `train` (cross-entropy, AdamW, flips), evaluated on `validation` after every epoch (charted as
 //! `loss`, `val_accuracy`, `val_f1` over the epoch), the best epoch's weights kept and applied to `test`
 //! with bootstrap 95% intervals. The result is a [`repdiff_api::SupervisedReport`]. No checkpoints: a
@@ -39,7 +39,7 @@ pub struct SupervisedParams {
     pub validation: DataSource,
     #[serde(default)]
     pub test: Option<DataSource>,
-    /// `vit-b` (the paper's), `vit-s` or `tiny`.
+    /// `vit-b` (the paper's), `vit-s`, `tiny`, `resnet-50` (the paper's) or `resnet-tiny`.
     #[serde(default = "default_architecture")]
     pub architecture: String,
     #[serde(default = "default_patch")]
@@ -64,7 +64,7 @@ pub struct Supervised {
 impl Handler for Supervised {
     fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
         let p: SupervisedParams = super::parse("supervised", params)?;
-        Architecture::vit(&p.architecture, p.size, 1, p.patch).map_err(|e| e.to_string())?;
+        Architecture::named(&p.architecture, p.size, 1, p.patch).map_err(|e| e.to_string())?;
         if !(1..=1000).contains(&p.epochs) || !(1..=1024).contains(&p.batch_size) {
             return Err("epochs must be 1 to 1000 and batch_size 1 to 1024".into());
         }
@@ -110,7 +110,7 @@ impl Handler for Supervised {
         if h != w {
             return Err(JobError::Permanent(format!("square inputs only, not {h}x{w}")));
         }
-        let architecture = Architecture::vit(&p.architecture, h, c, p.patch)?;
+        let architecture = Architecture::named(&p.architecture, h, c, p.patch)?;
         let options = SupervisedOptions {
             epochs: p.epochs,
             batch_size: p.batch_size,
