@@ -79,6 +79,49 @@ pub fn extract(
     })
 }
 
+/// [`extract`] of a model's raw samples (latents or pixels), decoded for display `batch_size` at a time,
+/// so a 10,000-sample evaluation never holds 10,000 decoded images (or decodes them in one call). Returns
+/// the features and the decoded images' channels and side. Latents without their autoencoder's weights
+/// are an error: their preview is no image to measure.
+pub fn extract_samples(
+    net: &InceptionV3,
+    samples: &Tensor,
+    config: &crate::config::RunConfig,
+    weights_dir: &Path,
+    batch_size: usize,
+    cancel: Option<&CancelToken>,
+    mut on_progress: impl FnMut(usize, usize),
+) -> Result<(SetFeatures, (usize, usize))> {
+    let n = samples.dim(0)?;
+    if n == 0 {
+        return Err(Error::Config("no samples to evaluate".into()));
+    }
+    let batch_size = batch_size.max(1);
+    let mut parts = Vec::new();
+    let mut shape = (0, 0);
+    for start in (0..n).step_by(batch_size) {
+        let size = batch_size.min(n - start);
+        let (images, note) = crate::sample::decode_for_display(&samples.narrow(0, start, size)?, config, weights_dir)?;
+        if let Some(note) = note {
+            return Err(Error::Config(format!("{note}; undecoded latents cannot be evaluated")));
+        }
+        let (_, c, h, _) = images.dims4()?;
+        shape = (c, h);
+        parts.push(extract(net, &images, size, cancel, |_, _| {})?);
+        on_progress(start + size, n);
+    }
+    let join = |pick: fn(&SetFeatures) -> &FeatureMatrix| {
+        FeatureMatrix::concat(&parts.iter().map(|p| pick(p).clone()).collect::<Vec<_>>())
+    };
+    let features = SetFeatures {
+        extractor: net.extractor().label(),
+        pool: join(|p| &p.pool)?,
+        spatial: join(|p| &p.spatial)?,
+        logits: join(|p| &p.logits)?,
+    };
+    Ok((features, shape))
+}
+
 impl SetFeatures {
     /// Writes the features as safetensors (`pool`, `spatial`, `logits`; the extractor in the metadata).
     pub fn save(&self, path: &Path) -> Result<()> {

@@ -5,13 +5,12 @@
 //! With pytorch-fid's weights in the weights folder the numbers are the field's; without them the
 //! documented random Inception stands in and the report's `extractor` and `pretrained` say so.
 
-use repdiff_engine::Tensor;
 use repdiff_engine::config::{DataSpace, RunConfig};
 use repdiff_engine::device::best_device;
 use repdiff_engine::diffusion::SamplerKind;
 use repdiff_engine::metrics::tsne::{TsneOptions, feature_histogram};
-use repdiff_engine::metrics::{InceptionV3, MetricOptions, compare, extract, extract_cached};
-use repdiff_engine::sample::{SampleOptions, Weights, decode_for_display, load_model, sample};
+use repdiff_engine::metrics::{InceptionV3, MetricOptions, SetFeatures, compare, extract_cached, extract_samples};
+use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample};
 use serde::{Deserialize, Serialize};
 
 use super::sample::{CheckpointRef, Sampler};
@@ -86,27 +85,43 @@ pub struct Evaluate {
 }
 
 impl Evaluate {
-    /// The real images at the size and channels of the first model's decoded samples. A dataset's slices
-    /// are read as images (through the CT window, no autoencoder); a latent file or the toy set come in
-    /// the model's space and are decoded like its samples.
-    fn real_images(
+    /// Features of the real images, at the channels and side of the models' decoded samples. A dataset's
+    /// slices are read as images (through the CT window, no autoencoder) and their features cached; a
+    /// latent file or the toy set come in the model's space and are decoded like its samples.
+    fn real_features(
         &self,
         ctx: &mut JobContext,
+        net: &InceptionV3,
         real: &DataSource,
         config: &RunConfig,
-        samples: &Tensor,
+        (channels, side): (usize, usize),
         device: &repdiff_engine::Device,
-    ) -> Result<Tensor, JobError> {
+    ) -> Result<SetFeatures, JobError> {
+        let cancel = ctx.cancel.clone();
         if let DataSource::Dataset { .. } = real {
-            let (_, channels, side, _) = samples.dims4().map_err(repdiff_engine::Error::from)?;
             let mut pixels = config.clone();
             pixels.data_space = DataSpace::Pixels;
             pixels.model.input_size = side;
             pixels.model.in_channels = channels;
-            return Ok(load_data(ctx, real, &pixels, &self.weights_dir, device)?.samples);
+            let images = load_data(ctx, real, &pixels, &self.weights_dir, device)?.samples;
+            let total = images.dims()[0] as u64;
+            let cache = std::env::temp_dir().join("repdiff-feature-cache");
+            let (features, cached) = extract_cached(net, &images, &cache, 32, Some(&cancel), |d, _| {
+                ctx.progress(d as u64, total, "real features");
+            })?;
+            ctx.log(
+                "info",
+                &format!("{} real images{}", features.len(), if cached { " (features cached)" } else { "" }),
+            );
+            return Ok(features);
         }
         let data = load_data(ctx, real, config, &self.weights_dir, device)?;
-        Ok(decode_for_display(&data.samples, config, &self.weights_dir)?.0)
+        let (features, _) =
+            extract_samples(net, &data.samples, config, &self.weights_dir, 32, Some(&cancel), |d, t| {
+                ctx.progress(d as u64, t as u64, "real features");
+            })?;
+        ctx.log("info", &format!("{} real images", features.len()));
+        Ok(features)
     }
 }
 
@@ -169,10 +184,15 @@ impl Handler for Evaluate {
             Sampler::Ddim => (SamplerKind::Ddim { eta: 0.0 }, format!("ddim{}", p.steps)),
         };
 
-        let mut generated: Vec<(String, String, Tensor)> = Vec::new();
-        let mut real_images = None;
+        // Each model's samples are reduced to features as they are drawn: only features are kept.
+        let options = MetricOptions::default();
+        let cancel = ctx.cancel.clone();
+        let mut real: Option<SetFeatures> = None;
+        let mut results = Vec::new();
+        let mut features = Vec::new();
         for (i, m) in p.models.iter().enumerate() {
             let key = m.checkpoint.key();
+            let name = m.name.clone().unwrap_or_else(|| key.clone());
             let local = ctx.fetch(&key, &format!("checkpoint-{i}.safetensors"))?;
             let (model, config) = load_model(&local, Weights::Ema, &device)?;
             if p.steps > config.diffusion.num_timesteps {
@@ -187,7 +207,7 @@ impl Handler for Evaluate {
                 (None, true) => Some(load_data(ctx, &p.real, &config, &self.weights_dir, &device)?.samples),
                 (None, false) => None,
             };
-            let options = SampleOptions {
+            let sample_options = SampleOptions {
                 num_samples: p.num,
                 labels: (!p.classes.is_empty()).then(|| p.classes.clone()),
                 guidance_scale: p.guidance,
@@ -199,58 +219,41 @@ impl Handler for Evaluate {
                 cancel: ctx.cancel.clone(),
                 references,
             };
-            let (samples, _) = sample(&model, &config, &options, &device, |done, total| {
+            let (samples, _) = sample(&model, &config, &sample_options, &device, |done, total| {
                 ctx.progress(done as u64, total as u64, &format!("sampling model {}/{}", i + 1, p.models.len()));
             })?;
-            let (images, note) = decode_for_display(&samples, &config, &self.weights_dir)?;
-            if let Some(note) = note {
-                return Err(JobError::Permanent(format!("model {i}: {note}; undecoded latents cannot be evaluated")));
+            let (f, shape) = extract_samples(&net, &samples, &config, &self.weights_dir, 32, Some(&cancel), |d, t| {
+                ctx.progress(d as u64, t as u64, &format!("features of {name}"));
+            })
+            .map_err(|e| JobError::Permanent(format!("model {i}: {e}")))?;
+            if real.is_none() {
+                real = Some(self.real_features(ctx, &net, &p.real, &config, shape, &device)?);
             }
-            if real_images.is_none() {
-                real_images = Some(self.real_images(ctx, &p.real, &config, &images, &device)?);
-            }
-            generated.push((m.name.clone().unwrap_or_else(|| key.clone()), key, images));
-        }
-        let real_images = real_images.expect("at least one model");
-
-        let cache = std::env::temp_dir().join("repdiff-feature-cache");
-        let total = real_images.dims()[0] as u64;
-        let cancel = ctx.cancel.clone();
-        let (real, cached) = extract_cached(&net, &real_images, &cache, 32, Some(&cancel), |d, _| {
-            ctx.progress(d as u64, total, "real features");
-        })?;
-        ctx.log("info", &format!("{} real images{}", real.len(), if cached { " (features cached)" } else { "" }));
-        let options = MetricOptions::default();
-        let mut results = Vec::new();
-        let mut features = Vec::new();
-        for (name, checkpoint, images) in &generated {
-            let n = images.dims()[0] as u64;
-            let f = extract(&net, images, 32, Some(&cancel), |d, _| {
-                ctx.progress(d as u64, n, &format!("features of {name}"));
-            })?;
-            let m = compare(&real, &f, &options)?;
+            let real = real.as_ref().expect("set above");
+            let metrics = compare(real, &f, &options)?;
             ctx.log(
                 "info",
                 &format!(
                     "{name}: {}",
-                    m.rows().iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(", ")
+                    metrics.rows().iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(", ")
                 ),
             );
             results.push(repdiff_api::EvaluatedSet {
                 name: name.clone(),
-                checkpoint: checkpoint.clone(),
-                generated: m.generated,
-                fid: m.fid,
-                sfid: m.sfid,
-                inception_score: m.inception_score,
-                inception_score_std: m.inception_score_std,
-                precision: m.precision,
-                recall: m.recall,
-                density: m.density,
-                coverage: m.coverage,
+                checkpoint: key,
+                generated: metrics.generated,
+                fid: metrics.fid,
+                sfid: metrics.sfid,
+                inception_score: metrics.inception_score,
+                inception_score_std: metrics.inception_score_std,
+                precision: metrics.precision,
+                recall: metrics.recall,
+                density: metrics.density,
+                coverage: metrics.coverage,
             });
-            features.push((name.clone(), f));
+            features.push((name, f));
         }
+        let real = real.expect("at least one model");
         let histogram = if p.histogram > 0 {
             ctx.progress(0, 1, "t-SNE histograms");
             let mut sets = vec![("real".to_string(), &real.pool)];
