@@ -628,24 +628,15 @@ fn evaluate_reports_metrics_named_for_their_extractor_and_caches_the_real_featur
     image_folder(&dir.join("real"));
     image_folder(&dir.join("generated"));
     let (real, generated, out, cache) = (dir.join("real"), dir.join("generated"), dir.join("eval"), dir.join("cache"));
-    let run = || {
-        repdiff(&[
-            "evaluate",
-            "--real",
-            real.to_str().unwrap(),
-            "--generated",
-            generated.to_str().unwrap(),
-            "--histogram",
-            "8",
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--weights-dir",
-            dir.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
+    // The same images on both sides, with `extra` options.
+    let run = |extra: &[&str]| {
+        let paths = [&real, &generated, &cache, &dir, &out].map(|p| p.to_str().unwrap());
+        let mut args = vec!["evaluate", "--real", paths[0], "--generated", paths[1], "--cache-dir", paths[2]];
+        args.extend(["--weights-dir", paths[3], "--out", paths[4]]);
+        args.extend(extra);
+        repdiff(&args)
     };
-    let first = run();
+    let first = run(&["--histogram", "8"]);
     assert!(first.status.success(), "{}", text(&first));
     // No pretrained weights in --weights-dir: the random extractor, never called FID.
     assert!(text(&first).contains("FD (random-inception-v3-seed0)"), "{}", text(&first));
@@ -659,29 +650,13 @@ fn evaluate_reports_metrics_named_for_their_extractor_and_caches_the_real_featur
     assert!(result["fid"].as_f64().unwrap().abs() < 1e-3, "{result}");
     assert_eq!(result["precision"], 1.0);
     assert_eq!(report["histogram"]["sets"].as_array().unwrap().len(), 2);
-    let second = run();
+    let second = run(&["--histogram", "8"]);
     assert!(text(&second).contains("features from the cache"), "{}", text(&second));
-    let few = repdiff(&[
-        "evaluate",
-        "--real",
-        real.to_str().unwrap(),
-        "--generated",
-        generated.to_str().unwrap(),
-        "--max-real",
-        "4",
-        "--histogram",
-        "0",
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--weights-dir",
-        dir.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let few = run(&["--max-real", "6", "--histogram", "0"]);
     assert!(few.status.success(), "{}", text(&few));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
-    assert_eq!(report["results"][0]["real"], 4, "--max-real keeps 4 of the 8 real images");
+    assert_eq!(report["results"][0]["real"], 6, "--max-real keeps 6 of the 8 real images");
     assert!(report["histogram"].is_null());
     let none = repdiff(&["evaluate", "--real", real.to_str().unwrap()]);
     assert!(!none.status.success() && text(&none).contains("nothing to evaluate"), "{}", text(&none));

@@ -377,6 +377,16 @@ fn confusion_table(confusion: &[Vec<usize>]) -> impl IntoView + use<> {
     }
 }
 
+/// A baseline's test metrics with their intervals, beside its confusion matrix.
+fn test_section(t: repdiff_api::ProbeTest) -> impl IntoView {
+    view! {
+        <div class="columns">
+            <div class="test-result"><h3>"Test"</h3>{metrics_table(&t.metrics, Some(&t.intervals))}</div>
+            <div>{confusion_table(&t.metrics.confusion)}</div>
+        </div>
+    }
+}
+
 /// A linear-probe run: the strength chosen on validation and the test metrics with their intervals.
 #[component]
 fn ProbeResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
@@ -391,12 +401,7 @@ fn ProbeResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
             view! {
                 <section class="card" id="probe">
                     <h2>{format!("Linear probe: L2 strength {} chosen on validation (F1 {:.1}%)", r.lambda, r.validation.f1 * 100.0)}</h2>
-                    {r.test.map(|t| view! {
-                        <div class="columns">
-                            <div class="test-result"><h3>"Test"</h3>{metrics_table(&t.metrics, Some(&t.intervals))}</div>
-                            <div>{confusion_table(&t.metrics.confusion)}</div>
-                        </div>
-                    })}
+                    {r.test.map(test_section)}
                 </section>
             }
         })
@@ -423,12 +428,7 @@ fn SupervisedResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoVi
                         r.architecture, r.best_epoch, r.epochs, r.validation.f1 * 100.0
                     )}</h2>
                     <p class="muted small">{format!("{} parameters, trained from scratch", r.parameters)}</p>
-                    {r.test.map(|t| view! {
-                        <div class="columns">
-                            <div class="test-result"><h3>"Test"</h3>{metrics_table(&t.metrics, Some(&t.intervals))}</div>
-                            <div>{confusion_table(&t.metrics.confusion)}</div>
-                        </div>
-                    })}
+                    {r.test.map(test_section)}
                 </section>
             }
         })
