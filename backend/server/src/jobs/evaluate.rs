@@ -259,6 +259,7 @@ impl Handler for Evaluate {
             let mut sets = vec![("real".to_string(), &real.pool)];
             sets.extend(features.iter().map(|(n, f)| (n.clone(), &f.pool)));
             let h = feature_histogram(&sets, p.histogram, &TsneOptions { seed: p.seed, ..Default::default() })?;
+            ctx.progress(1, 1, "t-SNE histograms");
             Some(repdiff_api::FeatureHistogram {
                 centres: h.centres,
                 sets: h
