@@ -141,6 +141,10 @@ try {
   await page.fill("input[name=steps]", "80");
   await page.fill("input[name=checkpoint_every]", "40");
   await page.fill("input[name=batch_size]", "8");
+  // Generation metrics of the last checkpoint (the random Inception: no weights here).
+  await page.fill("input[name=eval_every]", "80");
+  await page.fill("input[name=ckpt_num]", "8");
+  await page.selectOption("select[name=extractor]", "random");
   await page.fill("input[name=tags]", "e2e, tiny, e2e");
   await shot("launch-pretrain");
   await page.click("button:has-text('Launch')");
@@ -199,6 +203,19 @@ try {
   });
   assert.ok(drawn.smoothed, "a smoothed curve over the raw one by default");
   await shot("run-finished");
+
+  step("its checkpoint's generation metrics: the table shows the API's numbers");
+  const fdRandom = (await api(`/jobs/${trainId}/metrics?name=fd_random`))[0];
+  assert.deepEqual(fdRandom.steps, [80]);
+  const row = page.locator("#checkpoint-metrics tbody tr");
+  await row.first().waitFor();
+  assert.equal(await row.count(), 1);
+  const cells = await row.first().locator("td").allInnerTexts();
+  assert.equal(cells[0], "80");
+  assert.equal(cells[1].replace("★", "").trim(), fdRandom.values[0].toFixed(3));
+  assert.equal(await page.locator("#checkpoint-metrics thead th").nth(1).innerText(), "FD (random)");
+  await page.locator("#checkpoint-metrics").scrollIntoViewIfNeeded();
+  await shot("run-checkpoint-metrics");
   // The smoothing is in the address: a shared link shows the same chart.
   await page.goto(`${base}/runs/${trainId}?smooth=0&metric=loss`);
   await page.locator(".chart-main svg.chart path.raw").waitFor();

@@ -467,6 +467,63 @@ async fn pretrain_then_sample_through_the_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_training_run_measures_its_checkpoints_as_it_trains() {
+    let app = App::new("api_ckpt_eval", true).await;
+    let ada = app.token("ada").await;
+    let mut config = repdiff_engine::config::RunConfig::preset("tiny-cpu").unwrap();
+    let m = &mut config.model;
+    (m.input_size, m.patch_size, m.hidden_size, m.depth, m.num_heads) = (16, 4, 32, 1, 2);
+    (config.train.steps, config.train.batch_size, config.train.checkpoint_every) = (25, 8, 100);
+    let params = |eval: Value| {
+        json!({ "kind": "pretrain", "params": {
+            "run": { "config": config, "conditioning": "representation" }, "data": { "toy": { "n": 16 } }, "eval": eval } })
+    };
+    for (bad, says) in [
+        (json!({ "every": 0 }), "eval.every"),
+        (json!({ "every": 10, "num": 3 }), "eval.num"),
+        (json!({ "every": 10, "extractor": "pretrained" }), "pt_inception"),
+        (json!({ "every": 10, "sampler": "euler" }), "unknown variant"),
+    ] {
+        let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(params(bad))).await;
+        assert_eq!(reply.error_code(), "invalid_params");
+        assert!(String::from_utf8_lossy(&reply.body).contains(says), "{}", String::from_utf8_lossy(&reply.body));
+    }
+
+    // Measured at step 20 and at the last step, 25, though checkpoints are due only every 100.
+    let eval = json!({ "every": 20, "num": 8, "max_real": 12, "steps": 4, "extractor": "random" });
+    let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(params(eval))).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply.body));
+    let id = reply.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(120)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["eval"]["real"], 12);
+    assert_eq!(job["result"]["eval"]["extractor"], "random-inception-v3-seed0");
+    assert_eq!(job["result"]["eval"]["pretrained"], false);
+    let metrics = app.call("GET", &format!("/api/v1/jobs/{id}/metrics"), Some(&ada), None).await.json();
+    let series = |name: &str| metrics.as_array().unwrap().iter().find(|m| m["name"] == name).cloned();
+    // A random network's distances are never called FID.
+    assert!(series("fid").is_none() && series("is").is_none());
+    for name in ["fd_random", "sfd_random", "score_random", "precision", "recall", "density", "coverage"] {
+        let s = series(name).unwrap_or_else(|| panic!("no {name} in {metrics}"));
+        assert_eq!(s["steps"], json!([20, 25]), "{name}");
+        let values: Vec<f64> = s["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(values.iter().all(|v| v.is_finite() && *v >= 0.0), "{name}: {values:?}");
+    }
+    let fd: Vec<f64> =
+        series("fd_random").unwrap()["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(fd.iter().all(|v| *v > 0.0), "samples of a 25-step model are not the training images: {fd:?}");
+    let logs = app.call("GET", &format!("/api/v1/jobs/{id}/logs"), Some(&ada), None).await.json();
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["message"].as_str().unwrap().starts_with("step 25, 8 samples against 12 training images")),
+        "{logs}"
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn representation_pretraining_then_finetune_through_the_api() {
     let app = App::new("api_rep", true).await;
     let ada = app.token("ada").await;

@@ -87,6 +87,9 @@ struct Form {
     histogram: Field,
     /// auto, pretrained or random.
     extractor: Field,
+    /// A training run's checkpoint evaluation: every this many steps (empty: none), with this many samples.
+    eval_every: Field,
+    ckpt_num: Field,
     /// The supervised baseline's network: vit-b, vit-s or tiny.
     architecture: Field,
     patch: Field,
@@ -143,6 +146,8 @@ impl Form {
             eval_num: Field::new("256"),
             histogram: Field::new("500"),
             extractor: Field::new("auto"),
+            eval_every: Field::new(""),
+            ckpt_num: Field::new(""),
             architecture: Field::new("vit-b"),
             patch: Field::new("2"),
             epochs: Field::new("50"),
@@ -158,7 +163,18 @@ impl Form {
         number(problems, run, "checkpoint_every", "Checkpoint every", &self.checkpoint_every, true, true);
     }
 
-    /// A data source's parameters (`{"dataset": ...}`, `{"latents": ...}` or `{"toy": ...}`).
+    /// A training run's checkpoint evaluation (`eval`), when "Evaluate every" is set.
+    fn checkpoint_eval(&self, out: &mut Map<String, Value>, problems: &mut Vec<String>) {
+        if self.eval_every.text().is_empty() {
+            return;
+        }
+        let mut eval = Map::new();
+        number(problems, &mut eval, "every", "Evaluate every", &self.eval_every, true, true);
+        number(problems, &mut eval, "num", "Samples per evaluation", &self.ckpt_num, true, true);
+        eval.insert("extractor".into(), json!(self.extractor.text()));
+        out.insert("eval".into(), Value::Object(eval));
+    }
+
     /// A data source's parameters; a dataset's from `part` of its split when the split is on (the form's
     /// part when `part` is None).
     fn data_json(&self, source: &str, part: Option<&str>, problems: &mut Vec<String>) -> Value {
@@ -231,6 +247,7 @@ impl Form {
                 out.insert("run".into(), Value::Object(run));
                 let data = self.data_json(&self.data.text(), None, &mut problems);
                 out.insert("data".into(), data);
+                self.checkpoint_eval(&mut out, &mut problems);
             }
             "finetune" => {
                 match self.checkpoint.text().parse::<i64>() {
@@ -248,6 +265,7 @@ impl Form {
                 }
                 let data = self.data_json(&self.data.text(), None, &mut problems);
                 out.insert("data".into(), data);
+                self.checkpoint_eval(&mut out, &mut problems);
             }
             "classify" => {
                 match self.checkpoint.text().parse::<i64>() {
@@ -602,6 +620,17 @@ pub fn Launch() -> impl IntoView {
             </label>
         }
     };
+    // A training run's generation metrics per checkpoint.
+    let eval_fields = move || {
+        view! {
+            <fieldset><legend>"Generation metrics per checkpoint (optional)"</legend>
+                {text_input("Evaluate every", "eval_every", form.eval_every, "off, or a number of steps")}
+                {text_input("Samples per evaluation", "ckpt_num", form.ckpt_num, "64")}
+                {choice("Feature extractor", "extractor", form.extractor, &["auto", "pretrained", "random"])}
+                <p class="muted small wide-row">"At each such step (and the last) the EMA weights draw samples that are measured against up to 500 training images: FID, sFID, IS, precision, recall, density and coverage, charted over training on the run page."</p>
+            </fieldset>
+        }
+    };
     let dataset_select = move || {
         view! {
             <label>"Dataset"
@@ -746,6 +775,7 @@ pub fn Launch() -> impl IntoView {
                     {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
                     {source_fields(form.data, None)}
                 </fieldset>
+                {eval_fields()}
             }
             .into_any(),
             "sample" => view! {
@@ -877,6 +907,7 @@ pub fn Launch() -> impl IntoView {
                     {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
                     {source_fields(form.data, None)}
                 </fieldset>
+                {eval_fields()}
             }
             .into_any(),
             "encode" => view! {

@@ -261,6 +261,7 @@ fn Charts(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, ApiE
                 <div class="chart-main" data-metric=move || main_name.get().unwrap_or_default()>
                     {move || view! { <LineChart series=main smoothing=smoothing x_label=x_label() marker=marker /> }}
                 </div>
+                {move || shown.with(|m| checkpoint_table(m)).map(|t| view! { <CheckpointMetrics table=t /> })}
                 <div class="small-multiples">
                     {move || shown.get().into_iter().filter(|s| Some(&s.name) != main_name.get().as_ref()).map(|s| {
                         let name = s.name.clone();
@@ -442,6 +443,88 @@ pub fn evaluation_columns(pretrained: bool) -> [&'static str; 7] {
         ["FID", "sFID", "IS", "Precision", "Recall", "Density", "Coverage"]
     } else {
         ["FD (random)", "sFD (random)", "Score (random)", "Precision", "Recall", "Density", "Coverage"]
+    }
+}
+
+/// The generation metrics a training run measured at its checkpoints (its `eval` parameters), Table 5
+/// style: a row per measured step, and per column the row of the best value (when there are several).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointTable {
+    pub pretrained: bool,
+    pub rows: Vec<(i64, [Option<f64>; 7])>,
+    pub best: [Option<usize>; 7],
+}
+
+/// The metric names of a checkpoint evaluation, pretrained extractor then random, in the columns' order.
+const CHECKPOINT_METRICS: [(&str, &str); 7] = [
+    ("fid", "fd_random"),
+    ("sfid", "sfd_random"),
+    ("is", "score_random"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("density", "density"),
+    ("coverage", "coverage"),
+];
+
+/// The checkpoint table of a run's metrics, or None when it measured no checkpoint.
+pub fn checkpoint_table(series: &[MetricSeries]) -> Option<CheckpointTable> {
+    let find = |name: &str| series.iter().find(|s| s.name == name);
+    let pretrained = find("fid").is_some();
+    if !pretrained && find("fd_random").is_none() {
+        return None;
+    }
+    let columns: Vec<Option<&MetricSeries>> =
+        CHECKPOINT_METRICS.iter().map(|(p, r)| find(if pretrained { p } else { r })).collect();
+    let steps: std::collections::BTreeSet<i64> =
+        columns.iter().flatten().flat_map(|s| s.steps.iter().copied()).collect();
+    let rows: Vec<(i64, [Option<f64>; 7])> = steps
+        .into_iter()
+        .map(|step| {
+            let values = std::array::from_fn(|c| {
+                let s = columns[c]?;
+                s.steps.iter().position(|&x| x == step).map(|i| s.values[i])
+            });
+            (step, values)
+        })
+        .collect();
+    // One checkpoint is no contest: nothing is marked.
+    let best = std::array::from_fn(|c| {
+        if rows.len() < 2 {
+            return None;
+        }
+        let lower = crate::pages::runs::lower_is_better(CHECKPOINT_METRICS[c].0);
+        let mut best: Option<(usize, f64)> = None;
+        for (r, (_, values)) in rows.iter().enumerate() {
+            if let Some(v) = values[c].filter(|v| v.is_finite())
+                && best.is_none_or(|(_, b)| if lower { v < b } else { v > b })
+            {
+                best = Some((r, v));
+            }
+        }
+        best.map(|(r, _)| r)
+    });
+    Some(CheckpointTable { pretrained, rows, best })
+}
+
+/// A training run's checkpoint evaluations: a row per measured step, the best of each column marked.
+#[component]
+fn CheckpointMetrics(table: CheckpointTable) -> impl IntoView {
+    let columns = evaluation_columns(table.pretrained);
+    let best = table.best;
+    view! {
+        <h3>"Generation metrics per checkpoint (EMA weights; the best of each column marked)"</h3>
+        <table class="metrics" id="checkpoint-metrics">
+            <thead><tr><th class="num">"Step"</th>
+                {columns.iter().map(|c| view! { <th class="num">{*c}</th> }).collect_view()}</tr></thead>
+            <tbody>{table.rows.into_iter().enumerate().map(|(r, (step, values))| view! {
+                <tr><td class="num">{step}</td>
+                    {values.iter().enumerate().map(|(c, v)| {
+                        let is_best = best[c] == Some(r);
+                        view! { <td class=if is_best { "num best" } else { "num" }>
+                            {v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into())}{is_best.then_some(" ★")}</td> }
+                    }).collect_view()}</tr>
+            }).collect_view()}</tbody>
+        </table>
     }
 }
 
@@ -643,5 +726,49 @@ fn Logs(id: i64, refresh: RwSignal<u32>) -> impl IntoView {
                 </For>
             </pre>
         </section>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(name: &str, steps: &[i64], values: &[f64]) -> MetricSeries {
+        MetricSeries { name: name.into(), steps: steps.to_vec(), values: values.to_vec() }
+    }
+
+    #[test]
+    fn a_run_without_checkpoint_evaluations_has_no_table() {
+        assert_eq!(checkpoint_table(&[series("loss", &[1, 2], &[1.0, 0.5]), series("precision", &[1], &[0.3])]), None);
+    }
+
+    #[test]
+    fn the_checkpoint_table_has_a_row_per_step_and_marks_the_best_of_each_column() {
+        let m = [
+            series("loss", &[1, 2, 3, 4], &[1.0, 0.8, 0.6, 0.5]),
+            series("fd_random", &[2, 4], &[30.0, 12.0]),
+            series("sfd_random", &[2, 4], &[5.0, 7.0]),
+            series("score_random", &[2, 4], &[1.1, 1.4]),
+            series("precision", &[2, 4], &[0.2, 0.6]),
+            series("recall", &[2, 4], &[0.5, 0.4]),
+            series("density", &[2], &[0.1]),
+            series("coverage", &[2, 4], &[0.3, 0.3]),
+        ];
+        let t = checkpoint_table(&m).unwrap();
+        assert!(!t.pretrained);
+        assert_eq!(t.rows.len(), 2);
+        assert_eq!(t.rows[0], (2, [Some(30.0), Some(5.0), Some(1.1), Some(0.2), Some(0.5), Some(0.1), Some(0.3)]));
+        assert_eq!(t.rows[1], (4, [Some(12.0), Some(7.0), Some(1.4), Some(0.6), Some(0.4), None, Some(0.3)]));
+        // Distances: lowest; the rest: highest; ties keep the earlier checkpoint.
+        assert_eq!(t.best, [Some(1), Some(0), Some(1), Some(1), Some(0), Some(0), Some(0)]);
+    }
+
+    #[test]
+    fn the_pretrained_names_win_when_both_are_present() {
+        let m = [series("fid", &[5], &[40.0]), series("fd_random", &[5], &[3.0])];
+        let t = checkpoint_table(&m).unwrap();
+        assert!(t.pretrained);
+        assert_eq!(t.rows[0].1[0], Some(40.0));
+        assert_eq!(t.best, [None; 7], "a single checkpoint marks nothing");
     }
 }

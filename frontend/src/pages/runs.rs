@@ -40,7 +40,7 @@ pub fn flatten(value: &Value) -> BTreeMap<String, String> {
 /// Whether smaller is better for a metric (losses, distances) or larger (accuracy, IS, precision...).
 pub fn lower_is_better(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    !["acc", "accuracy", "f1", "precision", "recall", "is", "inception_score", "density", "coverage", "auc"]
+    !["acc", "accuracy", "f1", "precision", "recall", "is", "inception_score", "density", "coverage", "auc", "score"]
         .iter()
         .any(|k| n == *k || n.starts_with(&format!("{k}_")) || n.ends_with(&format!("_{k}")))
 }
@@ -363,10 +363,21 @@ mod tests {
 
     #[test]
     fn metric_direction() {
-        for lower in ["loss", "mse", "vb", "fid", "sfid", "grad_norm"] {
+        for lower in ["loss", "mse", "vb", "fid", "sfid", "grad_norm", "fd_random", "sfd_random"] {
             assert!(lower_is_better(lower), "{lower}");
         }
-        for higher in ["accuracy", "f1", "precision", "recall", "is", "test_f1", "f1_macro", "coverage"] {
+        for higher in [
+            "accuracy",
+            "f1",
+            "precision",
+            "recall",
+            "is",
+            "test_f1",
+            "f1_macro",
+            "coverage",
+            "score_random",
+            "density",
+        ] {
             assert!(!lower_is_better(higher), "{higher}");
         }
     }

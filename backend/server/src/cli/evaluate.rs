@@ -5,26 +5,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use repdiff_engine::Tensor;
 use repdiff_engine::device::best_device;
 use repdiff_engine::metrics::tsne::{TsneOptions, feature_histogram};
-use repdiff_engine::metrics::{InceptionV3, MetricOptions, compare, extract, extract_cached, load_image_set};
+use repdiff_engine::metrics::{MetricOptions, compare, extract, extract_cached, load_image_set};
 use repdiff_engine::sample::{sample, write_samples};
 use serde::Serialize;
 
 use super::progress_bar;
 use super::sample::{SampleArgs, SamplerArg, prepare};
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ExtractorArg {
-    /// The pretrained FID network when model-weights/ has it, else the random one.
-    Auto,
-    /// The pretrained FID network (an error without its weights).
-    Pretrained,
-    /// The documented random Inception-v3 (seed 0): comparable between runs, never called FID.
-    Random,
-}
+use repdiff_server::jobs::ExtractorChoice;
 
 #[derive(Args)]
 pub struct EvaluateArgs {
@@ -60,7 +51,7 @@ pub struct EvaluateArgs {
     #[arg(long)]
     max_real: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
-    extractor: ExtractorArg,
+    extractor: ExtractorChoice,
     /// Where pretrained weights live (pt_inception-2015-12-05.safetensors; the SD VAE for latent runs).
     #[arg(long, default_value = "model-weights")]
     weights_dir: PathBuf,
@@ -106,11 +97,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         bail!("nothing to evaluate: give --generated DIR|FILE or --checkpoint FILE (either repeatable)");
     }
     let (device, device_note) = best_device();
-    let net = match args.extractor {
-        ExtractorArg::Auto => InceptionV3::pretrained_or_random(&args.weights_dir, &device)?,
-        ExtractorArg::Pretrained => InceptionV3::pretrained(&args.weights_dir, &device)?,
-        ExtractorArg::Random => InceptionV3::random(0, &device)?,
-    };
+    let net = args.extractor.load(&args.weights_dir, &device)?;
     let label = net.extractor().label();
     println!("Extractor: {label} on {device_note}");
     if !net.extractor().eq(&repdiff_engine::metrics::Extractor::Pretrained) {

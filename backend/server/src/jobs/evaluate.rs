@@ -7,7 +7,6 @@
 
 use repdiff_engine::config::{DataSpace, RunConfig};
 use repdiff_engine::device::best_device;
-use repdiff_engine::diffusion::SamplerKind;
 use repdiff_engine::metrics::tsne::{TsneOptions, feature_histogram};
 use repdiff_engine::metrics::{InceptionV3, MetricOptions, SetFeatures, compare, extract_cached, extract_samples};
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample};
@@ -30,14 +29,43 @@ pub struct ModelToEvaluate {
     pub references: Option<DataSource>,
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+/// Which Inception-v3 measures the images.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ExtractorChoice {
-    /// Pretrained when its weights are present, else random.
+    /// The pretrained FID network when the weights folder has it, else the random one.
     #[default]
     Auto,
+    /// The pretrained FID network (an error without its weights).
     Pretrained,
+    /// The documented random Inception-v3 (seed 0): comparable between runs, never called FID.
     Random,
+}
+
+impl ExtractorChoice {
+    /// Refuses the pretrained extractor when its weights are not in `weights_dir`.
+    pub fn check(self, weights_dir: &std::path::Path) -> Result<(), String> {
+        let file = repdiff_engine::metrics::inception::WEIGHTS_FILE;
+        if self == ExtractorChoice::Pretrained && !weights_dir.join(file).exists() {
+            return Err(format!(
+                "the pretrained extractor needs {file} in the server's weights folder (or choose auto/random)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The network this choice names.
+    pub fn load(
+        self,
+        weights_dir: &std::path::Path,
+        device: &repdiff_engine::Device,
+    ) -> repdiff_engine::Result<InceptionV3> {
+        match self {
+            ExtractorChoice::Auto => InceptionV3::pretrained_or_random(weights_dir, device),
+            ExtractorChoice::Pretrained => InceptionV3::pretrained(weights_dir, device),
+            ExtractorChoice::Random => InceptionV3::random(0, device),
+        }
+    }
 }
 
 fn default_num() -> usize {
@@ -143,14 +171,7 @@ impl Handler for Evaluate {
         if p.histogram > 2000 {
             return Err("histogram takes at most 2000 images per set (exact t-SNE)".into());
         }
-        if p.extractor == ExtractorChoice::Pretrained
-            && !self.weights_dir.join(repdiff_engine::metrics::inception::WEIGHTS_FILE).exists()
-        {
-            return Err(format!(
-                "the pretrained extractor needs {} in the server's weights folder (or choose auto/random)",
-                repdiff_engine::metrics::inception::WEIGHTS_FILE
-            ));
-        }
+        p.extractor.check(&self.weights_dir)?;
         validate_data(&p.real)?;
         p.models.iter().filter_map(|m| m.references.as_ref()).try_for_each(validate_data)
     }
@@ -172,17 +193,10 @@ impl Handler for Evaluate {
     fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let p: EvaluateParams = ctx.params()?;
         let (device, device_note) = best_device();
-        let net = match p.extractor {
-            ExtractorChoice::Auto => InceptionV3::pretrained_or_random(&self.weights_dir, &device)?,
-            ExtractorChoice::Pretrained => InceptionV3::pretrained(&self.weights_dir, &device)?,
-            ExtractorChoice::Random => InceptionV3::random(0, &device)?,
-        };
+        let net = p.extractor.load(&self.weights_dir, &device)?;
         let extractor = net.extractor().label();
         ctx.log("info", &format!("extractor {extractor} on {device_note}"));
-        let (sampler, respacing) = match p.sampler {
-            Sampler::Ddpm => (SamplerKind::Ddpm, p.steps.to_string()),
-            Sampler::Ddim => (SamplerKind::Ddim { eta: 0.0 }, format!("ddim{}", p.steps)),
-        };
+        let (sampler, respacing) = p.sampler.kind(p.steps, 0.0);
 
         // Each model's samples are reduced to features as they are drawn: only features are kept.
         let options = MetricOptions::default();

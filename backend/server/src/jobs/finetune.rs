@@ -9,6 +9,7 @@ use repdiff_engine::finetune;
 use repdiff_engine::train::Trainer;
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint_eval::{CheckpointEval, CheckpointEvaluator};
 use super::sample::CheckpointRef;
 use super::train::{DataSource, data_inputs, load_data, train_and_publish, validate_data};
 use crate::worker::{Handler, Input, JobContext, JobError};
@@ -43,6 +44,9 @@ pub struct FinetuneParams {
     pub run: FinetuneRun,
     /// Labelled data (the downstream training split).
     pub data: DataSource,
+    /// Generation metrics of the checkpoints as the run trains (none by default).
+    #[serde(default)]
+    pub eval: Option<CheckpointEval>,
 }
 
 pub struct Finetune {
@@ -63,6 +67,9 @@ impl Handler for Finetune {
         }
         if r.learning_rate.is_some_and(|lr| !(lr.is_finite() && lr > 0.0)) {
             return Err("learning_rate must be positive".into());
+        }
+        if let Some(eval) = &p.eval {
+            eval.check(&self.weights_dir)?;
         }
         validate_data(&p.data)
     }
@@ -125,7 +132,10 @@ impl Handler for Finetune {
             transfer_counts = Some(counts);
             Trainer::from_weights(config, transfer.weights, &device)?
         };
-        let mut result = train_and_publish(ctx, &mut trainer, &data, &local, &checkpoint_key)?;
+        let mut evaluator =
+            p.eval.as_ref().map(|e| CheckpointEvaluator::new(e, &self.weights_dir, &device)).transpose()?;
+        let mut result =
+            train_and_publish(ctx, &mut trainer, &data, &local, &checkpoint_key, evaluator.as_mut(), &device)?;
         result["from"] = serde_json::json!(p.from.key());
         if let Some(counts) = transfer_counts {
             result["transfer"] = counts;

@@ -1,6 +1,7 @@
 //! Job kinds: thin adapters from a job's JSON parameters to the engine. Each kind's parameters are a serde
 //! type with `deny_unknown_fields`, so a misspelt field is an error at submission, not a silent default.
 
+mod checkpoint_eval;
 mod classify;
 mod counterfactual;
 mod encode;
@@ -13,7 +14,9 @@ mod sample;
 mod supervised;
 mod train;
 
+pub use checkpoint_eval::CheckpointEval;
 pub use encode::{EncodeParams, SplitSpec};
+pub use evaluate::ExtractorChoice;
 pub use import::ImportParams;
 pub use noop::NoopParams;
 pub use sample::{CheckpointRef, SampleParams};

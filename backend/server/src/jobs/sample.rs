@@ -36,6 +36,16 @@ pub enum Sampler {
     Ddim,
 }
 
+impl Sampler {
+    /// The engine's sampler and respacing for `steps` steps (`eta`: DDIM's noise scale).
+    pub fn kind(self, steps: usize, eta: f64) -> (SamplerKind, String) {
+        match self {
+            Sampler::Ddpm => (SamplerKind::Ddpm, steps.to_string()),
+            Sampler::Ddim => (SamplerKind::Ddim { eta }, format!("ddim{steps}")),
+        }
+    }
+}
+
 fn default_num() -> usize {
     16
 }
@@ -137,10 +147,7 @@ impl Handler for Sample {
                 config.diffusion.num_timesteps
             )));
         }
-        let (sampler, respacing) = match p.sampler {
-            Sampler::Ddpm => (SamplerKind::Ddpm, p.steps.to_string()),
-            Sampler::Ddim => (SamplerKind::Ddim { eta: p.eta }, format!("ddim{}", p.steps)),
-        };
+        let (sampler, respacing) = p.sampler.kind(p.steps, p.eta);
         let options = SampleOptions {
             num_samples: p.num,
             labels: (!p.classes.is_empty()).then(|| p.classes.clone()),

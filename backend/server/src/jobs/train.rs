@@ -12,6 +12,7 @@ use repdiff_engine::latent_cache::EncodeSpec;
 use repdiff_engine::train::{StopReason, Trainer};
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint_eval::{CheckpointEval, CheckpointEvaluator};
 use crate::worker::{Handler, Input, JobContext, JobError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -21,6 +22,9 @@ pub struct TrainParams {
     #[serde(default)]
     pub run: Overrides,
     pub data: DataSource,
+    /// Generation metrics of the checkpoints as the run trains (none by default).
+    #[serde(default)]
+    pub eval: Option<CheckpointEval>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -74,6 +78,9 @@ impl Handler for Train {
         if matches!(p.data, DataSource::Toy { .. }) && config.model.in_channels != 1 {
             return Err(format!("the toy set is grey (1 channel) but the model takes {}", config.model.in_channels));
         }
+        if let Some(eval) = &p.eval {
+            eval.check(&self.weights_dir)?;
+        }
         validate_data(&p.data)
     }
 
@@ -121,7 +128,9 @@ impl Handler for Train {
             trainer
         };
 
-        train_and_publish(ctx, &mut trainer, &data, &local, &checkpoint_key)
+        let mut evaluator =
+            p.eval.as_ref().map(|e| CheckpointEvaluator::new(e, &self.weights_dir, &device)).transpose()?;
+        train_and_publish(ctx, &mut trainer, &data, &local, &checkpoint_key, evaluator.as_mut(), &device)
     }
 }
 
@@ -182,21 +191,27 @@ pub(super) fn data_inputs(data: &DataSource) -> Vec<Input> {
 }
 
 /// Trains to the run's step count, publishing the checkpoint (`local`, stored under `checkpoint_key`)
-/// every `checkpoint_every` steps and on cancellation, with progress and metrics; the job's result.
+/// every `checkpoint_every` steps and on cancellation, with progress and metrics; the job's result. With an
+/// evaluator, the checkpoints at its steps are also measured (generation metrics at that step).
 pub(super) fn train_and_publish(
     ctx: &mut JobContext,
     trainer: &mut Trainer,
     data: &Dataset,
     local: &std::path::Path,
     checkpoint_key: &str,
+    mut evaluator: Option<&mut CheckpointEvaluator>,
+    device: &repdiff_engine::Device,
 ) -> Result<serde_json::Value, JobError> {
     let total = trainer.config.train.steps;
     let every = trainer.config.train.checkpoint_every.max(1);
     let started = std::time::Instant::now();
     let (start_step, mut first_loss, mut last_loss) = (trainer.step(), None, None);
     while trainer.step() < total {
-        // Train to the next checkpoint boundary, then publish the checkpoint to the store.
-        let until = ((trainer.step() / every + 1) * every).min(total);
+        // Train to the next checkpoint (or evaluation) boundary, then publish the checkpoint to the store.
+        let mut until = ((trainer.step() / every + 1) * every).min(total);
+        if let Some(e) = &evaluator {
+            until = until.min(e.spec().next(trainer.step(), total));
+        }
         let mut metric_error = None;
         let cancel = ctx.cancel.clone();
         let summary = trainer.run(data, until, Some(local), &cancel, |s| {
@@ -228,6 +243,11 @@ pub(super) fn train_and_publish(
             ctx.log("info", &format!("stopped at step {}; the checkpoint holds every finished step", trainer.step()));
             return Err(JobError::Cancelled);
         }
+        if let Some(e) = evaluator.as_deref_mut()
+            && e.spec().due(trainer.step(), total)
+        {
+            e.evaluate(ctx, local, data, (trainer.step(), total), device)?;
+        }
     }
     ctx.progress(total as u64, total as u64, "done");
     let seconds = started.elapsed().as_secs_f64();
@@ -241,5 +261,6 @@ pub(super) fn train_and_publish(
         "last_loss": last_loss,
         "checkpoint": checkpoint_key,
         "config": trainer.config,
+        "eval": evaluator.map(|e| e.summary()),
     }))
 }

@@ -1,0 +1,220 @@
+//! Generation metrics per checkpoint: a training job (`pretrain`, `finetune`) given `eval` samples from
+//! its EMA weights every `eval.every` steps (and at the last step) and measures the samples against its
+//! own training images, writing FID, sFID, IS, precision, recall, density and coverage as metrics at that
+//! step. The run page charts them over training and tables them Table 5 style, best values marked.
+//!
+//! With pytorch-fid's weights in the weights folder the metrics are `fid`, `sfid` and `is`; with the
+//! random Inception standing in they are `fd_random`, `sfd_random` and `score_random`, so a chart never
+//! calls a random network's distance FID.
+
+use std::path::Path;
+
+use repdiff_engine::Device;
+use repdiff_engine::data::Dataset;
+use repdiff_engine::metrics::{GenerationMetrics, InceptionV3, MetricOptions, SetFeatures, compare, extract_samples};
+use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample};
+use repdiff_engine::{Result as EngineResult, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::evaluate::ExtractorChoice;
+use super::sample::Sampler;
+use crate::worker::{JobContext, JobError};
+
+fn default_num() -> usize {
+    64
+}
+fn default_max_real() -> usize {
+    500
+}
+fn default_steps() -> usize {
+    50
+}
+fn default_guidance() -> f64 {
+    1.0
+}
+
+/// When and how a training job measures its checkpoints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointEval {
+    /// Measure every this many steps (and at the last step).
+    pub every: usize,
+    /// Samples drawn each time (a class-conditional model's cycle through the classes; a representation
+    /// model's vary the training images in turn).
+    #[serde(default = "default_num")]
+    pub num: usize,
+    /// Training images the samples are measured against (evenly spaced through the set).
+    #[serde(default = "default_max_real")]
+    pub max_real: usize,
+    #[serde(default)]
+    pub sampler: Sampler,
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    #[serde(default = "default_guidance")]
+    pub guidance: f64,
+    #[serde(default)]
+    pub extractor: ExtractorChoice,
+    /// The sampling seed: the same noise at every checkpoint, so the curve shows the model changing.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// Density and coverage look at 5 neighbours, so each set needs more than 5 images.
+const MIN_SET: usize = 6;
+
+impl CheckpointEval {
+    pub fn check(&self, weights_dir: &Path) -> Result<(), String> {
+        if self.every == 0 {
+            return Err("eval.every must be a positive number of steps".into());
+        }
+        if !(MIN_SET..=10_000).contains(&self.num) {
+            return Err(format!("eval.num must be between {MIN_SET} and 10000 samples"));
+        }
+        if !(MIN_SET..=50_000).contains(&self.max_real) {
+            return Err(format!("eval.max_real must be between {MIN_SET} and 50000 images"));
+        }
+        if self.steps == 0 || self.steps > 1000 {
+            return Err("eval.steps must be between 1 and 1000".into());
+        }
+        if !(self.guidance.is_finite() && self.guidance >= 0.0) {
+            return Err("eval.guidance must be >= 0".into());
+        }
+        self.extractor.check(weights_dir)
+    }
+
+    /// Whether the checkpoint at `step` of a `total`-step run is measured.
+    pub fn due(&self, step: usize, total: usize) -> bool {
+        step.is_multiple_of(self.every.max(1)) || step == total
+    }
+
+    /// The next step after `step` that is measured.
+    pub fn next(&self, step: usize, total: usize) -> usize {
+        ((step / self.every.max(1) + 1) * self.every.max(1)).min(total)
+    }
+}
+
+/// A training job's evaluator: the extractor and the real set's features, computed once per attempt.
+pub struct CheckpointEvaluator<'a> {
+    spec: &'a CheckpointEval,
+    weights_dir: &'a Path,
+    net: InceptionV3,
+    real: Option<SetFeatures>,
+}
+
+impl<'a> CheckpointEvaluator<'a> {
+    pub fn new(spec: &'a CheckpointEval, weights_dir: &'a Path, device: &Device) -> EngineResult<Self> {
+        Ok(CheckpointEvaluator { spec, weights_dir, net: spec.extractor.load(weights_dir, device)?, real: None })
+    }
+
+    pub fn spec(&self) -> &CheckpointEval {
+        self.spec
+    }
+
+    /// Samples from the EMA weights of `checkpoint` (the run's, at `step` of `total`), measures the
+    /// samples against the training images of `data`, and records every metric at `step`. Progress stays
+    /// at the training step; the message says how far the evaluation is.
+    pub fn evaluate(
+        &mut self,
+        ctx: &mut JobContext,
+        checkpoint: &Path,
+        data: &Dataset,
+        (step, total): (usize, usize),
+        device: &Device,
+    ) -> Result<GenerationMetrics, JobError> {
+        let report = |ctx: &mut JobContext, what: &str, done: usize, of: usize| {
+            ctx.progress(step as u64, total as u64, &format!("evaluating step {step}: {what} {done}/{of}"));
+        };
+        let spec = self.spec;
+        let (model, config) = load_model(checkpoint, Weights::Ema, device)?;
+        if spec.steps > config.diffusion.num_timesteps {
+            return Err(JobError::Permanent(format!(
+                "eval.steps must be at most the model's {} diffusion steps",
+                config.diffusion.num_timesteps
+            )));
+        }
+        let cancel = ctx.cancel.clone();
+        let real_images = evenly_spaced(&data.samples, spec.max_real)?;
+        if self.real.is_none() {
+            let (real, _) =
+                extract_samples(&self.net, &real_images, &config, self.weights_dir, 32, Some(&cancel), |d, t| {
+                    report(ctx, "real features", d, t);
+                })
+                .map_err(|e| JobError::Permanent(format!("eval: {e}")))?;
+            self.real = Some(real);
+        }
+        let (sampler, respacing) = spec.sampler.kind(spec.steps, 0.0);
+        let options = SampleOptions {
+            num_samples: spec.num,
+            labels: None,
+            guidance_scale: spec.guidance,
+            sampler,
+            respacing,
+            seed: spec.seed,
+            batch_size: 16,
+            clip_denoised: None,
+            cancel: cancel.clone(),
+            references: config.model.is_representation().then(|| real_images.clone()),
+        };
+        let (samples, _) = sample(&model, &config, &options, device, |done, total| {
+            report(ctx, "sampling", done, total);
+        })?;
+        let (generated, _) =
+            extract_samples(&self.net, &samples, &config, self.weights_dir, 32, Some(&cancel), |d, t| {
+                report(ctx, "sample features", d, t);
+            })?;
+        let real = self.real.as_ref().expect("extracted above");
+        let metrics = compare(real, &generated, &MetricOptions::default())?;
+        for (name, value) in metric_names(&metrics) {
+            ctx.metric(name, step as u64, value)?;
+        }
+        ctx.flush()?;
+        ctx.log(
+            "info",
+            &format!(
+                "step {step}, {} samples against {} training images: {}",
+                metrics.generated,
+                metrics.real,
+                metrics.rows().iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(", ")
+            ),
+        );
+        Ok(metrics)
+    }
+
+    /// What the job's result says about the evaluation.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "every": self.spec.every,
+            "num": self.spec.num,
+            "real": self.real.as_ref().map(SetFeatures::len),
+            "extractor": self.net.extractor().label(),
+            "pretrained": self.net.extractor() == &repdiff_engine::metrics::Extractor::Pretrained,
+        })
+    }
+}
+
+/// The metric names a checkpoint's evaluation is recorded under: FID, sFID and IS only from the
+/// pretrained network.
+pub fn metric_names(m: &GenerationMetrics) -> [(&'static str, f64); 7] {
+    let (fid, sfid, is) =
+        if m.is_pretrained() { ("fid", "sfid", "is") } else { ("fd_random", "sfd_random", "score_random") };
+    [
+        (fid, m.fid),
+        (sfid, m.sfid),
+        (is, m.inception_score),
+        ("precision", m.precision),
+        ("recall", m.recall),
+        ("density", m.density),
+        ("coverage", m.coverage),
+    ]
+}
+
+/// At most `max` rows of `samples`, evenly spaced (all of them when there are no more).
+fn evenly_spaced(samples: &Tensor, max: usize) -> EngineResult<Tensor> {
+    let n = samples.dim(0)?;
+    if n <= max {
+        return Ok(samples.clone());
+    }
+    let index: Vec<u32> = (0..max).map(|i| (i * n / max) as u32).collect();
+    let index = Tensor::from_vec(index, max, samples.device())?;
+    Ok(samples.index_select(&index, 0)?)
+}
