@@ -9,6 +9,7 @@ pub mod data;
 pub mod dataset;
 pub mod device;
 pub mod diffusion;
+pub mod dino;
 pub mod dit;
 pub mod error;
 pub mod explain;

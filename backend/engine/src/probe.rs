@@ -33,37 +33,13 @@ fn softmax(logits: &mut [f64]) {
     }
 }
 
-/// Solves `a x = b` for symmetric positive definite `a` (n x n, row-major) by Cholesky; None when `a` is
-/// not positive definite.
+/// Solves `a x = b` for symmetric positive definite `a` (n x n, row-major) by faer's blocked Cholesky;
+/// None when `a` is not positive definite.
 fn cholesky_solve(a: &[f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
-    let mut l = vec![0.0; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            let mut s = a[i * n + j];
-            for k in 0..j {
-                s -= l[i * n + k] * l[j * n + k];
-            }
-            if i == j {
-                if s <= 0.0 {
-                    return None;
-                }
-                l[i * n + i] = s.sqrt();
-            } else {
-                l[i * n + j] = s / l[j * n + j];
-            }
-        }
-    }
-    let mut y = vec![0.0; n];
-    for i in 0..n {
-        let s: f64 = (0..i).map(|k| l[i * n + k] * y[k]).sum();
-        y[i] = (b[i] - s) / l[i * n + i];
-    }
-    let mut x = vec![0.0; n];
-    for i in (0..n).rev() {
-        let s: f64 = (i + 1..n).map(|k| l[k * n + i] * x[k]).sum();
-        x[i] = (y[i] - s) / l[i * n + i];
-    }
-    Some(x)
+    use faer::linalg::solvers::Solve;
+    let llt = faer::Mat::from_fn(n, n, |i, j| a[i * n + j]).llt(faer::Side::Lower).ok()?;
+    let x = llt.solve(faer::Mat::from_fn(n, 1, |i, _| b[i]));
+    Some((0..n).map(|i| x[(i, 0)]).collect())
 }
 
 impl Probe {
@@ -122,6 +98,7 @@ impl Probe {
         let mut probe = Probe { classes, mean, scale, weights: vec![vec![0.0; d + 1]; classes], lambda, iterations: 0 };
         let given = lambda;
         let xs: Vec<Vec<f64>> = features.iter().map(|r| probe.standardise(r)).collect();
+        let design = faer::Mat::from_fn(n, d + 1, |i, j| xs[i][j]);
         let p = d + 1;
         let dim = classes * p;
         // Two classes: w1 = -w0 at the optimum, so lambda' (|w0|^2 + |w1|^2) / 2 = lambda |w1 - w0|^2 / 2
@@ -138,29 +115,37 @@ impl Probe {
             loss + 0.5 * lambda * weights.iter().map(|w| w[..d].iter().map(|v| v * v).sum::<f64>()).sum::<f64>()
         };
         for iteration in 0..100 {
-            // Gradient and Hessian of the objective in the flattened weights (class-major).
+            // Gradient and Hessian of the objective in the flattened weights (class-major). Block (k, l) of
+            // the Hessian is X^T diag(p_k (1[k = l] - p_l)) X, a matrix product.
             let mut grad = vec![0.0; dim];
             let mut hess = vec![0.0; dim * dim];
-            for (x, &y) in xs.iter().zip(labels) {
-                let mut prob: Vec<f64> =
-                    probe.weights.iter().map(|w| w.iter().zip(x).map(|(a, b)| a * b).sum()).collect();
-                softmax(&mut prob);
+            let probs: Vec<Vec<f64>> = xs
+                .iter()
+                .map(|x| {
+                    let mut prob: Vec<f64> =
+                        probe.weights.iter().map(|w| w.iter().zip(x).map(|(a, b)| a * b).sum()).collect();
+                    softmax(&mut prob);
+                    prob
+                })
+                .collect();
+            for ((x, &y), prob) in xs.iter().zip(labels).zip(&probs) {
                 for k in 0..classes {
                     let residual = prob[k] - f64::from(u8::from(y as usize == k));
                     for (j, &xj) in x.iter().enumerate() {
                         grad[k * p + j] += residual * xj;
                     }
-                    for l in 0..classes {
-                        let h = prob[k] * (f64::from(u8::from(k == l)) - prob[l]);
-                        if h == 0.0 {
-                            continue;
-                        }
-                        for (a, &xa) in x.iter().enumerate() {
-                            let row = (k * p + a) * dim + l * p;
-                            let hx = h * xa;
-                            for (b, &xb) in x.iter().enumerate() {
-                                hess[row + b] += hx * xb;
-                            }
+                }
+            }
+            for k in 0..classes {
+                for l in k..classes {
+                    let weighted = faer::Mat::from_fn(n, p, |i, j| {
+                        probs[i][k] * (f64::from(u8::from(k == l)) - probs[i][l]) * design[(i, j)]
+                    });
+                    let block = design.transpose() * &weighted;
+                    for a in 0..p {
+                        for b in 0..p {
+                            hess[(k * p + a) * dim + l * p + b] = block[(a, b)];
+                            hess[(l * p + b) * dim + k * p + a] = block[(a, b)];
                         }
                     }
                 }

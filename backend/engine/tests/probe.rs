@@ -41,3 +41,49 @@ fn a_probe_separates_separable_features_and_refuses_bad_input() {
     assert!(Probe::fit(&features, &labels[..3], 2, 1.0).is_err());
     assert!(Probe::fit(&features, &[3; 40], 2, 1.0).is_err());
 }
+
+#[test]
+fn dinov2_features_feed_a_probe_and_bad_weights_are_refused() {
+    use repdiff_engine::Device;
+    use repdiff_engine::data::Dataset;
+    use repdiff_engine::dino::{Dino, WEIGHTS_FILE};
+    use repdiff_engine::probe::{LAMBDAS, choose};
+
+    let missing = Dino::pretrained(std::path::Path::new("/nonexistent"), 224, &Device::Cpu).err().unwrap();
+    assert!(missing.to_string().contains(WEIGHTS_FILE) && missing.to_string().contains("convert_dinov2_weights.py"));
+    assert!(Dino::random(0, 100, &Device::Cpu).is_err(), "not a multiple of the patch");
+
+    // Random ViT-S/14 weights at 56 x 56 (4 x 4 patches): the features, their invariance to batching,
+    // and a probe on them telling the toy bars apart.
+    let clock = std::time::Instant::now();
+    let dino = Dino::random(3, 56, &Device::Cpu).unwrap();
+    println!("weights {:?}", clock.elapsed());
+    let train = Dataset::toy_bars(48, 16, 1, &Device::Cpu).unwrap();
+    let validation = Dataset::toy_bars(32, 16, 2, &Device::Cpu).unwrap();
+    let x = dino.features(&train.samples, 16).unwrap();
+    assert_eq!((x.len(), x[0].len()), (48, 768));
+    let one_by_one = dino.features(&train.samples.narrow(0, 0, 3).unwrap(), 1).unwrap();
+    for (a, b) in one_by_one.iter().flatten().zip(x.iter().flatten()) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "batching changed a feature: {a} vs {b}");
+    }
+    let v = dino.features(&validation.samples, 16).unwrap();
+    let (y, vy) = (train.labels.unwrap(), validation.labels.unwrap());
+    println!("features {:?}", clock.elapsed());
+    let (_, m) = choose((&x, &y), (&v, &vy), 2, &LAMBDAS).unwrap();
+    println!("probe {:?}", clock.elapsed());
+    println!("probe on random DINOv2 features: validation accuracy {:.3}", m.accuracy);
+    assert!(m.accuracy >= 0.8, "validation accuracy {}", m.accuracy);
+
+    // The checkpoint format: safetensors with Meta's names; another width is refused by name.
+    let dir = std::env::temp_dir().join(format!("repdiff-dino-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrong: std::collections::HashMap<String, repdiff_engine::Tensor> = [(
+        "cls_token".to_string(),
+        repdiff_engine::Tensor::zeros((1, 1, 768), repdiff_engine::DType::F32, &Device::Cpu).unwrap(),
+    )]
+    .into();
+    candle_core::safetensors::save(&wrong, dir.join(WEIGHTS_FILE)).unwrap();
+    let refused = Dino::pretrained(&dir, 224, &Device::Cpu).err().unwrap().to_string();
+    assert!(refused.contains("ViT-S/14"), "{refused}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -514,6 +514,52 @@ fn counterfactual_and_trajectory_write_their_figures() {
 }
 
 #[test]
+fn probe_on_dinov2_features_reads_its_weights_from_the_weights_folder() {
+    let dir = tempdir("probe-dino");
+    image_folder(&dir.join("images"));
+    let images = dir.join("images");
+    let images_s = images.to_str().unwrap();
+    let weights = dir.join("weights");
+    let probe = |out: &Path| {
+        repdiff(&[
+            "probe",
+            "--features",
+            "dinov2",
+            "--weights-dir",
+            weights.to_str().unwrap(),
+            "--dino-size",
+            "28",
+            "--train",
+            images_s,
+            "--validation",
+            images_s,
+            "--test",
+            images_s,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    // No weights: the error names the file and the conversion script.
+    let out = probe(&dir.join("x.json"));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("dinov2_vits14.safetensors") && text(&out).contains("convert_dinov2_weights.py"),
+        "{}",
+        text(&out)
+    );
+    // Stand-in weights (random, seeded) under Meta's names, with the mask token its checkpoint carries.
+    repdiff_engine::dino::write_random_weights(&weights, 1).unwrap();
+    let report = dir.join("probe.json");
+    let out = probe(&report);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Probing DINOv2 ViT-S/14 at 28x28 (768 features)"), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["test"]["predicted"].as_array().unwrap().len(), 8);
+    assert_eq!(report["features"], "DINOv2 ViT-S/14 at 28x28");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn probe_fits_on_a_representation_encoder_and_refuses_other_models() {
     let dir = tempdir("probe");
     image_folder(&dir.join("images"));
