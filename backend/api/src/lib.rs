@@ -551,6 +551,10 @@ pub struct ProbeTest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct ProbeReport {
+    /// What was probed: `encoder` (a representation model's) or `dinov2-vits14-<input size>`; empty in
+    /// results from before DINOv2 (the encoder).
+    #[serde(default)]
+    pub features: String,
     pub lambda: f64,
     pub validation: ClassMetrics,
     pub test: Option<ProbeTest>,

@@ -55,7 +55,12 @@ impl App {
         let _ = std::fs::remove_dir_all(&dir);
         let storage = Storage::local(&dir.join("store")).unwrap();
         std::fs::create_dir_all(dir.join("imports")).unwrap();
-        let settings = JobSettings { import_roots: vec![dir.join("imports")], ..JobSettings::default() };
+        // An empty weights folder of its own: no test sees pretrained weights it did not write.
+        let settings = JobSettings {
+            import_roots: vec![dir.join("imports")],
+            weights_dir: dir.join("model-weights"),
+            ..JobSettings::default()
+        };
         let registry = jobs::registry(&settings);
         let config = HttpConfig {
             json_limit: 64 << 10,
@@ -630,6 +635,29 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     let id = app.call("POST", "/api/v1/jobs", Some(&ada), Some(probe(ft))).await.json()["id"].as_i64().unwrap();
     let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
     assert!(job["state"] == "failed" && job["error"].as_str().unwrap().contains("representation encoder"), "{job}");
+
+    // The probe on DINOv2's features: refused until the server has its weights (stand-in random ones here).
+    let dino = |params: Value| {
+        let mut p = json!({ "features": "dinov2", "dino_size": 28, "train": { "toy": { "n": 12 } },
+            "validation": { "toy": { "n": 8, "seed": 1 } }, "test": { "toy": { "n": 8, "seed": 2 } } });
+        p.as_object_mut().unwrap().extend(params.as_object().unwrap().clone());
+        json!({ "kind": "probe", "params": p })
+    };
+    let refused = app.call("POST", "/api/v1/jobs", Some(&ada), Some(dino(json!({})))).await;
+    assert_eq!(refused.error_code(), "invalid_params");
+    assert!(String::from_utf8_lossy(&refused.body).contains("dinov2_vits14.safetensors"));
+    repdiff_engine::dino::write_random_weights(&app.dir.join("model-weights"), 1).unwrap();
+    for (bad, says) in
+        [(json!({ "dino_size": 30 }), "multiple of 14"), (json!({ "checkpoint": { "job": pre } }), "no checkpoint")]
+    {
+        let refused = app.call("POST", "/api/v1/jobs", Some(&ada), Some(dino(bad))).await;
+        assert!(String::from_utf8_lossy(&refused.body).contains(says), "{}", String::from_utf8_lossy(&refused.body));
+    }
+    let id = app.call("POST", "/api/v1/jobs", Some(&ada), Some(dino(json!({})))).await.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["features"], "dinov2-vits14-28");
+    assert_eq!(job["result"]["test"]["predicted"].as_array().unwrap().len(), 8);
 
     // The supervised baseline: a tiny ViT from scratch, its epochs charted, the best one kept for test.
     let supervised = |architecture: &str| {

@@ -90,6 +90,9 @@ struct Form {
     /// A training run's checkpoint evaluation: every this many steps (empty: none), with this many samples.
     eval_every: Field,
     ckpt_num: Field,
+    /// The probe's features: encoder (a representation model's) or dinov2.
+    probe_features: Field,
+    dino_size: Field,
     /// The supervised baseline's network: vit-b, vit-s or tiny.
     architecture: Field,
     patch: Field,
@@ -148,6 +151,8 @@ impl Form {
             extractor: Field::new("auto"),
             eval_every: Field::new(""),
             ckpt_num: Field::new(""),
+            probe_features: Field::new("encoder"),
+            dino_size: Field::new(""),
             architecture: Field::new("vit-b"),
             patch: Field::new("2"),
             epochs: Field::new("50"),
@@ -333,6 +338,15 @@ impl Form {
                 if out.get("frames").and_then(Value::as_i64).is_some_and(|f| !(2..=64).contains(&f)) {
                     problems.push("Trajectory frames: 2 to 64".into());
                 }
+            }
+            "probe" if self.probe_features.text() == "dinov2" => {
+                out.insert("features".into(), json!("dinov2"));
+                number(&mut problems, &mut out, "dino_size", "DINOv2 input size", &self.dino_size, true, true);
+                if out.get("dino_size").and_then(Value::as_u64).is_some_and(|s| s % 14 != 0) {
+                    problems.push("DINOv2 input size: a multiple of 14 (224, 518)".into());
+                }
+                self.labelled_parts(&mut out, &mut problems);
+                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
             }
             "probe" => {
                 match self.checkpoint.text().parse::<i64>() {
@@ -822,9 +836,14 @@ pub fn Launch() -> impl IntoView {
             .into_any(),
             "probe" => view! {
                 <fieldset><legend>"Linear probe (the Table 6 baseline)"</legend>
-                    {run_select("Representation pre-training", &["pretrain"])}
+                    {choice("Features", "probe_features", form.probe_features, &["encoder", "dinov2"])}
+                    {move || if form.probe_features.value.get() == "dinov2" {
+                        text_input("DINOv2 input size", "dino_size", form.dino_size, "224 (518: its native size)").into_any()
+                    } else {
+                        run_select("Representation pre-training", &["pretrain"]).into_any()
+                    }}
                     {text_input("Seed", "seed", form.seed, "0 (bootstrap resamples)")}
-                    <p class="muted small wide-row">"Logistic regression on the representation encoder's mean-pooled tokens; its L2 strength is chosen on validation (best F1), the test metrics come with bootstrap 95% intervals."</p>
+                    <p class="muted small wide-row">"Logistic regression on frozen features: the representation encoder's mean-pooled tokens, or DINOv2 ViT-S/14's (class and mean patch token; its weights must be on the server). The L2 strength is chosen on validation (best F1), the test metrics come with bootstrap 95% intervals."</p>
                 </fieldset>
                 {labelled_fields()}
             }

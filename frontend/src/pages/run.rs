@@ -401,7 +401,9 @@ fn ProbeResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
         report().map(|r| {
             view! {
                 <section class="card" id="probe">
-                    <h2>{format!("Linear probe: L2 strength {} chosen on validation (F1 {:.1}%)", r.lambda, r.validation.f1 * 100.0)}</h2>
+                    <h2>{format!("Linear probe on {}: L2 strength {} chosen on validation (F1 {:.1}%)",
+                        if r.features.starts_with("dinov2") { "DINOv2 ViT-S/14 features" } else { "the representation encoder" },
+                        r.lambda, r.validation.f1 * 100.0)}</h2>
                     {r.test.map(test_section)}
                 </section>
             }

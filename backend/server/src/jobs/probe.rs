@@ -1,9 +1,14 @@
-//! `probe`: the linear-probe baseline of the paper's Table 6 as a job. Logistic regression on a
-//! representation model's mean-pooled encoder tokens, fitted on `train`, its L2 strength chosen on
-//! `validation` (best F1), the `test` metrics with bootstrap 95% intervals in the result.
+//! `probe`: the linear-probe baseline of the paper's Table 6 as a job. Logistic regression on frozen
+//! features, fitted on `train`, its L2 strength chosen on `validation` (best F1), the `test` metrics with
+//! bootstrap 95% intervals in the result. The features are a representation model's mean-pooled encoder
+//! tokens (`"features": "encoder"`, the default, with its `checkpoint`) or DINOv2 ViT-S/14's of the images
+//! (`"features": "dinov2"`, weights in the server's weights folder; datasets and the toy set are read as
+//! grey pixels of `dino_size`).
 
 use repdiff_engine::classify::{bootstrap, metrics};
+use repdiff_engine::config::RunConfig;
 use repdiff_engine::device::best_device;
+use repdiff_engine::dino::{self, Dino};
 use repdiff_engine::probe::{LAMBDAS, choose, encoder_features};
 use repdiff_engine::sample::{Weights, load_model};
 use serde::{Deserialize, Serialize};
@@ -12,11 +17,32 @@ use super::sample::CheckpointRef;
 use super::train::{DataSource, data_inputs, load_data, validate_data};
 use crate::worker::{Handler, Input, JobContext, JobError};
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Features {
+    /// The representation encoder of `checkpoint`.
+    #[default]
+    Encoder,
+    /// DINOv2 ViT-S/14 on the images.
+    Dinov2,
+}
+
+fn default_dino_size() -> usize {
+    224
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeParams {
-    /// A representation-conditional checkpoint (a `pretrain` job with `"conditioning": "representation"`).
-    pub checkpoint: CheckpointRef,
+    #[serde(default)]
+    pub features: Features,
+    /// A representation-conditional checkpoint (a `pretrain` job with `"conditioning": "representation"`):
+    /// the encoder probed.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointRef>,
+    /// DINOv2's input size (a multiple of 14; 518 is its native one).
+    #[serde(default = "default_dino_size")]
+    pub dino_size: usize,
     pub train: DataSource,
     pub validation: DataSource,
     #[serde(default)]
@@ -34,6 +60,22 @@ pub struct Probe {
 impl Handler for Probe {
     fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
         let p: ProbeParams = super::parse("probe", params)?;
+        match (p.features, &p.checkpoint) {
+            (Features::Encoder, None) => return Err("an encoder probe needs the checkpoint of its model".into()),
+            (Features::Dinov2, Some(_)) => return Err("a dinov2 probe reads no checkpoint".into()),
+            (Features::Dinov2, None) => {
+                if p.dino_size == 0 || !p.dino_size.is_multiple_of(dino::PATCH) || p.dino_size > 1022 {
+                    return Err(format!("dino_size is a multiple of {} up to 1022", dino::PATCH));
+                }
+                if !self.weights_dir.join(dino::WEIGHTS_FILE).exists() {
+                    return Err(format!(
+                        "the dinov2 probe needs {} in the server's weights folder (see model-weights/README.md)",
+                        dino::WEIGHTS_FILE
+                    ));
+                }
+            }
+            (Features::Encoder, Some(_)) => {}
+        }
         validate_data(&p.train)?;
         validate_data(&p.validation)?;
         p.test.as_ref().map_or(Ok(()), validate_data)
@@ -42,7 +84,7 @@ impl Handler for Probe {
     fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
         match serde_json::from_value::<ProbeParams>(params.clone()) {
             Ok(p) => {
-                let mut inputs = vec![Input::Artifact(p.checkpoint.key())];
+                let mut inputs: Vec<Input> = p.checkpoint.iter().map(|c| Input::Artifact(c.key())).collect();
                 for source in [Some(&p.train), Some(&p.validation), p.test.as_ref()].into_iter().flatten() {
                     inputs.extend(data_inputs(source));
                 }
@@ -55,19 +97,41 @@ impl Handler for Probe {
     fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let p: ProbeParams = ctx.params()?;
         let (device, device_note) = best_device();
-        let local = ctx.fetch(&p.checkpoint.key(), "checkpoint.safetensors")?;
-        let weights = if p.raw_weights { Weights::Raw } else { Weights::Ema };
-        let (model, config) = load_model(&local, weights, &device)?;
-        if !config.model.is_representation() {
-            return Err(JobError::Permanent(
-                "the probe reads a representation encoder: give a representation-conditional pre-training".into(),
-            ));
-        }
+        let extractor = match (&p.checkpoint, p.features) {
+            (Some(checkpoint), Features::Encoder) => {
+                let local = ctx.fetch(&checkpoint.key(), "checkpoint.safetensors")?;
+                let weights = if p.raw_weights { Weights::Raw } else { Weights::Ema };
+                let (model, config) = load_model(&local, weights, &device)?;
+                if !config.model.is_representation() {
+                    return Err(JobError::Permanent(
+                        "the probe reads a representation encoder: give a representation-conditional pre-training"
+                            .into(),
+                    ));
+                }
+                Extractor::Encoder(Box::new(model), Box::new(config))
+            }
+            _ => {
+                let mut pixels = RunConfig::preset("tiny-cpu")?;
+                (pixels.model.input_size, pixels.model.in_channels) = (p.dino_size, 1);
+                Extractor::Dino(Dino::pretrained(&self.weights_dir, p.dino_size, &device)?, Box::new(pixels))
+            }
+        };
         let features = |ctx: &mut JobContext, source: &DataSource, what: &str| -> Result<_, JobError> {
-            let data = load_data(ctx, source, &config, &self.weights_dir, &device)?;
+            let config = match &extractor {
+                Extractor::Encoder(_, config) | Extractor::Dino(_, config) => config,
+            };
+            let data = load_data(ctx, source, config, &self.weights_dir, &device)?;
             let labels =
                 data.labels.clone().ok_or_else(|| JobError::Permanent(format!("the {what} data has no labels")))?;
-            Ok((encoder_features(&model, &data.samples, 64)?, labels))
+            let features = match &extractor {
+                Extractor::Encoder(model, _) => encoder_features(model, &data.samples, 64)?,
+                Extractor::Dino(dino, _) => dino.features(&data.samples, 16).map_err(|e| {
+                    JobError::Permanent(format!(
+                        "the {what} data: {e} (DINOv2 reads images: a dataset, pixel latents or the toy set)"
+                    ))
+                })?,
+            };
+            Ok((features, labels))
         };
         let train = features(ctx, &p.train, "training")?;
         let validation = features(ctx, &p.validation, "validation")?;
@@ -75,8 +139,9 @@ impl Handler for Probe {
         ctx.log(
             "info",
             &format!(
-                "probing {} encoder features on {} training and {} validation images, {device_note}",
+                "probing {} {} features on {} training and {} validation images, {device_note}",
                 train.0.first().map_or(0, Vec::len),
+                if p.features == Features::Dinov2 { "DINOv2" } else { "encoder" },
                 train.1.len(),
                 validation.1.len()
             ),
@@ -94,6 +159,17 @@ impl Handler for Probe {
             }
             None => None,
         };
-        Ok(serde_json::json!({ "lambda": probe.lambda, "validation": val, "test": test }))
+        let features = match p.features {
+            Features::Encoder => "encoder".to_string(),
+            Features::Dinov2 => format!("dinov2-vits14-{}", p.dino_size),
+        };
+        Ok(serde_json::json!({ "features": features, "lambda": probe.lambda, "validation": val, "test": test }))
     }
+}
+
+/// What a probe measures the images with: a model's encoder (with the model's configuration, which says
+/// how data sources are read), or DINOv2 (with the pixel configuration it reads them by).
+enum Extractor {
+    Encoder(Box<repdiff_engine::dit::Dit>, Box<RunConfig>),
+    Dino(Dino, Box<RunConfig>),
 }
