@@ -659,9 +659,18 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     let table5 = summary["table5"].as_array().unwrap();
     assert_eq!(table5.len(), 2);
     assert!(table5.iter().all(|r| r["generated"] == 10 && r["fid"].as_f64().unwrap() > 0.0), "{table5:?}");
-    // A second run keeps what is done: training resumes at its last step, the reports stay.
-    let again = repdiff(&args);
+    assert!(text(&first).contains("the DINOv2 probe is left out"), "{}", text(&first));
+    // A second run keeps what is done: training resumes at its last step, the reports stay; with DINOv2's
+    // weights now in its weights folder (stand-in random ones) it adds that probe's row.
+    let weights = dir.join("weights");
+    repdiff_engine::dino::write_random_weights(&weights, 2).unwrap();
+    let again = repdiff(&[&args[..], &["--weights-dir", weights.to_str().unwrap()]].concat());
     assert!(again.status.success(), "{}", text(&again));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table6.json")).unwrap()).unwrap();
+    assert_eq!(summary["table6"].as_array().unwrap().len(), 6);
+    assert_eq!(summary["table6"][3]["method"], "Linear probe on DINOv2 ViT-S/14 features");
+    assert!(summary["table6"][3]["intervals"]["f1"][1].as_f64().is_some(), "{summary}");
     assert!(text(&again).contains("Nothing to do: the run is at step 4 of 4"), "{}", text(&again));
     assert!(!text(&again).contains("diffusion classifier ("), "finished steps are not run again: {}", text(&again));
     assert!(!text(&again).contains("generation metrics of"), "{}", text(&again));

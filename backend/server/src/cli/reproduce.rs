@@ -258,6 +258,21 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         step(&format!("encode the {part} part"), &strings(&a), &mut timings)?;
     }
 
+    // A part's images as pixels in [-1, 1]: the pixel preset's latents are; for an autoencoder's, the part
+    // is read again without it, at the encoder's input size, in RGB as the decoder gives.
+    let pixel_images = |part: &str, timings: &mut Vec<(String, f64)>| -> Result<PathBuf> {
+        if plan.autoencoder == "pixels" {
+            return Ok(latents(part));
+        }
+        let images = out.join(format!("images-{part}.safetensors"));
+        let (size, manifest, target) = (plan.encode_size.to_string(), path(&split), path(&images));
+        let a =
+            ["encode", "--manifest", &manifest, "--part", part, "--size", &size, "--channels", "3", "--seed", &seed];
+        let a = [&a[..], &["--out", &target]].concat();
+        step(&format!("the {part} images as pixels"), &strings(&a), timings)?;
+        Ok(images)
+    };
+
     // 3. Pre-training, unconditional and representation-conditional; 4. fine-tuning both.
     let epochs_steps =
         |part: &str| -> Result<usize> { Ok(plan.epochs.max(1) * count_part(&split, part)?.div_ceil(16).max(1)) };
@@ -348,6 +363,22 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     let rep_checkpoint = path(&out.join("pretrain-rep/checkpoint.safetensors"));
     let a = [strings(&["probe", "--checkpoint", &rep_checkpoint]), parts.clone()].concat();
     unless_done(&probe, "linear probe on the representation encoder", a, &mut timings)?;
+    // The probe on DINOv2's features of the images, when its weights are in the weights folder.
+    let dino_probe = out.join("probe-dinov2.json");
+    if args.weights_dir.join(repdiff_engine::dino::WEIGHTS_FILE).exists() {
+        let mut a = strings(&["probe", "--features", "dinov2", "--weights-dir", &path(&args.weights_dir)]);
+        for part in ["train", "validation", "test"] {
+            a.extend([format!("--{part}"), path(&pixel_images(part, &mut timings)?)]);
+        }
+        a.extend(strings(&["--seed", &seed]));
+        unless_done(&dino_probe, "linear probe on DINOv2 features", a, &mut timings)?;
+    } else if !dino_probe.exists() {
+        println!(
+            "\n(no {} in {}: the DINOv2 probe is left out of Table 6; see model-weights/README.md)",
+            repdiff_engine::dino::WEIGHTS_FILE,
+            args.weights_dir.display()
+        );
+    }
     for (arch, epochs) in plan.supervised {
         let epochs = args.supervised_epochs.unwrap_or(epochs).to_string();
         let a = strings(&["supervised", "--arch", arch, "--patch", &plan.vit_patch.to_string(), "--epochs", &epochs]);
@@ -378,30 +409,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     let eval_samples = args.eval_samples.unwrap_or(plan.eval_samples);
     let evaluation = out.join("evaluate");
     if eval_samples > 0 && !evaluation.join("metrics.json").exists() {
-        // The real images as pixels in [-1, 1]: the pixel preset's latents are; for an autoencoder's,
-        // the same part is read again without it, at the decoded size, in RGB as the decoder gives.
-        let real = if plan.autoencoder == "pixels" {
-            latents("pretrain")
-        } else {
-            let images = out.join("images-pretrain.safetensors");
-            let a = [
-                "encode",
-                "--manifest",
-                &path(&split),
-                "--part",
-                "pretrain",
-                "--size",
-                &plan.encode_size.to_string(),
-                "--channels",
-                "3",
-                "--seed",
-                &seed,
-                "--out",
-                &path(&images),
-            ];
-            step("the pre-training images as pixels", &strings(&a), &mut timings)?;
-            images
-        };
+        let real = pixel_images("pretrain", &mut timings)?;
         let a = [
             "evaluate",
             "--real",
@@ -444,6 +452,9 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         ),
         probe_row("Linear probe on the representation encoder (mean-pooled tokens)", &read_json(&probe)?),
     ];
+    if dino_probe.exists() {
+        rows.push(probe_row("Linear probe on DINOv2 ViT-S/14 features", &read_json(&dino_probe)?));
+    }
     for (arch, _) in plan.supervised {
         let report = read_json(&out.join(format!("supervised-{arch}.json")))?;
         rows.push(probe_row(&format!("{} ({arch}) trained from scratch on the training part", network(arch)), &report));
