@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// of --batch-size), then FID, P/R and density/coverage on them; extrapolated to 10,000 samples.
     #[arg(long)]
     metrics: Option<usize>,
+    /// Measure the DINOv2 probe baseline instead: ViT-S/14 features of this many images at 224 and 518,
+    /// and the probe's fit on 768 features.
+    #[arg(long)]
+    dino: Option<usize>,
     /// Measure the job queue instead: this many no-op jobs through claim/finish and through workers
     /// (a scratch database on the server of --database-url).
     #[arg(long)]
@@ -65,6 +69,9 @@ fn mean_seconds(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> 
 pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(jobs) = args.queue {
         return super::bench_queue::run(&args.database_url, jobs, args.workers.max(1));
+    }
+    if let Some(images) = args.dino {
+        return dino(images.max(1));
     }
     if let Some(images) = args.metrics {
         return metrics(images.max(2), args.batch_size.max(1));
@@ -147,6 +154,46 @@ fn bench_model(
         trainer.vars().num_parameters() as f64 / 1e6,
         n as f64 / forward,
         1.0 / step
+    );
+    Ok(())
+}
+
+/// DINOv2 ViT-S/14 (random weights: the speed does not depend on them) per image at its two usual sizes,
+/// and the linear probe's fit (7 strengths) on 768 features of 300 training and 40 validation rows.
+fn dino(n: usize) -> Result<()> {
+    use repdiff_engine::dino::Dino;
+    use repdiff_engine::probe::{LAMBDAS, choose};
+    let (device, device_note) = best_device();
+    let images = Rng::new(0).randn((n, 1, 256, 256), &device)?.clamp(-1f32, 1f32)?;
+    println!("Device: {device_note}; {n} grey images of 256x256\n");
+    println!("| step | measured |");
+    println!("|---|---|");
+    for size in [224, 518] {
+        let net = Dino::random(0, size, &device)?;
+        net.features(&images.narrow(0, 0, 1)?, 1)?;
+        let start = Instant::now();
+        net.features(&images, 16)?;
+        let per_image = start.elapsed().as_secs_f64() / n as f64;
+        println!(
+            "| DINOv2 ViT-S/14 features at {size}x{size} | {:.1} ms/image ({:.2} images/s) |",
+            per_image * 1e3,
+            1.0 / per_image
+        );
+    }
+    let mut rng = Rng::new(1);
+    let mut rows = |n: usize| -> (Vec<Vec<f32>>, Vec<u32>) {
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 2).collect();
+        let x = labels.iter().map(|&y| rng.normal_vec(768).into_iter().map(|v| v + 0.1 * y as f32).collect()).collect();
+        (x, labels)
+    };
+    let (train, validation) = (rows(300), rows(40));
+    let start = Instant::now();
+    let (probe, _) = choose((&train.0, &train.1), (&validation.0, &validation.1), 2, &LAMBDAS)?;
+    println!(
+        "| probe fit, 768 features, 300 rows, {} strengths | {:.2} s (the chosen one: {} Newton steps) |",
+        LAMBDAS.len(),
+        start.elapsed().as_secs_f64(),
+        probe.iterations
     );
     Ok(())
 }
