@@ -288,15 +288,38 @@ pub fn decode_for_display(
     config: &RunConfig,
     weights_dir: &Path,
 ) -> Result<(Tensor, Option<String>)> {
-    match &config.data_space {
-        DataSpace::Pixels => Ok((samples.clone(), None)),
-        DataSpace::Latents { autoencoder: name, .. } => {
-            match crate::autoencoder::by_name(name, 3, weights_dir, samples.device()) {
-                Ok(model) => Ok((model.decode(samples)?, None)),
-                Err(e) => {
-                    Ok((samples.clone(), Some(format!("{e}; the PNGs preview the latents' first three channels"))))
+    let decoder = Decoder::new(config, weights_dir, samples.device());
+    Ok((decoder.decode(samples)?, decoder.note))
+}
+
+/// Turns a run's samples into images, chunk after chunk, with its autoencoder loaded once: latents are
+/// decoded when the autoencoder's weights are there, else previewed by their first channels (and `note`
+/// says why); pixel samples are the images.
+pub struct Decoder {
+    autoencoder: Option<Box<dyn crate::autoencoder::Autoencoder>>,
+    pub note: Option<String>,
+}
+
+impl Decoder {
+    pub fn new(config: &RunConfig, weights_dir: &Path, device: &Device) -> Self {
+        match &config.data_space {
+            DataSpace::Pixels => Decoder { autoencoder: None, note: None },
+            DataSpace::Latents { autoencoder: name, .. } => {
+                match crate::autoencoder::by_name(name, 3, weights_dir, device) {
+                    Ok(model) => Decoder { autoencoder: Some(model), note: None },
+                    Err(e) => Decoder {
+                        autoencoder: None,
+                        note: Some(format!("{e}; the PNGs preview the latents' first three channels")),
+                    },
                 }
             }
+        }
+    }
+
+    pub fn decode(&self, samples: &Tensor) -> Result<Tensor> {
+        match &self.autoencoder {
+            Some(model) => model.decode(samples),
+            None => Ok(samples.clone()),
         }
     }
 }
@@ -324,23 +347,51 @@ pub fn write_samples(
     weights_dir: &Path,
     out: &Path,
 ) -> Result<WrittenSamples> {
+    write_samples_with(samples, labels, config, weights_dir, out, |_| Ok(()))
+}
+
+/// Samples decoded and written this many at a time, so a large set is never decoded at once.
+const WRITE_CHUNK: usize = 32;
+/// The grid shows at most this many samples (the first).
+const GRID_MAX: usize = 256;
+
+/// [`write_samples`], showing each decoded chunk of images (`[n, C, H, W]` in [-1, 1], in order) to
+/// `on_decoded`: what measures samples as they are written without decoding them twice.
+pub fn write_samples_with(
+    samples: &Tensor,
+    labels: Option<&[u32]>,
+    config: &RunConfig,
+    weights_dir: &Path,
+    out: &Path,
+    mut on_decoded: impl FnMut(&Tensor) -> Result<()>,
+) -> Result<WrittenSamples> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let (decoded, note) = decode_for_display(samples, config, weights_dir)?;
-    let pictures = crate::imaging::to_images(&decoded)?;
-    let mut images = Vec::with_capacity(pictures.len());
-    for (i, picture) in pictures.iter().enumerate() {
-        let class = labels.map(|l| l[i]);
-        let name = match class {
-            Some(c) => format!("sample_{i:04}_class{c}.png"),
-            None => format!("sample_{i:04}.png"),
-        };
-        let path = out.join(name);
-        crate::imaging::save_png(picture, &path)?;
-        images.push((path, class));
+    let n = samples.dim(0)?;
+    let mut images = Vec::with_capacity(n);
+    let mut shown = Vec::new();
+    let decoder = Decoder::new(config, weights_dir, samples.device());
+    for start in (0..n).step_by(WRITE_CHUNK) {
+        let len = WRITE_CHUNK.min(n - start);
+        let decoded = decoder.decode(&samples.narrow(0, start, len)?)?;
+        on_decoded(&decoded)?;
+        for (k, picture) in crate::imaging::to_images(&decoded)?.into_iter().enumerate() {
+            let i = start + k;
+            let class = labels.map(|l| l[i]);
+            let name = match class {
+                Some(c) => format!("sample_{i:04}_class{c}.png"),
+                None => format!("sample_{i:04}.png"),
+            };
+            let path = out.join(name);
+            crate::imaging::save_png(&picture, &path)?;
+            images.push((path, class));
+            if shown.len() < GRID_MAX {
+                shown.push(picture);
+            }
+        }
     }
-    let columns = (pictures.len() as f64).sqrt().ceil() as usize;
-    let columns = if labels.is_some() { columns.max(8).min(pictures.len()) } else { columns };
-    let grid = match crate::imaging::grid(&pictures, columns) {
+    let columns = (shown.len() as f64).sqrt().ceil() as usize;
+    let columns = if labels.is_some() { columns.max(8).min(shown.len()) } else { columns };
+    let grid = match crate::imaging::grid(&shown, columns) {
         Some(grid) => {
             let path = out.join("grid.png");
             crate::imaging::save_png(&grid.into(), &path)?;
@@ -350,5 +401,5 @@ pub fn write_samples(
     };
     let tensors = out.join("samples.safetensors");
     crate::data::Dataset::new(samples.clone(), labels.map(<[u32]>::to_vec), Vec::new())?.save_latent_file(&tensors)?;
-    Ok(WrittenSamples { images, grid, tensors, note })
+    Ok(WrittenSamples { images, grid, tensors, note: decoder.note })
 }

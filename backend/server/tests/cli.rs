@@ -691,6 +691,25 @@ fn evaluate_reports_metrics_named_for_their_extractor_and_caches_the_real_featur
         args.extend(extra);
         repdiff(&args)
     };
+    // The written samples of a checkpoint, measured as a folder.
+    let run_with = |generated: &Path| {
+        let paths = [&real, generated, &cache, &dir, &out].map(|p| p.to_str().unwrap());
+        repdiff(&[
+            "evaluate",
+            "--real",
+            paths[0],
+            "--generated",
+            paths[1],
+            "--cache-dir",
+            paths[2],
+            "--weights-dir",
+            paths[3],
+            "--out",
+            paths[4],
+            "--histogram",
+            "0",
+        ])
+    };
     let first = run(&["--histogram", "8"]);
     assert!(first.status.success(), "{}", text(&first));
     // No pretrained weights in --weights-dir: the random extractor, never called FID.
@@ -715,4 +734,48 @@ fn evaluate_reports_metrics_named_for_their_extractor_and_caches_the_real_featur
     assert!(report["histogram"].is_null());
     let none = repdiff(&["evaluate", "--real", real.to_str().unwrap()]);
     assert!(!none.status.success() && text(&none).contains("nothing to evaluate"), "{}", text(&none));
+
+    // A checkpoint's 34 samples are written and measured 32 at a time: the same numbers as measuring the
+    // PNGs it wrote, and every sample on disk.
+    let config = tiny_config(&dir);
+    train_images(&config, &real, "none", "1", &dir.join("model"));
+    let checkpoint = dir.join("model/checkpoint.safetensors");
+    let sampled = repdiff(&[
+        "evaluate",
+        "--real",
+        real.to_str().unwrap(),
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "-n",
+        "40",
+        "--steps",
+        "2",
+        "--histogram",
+        "0",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--weights-dir",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(sampled.status.success(), "{}", text(&sampled));
+    let from_samples: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let written = out.join("samples-0");
+    let pngs = std::fs::read_dir(&written)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("sample_"))
+        .count();
+    assert_eq!(pngs, 34);
+    let reread = run_with(&written);
+    assert!(reread.status.success(), "{}", text(&reread));
+    let from_pngs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    for key in ["fid", "sfid", "precision", "recall", "density", "coverage"] {
+        let (a, b) =
+            (from_samples["results"][0][key].as_f64().unwrap(), from_pngs["results"][0][key].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{key}: {a} measured while writing, {b} from the PNGs");
+    }
 }

@@ -99,30 +99,41 @@ pub fn extract_samples(
     let batch_size = batch_size.max(1);
     let mut parts = Vec::new();
     let mut shape = (0, 0);
+    let decoder = crate::sample::Decoder::new(config, weights_dir, samples.device());
+    if let Some(note) = &decoder.note {
+        return Err(Error::Config(format!("{note}; undecoded latents cannot be evaluated")));
+    }
     for start in (0..n).step_by(batch_size) {
         let size = batch_size.min(n - start);
-        let (images, note) = crate::sample::decode_for_display(&samples.narrow(0, start, size)?, config, weights_dir)?;
-        if let Some(note) = note {
-            return Err(Error::Config(format!("{note}; undecoded latents cannot be evaluated")));
-        }
+        let images = decoder.decode(&samples.narrow(0, start, size)?)?;
         let (_, c, h, _) = images.dims4()?;
         shape = (c, h);
         parts.push(extract(net, &images, size, cancel, |_, _| {})?);
         on_progress(start + size, n);
     }
-    let join = |pick: fn(&SetFeatures) -> &FeatureMatrix| {
-        FeatureMatrix::concat(&parts.iter().map(|p| pick(p).clone()).collect::<Vec<_>>())
-    };
-    let features = SetFeatures {
-        extractor: net.extractor().label(),
-        pool: join(|p| &p.pool)?,
-        spatial: join(|p| &p.spatial)?,
-        logits: join(|p| &p.logits)?,
-    };
-    Ok((features, shape))
+    Ok((SetFeatures::concat(&parts)?, shape))
 }
 
 impl SetFeatures {
+    /// The rows of several sets measured by one extractor, in order.
+    pub fn concat(parts: &[SetFeatures]) -> Result<Self> {
+        let Some(first) = parts.first() else {
+            return Err(Error::Config("no features to join".into()));
+        };
+        if parts.iter().any(|p| p.extractor != first.extractor) {
+            return Err(Error::Config("features of different extractors cannot be joined".into()));
+        }
+        let join = |pick: fn(&SetFeatures) -> &FeatureMatrix| {
+            FeatureMatrix::concat(&parts.iter().map(|p| pick(p).clone()).collect::<Vec<_>>())
+        };
+        Ok(SetFeatures {
+            extractor: first.extractor.clone(),
+            pool: join(|p| &p.pool)?,
+            spatial: join(|p| &p.spatial)?,
+            logits: join(|p| &p.logits)?,
+        })
+    }
+
     /// Writes the features as safetensors (`pool`, `spatial`, `logits`; the extractor in the metadata).
     pub fn save(&self, path: &Path) -> Result<()> {
         let device = candle_core::Device::Cpu;

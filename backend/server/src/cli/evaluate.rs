@@ -8,9 +8,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use repdiff_engine::Tensor;
 use repdiff_engine::device::best_device;
+use repdiff_engine::metrics::SetFeatures;
 use repdiff_engine::metrics::tsne::{TsneOptions, feature_histogram};
 use repdiff_engine::metrics::{MetricOptions, compare, extract, extract_cached, load_image_set};
-use repdiff_engine::sample::{sample, write_samples};
+use repdiff_engine::sample::{sample, write_samples_with};
 use serde::Serialize;
 
 use super::progress_bar;
@@ -109,11 +110,12 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
 
-    // Generated sets first: the real images are read at their size.
-    let mut sets: Vec<(String, String, Tensor)> = Vec::new();
+    // Generated sets first: the real images are read at their size. A checkpoint's samples are measured
+    // as they are decoded and written, a chunk at a time; a folder of images is read whole.
+    let mut sets: Vec<(String, String, Generated)> = Vec::new();
     for path in &args.generated {
         let images = load_image_set(path, None, &device).with_context(|| format!("reading {}", path.display()))?;
-        sets.push((set_name(path), path.display().to_string(), images));
+        sets.push((set_name(path), path.display().to_string(), Generated::Images(images)));
     }
     for (i, checkpoint) in args.checkpoint.iter().enumerate() {
         let out = args.out.join(format!("samples-{i}"));
@@ -145,14 +147,26 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
             bar.set_position(d as u64);
         })?;
         bar.finish();
-        let written = write_samples(&samples, labels.as_deref(), &prepared.config, &args.weights_dir, &out)?;
+        let bar = progress_bar(args.num as u64, "{bar:40} {pos}/{len} samples written and measured");
+        let (mut parts, mut side) = (Vec::new(), 0);
+        let written =
+            write_samples_with(&samples, labels.as_deref(), &prepared.config, &args.weights_dir, &out, |images| {
+                side = images.dim(3)?;
+                parts.push(extract(&net, images, args.batch_size, None, |_, _| {})?);
+                bar.inc(images.dim(0)? as u64);
+                Ok(())
+            })?;
+        bar.finish();
         if let Some(note) = written.note {
             bail!("{}: {note}; cannot evaluate undecoded latents", checkpoint.display());
         }
-        let images = load_image_set(&out, None, &device)?;
-        sets.push((set_name(checkpoint), checkpoint.display().to_string(), images));
+        let features = SetFeatures::concat(&parts)?;
+        sets.push((set_name(checkpoint), checkpoint.display().to_string(), Generated::Features(features, side)));
     }
-    let size = sets[0].2.dim(3)?;
+    let size = match &sets[0].2 {
+        Generated::Images(images) => images.dim(3)?,
+        Generated::Features(_, side) => *side,
+    };
     let mut real = load_image_set(&args.real, Some(size), &device)
         .with_context(|| format!("reading the real images {}", args.real.display()))?;
     if let Some(max) = args.max_real.filter(|&m| m > 0 && m < real.dim(0).unwrap_or(0)) {
@@ -179,16 +193,22 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     let options = MetricOptions::default();
     let mut results = Vec::new();
     let mut generated_features = Vec::new();
-    for (name, source, images) in &sets {
-        let bar = progress_bar(
-            images.dim(0)? as u64,
-            "{bar:40} {pos}/{len} generated images [{elapsed_precise}<{eta_precise}]",
-        );
-        let features = extract(&net, images, args.batch_size, None, |d, _| bar.set_position(d as u64))?;
-        bar.finish();
+    for (name, source, set) in sets {
+        let features = match set {
+            Generated::Features(features, _) => features,
+            Generated::Images(images) => {
+                let bar = progress_bar(
+                    images.dim(0)? as u64,
+                    "{bar:40} {pos}/{len} generated images [{elapsed_precise}<{eta_precise}]",
+                );
+                let features = extract(&net, &images, args.batch_size, None, |d, _| bar.set_position(d as u64))?;
+                bar.finish();
+                features
+            }
+        };
         let metrics = compare(&real_features, &features, &options).with_context(|| format!("evaluating {name}"))?;
-        results.push(Named { name: name.clone(), source: source.clone(), metrics });
-        generated_features.push((name.clone(), features));
+        results.push(Named { name: name.clone(), source, metrics });
+        generated_features.push((name, features));
     }
 
     println!(
@@ -222,4 +242,11 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     println!("\nWrote {}", path.display());
     Ok(())
+}
+
+/// A generated set: images to measure, or features measured as its samples were written (with the
+/// images' side).
+enum Generated {
+    Images(Tensor),
+    Features(SetFeatures, usize),
 }
