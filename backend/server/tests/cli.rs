@@ -747,7 +747,7 @@ fn evaluate_reports_metrics_named_for_their_extractor_and_caches_the_real_featur
         "--checkpoint",
         checkpoint.to_str().unwrap(),
         "-n",
-        "40",
+        "34",
         "--steps",
         "2",
         "--histogram",
