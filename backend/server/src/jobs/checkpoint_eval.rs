@@ -17,7 +17,7 @@ use repdiff_engine::{Result as EngineResult, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::evaluate::ExtractorChoice;
-use super::sample::Sampler;
+use super::sample::{Sampler, default_guidance, default_steps};
 use crate::worker::{JobContext, JobError};
 
 fn default_num() -> usize {
@@ -25,12 +25,6 @@ fn default_num() -> usize {
 }
 fn default_max_real() -> usize {
     500
-}
-fn default_steps() -> usize {
-    50
-}
-fn default_guidance() -> f64 {
-    1.0
 }
 
 /// When and how a training job measures its checkpoints.

@@ -8,7 +8,7 @@ use repdiff_engine::explain::{CounterfactualOptions, counterfactuals, write_coun
 use repdiff_engine::sample::{Weights, load_model};
 use serde::{Deserialize, Serialize};
 
-use super::sample::CheckpointRef;
+use super::sample::{CheckpointRef, default_guidance, default_steps};
 use super::train::{DataSource, data_inputs, load_data, validate_data};
 use crate::worker::{Handler, Input, JobContext, JobError};
 
@@ -17,12 +17,6 @@ fn default_num() -> usize {
 }
 fn default_t() -> usize {
     500
-}
-fn default_steps() -> usize {
-    50
-}
-fn default_guidance() -> f64 {
-    1.0
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

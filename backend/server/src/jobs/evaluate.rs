@@ -12,7 +12,7 @@ use repdiff_engine::metrics::{InceptionV3, MetricOptions, SetFeatures, compare, 
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample};
 use serde::{Deserialize, Serialize};
 
-use super::sample::{CheckpointRef, Sampler};
+use super::sample::{CheckpointRef, Sampler, default_guidance, default_steps};
 use super::train::{DataSource, data_inputs, load_data, validate_data};
 use crate::worker::{Handler, Input, JobContext, JobError};
 
@@ -70,12 +70,6 @@ impl ExtractorChoice {
 
 fn default_num() -> usize {
     256
-}
-fn default_steps() -> usize {
-    50
-}
-fn default_guidance() -> f64 {
-    1.0
 }
 fn default_histogram() -> usize {
     500

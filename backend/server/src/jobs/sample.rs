@@ -49,10 +49,11 @@ impl Sampler {
 fn default_num() -> usize {
     16
 }
-fn default_guidance() -> f64 {
+/// The sampling defaults every job that samples shares: no guidance, 50 steps.
+pub(super) fn default_guidance() -> f64 {
     1.0
 }
-fn default_steps() -> usize {
+pub(super) fn default_steps() -> usize {
     50
 }
 
