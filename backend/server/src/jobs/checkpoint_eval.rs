@@ -132,8 +132,7 @@ impl<'a> CheckpointEvaluator<'a> {
             let (real, _) =
                 extract_samples(&self.net, &real_images, &config, self.weights_dir, 32, Some(&cancel), |d, t| {
                     report(ctx, "real features", d, t);
-                })
-                .map_err(|e| JobError::Permanent(format!("eval: {e}")))?;
+                })?;
             self.real = Some(real);
         }
         let (sampler, respacing) = spec.sampler.kind(spec.steps, 0.0);

@@ -233,7 +233,11 @@ impl Handler for Evaluate {
             let (f, shape) = extract_samples(&net, &samples, &config, &self.weights_dir, 32, Some(&cancel), |d, t| {
                 ctx.progress(d as u64, t as u64, &format!("features of {name}"));
             })
-            .map_err(|e| JobError::Permanent(format!("model {i}: {e}")))?;
+            .map_err(|e| match e {
+                // A cancel is a cancel, not a broken model.
+                repdiff_engine::Error::Cancelled { .. } => JobError::Cancelled,
+                e => JobError::Permanent(format!("model {i}: {e}")),
+            })?;
             if real.is_none() {
                 real = Some(self.real_features(ctx, &net, &p.real, &config, shape, &device)?);
             }
