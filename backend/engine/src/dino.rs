@@ -160,10 +160,6 @@ impl Dino {
         Self::from_tensors(random_tensors(seed)?, size, device)
     }
 
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
     /// Features (768 per image) of `images` ([N, C, H, W] in [-1, 1], C = 1 or 3), prepared `batch_size`
     /// at a time (and measured one by one; see the module's note).
     pub fn features(&self, images: &Tensor, batch_size: usize) -> Result<Vec<Vec<f32>>> {

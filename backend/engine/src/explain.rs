@@ -15,7 +15,7 @@ use crate::config::{DataSpace, RunConfig};
 use crate::diffusion::{GaussianDiffusion, SamplerKind};
 use crate::dit::Dit;
 use crate::rng::Rng;
-use crate::sample::{Guide, SampleOptions, decode_for_display, denoise_from, sample_observed};
+use crate::sample::{Decoder, Guide, SampleOptions, denoise_from, sample_observed};
 use crate::train::CancelToken;
 use crate::{Error, Result};
 
@@ -231,12 +231,10 @@ pub fn write_counterfactuals(
     out: &Path,
 ) -> Result<CounterfactualReport> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let (originals, note) = decode_for_display(&cf.originals, config, weights_dir)?;
-    let classes = cf
-        .per_class
-        .iter()
-        .map(|x| decode_for_display(x, config, weights_dir).map(|d| d.0))
-        .collect::<Result<Vec<_>>>()?;
+    let decoder = Decoder::new(config, weights_dir, cf.originals.device());
+    let note = decoder.note.clone();
+    let originals = decoder.decode(&cf.originals)?;
+    let classes = cf.per_class.iter().map(|x| decoder.decode(x)).collect::<Result<Vec<_>>>()?;
     let n = originals.dim(0)?;
     let last = classes.len() - 1;
     let diff_all = (&classes[last] - &classes[0])?.mean(1)?;
@@ -295,12 +293,11 @@ pub fn write_trajectory(
     out: &Path,
 ) -> Result<(Vec<PathBuf>, PathBuf, Option<String>)> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut note = None;
+    let decoder = Decoder::new(config, weights_dir, trajectory.samples.device());
+    let note = decoder.note.clone();
     let mut frames = Vec::with_capacity(trajectory.frames.len());
     for frame in &trajectory.frames {
-        let (decoded, n) = decode_for_display(frame, config, weights_dir)?;
-        note = note.or(n);
-        frames.push(crate::imaging::to_images(&decoded)?);
+        frames.push(crate::imaging::to_images(&decoder.decode(frame)?)?);
     }
     let columns = frames.len();
     let n = trajectory.samples.dim(0)?;

@@ -84,9 +84,8 @@ pub fn run(args: ProbeArgs) -> Result<()> {
             (Box::new(extract), format!("DINOv2 ViT-S/14 at {size}x{size}"))
         }
     };
-    let features = |path: &PathBuf| extract(path);
-    let train = features(&args.parts.train)?;
-    let validation = features(&args.parts.validation)?;
+    let train = extract(&args.parts.train)?;
+    let validation = extract(&args.parts.validation)?;
     let classes = train.1.iter().chain(&validation.1).max().map_or(0, |&m| m as usize + 1).max(2);
     println!(
         "Probing {source} ({} features) on {} training and {} validation images, {device_note}",
@@ -101,7 +100,7 @@ pub fn run(args: ProbeArgs) -> Result<()> {
     );
     let test = match &args.parts.test {
         Some(path) => {
-            let (x, y) = features(path)?;
+            let (x, y) = extract(path)?;
             let predicted = probe.predict(&x);
             let m = metrics(&y, &predicted, classes)?;
             let intervals = bootstrap(&y, &predicted, classes, 1000, 0.95, args.parts.seed)?;
