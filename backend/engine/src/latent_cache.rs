@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::autoencoder::{Autoencoder, Posterior};
-use crate::imaging::{self, Channels};
+use crate::imaging::Channels;
 use crate::manifest::{Manifest, Part};
+use crate::metrics::images::{ImageSource, SliceImages};
 use crate::rng::Rng;
 use crate::train::CancelToken;
 use crate::{Error, Result};
@@ -48,7 +49,7 @@ pub enum CacheOutcome {
 }
 
 /// The slices of a manifest (or split) to encode: paths relative to the manifest's folder.
-fn selected(manifest_path: &Path, part: Option<Part>) -> Result<Manifest> {
+pub(crate) fn selected(manifest_path: &Path, part: Option<Part>) -> Result<Manifest> {
     let manifest = Manifest::read_csv(manifest_path)?;
     let Some(part) = part else { return Ok(manifest) };
     let mut reader = csv::ReaderBuilder::new()
@@ -125,28 +126,16 @@ pub fn encode_dataset(
         return Ok(CacheOutcome::Reused { slices: total });
     }
     let mut rng = Rng::new(spec.seed);
+    let images = SliceImages::new(&root, manifest.records.clone(), spec.channels.clone(), spec.size, device)?;
     let mut latents = Vec::with_capacity(total.div_ceil(spec.batch_size));
-    let per_image = spec.channels.count() * spec.size * spec.size;
-    for (b, batch) in manifest.records.chunks(spec.batch_size).enumerate() {
+    for start in (0..total).step_by(spec.batch_size) {
         if cancel.is_cancelled() {
-            return Err(Error::Cancelled { step: b * spec.batch_size });
+            return Err(Error::Cancelled { step: start });
         }
-        let mut values = Vec::with_capacity(batch.len() * per_image);
-        for record in batch {
-            let path = root.join(&record.file);
-            let slices = imaging::read_slices(&path)?;
-            let [slice] = &slices[..] else {
-                return Err(Error::Data(format!(
-                    "{}: a manifest row names one slice, the file has {}",
-                    path.display(),
-                    slices.len()
-                )));
-            };
-            values.extend(imaging::to_model_input(slice, &spec.channels, spec.size)?);
-        }
-        let images = Tensor::from_vec(values, (batch.len(), spec.channels.count(), spec.size, spec.size), device)?;
-        latents.push(autoencoder.encode(&images, spec.posterior, &mut rng)?.to_device(&Device::Cpu)?);
-        progress((b * spec.batch_size + batch.len()).min(total), total);
+        let count = spec.batch_size.min(total - start);
+        let batch = images.read(start, count)?;
+        latents.push(autoencoder.encode(&batch, spec.posterior, &mut rng)?.to_device(&Device::Cpu)?);
+        progress(start + count, total);
     }
     let latents = Tensor::cat(&latents, 0)?;
     let labels: Vec<u32> = manifest.records.iter().map(|r| u32::from(r.hematoma())).collect();

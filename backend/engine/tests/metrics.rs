@@ -8,8 +8,8 @@ use std::path::Path;
 
 use repdiff_engine::metrics::tsne::{TsneOptions, feature_histogram};
 use repdiff_engine::metrics::{
-    FeatureMatrix, Gaussian, InceptionV3, MetricOptions, compare, density_coverage, extract, extract_cached,
-    frechet_distance, inception, inception_score, precision_recall,
+    EvenlySpaced, FeatureMatrix, Gaussian, ImageFolder, ImageSource, InceptionV3, MetricOptions, compare,
+    density_coverage, extract, extract_cached, frechet_distance, inception, inception_score, precision_recall,
 };
 use repdiff_engine::rng::Rng;
 use repdiff_engine::{Device, Tensor};
@@ -164,6 +164,50 @@ fn reference_features_are_cached_and_reused() {
     assert_eq!(first.pool, second.pool);
     let (_, hit) = extract_cached(&net, &blobs(3, 6), &dir, 4, None, |_, _| {}).unwrap();
     assert!(!hit, "other pixels are not served from the cache");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_folder_read_a_batch_at_a_time_measures_as_the_same_images_in_memory() {
+    let net = InceptionV3::random(0, &Device::Cpu).unwrap();
+    let dir = std::env::temp_dir().join(format!("repdiff-metrics-folder-{}", std::process::id()));
+    let (folder_dir, cache) = (dir.join("images"), dir.join("cache"));
+    std::fs::create_dir_all(&folder_dir).unwrap();
+    let images = blobs(5, 7);
+    for i in 0..5 {
+        let levels: Vec<u8> = images
+            .get(i)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| ((v + 1.0) * 127.5).round() as u8)
+            .collect();
+        image::GrayImage::from_raw(32, 32, levels).unwrap().save(folder_dir.join(format!("{i}.png"))).unwrap();
+    }
+    let folder = ImageFolder::open(&folder_dir, None, &Device::Cpu).unwrap();
+    assert_eq!((folder.len(), folder.image_dims()), (5, (3, 32, 32)));
+    let rgb = images.repeat((1, 3, 1, 1)).unwrap();
+
+    let (from_folder, hit) = extract_cached(&net, &folder, &cache, 2, None, |_, _| {}).unwrap();
+    assert!(!hit);
+    let in_memory = extract(&net, &rgb, 5, None, |_, _| {}).unwrap();
+    let close = |a: &FeatureMatrix, b: &FeatureMatrix| {
+        a.values.iter().zip(&b.values).all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()))
+    };
+    assert_eq!(from_folder.pool.n, 5);
+    assert!(close(&from_folder.pool, &in_memory.pool) && close(&from_folder.logits, &in_memory.logits));
+    // The cache key is the pixels', whatever the source and the batch size.
+    let (_, hit) = extract_cached(&net, &rgb, &cache, 4, None, |_, _| {}).unwrap();
+    assert!(hit, "the same pixels in memory are served from the folder's cache entry");
+
+    let subset = extract(&net, &EvenlySpaced::new(&folder, 3), 2, None, |_, _| {}).unwrap();
+    for (row, of) in [(0, 0), (1, 1), (2, 3)] {
+        let (a, b) = (subset.pool.row(row), in_memory.pool.row(of));
+        assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs())), "subset row {row}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

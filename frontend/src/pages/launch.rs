@@ -85,6 +85,8 @@ struct Form {
     eval_num: Field,
     /// Images per set in the t-SNE histograms (0: none).
     histogram: Field,
+    /// At most this many real images in an evaluation (empty: all).
+    max_real: Field,
     /// auto, pretrained or random.
     extractor: Field,
     /// A training run's checkpoint evaluation: every this many steps (empty: none), with this many samples.
@@ -148,6 +150,7 @@ impl Form {
             models: Field::new(""),
             eval_num: Field::new("256"),
             histogram: Field::new("500"),
+            max_real: Field::new(""),
             extractor: Field::new("auto"),
             eval_every: Field::new(""),
             ckpt_num: Field::new(""),
@@ -407,6 +410,7 @@ impl Form {
                 number(&mut problems, &mut out, "guidance", "Guidance", &self.guidance, false, false);
                 number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
                 number(&mut problems, &mut out, "histogram", "Histogram images", &self.histogram, false, true);
+                number(&mut problems, &mut out, "max_real", "Real images", &self.max_real, true, true);
                 out.insert("extractor".into(), json!(self.extractor.text()));
             }
             "encode" => {
@@ -831,6 +835,7 @@ pub fn Launch() -> impl IntoView {
                 <fieldset><legend>"Real images"</legend>
                     {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
                     {source_fields(form.data, None)}
+                    {text_input("At most", "max_real", form.max_real, "all (evenly spaced through the set)")}
                 </fieldset>
             }
             .into_any(),

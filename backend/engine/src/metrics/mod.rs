@@ -8,6 +8,7 @@
 //! random feature space is never presented as FID.
 
 pub mod distance;
+pub mod images;
 pub mod inception;
 pub mod tsne;
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use distance::{FeatureMatrix, Gaussian, density_coverage, frechet_distance, inception_score, precision_recall};
+pub use images::{EvenlySpaced, ImageFolder, ImageSource, SliceImages, TensorFile, open_image_set};
 pub use inception::{Extractor, InceptionV3};
 
 use crate::train::CancelToken;
@@ -46,16 +48,16 @@ pub fn quantise(images: &Tensor) -> Result<Tensor> {
     Ok(((levels / 127.5)? - 1.0)?)
 }
 
-/// Features of `images` (`[N, 1 or 3, H, W]` in [-1, 1]), `batch_size` at a time;
+/// Features of `images` (1 or 3 channels in [-1, 1]), read and measured `batch_size` at a time;
 /// `on_progress(done, total)` after each batch.
 pub fn extract(
     net: &InceptionV3,
-    images: &Tensor,
+    images: &(impl ImageSource + ?Sized),
     batch_size: usize,
     cancel: Option<&CancelToken>,
     mut on_progress: impl FnMut(usize, usize),
 ) -> Result<SetFeatures> {
-    let n = images.dim(0)?;
+    let n = images.len();
     if n == 0 {
         return Err(Error::Config("no images to evaluate".into()));
     }
@@ -65,7 +67,7 @@ pub fn extract(
             return Err(Error::Cancelled { step: start });
         }
         let size = batch_size.max(1).min(n - start);
-        let f = net.features(&quantise(&images.narrow(0, start, size)?)?)?;
+        let f = net.features(&quantise(&images.read(start, size)?)?)?;
         pool.push(to_matrix(&f.pool)?);
         spatial.push(to_matrix(&f.spatial)?);
         logits.push(to_matrix(&f.logits)?);
@@ -179,20 +181,29 @@ impl SetFeatures {
 }
 
 /// [`extract`], reusing features cached in `cache_dir` for the same pixels and extractor (a dataset's
-/// reference statistics are computed once). Returns the features and whether they came from the cache.
+/// reference statistics are computed once). The cache key hashes the images' 8-bit levels, read a batch
+/// at a time; a miss reads the set again to extract (decoding an image costs a few milliseconds, the
+/// network hundreds). Returns the features and whether they came from the cache.
 pub fn extract_cached(
     net: &InceptionV3,
-    images: &Tensor,
+    images: &(impl ImageSource + ?Sized),
     cache_dir: &Path,
     batch_size: usize,
     cancel: Option<&CancelToken>,
     on_progress: impl FnMut(usize, usize),
 ) -> Result<(SetFeatures, bool)> {
-    let pixels = quantise(images)?.flatten_all()?.to_vec1::<f32>()?;
+    let n = images.len();
+    let (c, h, w) = images.image_dims();
     let mut hash = Sha256::new();
-    hash.update(format!("{:?}|{}", images.dims(), net.extractor().label()).as_bytes());
-    let levels: Vec<u8> = pixels.iter().map(|v| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8).collect();
-    hash.update(&levels);
+    hash.update(format!("{:?}|{}", [n, c, h, w], net.extractor().label()).as_bytes());
+    for start in (0..n).step_by(batch_size.max(1)) {
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(Error::Cancelled { step: 0 });
+        }
+        let batch = quantise(&images.read(start, batch_size.max(1).min(n - start))?)?;
+        let levels = ((batch + 1.0)? * 127.5)?.round()?.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?;
+        hash.update(&levels);
+    }
     let key: String = hash.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
     let path = cache_dir.join(format!("features-{key}.safetensors"));
     if path.exists()
@@ -296,52 +307,4 @@ pub fn compare(real: &SetFeatures, generated: &SetFeatures, options: &MetricOpti
         density,
         coverage,
     })
-}
-
-/// Loads an image set to evaluate: a folder of PNG/JPEG images (class sub-folders allowed; a `grid.png`
-/// that `repdiff sample` writes beside its samples is skipped), at the first image's size unless `size`
-/// is given, as RGB; or a safetensors file whose `latents` are pixel-space images in [-1, 1] (1 or 3
-/// channels, as `repdiff sample` writes for pixel-space models).
-pub fn load_image_set(path: &Path, size: Option<usize>, device: &candle_core::Device) -> Result<Tensor> {
-    if path.is_dir() {
-        let mut files = Vec::new();
-        let mut entries: Vec<_> =
-            std::fs::read_dir(path).map_err(|e| Error::io(path, e))?.flatten().map(|e| e.path()).collect();
-        entries.sort();
-        for entry in entries {
-            if entry.is_dir() {
-                let mut inner: Vec<_> =
-                    std::fs::read_dir(&entry).map_err(|e| Error::io(&entry, e))?.flatten().map(|e| e.path()).collect();
-                inner.sort();
-                files.extend(inner.into_iter().filter(|p| crate::imaging::is_image_path(p)));
-            } else if crate::imaging::is_image_path(&entry) && entry.file_name().is_some_and(|n| n != "grid.png") {
-                files.push(entry);
-            }
-        }
-        let Some(first) = files.first() else {
-            return Err(Error::Data(format!("{} holds no PNG or JPEG images", path.display())));
-        };
-        let size = match size {
-            Some(s) => s,
-            None => {
-                let (w, h) =
-                    image::image_dimensions(first).map_err(|source| Error::Image { path: first.clone(), source })?;
-                w.min(h) as usize
-            }
-        };
-        let mut values = Vec::with_capacity(files.len() * 3 * size * size);
-        for file in &files {
-            values.extend(crate::imaging::load_normalised(file, size, 3)?);
-        }
-        return Ok(Tensor::from_vec(values, (files.len(), 3, size, size), device)?);
-    }
-    let data = crate::data::Dataset::from_latent_file(path, device)?;
-    let (c, _, _) = data.sample_dims();
-    if c != 1 && c != 3 {
-        return Err(Error::Data(format!(
-            "{} holds {c}-channel latents, not images: evaluate the PNG folder written beside it (decoded by the autoencoder)",
-            path.display()
-        )));
-    }
-    Ok(data.samples)
 }

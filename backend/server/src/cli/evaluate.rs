@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use repdiff_engine::Tensor;
 use repdiff_engine::device::best_device;
 use repdiff_engine::metrics::SetFeatures;
 use repdiff_engine::metrics::tsne::{TsneOptions, feature_histogram};
-use repdiff_engine::metrics::{MetricOptions, compare, extract, extract_cached, load_image_set};
+use repdiff_engine::metrics::{
+    EvenlySpaced, ImageSource, MetricOptions, compare, extract, extract_cached, open_image_set,
+};
 use repdiff_engine::sample::{sample, write_samples_with};
 use serde::Serialize;
 
@@ -110,11 +111,11 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
 
-    // Generated sets first: the real images are read at their size. A checkpoint's samples are measured
-    // as they are decoded and written, a chunk at a time; a folder of images is read whole.
+    // Generated sets first: the real images are read at their size. Every set is read a batch at a
+    // time; a checkpoint's samples are measured as they are decoded and written.
     let mut sets: Vec<(String, String, Generated)> = Vec::new();
     for path in &args.generated {
-        let images = load_image_set(path, None, &device).with_context(|| format!("reading {}", path.display()))?;
+        let images = open_image_set(path, None, &device).with_context(|| format!("reading {}", path.display()))?;
         sets.push((set_name(path), path.display().to_string(), Generated::Images(images)));
     }
     for (i, checkpoint) in args.checkpoint.iter().enumerate() {
@@ -164,20 +165,16 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         sets.push((set_name(checkpoint), checkpoint.display().to_string(), Generated::Features(features, side)));
     }
     let size = match &sets[0].2 {
-        Generated::Images(images) => images.dim(3)?,
+        Generated::Images(images) => images.image_dims().2,
         Generated::Features(_, side) => *side,
     };
-    let mut real = load_image_set(&args.real, Some(size), &device)
+    let real = open_image_set(&args.real, Some(size), &device)
         .with_context(|| format!("reading the real images {}", args.real.display()))?;
-    if let Some(max) = args.max_real.filter(|&m| m > 0 && m < real.dim(0).unwrap_or(0)) {
-        // Evenly spaced, so the subset spans the folder's classes and sites as the whole does.
-        let n = real.dim(0)?;
-        let picks: Vec<u32> = (0..max).map(|i| (i * n / max) as u32).collect();
-        real = real.index_select(&Tensor::new(picks.as_slice(), real.device())?, 0)?;
-    }
+    // Evenly spaced, so the subset spans the folder's classes and sites as the whole does.
+    let real = EvenlySpaced::new(&*real, args.max_real.filter(|&m| m > 0).unwrap_or(usize::MAX));
 
     let started = Instant::now();
-    let bar = progress_bar(real.dim(0)? as u64, "{bar:40} {pos}/{len} real images [{elapsed_precise}<{eta_precise}]");
+    let bar = progress_bar(real.len() as u64, "{bar:40} {pos}/{len} real images [{elapsed_precise}<{eta_precise}]");
     let (real_features, cached) =
         extract_cached(&net, &real, &args.cache_dir, args.batch_size, None, |d, _| bar.set_position(d as u64))?;
     bar.finish();
@@ -198,10 +195,10 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
             Generated::Features(features, _) => features,
             Generated::Images(images) => {
                 let bar = progress_bar(
-                    images.dim(0)? as u64,
+                    images.len() as u64,
                     "{bar:40} {pos}/{len} generated images [{elapsed_precise}<{eta_precise}]",
                 );
-                let features = extract(&net, &images, args.batch_size, None, |d, _| bar.set_position(d as u64))?;
+                let features = extract(&net, &*images, args.batch_size, None, |d, _| bar.set_position(d as u64))?;
                 bar.finish();
                 features
             }
@@ -247,6 +244,6 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
 /// A generated set: images to measure, or features measured as its samples were written (with the
 /// images' side).
 enum Generated {
-    Images(Tensor),
+    Images(Box<dyn ImageSource>),
     Features(SetFeatures, usize),
 }

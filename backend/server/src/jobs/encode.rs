@@ -133,8 +133,8 @@ impl Handler for Encode {
     }
 }
 
-/// Downloads a dataset's slices into the scratch folder with their manifest (split when asked), and
-/// encodes them with `spec` (the part of the split it names). Returns the local latent file.
+/// Downloads a dataset's slices ([`fetch_scans`]) and encodes them with `spec` (the part of the split it
+/// names). Returns the local latent file.
 pub fn encode_scans(
     ctx: &mut JobContext,
     dataset: i64,
@@ -142,6 +142,22 @@ pub fn encode_scans(
     spec: &EncodeSpec,
     encoder: &dyn Autoencoder,
     device: &repdiff_engine::Device,
+) -> Result<std::path::PathBuf, JobError> {
+    let manifest_path = fetch_scans(ctx, dataset, split)?;
+    let out = ctx.scratch.join("latents.safetensors");
+    let cancel = ctx.cancel.clone();
+    encode_dataset(&manifest_path, spec, encoder, &out, device, &cancel, &mut |done, total| {
+        ctx.progress(done as u64, total as u64, "encoding scans");
+    })?;
+    Ok(out)
+}
+
+/// Downloads a dataset's slices into the scratch folder with their manifest (`manifest.csv`, or with a
+/// split `split.csv` and its `part` column); returns the manifest's path.
+pub fn fetch_scans(
+    ctx: &mut JobContext,
+    dataset: i64,
+    split: Option<&SplitSpec>,
 ) -> Result<std::path::PathBuf, JobError> {
     let rows = ctx.block_on(
         sqlx::query!(
@@ -185,10 +201,5 @@ pub fn encode_scans(
             path
         }
     };
-    let out = ctx.scratch.join("latents.safetensors");
-    let cancel = ctx.cancel.clone();
-    encode_dataset(&manifest_path, spec, encoder, &out, device, &cancel, &mut |done, total| {
-        ctx.progress(done as u64, total as u64, "encoding scans");
-    })?;
-    Ok(out)
+    Ok(manifest_path)
 }

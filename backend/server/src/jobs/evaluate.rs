@@ -5,10 +5,14 @@
 //! With pytorch-fid's weights in the weights folder the numbers are the field's; without them the
 //! documented random Inception stands in and the report's `extractor` and `pretrained` say so.
 
-use repdiff_engine::config::{DataSpace, RunConfig};
+use repdiff_engine::config::RunConfig;
 use repdiff_engine::device::best_device;
+use repdiff_engine::imaging::{Channels, Window};
 use repdiff_engine::metrics::tsne::{TsneOptions, feature_histogram};
-use repdiff_engine::metrics::{InceptionV3, MetricOptions, SetFeatures, compare, extract_cached, extract_samples};
+use repdiff_engine::metrics::{
+    EvenlySpaced, ImageSource, InceptionV3, MetricOptions, SetFeatures, SliceImages, compare, extract_cached,
+    extract_samples,
+};
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample};
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +104,9 @@ pub struct EvaluateParams {
     /// Images per set in the t-SNE histograms (0: none).
     #[serde(default = "default_histogram")]
     pub histogram: usize,
+    /// Use at most this many real images, evenly spaced through the set (all by default).
+    #[serde(default)]
+    pub max_real: Option<usize>,
 }
 
 pub struct Evaluate {
@@ -107,26 +114,33 @@ pub struct Evaluate {
 }
 
 impl Evaluate {
-    /// Features of the real images, at the channels and side of the models' decoded samples. A dataset's
-    /// slices are read as images (through the CT window, no autoencoder) and their features cached; a
-    /// latent file or the toy set come in the model's space and are decoded like its samples.
+    /// Features of the real images (at most `max_real`, evenly spaced), at the channels and side of the
+    /// models' decoded samples. A dataset's slices are read a batch at a time as images (through the CT
+    /// window, no autoencoder) and their features cached; a latent file or the toy set come in the
+    /// model's space and are decoded like its samples.
     fn real_features(
         &self,
         ctx: &mut JobContext,
         net: &InceptionV3,
-        real: &DataSource,
+        p: &EvaluateParams,
         config: &RunConfig,
         (channels, side): (usize, usize),
         device: &repdiff_engine::Device,
     ) -> Result<SetFeatures, JobError> {
         let cancel = ctx.cancel.clone();
-        if let DataSource::Dataset { .. } = real {
-            let mut pixels = config.clone();
-            pixels.data_space = DataSpace::Pixels;
-            pixels.model.input_size = side;
-            pixels.model.in_channels = channels;
-            let images = load_data(ctx, real, &pixels, &self.weights_dir, device)?.samples;
-            let total = images.dims()[0] as u64;
+        let max_real = p.max_real.unwrap_or(usize::MAX);
+        if let DataSource::Dataset { id, window, split } = &p.real {
+            let window = Window::parse(window.as_deref().unwrap_or("brain"))?;
+            let manifest = super::encode::fetch_scans(ctx, *id, split.as_ref())?;
+            let slices = SliceImages::open(
+                &manifest,
+                split.as_ref().map(|s| s.part),
+                Channels::Window { window, copies: channels },
+                side,
+                device,
+            )?;
+            let images = EvenlySpaced::new(&slices, max_real);
+            let total = images.len() as u64;
             let cache = std::env::temp_dir().join("repdiff-feature-cache");
             let (features, cached) = extract_cached(net, &images, &cache, 32, Some(&cancel), |d, _| {
                 ctx.progress(d as u64, total, "real features");
@@ -137,11 +151,12 @@ impl Evaluate {
             );
             return Ok(features);
         }
-        let data = load_data(ctx, real, config, &self.weights_dir, device)?;
-        let (features, _) =
-            extract_samples(net, &data.samples, config, &self.weights_dir, 32, Some(&cancel), |d, t| {
-                ctx.progress(d as u64, t as u64, "real features");
-            })?;
+        let data = load_data(ctx, &p.real, config, &self.weights_dir, device)?;
+        let samples = EvenlySpaced::new(&data.samples, max_real);
+        let samples = samples.read(0, samples.len())?;
+        let (features, _) = extract_samples(net, &samples, config, &self.weights_dir, 32, Some(&cancel), |d, t| {
+            ctx.progress(d as u64, t as u64, "real features");
+        })?;
         ctx.log("info", &format!("{} real images", features.len()));
         Ok(features)
     }
@@ -161,6 +176,10 @@ impl Handler for Evaluate {
         }
         if !(p.guidance.is_finite() && p.guidance >= 0.0) {
             return Err("guidance must be >= 0".into());
+        }
+        if p.max_real.is_some_and(|m| m < 6) {
+            // Density and coverage look at 5 neighbours.
+            return Err("max_real must be at least 6 images".into());
         }
         if p.histogram > 2000 {
             return Err("histogram takes at most 2000 images per set (exact t-SNE)".into());
@@ -239,7 +258,7 @@ impl Handler for Evaluate {
                 e => JobError::Permanent(format!("model {i}: {e}")),
             })?;
             if real.is_none() {
-                real = Some(self.real_features(ctx, &net, &p.real, &config, shape, &device)?);
+                real = Some(self.real_features(ctx, &net, &p, &config, shape, &device)?);
             }
             let real = real.as_ref().expect("set above");
             let metrics = compare(real, &f, &options)?;
