@@ -389,6 +389,19 @@ pub async fn record_metrics(pool: &PgPool, id: i64, points: &[(String, i64, f64)
     Ok(())
 }
 
+/// Whether the job has a value of metric `name` at `step` (a resumed attempt asks what the last one
+/// finished).
+pub async fn has_metric(pool: &PgPool, id: i64, name: &str, step: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM job_metrics WHERE job_id = $1 AND name = $2 AND step = $3) AS "recorded!""#,
+        id,
+        name,
+        step
+    )
+    .fetch_one(pool)
+    .await
+}
+
 pub async fn log(pool: &PgPool, id: i64, level: &str, message: &str) -> sqlx::Result<()> {
     sqlx::query!("INSERT INTO job_logs (job_id, level, message) VALUES ($1, $2, $3)", id, level, message)
         .execute(pool)

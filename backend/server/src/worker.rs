@@ -236,6 +236,12 @@ impl JobContext {
         Ok(())
     }
 
+    /// Whether this job already holds metric `name` at `step` (batched points count once written).
+    pub fn has_metric(&mut self, name: &str, step: u64) -> Result<bool, JobError> {
+        self.flush()?;
+        Ok(self.block_on(queue::has_metric(&self.pool, self.job.id, name, step as i64))?)
+    }
+
     pub fn log(&self, level: &str, message: &str) {
         tracing::info!(job = self.job.id, "{message}");
         if let Err(e) = self.block_on(queue::log(&self.pool, self.job.id, level, message)) {

@@ -1,7 +1,7 @@
 //! Workers against a real PostgreSQL (one database per test): wake-ups by NOTIFY and by polling alone,
 //! cancellation of running jobs, retries, panics, graceful shutdown, rescue of a dead worker's job, and a
 //! `repdiff worker` process killed with SIGKILL mid-training whose job resumes from its checkpoint on
-//! another worker.
+//! another worker (and one killed while measuring a checkpoint, whose successor measures it).
 
 mod common;
 
@@ -250,8 +250,31 @@ fn tiny_run(steps: usize, checkpoint_every: usize) -> serde_json::Value {
     json!({ "config": config })
 }
 
-fn spawn_worker_process(db: &TestDb, dir: &Path, lease_secs: &str) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_repdiff"))
+/// A `repdiff worker` process, killed when dropped, so a failing test leaves none behind.
+struct WorkerProcess(std::process::Child);
+
+impl std::ops::Deref for WorkerProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorkerProcess {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker_process(db: &TestDb, dir: &Path, lease_secs: &str) -> WorkerProcess {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_repdiff"))
         .args(["worker", "--lease-secs", lease_secs, "--poll-secs", "0.2", "--rescue-secs", "0.5"])
         .arg("--data-dir")
         .arg(dir)
@@ -259,7 +282,8 @@ fn spawn_worker_process(db: &TestDb, dir: &Path, lease_secs: &str) -> std::proce
         .env("REPDIFF_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
-        .expect("start repdiff worker")
+        .expect("start repdiff worker");
+    WorkerProcess(child)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,6 +370,58 @@ async fn a_worker_killed_mid_training_loses_only_the_steps_since_its_last_checkp
 
 /// Loses its job to another worker mid-run (as a worker stalled past its lease would), then tries to
 /// publish an artifact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_measuring_a_checkpoint_has_it_measured_on_resume() {
+    let db = TestDb::new("worker_kill_eval").await;
+    let dir = tempdir("kill-eval");
+    let (steps, every) = (100, 50);
+    let eval = json!({ "every": every, "num": 6, "max_real": 48, "steps": 5, "extractor": "random" });
+    let params = json!({ "run": tiny_run(steps, every), "data": { "toy": { "n": 48 } }, "eval": eval });
+    jobs::validate(&jobs::registry(&JobSettings::default()), "pretrain", &params).unwrap();
+    let id = queue::submit(&db.pool, &NewJob::new("pretrain", params)).await.unwrap().id;
+
+    // Kill the worker while it measures the checkpoint at step 50 (after publishing it).
+    let mut first = spawn_worker_process(&db, &dir, "2");
+    let started = Instant::now();
+    loop {
+        let message: Option<String> = sqlx::query_scalar("SELECT message FROM job_progress WHERE job_id = $1")
+            .bind(id)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap();
+        if message.is_some_and(|m| m.starts_with(&format!("evaluating step {every}:"))) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no evaluation within 2 minutes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let measured = |step: i64| {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM job_metrics WHERE job_id = $1 AND step = $2 AND name <> ALL($3)",
+        )
+        .bind(id)
+        .bind(step)
+        .bind(["loss", "mse", "vb", "grad_norm"].map(String::from).to_vec())
+        .fetch_one(&db.pool)
+    };
+    assert_eq!(measured(every as i64).await.unwrap(), 0, "killed before the measurement was recorded");
+
+    let mut second = spawn_worker_process(&db, &dir, "30");
+    let job = wait_for(&db.pool, id, Duration::from_secs(180), |j| j.state.is_final()).await;
+    assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2), "{:?}", job.error);
+    assert_eq!(job.result.unwrap()["resumed_from"], every);
+    // Both checkpoints measured: all seven metrics (random-network names) at step 50 and at step 100.
+    for step in [every, steps] {
+        assert_eq!(measured(step as i64).await.unwrap(), 7, "step {step}");
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    db.drop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 struct PublishesAfterLosingItsLease;
 
 impl Handler for PublishesAfterLosingItsLease {

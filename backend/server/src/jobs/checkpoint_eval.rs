@@ -10,10 +10,12 @@
 use std::path::Path;
 
 use repdiff_engine::Device;
+use repdiff_engine::Result as EngineResult;
 use repdiff_engine::data::Dataset;
-use repdiff_engine::metrics::{GenerationMetrics, InceptionV3, MetricOptions, SetFeatures, compare, extract_samples};
+use repdiff_engine::metrics::{
+    EvenlySpaced, GenerationMetrics, ImageSource, InceptionV3, MetricOptions, SetFeatures, compare, extract_samples,
+};
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample};
-use repdiff_engine::{Result as EngineResult, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::evaluate::ExtractorChoice;
@@ -52,6 +54,9 @@ pub struct CheckpointEval {
     #[serde(default)]
     pub seed: u64,
 }
+
+/// Recorded last of a measurement's metrics (all are written together): a step that has it was measured.
+pub const COMPLETION_METRIC: &str = "coverage";
 
 /// Density and coverage look at 5 neighbours, so each set needs more than 5 images.
 const MIN_SET: usize = 6;
@@ -127,7 +132,8 @@ impl<'a> CheckpointEvaluator<'a> {
             )));
         }
         let cancel = ctx.cancel.clone();
-        let real_images = evenly_spaced(&data.samples, spec.max_real)?;
+        let real_images = EvenlySpaced::new(&data.samples, spec.max_real);
+        let real_images = real_images.read(0, real_images.len())?;
         if self.real.is_none() {
             let (real, _) =
                 extract_samples(&self.net, &real_images, &config, self.weights_dir, 32, Some(&cancel), |d, t| {
@@ -197,17 +203,6 @@ pub fn metric_names(m: &GenerationMetrics) -> [(&'static str, f64); 7] {
         ("precision", m.precision),
         ("recall", m.recall),
         ("density", m.density),
-        ("coverage", m.coverage),
+        (COMPLETION_METRIC, m.coverage),
     ]
-}
-
-/// At most `max` rows of `samples`, evenly spaced (all of them when there are no more).
-fn evenly_spaced(samples: &Tensor, max: usize) -> EngineResult<Tensor> {
-    let n = samples.dim(0)?;
-    if n <= max {
-        return Ok(samples.clone());
-    }
-    let index: Vec<u32> = (0..max).map(|i| (i * n / max) as u32).collect();
-    let index = Tensor::from_vec(index, max, samples.device())?;
-    Ok(samples.index_select(&index, 0)?)
 }

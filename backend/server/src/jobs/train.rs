@@ -206,6 +206,16 @@ pub(super) fn train_and_publish(
     let every = trainer.config.train.checkpoint_every.max(1);
     let started = std::time::Instant::now();
     let (start_step, mut first_loss, mut last_loss) = (trainer.step(), None, None);
+    // A worker that died while measuring the checkpoint this attempt resumes from left that step
+    // unmeasured: measure it before training on.
+    if let Some(e) = evaluator.as_deref_mut()
+        && start_step > 0
+        && e.spec().due(start_step, total)
+        && !ctx.has_metric(super::checkpoint_eval::COMPLETION_METRIC, start_step as u64)?
+    {
+        ctx.log("info", &format!("step {start_step} was not measured before the last attempt stopped; measuring it"));
+        e.evaluate(ctx, local, data, (start_step, total), device)?;
+    }
     while trainer.step() < total {
         // Train to the next checkpoint (or evaluation) boundary, then publish the checkpoint to the store.
         let mut until = ((trainer.step() / every + 1) * every).min(total);
