@@ -404,6 +404,7 @@ try {
   await page.fill("input[name=histogram]", "10");
   await page.selectOption("select[name=data]", "dataset");
   await page.selectOption("select[name=dataset]", String(datasetId));
+  await page.fill("input[name=max_real]", "20");
   await page.click("button:has-text('Launch')");
   await page.waitForURL(/\/runs\/\d+$/);
   const evalId = Number(page.url().split("/").pop());
@@ -411,6 +412,7 @@ try {
   const evaluation = (await api(`/jobs/${evalId}`)).result;
   assert.equal(evaluation.results.length, 2);
   assert.equal(evaluation.pretrained, false);
+  assert.equal(evaluation.real, 20, "20 of the 24 slices, evenly spaced");
   // No pretrained Inception here: the columns say so instead of claiming FID.
   await page.locator("#evaluation th", { hasText: /^FD \(random\)$/ }).waitFor();
   assert.equal(await page.locator("#evaluation th", { hasText: /^FID$/ }).count(), 0);
@@ -438,6 +440,15 @@ try {
   await page.locator(".overlay").press("Escape");
   await page.locator(".overlay").waitFor({ state: "detached" });
   await shot("gallery");
+  // The fine-tuned run's gallery also holds the counterfactual pairs and the trajectory made from it.
+  await page.goto(`${base}/gallery?from_job=${finetuneId}`);
+  await page.locator("#counterfactuals figure img").first().waitFor();
+  assert.equal((await api(`/samples?from_job=${finetuneId}&kind=counterfactual`)).length, 2);
+  assert.equal(await page.locator("#counterfactuals figure").count(), 2);
+  await page.locator("#counterfactuals figcaption", { hasText: "t = 300" }).first().waitFor();
+  await page.locator("#trajectories figure img").first().waitFor();
+  assert.equal(await page.locator("#trajectories figure").count(), 1);
+  await shot("gallery-counterfactuals");
 
   step("runs table: sort, filter, compare");
   await page.goto(`${base}/runs`);

@@ -691,6 +691,15 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     assert_eq!(figures.as_array().unwrap().len(), 3);
     let grid = app.call("GET", &format!("/api/v1/jobs/{id}/artifacts?kind=grid"), Some(&ada), None).await.json();
     assert_eq!(grid[0]["key"], format!("jobs/{id}/counterfactuals.png"));
+    // The gallery finds them by the training run they came from, not among its samples.
+    let rows =
+        app.call("GET", &format!("/api/v1/samples?from_job={ft}&kind=counterfactual"), Some(&ada), None).await.json();
+    assert_eq!(rows.as_array().unwrap().iter().map(|r| r["job_id"].as_i64().unwrap()).collect::<Vec<_>>(), [id; 3]);
+    assert_eq!((rows[0]["meta"]["t"].as_i64(), rows[0]["meta"]["from_job"].as_i64()), (Some(300), Some(ft)));
+    let samples = app.call("GET", &format!("/api/v1/samples?job={id}"), Some(&ada), None).await.json();
+    assert!(samples.as_array().unwrap().is_empty(), "counterfactual rows are not samples");
+    let unknown = app.call("GET", "/api/v1/samples?kind=figures", Some(&ada), None).await;
+    assert_eq!(unknown.error_code(), "invalid_request");
     let id =
         app.call("POST", "/api/v1/jobs", Some(&ada), Some(counterfactual(pre))).await.json()["id"].as_i64().unwrap();
     let job = app.wait_final(&ada, id, Duration::from_secs(60)).await;
@@ -701,7 +710,7 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     let evaluate = |num: usize| {
         json!({ "kind": "evaluate", "params": { "real": { "toy": { "n": 12, "seed": 5 } },
             "models": [{ "checkpoint": { "job": ft }, "name": "fine-tuned" }, { "checkpoint": { "job": pre } }],
-            "num": num, "steps": 3, "histogram": 12 } })
+            "num": num, "steps": 3, "histogram": 12, "max_real": 9 } })
     };
     let refused = app.call("POST", "/api/v1/jobs", Some(&ada), Some(evaluate(5))).await;
     assert_eq!(refused.error_code(), "invalid_params");
@@ -710,7 +719,7 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     assert_eq!(job["state"], "succeeded", "{job}");
     let report: repdiff_api::EvaluateReport = serde_json::from_value(job["result"].clone()).unwrap();
     assert!(!report.pretrained && report.extractor == "random-inception-v3-seed0", "{report:?}");
-    assert_eq!(report.real, 12);
+    assert_eq!(report.real, 9, "at most max_real of the 12 toy scans");
     assert_eq!(
         report.results.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         ["fine-tuned", &format!("jobs/{pre}/checkpoint.safetensors")]
@@ -720,7 +729,7 @@ async fn representation_pretraining_then_finetune_through_the_api() {
         assert!(r.fid.is_finite() && r.fid > 0.0 && (0.0..=1.0).contains(&r.precision), "{r:?}");
     }
     let histogram = report.histogram.unwrap();
-    assert_eq!(histogram.sets.iter().map(|s| s.counts.iter().sum::<u32>()).collect::<Vec<_>>(), [12, 10, 10]);
+    assert_eq!(histogram.sets.iter().map(|s| s.counts.iter().sum::<u32>()).collect::<Vec<_>>(), [9, 10, 10]);
     app.finish().await;
 }
 

@@ -1,5 +1,7 @@
 //! Samples gallery: a training run's samples as a grid by class, one checkpoint at a time (a step
 //! slider), or one sampling run's; click for the full-size view (arrow keys to step through, Esc to close).
+//! Below them, where they exist, the counterfactual pairs (Fig. 10) and denoising trajectories (Fig. 11)
+//! made from the same checkpoints.
 
 use std::collections::BTreeSet;
 
@@ -29,10 +31,16 @@ pub fn Gallery() -> impl IntoView {
             _ => None,
         };
         async move {
-            match filter {
-                Some(f) => api::get::<Vec<Artifact>>(&format!("/samples?{f}&limit=1000")).await.map(Some),
-                None => Ok(None),
-            }
+            let Some(f) = filter else { return Ok(None) };
+            let list = |kind: &str| {
+                let path = format!("/samples?{f}&kind={kind}&limit=1000");
+                async move { api::get::<Vec<Artifact>>(&path).await }
+            };
+            Ok(Some(Found {
+                samples: list("sample").await?,
+                counterfactuals: list("counterfactual").await?,
+                trajectories: list("trajectory").await?,
+            }))
         }
     });
     view! {
@@ -50,14 +58,15 @@ pub fn Gallery() -> impl IntoView {
             </label>
             {move || job.get().map(|j| view! { <span class="muted">{format!("sampling run #{j}")}</span> })}
         </div>
-        {move || loaded(samples.get(), move |found: Option<Vec<Artifact>>| {
-            let Some(all) = found else {
+        {move || loaded(samples.get(), move |found: Option<Found>| {
+            let Some(Found { samples: all, counterfactuals, trajectories }) = found else {
                 return view! { <p class="empty">"Pick a training run to see the samples drawn from its checkpoints."</p> }.into_any();
             };
-            if all.is_empty() {
+            if all.is_empty() && counterfactuals.is_empty() && trajectories.is_empty() {
                 return view! { <p class="empty">"No samples yet: launch a sample run from this training run's checkpoint."</p> }.into_any();
             }
-            let steps: Vec<i64> = all.iter().filter_map(|a| meta_i64(a, "checkpoint_step")).collect::<BTreeSet<_>>().into_iter().collect();
+            let steps: Vec<i64> = all.iter().chain(&counterfactuals).chain(&trajectories)
+                .filter_map(|a| meta_i64(a, "checkpoint_step")).collect::<BTreeSet<_>>().into_iter().collect();
             let classes: Vec<Option<i64>> = all.iter().map(|a| meta_i64(a, "class")).collect::<BTreeSet<_>>().into_iter().collect();
             let step = step_q.get().filter(|s| steps.contains(s)).or(steps.last().copied());
             let index = step.and_then(|s| steps.iter().position(|x| *x == s)).unwrap_or(0);
@@ -68,6 +77,10 @@ pub fn Gallery() -> impl IntoView {
                 .filter(|a| only_class.is_none() || meta_i64(a, "class") == only_class)
                 .cloned()
                 .collect();
+            let at_step = |list: &[Artifact]| -> Vec<Artifact> {
+                list.iter().filter(|a| step.is_none() || meta_i64(a, "checkpoint_step") == step).cloned().collect()
+            };
+            let (counterfactuals, trajectories) = (at_step(&counterfactuals), at_step(&trajectories));
             let order: Vec<i64> = shown.iter().map(|a| a.id).collect();
             let steps_for_slider = steps.clone();
             view! {
@@ -90,6 +103,7 @@ pub fn Gallery() -> impl IntoView {
                     </label>
                     <span class="muted">{format!("{} images", shown.len())}</span>
                 </div>
+                {(shown.is_empty() && !all.is_empty()).then(|| view! { <p class="empty">"No samples at this checkpoint."</p> })}
                 {classes.into_iter().filter(|c| only_class.is_none() || *c == only_class).map(|c| {
                     let row: Vec<Artifact> = shown.iter().filter(|a| meta_i64(a, "class") == c).cloned().collect();
                     view! {
@@ -104,6 +118,8 @@ pub fn Gallery() -> impl IntoView {
                         </section>
                     }
                 }).collect_view()}
+                <Counterfactuals rows=counterfactuals />
+                <Trajectories grids=trajectories />
                 {move || open.get().and_then(|id| {
                     let pos = order.iter().position(|x| *x == id)?;
                     let a = shown[pos].clone();
@@ -142,4 +158,72 @@ pub fn Gallery() -> impl IntoView {
             }.into_any()
         })}
     }
+}
+
+/// What the gallery shows of a run.
+#[derive(Clone)]
+struct Found {
+    samples: Vec<Artifact>,
+    counterfactuals: Vec<Artifact>,
+    trajectories: Vec<Artifact>,
+}
+
+/// The newest run's figures first, each run's in their order.
+fn newest_run_first(mut list: Vec<Artifact>) -> Vec<Artifact> {
+    list.sort_by_key(|a| (std::cmp::Reverse(a.job_id), meta_i64(a, "index"), a.id));
+    list
+}
+
+/// Counterfactual rows (Fig. 10), a figure per scan, newest run first.
+#[component]
+fn Counterfactuals(rows: Vec<Artifact>) -> impl IntoView {
+    (!rows.is_empty()).then(|| {
+        let runs = rows.iter().filter_map(|a| a.job_id).collect::<BTreeSet<_>>().len();
+        view! {
+            <section class="card" id="counterfactuals">
+                <h2>"Counterfactual pairs"</h2>
+                <p class="muted small">{format!(
+                    "Each row: the scan | denoised as class 0 | as class 1 | their difference (red: brighter under class 1). {} scans from {runs} run{}.",
+                    rows.len(), if runs == 1 { "" } else { "s" })}</p>
+                {newest_run_first(rows).into_iter().map(|a| {
+                    let label = match meta_i64(&a, "label") { Some(0) => "no hematoma".to_string(), Some(1) => "hematoma".into(), Some(l) => format!("label {l}"), None => "unlabelled".into() };
+                    let diff = a.meta.get("mean_abs_difference").and_then(|v| v.as_f64());
+                    let caption = format!("scan {} · {label} · t = {} · mean |difference| {} · ",
+                        meta_i64(&a, "index").unwrap_or(0),
+                        meta_i64(&a, "t").map(|t| t.to_string()).unwrap_or("-".into()),
+                        diff.map(|d| format!("{d:.4}")).unwrap_or("-".into()));
+                    let run = a.job_id.map(|j| view! { <a href=format!("/runs/{j}")>{format!("run #{j}")}</a> });
+                    view! {
+                        <figure class="counterfactual">
+                            <a href=a.url.clone() target="_blank"><img class="grid-image" alt="counterfactual row" src=a.url.clone() loading="lazy" /></a>
+                            <figcaption class="muted small">{caption}{run}</figcaption>
+                        </figure>
+                    }
+                }).collect_view()}
+            </section>
+        }
+    })
+}
+
+/// Denoising trajectories (Fig. 11): a sampling run's x0 predictions, a row per sample.
+#[component]
+fn Trajectories(grids: Vec<Artifact>) -> impl IntoView {
+    (!grids.is_empty()).then(|| view! {
+        <section class="card" id="trajectories">
+            <h2>"Denoising trajectories"</h2>
+            <p class="muted small">"The model's prediction of the clean image as sampling goes on, noisiest first; a row per sample."</p>
+            {newest_run_first(grids).into_iter().map(|a| {
+                let steps = a.meta.get("timesteps").and_then(|v| v.as_array()).map(|t| {
+                    t.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+                }).unwrap_or_default();
+                let run = a.job_id.map(|j| view! { <a href=format!("/runs/{j}")>{format!("run #{j}")}</a> });
+                view! {
+                    <figure class="trajectory">
+                        <a href=a.url.clone() target="_blank"><img class="grid-image" alt="trajectory" src=a.url.clone() loading="lazy" /></a>
+                        <figcaption class="muted small">{format!("t = {steps} · ")}{run}</figcaption>
+                    </figure>
+                }
+            }).collect_view()}
+        </section>
+    })
 }

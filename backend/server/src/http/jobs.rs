@@ -550,10 +550,25 @@ pub async fn list_checkpoints(State(state): State<AppState>, user: CurrentUser) 
     Ok(Json(rows.into_iter().map(artifact_view).collect()))
 }
 
+/// What the gallery lists.
+#[derive(Clone, Copy, Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleKind {
+    /// Sample images (one per sample).
+    #[default]
+    Sample,
+    /// Counterfactual rows (a scan, its denoising under each class, their difference: Fig. 10).
+    Counterfactual,
+    /// Denoising trajectories (a sampling run's x0 predictions, a row per sample: Fig. 11).
+    Trajectory,
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct SampleQuery {
-    /// The sample job that drew them.
+    /// sample (default), counterfactual or trajectory.
+    kind: Option<SampleKind>,
+    /// The job that made them.
     job: Option<i64>,
     /// The training job whose checkpoint they were drawn from.
     from_job: Option<i64>,
@@ -566,7 +581,8 @@ pub struct SampleQuery {
     limit: Option<i64>,
 }
 
-/// Sample images (the gallery): filter by sample job, source training job, class and checkpoint step.
+/// The gallery's images: samples, counterfactual rows or trajectories (`kind`), filtered by the job that
+/// made them, the training job whose checkpoint they came from, class and checkpoint step.
 #[utoipa::path(get, path = "/api/v1/samples", tag = "artifacts", params(SampleQuery),
     responses((status = 200, body = Vec<Artifact>), (status = 422, body = repdiff_api::ErrorBody)))]
 pub async fn list_samples(
@@ -578,11 +594,17 @@ pub async fn list_samples(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit is 1 to 1000"));
     }
+    let (artifact_kind, job_kind) = match q.kind.unwrap_or_default() {
+        SampleKind::Sample => ("sample_image", None),
+        SampleKind::Counterfactual => ("figure", Some("counterfactual")),
+        SampleKind::Trajectory => ("trajectory", None),
+    };
     let rows = sqlx::query_as!(
         crate::artifacts::Artifact,
         r#"SELECT a.id, a.key, a.job_id, a.kind, a.media_type, a.size, a.meta, a.created_at, a.updated_at
            FROM artifacts a JOIN jobs j ON j.id = a.job_id
-           WHERE a.kind = 'sample_image' AND ($1 OR j.owner_id = $2
+           WHERE a.kind = $9 AND ($10::text IS NULL OR j.kind = $10)
+             AND ($1 OR j.owner_id = $2
                  OR EXISTS (SELECT 1 FROM experiments e WHERE e.id = j.experiment_id AND e.shared))
              AND ($3::bigint IS NULL OR a.job_id = $3)
              AND ($4::bigint IS NULL OR (a.meta->>'from_job')::bigint = $4)
@@ -597,7 +619,9 @@ pub async fn list_samples(
         q.class,
         q.checkpoint_step,
         q.after.unwrap_or(0),
-        limit
+        limit,
+        artifact_kind,
+        job_kind
     )
     .fetch_all(&state.pool)
     .await?;

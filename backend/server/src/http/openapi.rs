@@ -47,7 +47,7 @@ impl Modify for Security {
         datasets::list_datasets, datasets::create_dataset, datasets::get_dataset, datasets::patch_dataset, datasets::list_scans,
         datasets::upload_scans, datasets::split_summary, datasets::get_scan, datasets::patch_scan, datasets::scan_image, datasets::scan_dicom,
     ),
-    components(schemas(repdiff_api::ErrorBody, repdiff_api::ErrorDetail, repdiff_api::JobState, repdiff_api::Role)),
+    components(schemas(repdiff_api::ErrorBody, repdiff_api::ErrorDetail, repdiff_api::JobState, repdiff_api::Role, jobs::SampleKind)),
     modifiers(&Security),
     security(("token" = []), ("session" = [])),
     tags(

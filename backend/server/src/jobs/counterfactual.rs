@@ -8,7 +8,7 @@ use repdiff_engine::explain::{CounterfactualOptions, counterfactuals, write_coun
 use repdiff_engine::sample::{Weights, load_model};
 use serde::{Deserialize, Serialize};
 
-use super::sample::{CheckpointRef, default_guidance, default_steps};
+use super::sample::{CheckpointRef, checkpoint_origin, default_guidance, default_steps};
 use super::train::{DataSource, data_inputs, load_data, validate_data};
 use crate::worker::{Handler, Input, JobContext, JobError};
 
@@ -103,11 +103,15 @@ impl Handler for Counterfactual {
             ctx.log("warn", note);
         }
         let labels = data.labels.as_ref().map(|l| l[..n].to_vec());
+        let (from_job, step) = checkpoint_origin(ctx, &p.checkpoint.key())?;
         for (i, path) in report.rows.iter().enumerate() {
             let meta = serde_json::json!({
                 "index": i,
                 "label": labels.as_ref().map(|l| l[i]),
                 "mean_abs_difference": report.mean_abs_difference[i],
+                "t": report.t,
+                "from_job": from_job,
+                "checkpoint_step": step,
             });
             ctx.publish(path, &format!("counterfactuals/{i:04}.png"), "figure", "image/png", meta)?;
         }

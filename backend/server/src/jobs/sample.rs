@@ -134,12 +134,7 @@ impl Handler for Sample {
         let (device, _) = best_device();
         let key = p.checkpoint.key();
         let local = ctx.fetch(&key, "checkpoint.safetensors")?;
-        // Which training job and step the samples come from, for the gallery's filters.
-        let source = ctx.block_on(
-            sqlx::query!(r#"SELECT job_id, (meta->>'step')::bigint AS step FROM artifacts WHERE key = $1"#, key)
-                .fetch_optional(ctx.pool()),
-        )?;
-        let (from_job, step) = source.map_or((None, None), |s| (s.job_id, s.step));
+        let (from_job, step) = checkpoint_origin(ctx, &key)?;
         let weights = if p.raw_weights { Weights::Raw } else { Weights::Ema };
         let (model, config) = load_model(&local, weights, &device)?;
         if p.steps > config.diffusion.num_timesteps {
@@ -186,7 +181,8 @@ impl Handler for Sample {
                 })?;
                 let (_, grid, _) =
                     write_trajectory(&traj, &config, &self.weights_dir, &ctx.scratch.join("trajectory"))?;
-                let meta = serde_json::json!({ "timesteps": traj.timesteps });
+                let meta =
+                    serde_json::json!({ "timesteps": traj.timesteps, "from_job": from_job, "checkpoint_step": step });
                 let grid = ctx.publish(&grid, "trajectory.png", "trajectory", "image/png", meta)?;
                 (traj.samples, traj.labels, Some(grid))
             }
@@ -226,4 +222,14 @@ impl Handler for Sample {
             "decoded": written.note.is_none(),
         }))
     }
+}
+
+/// The training job that published checkpoint `key` and the step it was at, for the gallery's filters
+/// (none for a checkpoint uploaded by other means).
+pub(super) fn checkpoint_origin(ctx: &JobContext, key: &str) -> Result<(Option<i64>, Option<i64>), JobError> {
+    let source = ctx.block_on(
+        sqlx::query!(r#"SELECT job_id, (meta->>'step')::bigint AS step FROM artifacts WHERE key = $1"#, key)
+            .fetch_optional(ctx.pool()),
+    )?;
+    Ok(source.map_or((None, None), |s| (s.job_id, s.step)))
 }
