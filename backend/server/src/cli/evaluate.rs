@@ -208,14 +208,14 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         generated_features.push((name, features));
     }
 
-    println!(
-        "\n{:<28} {}",
-        "set",
-        results[0].metrics.rows().iter().map(|(n, _)| format!("{n:>12}")).collect::<String>()
-    );
+    // Each column as wide as its name (a random extractor's names are long), two spaces apart.
+    let names = results[0].metrics.rows();
+    let widths: Vec<usize> = names.iter().map(|(n, _)| n.len().max(10)).collect();
+    let header: String = names.iter().zip(&widths).map(|((n, _), w)| format!("  {n:>w$}")).collect();
+    println!("\n{:<28}{header}", "set");
     for r in &results {
-        let values: String = r.metrics.rows().iter().map(|(_, v)| format!("{v:>12.4}")).collect();
-        println!("{:<28} {values}", r.name);
+        let values: String = r.metrics.rows().iter().zip(&widths).map(|((_, v), w)| format!("  {v:>w$.4}")).collect();
+        println!("{:<28}{values}", r.name);
     }
     if !results[0].metrics.is_pretrained() {
         println!("(columns 1-3 are in {label}'s feature space: comparable between runs, not with published FIDs)");
