@@ -6,7 +6,7 @@
 //! comes from [`Rng`].
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -36,6 +36,11 @@ enum Source {
 pub struct Params {
     device: Device,
     source: Source,
+    /// Whether parameters are variables (training) or plain tensors (inference: no op records its
+    /// inputs for a backward pass, so nothing a forward makes outlives its use).
+    trainable: bool,
+    /// Every name handed out, to refuse a second request and to find unused loaded tensors.
+    taken: RefCell<BTreeSet<String>>,
     vars: RefCell<BTreeMap<String, Var>>,
 }
 
@@ -45,6 +50,8 @@ impl Params {
         Params {
             device: device.clone(),
             source: Source::Random(RefCell::new(Rng::new(seed))),
+            trainable: true,
+            taken: Default::default(),
             vars: Default::default(),
         }
     }
@@ -52,7 +59,21 @@ impl Params {
     /// Parameters taken from `tensors` (e.g. a checkpoint): every requested name must be there with the
     /// requested shape, and [`Params::finish`] refuses tensors nobody asked for.
     pub fn loaded(tensors: HashMap<String, Tensor>, device: &Device) -> Self {
-        Params { device: device.clone(), source: Source::Loaded(tensors), vars: Default::default() }
+        Params {
+            device: device.clone(),
+            source: Source::Loaded(tensors),
+            trainable: true,
+            taken: Default::default(),
+            vars: Default::default(),
+        }
+    }
+
+    /// [`Params::loaded`] for inference: the tensors become the model's weights as they are, not
+    /// variables. A forward on variables keeps every intermediate alive through the result's backward
+    /// graph: a sampler's output then holds all its denoising steps (sampling 200 tiny images went to
+    /// 24 GB). [`Params::finish`] returns no variables.
+    pub fn frozen(tensors: HashMap<String, Tensor>, device: &Device) -> Self {
+        Params { trainable: false, ..Params::loaded(tensors, device) }
     }
 
     pub fn root(&self) -> ParamPath<'_> {
@@ -64,7 +85,7 @@ impl Params {
     }
 
     fn get(&self, name: String, shape: &[usize], init: Init) -> Result<Tensor> {
-        if self.vars.borrow().contains_key(&name) {
+        if !self.taken.borrow_mut().insert(name.clone()) {
             return Err(Error::Param { name, reason: "requested twice".into() });
         }
         let tensor = match &self.source {
@@ -97,6 +118,9 @@ impl Params {
                 tensor.to_device(&self.device)?.to_dtype(DType::F32)?
             }
         };
+        if !self.trainable {
+            return Ok(tensor);
+        }
         let var = Var::from_tensor(&tensor)?;
         let handle = var.as_tensor().clone();
         self.vars.borrow_mut().insert(name, var);
@@ -106,9 +130,9 @@ impl Params {
     /// The trainable variables, by name. Fails if loaded tensors were left unused (a checkpoint of another
     /// architecture would otherwise load "successfully" with weights silently ignored).
     pub fn finish(self) -> Result<VarSet> {
-        let vars = self.vars.into_inner();
+        let (vars, taken) = (self.vars.into_inner(), self.taken.into_inner());
         if let Source::Loaded(tensors) = &self.source {
-            let mut unused: Vec<&String> = tensors.keys().filter(|k| !vars.contains_key(*k)).collect();
+            let mut unused: Vec<&String> = tensors.keys().filter(|k| !taken.contains(*k)).collect();
             if !unused.is_empty() {
                 unused.sort();
                 return Err(Error::Param {

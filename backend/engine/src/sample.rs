@@ -32,7 +32,7 @@ pub fn load_model(path: &Path, weights: Weights, device: &Device) -> Result<(Dit
     if !ckpt.has_section(section) {
         return Err(Error::checkpoint(path, format!("has no {section} weights")));
     }
-    let params = Params::loaded(ckpt.section(section), device);
+    let params = Params::frozen(ckpt.section(section), device);
     let model = Dit::new(&config.model, &params)
         .map_err(|e| Error::checkpoint(path, format!("does not fit its own config: {e}")))?;
     params.finish().map_err(|e| Error::checkpoint(path, e.to_string()))?;

@@ -144,6 +144,9 @@ fn sampling_is_seeded_shaped_and_checks_its_inputs() {
     let mut calls = 0;
     let (a, labels) = sample(&model, &config, &options, &Device::Cpu, |_, _| calls += 1).unwrap();
     assert_eq!(a.dims(), &[5, 1, 8, 8]);
+    // Inference weights are plain tensors: the samples record no backward graph, which would keep every
+    // denoising step of every batch alive until the samples are dropped.
+    assert!(!a.track_op(), "samples hold a backward graph");
     assert_eq!(labels.unwrap(), vec![1; 5]);
     assert_eq!(calls, 2 * 10);
     let (b, _) = sample(&model, &config, &options, &Device::Cpu, |_, _| {}).unwrap();
