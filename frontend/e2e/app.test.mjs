@@ -449,6 +449,12 @@ try {
   await page.locator("#trajectories figure img").first().waitFor();
   assert.equal(await page.locator("#trajectories figure").count(), 1);
   await shot("gallery-counterfactuals");
+  // A counterfactual opens in the full-size view, which steps on to the trajectory.
+  await page.locator("#counterfactuals figure button").last().click();
+  await page.locator(".overlay .dialog p", { hasText: "counterfactual: scan 1" }).waitFor();
+  await page.locator(".overlay").press("ArrowRight");
+  await page.locator(".overlay .dialog p", { hasText: "trajectory: t = " }).waitFor();
+  await page.locator(".overlay").press("Escape");
 
   step("runs table: sort, filter, compare");
   await page.goto(`${base}/runs`);

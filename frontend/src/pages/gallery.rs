@@ -80,8 +80,12 @@ pub fn Gallery() -> impl IntoView {
             let at_step = |list: &[Artifact]| -> Vec<Artifact> {
                 list.iter().filter(|a| step.is_none() || meta_i64(a, "checkpoint_step") == step).cloned().collect()
             };
-            let (counterfactuals, trajectories) = (at_step(&counterfactuals), at_step(&trajectories));
-            let order: Vec<i64> = shown.iter().map(|a| a.id).collect();
+            let counterfactuals = newest_run_first(at_step(&counterfactuals));
+            let trajectories = newest_run_first(at_step(&trajectories));
+            // The full-size view steps through everything on the page, samples first.
+            let viewable: Vec<Artifact> =
+                shown.iter().chain(&counterfactuals).chain(&trajectories).cloned().collect();
+            let order: Vec<i64> = viewable.iter().map(|a| a.id).collect();
             let steps_for_slider = steps.clone();
             view! {
                 <div class="inline">
@@ -118,11 +122,11 @@ pub fn Gallery() -> impl IntoView {
                         </section>
                     }
                 }).collect_view()}
-                <Counterfactuals rows=counterfactuals />
-                <Trajectories grids=trajectories />
+                <Counterfactuals rows=counterfactuals open=set_open />
+                <Trajectories grids=trajectories open=set_open />
                 {move || open.get().and_then(|id| {
                     let pos = order.iter().position(|x| *x == id)?;
-                    let a = shown[pos].clone();
+                    let a = viewable[pos].clone();
                     let prev = pos.checked_sub(1).map(|p| order[p]);
                     let next = order.get(pos + 1).copied();
                     let overlay = NodeRef::<leptos::html::Div>::new();
@@ -141,10 +145,7 @@ pub fn Gallery() -> impl IntoView {
                             }>
                             <div class="dialog" role="dialog" aria-label="Sample">
                                 <img class="full pixelated" alt="sample" src=a.url.clone() />
-                                <p class="muted">{format!("class {} · checkpoint step {} · sample {}",
-                                    meta_i64(&a, "class").map(|c| c.to_string()).unwrap_or("-".into()),
-                                    meta_i64(&a, "checkpoint_step").map(|c| c.to_string()).unwrap_or("-".into()),
-                                    meta_i64(&a, "index").map(|c| c.to_string()).unwrap_or("-".into()))}</p>
+                                <p class="muted">{caption(&a)}</p>
                                 <div class="inline">
                                     <button disabled=prev.is_none() on:click=move |_| set_open.set(prev)>"← Previous"</button>
                                     <button disabled=next.is_none() on:click=move |_| set_open.set(next)>"Next →"</button>
@@ -174,9 +175,58 @@ fn newest_run_first(mut list: Vec<Artifact>) -> Vec<Artifact> {
     list
 }
 
+/// What the full-size view says of an image.
+fn caption(a: &Artifact) -> String {
+    let step = meta_i64(a, "checkpoint_step").map(|c| c.to_string()).unwrap_or("-".into());
+    match a.kind.as_str() {
+        "figure" => {
+            let label = match meta_i64(a, "label") {
+                Some(0) => "no hematoma".to_string(),
+                Some(1) => "hematoma".into(),
+                Some(l) => format!("label {l}"),
+                None => "unlabelled".into(),
+            };
+            let diff = a.meta.get("mean_abs_difference").and_then(|v| v.as_f64());
+            format!(
+                "counterfactual: scan {} · {label} · t = {} · mean |difference| {} · checkpoint step {step}",
+                meta_i64(a, "index").unwrap_or(0),
+                meta_i64(a, "t").map(|t| t.to_string()).unwrap_or("-".into()),
+                diff.map(|d| format!("{d:.4}")).unwrap_or("-".into())
+            )
+        }
+        "trajectory" => {
+            let steps = a
+                .meta
+                .get("timesteps")
+                .and_then(|v| v.as_array())
+                .map(|t| t.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "));
+            format!("trajectory: t = {} · checkpoint step {step}", steps.unwrap_or_default())
+        }
+        _ => format!(
+            "class {} · checkpoint step {step} · sample {}",
+            meta_i64(a, "class").map(|c| c.to_string()).unwrap_or("-".into()),
+            meta_i64(a, "index").map(|c| c.to_string()).unwrap_or("-".into())
+        ),
+    }
+}
+
+/// A figure of the gallery: opens the full-size view; its caption links to the run that made it.
+fn figure(a: Artifact, class: &'static str, open: SignalSetter<Option<i64>>) -> impl IntoView {
+    let id = a.id;
+    let run = a.job_id.map(|j| view! { " · " <a href=format!("/runs/{j}")>{format!("run #{j}")}</a> });
+    view! {
+        <figure class=class>
+            <button class="figure-open" on:click=move |_| open.set(Some(id))>
+                <img class="grid-image" alt=class src=a.url.clone() loading="lazy" />
+            </button>
+            <figcaption class="muted small">{caption(&a)}{run}</figcaption>
+        </figure>
+    }
+}
+
 /// Counterfactual rows (Fig. 10), a figure per scan, newest run first.
 #[component]
-fn Counterfactuals(rows: Vec<Artifact>) -> impl IntoView {
+fn Counterfactuals(rows: Vec<Artifact>, open: SignalSetter<Option<i64>>) -> impl IntoView {
     (!rows.is_empty()).then(|| {
         let runs = rows.iter().filter_map(|a| a.job_id).collect::<BTreeSet<_>>().len();
         view! {
@@ -185,21 +235,7 @@ fn Counterfactuals(rows: Vec<Artifact>) -> impl IntoView {
                 <p class="muted small">{format!(
                     "Each row: the scan | denoised as class 0 | as class 1 | their difference (red: brighter under class 1). {} scans from {runs} run{}.",
                     rows.len(), if runs == 1 { "" } else { "s" })}</p>
-                {newest_run_first(rows).into_iter().map(|a| {
-                    let label = match meta_i64(&a, "label") { Some(0) => "no hematoma".to_string(), Some(1) => "hematoma".into(), Some(l) => format!("label {l}"), None => "unlabelled".into() };
-                    let diff = a.meta.get("mean_abs_difference").and_then(|v| v.as_f64());
-                    let caption = format!("scan {} · {label} · t = {} · mean |difference| {} · ",
-                        meta_i64(&a, "index").unwrap_or(0),
-                        meta_i64(&a, "t").map(|t| t.to_string()).unwrap_or("-".into()),
-                        diff.map(|d| format!("{d:.4}")).unwrap_or("-".into()));
-                    let run = a.job_id.map(|j| view! { <a href=format!("/runs/{j}")>{format!("run #{j}")}</a> });
-                    view! {
-                        <figure class="counterfactual">
-                            <a href=a.url.clone() target="_blank"><img class="grid-image" alt="counterfactual row" src=a.url.clone() loading="lazy" /></a>
-                            <figcaption class="muted small">{caption}{run}</figcaption>
-                        </figure>
-                    }
-                }).collect_view()}
+                {rows.into_iter().map(|a| figure(a, "counterfactual", open)).collect_view()}
             </section>
         }
     })
@@ -207,23 +243,12 @@ fn Counterfactuals(rows: Vec<Artifact>) -> impl IntoView {
 
 /// Denoising trajectories (Fig. 11): a sampling run's x0 predictions, a row per sample.
 #[component]
-fn Trajectories(grids: Vec<Artifact>) -> impl IntoView {
+fn Trajectories(grids: Vec<Artifact>, open: SignalSetter<Option<i64>>) -> impl IntoView {
     (!grids.is_empty()).then(|| view! {
         <section class="card" id="trajectories">
             <h2>"Denoising trajectories"</h2>
             <p class="muted small">"The model's prediction of the clean image as sampling goes on, noisiest first; a row per sample."</p>
-            {newest_run_first(grids).into_iter().map(|a| {
-                let steps = a.meta.get("timesteps").and_then(|v| v.as_array()).map(|t| {
-                    t.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
-                }).unwrap_or_default();
-                let run = a.job_id.map(|j| view! { <a href=format!("/runs/{j}")>{format!("run #{j}")}</a> });
-                view! {
-                    <figure class="trajectory">
-                        <a href=a.url.clone() target="_blank"><img class="grid-image" alt="trajectory" src=a.url.clone() loading="lazy" /></a>
-                        <figcaption class="muted small">{format!("t = {steps} · ")}{run}</figcaption>
-                    </figure>
-                }
-            }).collect_view()}
+            {grids.into_iter().map(|a| figure(a, "trajectory", open)).collect_view()}
         </section>
     })
 }
