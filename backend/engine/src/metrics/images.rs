@@ -85,10 +85,6 @@ impl ImageFolder {
         };
         Ok(ImageFolder { files, size, device: device.clone() })
     }
-
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
-    }
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {

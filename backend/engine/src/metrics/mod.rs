@@ -44,8 +44,12 @@ fn to_matrix(t: &Tensor) -> Result<FeatureMatrix> {
 /// Rounds `[-1, 1]` images to the 256 levels a PNG holds, so generated samples (floats) and real images
 /// (read from 8-bit files) meet the network alike, as the ADM evaluator's uint8 batches do.
 pub fn quantise(images: &Tensor) -> Result<Tensor> {
-    let levels = ((images.to_dtype(DType::F32)? + 1.0)? * 127.5)?.clamp(0f32, 255f32)?.round()?;
-    Ok(((levels / 127.5)? - 1.0)?)
+    Ok(((levels(images)? / 127.5)? - 1.0)?)
+}
+
+/// The 8-bit level (0 to 255, as f32) nearest each value of `[-1, 1]` images.
+fn levels(images: &Tensor) -> Result<Tensor> {
+    Ok(((images.to_dtype(DType::F32)? + 1.0)? * 127.5)?.clamp(0f32, 255f32)?.round()?)
 }
 
 /// Features of `images` (1 or 3 channels in [-1, 1]), read and measured `batch_size` at a time;
@@ -200,9 +204,8 @@ pub fn extract_cached(
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(Error::Cancelled { step: 0 });
         }
-        let batch = quantise(&images.read(start, batch_size.max(1).min(n - start))?)?;
-        let levels = ((batch + 1.0)? * 127.5)?.round()?.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?;
-        hash.update(&levels);
+        let batch = images.read(start, batch_size.max(1).min(n - start))?;
+        hash.update(levels(&batch)?.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?);
     }
     let key: String = hash.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
     let path = cache_dir.join(format!("features-{key}.safetensors"));
