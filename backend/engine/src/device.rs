@@ -7,7 +7,7 @@ use candle_core::Device;
 pub fn best_device() -> (Device, String) {
     let wanted = std::env::var("REPDIFF_DEVICE").unwrap_or_default();
     if wanted.eq_ignore_ascii_case("cpu") {
-        return (Device::Cpu, format!("CPU ({} threads; REPDIFF_DEVICE=cpu)", candle_core::utils::get_num_threads()));
+        return (Device::Cpu, format!("CPU ({}; REPDIFF_DEVICE=cpu)", cpu_threads()));
     }
     #[cfg(feature = "cuda")]
     {
@@ -18,5 +18,13 @@ pub fn best_device() -> (Device, String) {
         }
     }
     #[allow(unreachable_code)]
-    (Device::Cpu, format!("CPU ({} threads; built without CUDA)", candle_core::utils::get_num_threads()))
+    (Device::Cpu, format!("CPU ({}; built without CUDA)", cpu_threads()))
+}
+
+/// "1 thread", "2 threads": what candle's CPU kernels use (`RAYON_NUM_THREADS`, else every core).
+fn cpu_threads() -> String {
+    match candle_core::utils::get_num_threads() {
+        1 => "1 thread".to_string(),
+        n => format!("{n} threads"),
+    }
 }

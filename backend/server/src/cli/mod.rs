@@ -12,6 +12,7 @@ mod import;
 mod interrupt;
 mod phantoms;
 mod probe;
+mod progress;
 mod reproduce;
 mod sample;
 mod serve;
@@ -26,6 +27,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use repdiff_engine::config::{ConditioningKind, Overrides, RunConfig};
 use repdiff_engine::device::best_device;
+
+pub use progress::progress_bar;
 
 #[derive(Parser)]
 #[command(
@@ -255,15 +258,6 @@ fn demo(args: DemoArgs) -> Result<()> {
         args.out.join("samples/grid.png").display()
     );
     Ok(())
-}
-
-pub fn progress_bar(total: u64, template: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
-    let style = indicatif::ProgressStyle::with_template(template)
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> ");
-    bar.set_style(style);
-    bar
 }
 
 /// Logs to stderr; the level from `REPDIFF_LOG` (error, warn, info, debug, trace; default info).
