@@ -7,7 +7,9 @@
 //! folder of OUT, so a rerun continues where an interrupted one stopped: training resumes from its
 //! checkpoint, and finished steps are kept.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -54,6 +56,11 @@ pub struct ReproduceArgs {
     /// the pre-training images; default: the preset's; 0 leaves Table 5 out).
     #[arg(long)]
     eval_samples: Option<usize>,
+    /// How many of the pipeline's two lanes (unconditional; representation-conditional) run at once, as
+    /// child processes sharing the cores. Side by side suits small models: a tiny-cpu training step hardly
+    /// uses a second core, so two lanes on two cores take about half the time of one after the other.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=2))]
+    jobs: u16,
     /// Seeds the split, the training runs and the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -142,13 +149,107 @@ fn step(title: &str, args: &[String], timings: &mut Vec<(String, f64)>) -> Resul
     Ok(())
 }
 
-/// Runs `repdiff ARGS --out REPORT` unless REPORT exists (a finished step of an earlier run).
-fn unless_done(report: &Path, title: &str, mut args: Vec<String>, timings: &mut Vec<(String, f64)>) -> Result<()> {
-    if report.exists() {
+/// One `repdiff` command of the pipeline.
+struct Step {
+    title: String,
+    args: Vec<String>,
+}
+
+impl Step {
+    fn new(title: impl Into<String>, args: Vec<String>) -> Self {
+        Step { title: title.into(), args }
+    }
+
+    /// `repdiff ARGS --out REPORT`, or nothing when REPORT exists (a finished step of an earlier run).
+    fn unless_done(report: &Path, title: impl Into<String>, mut args: Vec<String>) -> Option<Self> {
+        if report.exists() {
+            return None;
+        }
+        args.extend(strings(&["--out", &path(report)]));
+        Some(Step::new(title, args))
+    }
+}
+
+/// Steps that run in order, independent of another lane's.
+struct Lane {
+    name: &'static str,
+    steps: Vec<Step>,
+}
+
+/// Runs the lanes: with `jobs` 1 one after the other in this process; else side by side, each step a child
+/// `repdiff` process given its lane's share of the cores, its output lines tagged with the lane's name. A
+/// failed step stops its own lane only: the others finish what they can keep for a rerun.
+fn run_lanes(lanes: &[Lane], jobs: usize, timings: &mut Vec<(String, f64)>) -> Result<()> {
+    if jobs <= 1 || lanes.len() <= 1 {
+        for s in lanes.iter().flat_map(|lane| &lane.steps) {
+            step(&s.title, &s.args, timings)?;
+        }
         return Ok(());
     }
-    args.extend(strings(&["--out", &path(report)]));
-    step(title, &args, timings)
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / lanes.len().min(jobs)).max(1);
+    println!("\n({} lanes side by side, {threads} CPU thread(s) each)", lanes.len());
+    let results: Vec<Result<Vec<(String, f64)>>> = std::thread::scope(|scope| {
+        let running: Vec<_> = lanes.iter().map(|lane| scope.spawn(move || run_lane(lane, threads))).collect();
+        running
+            .into_iter()
+            .map(|lane| lane.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a lane panicked"))))
+            .collect()
+    });
+    let mut failed = None;
+    for result in results {
+        match result {
+            Ok(done) => timings.extend(done),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+fn run_lane(lane: &Lane, threads: usize) -> Result<Vec<(String, f64)>> {
+    let tag = lane.name;
+    let mut timings = Vec::new();
+    for s in &lane.steps {
+        println!("\n[{tag}] == {}\n[{tag}] $ repdiff {}", s.title, s.args.join(" "));
+        let started = Instant::now();
+        let exe = std::env::current_exe().context("locating the repdiff binary")?;
+        let mut command = Command::new(exe);
+        command.args(&s.args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            command.env("RAYON_NUM_THREADS", threads.to_string());
+        }
+        let mut child = command.spawn().with_context(|| format!("starting {}", s.title))?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        std::thread::scope(|scope| {
+            scope.spawn(|| forward(stdout, tag, false));
+            scope.spawn(|| forward(stderr, tag, true));
+        });
+        let status = child.wait().with_context(|| s.title.clone())?;
+        if !status.success() {
+            bail!("{} failed ({status}); its output is above, tagged [{tag}]", s.title);
+        }
+        timings.push((s.title.clone(), started.elapsed().as_secs_f64()));
+    }
+    Ok(timings)
+}
+
+/// Copies a child's output line by line, each line tagged.
+fn forward(stream: Option<impl Read>, tag: &str, to_stderr: bool) {
+    let Some(stream) = stream else { return };
+    for line in BufReader::new(stream).split(b'\n').map_while(std::io::Result::ok) {
+        let line = String::from_utf8_lossy(&line);
+        let tagged = match line.trim_end() {
+            "" => format!("[{tag}]"),
+            text => format!("[{tag}] {text}"),
+        };
+        if to_stderr {
+            eprintln!("{tagged}");
+        } else {
+            println!("{tagged}");
+        }
+    }
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -285,9 +386,27 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         None => epochs_steps("train")?,
     };
     let every = (pretrain_steps / 10).max(1).to_string();
+    // The DINOv2 probe reads images; for an autoencoder's latents they are encoded again as pixels first.
+    let dino = args.weights_dir.join(repdiff_engine::dino::WEIGHTS_FILE).exists();
+    let dino_probe = out.join("probe-dinov2.json");
+    let mut dino_images = Vec::new();
+    if dino && !dino_probe.exists() {
+        for part in ["train", "validation", "test"] {
+            dino_images.extend([format!("--{part}"), path(&pixel_images(part, &mut timings)?)]);
+        }
+    }
+
+    // The two lanes of the pipeline, independent until Table 5: each pre-trains one model (the
+    // unconditional, the representation-conditional), fine-tunes it and runs its diffusion classifier; the
+    // unconditional lane then trains the supervised baselines, the representation lane probes its encoder and
+    // draws the counterfactuals.
+    let draws = args.draws.unwrap_or(plan.draws).to_string();
+    let mut lanes: Vec<Lane> = Vec::new();
     for mode in ["uncond", "rep"] {
+        let mut steps = Vec::new();
+        // 3. Pre-training; 4. fine-tuning. A resumed run keeps its configuration: only the step count goes
+        // with it.
         let run = out.join(format!("pretrain-{mode}"));
-        // A resumed run keeps its configuration: only the step count goes with it.
         let mut a = strings(&[
             "pretrain",
             "--mode",
@@ -306,7 +425,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         } else {
             a.extend(strings(&["--preset", plan.model_preset, "--seed", &seed]));
         }
-        step(&format!("pre-train ({mode})"), &a, &mut timings)?;
+        steps.push(Step::new(format!("pre-train ({mode})"), a));
         let ft = out.join(format!("finetune-{mode}"));
         let mut a = strings(&[
             "finetune",
@@ -322,16 +441,12 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         if ft.join("checkpoint.safetensors").exists() {
             a.push("--resume".into());
         }
-        step(&format!("fine-tune from the {mode} model"), &a, &mut timings)?;
-    }
-
-    // 5. The diffusion classifier on both fine-tuned models; 6. the linear probe; 7. counterfactuals.
-    let draws = args.draws.unwrap_or(plan.draws).to_string();
-    for mode in ["uncond", "rep"] {
+        steps.push(Step::new(format!("fine-tune from the {mode} model"), a));
+        // 5. The diffusion classifier.
         let a = strings(&[
             "classify",
             "--checkpoint",
-            &path(&out.join(format!("finetune-{mode}/checkpoint.safetensors"))),
+            &path(&ft.join("checkpoint.safetensors")),
             "--validation",
             &path(&latents("validation")),
             "--test",
@@ -346,7 +461,8 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             &seed,
         ]);
         let title = format!("diffusion classifier ({mode} pre-training)");
-        unless_done(&out.join(format!("classify-{mode}.json")), &title, a, &mut timings)?;
+        steps.extend(Step::unless_done(&out.join(format!("classify-{mode}.json")), title, a));
+        lanes.push(Lane { name: mode, steps });
     }
     // The baselines read the same three parts.
     let parts = strings(&[
@@ -359,19 +475,24 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         "--seed",
         &seed,
     ]);
+    // 6. The supervised baselines, trained from scratch.
+    for (arch, epochs) in plan.supervised {
+        let epochs = args.supervised_epochs.unwrap_or(epochs).to_string();
+        let a = strings(&["supervised", "--arch", arch, "--patch", &plan.vit_patch.to_string(), "--epochs", &epochs]);
+        let title = format!("{} ({arch}) trained from scratch", network(arch));
+        let report = out.join(format!("supervised-{arch}.json"));
+        lanes[0].steps.extend(Step::unless_done(&report, title, [a, parts.clone()].concat()));
+    }
+    // 7. The linear probes: on the representation encoder, and on DINOv2's features of the images when its
+    // weights are in the weights folder.
     let probe = out.join("probe.json");
     let rep_checkpoint = path(&out.join("pretrain-rep/checkpoint.safetensors"));
     let a = [strings(&["probe", "--checkpoint", &rep_checkpoint]), parts.clone()].concat();
-    unless_done(&probe, "linear probe on the representation encoder", a, &mut timings)?;
-    // The probe on DINOv2's features of the images, when its weights are in the weights folder.
-    let dino_probe = out.join("probe-dinov2.json");
-    if args.weights_dir.join(repdiff_engine::dino::WEIGHTS_FILE).exists() {
-        let mut a = strings(&["probe", "--features", "dinov2", "--weights-dir", &path(&args.weights_dir)]);
-        for part in ["train", "validation", "test"] {
-            a.extend([format!("--{part}"), path(&pixel_images(part, &mut timings)?)]);
-        }
-        a.extend(strings(&["--seed", &seed]));
-        unless_done(&dino_probe, "linear probe on DINOv2 features", a, &mut timings)?;
+    lanes[1].steps.extend(Step::unless_done(&probe, "linear probe on the representation encoder", a));
+    if dino {
+        let a = strings(&["probe", "--features", "dinov2", "--weights-dir", &path(&args.weights_dir)]);
+        let a = [a, dino_images, strings(&["--seed", &seed])].concat();
+        lanes[1].steps.extend(Step::unless_done(&dino_probe, "linear probe on DINOv2 features", a));
     } else if !dino_probe.exists() {
         println!(
             "\n(no {} in {}: the DINOv2 probe is left out of Table 6; see model-weights/README.md)",
@@ -379,33 +500,29 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             args.weights_dir.display()
         );
     }
-    for (arch, epochs) in plan.supervised {
-        let epochs = args.supervised_epochs.unwrap_or(epochs).to_string();
-        let a = strings(&["supervised", "--arch", arch, "--patch", &plan.vit_patch.to_string(), "--epochs", &epochs]);
-        let title = format!("{} ({arch}) trained from scratch", network(arch));
-        unless_done(&out.join(format!("supervised-{arch}.json")), &title, [a, parts.clone()].concat(), &mut timings)?;
-    }
+    // 8. Counterfactuals of test scans under the representation-pre-trained classifier.
     let figures = out.join("counterfactuals");
+    let a = strings(&[
+        "counterfactual",
+        "--checkpoint",
+        &path(&out.join("finetune-rep/checkpoint.safetensors")),
+        "--data",
+        &path(&latents("test")),
+        "-n",
+        "8",
+        "--t",
+        "500",
+        "--weights-dir",
+        &path(&args.weights_dir),
+        "--out",
+        &path(&figures),
+    ]);
     if !figures.join("counterfactuals.json").exists() {
-        let a = [
-            "counterfactual",
-            "--checkpoint",
-            &path(&out.join("finetune-rep/checkpoint.safetensors")),
-            "--data",
-            &path(&latents("test")),
-            "-n",
-            "8",
-            "--t",
-            "500",
-            "--weights-dir",
-            &path(&args.weights_dir),
-            "--out",
-            &path(&figures),
-        ];
-        step("counterfactuals of test scans", &strings(&a), &mut timings)?;
+        lanes[1].steps.push(Step::new("counterfactuals of test scans", a));
     }
+    run_lanes(&lanes, usize::from(args.jobs), &mut timings)?;
 
-    // 8. Generation metrics of both pre-trained models against the pre-training images (Table 5).
+    // 9. Generation metrics of both pre-trained models against the pre-training images (Table 5).
     let eval_samples = args.eval_samples.unwrap_or(plan.eval_samples);
     let evaluation = out.join("evaluate");
     if eval_samples > 0 && !evaluation.join("metrics.json").exists() {
