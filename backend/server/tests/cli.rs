@@ -635,12 +635,16 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     ];
     let first = repdiff(&args);
     assert!(first.status.success(), "{}", text(&first));
-    // The two lanes ran side by side, each step's lines tagged with its lane.
-    let pretrain =
-        text(&first).lines().find(|l| l.starts_with("[rep] $ repdiff pretrain --mode rep")).unwrap_or("").to_string();
+    // Steps ran side by side, each one's output lines tagged with its name.
+    let pretrain = text(&first)
+        .lines()
+        .find(|l| l.starts_with("[pretrain-rep] $ repdiff pretrain --mode rep"))
+        .unwrap_or("")
+        .to_string();
     assert!(pretrain.ends_with("--preset tiny-cpu --seed 0"), "{}", text(&first));
-    assert!(text(&first).contains("[uncond] $ repdiff supervised --arch tiny"), "{}", text(&first));
-    assert!(text(&first).lines().any(|l| l.starts_with("[uncond]") && l.contains("2/2 steps")), "{}", text(&first));
+    assert!(text(&first).contains("[supervised-tiny] $ repdiff supervised --arch tiny"), "{}", text(&first));
+    let progress = |l: &str| l.starts_with("[finetune-uncond]") && l.contains("2/2 steps");
+    assert!(text(&first).lines().any(progress), "{}", text(&first));
     let table = std::fs::read_to_string(out.join("table6.md")).unwrap();
     for method in [
         "unconditional pre-training",
@@ -667,7 +671,7 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     // weights now in its weights folder (stand-in random ones) it adds that probe's row.
     let weights = dir.join("weights");
     repdiff_engine::dino::write_random_weights(&weights, 2).unwrap();
-    // One lane after the other this time, in one process.
+    // One step after the other this time, in one process.
     let again = repdiff(&[&args[..], &["--weights-dir", weights.to_str().unwrap(), "--jobs", "1"]].concat());
     assert!(again.status.success(), "{}", text(&again));
     let summary: serde_json::Value =

@@ -1,15 +1,16 @@
 //! `repdiff reproduce`: the paper's whole pipeline in one command. On a dataset (synthetic phantoms by
 //! default): the paper's split, encoding, unconditional and representation-conditional pre-training,
 //! fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, the
-//! linear probe on the representation encoder, a ViT and a ResNet trained from scratch, counterfactuals, the
-//! generation metrics of both pre-trained models; then the Table 6 and Table 5 analogues (Markdown and
+//! generation metrics of both pre-trained models, counterfactuals, the linear probe on the representation
+//! encoder, a ViT and a ResNet trained from scratch; then the Table 6 and Table 5 analogues (Markdown and
 //! JSON). Every step is the `repdiff` command it names (printed before it runs) writing into its own
 //! folder of OUT, so a rerun continues where an interrupted one stopped: training resumes from its
-//! checkpoint, and finished steps are kept.
+//! checkpoint, and finished steps are kept. Steps whose prerequisites are done run side by side (`--jobs`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -56,10 +57,10 @@ pub struct ReproduceArgs {
     /// the pre-training images; default: the preset's; 0 leaves Table 5 out).
     #[arg(long)]
     eval_samples: Option<usize>,
-    /// How many of the pipeline's two lanes (unconditional; representation-conditional) run at once, as
-    /// child processes sharing the cores. Side by side suits small models: a tiny-cpu training step hardly
-    /// uses a second core, so two lanes on two cores take about half the time of one after the other.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=2))]
+    /// How many of the pipeline's steps run at once (as child processes sharing the cores), each the next
+    /// whose prerequisites are done. Side by side suits small models: a tiny-cpu training step hardly uses
+    /// a second core, so two steps on two cores take about half the time of one after the other.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
     /// Seeds the split, the training runs and the noise.
     #[arg(long, default_value_t = 0)]
@@ -151,88 +152,159 @@ fn step(title: &str, args: &[String], timings: &mut Vec<(String, f64)>) -> Resul
 
 /// One `repdiff` command of the pipeline.
 struct Step {
+    /// Names the step for its prerequisites and tags its output lines when steps run side by side.
+    tag: String,
     title: String,
     args: Vec<String>,
+    /// Tags of the steps that must have finished first (a step not in the plan, done by an earlier run,
+    /// counts as finished).
+    after: Vec<String>,
 }
 
 impl Step {
-    fn new(title: impl Into<String>, args: Vec<String>) -> Self {
-        Step { title: title.into(), args }
+    fn new(tag: impl Into<String>, title: impl Into<String>, args: Vec<String>, after: &[&str]) -> Self {
+        let after = after.iter().map(|t| t.to_string()).collect();
+        Step { tag: tag.into(), title: title.into(), args, after }
     }
 
     /// `repdiff ARGS --out REPORT`, or nothing when REPORT exists (a finished step of an earlier run).
-    fn unless_done(report: &Path, title: impl Into<String>, mut args: Vec<String>) -> Option<Self> {
+    fn unless_done(
+        report: &Path,
+        tag: impl Into<String>,
+        title: impl Into<String>,
+        mut args: Vec<String>,
+        after: &[&str],
+    ) -> Option<Self> {
         if report.exists() {
             return None;
         }
         args.extend(strings(&["--out", &path(report)]));
-        Some(Step::new(title, args))
+        Some(Step::new(tag, title, args, after))
     }
 }
 
-/// Steps that run in order, independent of another lane's.
-struct Lane {
-    name: &'static str,
-    steps: Vec<Step>,
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Progress {
+    Waiting,
+    Running,
+    Done,
+    /// Failed, or left out because a prerequisite failed.
+    Failed,
 }
 
-/// Runs the lanes: with `jobs` 1 one after the other in this process; else side by side, each step a child
-/// `repdiff` process given its lane's share of the cores, its output lines tagged with the lane's name. A
-/// failed step stops its own lane only: the others finish what they can keep for a rerun.
-fn run_lanes(lanes: &[Lane], jobs: usize, timings: &mut Vec<(String, f64)>) -> Result<()> {
-    if jobs <= 1 || lanes.len() <= 1 {
-        for s in lanes.iter().flat_map(|lane| &lane.steps) {
+/// What the workers share: each step's progress, the finished steps' times, the failures.
+struct Board {
+    progress: Vec<Progress>,
+    timings: Vec<(String, f64)>,
+    failures: Vec<anyhow::Error>,
+}
+
+impl Board {
+    /// The first waiting step whose prerequisites are done, marked running. Steps whose prerequisites
+    /// failed are marked failed on the way.
+    fn claim(&mut self, steps: &[Step]) -> Option<usize> {
+        let progress_of = |board: &Board, tag: &str| steps.iter().position(|s| s.tag == tag).map(|i| board.progress[i]);
+        for (i, step) in steps.iter().enumerate() {
+            if self.progress[i] != Progress::Waiting {
+                continue;
+            }
+            let needs: Vec<_> = step.after.iter().map(|t| (t, progress_of(self, t))).collect();
+            if let Some((failed, _)) = needs.iter().find(|(_, p)| *p == Some(Progress::Failed)) {
+                self.progress[i] = Progress::Failed;
+                self.failures.push(anyhow::anyhow!("{} left out: it needs {failed}, which failed", step.title));
+            } else if needs.iter().all(|(_, p)| p.is_none_or(|p| p == Progress::Done)) {
+                self.progress[i] = Progress::Running;
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+/// Runs the steps: with `jobs` 1 in order in this process; else up to `jobs` at once, each the first step
+/// (in order) whose prerequisites are done, as a child `repdiff` process with its share of the cores and
+/// its output lines tagged. A failed step stops only what needs it: the others finish what a rerun keeps.
+fn run_steps(steps: &[Step], jobs: usize, timings: &mut Vec<(String, f64)>) -> Result<()> {
+    if jobs <= 1 || steps.len() <= 1 {
+        for s in steps {
             step(&s.title, &s.args, timings)?;
         }
         return Ok(());
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / lanes.len().min(jobs)).max(1);
-    println!("\n({} lanes side by side, {threads} CPU thread(s) each)", lanes.len());
-    let results: Vec<Result<Vec<(String, f64)>>> = std::thread::scope(|scope| {
-        let running: Vec<_> = lanes.iter().map(|lane| scope.spawn(move || run_lane(lane, threads))).collect();
-        running
-            .into_iter()
-            .map(|lane| lane.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a lane panicked"))))
-            .collect()
-    });
-    let mut failed = None;
-    for result in results {
-        match result {
-            Ok(done) => timings.extend(done),
-            Err(e) => {
-                failed.get_or_insert(e);
-            }
+    let threads = (cores / jobs).max(1);
+    println!("\n(up to {jobs} steps at once, {threads} CPU thread(s) each)");
+    let board =
+        Mutex::new(Board { progress: vec![Progress::Waiting; steps.len()], timings: Vec::new(), failures: Vec::new() });
+    let changed = Condvar::new();
+    let lock = || board.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(steps.len()) {
+            scope.spawn(|| {
+                loop {
+                    let mut claimed = lock();
+                    let next = loop {
+                        if let Some(i) = claimed.claim(steps) {
+                            break Some(i);
+                        }
+                        if !claimed.progress.contains(&Progress::Waiting) {
+                            break None;
+                        }
+                        claimed = changed.wait(claimed).unwrap_or_else(|poisoned| poisoned.into_inner());
+                    };
+                    drop(claimed);
+                    let Some(i) = next else {
+                        // Nothing left to start: the others may have been waiting for what was just settled.
+                        changed.notify_all();
+                        return;
+                    };
+                    let started = Instant::now();
+                    let result = run_child(&steps[i], threads);
+                    let mut board = lock();
+                    match result {
+                        Ok(()) => {
+                            board.progress[i] = Progress::Done;
+                            board.timings.push((steps[i].title.clone(), started.elapsed().as_secs_f64()));
+                        }
+                        Err(e) => {
+                            board.progress[i] = Progress::Failed;
+                            board.failures.push(e);
+                        }
+                    }
+                    changed.notify_all();
+                }
+            });
         }
+    });
+    let board = board.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    timings.extend(board.timings);
+    if board.failures.is_empty() {
+        return Ok(());
     }
-    failed.map_or(Ok(()), Err)
+    bail!("{}", board.failures.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("\n"))
 }
 
-fn run_lane(lane: &Lane, threads: usize) -> Result<Vec<(String, f64)>> {
-    let tag = lane.name;
-    let mut timings = Vec::new();
-    for s in &lane.steps {
-        println!("\n[{tag}] == {}\n[{tag}] $ repdiff {}", s.title, s.args.join(" "));
-        let started = Instant::now();
-        let exe = std::env::current_exe().context("locating the repdiff binary")?;
-        let mut command = Command::new(exe);
-        command.args(&s.args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-            command.env("RAYON_NUM_THREADS", threads.to_string());
-        }
-        let mut child = command.spawn().with_context(|| format!("starting {}", s.title))?;
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        std::thread::scope(|scope| {
-            scope.spawn(|| forward(stdout, tag, false));
-            scope.spawn(|| forward(stderr, tag, true));
-        });
-        let status = child.wait().with_context(|| s.title.clone())?;
-        if !status.success() {
-            bail!("{} failed ({status}); its output is above, tagged [{tag}]", s.title);
-        }
-        timings.push((s.title.clone(), started.elapsed().as_secs_f64()));
+/// Runs a step as a child `repdiff` process with `threads` CPU threads, its output lines tagged.
+fn run_child(s: &Step, threads: usize) -> Result<()> {
+    let tag = &s.tag;
+    println!("\n[{tag}] == {}\n[{tag}] $ repdiff {}", s.title, s.args.join(" "));
+    let exe = std::env::current_exe().context("locating the repdiff binary")?;
+    let mut command = Command::new(exe);
+    command.args(&s.args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        command.env("RAYON_NUM_THREADS", threads.to_string());
     }
-    Ok(timings)
+    let mut child = command.spawn().with_context(|| format!("starting {}", s.title))?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    std::thread::scope(|scope| {
+        scope.spawn(|| forward(stdout, tag, false));
+        scope.spawn(|| forward(stderr, tag, true));
+    });
+    let status = child.wait().with_context(|| s.title.clone())?;
+    if !status.success() {
+        bail!("{} failed ({status}); its output is above, tagged [{tag}]", s.title);
+    }
+    Ok(())
 }
 
 /// Copies a child's output line by line, each line tagged.
@@ -386,7 +458,8 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         None => epochs_steps("train")?,
     };
     let every = (pretrain_steps / 10).max(1).to_string();
-    // The DINOv2 probe reads images; for an autoencoder's latents they are encoded again as pixels first.
+    // The DINOv2 probe and the generation metrics read images; for an autoencoder's latents they are
+    // encoded again as pixels first.
     let dino = args.weights_dir.join(repdiff_engine::dino::WEIGHTS_FILE).exists();
     let dino_probe = out.join("probe-dinov2.json");
     let mut dino_images = Vec::new();
@@ -395,17 +468,19 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             dino_images.extend([format!("--{part}"), path(&pixel_images(part, &mut timings)?)]);
         }
     }
+    let eval_samples = args.eval_samples.unwrap_or(plan.eval_samples);
+    let evaluation = out.join("evaluate");
+    let evaluate = eval_samples > 0 && !evaluation.join("metrics.json").exists();
+    let real_images = if evaluate { Some(pixel_images("pretrain", &mut timings)?) } else { None };
 
-    // The two lanes of the pipeline, independent until Table 5: each pre-trains one model (the
-    // unconditional, the representation-conditional), fine-tunes it and runs its diffusion classifier; the
-    // unconditional lane then trains the supervised baselines, the representation lane probes its encoder and
-    // draws the counterfactuals.
+    // The rest, as steps with their prerequisites, in order of priority: the longest chain (the
+    // representation model's) first, the baselines that need no diffusion model last, to fill the gaps.
     let draws = args.draws.unwrap_or(plan.draws).to_string();
-    let mut lanes: Vec<Lane> = Vec::new();
-    for mode in ["uncond", "rep"] {
-        let mut steps = Vec::new();
-        // 3. Pre-training; 4. fine-tuning. A resumed run keeps its configuration: only the step count goes
-        // with it.
+    let modes = ["rep", "uncond"];
+    let mut steps = Vec::new();
+    // 3. Pre-training, unconditional and representation-conditional. A resumed run keeps its
+    // configuration: only the step count goes with it.
+    for mode in modes {
         let run = out.join(format!("pretrain-{mode}"));
         let mut a = strings(&[
             "pretrain",
@@ -425,7 +500,10 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         } else {
             a.extend(strings(&["--preset", plan.model_preset, "--seed", &seed]));
         }
-        steps.push(Step::new(format!("pre-train ({mode})"), a));
+        steps.push(Step::new(format!("pretrain-{mode}"), format!("pre-train ({mode})"), a, &[]));
+    }
+    // 4. Fine-tuning both.
+    for mode in modes {
         let ft = out.join(format!("finetune-{mode}"));
         let mut a = strings(&[
             "finetune",
@@ -436,17 +514,20 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             "--out",
             &path(&ft),
             "--from",
-            &path(&run.join("checkpoint.safetensors")),
+            &path(&out.join(format!("pretrain-{mode}/checkpoint.safetensors"))),
         ]);
         if ft.join("checkpoint.safetensors").exists() {
             a.push("--resume".into());
         }
-        steps.push(Step::new(format!("fine-tune from the {mode} model"), a));
-        // 5. The diffusion classifier.
+        let title = format!("fine-tune from the {mode} model");
+        steps.push(Step::new(format!("finetune-{mode}"), title, a, &[&format!("pretrain-{mode}")]));
+    }
+    // 5. The diffusion classifier on both fine-tuned models.
+    for mode in modes {
         let a = strings(&[
             "classify",
             "--checkpoint",
-            &path(&ft.join("checkpoint.safetensors")),
+            &path(&out.join(format!("finetune-{mode}/checkpoint.safetensors"))),
             "--validation",
             &path(&latents("validation")),
             "--test",
@@ -461,76 +542,16 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             &seed,
         ]);
         let title = format!("diffusion classifier ({mode} pre-training)");
-        steps.extend(Step::unless_done(&out.join(format!("classify-{mode}.json")), title, a));
-        lanes.push(Lane { name: mode, steps });
+        let report = out.join(format!("classify-{mode}.json"));
+        steps.extend(Step::unless_done(&report, format!("classify-{mode}"), title, a, &[&format!("finetune-{mode}")]));
     }
-    // The baselines read the same three parts.
-    let parts = strings(&[
-        "--train",
-        &path(&latents("train")),
-        "--validation",
-        &path(&latents("validation")),
-        "--test",
-        &path(&latents("test")),
-        "--seed",
-        &seed,
-    ]);
-    // 6. The supervised baselines, trained from scratch.
-    for (arch, epochs) in plan.supervised {
-        let epochs = args.supervised_epochs.unwrap_or(epochs).to_string();
-        let a = strings(&["supervised", "--arch", arch, "--patch", &plan.vit_patch.to_string(), "--epochs", &epochs]);
-        let title = format!("{} ({arch}) trained from scratch", network(arch));
-        let report = out.join(format!("supervised-{arch}.json"));
-        lanes[0].steps.extend(Step::unless_done(&report, title, [a, parts.clone()].concat()));
-    }
-    // 7. The linear probes: on the representation encoder, and on DINOv2's features of the images when its
-    // weights are in the weights folder.
-    let probe = out.join("probe.json");
+    // 6. Generation metrics of both pre-trained models against the pre-training images (Table 5).
     let rep_checkpoint = path(&out.join("pretrain-rep/checkpoint.safetensors"));
-    let a = [strings(&["probe", "--checkpoint", &rep_checkpoint]), parts.clone()].concat();
-    lanes[1].steps.extend(Step::unless_done(&probe, "linear probe on the representation encoder", a));
-    if dino {
-        let a = strings(&["probe", "--features", "dinov2", "--weights-dir", &path(&args.weights_dir)]);
-        let a = [a, dino_images, strings(&["--seed", &seed])].concat();
-        lanes[1].steps.extend(Step::unless_done(&dino_probe, "linear probe on DINOv2 features", a));
-    } else if !dino_probe.exists() {
-        println!(
-            "\n(no {} in {}: the DINOv2 probe is left out of Table 6; see model-weights/README.md)",
-            repdiff_engine::dino::WEIGHTS_FILE,
-            args.weights_dir.display()
-        );
-    }
-    // 8. Counterfactuals of test scans under the representation-pre-trained classifier.
-    let figures = out.join("counterfactuals");
-    let a = strings(&[
-        "counterfactual",
-        "--checkpoint",
-        &path(&out.join("finetune-rep/checkpoint.safetensors")),
-        "--data",
-        &path(&latents("test")),
-        "-n",
-        "8",
-        "--t",
-        "500",
-        "--weights-dir",
-        &path(&args.weights_dir),
-        "--out",
-        &path(&figures),
-    ]);
-    if !figures.join("counterfactuals.json").exists() {
-        lanes[1].steps.push(Step::new("counterfactuals of test scans", a));
-    }
-    run_lanes(&lanes, usize::from(args.jobs), &mut timings)?;
-
-    // 9. Generation metrics of both pre-trained models against the pre-training images (Table 5).
-    let eval_samples = args.eval_samples.unwrap_or(plan.eval_samples);
-    let evaluation = out.join("evaluate");
-    if eval_samples > 0 && !evaluation.join("metrics.json").exists() {
-        let real = pixel_images("pretrain", &mut timings)?;
-        let a = [
+    if let Some(real) = &real_images {
+        let a = strings(&[
             "evaluate",
             "--real",
-            &path(&real),
+            &path(real),
             "--checkpoint",
             &path(&out.join("pretrain-uncond/checkpoint.safetensors")),
             "--checkpoint",
@@ -553,9 +574,67 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             &path(&out.join("feature-cache")),
             "--out",
             &path(&evaluation),
-        ];
-        step("generation metrics of both pre-trained models", &strings(&a), &mut timings)?;
+        ]);
+        let title = "generation metrics of both pre-trained models";
+        steps.push(Step::new("evaluate", title, a, &["pretrain-uncond", "pretrain-rep"]));
     }
+    // 7. Counterfactuals of test scans under the representation-pre-trained classifier.
+    let figures = out.join("counterfactuals");
+    if !figures.join("counterfactuals.json").exists() {
+        let a = strings(&[
+            "counterfactual",
+            "--checkpoint",
+            &path(&out.join("finetune-rep/checkpoint.safetensors")),
+            "--data",
+            &path(&latents("test")),
+            "-n",
+            "8",
+            "--t",
+            "500",
+            "--weights-dir",
+            &path(&args.weights_dir),
+            "--out",
+            &path(&figures),
+        ]);
+        steps.push(Step::new("counterfactuals", "counterfactuals of test scans", a, &["finetune-rep"]));
+    }
+    // 8. The baselines, on the same three parts: the linear probes (on the representation encoder; on
+    // DINOv2's features of the images when its weights are in the weights folder) and the supervised
+    // networks trained from scratch.
+    let parts = strings(&[
+        "--train",
+        &path(&latents("train")),
+        "--validation",
+        &path(&latents("validation")),
+        "--test",
+        &path(&latents("test")),
+        "--seed",
+        &seed,
+    ]);
+    let probe = out.join("probe.json");
+    let a = [strings(&["probe", "--checkpoint", &rep_checkpoint]), parts.clone()].concat();
+    let title = "linear probe on the representation encoder";
+    steps.extend(Step::unless_done(&probe, "probe", title, a, &["pretrain-rep"]));
+    if dino {
+        let a = strings(&["probe", "--features", "dinov2", "--weights-dir", &path(&args.weights_dir)]);
+        let a = [a, dino_images, strings(&["--seed", &seed])].concat();
+        let title = "linear probe on DINOv2 features";
+        steps.extend(Step::unless_done(&dino_probe, "probe-dinov2", title, a, &[]));
+    } else if !dino_probe.exists() {
+        println!(
+            "\n(no {} in {}: the DINOv2 probe is left out of Table 6; see model-weights/README.md)",
+            repdiff_engine::dino::WEIGHTS_FILE,
+            args.weights_dir.display()
+        );
+    }
+    for (arch, epochs) in plan.supervised {
+        let epochs = args.supervised_epochs.unwrap_or(epochs).to_string();
+        let a = strings(&["supervised", "--arch", arch, "--patch", &plan.vit_patch.to_string(), "--epochs", &epochs]);
+        let title = format!("{} ({arch}) trained from scratch", network(arch));
+        let report = out.join(format!("supervised-{arch}.json"));
+        steps.extend(Step::unless_done(&report, format!("supervised-{arch}"), title, [a, parts.clone()].concat(), &[]));
+    }
+    run_steps(&steps, usize::from(args.jobs), &mut timings)?;
 
     // The tables.
     let mut rows = vec![
@@ -751,4 +830,56 @@ fn table5_markdown(report: &Value) -> String {
         ));
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board(n: usize) -> Board {
+        Board { progress: vec![Progress::Waiting; n], timings: Vec::new(), failures: Vec::new() }
+    }
+
+    #[test]
+    fn steps_are_claimed_in_order_once_their_prerequisites_are_done() {
+        let steps = [
+            Step::new("pretrain", "pre-train", vec![], &[]),
+            Step::new("finetune", "fine-tune", vec![], &["pretrain"]),
+            Step::new("baseline", "baseline", vec![], &[]),
+            // Done by an earlier run, so not in the plan: counts as finished.
+            Step::new("probe", "probe", vec![], &["an earlier run's step"]),
+        ];
+        let mut b = board(steps.len());
+        assert_eq!(b.claim(&steps), Some(0));
+        assert_eq!(b.claim(&steps), Some(2), "the fine-tuning waits for its pre-training");
+        assert_eq!(b.claim(&steps), Some(3));
+        assert_eq!(b.claim(&steps), None);
+        b.progress[0] = Progress::Done;
+        assert_eq!(b.claim(&steps), Some(1));
+        assert!(b.failures.is_empty());
+    }
+
+    #[test]
+    fn a_failed_step_leaves_out_what_needs_it_and_nothing_else() {
+        let steps = [
+            Step::new("pretrain", "pre-train", vec![], &[]),
+            Step::new("finetune", "fine-tune", vec![], &["pretrain"]),
+            Step::new("classify", "classify", vec![], &["finetune"]),
+            Step::new("baseline", "baseline", vec![], &[]),
+        ];
+        let mut b = board(steps.len());
+        assert_eq!(b.claim(&steps), Some(0));
+        b.progress[0] = Progress::Failed;
+        assert_eq!(b.claim(&steps), Some(3), "the baseline still runs");
+        assert_eq!(b.progress[..3], [Progress::Failed; 3]);
+        let messages: Vec<String> = b.failures.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            messages,
+            [
+                "fine-tune left out: it needs pretrain, which failed",
+                "classify left out: it needs finetune, which failed"
+            ]
+        );
+        assert_eq!(b.claim(&steps), None);
+    }
 }
