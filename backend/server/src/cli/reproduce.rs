@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ReproducePreset {
-    /// The tiny-cpu model on 32x32 pixels, short schedules: about 20 minutes on 2 CPU cores.
+    /// The tiny-cpu model on 32x32 pixels, short schedules: about 18 minutes on 2 CPU cores.
     TinyCpu,
     /// The paper's: DiT-B/2 on SD-VAE latents of 256x256 slices (weights in model-weights/), 1,000 epochs,
     /// 512 noise draws: for a GPU.
