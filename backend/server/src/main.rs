@@ -22,10 +22,12 @@ fn main() -> std::process::ExitCode {
     tune_allocator();
     let args = cli::Cli::parse();
     match cli::run(args) {
+        // Stopped early by Ctrl-C or SIGTERM, after saving what it did.
+        Ok(()) if cli::interrupted() => std::process::ExitCode::from(130),
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if cli::interrupted() { std::process::ExitCode::from(130) } else { std::process::ExitCode::FAILURE }
         }
     }
 }

@@ -213,7 +213,7 @@ fn ctrl_c_stops_training_with_a_checkpoint_that_resumes() {
     let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(130), "saved, then exits as interrupted: {}", text(&out));
     assert!(text(&out).contains("Cancelled"), "{}", text(&out));
     let logged = std::fs::read_to_string(&metrics).unwrap().lines().count() - 1;
     // The checkpoint holds exactly the logged steps: resuming starts right after the last one.
@@ -682,6 +682,41 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     assert!(text(&again).contains("Nothing to do: the run is at step 4 of 4"), "{}", text(&again));
     assert!(!text(&again).contains("diffusion classifier ("), "finished steps are not run again: {}", text(&again));
     assert!(!text(&again).contains("generation metrics of"), "{}", text(&again));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ctrl_c_stops_reproduce_with_every_running_step_saved() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir("reproduce-sigint");
+    let out = dir.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_repdiff"))
+        .args(["reproduce", "--phantoms", "96", "--pretrain-steps", "100000", "--out", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // Its own process group, as a terminal's Ctrl-C reaches the command and every step it runs.
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let logged = |mode: &str| {
+        std::fs::read_to_string(out.join(format!("pretrain-{mode}/metrics.csv"))).map_or(0, |s| s.lines().count())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while logged("uncond") < 3 || logged("rep") < 3 {
+        assert!(std::time::Instant::now() < deadline, "the two pre-trainings never both logged a step");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill").args(["-INT", "--", &format!("-{}", child.id())]).status().unwrap();
+    assert!(kill.success());
+    let result = child.wait_with_output().unwrap();
+    assert_eq!(result.status.code(), Some(130), "{}", text(&result));
+    let printed = text(&result);
+    assert!(printed.contains("interrupted: finished steps and checkpoints are kept"), "{printed}");
+    for mode in ["uncond", "rep"] {
+        assert!(printed.contains(&format!("[pretrain-{mode}] Cancelled")), "{printed}");
+        assert!(out.join(format!("pretrain-{mode}/checkpoint.safetensors")).exists());
+    }
+    assert!(!printed.contains("[finetune-"), "nothing starts after the interrupt: {printed}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -28,6 +28,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use repdiff_engine::config::{ConditioningKind, Overrides, RunConfig};
 use repdiff_engine::device::best_device;
 
+pub use interrupt::interrupted;
 pub use progress::progress_bar;
 
 #[derive(Parser)]

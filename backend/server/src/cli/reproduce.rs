@@ -150,6 +150,8 @@ fn step(title: &str, args: &[String], timings: &mut Vec<(String, f64)>) -> Resul
     Ok(())
 }
 
+const INTERRUPTED: &str = "interrupted: finished steps and checkpoints are kept; run the same command again to go on";
+
 /// One `repdiff` command of the pipeline.
 struct Step {
     /// Names the step for its prerequisites and tags its output lines when steps run side by side.
@@ -228,6 +230,9 @@ fn run_steps(steps: &[Step], jobs: usize, timings: &mut Vec<(String, f64)>) -> R
     if jobs <= 1 || steps.len() <= 1 {
         for s in steps {
             step(&s.title, &s.args, timings)?;
+            if super::interrupted() {
+                bail!(INTERRUPTED);
+            }
         }
         return Ok(());
     }
@@ -238,12 +243,18 @@ fn run_steps(steps: &[Step], jobs: usize, timings: &mut Vec<(String, f64)>) -> R
         Mutex::new(Board { progress: vec![Progress::Waiting; steps.len()], timings: Vec::new(), failures: Vec::new() });
     let changed = Condvar::new();
     let lock = || board.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Ctrl-C reaches the running steps too (one process group): they save and stop; here it only stops
+    // starting new ones. A second Ctrl-C kills.
+    let interrupted = super::interrupt::cancel_on_signal();
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(steps.len()) {
             scope.spawn(|| {
                 loop {
                     let mut claimed = lock();
                     let next = loop {
+                        if interrupted.is_cancelled() {
+                            break None;
+                        }
                         if let Some(i) = claimed.claim(steps) {
                             break Some(i);
                         }
@@ -278,6 +289,9 @@ fn run_steps(steps: &[Step], jobs: usize, timings: &mut Vec<(String, f64)>) -> R
     });
     let board = board.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     timings.extend(board.timings);
+    if interrupted.is_cancelled() {
+        bail!(INTERRUPTED);
+    }
     if board.failures.is_empty() {
         return Ok(());
     }

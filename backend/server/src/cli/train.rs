@@ -278,7 +278,11 @@ fn fit(mut trainer: Trainer, data: &Dataset, out: &Path, resume: bool, device_no
         bar.set_position(s.step as u64);
         bar.set_message(format!("loss {ema:.4} (mse {:.4}, vb {:.4})", s.mse, s.vb));
     })?;
-    bar.finish();
+    match summary.stop {
+        StopReason::Finished => bar.finish(),
+        // Where it stopped, not a full bar.
+        StopReason::Cancelled => bar.abandon(),
+    }
     if let Some(e) = io_error {
         return Err(e).context("writing metrics.csv");
     }
