@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use repdiff_engine::train::CancelToken;
 
 use super::{path, strings};
 
@@ -115,36 +116,16 @@ pub(super) fn run_steps(steps: &[Step], jobs: usize, timings: &mut Vec<(String, 
     let board =
         Mutex::new(Board { progress: vec![Progress::Waiting; steps.len()], timings: Vec::new(), failures: Vec::new() });
     let changed = Condvar::new();
-    let lock = || board.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     // Ctrl-C reaches the running steps too (one process group): they save and stop; here it only stops
     // starting new ones. A second Ctrl-C kills.
     let interrupted = crate::cli::interrupt::cancel_on_signal();
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(steps.len()) {
             scope.spawn(|| {
-                loop {
-                    let mut claimed = lock();
-                    let next = loop {
-                        if interrupted.is_cancelled() {
-                            break None;
-                        }
-                        if let Some(i) = claimed.claim(steps) {
-                            break Some(i);
-                        }
-                        if !claimed.progress.contains(&Progress::Waiting) {
-                            break None;
-                        }
-                        claimed = changed.wait(claimed).unwrap_or_else(|poisoned| poisoned.into_inner());
-                    };
-                    drop(claimed);
-                    let Some(i) = next else {
-                        // Nothing left to start: the others may have been waiting for what was just settled.
-                        changed.notify_all();
-                        return;
-                    };
+                while let Some(i) = next_step(&board, &changed, steps, &interrupted) {
                     let started = Instant::now();
                     let result = run_child(&steps[i], threads);
-                    let mut board = lock();
+                    let mut board = board.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     match result {
                         Ok(()) => {
                             board.progress[i] = Progress::Done;
@@ -169,6 +150,27 @@ pub(super) fn run_steps(steps: &[Step], jobs: usize, timings: &mut Vec<(String, 
         return Ok(());
     }
     bail!("{}", board.failures.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("\n"))
+}
+
+/// Waits for the next step this worker may start and claims it; None once none is left to start, or after
+/// an interrupt.
+fn next_step(board: &Mutex<Board>, changed: &Condvar, steps: &[Step], interrupted: &CancelToken) -> Option<usize> {
+    let mut board = board.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        if interrupted.is_cancelled() {
+            break;
+        }
+        if let Some(i) = board.claim(steps) {
+            return Some(i);
+        }
+        if !board.progress.contains(&Progress::Waiting) {
+            break;
+        }
+        board = changed.wait(board).unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+    // Nothing left to start: the other workers may be waiting on what was just settled.
+    changed.notify_all();
+    None
 }
 
 /// Runs a step as a child `repdiff` process with `threads` CPU threads, its output lines tagged.
