@@ -49,14 +49,14 @@ pub fn sincos_pos_embed_2d(dim: usize, grid: usize, device: &Device) -> Result<T
     Ok(Tensor::from_vec(values, (grid * grid, dim), device)?)
 }
 
-struct Attention {
+pub(crate) struct Attention {
     qkv: Linear,
     proj: Linear,
     num_heads: usize,
 }
 
 impl Attention {
-    fn new(path: &ParamPath, dim: usize, num_heads: usize) -> Result<Self> {
+    pub(crate) fn new(path: &ParamPath, dim: usize, num_heads: usize) -> Result<Self> {
         Ok(Attention {
             qkv: Linear::new(&path.pp("qkv"), dim, 3 * dim, Init::XavierUniform, Init::Zeros)?,
             proj: Linear::new(&path.pp("proj"), dim, dim, Init::XavierUniform, Init::Zeros)?,
@@ -64,7 +64,7 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, tokens, dim) = x.dims3()?;
         let head_dim = dim / self.num_heads;
         let qkv = self.qkv.forward(x)?.reshape((n, tokens, 3, self.num_heads, head_dim))?;
@@ -172,7 +172,7 @@ impl RepEncoder {
 }
 
 /// Images `[N, C, H, W]` as patch tokens `[N, (H/p)*(W/p), C*p*p]`.
-fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
+pub(crate) fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (gh, gw) = (h / p, w / p);
     Ok(x.reshape(vec![n, c, gh, p, gw, p])?.permute(vec![0, 2, 4, 1, 3, 5])?.reshape((n, gh * gw, c * p * p))?)

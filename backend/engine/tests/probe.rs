@@ -1,5 +1,6 @@
 //! The linear probe against scikit-learn's LogisticRegression, and learning on separable features.
 
+use candle_core::{Device, Tensor};
 use repdiff_engine::probe::Probe;
 
 fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
@@ -44,7 +45,6 @@ fn a_probe_separates_separable_features_and_refuses_bad_input() {
 
 #[test]
 fn dinov2_features_feed_a_probe_and_bad_weights_are_refused() {
-    use repdiff_engine::Device;
     use repdiff_engine::data::Dataset;
     use repdiff_engine::dino::{Dino, WEIGHTS_FILE};
     use repdiff_engine::probe::{LAMBDAS, choose};
@@ -86,4 +86,72 @@ fn dinov2_features_feed_a_probe_and_bad_weights_are_refused() {
     let refused = Dino::pretrained(&dir, 224, &Device::Cpu).err().unwrap().to_string();
     assert!(refused.contains("ViT-S/14"), "{refused}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// 64-bit FNV-1a of a parameter's name: its seed in `gen_dino_reference.py`.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3))
+}
+
+/// `count` values in [-1, 1): splitmix64 of (seed + (k + 1) * golden), as the fixture script's `hashed`.
+fn hashed(seed: u64, count: usize) -> Vec<f64> {
+    (1..=count as u64)
+        .map(|k| {
+            let mut z = seed.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            2.0 * ((z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)) - 1.0
+        })
+        .collect()
+}
+
+/// The fixture script's weights: every tensor non-trivial, each from the hash of its name.
+fn parity_tensors() -> std::collections::HashMap<String, Tensor> {
+    repdiff_engine::dino::parameter_shapes()
+        .into_iter()
+        .map(|(name, shape)| {
+            let count: usize = shape.iter().product();
+            let u = hashed(fnv1a(&name), count);
+            let value = |v: f64| -> f64 {
+                if name.ends_with("norm1.weight") || name.ends_with("norm2.weight") || name == "norm.weight" {
+                    1.0 + 0.2 * v
+                } else if name.ends_with(".gamma") {
+                    0.3 + 0.2 * v
+                } else if name.ends_with("bias") {
+                    0.1 * v
+                } else if name == "cls_token" || name == "pos_embed" {
+                    0.5 * v
+                } else {
+                    v * (3.0 / (count / shape[0]) as f64).sqrt()
+                }
+            };
+            let values: Vec<f32> = u.into_iter().map(|v| value(v) as f32).collect();
+            (name, Tensor::from_vec(values, shape, &Device::Cpu).unwrap())
+        })
+        .collect()
+}
+
+/// Meta's DINOv2 ViT-S/14 (facebookresearch/dinov2, as its torch hub builds it) on the same weights and
+/// images, at the native 518 pixels and at 224 (where the position embedding is resampled bicubically):
+/// the probe's features agree (fixture: tests/fixtures/dino/gen_dino_reference.py).
+#[test]
+fn dinov2_features_match_metas_model() {
+    use repdiff_engine::dino::Dino;
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dino/dino_reference.safetensors");
+    let reference = candle_core::safetensors::load(fixture, &Device::Cpu).unwrap();
+    let images: Vec<f32> = hashed(977, 2 * 3 * 32 * 32).into_iter().map(|v| v as f32).collect();
+    let images = Tensor::from_vec(images, (2, 3, 32, 32), &Device::Cpu).unwrap();
+    for size in [518, 224] {
+        let dino = Dino::from_tensors(parity_tensors(), size, &Device::Cpu).unwrap();
+        let ours = dino.features(&images, 2).unwrap();
+        let theirs = reference[&format!("features_{size}")].to_vec2::<f32>().unwrap();
+        let (mut err, mut norm) = (0f64, 0f64);
+        for (a, b) in ours.iter().flatten().zip(theirs.iter().flatten()) {
+            err = err.max(f64::from((a - b).abs()));
+            norm = norm.max(f64::from(b.abs()));
+        }
+        eprintln!("size {size}: relative error {:.2e}", err / norm);
+        assert!(err / norm < 1e-4, "size {size}: max abs difference {err:.3e} against max |value| {norm:.3e}");
+    }
 }
