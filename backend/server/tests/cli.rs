@@ -658,7 +658,7 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("table6.json")).unwrap()).unwrap();
     assert_eq!(summary["table6"].as_array().unwrap().len(), 5);
-    assert!(table.contains("| 700 |"), "the validation sweep lists every timestep: {table}");
+    assert!(table.contains("| 500 |"), "the validation sweep lists every timestep: {table}");
     assert!(summary["table6"][1]["intervals"]["accuracy"][1].as_f64().is_some());
     assert!(out.join("counterfactuals/counterfactuals.png").exists());
     // Table 5: both pre-trained models' generation metrics, in the random extractor's names (no weights).

@@ -20,7 +20,7 @@ use steps::{Step, run_steps, step};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ReproducePreset {
-    /// The tiny-cpu model on 32x32 pixels, short schedules: about 18 minutes on 2 CPU cores.
+    /// The tiny-cpu model on 32x32 pixels, short schedules: under half an hour on 2 CPU cores.
     TinyCpu,
     /// The paper's: DiT-B/2 on SD-VAE latents of 256x256 slices (weights in model-weights/), 1,000 epochs,
     /// 512 noise draws: for a GPU.
@@ -32,11 +32,11 @@ pub struct ReproduceArgs {
     #[arg(long, value_enum, default_value = "tiny-cpu")]
     preset: ReproducePreset,
     /// A dataset folder holding manifest.csv (`repdiff import`'s output); default: synthetic phantoms
-    /// generated into OUT/data (a third of them from the downstream site).
+    /// generated into OUT/data, some from random sites and more from the downstream site.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Phantom slices from random sites, and half as many more from the downstream site (default: the
-    /// preset's).
+    /// Phantom slices from random sites, and more from the downstream site in the preset's proportion
+    /// (tiny-cpu 600 and 1,500, paper 2,400 and 1,200; default: the preset's).
     #[arg(long, conflicts_with = "data")]
     phantoms: Option<usize>,
     /// The site whose slices form the downstream task; every other site pre-trains.
@@ -101,17 +101,17 @@ fn plan(preset: ReproducePreset) -> Plan {
     match preset {
         ReproducePreset::TinyCpu => Plan {
             phantoms: 600,
-            downstream: 300,
+            downstream: 1500,
             phantom_size: 64,
             autoencoder: "pixels",
             encode_size: 32,
             model_preset: "tiny-cpu",
-            pretrain_steps: Some(3000),
-            finetune_steps: Some(1500),
+            pretrain_steps: Some(2500),
+            finetune_steps: Some(7000),
             epochs: 0,
-            timesteps: "50,100,200,300,400,500,700",
+            timesteps: "50,100,150,200,300,500",
             draws: 64,
-            supervised: [("tiny", 30), ("resnet-tiny", 10)],
+            supervised: [("tiny", 15), ("resnet-tiny", 5)],
             vit_patch: 4,
             eval_samples: 200,
             eval_real: 300,
@@ -165,7 +165,7 @@ fn read_json(path: &Path) -> Result<Value> {
 pub fn run(args: ReproduceArgs) -> Result<()> {
     let mut plan = plan(args.preset);
     if let Some(n) = args.phantoms {
-        (plan.phantoms, plan.downstream) = (n, n / 2);
+        (plan.phantoms, plan.downstream) = (n, n * plan.downstream / plan.phantoms);
     }
     let started = Instant::now();
     let out = &args.out;
