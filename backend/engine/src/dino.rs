@@ -17,9 +17,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::dit::{Attention, patchify};
+use crate::dit::{AffineNorm, Attention, patchify};
 use crate::nn::{Init, Linear, ParamPath, Params};
-use crate::ops::layer_norm;
 use crate::{Error, Result};
 
 pub const WEIGHTS_FILE: &str = "dinov2_vits14.safetensors";
@@ -28,8 +27,6 @@ pub const EMBED_DIM: usize = 384;
 pub const PATCH: usize = 14;
 const DEPTH: usize = 12;
 const HEADS: usize = 6;
-/// Meta's LayerNorms (the model's `norm_layer`).
-const NORM_EPS: f64 = 1e-6;
 /// The size the position embedding is made for (37 x 37 patches).
 pub const NATIVE_SIZE: usize = 518;
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -54,7 +51,7 @@ pub fn parameter_shapes() -> Vec<(String, Vec<usize>)> {
         ("norm.weight".to_string(), vec![d]),
         ("norm.bias".to_string(), vec![d]),
     ];
-    for i in 0..12 {
+    for i in 0..DEPTH {
         for (name, shape) in [
             ("norm1.weight", vec![d]),
             ("norm1.bias", vec![d]),
@@ -110,33 +107,26 @@ pub fn write_random_weights(dir: &Path, seed: u64) -> Result<std::path::PathBuf>
     Ok(path)
 }
 
-/// One pre-norm block: attention and MLP (exact GELU), each scaled by its layer scale.
+/// One pre-norm block: attention and MLP (exact GELU), each scaled by its layer scale; LayerNorm eps 1e-6
+/// as Meta's `norm_layer`.
 struct Block {
-    norm1: (Tensor, Tensor),
+    norm1: AffineNorm,
     attn: Attention,
     ls1: Tensor,
-    norm2: (Tensor, Tensor),
+    norm2: AffineNorm,
     fc1: Linear,
     fc2: Linear,
     ls2: Tensor,
-}
-
-fn affine_norm(path: &ParamPath) -> Result<(Tensor, Tensor)> {
-    Ok((path.get("weight", &[EMBED_DIM], Init::Ones)?, path.get("bias", &[EMBED_DIM], Init::Zeros)?))
-}
-
-fn apply_norm(x: &Tensor, (weight, bias): &(Tensor, Tensor)) -> Result<Tensor> {
-    Ok(layer_norm(x, NORM_EPS)?.broadcast_mul(weight)?.broadcast_add(bias)?)
 }
 
 impl Block {
     fn new(path: &ParamPath) -> Result<Self> {
         let d = EMBED_DIM;
         Ok(Block {
-            norm1: affine_norm(&path.pp("norm1"))?,
+            norm1: AffineNorm::new(&path.pp("norm1"), d)?,
             attn: Attention::new(&path.pp("attn"), d, HEADS)?,
             ls1: path.get("ls1.gamma", &[d], Init::Ones)?,
-            norm2: affine_norm(&path.pp("norm2"))?,
+            norm2: AffineNorm::new(&path.pp("norm2"), d)?,
             fc1: Linear::new(&path.pp("mlp.fc1"), d, 4 * d, Init::XavierUniform, Init::Zeros)?,
             fc2: Linear::new(&path.pp("mlp.fc2"), 4 * d, d, Init::XavierUniform, Init::Zeros)?,
             ls2: path.get("ls2.gamma", &[d], Init::Ones)?,
@@ -144,9 +134,9 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = self.attn.forward(&apply_norm(x, &self.norm1)?)?;
+        let a = self.attn.forward(&self.norm1.forward(x)?)?;
         let x = (x + a.broadcast_mul(&self.ls1)?)?;
-        let m = self.fc2.forward(&self.fc1.forward(&apply_norm(&x, &self.norm2)?)?.gelu_erf()?)?;
+        let m = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
         Ok((&x + m.broadcast_mul(&self.ls2)?)?)
     }
 }
@@ -207,7 +197,7 @@ pub struct Dino {
     cls_token: Tensor,
     pos_embed: Tensor,
     blocks: Vec<Block>,
-    norm: (Tensor, Tensor),
+    norm: AffineNorm,
     size: usize,
     device: Device,
 }
@@ -247,7 +237,7 @@ impl Dino {
         let pos_embed =
             resample_pos_embed(&root.get("pos_embed", &[1, 1 + grid * grid, d], Init::Zeros)?, size / PATCH)?;
         let blocks = (0..DEPTH).map(|i| Block::new(&root.pp("blocks").pp(i))).collect::<Result<Vec<_>>>()?;
-        let norm = affine_norm(&root.pp("norm"))?;
+        let norm = AffineNorm::new(&root.pp("norm"), d)?;
         params.finish().map_err(|e| Error::Data(format!("not DINOv2 ViT-S/14 weights: {e}")))?;
         Ok(Dino { patch_embed, cls_token, pos_embed, blocks, norm, size, device: device.clone() })
     }
@@ -261,7 +251,7 @@ impl Dino {
         for block in &self.blocks {
             tokens = block.forward(&tokens)?;
         }
-        let tokens = apply_norm(&tokens, &self.norm)?;
+        let tokens = self.norm.forward(&tokens)?;
         let count = tokens.dim(1)?;
         Ok(Tensor::cat(&[tokens.narrow(1, 0, 1)?.squeeze(1)?, tokens.narrow(1, 1, count - 1)?.mean(1)?], 1)?)
     }

@@ -113,18 +113,19 @@ impl AdaLn {
     }
 }
 
-/// LayerNorm with a learned scale and shift (the ViT encoder's; DiT's own norms have none).
-struct AffineNorm {
+/// LayerNorm (eps 1e-6) with a learned scale and shift (the ViT encoder's and DINOv2's; DiT's own norms
+/// have none).
+pub(crate) struct AffineNorm {
     weight: Tensor,
     bias: Tensor,
 }
 
 impl AffineNorm {
-    fn new(path: &ParamPath, dim: usize) -> Result<Self> {
+    pub(crate) fn new(path: &ParamPath, dim: usize) -> Result<Self> {
         Ok(AffineNorm { weight: path.get("weight", &[dim], Init::Ones)?, bias: path.get("bias", &[dim], Init::Zeros)? })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(layer_norm(x, NORM_EPS)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
     }
 }
