@@ -282,6 +282,7 @@ try {
   await page.fill("input[name=timesteps]", "100,300,500");
   await page.fill("input[name=draws]", "4");
   await page.selectOption("select[name=stopping]", "sequential");
+  await page.selectOption("select[name=stop_rule]", "confidence");
   await page.fill("input[name=min_draws]", "2");
   await page.selectOption("select[name=agreement]", "yes");
   await page.click("button:has-text('Launch')");
@@ -311,6 +312,11 @@ try {
   const accuracyRow = page.locator(".test-result table.test-metrics tr", { hasText: "accuracy" });
   await accuracyRow.locator("td", { hasText: `${pct(test.intervals.accuracy[0])} - ${pct(test.intervals.accuracy[1])}` }).waitFor();
   await page.locator(".test-result .agreement", { hasText: `with ${pct(test.agreement.forwards_fraction)}% of their forward passes` }).waitFor();
+  // The rule chosen in the form, and what both rules would have spent on the same draws.
+  assert.equal(job.params.stopping.rule, "confidence");
+  assert.equal(await page.locator(".test-result table.stopping-rules tbody tr").count(), 8);
+  const chosenRule = test.agreement.alternatives.find((p) => p.rule === "confidence" && p.alpha === 0.01);
+  assert.equal(chosenRule.forwards_fraction, test.agreement.forwards_fraction);
   await shot("classify-run");
 
   step("the linear-probe baseline on the pre-trained representation encoder, over the same split");

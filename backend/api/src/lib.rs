@@ -505,6 +505,22 @@ pub struct Agreement {
     /// The sequential run's forward passes as a fraction of the fixed run's.
     pub forwards_fraction: f64,
     pub fixed_accuracy: f64,
+    /// Other stopping rules and error rates replayed on the same draws.
+    #[serde(default)]
+    pub alternatives: Vec<StoppingAlternative>,
+}
+
+/// What a stopping rule at an error rate would have agreed with the fixed budget and spent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct StoppingAlternative {
+    /// `predictive` (the budget's remaining draws cannot overturn the lead) or `confidence` (a
+    /// Bonferroni-corrected t test).
+    pub rule: String,
+    pub alpha: f64,
+    pub agreement: f64,
+    pub forwards_fraction: f64,
+    pub accuracy: f64,
 }
 
 /// The test data at the chosen timestep.

@@ -604,6 +604,12 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     let agreement = test.agreement.unwrap();
     assert_eq!(agreement.fixed_draws, 4);
     assert!((agreement.forwards_fraction - forwards / 8.0).abs() < 1e-9);
+    // Both rules at four error rates replayed on the same draws; the default rule at the default rate is
+    // the run itself.
+    assert_eq!(agreement.alternatives.len(), 8);
+    let same = agreement.alternatives.iter().find(|p| p.rule == "predictive" && p.alpha == 0.01).unwrap();
+    assert_eq!((same.agreement, same.forwards_fraction), (agreement.agreement, agreement.forwards_fraction));
+    assert_eq!(agreement.alternatives.iter().filter(|p| p.rule == "confidence").count(), 4);
     let f1 = app.call("GET", &format!("/api/v1/jobs/{id}/metrics?name=val_f1"), Some(&ada), None).await.json();
     assert_eq!(f1[0]["steps"], json!([100, 500]), "the sweep is charted over t");
     // A model without classes cannot classify.

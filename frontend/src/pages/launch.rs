@@ -71,6 +71,8 @@ struct Form {
     references: Field,
     /// The classifier's noise budget: "fixed" or "sequential" (stop once decided).
     stopping: Field,
+    /// What decides an image early: "predictive" or "confidence".
+    stop_rule: Field,
     alpha: Field,
     min_draws: Field,
     /// "yes": also run the test data at the fixed budget and compare.
@@ -142,6 +144,7 @@ impl Form {
             val_latents: Field::new(""),
             references: Field::new("none"),
             stopping: Field::new("fixed"),
+            stop_rule: Field::new("predictive"),
             alpha: Field::new("0.01"),
             min_draws: Field::new("16"),
             agreement: Field::new("no"),
@@ -306,6 +309,7 @@ impl Form {
                         problems.push("Error rate: below 1".into());
                     }
                     number(&mut problems, &mut stopping, "min_draws", "First look after", &self.min_draws, true, true);
+                    stopping.insert("rule".into(), json!(self.stop_rule.text()));
                     out.insert("stopping".into(), Value::Object(stopping));
                     out.insert("measure_agreement".into(), json!(self.agreement.text() == "yes"));
                 }
@@ -895,11 +899,12 @@ pub fn Launch() -> impl IntoView {
                 <fieldset><legend>"Noise budget"</legend>
                     {choice("Draws per image", "stopping", form.stopping, &["fixed", "sequential"])}
                     {move || (form.stopping.value.get() == "sequential").then(|| view! {
+                        {choice("Stop when", "stop_rule", form.stop_rule, &["predictive", "confidence"])}
                         {text_input("Error rate", "alpha", form.alpha, "0.01")}
                         {text_input("First look after", "min_draws", form.min_draws, "16 draws")}
                         {choice("Compare with the fixed budget on test", "agreement", form.agreement, &["no", "yes"])}
                     })}
-                    <p class="muted small wide-row">"Sequential: an image stops drawing noise once a paired t-test decides its class (at the stated error rate, looks at 16, 32, 64, ... draws); the noise draws above are then the most it gets."</p>
+                    <p class="muted small wide-row">"Sequential: an image stops drawing noise once its class is decided, and the noise draws above are the most it gets. Predictive: the draws left in the budget are unlikely (the error rate) to overturn the leading class (a look every 16 draws). Confidence: a paired t test says unlimited draws would agree (looks at 16, 32, 64, ... draws). The comparison runs the whole budget on test and shows what both rules would spend."</p>
                 </fieldset>
                 <fieldset><legend>"Validation data (chooses the timestep)"</legend>
                     {choice("Source", "data", form.data, &["latents", "dataset", "toy"])}

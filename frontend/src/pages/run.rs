@@ -325,6 +325,18 @@ fn ClassifyResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView
                                         <p class="agreement">{format!(
                                             "Sequential stopping decided {}% of the images as {} draws do, with {}% of their forward passes (fixed-budget accuracy {}%).",
                                             pct(a.agreement), a.fixed_draws, pct(a.forwards_fraction), pct(a.fixed_accuracy))}</p>
+                                        {(!a.alternatives.is_empty()).then(|| view! {
+                                            <table class="grid stopping-rules">
+                                                <caption>"Other stopping rules on the same draws"</caption>
+                                                <thead><tr><th>"rule"</th><th>"alpha"</th><th>"same decision %"</th><th>"forward passes %"</th><th>"accuracy %"</th></tr></thead>
+                                                <tbody>
+                                                    {a.alternatives.iter().map(|p| view! {
+                                                        <tr><td>{p.rule.clone()}</td><td class="num">{p.alpha}</td><td class="num">{pct(p.agreement)}</td>
+                                                            <td class="num">{pct(p.forwards_fraction)}</td><td class="num">{pct(p.accuracy)}</td></tr>
+                                                    }).collect_view()}
+                                                </tbody>
+                                            </table>
+                                        })}
                                     })}
                                     {confusion_table(&m.confusion)}
                                 </div>

@@ -20,8 +20,8 @@ use crate::{Error, Result};
 pub mod sequential;
 pub mod stats;
 
-pub use sequential::Stopping;
-use sequential::Tally;
+pub use sequential::{Rule, Stopping};
+use sequential::{Schedule, Tally};
 pub use stats::{Intervals, bootstrap, bootstrap_with};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +203,16 @@ pub struct Classified {
 }
 
 impl Classified {
+    /// The decisions of finished tallies, one per image.
+    pub fn from_tallies(t: usize, tallies: &[Tally]) -> Self {
+        Classified {
+            t,
+            predicted: tallies.iter().map(Tally::leader).collect(),
+            draws: tallies.iter().map(|tally| tally.draws).collect(),
+            errors: tallies.iter().map(Tally::means).collect(),
+        }
+    }
+
     /// Mean model forward passes per image (draws x classes).
     pub fn forwards_per_image(&self) -> f64 {
         let classes = self.errors.first().map_or(0, Vec::len);
@@ -223,20 +233,38 @@ pub fn classify_images(
     t: usize,
     options: &SweepOptions,
     cancel: &crate::train::CancelToken,
-    mut on_progress: impl FnMut(usize, usize),
+    on_progress: impl FnMut(usize, usize),
 ) -> Result<Classified> {
+    let (tallies, _) =
+        draw_and_score(predict, diffusion, samples, num_classes, t, options, false, cancel, on_progress)?;
+    Ok(Classified::from_tallies(t, &tallies))
+}
+
+/// The draws of [`classify_images`], tallied per image; with `keep_trace`, also every draw's class errors
+/// per image (`draws x num_classes`, in stream order) for [`sequential::replay`].
+#[allow(clippy::too_many_arguments)]
+fn draw_and_score(
+    predict: &mut Predictor,
+    diffusion: &GaussianDiffusion,
+    samples: &Tensor,
+    num_classes: usize,
+    t: usize,
+    options: &SweepOptions,
+    keep_trace: bool,
+    cancel: &crate::train::CancelToken,
+    mut on_progress: impl FnMut(usize, usize),
+) -> Result<(Vec<Tally>, Vec<Vec<f32>>)> {
     options.check()?;
     let n = samples.dim(0)?;
     let image_shape = samples.dims()[1..].to_vec();
     let image_len: usize = image_shape.iter().product();
-    let looks = sequential::looks(options.draws, options.stopping.as_ref());
-    let thresholds =
-        options.stopping.as_ref().map(|s| sequential::thresholds(&looks, s, num_classes)).unwrap_or_default();
+    let schedule = Schedule::new(options.draws, options.stopping.as_ref(), num_classes);
     let mut streams: Vec<Rng> = (0..n).map(|i| Rng::derive(options.seed, (t as u64) << 32 | i as u64)).collect();
     let mut tallies = vec![Tally::new(num_classes); n];
+    let mut trace = vec![Vec::new(); if keep_trace { n } else { 0 }];
     let mut active: Vec<usize> = (0..n).collect();
     let (most, mut done, mut drawn) = (n * options.draws, 0, 0);
-    for (look, &at) in looks.iter().enumerate() {
+    for (look, &at) in schedule.looks.iter().enumerate() {
         // Rows grouped by image, its draws in stream order.
         let rows: Vec<usize> = active.iter().flat_map(|&i| std::iter::repeat_n(i, at - drawn)).collect();
         for chunk in rows.chunks(options.batch_size) {
@@ -253,22 +281,18 @@ pub fn classify_images(
             let errors = pair_errors(diffusion, predict, &z0, &eps, t, num_classes, options.score)?;
             for (&i, row) in chunk.iter().zip(errors.to_dtype(DType::F32)?.to_vec2::<f32>()?) {
                 tallies[i].add(&row);
+                if keep_trace {
+                    trace[i].extend(row);
+                }
             }
             done += chunk.len();
             on_progress(done, most);
         }
         drawn = at;
-        if let Some(&threshold) = thresholds.get(look) {
-            active.retain(|&i| !tallies[i].decided(threshold));
-        }
+        active.retain(|&i| !schedule.stops(look, &tallies[i]));
     }
     on_progress(most, most);
-    Ok(Classified {
-        t,
-        predicted: tallies.iter().map(Tally::leader).collect(),
-        draws: tallies.iter().map(|tally| tally.draws).collect(),
-        errors: tallies.iter().map(Tally::means).collect(),
-    })
+    Ok((tallies, trace))
 }
 
 /// One timestep of a sweep.
@@ -359,10 +383,27 @@ pub struct Agreement {
     pub forwards_fraction: f64,
     /// Accuracy of the fixed run (the sequential run's is the report's).
     pub fixed_accuracy: f64,
+    /// Other stopping rules and error rates on the same draws: what each would have agreed and spent.
+    #[serde(default)]
+    pub alternatives: Vec<StoppingPoint>,
 }
 
+/// One stopping rule replayed on the fixed run's draws.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoppingPoint {
+    pub rule: Rule,
+    pub alpha: f64,
+    pub agreement: f64,
+    pub forwards_fraction: f64,
+    pub accuracy: f64,
+}
+
+/// The error rates [`Agreement::alternatives`] replays, for each rule.
+pub const ALTERNATIVE_ALPHAS: [f64; 4] = [0.001, 0.01, 0.05, 0.1];
+
 /// Classifies the test images at `t`, with bootstrap intervals (1000 resamples, 95%) and, when
-/// `measure_agreement` and `options.stopping` are set, the fixed-budget run to compare against.
+/// `measure_agreement` and `options.stopping` are set, the comparison with the fixed budget: one run at
+/// the full budget that keeps every draw, the sequential decisions (and the alternatives) replayed from it.
 /// `on_progress(done, total)` counts in thousandths.
 #[allow(clippy::too_many_arguments)]
 pub fn test_at(
@@ -381,26 +422,56 @@ pub fn test_at(
         return Err(Error::Data(format!("{} images but {} labels", samples.dim(0)?, labels.len())));
     }
     let mut predict = model_predictor(model, diffusion);
-    let compare = measure_agreement && options.stopping.is_some();
-    let total = if compare { 2000 } else { 1000 };
-    let result = classify_images(&mut predict, diffusion, samples, num_classes, t, options, cancel, |d, m| {
-        on_progress(d * 1000 / m.max(1), total)
-    })?;
-    let agreement = if compare {
-        let fixed_options = SweepOptions { stopping: None, ..options.clone() };
-        let fixed =
-            classify_images(&mut predict, diffusion, samples, num_classes, t, &fixed_options, cancel, |d, m| {
-                on_progress(1000 + d * 1000 / m.max(1), total)
-            })?;
-        let same = fixed.predicted.iter().zip(&result.predicted).filter(|(a, b)| a == b).count();
-        Some(Agreement {
-            fixed_draws: options.draws,
-            agreement: same as f64 / labels.len() as f64,
-            forwards_fraction: result.forwards_per_image() / fixed.forwards_per_image(),
-            fixed_accuracy: metrics(labels, &fixed.predicted, num_classes)?.accuracy,
-        })
-    } else {
-        None
+    let progress = |d: usize, m: usize| on_progress(d * 1000 / m.max(1), 1000);
+    let (result, agreement) = match options.stopping.filter(|_| measure_agreement) {
+        // One fixed run that keeps every draw's errors; the sequential decisions are replayed from it (a
+        // live sequential run would have drawn the same noise in the same order).
+        Some(stopping) => {
+            let fixed_options = SweepOptions { stopping: None, ..options.clone() };
+            let (tallies, trace) = draw_and_score(
+                &mut predict,
+                diffusion,
+                samples,
+                num_classes,
+                t,
+                &fixed_options,
+                true,
+                cancel,
+                progress,
+            )?;
+            let fixed = Classified::from_tallies(t, &tallies);
+            let replayed = |s: &Stopping| -> Result<(Classified, StoppingPoint)> {
+                let run = Classified::from_tallies(t, &sequential::replay(&trace, num_classes, options.draws, s));
+                let same = fixed.predicted.iter().zip(&run.predicted).filter(|(a, b)| a == b).count();
+                let point = StoppingPoint {
+                    rule: s.rule,
+                    alpha: s.alpha,
+                    agreement: same as f64 / labels.len() as f64,
+                    forwards_fraction: run.forwards_per_image() / fixed.forwards_per_image(),
+                    accuracy: metrics(labels, &run.predicted, num_classes)?.accuracy,
+                };
+                Ok((run, point))
+            };
+            let (run, point) = replayed(&stopping)?;
+            let mut alternatives = Vec::new();
+            for rule in [Rule::Predictive, Rule::Confidence] {
+                for alpha in ALTERNATIVE_ALPHAS {
+                    alternatives.push(replayed(&Stopping { rule, alpha, ..stopping })?.1);
+                }
+            }
+            let agreement = Agreement {
+                fixed_draws: options.draws,
+                agreement: point.agreement,
+                forwards_fraction: point.forwards_fraction,
+                fixed_accuracy: metrics(labels, &fixed.predicted, num_classes)?.accuracy,
+                alternatives,
+            };
+            (run, Some(agreement))
+        }
+        None => {
+            let run = classify_images(&mut predict, diffusion, samples, num_classes, t, options, cancel, progress)?;
+            (run, None)
+        }
     };
     Ok(TestReport {
         t,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use repdiff_engine::classify::{
-    Intervals, Metrics, Score, Stopping, SweepOptions, SweepRow, TestReport, choose_timestep, sweep, test_at,
+    Intervals, Metrics, Rule, Score, Stopping, SweepOptions, SweepRow, TestReport, choose_timestep, sweep, test_at,
 };
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
@@ -23,6 +23,12 @@ pub enum ScoreArg {
     X0,
     /// Error of the predicted noise (Li et al.'s).
     Eps,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RuleArg {
+    Predictive,
+    Confidence,
 }
 
 #[derive(Args)]
@@ -54,14 +60,20 @@ pub struct ClassifyArgs {
     /// the most an image gets.
     #[arg(long)]
     sequential: bool,
+    /// What decides an image early: `predictive`, the remaining draws of the budget are unlikely to
+    /// overturn its leading class; `confidence`, a t test says unlimited draws would not.
+    #[arg(long, value_enum, default_value = "predictive", requires = "sequential")]
+    stop_rule: RuleArg,
     /// The error rate of a sequential early decision.
     #[arg(long, default_value_t = 0.01, requires = "sequential")]
     alpha: f64,
-    /// Draws before the first sequential look (then at twice as many each time).
+    /// Draws before the first sequential look (then every as many draws for the predictive rule, at
+    /// twice as many each time for the confidence rule).
     #[arg(long, default_value_t = 16, requires = "sequential")]
     min_draws: usize,
-    /// With --sequential: also classify the test data with every draw and report how often the two agree
-    /// and what fraction of the forward passes the sequential run spent.
+    /// With --sequential: classify the test data with every draw instead, replay the sequential decisions
+    /// from those draws, and report how often the two agree and what fraction of the forward passes the
+    /// sequential run would spend (and the same for both rules at other error rates).
     #[arg(long, requires = "sequential")]
     agreement: bool,
     /// Use the raw weights instead of their EMA.
@@ -126,6 +138,19 @@ fn print_test(report: &TestReport) {
             100.0 * a.forwards_fraction,
             a.fixed_accuracy
         );
+        println!("\nOther stopping rules on the same draws:");
+        println!("| rule | alpha | same decision % | forward passes % | accuracy |");
+        println!("|---|---|---|---|---|");
+        for p in &a.alternatives {
+            println!(
+                "| {} | {} | {:.1} | {:.1} | {:.3} |",
+                p.rule.name(),
+                p.alpha,
+                100.0 * p.agreement,
+                100.0 * p.forwards_fraction,
+                p.accuracy
+            );
+        }
     }
 }
 
@@ -150,7 +175,14 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
             ScoreArg::X0 => Score::X0Mse,
             ScoreArg::Eps => Score::EpsMse,
         },
-        stopping: args.sequential.then_some(Stopping { alpha: args.alpha, min_draws: args.min_draws }),
+        stopping: args.sequential.then_some(Stopping {
+            alpha: args.alpha,
+            min_draws: args.min_draws,
+            rule: match args.stop_rule {
+                RuleArg::Predictive => Rule::Predictive,
+                RuleArg::Confidence => Rule::Confidence,
+            },
+        }),
     };
     options.check()?;
     let cancel = super::interrupt::cancel_on_signal();

@@ -2,9 +2,9 @@
 //! (metrics `val_accuracy`, `val_precision`, `val_recall`, `val_f1` with the timestep as their step, so
 //! the run page charts them over t), the best-F1 timestep chosen there, and the test data classified at
 //! that timestep (`test_*` metrics, one point at the chosen t) with bootstrap 95% intervals. With
-//! `stopping`, each image stops drawing noise once its class is decided; `measure_agreement` also runs
-//! the test data at the fixed budget and reports how often the two decide alike and the forward passes
-//! saved. The result holds every row with its confusion matrix and each test image's prediction.
+//! `stopping`, each image stops drawing noise once its class is decided; `measure_agreement` runs the
+//! test data at the fixed budget instead, replays the sequential decisions from its draws, and reports how
+//! often the two decide alike, the forward passes saved, and the same for other rules and error rates. The result holds every row with its confusion matrix and each test image's prediction.
 
 use repdiff_engine::classify::{Score, Stopping, SweepOptions, choose_timestep, sweep, test_at};
 use repdiff_engine::device::best_device;
@@ -241,6 +241,17 @@ fn api_test(report: repdiff_engine::classify::TestReport) -> repdiff_api::TestRe
             agreement: a.agreement,
             forwards_fraction: a.forwards_fraction,
             fixed_accuracy: a.fixed_accuracy,
+            alternatives: a
+                .alternatives
+                .into_iter()
+                .map(|p| repdiff_api::StoppingAlternative {
+                    rule: p.rule.name().into(),
+                    alpha: p.alpha,
+                    agreement: p.agreement,
+                    forwards_fraction: p.forwards_fraction,
+                    accuracy: p.accuracy,
+                })
+                .collect(),
         }),
     }
 }
