@@ -630,6 +630,8 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
         "2",
         "--eval-samples",
         "10",
+        "--class-samples",
+        "3",
         "--out",
         out.to_str().unwrap(),
     ];
@@ -661,6 +663,20 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     assert!(table.contains("| 500 |"), "the validation sweep lists every timestep: {table}");
     assert!(summary["table6"][1]["intervals"]["accuracy"][1].as_f64().is_some());
     assert!(out.join("counterfactuals/counterfactuals.png").exists());
+    // Class fidelity: each fine-tuned model's 3 + 3 samples, without and with guidance, sorted by the
+    // other model's classifier at the timestep it chose.
+    let row = "| representation pre-training | 3.0 | unconditional pre-training |";
+    assert!(table.contains("## Class fidelity") && table.contains(row), "{table}");
+    let fidelity = summary["class_fidelity"].as_array().unwrap();
+    assert_eq!(fidelity.len(), 4);
+    let uncond: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("classify-uncond.json")).unwrap()).unwrap();
+    assert_eq!(fidelity[0]["t"], uncond["chosen_t"], "{fidelity:?}");
+    for row in fidelity {
+        let confusion: Vec<Vec<u64>> = serde_json::from_value(row["samples_confusion"].clone()).unwrap();
+        assert_eq!(confusion.iter().map(|r| r.iter().sum::<u64>()).collect::<Vec<_>>(), [3, 3], "{row}");
+        assert!(row["real_test_per_class"][1].as_f64().is_some(), "{row}");
+    }
     // Table 5: both pre-trained models' generation metrics, in the random extractor's names (no weights).
     assert!(table.contains("## Table 5 analogue") && table.contains("| FD | sFD |"), "{table}");
     let table5 = summary["table5"].as_array().unwrap();
@@ -682,6 +698,7 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     assert!(text(&again).contains("Nothing to do: the run is at step 4 of 4"), "{}", text(&again));
     assert!(!text(&again).contains("diffusion classifier ("), "finished steps are not run again: {}", text(&again));
     assert!(!text(&again).contains("generation metrics of"), "{}", text(&again));
+    assert!(!text(&again).contains("class-conditional samples of"), "{}", text(&again));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

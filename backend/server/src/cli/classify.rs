@@ -46,6 +46,10 @@ pub struct ClassifyArgs {
     /// Timesteps to sweep, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "50,100,200,300,400,500,600,700,800,900")]
     timesteps: Vec<usize>,
+    /// Instead of sweeping: the timestep an earlier `classify --out` report chose on its validation data,
+    /// to classify new data at an operating point fixed elsewhere.
+    #[arg(long, conflicts_with = "timesteps")]
+    timestep_of: Option<PathBuf>,
     /// Noise draws per image and timestep (the paper uses 512).
     #[arg(long, default_value_t = 64)]
     draws: usize,
@@ -154,6 +158,17 @@ fn print_test(report: &TestReport) {
     }
 }
 
+/// The timestep a `classify --out` report chose.
+fn chosen_timestep_of(report: &Path) -> Result<usize> {
+    let text = std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", report.display()))?;
+    value["chosen_t"]
+        .as_u64()
+        .map(|t| t as usize)
+        .with_context(|| format!("{} has no chosen_t: is it a `repdiff classify --out` report?", report.display()))
+}
+
 pub fn run(args: ClassifyArgs) -> Result<()> {
     let (device, device_note) = best_device();
     let weights = if args.raw_weights { Weights::Raw } else { Weights::Ema };
@@ -161,13 +176,17 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     if config.model.num_classes().is_none() {
         bail!("{} is not class-conditional: fine-tune it first (repdiff finetune)", args.checkpoint.display());
     }
-    if let Some(&bad) = args.timesteps.iter().find(|&&t| t >= config.diffusion.num_timesteps) {
+    let timesteps = match &args.timestep_of {
+        Some(report) => vec![chosen_timestep_of(report)?],
+        None => args.timesteps.clone(),
+    };
+    if let Some(&bad) = timesteps.iter().find(|&&t| t >= config.diffusion.num_timesteps) {
         bail!("timestep {bad} is outside the model's 0..{}", config.diffusion.num_timesteps);
     }
     let diffusion = GaussianDiffusion::new(&config.diffusion, config.model.learn_sigma);
     let (c, size, _) = config.model.sample_dims();
     let options = SweepOptions {
-        timesteps: args.timesteps.clone(),
+        timesteps,
         draws: args.draws,
         seed: args.seed,
         batch_size: args.batch_size,

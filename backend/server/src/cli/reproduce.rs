@@ -1,6 +1,7 @@
 //! `repdiff reproduce`: the paper's whole pipeline in one command. On a dataset (synthetic phantoms by
 //! default): the paper's split, encoding, unconditional and representation-conditional pre-training,
 //! fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, the
+//! class fidelity of both fine-tuned models' samples (each sorted by the other's classifier), the
 //! generation metrics of both pre-trained models, counterfactuals, the linear probe on the representation
 //! encoder, a ViT and a ResNet trained from scratch; then the Table 6 and Table 5 analogues (Markdown and
 //! JSON). Every step is the `repdiff` command it names (printed before it runs) writing into its own
@@ -58,6 +59,11 @@ pub struct ReproduceArgs {
     /// the pre-training images; default: the preset's; 0 leaves Table 5 out).
     #[arg(long)]
     eval_samples: Option<usize>,
+    /// Samples per class drawn from each fine-tuned model and classified by the other fine-tuned model's
+    /// diffusion classifier: do its class-1 samples show what makes a slice class 1? (default: the
+    /// preset's; 0 leaves it out)
+    #[arg(long)]
+    class_samples: Option<usize>,
     /// How many of the pipeline's steps run at once (as child processes sharing the cores), each the next
     /// whose prerequisites are done. Side by side suits small models: a tiny-cpu training step hardly uses
     /// a second core, so two steps on two cores take about half the time of one after the other.
@@ -95,6 +101,8 @@ struct Plan {
     eval_real: usize,
     eval_sampler: &'static str,
     eval_steps: usize,
+    /// Samples per class from each fine-tuned model for the class-fidelity check.
+    class_samples: usize,
 }
 
 fn plan(preset: ReproducePreset) -> Plan {
@@ -117,6 +125,7 @@ fn plan(preset: ReproducePreset) -> Plan {
             eval_real: 300,
             eval_sampler: "ddim",
             eval_steps: 50,
+            class_samples: 64,
         },
         ReproducePreset::Paper => Plan {
             phantoms: 2400,
@@ -136,6 +145,7 @@ fn plan(preset: ReproducePreset) -> Plan {
             eval_real: 50_000,
             eval_sampler: "ddpm",
             eval_steps: 250,
+            class_samples: 500,
         },
     }
 }
@@ -361,6 +371,60 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         let report = out.join(format!("classify-{mode}.json"));
         steps.extend(Step::unless_done(&report, format!("classify-{mode}"), title, a, &[&format!("finetune-{mode}")]));
     }
+    // 5b. Class fidelity: each fine-tuned model samples both classes, without guidance and with
+    // classifier-free guidance, and the other model's diffusion classifier, which never saw those samples'
+    // model, sorts them at the timestep it chose on real validation slices.
+    let class_samples = args.class_samples.unwrap_or(plan.class_samples);
+    for (mode, judge) in [("rep", "uncond"), ("uncond", "rep")].into_iter().filter(|_| class_samples > 0) {
+        for guidance in CLASS_GUIDANCE {
+            let name = fidelity_name(mode, guidance);
+            let samples = out.join(format!("class-samples-{name}"));
+            if !samples.join("samples.safetensors").exists() {
+                let a = strings(&[
+                    "sample",
+                    "--checkpoint",
+                    &path(&out.join(format!("finetune-{mode}/checkpoint.safetensors"))),
+                    "-n",
+                    &(2 * class_samples).to_string(),
+                    "--class",
+                    "0,1",
+                    "--guidance",
+                    &guidance.to_string(),
+                    "--sampler",
+                    plan.eval_sampler,
+                    "--steps",
+                    &plan.eval_steps.to_string(),
+                    "--seed",
+                    &seed,
+                    "--weights-dir",
+                    &path(&args.weights_dir),
+                    "--out",
+                    &path(&samples),
+                ]);
+                let title = format!("class-conditional samples of the {mode} fine-tuned model, guidance {guidance}");
+                steps.push(Step::new(format!("class-samples-{name}"), title, a, &[&format!("finetune-{mode}")]));
+            }
+            let a = strings(&[
+                "classify",
+                "--checkpoint",
+                &path(&out.join(format!("finetune-{judge}/checkpoint.safetensors"))),
+                "--validation",
+                &path(&samples.join("samples.safetensors")),
+                "--timestep-of",
+                &path(&out.join(format!("classify-{judge}.json"))),
+                "--draws",
+                &draws,
+                "--sequential",
+                "--seed",
+                &seed,
+            ]);
+            let title = format!("the {judge} model's classifier on the {mode} model's samples, guidance {guidance}");
+            let after = [format!("class-samples-{name}"), format!("classify-{judge}")];
+            let report = out.join(format!("class-fidelity-{name}.json"));
+            let tag = format!("class-fidelity-{name}");
+            steps.extend(Step::unless_done(&report, tag, title, a, &[&after[0], &after[1]]));
+        }
+    }
     // 6. Generation metrics of both pre-trained models against the pre-training images (Table 5).
     let rep_checkpoint = path(&out.join("pretrain-rep/checkpoint.safetensors"));
     if let Some(real) = &real_images {
@@ -477,6 +541,10 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         &read_json(&out.join("classify-uncond.json"))?,
         &read_json(&out.join("classify-rep.json"))?,
     ));
+    let fidelity = if class_samples > 0 { class_fidelity(out)? } else { Vec::new() };
+    if !fidelity.is_empty() {
+        markdown.push_str(&fidelity_markdown(&fidelity));
+    }
     let table5 = if evaluation.join("metrics.json").exists() {
         let report = read_json(&evaluation.join("metrics.json"))?;
         markdown.push_str(&table5_markdown(&report));
@@ -492,6 +560,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         "pretrain_steps": pretrain_steps,
         "finetune_steps": finetune_steps,
         "table6": rows,
+        "class_fidelity": fidelity,
         "timings_s": timings.iter().map(|(k, v)| json!({ "step": k, "seconds": v })).collect::<Vec<_>>(),
         "total_s": total,
     });
@@ -609,6 +678,77 @@ fn table6_markdown(
         }
     }
     Ok(md)
+}
+
+/// The classifier-free guidance scales of the class-fidelity samples: none, and a moderate one (DiT draws
+/// its figures at 4; stronger guidance trades the samples' variety for their class).
+const CLASS_GUIDANCE: [f64; 2] = [1.0, 3.0];
+
+/// The step and folder name of one model's class-fidelity samples at one guidance scale.
+fn fidelity_name(mode: &str, guidance: f64) -> String {
+    format!("{mode}-g{guidance}")
+}
+
+/// Each fine-tuned model's class-conditional samples as the other model's classifier sorts them, at the
+/// timestep that classifier chose on real validation slices, beside how it sorts the real test slices.
+fn class_fidelity(out: &Path) -> Result<Vec<Value>> {
+    // The fraction of each class's items called that class: [specificity, recall] for two classes.
+    let per_class = |confusion: &Value| -> Vec<f64> {
+        let rows = confusion.as_array().cloned().unwrap_or_default();
+        rows.iter()
+            .enumerate()
+            .map(|(c, r)| {
+                let r: Vec<f64> = r.as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
+                r.get(c).copied().unwrap_or(0.0) / r.iter().sum::<f64>().max(1.0)
+            })
+            .collect()
+    };
+    let mut rows = Vec::new();
+    for (mode, judge) in [("rep", "uncond"), ("uncond", "rep")] {
+        let real = read_json(&out.join(format!("classify-{judge}.json")))?;
+        for guidance in CLASS_GUIDANCE {
+            let name = format!("class-fidelity-{}.json", fidelity_name(mode, guidance));
+            let judged = read_json(&out.join(&name))?;
+            let row = judged["validation"].get(0).with_context(|| format!("{name} has no result"))?;
+            rows.push(json!({
+                "samples_of": mode,
+                "guidance": guidance,
+                "judge": judge,
+                "t": judged["chosen_t"],
+                "samples_per_class": per_class(&row["metrics"]["confusion"]),
+                "samples_confusion": row["metrics"]["confusion"],
+                "real_test_per_class": per_class(&real["test"]["metrics"]["confusion"]),
+            }));
+        }
+    }
+    Ok(rows)
+}
+
+fn fidelity_markdown(rows: &[Value]) -> String {
+    let mut md = String::from(
+        "\n## Class fidelity of the fine-tuned models' samples\n\nEach fine-tuned model draws samples of both classes \
+         (classifier-free guidance 1: none, and 3); the other model's diffusion classifier sorts them at the \
+         timestep it chose on real validation slices. Beside it, how the same classifier sorts the real test \
+         slices.\n\n\
+         | samples of | guidance | judged by | t | class-0 samples called 0 % | class-1 samples called 1 % | real test: class 0 called 0 % | real test: class 1 called 1 % |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    let name = |m: &Value| if m == "rep" { "representation pre-training" } else { "unconditional pre-training" };
+    let pct = |v: &Value, c: usize| v[c].as_f64().map_or("-".to_string(), |v| format!("{:.1}", v * 100.0));
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            name(&r["samples_of"]),
+            r["guidance"],
+            name(&r["judge"]),
+            r["t"],
+            pct(&r["samples_per_class"], 0),
+            pct(&r["samples_per_class"], 1),
+            pct(&r["real_test_per_class"], 0),
+            pct(&r["real_test_per_class"], 1)
+        ));
+    }
+    md
 }
 
 /// The generation metrics of the two pre-trained models (the paper's Table 5), named for the extractor
