@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::{Conditioning, ModelConfig};
 use crate::error::expect_shape;
 use crate::nn::{Init, Linear, ParamPath, Params, VarSet};
-use crate::ops::{gated_residual, gelu, layer_norm, modulate, softmax_last_dim};
+use crate::ops::{attention, gated_residual, gelu, layer_norm, modulate};
 use crate::{Error, Result};
 
 const NORM_EPS: f64 = 1e-6;
@@ -65,15 +65,7 @@ impl Attention {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, tokens, dim) = x.dims3()?;
-        let head_dim = dim / self.num_heads;
-        let qkv = self.qkv.forward(x)?.reshape((n, tokens, 3, self.num_heads, head_dim))?;
-        let head = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()?) };
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let (q, k, v) = ((head(0)? * scale)?, head(1)?, head(2)?);
-        let weights = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let out = weights.matmul(&v)?.transpose(1, 2)?.reshape((n, tokens, dim))?;
-        self.proj.forward(&out)
+        self.proj.forward(&attention(&self.qkv.forward(x)?, self.num_heads)?)
     }
 }
 

@@ -214,13 +214,13 @@ impl VarSet {
 /// `y = x W^T + b` over the last dimension of an input of any rank.
 pub struct Linear {
     weight: Tensor,
-    bias: Option<Tensor>,
+    bias: Tensor,
 }
 
 impl Linear {
     pub fn new(path: &ParamPath, in_dim: usize, out_dim: usize, weight_init: Init, bias_init: Init) -> Result<Self> {
         let weight = path.get("weight", &[out_dim, in_dim], weight_init)?;
-        let bias = Some(path.get("bias", &[out_dim], bias_init)?);
+        let bias = path.get("bias", &[out_dim], bias_init)?;
         Ok(Linear { weight, bias })
     }
 
@@ -229,30 +229,20 @@ impl Linear {
     pub fn conv_patch(path: &ParamPath, out_dim: usize, channels: usize, patch: usize) -> Result<Self> {
         let kernel = path.get("weight", &[out_dim, channels, patch, patch], Init::XavierUniform)?;
         let weight = kernel.reshape((out_dim, channels * patch * patch))?;
-        let bias = Some(path.get("bias", &[out_dim], Init::Zeros)?);
+        let bias = path.get("bias", &[out_dim], Init::Zeros)?;
         Ok(Linear { weight, bias })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim.max(1);
-        let (out_dim, weight_in) = self.weight.dims2()?;
-        if in_dim != weight_in {
+        let in_dim = self.weight.dim(1)?;
+        if x.dims().last() != Some(&in_dim) {
             return Err(Error::Shape {
                 what: "linear layer input".into(),
-                expected: format!("[..., {weight_in}]"),
-                got: dims.to_vec(),
+                expected: format!("[..., {in_dim}]"),
+                got: x.dims().to_vec(),
             });
         }
-        let flat = x.reshape((rows, in_dim))?;
-        let mut y = flat.matmul(&self.weight.t()?)?;
-        if let Some(bias) = &self.bias {
-            y = crate::ops::add_bias(&y, bias)?;
-        }
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = out_dim;
-        Ok(y.reshape(out_dims)?)
+        crate::ops::linear(x, &self.weight, &self.bias)
     }
 }
 

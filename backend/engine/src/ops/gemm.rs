@@ -1,0 +1,143 @@
+//! A bounds-checked front to the `gemm` crate (the kernel behind candle's own CPU matmul) for strided views,
+//! so the fused linear and attention kernels multiply sub-matrices where they lie (one head inside a packed
+//! qkv buffer, a transposed weight) instead of copying them out first.
+
+use gemm::Parallelism;
+
+/// A read-only strided matrix: element (i, j) is `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> View<'a> {
+    /// `rows x cols` values stored row by row, rows `row_stride` apart (`row_stride >= cols`).
+    pub(crate) fn rows(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        let view = View { data, rows, cols, row_stride, col_stride: 1 };
+        assert!(fits(data.len(), rows, cols, row_stride, 1), "gemm view out of bounds");
+        view
+    }
+
+    /// The transpose, without copying.
+    pub(crate) fn t(self) -> Self {
+        View { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+}
+
+/// A writable row-major matrix with rows `row_stride` apart; its elements never overlap.
+pub(crate) struct ViewMut<'a> {
+    data: &'a mut [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+}
+
+impl<'a> ViewMut<'a> {
+    pub(crate) fn rows(data: &'a mut [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        assert!(row_stride >= cols || rows <= 1, "overlapping rows");
+        assert!(fits(data.len(), rows, cols, row_stride, 1), "gemm destination out of bounds");
+        ViewMut { data, rows, cols, row_stride }
+    }
+}
+
+fn fits(len: usize, rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> bool {
+    rows == 0 || cols == 0 || (rows - 1) * row_stride + (cols - 1) * col_stride < len
+}
+
+/// `dst = scale * a b`, or `dst += scale * a b` with `accumulate`; `threads > 1` splits the product on rayon.
+pub(crate) fn gemm(dst: ViewMut, a: View, b: View, scale: f32, accumulate: bool, threads: usize) {
+    let (m, n, k) = (dst.rows, dst.cols, a.cols);
+    assert!(
+        a.rows == m && b.rows == k && b.cols == n,
+        "gemm shapes: {m}x{n} = {}x{} * {}x{}",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for row in dst.data.chunks_mut(dst.row_stride.max(1)).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    // SAFETY: every view was checked to lie inside its slice (`fits`), the destination's elements are
+    // distinct (row_stride >= cols) and it is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr(),
+            1,
+            dst.row_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &View, b: &View) -> Vec<f32> {
+        let mut out = vec![0f32; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                out[i * b.cols + j] = (0..a.cols)
+                    .map(|k| a.data[i * a.row_stride + k * a.col_stride] * b.data[k * b.row_stride + j * b.col_stride])
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn strided_and_transposed_views_multiply_in_place() {
+        let data: Vec<f32> = (0..200).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+        // a: 3x4 inside rows of 10; b: the transpose of a 5x4 block inside rows of 6.
+        let a = View::rows(&data[3..], 3, 4, 10);
+        let b = View::rows(&data[50..], 5, 4, 6).t();
+        let expected = naive(&a, &b);
+        let mut out = vec![9f32; 3 * 7];
+        gemm(ViewMut::rows(&mut out, 3, 5, 7), a, b, 1.0, false, 1);
+        for i in 0..3 {
+            for j in 0..5 {
+                assert!((out[i * 7 + j] - expected[i * 5 + j]).abs() < 1e-5);
+            }
+            assert_eq!(&out[i * 7 + 5..i * 7 + 7], &[9.0, 9.0], "padding untouched");
+        }
+        // Accumulating with a scale, on two threads.
+        gemm(ViewMut::rows(&mut out, 3, 5, 7), a, b, 0.5, true, 2);
+        assert!((out[0] - 1.5 * expected[0]).abs() < 1e-5);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn a_view_past_the_end_is_refused() {
+        let data = vec![0f32; 11];
+        View::rows(&data, 3, 4, 4);
+    }
+}
