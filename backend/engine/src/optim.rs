@@ -2,8 +2,10 @@
 //! (candle-nn's AdamW keeps its moments private, so a resumed run would restart them from zero.)
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 
-use candle_core::{Tensor, Var, backprop::GradStore};
+use candle_core::{Storage, StorageRef, Tensor, Var, backprop::GradStore};
+use rayon::prelude::*;
 
 use crate::nn::VarSet;
 use crate::{Error, Result};
@@ -53,11 +55,42 @@ impl AdamW {
                 .moments
                 .get_mut(name)
                 .ok_or_else(|| Error::Param { name: name.clone(), reason: "has no optimiser state".into() })?;
-            let new_m = ((&*m * c.beta1)? + (&grad * (1.0 - c.beta1))?)?;
-            let new_v = ((&*v * c.beta2)? + (grad.sqr()? * (1.0 - c.beta2))?)?;
-            let denom = ((new_v.sqrt()? / bias2.sqrt())? + c.eps)?;
-            let decayed = (var.as_tensor() * (1.0 - c.learning_rate * c.weight_decay))?;
-            var.set(&(decayed - ((&new_m / denom)? * step_size)?)?)?;
+            let updated =
+                match (CpuValues::of(var.as_tensor()), CpuValues::of(&grad), CpuValues::of(m), CpuValues::of(v)) {
+                    (Some(p), Some(g), Some(m), Some(v)) => {
+                        let k = AdamWStep {
+                            beta1: c.beta1 as f32,
+                            beta2: c.beta2 as f32,
+                            one_minus_beta1: (1.0 - c.beta1) as f32,
+                            one_minus_beta2: (1.0 - c.beta2) as f32,
+                            eps: c.eps as f32,
+                            decay: (1.0 - c.learning_rate * c.weight_decay) as f32,
+                            step_size: step_size as f32,
+                            inv_bias2_sqrt: (1.0 / bias2.sqrt()) as f32,
+                        };
+                        Some(k.apply(p.values(), g.values(), m.values(), v.values()))
+                    }
+                    _ => None,
+                };
+            let (new_p, new_m, new_v) = match updated {
+                Some((p, new_m, new_v)) => {
+                    let dev = var.device();
+                    let shape = var.shape();
+                    (
+                        Tensor::from_vec(p, shape, dev)?,
+                        Tensor::from_vec(new_m, shape, dev)?,
+                        Tensor::from_vec(new_v, shape, dev)?,
+                    )
+                }
+                None => {
+                    let new_m = ((&*m * c.beta1)? + (&grad * (1.0 - c.beta1))?)?;
+                    let new_v = ((&*v * c.beta2)? + (grad.sqr()? * (1.0 - c.beta2))?)?;
+                    let denom = ((new_v.sqrt()? / bias2.sqrt())? + c.eps)?;
+                    let decayed = (var.as_tensor() * (1.0 - c.learning_rate * c.weight_decay))?;
+                    ((decayed - ((&new_m / denom)? * step_size)?)?, new_m, new_v)
+                }
+            };
+            var.set(&new_p)?;
             *m = new_m;
             *v = new_v;
         }
@@ -146,7 +179,17 @@ impl Ema {
         let decay = self.decay_at(n);
         for (name, var) in vars.iter() {
             if let Some(shadow) = self.shadow.get_mut(name) {
-                *shadow = ((&*shadow * decay)? + (var.as_tensor().detach() * (1.0 - decay))?)?;
+                let fused = match (CpuValues::of(shadow), CpuValues::of(var.as_tensor())) {
+                    (Some(s), Some(p)) => {
+                        let (keep, take) = (decay as f32, (1.0 - decay) as f32);
+                        Some(zip2(s.values(), p.values(), |s, p| keep * s + take * p))
+                    }
+                    _ => None,
+                };
+                *shadow = match fused {
+                    Some(values) => Tensor::from_vec(values, shadow.shape(), shadow.device())?,
+                    None => ((&*shadow * decay)? + (var.as_tensor().detach() * (1.0 - decay))?)?,
+                };
             }
         }
         Ok(())
@@ -170,6 +213,83 @@ impl Ema {
             *shadow = value.to_device(shadow.device())?;
         }
         Ok(())
+    }
+}
+
+/// The coefficients of one AdamW update, for the single-pass CPU kernel.
+struct AdamWStep {
+    beta1: f32,
+    beta2: f32,
+    /// Taken in f64 (`1 - 0.999f32` is 4.7e-5 off).
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    /// `1 - lr * weight_decay`.
+    decay: f32,
+    /// `lr / (1 - beta1^t)`.
+    step_size: f32,
+    /// `1 / sqrt(1 - beta2^t)`.
+    inv_bias2_sqrt: f32,
+}
+
+impl AdamWStep {
+    /// The new parameter and moments from the old ones and the gradient, in one pass (the composed update
+    /// is ten tensor ops, each a pass over the parameter and a fresh allocation).
+    fn apply(&self, p: &[f32], g: &[f32], m: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let new_m = zip2(m, g, |m, g| self.beta1 * m + self.one_minus_beta1 * g);
+        let new_v = zip2(v, g, |v, g| self.beta2 * v + self.one_minus_beta2 * g * g);
+        let new_p = zip3(p, &new_m, &new_v, |p, m, v| {
+            self.decay * p - self.step_size * m / (v.sqrt() * self.inv_bias2_sqrt + self.eps)
+        });
+        (new_p, new_m, new_v)
+    }
+}
+
+const CHUNK: usize = 1 << 14;
+
+/// `f(a[i], b[i])` for every i, long inputs split across rayon tasks (zipped iterators, so it vectorises).
+fn zip2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    assert_eq!(a.len(), b.len(), "zip2: lengths differ");
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
+        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b));
+    });
+    out
+}
+
+/// `f(a[i], b[i], c[i])` for every i, as [`zip2`].
+fn zip3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync) -> Vec<f32> {
+    assert!(a.len() == b.len() && b.len() == c.len(), "zip3: lengths differ");
+    let mut out = vec![0f32; a.len()];
+    let inputs = a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)).zip(c.par_chunks(CHUNK));
+    out.par_chunks_mut(CHUNK).zip(inputs).for_each(|(o, ((a, b), c))| {
+        o.iter_mut().zip(a.iter().zip(b).zip(c)).for_each(|(o, ((&a, &b), &c))| *o = f(a, b, c));
+    });
+    out
+}
+
+/// The values of a contiguous f32 tensor on the CPU, read under its storage lock (`None` on other devices
+/// and dtypes, which take the composed path).
+struct CpuValues<'a> {
+    storage: StorageRef<'a>,
+    range: Range<usize>,
+}
+
+impl<'a> CpuValues<'a> {
+    fn of(t: &'a Tensor) -> Option<Self> {
+        let (storage, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        match &*storage {
+            Storage::Cpu(cpu) if cpu.as_slice::<f32>().is_ok() => Some(CpuValues { storage, range: start..end }),
+            _ => None,
+        }
+    }
+
+    fn values(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(cpu) => &cpu.as_slice::<f32>().expect("checked in of()")[self.range.clone()],
+            _ => unreachable!("checked in of()"),
+        }
     }
 }
 
