@@ -80,11 +80,11 @@ impl CustomOp2 for Product {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (a, b) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let (a_cols, b_cols) = (last_dim(l1), last_dim(l2));
-        let a = View::rows(a, a.len() / a_cols.max(1), a_cols, a_cols);
-        let a = if self.transpose_a { a.t() } else { a };
-        let b = View::rows(b, b.len() / b_cols.max(1), b_cols, b_cols);
-        let (m, n) = (if self.transpose_a { a_cols } else { l1.shape().elem_count() / a_cols.max(1) }, b_cols);
+        let (a_cols, n) = (last_dim(l1), last_dim(l2));
+        let a_rows = a.len() / a_cols.max(1);
+        let a = View::rows(a, a_rows, a_cols, a_cols);
+        let (a, m) = if self.transpose_a { (a.t(), a_cols) } else { (a, a_rows) };
+        let b = View::rows(b, b.len() / n.max(1), n, n);
         let mut out = vec![0f32; m * n];
         gemm(ViewMut::rows(&mut out, m, n, n), a, b, 1.0, false, rayon::current_num_threads());
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
