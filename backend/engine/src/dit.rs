@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::{Conditioning, ModelConfig};
 use crate::error::expect_shape;
 use crate::nn::{Init, Linear, ParamPath, Params, VarSet};
-use crate::ops::{attention, gated_residual, gelu, layer_norm, modulate};
+use crate::ops::{affine_layer_norm, attention, gated_residual, norm_modulate};
 use crate::{Error, Result};
 
 const NORM_EPS: f64 = 1e-6;
@@ -84,7 +84,7 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // tanh-approximated GELU, as DiT uses.
-        self.fc2.forward(&gelu(&self.fc1.forward(x)?)?)
+        self.fc2.forward(&self.fc1.forward_gelu(x)?)
     }
 }
 
@@ -118,7 +118,7 @@ impl AffineNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(layer_norm(x, NORM_EPS)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+        affine_layer_norm(x, &self.weight, &self.bias, NORM_EPS)
     }
 }
 
@@ -249,9 +249,9 @@ impl DitBlock {
         let m = self.ada_ln.forward(c)?;
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
-        let attn = self.attn.forward(&modulate(&layer_norm(x, NORM_EPS)?, shift_msa, scale_msa)?)?;
+        let attn = self.attn.forward(&norm_modulate(x, shift_msa, scale_msa, NORM_EPS)?)?;
         let x = gated_residual(x, &attn, gate_msa)?;
-        let mlp = self.mlp.forward(&modulate(&layer_norm(&x, NORM_EPS)?, shift_mlp, scale_mlp)?)?;
+        let mlp = self.mlp.forward(&norm_modulate(&x, shift_mlp, scale_mlp, NORM_EPS)?)?;
         gated_residual(&x, &mlp, gate_mlp)
     }
 }
@@ -273,7 +273,7 @@ impl FinalLayer {
 
     fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let m = self.ada_ln.forward(c)?;
-        self.linear.forward(&modulate(&layer_norm(x, NORM_EPS)?, &m[0], &m[1])?)
+        self.linear.forward(&norm_modulate(x, &m[0], &m[1], NORM_EPS)?)
     }
 }
 

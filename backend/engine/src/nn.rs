@@ -234,6 +234,17 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        crate::ops::linear(x, &self.weight, &self.bias)
+    }
+
+    /// `gelu(x W^T + b)` (tanh-GELU) as one op: the first layer of a transformer MLP.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        crate::ops::linear_gelu(x, &self.weight, &self.bias)
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
         let in_dim = self.weight.dim(1)?;
         if x.dims().last() != Some(&in_dim) {
             return Err(Error::Shape {
@@ -242,11 +253,11 @@ impl Linear {
                 got: x.dims().to_vec(),
             });
         }
-        crate::ops::linear(x, &self.weight, &self.bias)
+        Ok(())
     }
 }
 
-pub use crate::ops::{layer_norm, modulate, softmax_last_dim};
+pub use crate::ops::{layer_norm, softmax_last_dim};
 
 #[cfg(test)]
 mod tests {

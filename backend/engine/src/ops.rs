@@ -14,11 +14,15 @@ use rayon::prelude::*;
 use crate::Result;
 
 mod attention;
+mod bf16;
 mod gemm;
 mod linear;
+mod norm;
 
 pub use attention::attention;
-pub use linear::linear;
+pub use gemm::{MatmulPrecision, with_matmul_precision};
+pub use linear::{linear, linear_gelu};
+pub use norm::{affine_layer_norm, layer_norm, norm_modulate};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -41,25 +45,26 @@ fn rows_per_task(row_len: usize) -> usize {
     (MIN_TASK / row_len.max(1)).max(1)
 }
 
-/// Applies `f(row, out_row)` to every row of length `d`, rows split across rayon tasks.
-fn map_rows(x: &[f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+/// Applies `f(row_index, row, out_row)` to every row of length `d`, rows split across rayon tasks.
+fn map_rows(x: &[f32], d: usize, f: impl Fn(usize, &[f32], &mut [f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    let chunk = rows_per_task(d) * d;
-    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, x)| {
-        for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            f(x, o);
+    let rows = rows_per_task(d);
+    out.par_chunks_mut(rows * d).zip(x.par_chunks(rows * d)).enumerate().for_each(|(task, (o, x))| {
+        for (i, (o, x)) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+            f(task * rows + i, x, o);
         }
     });
     out
 }
 
-/// Applies `f(a_row, b_row, out_row)` to matching rows of length `d` of `a` and `b`.
-fn map_rows2(a: &[f32], b: &[f32], d: usize, f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync) -> Vec<f32> {
+/// Applies `f(row_index, a_row, b_row, out_row)` to matching rows of length `d` of `a` and `b`.
+fn map_rows2(a: &[f32], b: &[f32], d: usize, f: impl Fn(usize, &[f32], &[f32], &mut [f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0f32; a.len()];
-    let chunk = rows_per_task(d) * d;
-    out.par_chunks_mut(chunk).zip(a.par_chunks(chunk).zip(b.par_chunks(chunk))).for_each(|(o, (a, b))| {
-        for ((o, a), b) in o.chunks_exact_mut(d).zip(a.chunks_exact(d)).zip(b.chunks_exact(d)) {
-            f(a, b, o);
+    let rows = rows_per_task(d);
+    let inputs = a.par_chunks(rows * d).zip(b.par_chunks(rows * d));
+    out.par_chunks_mut(rows * d).zip(inputs).enumerate().for_each(|(task, (o, (a, b)))| {
+        for (i, ((o, a), b)) in o.chunks_exact_mut(d).zip(a.chunks_exact(d)).zip(b.chunks_exact(d)).enumerate() {
+            f(task * rows + i, a, b, o);
         }
     });
     out
@@ -102,7 +107,7 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let out = map_rows(x, last_dim(l), |x, o| {
+        let out = map_rows(x, last_dim(l), |_, x, o| {
             o.copy_from_slice(x);
             softmax_row(o);
         });
@@ -122,7 +127,7 @@ impl CustomOp2 for SoftmaxGrad {
     /// (g, y) -> y * (g - <g, y>)
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (g, y) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let out = map_rows2(g, y, last_dim(l1), |g, y, o| {
+        let out = map_rows2(g, y, last_dim(l1), |_, g, y, o| {
             o.copy_from_slice(g);
             softmax_grad_row(y, o);
         });
@@ -139,80 +144,6 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let exp = x.broadcast_sub(&max)?.exp()?;
     let sum = exp.sum_keepdim(D::Minus1)?;
     Ok(exp.broadcast_div(&sum)?)
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Layer norm over the last dimension, no affine parameters.
-
-struct LayerNorm {
-    eps: f32,
-}
-struct LayerNormGrad {
-    eps: f32,
-}
-
-fn mean_rstd(x: &[f32], eps: f32) -> (f32, f32) {
-    let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
-impl CustomOp1 for LayerNorm {
-    fn name(&self) -> &'static str {
-        "repdiff-layer-norm"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
-        let out = map_rows(x, last_dim(l), |x, o| {
-            let (mean, rstd) = mean_rstd(x, self.eps);
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = (v - mean) * rstd;
-            }
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(&arg.contiguous()?, &LayerNormGrad { eps: self.eps })?))
-    }
-}
-
-impl CustomOp2 for LayerNormGrad {
-    fn name(&self) -> &'static str {
-        "repdiff-layer-norm-grad"
-    }
-
-    /// (g, x) -> rstd * (g - mean(g) - y * mean(g * y)), y the normalised x.
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let (g, x) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let n = last_dim(l1) as f32;
-        let out = map_rows2(g, x, last_dim(l1), |g, x, o| {
-            let (mean, rstd) = mean_rstd(x, self.eps);
-            let (mut sum_g, mut sum_gy) = (0f32, 0f32);
-            for (&g, &x) in g.iter().zip(x) {
-                sum_g += g;
-                sum_gy += g * (x - mean) * rstd;
-            }
-            let (mean_g, mean_gy) = (sum_g / n, sum_gy / n);
-            for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
-                *o = rstd * (g - mean_g - (x - mean) * rstd * mean_gy);
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-/// Layer norm over the last dimension without affine parameters.
-pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused(x) {
-        return Ok(x.contiguous()?.apply_op1(LayerNorm { eps: eps as f32 })?);
-    }
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(centered.broadcast_div(&(var + eps)?.sqrt()?)?)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -244,6 +175,17 @@ fn fast_tanh(x: f32) -> f32 {
     p / q
 }
 
+/// tanh-GELU of every value, in parallel.
+fn gelu_values(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(MIN_TASK).zip(x.par_chunks(MIN_TASK)).for_each(|(o, x)| {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = 0.5 * v * (1.0 + fast_tanh(SQRT_2_OVER_PI * (v + GELU_C * v * v * v)));
+        }
+    });
+    out
+}
+
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
         "repdiff-gelu"
@@ -251,13 +193,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(MIN_TASK).zip(x.par_chunks(MIN_TASK)).for_each(|(o, x)| {
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = 0.5 * v * (1.0 + fast_tanh(SQRT_2_OVER_PI * (v + GELU_C * v * v * v)));
-            }
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((CpuStorage::F32(gelu_values(x)), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
@@ -270,6 +206,7 @@ impl CustomOp2 for GeluGrad {
         "repdiff-gelu-grad"
     }
 
+    /// (g, x) -> g * gelu'(x)
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (g, x) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let mut out = vec![0f32; g.len()];
@@ -308,7 +245,9 @@ fn btd(l: &Layout) -> (usize, usize, usize) {
     }
 }
 
-fn token_sums(b: usize, t: usize, d: usize, value: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
+/// Per group of `t` consecutive rows (of `b` groups), the sum of `add_row(row, acc)`'s contributions: it adds
+/// row `row` (counted over all groups) into `acc`, a zeroed `d`-vector per task.
+fn token_sums(b: usize, t: usize, d: usize, add_row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     // Split long token axes too, so a [1, M, D] bias gradient still uses every core.
     let parts = if b >= rayon::current_num_threads() { 1 } else { (t * d / MIN_TASK).clamp(1, 64) };
     let rows_per_part = t.div_ceil(parts);
@@ -319,10 +258,7 @@ fn token_sums(b: usize, t: usize, d: usize, value: impl Fn(usize) -> f32 + Sync)
             let mut acc = vec![0f32; d];
             let end = ((part + 1) * rows_per_part).min(t);
             for row in part * rows_per_part..end {
-                let base = (batch * t + row) * d;
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a += value(base + j);
-                }
+                add_row(batch * t + row, &mut acc);
             }
             acc
         })
@@ -353,7 +289,10 @@ impl CustomOp1 for TokenSum {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let (b, t, d) = btd(l);
-        Ok((CpuStorage::F32(token_sums(b, t, d, |i| x[i])), summed_shape(l)))
+        let sums = token_sums(b, t, d, |row, acc| {
+            acc.iter_mut().zip(&x[row * d..(row + 1) * d]).for_each(|(a, x)| *a += x);
+        });
+        Ok((CpuStorage::F32(sums), summed_shape(l)))
     }
 }
 
@@ -365,7 +304,11 @@ impl CustomOp2 for TokenSumProduct {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (x, y) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let (b, t, d) = btd(l1);
-        Ok((CpuStorage::F32(token_sums(b, t, d, |i| x[i] * y[i])), summed_shape(l1)))
+        let sums = token_sums(b, t, d, |row, acc| {
+            let (x, y) = (&x[row * d..(row + 1) * d], &y[row * d..(row + 1) * d]);
+            acc.iter_mut().zip(x.iter().zip(y)).for_each(|(a, (x, y))| *a += x * y);
+        });
+        Ok((CpuStorage::F32(sums), summed_shape(l1)))
     }
 }
 
@@ -378,62 +321,17 @@ fn token_sum_product(g: &Tensor, x: &Tensor) -> CResult<Tensor> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// adaLN modulation `x * (1 + scale) + shift` and gated residual `x + a * gate`.
-
-struct Modulate;
-
-impl CustomOp3 for Modulate {
-    fn name(&self) -> &'static str {
-        "repdiff-modulate"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let (shift, scale) = (f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
-        let (_, t, d) = btd(l1);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(t * d).zip(x.par_chunks(t * d)).enumerate().for_each(|(b, (o, x))| {
-            let (sh, sc) = (&shift[b * d..(b + 1) * d], &scale[b * d..(b + 1) * d]);
-            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                for j in 0..d {
-                    o[j] = x[j] * (1.0 + sc[j]) + sh[j];
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        _shift: &Tensor,
-        scale: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad_x = g.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?;
-        Ok((Some(grad_x), Some(token_sum(g)?), Some(token_sum_product(g, x)?)))
-    }
-}
-
-/// adaLN modulation `x * (1 + scale) + shift` of tokens `x [B, T, D]` by per-sample `shift`, `scale` `[B, D]`.
-pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    if fused(x) && x.rank() == 3 {
-        return Ok(x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, Modulate)?);
-    }
-    let scale = (scale.unsqueeze(1)? + 1.0)?;
-    Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift.unsqueeze(1)?)?)
-}
+// The adaLN-Zero gated residual `x + a * gate`.
 
 struct GatedResidual;
+/// (g, gate) -> `g * gate`, the gradient of the gated branch.
+struct Gate;
+
+/// The gate row of token row `row` of a `[B, T, D]` tensor.
+fn gate_row(gate: &[f32], row: usize, t: usize, d: usize) -> &[f32] {
+    let b = row / t.max(1);
+    &gate[b * d..(b + 1) * d]
+}
 
 impl CustomOp3 for GatedResidual {
     fn name(&self) -> &'static str {
@@ -451,14 +349,13 @@ impl CustomOp3 for GatedResidual {
     ) -> CResult<(CpuStorage, Shape)> {
         let (x, a) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let gate = f32_slice(s3, l3, self.name())?;
-        let (_, t, d) = btd(l1);
-        let mut out = x.to_vec();
-        out.par_chunks_mut(t * d).zip(a.par_chunks(t * d)).enumerate().for_each(|(b, (o, a))| {
-            let gate = &gate[b * d..(b + 1) * d];
-            for (o, a) in o.chunks_exact_mut(d).zip(a.chunks_exact(d)) {
-                for j in 0..d {
-                    o[j] += a[j] * gate[j];
-                }
+        let (b, t, d) = btd(l1);
+        if l2.dims() != l1.dims() || l3.dims() != [b, d] {
+            candle_core::bail!("gated residual: x {:?}, branch {:?}, gate {:?}", l1.dims(), l2.dims(), l3.dims());
+        }
+        let out = map_rows2(x, a, d, |row, x, a, o| {
+            for (((o, &x), &a), &gate) in o.iter_mut().zip(x).zip(a).zip(gate_row(gate, row, t, d)) {
+                *o = x + a * gate;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -472,8 +369,29 @@ impl CustomOp3 for GatedResidual {
         _res: &Tensor,
         g: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad_a = g.broadcast_mul(&gate.unsqueeze(1)?)?;
-        Ok((Some(g.clone()), Some(grad_a), Some(token_sum_product(g, a)?)))
+        let g = g.contiguous()?;
+        let grad_a = g.apply_op2_no_bwd(gate, &Gate)?;
+        Ok((Some(g.clone()), Some(grad_a), Some(token_sum_product(&g, a)?)))
+    }
+}
+
+impl CustomOp2 for Gate {
+    fn name(&self) -> &'static str {
+        "repdiff-gate"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let (g, gate) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        let (b, t, d) = btd(l1);
+        if l2.dims() != [b, d] {
+            candle_core::bail!("gate: gradient {:?}, gate {:?}", l1.dims(), l2.dims());
+        }
+        let out = map_rows(g, d, |row, g, o| {
+            for ((o, &g), &gate) in o.iter_mut().zip(g).zip(gate_row(gate, row, t, d)) {
+                *o = g * gate;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -538,8 +456,14 @@ mod tests {
         check(&[&[3, 5, 17]], |t| softmax_last_dim(&t[0]));
         check(&[&[3, 5, 17]], |t| layer_norm(&t[0], 1e-6));
         check(&[&[4, 33]], |t| gelu(&t[0]));
-        check(&[&[3, 6, 8], &[3, 8], &[3, 8]], |t| modulate(&t[0], &t[1], &t[2]));
+        check(&[&[3, 6, 8], &[3, 8], &[3, 8]], |t| norm_modulate(&t[0], &t[1], &t[2], 1e-6));
+        check(&[&[1, 6, 8], &[1, 8], &[1, 8]], |t| norm_modulate(&t[0], &t[1], &t[2], 1e-6));
+        // Shared per-feature parameters over rank-3 and rank-2 inputs.
+        check(&[&[3, 6, 8], &[8], &[8]], |t| affine_layer_norm(&t[0], &t[1], &t[2], 1e-6));
+        check(&[&[5000, 8], &[8], &[8]], |t| affine_layer_norm(&t[0], &t[1], &t[2], 1e-6));
         check(&[&[3, 6, 8], &[3, 6, 8], &[3, 8]], |t| gated_residual(&t[0], &t[1], &t[2]));
+        check(&[&[1, 5000, 8], &[1, 5000, 8], &[1, 8]], |t| gated_residual(&t[0], &t[1], &t[2]));
+        check(&[&[2, 5, 7], &[6, 7], &[6]], |t| linear_gelu(&t[0], &t[1], &t[2]));
         check(&[&[2, 5, 7], &[6, 7], &[6]], |t| linear(&t[0], &t[1], &t[2]));
         check(&[&[9, 7], &[6, 7], &[6]], |t| linear(&t[0], &t[1], &t[2]));
         // Three heads of size 4; a batch of 1 (products split inside the item) and of 3 (items split).

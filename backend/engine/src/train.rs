@@ -15,6 +15,7 @@ use crate::data::Dataset;
 use crate::diffusion::GaussianDiffusion;
 use crate::dit::Dit;
 use crate::nn::{Params, VarSet};
+use crate::ops::with_matmul_precision;
 use crate::optim::{AdamW, AdamWConfig, Ema, clip_grad_norm, grad_norm};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -259,20 +260,22 @@ impl Trainer {
         let t: Vec<usize> = (0..batch).map(|_| self.rng.below(self.diffusion.num_steps())).collect();
         let noise = self.rng.randn(x_start.shape().clone(), &self.device)?;
         let x_t = self.diffusion.q_sample(&x_start, &t, &noise)?;
-        // The representation model sees the clean sample, and its encoder learns through this same loss.
-        let rep = match self.config.model.is_representation() {
-            true => Some(self.model.encode(&x_start)?),
-            false => None,
-        };
         let t_model = self.diffusion.model_timesteps(&t, &self.device)?;
-        let output = self.model.forward_with(&x_t, &t_model, labels.as_ref(), rep.as_ref())?;
-        let losses = self.diffusion.training_losses(&output, &x_start, &x_t, &t, &noise)?;
-        let loss = losses.loss.mean_all()?;
-        let loss_value = loss.to_scalar::<f32>()?;
-        if !loss_value.is_finite() {
-            return Err(Error::Diverged { step: self.step + 1, loss: loss_value });
-        }
-        let mut grads = loss.backward()?;
+        let (losses, loss_value, mut grads) = with_matmul_precision(self.config.train.matmul_precision, || {
+            // The representation model sees the clean sample, and its encoder learns through this same loss.
+            let rep = match self.config.model.is_representation() {
+                true => Some(self.model.encode(&x_start)?),
+                false => None,
+            };
+            let output = self.model.forward_with(&x_t, &t_model, labels.as_ref(), rep.as_ref())?;
+            let losses = self.diffusion.training_losses(&output, &x_start, &x_t, &t, &noise)?;
+            let loss = losses.loss.mean_all()?;
+            let loss_value = loss.to_scalar::<f32>()?;
+            if !loss_value.is_finite() {
+                return Err(Error::Diverged { step: self.step + 1, loss: loss_value });
+            }
+            Ok((losses, loss_value, loss.backward()?))
+        })?;
         let norm = match self.config.train.grad_clip_norm {
             Some(max) => clip_grad_norm(&self.vars, &mut grads, max)?,
             None => grad_norm(&self.vars, &grads)?,

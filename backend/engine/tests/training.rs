@@ -5,6 +5,7 @@ use std::path::Path;
 use repdiff_engine::config::{Conditioning, ModelConfig, RunConfig};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::diffusion::SamplerKind;
+use repdiff_engine::ops::MatmulPrecision;
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample};
 use repdiff_engine::train::{CancelToken, StopReason, Trainer};
 use repdiff_engine::{Device, Tensor};
@@ -67,17 +68,34 @@ fn every_parameter_gets_a_finite_nonzero_gradient_after_one_step() {
     }
 }
 
-#[test]
-fn tiny_dit_learns_the_toy_bars() {
+/// The eps-MSE of the first and last 50 of 400 steps on the toy bars.
+fn learning_curve(precision: MatmulPrecision) -> (f32, f32) {
     let data = bars();
-    let mut trainer = Trainer::new(tiny_config(400, class_cond()), &Device::Cpu).unwrap();
+    let mut config = tiny_config(400, class_cond());
+    config.train.matmul_precision = precision;
+    let mut trainer = Trainer::new(config, &Device::Cpu).unwrap();
     let mut losses = Vec::new();
     let summary = trainer.run(&data, 400, None, &CancelToken::default(), |s| losses.push(s.mse)).unwrap();
     assert_eq!(summary.stop, StopReason::Finished);
     let head: f32 = losses[..50].iter().sum::<f32>() / 50.0;
     let tail: f32 = losses[losses.len() - 50..].iter().sum::<f32>() / 50.0;
-    eprintln!("eps-MSE: first 50 steps {head:.4}, last 50 steps {tail:.4}");
+    eprintln!("{precision:?} products: eps-MSE first 50 steps {head:.4}, last 50 steps {tail:.4}");
+    (head, tail)
+}
+
+#[test]
+fn tiny_dit_learns_the_toy_bars() {
+    let (head, tail) = learning_curve(MatmulPrecision::Highest);
     assert!(tail < 0.6 * head, "loss did not fall clearly: {head} -> {tail}");
+}
+
+#[test]
+fn tiny_dit_learns_the_toy_bars_as_well_with_bf16_products() {
+    // On a CPU without AVX512-BF16 both runs are f32 and equal.
+    let (head, tail) = learning_curve(MatmulPrecision::Bf16);
+    let (_, f32_tail) = learning_curve(MatmulPrecision::Highest);
+    assert!(tail < 0.6 * head, "loss did not fall clearly: {head} -> {tail}");
+    assert!((tail - f32_tail).abs() < 0.15 * f32_tail, "bf16 {tail} vs f32 {f32_tail}");
 }
 
 #[test]

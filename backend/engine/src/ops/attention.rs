@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{View, ViewMut, gemm};
+use super::gemm::{Exec, View, ViewMut, gemm};
 use super::{CResult, f32_slice, fused, softmax_grad_row, softmax_last_dim, softmax_row};
 use crate::Result;
 
@@ -29,9 +29,9 @@ struct Geometry {
     dim: usize,
     head_dim: usize,
     scale: f32,
-    /// Threads for the products inside one batch item: the batch is split across rayon tasks when it is at
-    /// least as large as the pool, else each item's products are.
-    threads: usize,
+    /// Threads (and precision) for the products inside one batch item: the batch is split across rayon
+    /// tasks when it is at least as large as the pool, else each item's products are.
+    exec: Exec,
 }
 
 impl Geometry {
@@ -43,7 +43,8 @@ impl Geometry {
         }
         let (dim, head_dim) = (d3 / 3, d3 / 3 / heads);
         let threads = if n >= rayon::current_num_threads() { 1 } else { rayon::current_num_threads() };
-        Ok((n, Geometry { tokens, dim, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), threads }))
+        let exec = Exec::current(threads);
+        Ok((n, Geometry { tokens, dim, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), exec }))
     }
 
     /// One head's q, k or v (`part` 0, 1, 2) inside an item's packed `[T, 3D]`, as a `[T, head_dim]` view.
@@ -65,7 +66,7 @@ impl Geometry {
             self.part(qkv, 1, head).t(),
             self.scale,
             false,
-            self.threads,
+            self.exec,
         );
         p.chunks_exact_mut(t).for_each(softmax_row);
     }
@@ -86,7 +87,7 @@ impl CustomOp1 for Attention {
             for head in 0..self.heads {
                 geo.weights(qkv, head, &mut p);
                 let (p, v) = (View::rows(&p, t, t, t), geo.part(qkv, 2, head));
-                gemm(geo.block_mut(out, d, 0, head), p, v, 1.0, false, geo.threads);
+                gemm(geo.block_mut(out, d, 0, head), p, v, 1.0, false, geo.exec);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((n, t, d))))
@@ -107,7 +108,7 @@ impl CustomOp2 for AttentionGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (qkv, g) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let (n, geo) = Geometry::of(l1, self.heads, self.name())?;
-        let (t, d, threads) = (geo.tokens, geo.dim, geo.threads);
+        let (t, d, exec) = (geo.tokens, geo.dim, geo.exec);
         if l2.dims() != [n, t, d] {
             candle_core::bail!("{}: gradient {:?} for qkv {:?}", self.name(), l2.dims(), l1.dims());
         }
@@ -120,14 +121,14 @@ impl CustomOp2 for AttentionGrad {
                     let (q, k, v) = (geo.part(qkv, 0, head), geo.part(qkv, 1, head), geo.part(qkv, 2, head));
                     let g_head = View::rows(&g[head * geo.head_dim..], t, geo.head_dim, d);
                     let p_view = View::rows(&p, t, t, t);
-                    gemm(geo.block_mut(grad, 3 * d, 2, head), p_view.t(), g_head, 1.0, false, threads);
-                    gemm(ViewMut::rows(&mut dp, t, t, t), g_head, v.t(), 1.0, false, threads);
+                    gemm(geo.block_mut(grad, 3 * d, 2, head), p_view.t(), g_head, 1.0, false, exec);
+                    gemm(ViewMut::rows(&mut dp, t, t, t), g_head, v.t(), 1.0, false, exec);
                     for (dp, p) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
                         softmax_grad_row(p, dp);
                     }
                     let ds = View::rows(&dp, t, t, t);
-                    gemm(geo.block_mut(grad, 3 * d, 0, head), ds, k, geo.scale, false, threads);
-                    gemm(geo.block_mut(grad, 3 * d, 1, head), ds.t(), q, geo.scale, false, threads);
+                    gemm(geo.block_mut(grad, 3 * d, 0, head), ds, k, geo.scale, false, exec);
+                    gemm(geo.block_mut(grad, 3 * d, 1, head), ds.t(), q, geo.scale, false, exec);
                 }
             },
         );

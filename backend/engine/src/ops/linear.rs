@@ -5,14 +5,61 @@
 //! passes over activation-sized tensors per layer and a copy of every weight gradient for the transpose.
 //! Here the bias is written first and the product accumulated onto it, and the backward is two products on
 //! the tensors as they lie (no transposed copies) and a column sum.
+//!
+//! The MLPs' first layer is fused with the tanh-GELU after it: one node instead of two, so the backward
+//! skips the zeroed gradient and the add of the widest activation in a transformer block.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use std::sync::Mutex;
 
-use super::gemm::{View, ViewMut, gemm};
-use super::{CResult, f32_slice, fused, last_dim, token_sum};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
+
+use super::gemm::{Exec, View, ViewMut, gemm};
+use super::{CResult, GeluGrad, f32_slice, fused, gelu, gelu_values, last_dim, token_sum};
 use crate::Result;
 
 struct Linear;
+
+/// `gelu(x W^T + b)`; keeps the pre-activation for its backward (GELU cannot be inverted from its output).
+struct LinearGelu {
+    pre: Mutex<Option<Tensor>>,
+}
+
+/// `x W^T + b` for contiguous f32 operands `(x, w, b)`, `x` of any rank: the values and their shape.
+fn affine(
+    (x, l1): (&[f32], &Layout),
+    (w, l2): (&[f32], &Layout),
+    (b, l3): (&[f32], &Layout),
+) -> CResult<(Vec<f32>, Shape)> {
+    let (out_dim, in_dim) = l2.shape().dims2()?;
+    if last_dim(l1) != in_dim || b.len() != out_dim {
+        candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?}", l1.dims(), l2.dims(), l3.dims());
+    }
+    let rows = x.len() / in_dim.max(1);
+    let mut y = b.repeat(rows);
+    gemm(
+        ViewMut::rows(&mut y, rows, out_dim, out_dim),
+        View::rows(x, rows, in_dim, in_dim),
+        View::rows(w, out_dim, in_dim, in_dim).t(),
+        1.0,
+        true,
+        Exec::current(rayon::current_num_threads()),
+    );
+    let mut dims = l1.dims().to_vec();
+    *dims.last_mut().expect("rank >= 1") = out_dim;
+    Ok((y, Shape::from(dims)))
+}
+
+/// The gradients of `x W^T + b` from the gradient `g` of its output: `dx = g W`, `dW = g^T x`, `db` the
+/// column sums of g.
+fn affine_grads(x: &Tensor, w: &Tensor, g: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let g = g.contiguous()?;
+    let out_dim = w.dim(0)?;
+    let rows = g.elem_count() / out_dim.max(1);
+    let dx = g.apply_op2_no_bwd(w, &Product { transpose_a: false })?.reshape(x.shape())?;
+    let dw = g.apply_op2_no_bwd(x, &Product { transpose_a: true })?;
+    let db = token_sum(&g.reshape((rows, out_dim))?)?;
+    Ok((Some(dx), Some(dw), Some(db)))
+}
 
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
@@ -28,25 +75,10 @@ impl CustomOp3 for Linear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let (x, w, b) =
-            (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
-        let (out_dim, in_dim) = l2.shape().dims2()?;
-        if last_dim(l1) != in_dim || b.len() != out_dim {
-            candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?}", l1.dims(), l2.dims(), l3.dims());
-        }
-        let rows = x.len() / in_dim.max(1);
-        let mut y = b.repeat(rows);
-        gemm(
-            ViewMut::rows(&mut y, rows, out_dim, out_dim),
-            View::rows(x, rows, in_dim, in_dim),
-            View::rows(w, out_dim, in_dim, in_dim).t(),
-            1.0,
-            true,
-            rayon::current_num_threads(),
-        );
-        let mut dims = l1.dims().to_vec();
-        *dims.last_mut().expect("rank >= 1") = out_dim;
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
+        let name = self.name();
+        let (y, shape) =
+            affine((f32_slice(s1, l1, name)?, l1), (f32_slice(s2, l2, name)?, l2), (f32_slice(s3, l3, name)?, l3))?;
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(
@@ -57,14 +89,44 @@ impl CustomOp3 for Linear {
         _res: &Tensor,
         g: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
-        let out_dim = w.dim(0)?;
-        let rows = g.elem_count() / out_dim.max(1);
-        // dx = g W; dW = g^T x; db = the column sums of g.
-        let dx = g.apply_op2_no_bwd(w, &Product { transpose_a: false })?.reshape(x.shape())?;
-        let dw = g.apply_op2_no_bwd(x, &Product { transpose_a: true })?;
-        let db = token_sum(&g.reshape((rows, out_dim))?)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        affine_grads(x, w, g)
+    }
+}
+
+impl CustomOp3 for LinearGelu {
+    fn name(&self) -> &'static str {
+        "repdiff-linear-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (pre, shape) =
+            affine((f32_slice(s1, l1, name)?, l1), (f32_slice(s2, l2, name)?, l2), (f32_slice(s3, l3, name)?, l3))?;
+        let out = gelu_values(&pre);
+        // Dropped with the op: at once in inference (no graph keeps it), after the backward in training.
+        *self.pre.lock().expect("unpoisoned") = Some(Tensor::from_vec(pre, &shape, &Device::Cpu)?);
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let pre = self.pre.lock().expect("unpoisoned").clone();
+        let pre = pre.ok_or_else(|| candle_core::Error::Msg("linear-gelu: backward before forward".into()))?;
+        affine_grads(x, w, &g.contiguous()?.apply_op2_no_bwd(&pre, &GeluGrad)?)
     }
 }
 
@@ -86,7 +148,7 @@ impl CustomOp2 for Product {
         let (a, m) = if self.transpose_a { (a.t(), a_cols) } else { (a, a_rows) };
         let b = View::rows(b, b.len() / n.max(1), n, n);
         let mut out = vec![0f32; m * n];
-        gemm(ViewMut::rows(&mut out, m, n, n), a, b, 1.0, false, rayon::current_num_threads());
+        gemm(ViewMut::rows(&mut out, m, n, n), a, b, 1.0, false, Exec::current(rayon::current_num_threads()));
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -103,4 +165,13 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("rank >= 1") = weight.dim(0)?;
     Ok(y.reshape(out_dims)?)
+}
+
+/// `gelu(x W^T + b)` (tanh-GELU), the first layer of a transformer MLP, as one op.
+pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        let op = LinearGelu { pre: Mutex::new(None) };
+        return Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?);
+    }
+    gelu(&linear(x, weight, bias)?)
 }

@@ -9,6 +9,9 @@ use repdiff_engine::Tensor;
 use repdiff_engine::config::{Conditioning, ModelConfig, RunConfig};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
+use repdiff_engine::dit::Dit;
+use repdiff_engine::nn::Params;
+use repdiff_engine::ops::{MatmulPrecision, with_matmul_precision};
 use repdiff_engine::rng::Rng;
 use repdiff_engine::train::Trainer;
 
@@ -31,6 +34,10 @@ pub struct BenchArgs {
     /// DiT), to show the encoder's overhead. The plain rows are then unconditional, as in pre-training.
     #[arg(long)]
     representation: bool,
+    /// Also measure each model with bf16 matrix products (`--matmul-precision bf16`: bf16 operands, f32
+    /// sums; the CPU needs AVX512-BF16, else the row equals the f32 one).
+    #[arg(long)]
+    bf16: bool,
     /// Measure the data pipeline instead (DICOM read, import, encode) on this many synthetic slices.
     #[arg(long)]
     imaging: Option<usize>,
@@ -103,9 +110,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         } else {
             vec![(name.clone(), base.conditioning.clone())]
         };
+        let precisions = match args.bf16 {
+            true => vec![MatmulPrecision::Highest, MatmulPrecision::Bf16],
+            false => vec![MatmulPrecision::Highest],
+        };
         for (label, conditioning) in variants {
-            let model = ModelConfig { conditioning, ..base.clone() };
-            bench_model(&label, model, &args, &device, iters)?;
+            for &precision in &precisions {
+                let model = ModelConfig { conditioning: conditioning.clone(), ..base.clone() };
+                let label = match precision {
+                    MatmulPrecision::Bf16 => format!("{label} (bf16 products)"),
+                    MatmulPrecision::Highest => label.clone(),
+                };
+                bench_model(&label, model, precision, &args, &device, iters)?;
+            }
         }
     }
     Ok(())
@@ -115,6 +132,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn bench_model(
     label: &str,
     model: ModelConfig,
+    precision: MatmulPrecision,
     args: &BenchArgs,
     device: &repdiff_engine::Device,
     iters: usize,
@@ -122,6 +140,7 @@ fn bench_model(
     let mut config = RunConfig::preset("paper")?;
     config.model = model;
     config.train.batch_size = args.batch_size;
+    config.train.matmul_precision = precision;
     let (channels, size, _) = config.model.sample_dims();
     let classes = config.model.num_classes().is_some();
     let mut trainer = Trainer::new(config, device)?;
@@ -135,15 +154,21 @@ fn bench_model(
     let x = rng.randn((n, channels, size, size), device)?;
     let t = Tensor::from_vec((0..n).map(|i| (i * 61 % 1000) as f32).collect::<Vec<_>>(), n, device)?;
     let y = Tensor::from_vec((0..n as u32).map(|i| i % 2).collect::<Vec<_>>(), n, device)?;
+    // The forward as sampling runs it: frozen weights, so no op records a backward graph (PyTorch's
+    // reference runs under `no_grad`).
+    let frozen =
+        Dit::new(trainer.model.config(), &Params::frozen(trainer.vars().tensors()?.into_iter().collect(), device))?;
     let forward = mean_seconds(iters, || {
-        // A representation model's forward includes encoding its reference.
-        let rep = match trainer.model.config().is_representation() {
-            true => Some(trainer.model.encode(&x)?),
-            false => None,
-        };
-        let out = trainer.model.forward_with(&x, &t, classes.then_some(&y), rep.as_ref())?;
-        out.sum_all()?.to_scalar::<f32>()?;
-        Ok(())
+        with_matmul_precision(precision, || -> Result<()> {
+            // A representation model's forward includes encoding its reference.
+            let rep = match frozen.config().is_representation() {
+                true => Some(frozen.encode(&x)?),
+                false => None,
+            };
+            let out = frozen.forward_with(&x, &t, classes.then_some(&y), rep.as_ref())?;
+            out.sum_all()?.to_scalar::<f32>()?;
+            Ok(())
+        })
     })?;
     let step = mean_seconds(iters, || {
         trainer.train_step(&data)?;

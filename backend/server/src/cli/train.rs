@@ -130,7 +130,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let mut trainer =
             Trainer::resume(&ckpt, &device).with_context(|| format!("resuming from {}", ckpt.display()))?;
         if args.config.overrides()?.changes_run() {
-            bail!("--resume continues the run as configured; only --steps and --checkpoint-every may change");
+            bail!(
+                "--resume continues the run as configured; only --steps, --checkpoint-every and --matmul-precision may change"
+            );
         }
         // The run's length and checkpoint cadence may change; everything else is the checkpoint's.
         if let Some(steps) = args.config.schedule.steps {
@@ -138,6 +140,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         if let Some(every) = args.config.schedule.checkpoint_every {
             trainer.config.train.checkpoint_every = every;
+        }
+        if let Some(precision) = args.config.schedule.precision() {
+            trainer.config.train.matmul_precision = precision;
         }
         println!("Resuming {} at step {}", args.out.display(), trainer.step());
         trainer

@@ -23,6 +23,8 @@ pub struct FinetuneRun {
     pub learning_rate: Option<f64>,
     pub seed: Option<u64>,
     pub checkpoint_every: Option<usize>,
+    /// `highest` (f32) or `bf16` CPU matrix products.
+    pub matmul_precision: Option<repdiff_engine::ops::MatmulPrecision>,
 }
 
 fn default_dropout() -> f64 {
@@ -108,6 +110,7 @@ impl Handler for Finetune {
             t.learning_rate = r.learning_rate.unwrap_or(t.learning_rate);
             t.seed = r.seed.unwrap_or(t.seed);
             t.checkpoint_every = r.checkpoint_every.unwrap_or(t.checkpoint_every);
+            t.matmul_precision = r.matmul_precision.unwrap_or(t.matmul_precision);
             config.validate().map_err(|e| JobError::Permanent(e.to_string()))?;
             let (transfer, _) =
                 finetune::from_checkpoint(&pretrained, &config.model, config.train.seed, p.raw_weights, &device)

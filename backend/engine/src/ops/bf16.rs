@@ -1,0 +1,268 @@
+//! A matrix product with bf16 operands and f32 accumulation on CPUs with AVX512-BF16 (`vdpbf16ps`: two
+//! bf16 products added into each f32 lane, twice the multiply-adds of an f32 FMA per instruction). What
+//! PyTorch does for an f32 matmul under `torch.set_float32_matmul_precision("medium")`: the operands are
+//! rounded to bf16 (8 bits of mantissa) as they are packed, the sums kept in f32.
+//!
+//! Blocking as in GotoBLAS: B is packed once into panels of 32 columns, pairs of k interleaved (the layout
+//! `vdpbf16ps` reads); each rayon task takes a block of rows, packs them into panels of 6 rows, and runs the
+//! 6 x 32 microkernel (12 accumulator registers) over k in chunks that keep a B panel in L1.
+
+use rayon::prelude::*;
+
+use super::gemm::{View, ViewMut};
+
+/// Rows per microkernel tile.
+const MR: usize = 6;
+/// Columns per microkernel tile (two 16-lane registers).
+const NR: usize = 32;
+/// Rows per rayon task.
+const MC: usize = 16 * MR;
+/// k pairs per chunk: a 32-column B panel chunk is 256 x 32 x 4 bytes = 32 KB.
+const KC2: usize = 256;
+
+/// Whether this CPU runs the bf16 kernel.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// f32 to bf16, rounding to nearest even (NaN stays NaN).
+pub(crate) fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// Two bf16 values in one 32-bit word, `lo` first in memory (the pair `vdpbf16ps` multiplies together).
+fn pair(lo: f32, hi: f32) -> u32 {
+    u32::from(to_bf16(lo)) | (u32::from(to_bf16(hi)) << 16)
+}
+
+/// Element (i, j) of a view.
+fn at(v: &View, i: usize, j: usize) -> f32 {
+    v.data[i * v.row_stride + j * v.col_stride]
+}
+
+/// B (`k x n`) as panels of NR columns: panel p holds, for each k pair, NR words (zero past the edges).
+fn pack_b(b: &View, k2: usize, threads: usize) -> Vec<u32> {
+    let panels = b.cols.div_ceil(NR);
+    let mut packed = vec![0u32; panels * k2 * NR];
+    let fill = |(p, panel): (usize, &mut [u32])| {
+        let cols = (b.cols - p * NR).min(NR);
+        for kp in 0..k2 {
+            let (k0, k1) = (2 * kp, 2 * kp + 1);
+            for c in 0..cols {
+                let j = p * NR + c;
+                let hi = if k1 < b.rows { at(b, k1, j) } else { 0.0 };
+                panel[kp * NR + c] = pair(at(b, k0, j), hi);
+            }
+        }
+    };
+    if threads > 1 {
+        packed.par_chunks_mut(k2 * NR).enumerate().for_each(fill);
+    } else {
+        packed.chunks_mut(k2 * NR).enumerate().for_each(fill);
+    }
+    packed
+}
+
+/// Rows `rows` of A (`m x k`) as panels of MR rows: for each k pair, MR words (zero past the edges).
+fn pack_a(a: &View, rows: std::ops::Range<usize>, k2: usize, out: &mut Vec<u32>) {
+    let panels = rows.len().div_ceil(MR);
+    out.clear();
+    out.resize(panels * k2 * MR, 0);
+    for (p, panel) in out.chunks_mut(k2 * MR).enumerate() {
+        for r in 0..MR {
+            let i = rows.start + p * MR + r;
+            if i >= rows.end {
+                break;
+            }
+            for kp in 0..k2 {
+                let (k0, k1) = (2 * kp, 2 * kp + 1);
+                let hi = if k1 < a.cols { at(a, i, k1) } else { 0.0 };
+                panel[kp * MR + r] = pair(at(a, i, k0), hi);
+            }
+        }
+    }
+}
+
+/// `dst = scale * a b` (or `+=` with `accumulate`) with bf16 operands. The caller checked the shapes and
+/// that this CPU has the instructions ([`available`]).
+pub(crate) fn gemm(dst: ViewMut, a: View, b: View, scale: f32, accumulate: bool, threads: usize) {
+    let (m, n, k) = (dst.rows, dst.cols, a.cols);
+    let k2 = k.div_ceil(2);
+    let packed_b = pack_b(&b, k2, threads);
+    let row_stride = dst.row_stride;
+    // Each task owns the destination rows of its block: split the destination into disjoint row slices.
+    let blocks: Vec<(usize, &mut [f32])> = {
+        let mut rest: &mut [f32] = dst.data;
+        let mut blocks = Vec::with_capacity(m.div_ceil(MC));
+        for start in (0..m).step_by(MC) {
+            let rows = (m - start).min(MC);
+            let len = if start + rows == m { (rows - 1) * row_stride + n } else { rows * row_stride };
+            let (block, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            blocks.push((start, block));
+            rest = tail;
+        }
+        blocks
+    };
+    let run = |(start, block): (usize, &mut [f32]), packed_a: &mut Vec<u32>| {
+        let rows = (m - start).min(MC);
+        pack_a(&a, start..start + rows, k2, packed_a);
+        let tile = Tile { n, row_stride, scale };
+        for kc in (0..k2).step_by(KC2) {
+            let chunk = (k2 - kc).min(KC2);
+            let add = accumulate || kc > 0;
+            for (p, b_panel) in packed_b.chunks(k2 * NR).enumerate() {
+                let b_chunk = &b_panel[kc * NR..(kc + chunk) * NR];
+                for (q, a_panel) in packed_a.chunks(k2 * MR).enumerate() {
+                    let a_chunk = &a_panel[kc * MR..(kc + chunk) * MR];
+                    let (r0, c0) = (q * MR, p * NR);
+                    let out_rows = (rows - r0).min(MR);
+                    let out_cols = (n - c0).min(NR);
+                    // SAFETY: `available()` was checked by the caller; the slices hold `chunk` pairs.
+                    let acc = unsafe { kernel(a_chunk, b_chunk, chunk) };
+                    tile.store(&acc, block, r0, c0, out_rows, out_cols, add);
+                }
+            }
+        }
+    };
+    if threads > 1 {
+        blocks.into_par_iter().for_each_init(Vec::new, |packed_a, block| run(block, packed_a));
+    } else {
+        let mut packed_a = Vec::new();
+        blocks.into_iter().for_each(|block| run(block, &mut packed_a));
+    }
+}
+
+/// Where a tile's sums go.
+struct Tile {
+    n: usize,
+    row_stride: usize,
+    scale: f32,
+}
+
+impl Tile {
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &self,
+        acc: &[[f32; NR]; MR],
+        block: &mut [f32],
+        r0: usize,
+        c0: usize,
+        rows: usize,
+        cols: usize,
+        add: bool,
+    ) {
+        debug_assert!(c0 + cols <= self.n);
+        for (r, sums) in acc.iter().enumerate().take(rows) {
+            let start = (r0 + r) * self.row_stride + c0;
+            let out = &mut block[start..start + cols];
+            if add {
+                out.iter_mut().zip(sums).for_each(|(o, s)| *o += self.scale * s);
+            } else {
+                out.iter_mut().zip(sums).for_each(|(o, s)| *o = self.scale * s);
+            }
+        }
+    }
+}
+
+/// The MR x NR sums over `pairs` k pairs of packed A and B panels.
+///
+/// # Safety
+/// The CPU must have AVX512F and AVX512-BF16; `a` holds `pairs * MR` words and `b` `pairs * NR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn kernel(a: &[u32], b: &[u32], pairs: usize) -> [[f32; NR]; MR] {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for kp in 0..pairs {
+        // SAFETY: every index is in bounds by the assertion above; loads are unaligned; `__m512i` and
+        // `__m512bh` are both 64 bytes of plain bits.
+        unsafe {
+            let p = b.as_ptr().add(kp * NR) as *const __m512i;
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(p));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(p.add(1)));
+            let a_pairs = a.as_ptr().add(kp * MR);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a_pairs.add(r) as i32));
+                acc[0] = _mm512_dpbf16_ps(acc[0], a, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
+            }
+        }
+    }
+    let mut out = [[0f32; NR]; MR];
+    for (out, acc) in out.iter_mut().zip(&acc) {
+        // SAFETY: each row of `out` holds 32 floats.
+        unsafe {
+            _mm512_storeu_ps(out.as_mut_ptr(), acc[0]);
+            _mm512_storeu_ps(out.as_mut_ptr().add(16), acc[1]);
+        }
+    }
+    out
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel(_a: &[u32], _b: &[u32], _pairs: usize) -> [[f32; NR]; MR] {
+    unreachable!("the bf16 kernel is only selected on x86-64 CPUs with AVX512-BF16")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_bf16(x: u16) -> f64 {
+        f64::from(f32::from_bits(u32::from(x) << 16))
+    }
+
+    #[test]
+    fn rounding_to_bf16_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 lies halfway between 1 and the next bf16 (1 + 2^-7): ties go to the even mantissa, 1.
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(to_bf16(-2.5), 0xc020);
+        assert!(f32::from_bits(u32::from(to_bf16(f32::NAN)) << 16).is_nan());
+    }
+
+    #[test]
+    fn products_match_the_rounded_operands_multiplied_exactly() {
+        if !available() {
+            eprintln!("this CPU has no AVX512-BF16: the bf16 kernel is not used here");
+            return;
+        }
+        let data: Vec<f32> = (0..120_000).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
+        // Edges in every direction (m, n not multiples of the tile, odd k, k over one chunk), a transposed
+        // operand, a destination inside wider rows, both thread modes, accumulation with a scale.
+        for &(m, n, k, threads) in &[(7, 33, 5, 1), (100, 70, 513, 2), (13, 64, 600, 2), (1, 1, 1, 1)] {
+            let a = View::rows(&data[11..], m, k, k + 3);
+            let b = View::rows(&data[60_000..], n, k, k).t();
+            let width = n + 2;
+            let mut out = vec![5f32; m * width];
+            gemm(ViewMut::rows(&mut out, m, n, width), a, b, 1.0, false, threads);
+            gemm(ViewMut::rows(&mut out, m, n, width), a, b, 0.5, true, threads);
+            for i in 0..m {
+                for j in 0..n {
+                    let exact: f64 = (0..k)
+                        .map(|l| from_bf16(to_bf16(at(&a, i, l))) * from_bf16(to_bf16(at(&b, l, j))))
+                        .sum::<f64>()
+                        * 1.5;
+                    let scale: f64 = (0..k).map(|l| f64::from((at(&a, i, l) * at(&b, l, j)).abs())).sum::<f64>();
+                    let got = f64::from(out[i * width + j]);
+                    assert!((got - exact).abs() <= 1e-5 * scale.max(1.0), "({m}x{n}x{k}) [{i},{j}]: {got} vs {exact}");
+                }
+                assert_eq!(&out[i * width + n..(i + 1) * width], &[5.0, 5.0], "padding untouched");
+            }
+        }
+    }
+}
