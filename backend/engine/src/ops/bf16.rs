@@ -26,7 +26,9 @@ pub(crate) fn available() -> bool {
     {
         static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *AVAILABLE.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -52,15 +54,102 @@ fn at(v: &View, i: usize, j: usize) -> f32 {
     v.data[i * v.row_stride + j * v.col_stride]
 }
 
+/// The pairs of `src` (consecutive values along k) into `out` (`src.len()` / 2 rounded up words; an odd
+/// last value is paired with zero). Sixteen pairs per instruction.
+fn line_pairs(src: &[f32], out: &mut [u32]) {
+    let full = src.len() / 32;
+    // SAFETY: the bf16 path only runs where `available()`; the vector part stays inside both slices.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        convert_pairs(&src[..full * 32], &mut out[..full * 16]);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let full = 0;
+    for (w, o) in out.iter_mut().enumerate().skip(full * 16) {
+        let hi = src.get(2 * w + 1).copied().unwrap_or(0.0);
+        *o = pair(src[2 * w], hi);
+    }
+}
+
+/// `src` (a multiple of 32 values) as pairs.
+///
+/// # Safety
+/// The CPU must have AVX512F and AVX512-BF16; `out` holds `src.len() / 2` words.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn convert_pairs(src: &[f32], out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    assert!(src.len() % 32 == 0 && out.len() * 2 >= src.len());
+    for c in 0..src.len() / 32 {
+        // SAFETY: in bounds by the assertion; unaligned loads and stores. The low 16 bf16 of the result
+        // are `lo`'s, so in memory the values keep their order: word w is the pair (2w, 2w + 1).
+        unsafe {
+            let lo = _mm512_loadu_ps(src.as_ptr().add(32 * c));
+            let hi = _mm512_loadu_ps(src.as_ptr().add(32 * c + 16));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(out.as_mut_ptr().add(16 * c) as *mut __m512i, v);
+        }
+    }
+}
+
+/// Sixteen pairs from two rows: word c is `(lo[c], hi[c])`.
+///
+/// # Safety
+/// The CPU must have AVX512F, AVX512BW and AVX512-BF16; `lo` and `hi` hold 16 values, `out` 16 words.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn interleave_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    assert!(lo.len() >= 16 && hi.len() >= 16 && out.len() >= 16);
+    // bf16 element 2c <- lo[c] (element c of the conversion), 2c + 1 <- hi[c] (element 16 + c).
+    let index = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+        16, 0,
+    );
+    // SAFETY: in bounds by the assertion; unaligned loads and stores.
+    unsafe {
+        let both: __m512i =
+            std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi.as_ptr()), _mm512_loadu_ps(lo.as_ptr())));
+        _mm512_storeu_si512(out.as_mut_ptr() as *mut __m512i, _mm512_permutexvar_epi16(index, both));
+    }
+}
+
 /// B (`k x n`) as panels of NR columns: panel p holds, for each k pair, NR words (zero past the edges).
 fn pack_b(b: &View, k2: usize, threads: usize) -> Vec<u32> {
     let panels = b.cols.div_ceil(NR);
     let mut packed = vec![0u32; panels * k2 * NR];
+    let zeros = [0f32; 16];
     let fill = |(p, panel): (usize, &mut [u32])| {
         let cols = (b.cols - p * NR).min(NR);
+        if b.row_stride == 1 {
+            // Columns lie along k (a transposed weight): each column's pairs in one pass, then spread.
+            let mut line = vec![0u32; k2];
+            for c in 0..cols {
+                let j = p * NR + c;
+                line_pairs(&b.data[j * b.col_stride..j * b.col_stride + b.rows], &mut line);
+                for (kp, &w) in line.iter().enumerate() {
+                    panel[kp * NR + c] = w;
+                }
+            }
+            return;
+        }
         for kp in 0..k2 {
             let (k0, k1) = (2 * kp, 2 * kp + 1);
-            for c in 0..cols {
+            let mut c = 0;
+            #[cfg(target_arch = "x86_64")]
+            if b.col_stride == 1 {
+                // Rows lie along n: sixteen columns of two rows per instruction.
+                while c + 16 <= cols {
+                    let j = p * NR + c;
+                    let lo = &b.data[k0 * b.row_stride + j..];
+                    let hi = if k1 < b.rows { &b.data[k1 * b.row_stride + j..] } else { &zeros[..] };
+                    // SAFETY: the bf16 path only runs where `available()` (AVX512-BF16 implies AVX512BW on
+                    // every CPU that has it, and `available` checks both); 16 values lie past `j` in both rows.
+                    unsafe { interleave_pairs(lo, hi, &mut panel[kp * NR + c..]) };
+                    c += 16;
+                }
+            }
+            for c in c..cols {
                 let j = p * NR + c;
                 let hi = if k1 < b.rows { at(b, k1, j) } else { 0.0 };
                 panel[kp * NR + c] = pair(at(b, k0, j), hi);
@@ -76,20 +165,31 @@ fn pack_b(b: &View, k2: usize, threads: usize) -> Vec<u32> {
 }
 
 /// Rows `rows` of A (`m x k`) as panels of MR rows: for each k pair, MR words (zero past the edges).
-fn pack_a(a: &View, rows: std::ops::Range<usize>, k2: usize, out: &mut Vec<u32>) {
+fn pack_a(a: &View, rows: std::ops::Range<usize>, k2: usize, out: &mut Vec<u32>, line: &mut Vec<u32>) {
     let panels = rows.len().div_ceil(MR);
     out.clear();
     out.resize(panels * k2 * MR, 0);
+    line.resize(k2, 0);
     for (p, panel) in out.chunks_mut(k2 * MR).enumerate() {
-        for r in 0..MR {
-            let i = rows.start + p * MR + r;
-            if i >= rows.end {
-                break;
+        let first = rows.start + p * MR;
+        let panel_rows = (rows.end - first).min(MR);
+        if a.col_stride == 1 {
+            // Rows lie along k: each row's pairs in one pass, then spread.
+            for r in 0..panel_rows {
+                let start = (first + r) * a.row_stride;
+                line_pairs(&a.data[start..start + a.cols], line);
+                for (kp, &w) in line.iter().enumerate() {
+                    panel[kp * MR + r] = w;
+                }
             }
+        } else {
+            // Columns lie along m (a transposed operand): read the panel's rows side by side.
             for kp in 0..k2 {
                 let (k0, k1) = (2 * kp, 2 * kp + 1);
-                let hi = if k1 < a.cols { at(a, i, k1) } else { 0.0 };
-                panel[kp * MR + r] = pair(at(a, i, k0), hi);
+                for r in 0..panel_rows {
+                    let hi = if k1 < a.cols { at(a, first + r, k1) } else { 0.0 };
+                    panel[kp * MR + r] = pair(at(a, first + r, k0), hi);
+                }
             }
         }
     }
@@ -115,9 +215,9 @@ pub(crate) fn gemm(dst: ViewMut, a: View, b: View, scale: f32, accumulate: bool,
         }
         blocks
     };
-    let run = |(start, block): (usize, &mut [f32]), packed_a: &mut Vec<u32>| {
+    let run = |(start, block): (usize, &mut [f32]), (packed_a, line): &mut (Vec<u32>, Vec<u32>)| {
         let rows = (m - start).min(MC);
-        pack_a(&a, start..start + rows, k2, packed_a);
+        pack_a(&a, start..start + rows, k2, packed_a, line);
         let tile = Tile { n, row_stride, scale };
         for kc in (0..k2).step_by(KC2) {
             let chunk = (k2 - kc).min(KC2);
@@ -137,10 +237,10 @@ pub(crate) fn gemm(dst: ViewMut, a: View, b: View, scale: f32, accumulate: bool,
         }
     };
     if threads > 1 {
-        blocks.into_par_iter().for_each_init(Vec::new, |packed_a, block| run(block, packed_a));
+        blocks.into_par_iter().for_each_init(Default::default, |scratch, block| run(block, scratch));
     } else {
-        let mut packed_a = Vec::new();
-        blocks.into_iter().for_each(|block| run(block, &mut packed_a));
+        let mut scratch = Default::default();
+        blocks.into_iter().for_each(|block| run(block, &mut scratch));
     }
 }
 
@@ -242,11 +342,19 @@ mod tests {
             return;
         }
         let data: Vec<f32> = (0..120_000).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
-        // Edges in every direction (m, n not multiples of the tile, odd k, k over one chunk), a transposed
-        // operand, a destination inside wider rows, both thread modes, accumulation with a scale.
-        for &(m, n, k, threads) in &[(7, 33, 5, 1), (100, 70, 513, 2), (13, 64, 600, 2), (1, 1, 1, 1)] {
-            let a = View::rows(&data[11..], m, k, k + 3);
-            let b = View::rows(&data[60_000..], n, k, k).t();
+        // Edges in every direction (m, n not multiples of the tile or of 16, odd k, k over one chunk), each
+        // operand stored along k and across it (transposed), a destination inside wider rows, both thread
+        // modes, accumulation with a scale.
+        let cases = [(7, 33, 5, 1), (100, 70, 513, 2), (13, 64, 600, 2), (1, 1, 1, 1), (9, 50, 31, 1)];
+        for (&(m, n, k, threads), layout) in cases.iter().flat_map(|c| std::iter::repeat(c).zip(0..4)) {
+            let a = match layout % 2 {
+                0 => View::rows(&data[11..], m, k, k + 3),
+                _ => View::rows(&data[11..], k, m, m + 1).t(),
+            };
+            let b = match layout / 2 {
+                0 => View::rows(&data[60_000..], n, k, k).t(),
+                _ => View::rows(&data[60_000..], k, n, n + 3),
+            };
             let width = n + 2;
             let mut out = vec![5f32; m * width];
             gemm(ViewMut::rows(&mut out, m, n, width), a, b, 1.0, false, threads);
@@ -259,7 +367,10 @@ mod tests {
                         * 1.5;
                     let scale: f64 = (0..k).map(|l| f64::from((at(&a, i, l) * at(&b, l, j)).abs())).sum::<f64>();
                     let got = f64::from(out[i * width + j]);
-                    assert!((got - exact).abs() <= 1e-5 * scale.max(1.0), "({m}x{n}x{k}) [{i},{j}]: {got} vs {exact}");
+                    assert!(
+                        (got - exact).abs() <= 1e-5 * scale.max(1.0),
+                        "({m}x{n}x{k}, layout {layout}) [{i},{j}]: {got} vs {exact}"
+                    );
                 }
                 assert_eq!(&out[i * width + n..(i + 1) * width], &[5.0, 5.0], "padding untouched");
             }
