@@ -79,7 +79,7 @@ fn line_pairs(src: &[f32], out: &mut [u32]) {
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn convert_pairs(src: &[f32], out: &mut [u32]) {
     use std::arch::x86_64::*;
-    assert!(src.len() % 32 == 0 && out.len() * 2 >= src.len());
+    assert!(src.len().is_multiple_of(32) && out.len() * 2 >= src.len());
     for c in 0..src.len() / 32 {
         // SAFETY: in bounds by the assertion; unaligned loads and stores. The low 16 bf16 of the result
         // are `lo`'s, so in memory the values keep their order: word w is the pair (2w, 2w + 1).
