@@ -16,6 +16,8 @@ def main():
     parser.add_argument("--models", default="DiT-S/2,DiT-B/2")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time each model under torch.autocast('cpu', bfloat16): bf16 matmuls, f32 weights")
     args = parser.parse_args()
     sys.path.insert(0, args.dit_repo)
     from models import DiT_models  # the official definitions
@@ -26,7 +28,10 @@ def main():
           f"mean of {args.iters} timed runs after a warm-up\n")
     print("| model | parameters | forward s/batch | forward images/s | train s/step | train steps/s |")
     print("|---|---|---|---|---|---|")
-    for name in args.models.split(","):
+    rows = [(name, False) for name in args.models.split(",")]
+    if args.bf16:
+        rows = [(name, bf16) for name in args.models.split(",") for bf16 in (False, True)]
+    for name, bf16 in rows:
         torch.manual_seed(0)
         model = DiT_models[name](input_size=32, num_classes=2)
         diffusion = create_diffusion("")
@@ -54,10 +59,12 @@ def main():
                 f()
             return (time.perf_counter() - start) / args.iters
 
-        fwd = mean_seconds(forward)
-        step = mean_seconds(train_step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            fwd = mean_seconds(forward)
+            step = mean_seconds(train_step)
         params = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
-        print(f"| {name} | {params:.1f}M | {fwd:.3f} | {n / fwd:.1f} | {step:.3f} | {1 / step:.3f} |")
+        label = f"{name} (autocast bf16)" if bf16 else name
+        print(f"| {label} | {params:.1f}M | {fwd:.3f} | {n / fwd:.1f} | {step:.3f} | {1 / step:.3f} |")
 
 
 if __name__ == "__main__":
