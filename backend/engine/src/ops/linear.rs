@@ -26,10 +26,12 @@ struct LinearGelu {
 
 /// `x W^T + b` for contiguous f32 operands `(x, w, b)`, `x` of any rank: the values and their shape.
 fn affine(
-    (x, l1): (&[f32], &Layout),
-    (w, l2): (&[f32], &Layout),
-    (b, l3): (&[f32], &Layout),
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
 ) -> CResult<(Vec<f32>, Shape)> {
+    let (x, w, b) = (f32_slice(s1, l1, op)?, f32_slice(s2, l2, op)?, f32_slice(s3, l3, op)?);
     let (out_dim, in_dim) = l2.shape().dims2()?;
     if last_dim(l1) != in_dim || b.len() != out_dim {
         candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?}", l1.dims(), l2.dims(), l3.dims());
@@ -75,9 +77,7 @@ impl CustomOp3 for Linear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let name = self.name();
-        let (y, shape) =
-            affine((f32_slice(s1, l1, name)?, l1), (f32_slice(s2, l2, name)?, l2), (f32_slice(s3, l3, name)?, l3))?;
+        let (y, shape) = affine(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
         Ok((CpuStorage::F32(y), shape))
     }
 
@@ -107,9 +107,7 @@ impl CustomOp3 for LinearGelu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let name = self.name();
-        let (pre, shape) =
-            affine((f32_slice(s1, l1, name)?, l1), (f32_slice(s2, l2, name)?, l2), (f32_slice(s3, l3, name)?, l3))?;
+        let (pre, shape) = affine(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
         let out = gelu_values(&pre);
         // Dropped with the op: at once in inference (no graph keeps it), after the backward in training.
         *self.pre.lock().expect("unpoisoned") = Some(Tensor::from_vec(pre, &shape, &Device::Cpu)?);
