@@ -468,6 +468,25 @@ mod tests {
     }
 
     #[test]
+    fn bf16_precision_applies_inside_its_scope_only() {
+        let mut rng = Rng::new(5);
+        let dev = Device::Cpu;
+        let (x, w, b) =
+            (rng.randn((64, 96), &dev).unwrap(), rng.randn((80, 96), &dev).unwrap(), rng.randn(80, &dev).unwrap());
+        let values = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let before = values(linear(&x, &w, &b).unwrap());
+        let inside = with_matmul_precision(MatmulPrecision::Bf16, || linear(&x, &w, &b).unwrap());
+        let after = values(linear(&x, &w, &b).unwrap());
+        assert_eq!(before, after, "the precision leaked out of its scope");
+        let f32_result = Tensor::from_vec(before.clone(), (64, 80), &dev).unwrap();
+        // bf16 operands carry 8 bits of mantissa: close to the f32 product, and different from it.
+        assert!(rel(&inside, &f32_result) < 2e-2, "{}", rel(&inside, &f32_result));
+        if bf16::available() {
+            assert_ne!(values(inside), before, "bf16 was asked for but the product ran in f32");
+        }
+    }
+
+    #[test]
     fn exp_is_accurate_over_softmax_range() {
         let mut worst = 0f32;
         for i in 0..=870_000 {

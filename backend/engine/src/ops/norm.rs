@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Layout, Shape, Tensor};
 
-use super::{CResult, f32_slice, fused, last_dim, map_rows, map_rows2, token_sums};
+use super::{CResult, f32_slice, fused, last_dim, map_rows, map_rows2, token_sum, token_sums};
 use crate::Result;
 
 /// Mean and reciprocal standard deviation of a row.
@@ -174,7 +174,11 @@ impl CustomOp3 for NormAffine {
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
         let dx = g.apply_op3_no_bwd(x, scale, &NormAffineGradX(*self))?;
-        let dshift = g.apply_op2_no_bwd(shift, &ParamSum)?;
+        // shift's gradient: g summed over the rows sharing each parameter row (a sample's tokens, or all).
+        let dshift = match shift.rank() {
+            1 => token_sum(&g.reshape((g.elem_count() / shift.elem_count().max(1), shift.elem_count()))?)?,
+            _ => token_sum(&g)?,
+        };
         let dscale = g.apply_op3_no_bwd(x, scale, &NormAffineGradScale(*self))?;
         Ok((Some(dx), Some(dshift), Some(dscale)))
     }
@@ -231,25 +235,6 @@ impl CustomOp3 for NormAffineGradScale {
             }
         });
         Ok((CpuStorage::F32(sums), l3.shape().clone()))
-    }
-}
-
-/// (g, param) -> the sums of g over the rows that share each parameter row, in the parameter's shape.
-struct ParamSum;
-
-impl CustomOp2 for ParamSum {
-    fn name(&self) -> &'static str {
-        "repdiff-param-sum"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, _s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let g = f32_slice(s1, l1, self.name())?;
-        let groups = Groups::of(l1, l2, self.name())?;
-        let d = groups.dim;
-        let sums = token_sums(groups.count, groups.rows, d, |row, acc| {
-            acc.iter_mut().zip(&g[row * d..(row + 1) * d]).for_each(|(a, g)| *a += g);
-        });
-        Ok((CpuStorage::F32(sums), l2.shape().clone()))
     }
 }
 
