@@ -18,11 +18,13 @@ mod bf16;
 mod gemm;
 mod linear;
 mod norm;
+mod simd;
 
 pub use attention::attention;
 pub use gemm::{MatmulPrecision, with_matmul_precision};
 pub use linear::{linear, linear_gelu};
 pub use norm::{affine_layer_norm, layer_norm, norm_modulate};
+pub(crate) use simd::vectorized;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -50,9 +52,11 @@ fn map_rows(x: &[f32], d: usize, f: impl Fn(usize, &[f32], &mut [f32]) + Sync) -
     let mut out = vec![0f32; x.len()];
     let rows = rows_per_task(d);
     out.par_chunks_mut(rows * d).zip(x.par_chunks(rows * d)).enumerate().for_each(|(task, (o, x))| {
-        for (i, (o, x)) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
-            f(task * rows + i, x, o);
-        }
+        vectorized(|| {
+            for (i, (o, x)) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+                f(task * rows + i, x, o);
+            }
+        })
     });
     out
 }
@@ -63,9 +67,11 @@ fn map_rows2(a: &[f32], b: &[f32], d: usize, f: impl Fn(usize, &[f32], &[f32], &
     let rows = rows_per_task(d);
     let inputs = a.par_chunks(rows * d).zip(b.par_chunks(rows * d));
     out.par_chunks_mut(rows * d).zip(inputs).enumerate().for_each(|(task, (o, (a, b)))| {
-        for (i, ((o, a), b)) in o.chunks_exact_mut(d).zip(a.chunks_exact(d)).zip(b.chunks_exact(d)).enumerate() {
-            f(task * rows + i, a, b, o);
-        }
+        vectorized(|| {
+            for (i, ((o, a), b)) in o.chunks_exact_mut(d).zip(a.chunks_exact(d)).zip(b.chunks_exact(d)).enumerate() {
+                f(task * rows + i, a, b, o);
+            }
+        })
     });
     out
 }
@@ -101,16 +107,18 @@ fn exp_nonpositive(x: f32) -> f32 {
 }
 
 /// Softmax of one row, in place.
+#[inline(always)]
 fn softmax_row(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = simd::max(row);
     row.iter_mut().for_each(|v| *v = exp_nonpositive(*v - max));
-    let inv = 1.0 / row.iter().sum::<f32>();
+    let inv = 1.0 / simd::sum(row);
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// The gradient of a softmax row `y` from the gradient `g` of its output, in place of `g`: `y * (g - <g, y>)`.
+#[inline(always)]
 fn softmax_grad_row(y: &[f32], g: &mut [f32]) {
-    let dot: f32 = g.iter().zip(y).map(|(a, b)| a * b).sum();
+    let dot = simd::dot(g, y);
     for (g, &y) in g.iter_mut().zip(y) {
         *g = y * (*g - dot);
     }
@@ -195,9 +203,11 @@ fn fast_tanh(x: f32) -> f32 {
 fn gelu_values(x: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(MIN_TASK).zip(x.par_chunks(MIN_TASK)).for_each(|(o, x)| {
-        for (o, &v) in o.iter_mut().zip(x) {
-            *o = 0.5 * v * (1.0 + fast_tanh(SQRT_2_OVER_PI * (v + GELU_C * v * v * v)));
-        }
+        vectorized(|| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = 0.5 * v * (1.0 + fast_tanh(SQRT_2_OVER_PI * (v + GELU_C * v * v * v)));
+            }
+        })
     });
     out
 }
@@ -227,11 +237,13 @@ impl CustomOp2 for GeluGrad {
         let (g, x) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(MIN_TASK).zip(g.par_chunks(MIN_TASK).zip(x.par_chunks(MIN_TASK))).for_each(|(o, (g, x))| {
-            for ((o, &g), &v) in o.iter_mut().zip(g).zip(x) {
-                let t = fast_tanh(SQRT_2_OVER_PI * (v + GELU_C * v * v * v));
-                let dt = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v) * (1.0 - t * t);
-                *o = g * (0.5 * (1.0 + t) + 0.5 * v * dt);
-            }
+            vectorized(|| {
+                for ((o, &g), &v) in o.iter_mut().zip(g).zip(x) {
+                    let t = fast_tanh(SQRT_2_OVER_PI * (v + GELU_C * v * v * v));
+                    let dt = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v) * (1.0 - t * t);
+                    *o = g * (0.5 * (1.0 + t) + 0.5 * v * dt);
+                }
+            })
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -273,9 +285,11 @@ fn token_sums(b: usize, t: usize, d: usize, add_row: impl Fn(usize, &mut [f32]) 
             let (batch, part) = (job / parts, job % parts);
             let mut acc = vec![0f32; d];
             let end = ((part + 1) * rows_per_part).min(t);
-            for row in part * rows_per_part..end {
-                add_row(batch * t + row, &mut acc);
-            }
+            vectorized(|| {
+                for row in part * rows_per_part..end {
+                    add_row(batch * t + row, &mut acc);
+                }
+            });
             acc
         })
         .collect();

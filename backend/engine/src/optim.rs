@@ -8,6 +8,7 @@ use candle_core::{Storage, StorageRef, Tensor, Var, backprop::GradStore};
 use rayon::prelude::*;
 
 use crate::nn::VarSet;
+use crate::ops::vectorized;
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -252,7 +253,7 @@ fn zip2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     assert_eq!(a.len(), b.len(), "zip2: lengths differ");
     let mut out = vec![0f32; a.len()];
     out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
-        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b));
+        vectorized(|| o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b)));
     });
     out
 }
@@ -263,7 +264,7 @@ fn zip3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync
     let mut out = vec![0f32; a.len()];
     let inputs = a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)).zip(c.par_chunks(CHUNK));
     out.par_chunks_mut(CHUNK).zip(inputs).for_each(|(o, ((a, b), c))| {
-        o.iter_mut().zip(a.iter().zip(b).zip(c)).for_each(|(o, ((&a, &b), &c))| *o = f(a, b, c));
+        vectorized(|| o.iter_mut().zip(a.iter().zip(b).zip(c)).for_each(|(o, ((&a, &b), &c))| *o = f(a, b, c)));
     });
     out
 }

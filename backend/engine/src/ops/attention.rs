@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{Exec, View, ViewMut, gemm};
-use super::{CResult, f32_slice, fused, softmax_grad_row, softmax_last_dim, softmax_row};
+use super::{CResult, f32_slice, fused, softmax_grad_row, softmax_last_dim, softmax_row, vectorized};
 use crate::Result;
 
 struct Attention {
@@ -68,7 +68,7 @@ impl Geometry {
             false,
             self.exec,
         );
-        p.chunks_exact_mut(t).for_each(softmax_row);
+        vectorized(|| p.chunks_exact_mut(t).for_each(softmax_row));
     }
 }
 
@@ -123,9 +123,11 @@ impl CustomOp2 for AttentionGrad {
                     let p_view = View::rows(&p, t, t, t);
                     gemm(geo.block_mut(grad, 3 * d, 2, head), p_view.t(), g_head, 1.0, false, exec);
                     gemm(ViewMut::rows(&mut dp, t, t, t), g_head, v.t(), 1.0, false, exec);
-                    for (dp, p) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                        softmax_grad_row(p, dp);
-                    }
+                    vectorized(|| {
+                        for (dp, p) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                            softmax_grad_row(p, dp);
+                        }
+                    });
                     let ds = View::rows(&dp, t, t, t);
                     gemm(geo.block_mut(grad, 3 * d, 0, head), ds, k, geo.scale, false, exec);
                     gemm(geo.block_mut(grad, 3 * d, 1, head), ds.t(), q, geo.scale, false, exec);

@@ -9,31 +9,28 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Layout, Shape, Tensor};
 
-use super::{CResult, f32_slice, fused, last_dim, map_rows, map_rows2, token_sum, token_sums};
+use super::{CResult, f32_slice, fused, last_dim, map_rows, map_rows2, simd, token_sum, token_sums};
 use crate::Result;
 
 /// Mean and reciprocal standard deviation of a row.
+#[inline(always)]
 fn mean_rstd(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = simd::sum(x) / n;
+    let var = simd::sum_map(x, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// The gradient of a normalised row's input from the gradient `gy` of the normalised row `x̂`, written into
-/// `out`: `rstd (gy - mean(gy) - x̂ mean(gy x̂))`. `gy(j)` gives the j-th value of `gy`.
-fn normalised_grad(x: &[f32], eps: f32, gy: impl Fn(usize) -> f32, out: &mut [f32]) {
+/// The gradient of a normalised row's input from the gradient `gy` of the normalised row `x̂`, in place of
+/// `gy`: `rstd (gy - mean(gy) - x̂ mean(gy x̂))`.
+#[inline(always)]
+fn normalised_grad(x: &[f32], eps: f32, gy: &mut [f32]) {
     let n = x.len() as f32;
     let (mean, rstd) = mean_rstd(x, eps);
-    let (mut sum_g, mut sum_gy) = (0f32, 0f32);
-    for (j, &v) in x.iter().enumerate() {
-        let g = gy(j);
-        sum_g += g;
-        sum_gy += g * (v - mean) * rstd;
-    }
-    let (mean_g, mean_gy) = (sum_g / n, sum_gy / n);
-    for (j, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-        *o = rstd * (gy(j) - mean_g - (v - mean) * rstd * mean_gy);
+    let mean_g = simd::sum(gy) / n;
+    let mean_gy = simd::sum_zip(gy, x, |g, v| g * (v - mean)) * rstd / n;
+    for (g, &v) in gy.iter_mut().zip(x) {
+        *g = rstd * (*g - mean_g - (v - mean) * rstd * mean_gy);
     }
 }
 
@@ -76,7 +73,10 @@ impl CustomOp2 for LayerNormGrad {
     /// (g, x) -> the gradient of x.
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (g, x) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let out = map_rows2(g, x, last_dim(l1), |_, g, x, o| normalised_grad(x, self.eps, |j| g[j], o));
+        let out = map_rows2(g, x, last_dim(l1), |_, g, x, o| {
+            o.copy_from_slice(g);
+            normalised_grad(x, self.eps, o);
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -203,8 +203,10 @@ impl CustomOp3 for NormAffineGradX {
         let groups = Groups::of(l2, l3, self.name())?;
         let NormAffine { eps, offset } = self.0;
         let out = map_rows2(g, x, groups.dim, |row, g, x, o| {
-            let sc = groups.param(scale, row);
-            normalised_grad(x, eps, |j| g[j] * (offset + sc[j]), o);
+            for ((o, &g), &sc) in o.iter_mut().zip(g).zip(groups.param(scale, row)) {
+                *o = g * (offset + sc);
+            }
+            normalised_grad(x, eps, o);
         });
         Ok((CpuStorage::F32(out), l2.shape().clone()))
     }
