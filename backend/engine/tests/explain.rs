@@ -4,6 +4,8 @@
 
 mod toy;
 
+use toy::verticality;
+
 use repdiff_engine::data::Dataset;
 use repdiff_engine::diffusion::SamplerKind;
 use repdiff_engine::explain::{
@@ -14,13 +16,6 @@ use repdiff_engine::{Device, Tensor};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-}
-
-/// How much more an image's columns vary than its rows (positive: a vertical bar).
-fn verticality(image: &Tensor) -> f32 {
-    let image = image.squeeze(0).unwrap();
-    let spread = |means: Tensor| means.var_keepdim(0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
-    spread(image.mean(0).unwrap()) - spread(image.mean(1).unwrap())
 }
 
 #[test]
