@@ -147,8 +147,8 @@ fn an_incompatible_checkpoint_is_refused_with_every_difference() {
 
 /// Pre-trains a `pretraining` model on unlabelled toy bars (both orientations), fine-tunes a
 /// class-conditional model from its checkpoint's EMA weights on the labelled bars (class 0 horizontal,
-/// class 1 vertical), and draws `per_class` samples of each class at each guidance scale. Returns the share
-/// of vertical bars among each class's samples, per scale.
+/// class 1 vertical), and draws `per_class` samples of each class from its weights at each guidance scale.
+/// Returns the share of vertical bars among each class's samples, per scale.
 fn fine_tuned_vertical_shares(
     pretraining: Conditioning,
     name: &str,
@@ -158,20 +158,21 @@ fn fine_tuned_vertical_shares(
     let dir = std::env::temp_dir().join(format!("repdiff-finetune-draws-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let checkpoint = dir.join("pretrained.safetensors");
-    let train = |mut config: RunConfig, steps: usize| {
+    let (pretrain_steps, finetune_steps) = (600, 1200);
+    let schedule = |mut config: RunConfig, steps: usize| {
         (config.train.steps, config.train.batch_size, config.train.learning_rate, config.train.seed) =
             (steps, 16, 1e-3, 3);
         config
     };
     let bars = Dataset::toy_bars(64, 8, 11, &Device::Cpu).unwrap();
     let unlabelled = Dataset::new(bars.samples.clone(), None, Vec::new()).unwrap();
-    let mut pretrain = Trainer::new(train(config(pretraining), 600), &Device::Cpu).unwrap();
-    pretrain.run(&unlabelled, 600, Some(&checkpoint), &CancelToken::default(), |_| {}).unwrap();
+    let mut pretrain = Trainer::new(schedule(config(pretraining), pretrain_steps), &Device::Cpu).unwrap();
+    pretrain.run(&unlabelled, pretrain_steps, Some(&checkpoint), &CancelToken::default(), |_| {}).unwrap();
 
-    let target = train(config(class()), 1200);
+    let target = schedule(config(class()), finetune_steps);
     let (transfer, _) = finetune::from_checkpoint(&checkpoint, &target.model, 9, false, &Device::Cpu).unwrap();
     let mut finetune = Trainer::from_weights(target.clone(), transfer.weights, &Device::Cpu).unwrap();
-    finetune.run(&bars, 1200, None, &CancelToken::default(), |_| {}).unwrap();
+    finetune.run(&bars, finetune_steps, None, &CancelToken::default(), |_| {}).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 
     let shares = |guidance_scale: f64| {
