@@ -52,11 +52,14 @@ fn map_rows(x: &[f32], d: usize, f: impl Fn(usize, &[f32], &mut [f32]) + Sync) -
     let mut out = vec![0f32; x.len()];
     let rows = rows_per_task(d);
     out.par_chunks_mut(rows * d).zip(x.par_chunks(rows * d)).enumerate().for_each(|(task, (o, x))| {
-        vectorized(|| {
-            for (i, (o, x)) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
-                f(task * rows + i, x, o);
-            }
-        })
+        vectorized(
+            #[inline(always)]
+            || {
+                for (i, (o, x)) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+                    f(task * rows + i, x, o);
+                }
+            },
+        )
     });
     out
 }
@@ -67,11 +70,15 @@ fn map_rows2(a: &[f32], b: &[f32], d: usize, f: impl Fn(usize, &[f32], &[f32], &
     let rows = rows_per_task(d);
     let inputs = a.par_chunks(rows * d).zip(b.par_chunks(rows * d));
     out.par_chunks_mut(rows * d).zip(inputs).enumerate().for_each(|(task, (o, (a, b)))| {
-        vectorized(|| {
-            for (i, ((o, a), b)) in o.chunks_exact_mut(d).zip(a.chunks_exact(d)).zip(b.chunks_exact(d)).enumerate() {
-                f(task * rows + i, a, b, o);
-            }
-        })
+        vectorized(
+            #[inline(always)]
+            || {
+                for (i, ((o, a), b)) in o.chunks_exact_mut(d).zip(a.chunks_exact(d)).zip(b.chunks_exact(d)).enumerate()
+                {
+                    f(task * rows + i, a, b, o);
+                }
+            },
+        )
     });
     out
 }
@@ -110,9 +117,13 @@ fn exp_nonpositive(x: f32) -> f32 {
 #[inline(always)]
 fn softmax_row(row: &mut [f32]) {
     let max = simd::max(row);
-    row.iter_mut().for_each(|v| *v = exp_nonpositive(*v - max));
+    for v in row.iter_mut() {
+        *v = exp_nonpositive(*v - max);
+    }
     let inv = 1.0 / simd::sum(row);
-    row.iter_mut().for_each(|v| *v *= inv);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
 }
 
 /// The gradient of a softmax row `y` from the gradient `g` of its output, in place of `g`: `y * (g - <g, y>)`.
@@ -131,10 +142,15 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let out = map_rows(x, last_dim(l), |_, x, o| {
-            o.copy_from_slice(x);
-            softmax_row(o);
-        });
+        let out = map_rows(
+            x,
+            last_dim(l),
+            #[inline(always)]
+            |_, x, o| {
+                o.copy_from_slice(x);
+                softmax_row(o);
+            },
+        );
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -151,10 +167,16 @@ impl CustomOp2 for SoftmaxGrad {
     /// (g, y) -> y * (g - <g, y>)
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (g, y) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let out = map_rows2(g, y, last_dim(l1), |_, g, y, o| {
-            o.copy_from_slice(g);
-            softmax_grad_row(y, o);
-        });
+        let out = map_rows2(
+            g,
+            y,
+            last_dim(l1),
+            #[inline(always)]
+            |_, g, y, o| {
+                o.copy_from_slice(g);
+                softmax_grad_row(y, o);
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -203,11 +225,14 @@ fn fast_tanh(x: f32) -> f32 {
 fn gelu_values(x: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(MIN_TASK).zip(x.par_chunks(MIN_TASK)).for_each(|(o, x)| {
-        vectorized(|| {
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = 0.5 * v * (1.0 + fast_tanh(SQRT_2_OVER_PI * (v + GELU_C * v * v * v)));
-            }
-        })
+        vectorized(
+            #[inline(always)]
+            || {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = 0.5 * v * (1.0 + fast_tanh(SQRT_2_OVER_PI * (v + GELU_C * v * v * v)));
+                }
+            },
+        )
     });
     out
 }
@@ -237,13 +262,16 @@ impl CustomOp2 for GeluGrad {
         let (g, x) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(MIN_TASK).zip(g.par_chunks(MIN_TASK).zip(x.par_chunks(MIN_TASK))).for_each(|(o, (g, x))| {
-            vectorized(|| {
-                for ((o, &g), &v) in o.iter_mut().zip(g).zip(x) {
-                    let t = fast_tanh(SQRT_2_OVER_PI * (v + GELU_C * v * v * v));
-                    let dt = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v) * (1.0 - t * t);
-                    *o = g * (0.5 * (1.0 + t) + 0.5 * v * dt);
-                }
-            })
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((o, &g), &v) in o.iter_mut().zip(g).zip(x) {
+                        let t = fast_tanh(SQRT_2_OVER_PI * (v + GELU_C * v * v * v));
+                        let dt = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v) * (1.0 - t * t);
+                        *o = g * (0.5 * (1.0 + t) + 0.5 * v * dt);
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -285,11 +313,14 @@ fn token_sums(b: usize, t: usize, d: usize, add_row: impl Fn(usize, &mut [f32]) 
             let (batch, part) = (job / parts, job % parts);
             let mut acc = vec![0f32; d];
             let end = ((part + 1) * rows_per_part).min(t);
-            vectorized(|| {
-                for row in part * rows_per_part..end {
-                    add_row(batch * t + row, &mut acc);
-                }
-            });
+            vectorized(
+                #[inline(always)]
+                || {
+                    for row in part * rows_per_part..end {
+                        add_row(batch * t + row, &mut acc);
+                    }
+                },
+            );
             acc
         })
         .collect();
@@ -319,9 +350,17 @@ impl CustomOp1 for TokenSum {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let (b, t, d) = btd(l);
-        let sums = token_sums(b, t, d, |row, acc| {
-            acc.iter_mut().zip(&x[row * d..(row + 1) * d]).for_each(|(a, x)| *a += x);
-        });
+        let sums = token_sums(
+            b,
+            t,
+            d,
+            #[inline(always)]
+            |row, acc| {
+                for (a, x) in acc.iter_mut().zip(&x[row * d..(row + 1) * d]) {
+                    *a += x;
+                }
+            },
+        );
         Ok((CpuStorage::F32(sums), summed_shape(l)))
     }
 }
@@ -334,10 +373,18 @@ impl CustomOp2 for TokenSumProduct {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (x, y) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let (b, t, d) = btd(l1);
-        let sums = token_sums(b, t, d, |row, acc| {
-            let (x, y) = (&x[row * d..(row + 1) * d], &y[row * d..(row + 1) * d]);
-            acc.iter_mut().zip(x.iter().zip(y)).for_each(|(a, (x, y))| *a += x * y);
-        });
+        let sums = token_sums(
+            b,
+            t,
+            d,
+            #[inline(always)]
+            |row, acc| {
+                let (x, y) = (&x[row * d..(row + 1) * d], &y[row * d..(row + 1) * d]);
+                for (a, (x, y)) in acc.iter_mut().zip(x.iter().zip(y)) {
+                    *a += x * y;
+                }
+            },
+        );
         Ok((CpuStorage::F32(sums), summed_shape(l1)))
     }
 }
@@ -358,6 +405,7 @@ struct GatedResidual;
 struct Gate;
 
 /// The gate row of token row `row` of a `[B, T, D]` tensor.
+#[inline(always)]
 fn gate_row(gate: &[f32], row: usize, t: usize, d: usize) -> &[f32] {
     let b = row / t.max(1);
     &gate[b * d..(b + 1) * d]
@@ -383,11 +431,17 @@ impl CustomOp3 for GatedResidual {
         if l2.dims() != l1.dims() || l3.dims() != [b, d] {
             candle_core::bail!("gated residual: x {:?}, branch {:?}, gate {:?}", l1.dims(), l2.dims(), l3.dims());
         }
-        let out = map_rows2(x, a, d, |row, x, a, o| {
-            for (((o, &x), &a), &gate) in o.iter_mut().zip(x).zip(a).zip(gate_row(gate, row, t, d)) {
-                *o = x + a * gate;
-            }
-        });
+        let out = map_rows2(
+            x,
+            a,
+            d,
+            #[inline(always)]
+            |row, x, a, o| {
+                for (((o, &x), &a), &gate) in o.iter_mut().zip(x).zip(a).zip(gate_row(gate, row, t, d)) {
+                    *o = x + a * gate;
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -416,11 +470,16 @@ impl CustomOp2 for Gate {
         if l2.dims() != [b, d] {
             candle_core::bail!("gate: gradient {:?}, gate {:?}", l1.dims(), l2.dims());
         }
-        let out = map_rows(g, d, |row, g, o| {
-            for ((o, &g), &gate) in o.iter_mut().zip(g).zip(gate_row(gate, row, t, d)) {
-                *o = g * gate;
-            }
-        });
+        let out = map_rows(
+            g,
+            d,
+            #[inline(always)]
+            |row, g, o| {
+                for ((o, &g), &gate) in o.iter_mut().zip(g).zip(gate_row(gate, row, t, d)) {
+                    *o = g * gate;
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -183,7 +183,12 @@ impl Ema {
                 let fused = match (CpuValues::of(shadow), CpuValues::of(var.as_tensor())) {
                     (Some(s), Some(p)) => {
                         let (keep, take) = (decay as f32, (1.0 - decay) as f32);
-                        Some(zip2(s.values(), p.values(), |s, p| keep * s + take * p))
+                        Some(zip2(
+                            s.values(),
+                            p.values(),
+                            #[inline(always)]
+                            |s, p| keep * s + take * p,
+                        ))
                     }
                     _ => None,
                 };
@@ -237,11 +242,25 @@ impl AdamWStep {
     /// The new parameter and moments from the old ones and the gradient, in one pass (the composed update
     /// is ten tensor ops, each a pass over the parameter and a fresh allocation).
     fn apply(&self, p: &[f32], g: &[f32], m: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let new_m = zip2(m, g, |m, g| self.beta1 * m + self.one_minus_beta1 * g);
-        let new_v = zip2(v, g, |v, g| self.beta2 * v + self.one_minus_beta2 * g * g);
-        let new_p = zip3(p, &new_m, &new_v, |p, m, v| {
-            self.decay * p - self.step_size * m / (v.sqrt() * self.inv_bias2_sqrt + self.eps)
-        });
+        let new_m = zip2(
+            m,
+            g,
+            #[inline(always)]
+            |m, g| self.beta1 * m + self.one_minus_beta1 * g,
+        );
+        let new_v = zip2(
+            v,
+            g,
+            #[inline(always)]
+            |v, g| self.beta2 * v + self.one_minus_beta2 * g * g,
+        );
+        let new_p = zip3(
+            p,
+            &new_m,
+            &new_v,
+            #[inline(always)]
+            |p, m, v| self.decay * p - self.step_size * m / (v.sqrt() * self.inv_bias2_sqrt + self.eps),
+        );
         (new_p, new_m, new_v)
     }
 }
@@ -253,7 +272,14 @@ fn zip2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     assert_eq!(a.len(), b.len(), "zip2: lengths differ");
     let mut out = vec![0f32; a.len()];
     out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
-        vectorized(|| o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b)));
+        vectorized(
+            #[inline(always)]
+            || {
+                for (o, (&a, &b)) in o.iter_mut().zip(a.iter().zip(b)) {
+                    *o = f(a, b);
+                }
+            },
+        );
     });
     out
 }
@@ -264,7 +290,14 @@ fn zip3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync
     let mut out = vec![0f32; a.len()];
     let inputs = a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)).zip(c.par_chunks(CHUNK));
     out.par_chunks_mut(CHUNK).zip(inputs).for_each(|(o, ((a, b), c))| {
-        vectorized(|| o.iter_mut().zip(a.iter().zip(b).zip(c)).for_each(|(o, ((&a, &b), &c))| *o = f(a, b, c)));
+        vectorized(
+            #[inline(always)]
+            || {
+                for (o, ((&a, &b), &c)) in o.iter_mut().zip(a.iter().zip(b).zip(c)) {
+                    *o = f(a, b, c);
+                }
+            },
+        );
     });
     out
 }

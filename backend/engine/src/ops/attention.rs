@@ -68,7 +68,14 @@ impl Geometry {
             false,
             self.exec,
         );
-        vectorized(|| p.chunks_exact_mut(t).for_each(softmax_row));
+        vectorized(
+            #[inline(always)]
+            || {
+                for row in p.chunks_exact_mut(t) {
+                    softmax_row(row);
+                }
+            },
+        );
     }
 }
 
@@ -123,11 +130,14 @@ impl CustomOp2 for AttentionGrad {
                     let p_view = View::rows(&p, t, t, t);
                     gemm(geo.block_mut(grad, 3 * d, 2, head), p_view.t(), g_head, 1.0, false, exec);
                     gemm(ViewMut::rows(&mut dp, t, t, t), g_head, v.t(), 1.0, false, exec);
-                    vectorized(|| {
-                        for (dp, p) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                            softmax_grad_row(p, dp);
-                        }
-                    });
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for (dp, p) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                                softmax_grad_row(p, dp);
+                            }
+                        },
+                    );
                     let ds = View::rows(&dp, t, t, t);
                     gemm(geo.block_mut(grad, 3 * d, 0, head), ds, k, geo.scale, false, exec);
                     gemm(geo.block_mut(grad, 3 * d, 1, head), ds.t(), q, geo.scale, false, exec);

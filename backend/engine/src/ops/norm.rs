@@ -51,12 +51,17 @@ impl CustomOp1 for LayerNorm {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let out = map_rows(x, last_dim(l), |_, x, o| {
-            let (mean, rstd) = mean_rstd(x, self.eps);
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = (v - mean) * rstd;
-            }
-        });
+        let out = map_rows(
+            x,
+            last_dim(l),
+            #[inline(always)]
+            |_, x, o| {
+                let (mean, rstd) = mean_rstd(x, self.eps);
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = (v - mean) * rstd;
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -73,10 +78,16 @@ impl CustomOp2 for LayerNormGrad {
     /// (g, x) -> the gradient of x.
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (g, x) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let out = map_rows2(g, x, last_dim(l1), |_, g, x, o| {
-            o.copy_from_slice(g);
-            normalised_grad(x, self.eps, o);
-        });
+        let out = map_rows2(
+            g,
+            x,
+            last_dim(l1),
+            #[inline(always)]
+            |_, g, x, o| {
+                o.copy_from_slice(g);
+                normalised_grad(x, self.eps, o);
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -130,6 +141,7 @@ impl Groups {
     }
 
     /// The parameter row of row `row` of x.
+    #[inline(always)]
     fn param<'a>(&self, values: &'a [f32], row: usize) -> &'a [f32] {
         let p = row / self.rows.max(1);
         &values[p * self.dim..(p + 1) * self.dim]
@@ -154,13 +166,18 @@ impl CustomOp3 for NormAffine {
         let (shift, scale) = (f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
         let groups = Groups::of(l1, l2, self.name())?;
         Groups::of(l1, l3, self.name())?;
-        let out = map_rows(x, groups.dim, |row, x, o| {
-            let (sh, sc) = (groups.param(shift, row), groups.param(scale, row));
-            let (mean, rstd) = mean_rstd(x, self.eps);
-            for (((o, &v), &sh), &sc) in o.iter_mut().zip(x).zip(sh).zip(sc) {
-                *o = (v - mean) * rstd * (self.offset + sc) + sh;
-            }
-        });
+        let out = map_rows(
+            x,
+            groups.dim,
+            #[inline(always)]
+            |row, x, o| {
+                let (sh, sc) = (groups.param(shift, row), groups.param(scale, row));
+                let (mean, rstd) = mean_rstd(x, self.eps);
+                for (((o, &v), &sh), &sc) in o.iter_mut().zip(x).zip(sh).zip(sc) {
+                    *o = (v - mean) * rstd * (self.offset + sc) + sh;
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -202,12 +219,18 @@ impl CustomOp3 for NormAffineGradX {
         let scale = f32_slice(s3, l3, self.name())?;
         let groups = Groups::of(l2, l3, self.name())?;
         let NormAffine { eps, offset } = self.0;
-        let out = map_rows2(g, x, groups.dim, |row, g, x, o| {
-            for ((o, &g), &sc) in o.iter_mut().zip(g).zip(groups.param(scale, row)) {
-                *o = g * (offset + sc);
-            }
-            normalised_grad(x, eps, o);
-        });
+        let out = map_rows2(
+            g,
+            x,
+            groups.dim,
+            #[inline(always)]
+            |row, g, x, o| {
+                for ((o, &g), &sc) in o.iter_mut().zip(g).zip(groups.param(scale, row)) {
+                    *o = g * (offset + sc);
+                }
+                normalised_grad(x, eps, o);
+            },
+        );
         Ok((CpuStorage::F32(out), l2.shape().clone()))
     }
 }
@@ -229,13 +252,19 @@ impl CustomOp3 for NormAffineGradScale {
         let (g, x) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
         let groups = Groups::of(l2, l3, self.name())?;
         let d = groups.dim;
-        let sums = token_sums(groups.count, groups.rows, d, |row, acc| {
-            let (x, g) = (&x[row * d..(row + 1) * d], &g[row * d..(row + 1) * d]);
-            let (mean, rstd) = mean_rstd(x, self.0.eps);
-            for ((a, &g), &v) in acc.iter_mut().zip(g).zip(x) {
-                *a += g * (v - mean) * rstd;
-            }
-        });
+        let sums = token_sums(
+            groups.count,
+            groups.rows,
+            d,
+            #[inline(always)]
+            |row, acc| {
+                let (x, g) = (&x[row * d..(row + 1) * d], &g[row * d..(row + 1) * d]);
+                let (mean, rstd) = mean_rstd(x, self.0.eps);
+                for ((a, &g), &v) in acc.iter_mut().zip(g).zip(x) {
+                    *a += g * (v - mean) * rstd;
+                }
+            },
+        );
         Ok((CpuStorage::F32(sums), l3.shape().clone()))
     }
 }

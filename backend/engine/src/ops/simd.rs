@@ -9,6 +9,11 @@
 //! A running sum `s += x[i]` never vectorises (float addition is not associative, and the compiler keeps
 //! the order written), and at 4 cycles per add it was the slow part of a softmax or norm row. The
 //! reductions here keep [`LANES`] partial sums instead: another order of summation, as any BLAS has.
+//!
+//! Only code inlined into the dispatched function gets the wider instructions, and LLVM decides alone
+//! whether to inline a closure or a std iterator adapter (`for_each` and `sum` go through `fold`, which it
+//! often keeps out of line, compiled for baseline SSE2). So every closure handed to [`vectorized`] (and
+//! every closure it calls) is `#[inline(always)]`, and the kernels loop with `for`, not `for_each`.
 
 /// Runs `f` compiled for the widest vector instructions this CPU has.
 #[inline(always)]
@@ -25,13 +30,20 @@ pub(crate) fn sum_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 
     assert_eq!(a.len(), b.len(), "sum_zip: lengths differ");
     let mut acc = [0f32; LANES];
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(&a, &b)| f(a, b)).sum();
+    let mut tail = 0f32;
+    for (&a, &b) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
+        tail += f(a, b);
+    }
     for (a, b) in a_chunks.zip(b_chunks) {
         for ((acc, &a), &b) in acc.iter_mut().zip(a).zip(b) {
             *acc += f(a, b);
         }
     }
-    acc.iter().sum::<f32>() + tail
+    let mut total = 0f32;
+    for a in acc {
+        total += a;
+    }
+    total + tail
 }
 
 /// `sum_i f(x[i])`.
@@ -57,13 +69,20 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut tail = f32::NEG_INFINITY;
+    for &v in chunks.remainder() {
+        tail = tail.max(v);
+    }
     for chunk in chunks {
         for (acc, &v) in acc.iter_mut().zip(chunk) {
             *acc = acc.max(v);
         }
     }
-    acc.into_iter().fold(tail, f32::max)
+    let mut max = tail;
+    for a in acc {
+        max = max.max(a);
+    }
+    max
 }
 
 #[cfg(test)]
@@ -78,7 +97,10 @@ mod tests {
             let sum64: f64 = a.iter().map(|&v| v as f64).sum();
             let dot64: f64 = a.iter().zip(&b).map(|(&a, &b)| a as f64 * b as f64).sum();
             let sq64: f64 = a.iter().map(|&v| (v as f64 - 0.5).powi(2)).sum();
-            let (s, d, q) = vectorized(|| (sum(&a), dot(&a, &b), sum_map(&a, |v| (v - 0.5) * (v - 0.5))));
+            let (s, d, q) = vectorized(
+                #[inline(always)]
+                || (sum(&a), dot(&a, &b), sum_map(&a, |v| (v - 0.5) * (v - 0.5))),
+            );
             assert!((s as f64 - sum64).abs() < 1e-4, "n {n}: sum {s} vs {sum64}");
             assert!((d as f64 - dot64).abs() < 1e-4, "n {n}: dot {d} vs {dot64}");
             assert!((q as f64 - sq64).abs() < 1e-3, "n {n}: squares {q} vs {sq64}");
