@@ -663,10 +663,12 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     assert!(table.contains("| 500 |"), "the validation sweep lists every timestep: {table}");
     assert!(summary["table6"][1]["intervals"]["accuracy"][1].as_f64().is_some());
     assert!(out.join("counterfactuals/counterfactuals.png").exists());
-    // Class fidelity: each fine-tuned model's 3 + 3 samples, without and with guidance, sorted by the
-    // other model's classifier at the timestep it chose.
+    // Class fidelity: each fine-tuned model's 3 + 3 samples (ancestral DDPM, whose samples the judges read
+    // more faithfully than DDIM's), without and with guidance, sorted by the other model's classifier at the
+    // timestep it chose.
     let row = "| representation pre-training | 3.0 | unconditional pre-training |";
     assert!(table.contains("## Class fidelity") && table.contains(row), "{table}");
+    assert!(table.contains("(DDPM 100, classifier-free guidance 1"), "{table}");
     let fidelity = summary["class_fidelity"].as_array().unwrap();
     assert_eq!(fidelity.len(), 4);
     let uncond: serde_json::Value =
