@@ -669,6 +669,11 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     let row = "| representation pre-training | 3.0 | unconditional pre-training |";
     assert!(table.contains("## Class fidelity") && table.contains(row), "{table}");
     assert!(table.contains("(DDPM 100, classifier-free guidance 1"), "{table}");
+    assert!(
+        text(&first).contains("[class-samples-rep-g1] Sampling 6 images with Ddpm over 100 steps"),
+        "{}",
+        text(&first)
+    );
     let fidelity = summary["class_fidelity"].as_array().unwrap();
     assert_eq!(fidelity.len(), 4);
     let uncond: serde_json::Value =

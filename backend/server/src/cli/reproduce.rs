@@ -102,12 +102,8 @@ struct Plan {
     eval_sampler: &'static str,
     eval_steps: usize,
     /// Samples per class from each fine-tuned model for the class-fidelity check, and how they are drawn:
-    /// ancestral DDPM, not DDIM. The tiny models' DDIM samples carry artefacts the judges read as markers:
-    /// 256 per class of the unconditionally pre-trained tiny-cpu model (guidance 1), sorted by the other
-    /// model's classifier, were called positive in 55.9% (class 0) vs 66.4% (class 1) with DDIM 50, 42.6% vs
-    /// 60.5% with DDPM 100, 39.8% vs 62.5% with DDPM 250, 41.4% vs 62.9% with all 1,000 steps (real test
-    /// slices: 17.1% vs 89.3%). The representation pre-training's fine-tuned model was indifferent to the
-    /// sampler (63.7% vs 80.1% with DDIM 50, 64.1% vs 81.2% with DDPM 100).
+    /// ancestral DDPM, not DDIM, whose samples of the unconditionally pre-trained tiny model the judges
+    /// called positive far more often (docs/benchmarks.md, "Class fidelity and the sampler").
     class_samples: usize,
     class_sampler: &'static str,
     class_steps: usize,
