@@ -647,6 +647,12 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     assert!(text(&first).contains("[supervised-tiny] $ repdiff supervised --arch tiny"), "{}", text(&first));
     let progress = |l: &str| l.starts_with("[finetune-uncond]") && l.contains("2/2 steps");
     assert!(text(&first).lines().any(progress), "{}", text(&first));
+    // The pipeline's own progress, for a job that runs it: the steps planned, then each one finished.
+    let output = text(&first);
+    let counts: Vec<&str> = output.lines().filter_map(|l| l.strip_prefix("progress: ")).collect();
+    let total = counts[0].strip_prefix("0/").and_then(|r| r.split(' ').next()).unwrap_or("?").to_string();
+    assert!(counts.last().is_some_and(|l| l.starts_with(&format!("{total}/{total} "))), "{counts:?}");
+    assert_eq!(counts.len(), total.parse::<usize>().unwrap() + 1, "{counts:?}");
     let table = std::fs::read_to_string(out.join("table6.md")).unwrap();
     for method in [
         "unconditional pre-training",

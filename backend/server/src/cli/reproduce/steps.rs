@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use repdiff_engine::train::CancelToken;
+use repdiff_server::process::PIPELINE_PROGRESS;
 
 use super::{path, strings};
 
@@ -22,6 +23,11 @@ pub(super) fn step(title: &str, args: &[String], timings: &mut Vec<(String, f64)
     crate::cli::run(cli).with_context(|| title.to_string())?;
     timings.push((title.to_string(), started.elapsed().as_secs_f64()));
     Ok(())
+}
+
+/// Announces a finished step (`progress: 3/17 pre-train (rep)`), as [`PIPELINE_PROGRESS`] says.
+fn announce(done: usize, total: usize, what: &str) {
+    println!("{PIPELINE_PROGRESS}{done}/{total} {what}");
 }
 
 const INTERRUPTED: &str = "interrupted: finished steps and checkpoints are kept; run the same command again to go on";
@@ -101,9 +107,11 @@ impl Board {
 /// (in order) whose prerequisites are done, as a child `repdiff` process with its share of the cores and
 /// its output lines tagged. A failed step stops only what needs it: the others finish what a rerun keeps.
 pub(super) fn run_steps(steps: &[Step], jobs: usize, timings: &mut Vec<(String, f64)>) -> Result<()> {
+    announce(0, steps.len(), "steps planned");
     if jobs <= 1 || steps.len() <= 1 {
-        for s in steps {
+        for (i, s) in steps.iter().enumerate() {
             step(&s.title, &s.args, timings)?;
+            announce(i + 1, steps.len(), &s.title);
             if crate::cli::interrupted() {
                 bail!(INTERRUPTED);
             }
@@ -130,6 +138,7 @@ pub(super) fn run_steps(steps: &[Step], jobs: usize, timings: &mut Vec<(String, 
                         Ok(()) => {
                             board.progress[i] = Progress::Done;
                             board.timings.push((steps[i].title.clone(), started.elapsed().as_secs_f64()));
+                            announce(board.timings.len(), steps.len(), &steps[i].title);
                         }
                         Err(e) => {
                             board.progress[i] = Progress::Failed;
@@ -180,6 +189,7 @@ fn run_child(s: &Step, threads: usize) -> Result<()> {
     let exe = std::env::current_exe().context("locating the repdiff binary")?;
     let mut command = Command::new(exe);
     command.args(&s.args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    repdiff_server::process::die_with_parent(&mut command);
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         command.env("RAYON_NUM_THREADS", threads.to_string());
     }

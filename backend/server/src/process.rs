@@ -1,0 +1,30 @@
+//! Child processes that must not outlive the process that started them.
+
+use std::process::Command;
+
+/// How `repdiff reproduce` announces each finished step of the pipeline, for whatever runs it (a
+/// `reproduce` job reads these lines as its progress): `progress: 3/17 pre-train (rep)`; the first,
+/// `progress: 0/17 steps planned`, once the steps are planned.
+pub const PIPELINE_PROGRESS: &str = "progress: ";
+
+/// Makes `command`'s process receive SIGKILL when the thread that starts it ends (Linux; elsewhere
+/// nothing). A worker or `repdiff reproduce` killed outright then leaves no step running on, writing
+/// into a folder nobody reads and holding cores the next attempt needs. The thread that spawns the child
+/// must be the one that waits for it, as a thread's exit counts as the parent's death.
+pub fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}
