@@ -647,6 +647,93 @@ pub struct EvaluateReport {
     pub histogram: Option<FeatureHistogram>,
 }
 
+/// The result of a `reproduce` job: the paper's whole pipeline's tables (`repdiff reproduce`'s
+/// `table6.json`) and its Markdown report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ReproduceReport {
+    /// The preset the pipeline ran (`TinyCpu`, `Paper`).
+    pub preset: String,
+    pub seed: u64,
+    pub pretrain_steps: usize,
+    pub finetune_steps: usize,
+    /// Table 6: every method's test result (the diffusion classifiers first).
+    pub table6: Vec<Table6Row>,
+    /// Each fine-tuned model's class-conditional samples as the other model's classifier sorts them.
+    #[serde(default)]
+    pub class_fidelity: Vec<FidelityRow>,
+    /// Table 5: both pre-trained models' generation metrics; none when left out.
+    #[serde(default)]
+    pub table5: Option<Vec<Table5Row>>,
+    #[serde(default)]
+    pub timings_s: Vec<StepTiming>,
+    pub total_s: f64,
+    /// The whole report as Markdown (the tables, the validation sweeps).
+    #[serde(default)]
+    pub markdown: String,
+}
+
+/// One method of Table 6 on the test part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Table6Row {
+    pub method: String,
+    /// The diffusion classifier's timestep, chosen on validation.
+    #[serde(default)]
+    pub chosen_t: Option<usize>,
+    pub metrics: ClassMetrics,
+    #[serde(default)]
+    pub intervals: Option<Intervals>,
+    #[serde(default)]
+    pub forwards_per_image: Option<f64>,
+    #[serde(default)]
+    pub agreement: Option<Agreement>,
+    /// A linear probe's regularisation, chosen on validation.
+    #[serde(default)]
+    pub lambda: Option<f64>,
+}
+
+/// How one judge classifier sorts one fine-tuned model's samples at one guidance scale.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FidelityRow {
+    /// `rep` or `uncond`: the pre-training of the model that drew the samples, and of the judge's.
+    pub samples_of: String,
+    pub guidance: f64,
+    pub judge: String,
+    pub t: usize,
+    /// Per class, the fraction of its samples the judge calls that class.
+    pub samples_per_class: Vec<f64>,
+    pub samples_confusion: Vec<Vec<usize>>,
+    /// The same on the real test slices.
+    pub real_test_per_class: Vec<f64>,
+}
+
+/// One pre-trained model's generation metrics in Table 5.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Table5Row {
+    pub name: String,
+    /// `inception-v3` (the field's FID) or a random network's label.
+    pub extractor: String,
+    pub real: usize,
+    pub generated: usize,
+    pub fid: f64,
+    pub sfid: f64,
+    pub inception_score: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub density: f64,
+    pub coverage: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct StepTiming {
+    pub step: String,
+    pub seconds: f64,
+}
+
 /// Checks the name of a dataset or an experiment (`what`): 1 to 200 characters, not only spaces.
 pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     if name.trim().is_empty() || name.chars().count() > 200 {

@@ -59,6 +59,7 @@ impl App {
         let settings = JobSettings {
             import_roots: vec![dir.join("imports")],
             weights_dir: dir.join("model-weights"),
+            exe: PathBuf::from(env!("CARGO_BIN_EXE_repdiff")),
             ..JobSettings::default()
         };
         let registry = jobs::registry(&settings);
@@ -525,6 +526,64 @@ async fn a_training_run_measures_its_checkpoints_as_it_trains() {
             .any(|l| l["message"].as_str().unwrap().starts_with("step 25, 8 samples against 12 training images")),
         "{logs}"
     );
+    app.finish().await;
+}
+
+/// The whole paper pipeline as one job, on phantoms, with every stage cut to a few steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_paper_pipeline_runs_as_one_job_with_its_tables_as_the_result() {
+    let app = App::new("api_reproduce", true).await;
+    let ada = app.token("ada").await;
+    let bad = json!({ "kind": "reproduce", "params": { "preset": "tiny-cpu", "draws": 0 } });
+    let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(bad)).await;
+    assert_eq!(reply.error_code(), "invalid_params");
+    assert!(String::from_utf8_lossy(&reply.body).contains("draws must be 1 to 4096"));
+    let params = json!({ "phantoms": 96, "pretrain_steps": 4, "finetune_steps": 2, "draws": 2,
+                         "supervised_epochs": 1, "eval_samples": 8, "class_samples": 2 });
+    let reply =
+        app.call("POST", "/api/v1/jobs", Some(&ada), Some(json!({ "kind": "reproduce", "params": params }))).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply.body));
+    let id = reply.json()["id"].as_i64().unwrap();
+    let job = app.wait_final(&ada, id, Duration::from_secs(300)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    // The progress counted the pipeline's steps to the end.
+    let (step, total) = (&job["progress"]["step"], &job["progress"]["total"]);
+    assert_eq!((step, total), (&json!(1), &json!(1)), "{job}");
+    let result = &job["result"];
+    let methods: Vec<&str> =
+        result["table6"].as_array().unwrap().iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods.len(), 5, "{methods:?}");
+    assert!(methods[1].contains("representation-conditional"), "{methods:?}");
+    assert!(result["table6"][1]["intervals"]["f1"][1].as_f64().is_some(), "{result}");
+    assert_eq!(result["table5"].as_array().unwrap().len(), 2, "{result}");
+    assert_eq!(result["class_fidelity"].as_array().unwrap().len(), 4, "{result}");
+    assert!(result["markdown"].as_str().unwrap().starts_with("# Table 6 analogue"), "{result}");
+    // The result is the documented type the run page shows.
+    let report: repdiff_api::ReproduceReport = serde_json::from_value(result.clone()).unwrap();
+    assert_eq!(report.table6[0].chosen_t, report.class_fidelity[0].t.into());
+    assert!(report.table5.unwrap().iter().all(|r| r.generated == 8 && r.fid > 0.0));
+    // The report and the figure for the run's page; the working files for a later attempt.
+    let artifacts = app.call("GET", &format!("/api/v1/jobs/{id}/artifacts"), Some(&ada), None).await.json();
+    let kinds = |kind: &str| -> Vec<String> {
+        artifacts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == kind)
+            .map(|a| a["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(kinds("report"), [format!("jobs/{id}/table6.md")]);
+    assert_eq!(kinds("figure"), [format!("jobs/{id}/counterfactuals.png")]);
+    let work = kinds("work");
+    for file in ["pretrain-rep/checkpoint.safetensors", "classify-uncond.json", "table6.json"] {
+        assert!(work.contains(&format!("jobs/{id}/work/{file}")), "{file} not kept: {work:?}");
+    }
+    assert!(!work.iter().any(|k| k.contains("/work/data/")), "the phantoms are made again, not stored: {work:?}");
+    let logs = app.call("GET", &format!("/api/v1/jobs/{id}/logs?limit=1000"), Some(&ada), None).await.json();
+    let lines: Vec<&str> = logs.as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
+    assert!(lines[0].starts_with("$ repdiff reproduce --out "), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("[pretrain-rep] $ repdiff pretrain --mode rep")), "{lines:?}");
     app.finish().await;
 }
 

@@ -461,3 +461,67 @@ async fn a_worker_that_lost_its_lease_publishes_and_records_nothing() {
     worker.shutdown().await;
     db.drop().await;
 }
+
+/// Processes whose command line mentions `text` (Linux: read from /proc).
+fn processes_mentioning(text: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(text))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reproduce_job_whose_worker_was_killed_keeps_its_finished_steps() {
+    let db = TestDb::new("worker_reproduce").await;
+    let dir = tempdir("reproduce-kill");
+    let params = json!({ "phantoms": 96, "pretrain_steps": 4, "finetune_steps": 2, "draws": 2,
+                         "supervised_epochs": 3, "eval_samples": 0, "class_samples": 0 });
+    jobs::validate(&jobs::registry(&JobSettings::default()), "reproduce", &params).unwrap();
+    let id = queue::submit(&db.pool, &NewJob::new("reproduce", params)).await.unwrap().id;
+
+    let mut first = spawn_worker_process(&db, &dir, "2");
+    // Kill it once the first diffusion classifier's result is in the store (files are copied oldest
+    // first: the models it came from are there too).
+    let started = Instant::now();
+    let classified = loop {
+        let copied: Vec<String> =
+            sqlx::query_scalar("SELECT meta->>'path' FROM artifacts WHERE job_id = $1 AND kind = 'work'")
+                .bind(id)
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        if let Some(mode) = ["uncond", "rep"].into_iter().find(|m| copied.contains(&format!("classify-{m}.json"))) {
+            assert!(!copied.iter().any(|p| p == "table6.json"), "the pipeline finished before the kill: {copied:?}");
+            break mode;
+        }
+        assert!(started.elapsed() < Duration::from_secs(240), "no classifier result within 4 minutes: {copied:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    // The pipeline and its steps died with their worker.
+    std::thread::sleep(Duration::from_millis(300));
+    let scratch = dir.join("scratch").to_string_lossy().into_owned();
+    assert_eq!(processes_mentioning(&scratch), Vec::<String>::new());
+
+    let _second = spawn_worker_process(&db, &dir, "30");
+    let job = wait_for(&db.pool, id, Duration::from_secs(300), |j| j.state.is_final()).await;
+    assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2), "{:?}", job.error);
+    assert_eq!(job.result.unwrap()["table6"].as_array().unwrap().len(), 5);
+    let logs: Vec<String> = sqlx::query_scalar("SELECT message FROM job_logs WHERE job_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert!(logs.iter().any(|l| l.starts_with("restored ")), "{logs:?}");
+    // The classifier that finished before the kill ran once; its model was not trained again.
+    let title = format!("== diffusion classifier ({classified} pre-training)");
+    assert_eq!(logs.iter().filter(|l| l.ends_with(&title)).count(), 1, "{logs:#?}");
+    let resumed = format!("[pretrain-{classified}] Nothing to do: the run is at step 4 of 4");
+    assert!(logs.iter().any(|l| l.starts_with(&resumed)), "{logs:#?}");
+    db.drop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

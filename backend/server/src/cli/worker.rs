@@ -81,6 +81,7 @@ impl WorkerArgs {
             weights_dir: self.weights_dir.clone(),
             import_roots: self.import_root.clone(),
             deid_key: std::sync::Arc::new(self.deid_key()?),
+            ..JobSettings::default()
         };
         let registry = jobs::registry(&settings);
         if self.kinds.is_empty() { Ok(registry) } else { registry.only(&self.kinds).map_err(anyhow::Error::msg) }

@@ -10,6 +10,7 @@ mod finetune;
 mod import;
 mod noop;
 mod probe;
+mod reproduce;
 mod sample;
 mod supervised;
 mod train;
@@ -19,6 +20,7 @@ pub use encode::{EncodeParams, SplitSpec};
 pub use evaluate::ExtractorChoice;
 pub use import::ImportParams;
 pub use noop::NoopParams;
+pub use reproduce::ReproduceParams;
 pub use sample::{CheckpointRef, SampleParams};
 pub use train::{DataSource, TrainParams};
 
@@ -38,6 +40,8 @@ pub struct JobSettings {
     pub import_roots: Vec<PathBuf>,
     /// The DICOM de-identification key (the server's, so pseudonyms match those of uploads).
     pub deid_key: Arc<DeidKey>,
+    /// The `repdiff` binary that `reproduce` jobs run the pipeline with (this process's own by default).
+    pub exe: PathBuf,
 }
 
 impl Default for JobSettings {
@@ -46,6 +50,7 @@ impl Default for JobSettings {
             weights_dir: PathBuf::from("model-weights"),
             import_roots: Vec::new(),
             deid_key: Arc::new(DeidKey::generate()),
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("repdiff")),
         }
     }
 }
@@ -67,7 +72,11 @@ pub fn registry(settings: &JobSettings) -> Registry {
         .register("probe", probe::Probe { weights_dir: settings.weights_dir.clone() })
         .register("evaluate", evaluate::Evaluate { weights_dir: settings.weights_dir.clone() })
         .register("supervised", supervised::Supervised { weights_dir: settings.weights_dir.clone() })
-        .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() });
+        .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() })
+        .register(
+            "reproduce",
+            reproduce::Reproduce { weights_dir: settings.weights_dir.clone(), exe: settings.exe.clone() },
+        );
     registry
 }
 

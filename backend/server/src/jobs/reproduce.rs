@@ -1,0 +1,453 @@
+//! `reproduce`: the paper's whole pipeline as a job: `repdiff reproduce` run by the worker as a child
+//! process (its steps are child processes too, side by side), on a dataset of the server or on synthetic
+//! phantoms. Its output lines are the job's logs and its `progress:` lines the job's progress; the
+//! result is the Table 5 and Table 6 analogues (`table6.json`), with the Markdown report and the figures as
+//! artifacts.
+//!
+//! The pipeline's working folder is copied to the store as it goes (after every finished step, and every
+//! [`SYNC_EVERY`] the files that changed, such as a training step's checkpoint), as `work` artifacts; a
+//! later attempt (a retry, or a rescue after its worker died) restores it first, so it keeps every finished
+//! step and resumes training from the last checkpoint copied. Cancelling sends the pipeline SIGINT: each
+//! running step saves its checkpoint and stops.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::worker::{Handler, Input, JobContext, JobError};
+
+/// How often the working folder's changed files are copied to the store while a step runs.
+pub const SYNC_EVERY: Duration = Duration::from_secs(60);
+
+/// Files younger than this are left for the next copy: a report being written is not copied half-done.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// What is not copied: the phantoms (generated again, identically, from the seed), a dataset's slices
+/// (fetched again from the store), the cache of real-image features, and files being written.
+fn skipped(relative: &str) -> bool {
+    relative.starts_with("data/")
+        || relative.starts_with("feature-cache/")
+        || relative.ends_with(".tmp")
+        || relative.ends_with(".partial")
+}
+
+fn default_preset() -> String {
+    "tiny-cpu".into()
+}
+fn default_site() -> usize {
+    1
+}
+fn default_jobs() -> u16 {
+    2
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReproduceParams {
+    /// `tiny-cpu` (under half an hour on 2 CPU cores) or `paper` (DiT-B/2 on SD-VAE latents: a GPU's days).
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// A dataset of the server (its scans, markers and sites); none: synthetic phantoms.
+    #[serde(default)]
+    pub dataset: Option<i64>,
+    /// Phantom slices from random sites (more come from the downstream site in the preset's proportion).
+    #[serde(default)]
+    pub phantoms: Option<usize>,
+    /// The site whose slices form the downstream task; every other site pre-trains.
+    #[serde(default = "default_site")]
+    pub downstream_site: usize,
+    #[serde(default)]
+    pub pretrain_steps: Option<usize>,
+    #[serde(default)]
+    pub finetune_steps: Option<usize>,
+    #[serde(default)]
+    pub supervised_epochs: Option<usize>,
+    /// Noise draws per image (the most a sequentially stopped image takes).
+    #[serde(default)]
+    pub draws: Option<usize>,
+    /// Samples per pre-trained model for Table 5 (0 leaves it out).
+    #[serde(default)]
+    pub eval_samples: Option<usize>,
+    /// Samples per class of each fine-tuned model for the class-fidelity check (0 leaves it out).
+    #[serde(default)]
+    pub class_samples: Option<usize>,
+    /// Steps of the pipeline run side by side.
+    #[serde(default = "default_jobs")]
+    pub jobs: u16,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl ReproduceParams {
+    fn check(&self) -> Result<(), String> {
+        if !["tiny-cpu", "paper"].contains(&self.preset.as_str()) {
+            return Err(format!("unknown preset {:?}; expected tiny-cpu or paper", self.preset));
+        }
+        if self.dataset.is_some() && self.phantoms.is_some() {
+            return Err("give a dataset or a number of phantoms, not both".into());
+        }
+        let within = |name: &str, value: Option<usize>, range: std::ops::RangeInclusive<usize>| match value {
+            Some(v) if !range.contains(&v) => {
+                Err(format!("{name} must be {} to {}, not {v}", range.start(), range.end()))
+            }
+            _ => Ok(()),
+        };
+        within("phantoms", self.phantoms, 20..=200_000)?;
+        within("pretrain_steps", self.pretrain_steps, 1..=100_000_000)?;
+        within("finetune_steps", self.finetune_steps, 1..=100_000_000)?;
+        within("supervised_epochs", self.supervised_epochs, 1..=10_000)?;
+        within("draws", self.draws, 1..=4096)?;
+        within("eval_samples", self.eval_samples, 0..=100_000)?;
+        within("class_samples", self.class_samples, 0..=10_000)?;
+        within("jobs", Some(usize::from(self.jobs)), 1..=64)?;
+        if self.downstream_site > 1_000_000 {
+            return Err("downstream_site is a site number as in the manifest".into());
+        }
+        Ok(())
+    }
+
+    /// The arguments of `repdiff reproduce` after the data and folders.
+    fn arguments(&self) -> Vec<String> {
+        let mut args = vec![
+            "--preset".to_string(),
+            self.preset.clone(),
+            "--downstream-site".into(),
+            self.downstream_site.to_string(),
+            "--jobs".into(),
+            self.jobs.to_string(),
+            "--seed".into(),
+            self.seed.to_string(),
+        ];
+        for (flag, value) in [
+            ("--phantoms", self.phantoms),
+            ("--pretrain-steps", self.pretrain_steps),
+            ("--finetune-steps", self.finetune_steps),
+            ("--supervised-epochs", self.supervised_epochs),
+            ("--draws", self.draws),
+            ("--eval-samples", self.eval_samples),
+            ("--class-samples", self.class_samples),
+        ] {
+            if let Some(v) = value {
+                args.extend([flag.to_string(), v.to_string()]);
+            }
+        }
+        args
+    }
+}
+
+pub struct Reproduce {
+    pub weights_dir: PathBuf,
+    /// The `repdiff` binary that runs the pipeline.
+    pub exe: PathBuf,
+}
+
+impl Handler for Reproduce {
+    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
+        super::parse::<ReproduceParams>("reproduce", params)?.check()
+    }
+
+    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
+        match serde_json::from_value::<ReproduceParams>(params.clone()) {
+            Ok(ReproduceParams { dataset: Some(id), .. }) => vec![Input::Dataset(id)],
+            _ => Vec::new(),
+        }
+    }
+
+    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
+        let p: ReproduceParams = ctx.params()?;
+        p.check().map_err(JobError::Permanent)?;
+        let out = ctx.scratch.join("reproduce");
+        let mut work = WorkFolder { root: out.clone(), copied: HashMap::new() };
+        let restored = work.restore(ctx)?;
+        if restored > 0 {
+            ctx.log("info", &format!("restored {restored} files of the earlier attempt: finished steps are kept"));
+        }
+        let mut args = vec!["reproduce".to_string(), "--out".into(), out.to_string_lossy().into_owned()];
+        if let Some(dataset) = p.dataset {
+            ctx.progress(0, 1, "fetching the dataset's scans");
+            let manifest = super::encode::fetch_scans(ctx, dataset, None)?;
+            let folder = manifest.parent().unwrap_or(&ctx.scratch).to_string_lossy().into_owned();
+            args.extend(["--data".to_string(), folder]);
+        }
+        args.extend(["--weights-dir".to_string(), self.weights_dir.to_string_lossy().into_owned()]);
+        args.extend(p.arguments());
+        ctx.progress(0, 1, "preparing the data, the split and the latents");
+        ctx.log("info", &format!("$ repdiff {}", args[..].join(" ")));
+        let outcome = run_pipeline(ctx, &self.exe, &args, &mut work);
+        // Whatever happened, what the pipeline finished goes to the store for the next attempt.
+        let synced = work.sync(ctx, true);
+        let ended = outcome?;
+        synced?;
+        match ended {
+            Ended::Cancelled => Err(JobError::Cancelled),
+            Ended::Succeeded => finish(ctx, &out),
+        }
+    }
+}
+
+enum Ended {
+    Succeeded,
+    Cancelled,
+}
+
+/// Runs `repdiff ARGS`, its lines to the job's logs and progress, copying the working folder as it goes;
+/// SIGINT to the pipeline when the job is cancelled.
+fn run_pipeline(ctx: &mut JobContext, exe: &Path, args: &[String], work: &mut WorkFolder) -> Result<Ended, JobError> {
+    let mut command = Command::new(exe);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    #[cfg(unix)]
+    {
+        // Its own process group, its steps in it too: one signal reaches them all.
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    crate::process::die_with_parent(&mut command);
+    let mut child = command.spawn().map_err(|e| JobError::Permanent(format!("cannot start {}: {e}", exe.display())))?;
+    let (lines, received) = mpsc::channel::<String>();
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(lines);
+    let mut last_sync = Instant::now();
+    let mut step_finished: Option<Instant> = None;
+    let mut signalled = false;
+    // The last lines, for the error of a failed run.
+    let mut tail: Vec<String> = Vec::new();
+    loop {
+        match received.recv_timeout(Duration::from_millis(500)) {
+            Ok(line) => {
+                if let Some(progress) = line.strip_prefix(crate::process::PIPELINE_PROGRESS) {
+                    if let Some((done, total, what)) = parse_progress(progress) {
+                        ctx.progress(done, total, what);
+                        if done > 0 {
+                            // The finished step's files, once they have settled.
+                            step_finished.get_or_insert_with(Instant::now);
+                        }
+                    }
+                    continue;
+                }
+                if line.trim().is_empty() {
+                    continue;
+                }
+                ctx.log("info", &line);
+                if tail.len() == 20 {
+                    tail.remove(0);
+                }
+                tail.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if ctx.cancel.is_cancelled() && !signalled {
+            signalled = true;
+            ctx.log("info", "stopping: every running step saves its checkpoint");
+            #[cfg(unix)]
+            // SAFETY: signals the process group the child leads.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGINT);
+            }
+            #[cfg(not(unix))]
+            let _ = child.kill();
+        }
+        if last_sync.elapsed() >= SYNC_EVERY || step_finished.is_some_and(|at| at.elapsed() > SETTLE) {
+            // Files that had only just changed are copied once they settle.
+            let left = work.sync_while_running(ctx);
+            last_sync = Instant::now();
+            step_finished = left.then(Instant::now);
+        }
+    }
+    let status = child.wait().map_err(|e| JobError::Retryable(format!("waiting for the pipeline: {e}")))?;
+    if signalled {
+        return Ok(Ended::Cancelled);
+    }
+    if status.success() {
+        return Ok(Ended::Succeeded);
+    }
+    // The error the pipeline printed last, else its last lines.
+    let message = match tail.iter().rposition(|l| l.starts_with("error: ")) {
+        Some(i) => tail[i..].join("\n"),
+        None => tail[tail.len().saturating_sub(5)..].join("\n"),
+    };
+    let message = format!("the pipeline failed ({status}): {message}");
+    // 2: the command line was refused, which no retry changes.
+    Err(if status.code() == Some(2) { JobError::Permanent(message) } else { JobError::Retryable(message) })
+}
+
+/// `3/17 pre-train (rep)` as (3, 17, "pre-train (rep)").
+fn parse_progress(text: &str) -> Option<(u64, u64, &str)> {
+    let (counts, what) = text.split_once(' ').unwrap_or((text, ""));
+    let (done, total) = counts.split_once('/')?;
+    Some((done.parse().ok()?, total.parse().ok()?, what))
+}
+
+/// The finished pipeline's tables as the result; the report and figures as artifacts.
+fn finish(ctx: &mut JobContext, out: &Path) -> Result<serde_json::Value, JobError> {
+    let read = |name: &str| {
+        std::fs::read_to_string(out.join(name))
+            .map_err(|e| JobError::Retryable(format!("the pipeline wrote no {name}: {e}")))
+    };
+    let mut result: serde_json::Value =
+        serde_json::from_str(&read("table6.json")?).map_err(|e| JobError::Retryable(format!("table6.json: {e}")))?;
+    result["markdown"] = read("table6.md")?.into();
+    ctx.publish(&out.join("table6.md"), "table6.md", "report", "text/markdown", serde_json::json!({}))?;
+    ctx.publish(&out.join("table6.json"), "table6.json", "report_data", "application/json", serde_json::json!({}))?;
+    let figure = out.join("counterfactuals/counterfactuals.png");
+    if figure.exists() {
+        let title = "Counterfactuals of test scans: original | class 0 | class 1 | difference";
+        ctx.publish(&figure, "counterfactuals.png", "figure", "image/png", serde_json::json!({ "title": title }))?;
+    }
+    ctx.progress(1, 1, "done");
+    Ok(result)
+}
+
+/// The pipeline's working folder and what of it the store holds (size and time of each file copied).
+struct WorkFolder {
+    root: PathBuf,
+    copied: HashMap<String, (u64, SystemTime)>,
+}
+
+impl WorkFolder {
+    /// Downloads the files earlier attempts copied; returns how many.
+    fn restore(&mut self, ctx: &mut JobContext) -> Result<usize, JobError> {
+        let stored = ctx.block_on(crate::artifacts::for_job(ctx.pool(), ctx.job.id, Some("work")))?;
+        for artifact in &stored {
+            let Some(relative) = artifact.meta.get("path").and_then(|p| p.as_str()) else { continue };
+            if relative.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+                continue;
+            }
+            let local = self.root.join(relative);
+            ctx.block_on(ctx.storage.download(&artifact.key, &local))?;
+            self.copied.insert(relative.to_string(), stamp(&local)?);
+        }
+        Ok(stored.len())
+    }
+
+    /// [`WorkFolder::sync`] while the pipeline runs: a failure is logged and the next copy tries again
+    /// (a lost lease cancels the job, which stops the pipeline). Returns whether files were left for
+    /// having changed just now.
+    fn sync_while_running(&mut self, ctx: &mut JobContext) -> bool {
+        match self.sync(ctx, false) {
+            Ok(left) => left > 0,
+            Err(e) => {
+                ctx.log("warn", &format!("copying the working files to the store: {e}"));
+                true
+            }
+        }
+    }
+
+    /// Copies the files that are new or changed since the last copy to the store, oldest first (what a
+    /// step finished goes before what depends on it). While the pipeline runs (`finished` false) a file
+    /// that changed in the last [`SETTLE`] is left for the next copy, as one being written is not copied
+    /// half-done; returns how many were left.
+    fn sync(&mut self, ctx: &mut JobContext, finished: bool) -> Result<usize, JobError> {
+        let mut files = Vec::new();
+        list_files(&self.root, &self.root, &mut files);
+        let mut changed: Vec<_> = files
+            .into_iter()
+            .filter(|(relative, _)| !skipped(relative))
+            .filter_map(|(relative, local)| stamp(&local).ok().map(|s| (relative, local, s)))
+            .filter(|(relative, _, stamp)| self.copied.get(relative) != Some(stamp))
+            .collect();
+        changed.sort_by_key(|(_, _, (_, modified))| *modified);
+        let now = SystemTime::now();
+        let mut left = 0;
+        for (relative, local, stamp) in changed {
+            if !finished && now.duration_since(stamp.1).map_or(true, |age| age < SETTLE) {
+                left += 1;
+                continue;
+            }
+            let meta = serde_json::json!({ "path": relative });
+            ctx.publish(&local, &format!("work/{relative}"), "work", "application/octet-stream", meta)?;
+            self.copied.insert(relative, stamp);
+        }
+        Ok(left)
+    }
+}
+
+fn stamp(path: &Path) -> Result<(u64, SystemTime), JobError> {
+    let meta = std::fs::metadata(path).map_err(|e| JobError::Retryable(format!("{}: {e}", path.display())))?;
+    Ok((meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+}
+
+/// Every file under `dir`, with its path relative to `root` ('/'-separated).
+fn list_files(root: &Path, dir: &Path, files: &mut Vec<(String, PathBuf)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => list_files(root, &path, files),
+            Ok(t) if t.is_file() => {
+                if let Ok(relative) = path.strip_prefix(root) {
+                    let parts: Vec<_> = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect();
+                    files.push((parts.join("/"), path));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(json: serde_json::Value) -> Result<(), String> {
+        super::super::parse::<ReproduceParams>("reproduce", &json)?.check()
+    }
+
+    #[test]
+    fn parameters_are_checked_as_the_command_would() {
+        assert!(params(serde_json::json!({})).is_ok());
+        assert!(params(serde_json::json!({ "preset": "huge" })).unwrap_err().contains("unknown preset"));
+        assert!(params(serde_json::json!({ "dataset": 3, "phantoms": 100 })).unwrap_err().contains("not both"));
+        assert!(params(serde_json::json!({ "draws": 0 })).unwrap_err().contains("draws must be 1 to 4096"));
+        assert!(params(serde_json::json!({ "jobs": 0 })).unwrap_err().contains("jobs must be 1 to 64"));
+        assert!(params(serde_json::json!({ "drawz": 3 })).unwrap_err().contains("unknown field"));
+    }
+
+    #[test]
+    fn the_arguments_carry_every_given_setting_and_no_other() {
+        let p: ReproduceParams =
+            serde_json::from_value(serde_json::json!({ "phantoms": 96, "draws": 2, "eval_samples": 0 })).unwrap();
+        let args = p.arguments().join(" ");
+        assert_eq!(
+            args,
+            "--preset tiny-cpu --downstream-site 1 --jobs 2 --seed 0 --phantoms 96 --draws 2 --eval-samples 0"
+        );
+    }
+
+    #[test]
+    fn progress_lines_are_read_and_other_lines_are_not() {
+        assert_eq!(parse_progress("3/17 pre-train (rep)"), Some((3, 17, "pre-train (rep)")));
+        assert_eq!(parse_progress("0/9"), Some((0, 9, "")));
+        assert_eq!(parse_progress("three of 17"), None);
+    }
+
+    #[test]
+    fn regenerable_and_half_written_files_are_not_copied() {
+        for path in ["data/manifest.csv", "feature-cache/x.safetensors", "pretrain-rep/checkpoint.safetensors.tmp"] {
+            assert!(skipped(path), "{path}");
+        }
+        for path in ["pretrain-rep/checkpoint.safetensors", "classify-rep.json", "latents-train.safetensors"] {
+            assert!(!skipped(path), "{path}");
+        }
+    }
+}
