@@ -547,8 +547,8 @@ async fn the_paper_pipeline_runs_as_one_job_with_its_tables_as_the_result() {
     let job = app.wait_final(&ada, id, Duration::from_secs(300)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     // The progress counted the pipeline's steps to the end.
-    let (step, total) = (&job["progress"]["step"], &job["progress"]["total"]);
-    assert_eq!((step, total), (&json!(1), &json!(1)), "{job}");
+    let (step, total) = (job["progress"]["step"].as_u64().unwrap(), job["progress"]["total"].as_u64().unwrap());
+    assert!(step == total && total > 10, "{job}");
     let result = &job["result"];
     let methods: Vec<&str> =
         result["table6"].as_array().unwrap().iter().map(|r| r["method"].as_str().unwrap()).collect();

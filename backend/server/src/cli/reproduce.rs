@@ -28,6 +28,13 @@ pub enum ReproducePreset {
     Paper,
 }
 
+impl ReproducePreset {
+    /// The name it is given by (`tiny-cpu`).
+    fn name(self) -> String {
+        self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+    }
+}
+
 #[derive(Args)]
 pub struct ReproduceArgs {
     #[arg(long, value_enum, default_value = "tiny-cpu")]
@@ -566,7 +573,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     std::fs::write(out.join("table6.md"), &markdown)?;
     let summary = json!({
         "table5": table5,
-        "preset": format!("{:?}", args.preset),
+        "preset": args.preset.name(),
         "seed": args.seed,
         "pretrain_steps": pretrain_steps,
         "finetune_steps": finetune_steps,
@@ -649,9 +656,10 @@ fn table6_markdown(
     )?;
     writeln!(
         md,
-        "Preset {:?}, seed {}, pre-training {pretrain_steps} steps, fine-tuning {finetune_steps} steps. Percentages \
+        "Preset {}, seed {}, pre-training {pretrain_steps} steps, fine-tuning {finetune_steps} steps. Percentages \
          with percentile bootstrap 95% intervals; the diffusion classifier's timestep was chosen on validation.\n",
-        args.preset, args.seed
+        args.preset.name(),
+        args.seed
     )?;
     writeln!(md, "| method | t | accuracy % | precision % | recall % | F1 % | forwards/image |")?;
     writeln!(md, "|---|---|---|---|---|---|---|")?;

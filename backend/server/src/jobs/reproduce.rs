@@ -185,13 +185,14 @@ impl Handler for Reproduce {
         synced?;
         match ended {
             Ended::Cancelled => Err(JobError::Cancelled),
-            Ended::Succeeded => finish(ctx, &out),
+            Ended::Succeeded(steps) => finish(ctx, &out, steps),
         }
     }
 }
 
 enum Ended {
-    Succeeded,
+    /// With the number of steps the pipeline ran.
+    Succeeded(u64),
     Cancelled,
 }
 
@@ -229,6 +230,7 @@ fn run_pipeline(ctx: &mut JobContext, exe: &Path, args: &[String], work: &mut Wo
     let mut last_sync = Instant::now();
     let mut step_finished: Option<Instant> = None;
     let mut signalled = false;
+    let mut steps = 0;
     // The last lines, for the error of a failed run.
     let mut tail: Vec<String> = Vec::new();
     loop {
@@ -237,6 +239,7 @@ fn run_pipeline(ctx: &mut JobContext, exe: &Path, args: &[String], work: &mut Wo
                 if let Some(progress) = line.strip_prefix(crate::process::PIPELINE_PROGRESS) {
                     if let Some((done, total, what)) = parse_progress(progress) {
                         ctx.progress(done, total, what);
+                        steps = total;
                         if done > 0 {
                             // The finished step's files, once they have settled.
                             step_finished.get_or_insert_with(Instant::now);
@@ -279,7 +282,7 @@ fn run_pipeline(ctx: &mut JobContext, exe: &Path, args: &[String], work: &mut Wo
         return Ok(Ended::Cancelled);
     }
     if status.success() {
-        return Ok(Ended::Succeeded);
+        return Ok(Ended::Succeeded(steps));
     }
     // The error the pipeline printed last, else its last lines.
     let message = match tail.iter().rposition(|l| l.starts_with("error: ")) {
@@ -299,7 +302,7 @@ fn parse_progress(text: &str) -> Option<(u64, u64, &str)> {
 }
 
 /// The finished pipeline's tables as the result; the report and figures as artifacts.
-fn finish(ctx: &mut JobContext, out: &Path) -> Result<serde_json::Value, JobError> {
+fn finish(ctx: &mut JobContext, out: &Path, steps: u64) -> Result<serde_json::Value, JobError> {
     let read = |name: &str| {
         std::fs::read_to_string(out.join(name))
             .map_err(|e| JobError::Retryable(format!("the pipeline wrote no {name}: {e}")))
@@ -314,7 +317,7 @@ fn finish(ctx: &mut JobContext, out: &Path) -> Result<serde_json::Value, JobErro
         let title = "Counterfactuals of test scans: original | class 0 | class 1 | difference";
         ctx.publish(&figure, "counterfactuals.png", "figure", "image/png", serde_json::json!({ "title": title }))?;
     }
-    ctx.progress(1, 1, "done");
+    ctx.progress(steps.max(1), steps.max(1), "steps: the pipeline is done");
     Ok(result)
 }
 
