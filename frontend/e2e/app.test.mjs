@@ -433,6 +433,27 @@ try {
   assert.equal(await page.locator("#generation-results tbody tr").count(), 2);
   await shot("compare-generation");
 
+  step("the paper's whole pipeline as one run, on phantoms with every stage cut short: Tables 6 and 5 on its page");
+  await page.goto(`${base}/runs/new?kind=reproduce`);
+  for (const [name, value] of [["phantoms", "96"], ["pretrain_steps", "4"], ["finetune_steps", "2"], ["supervised_epochs", "1"],
+    ["pipeline_draws", "2"], ["eval_samples", "8"], ["class_samples", "2"]]) {
+    await page.fill(`input[name=${name}]`, value);
+  }
+  await page.click("button:has-text('Launch')");
+  await page.waitForURL(/\/runs\/\d+$/);
+  const reproduceId = Number(page.url().split("/").pop());
+  await waitState("succeeded", 300_000);
+  const pipeline = (await api(`/jobs/${reproduceId}`)).result;
+  assert.equal(pipeline.table6.length, 5);
+  assert.equal(await page.locator("#table6 tbody tr").count(), 5);
+  const f1 = (pipeline.table6[1].metrics.f1 * 100).toFixed(1);
+  await page.locator("#table6 tbody tr").nth(1).locator("td", { hasText: new RegExp(`^${f1} \\[`) }).waitFor();
+  assert.equal(await page.locator("#class-fidelity tbody tr").count(), 4);
+  assert.equal(await page.locator("#table5 tbody tr").count(), 2);
+  await page.locator("section.figure img").waitFor();
+  await page.locator("p", { hasText: /working files .* kept so that a later attempt/ }).waitFor();
+  await shot("reproduce-run");
+
   step("gallery");
   await page.goto(`${base}/gallery?from_job=${trainId}`);
   await page.locator(".class-row img").first().waitFor();

@@ -101,6 +101,17 @@ struct Form {
     architecture: Field,
     patch: Field,
     epochs: Field,
+    /// The paper's pipeline: on phantoms or a dataset, and each stage's budget (empty: the preset's).
+    pipeline_data: Field,
+    phantoms: Field,
+    pipeline_site: Field,
+    pretrain_steps: Field,
+    finetune_steps: Field,
+    supervised_epochs: Field,
+    pipeline_draws: Field,
+    eval_samples: Field,
+    class_samples: Field,
+    side_by_side: Field,
 }
 
 impl Form {
@@ -162,6 +173,16 @@ impl Form {
             architecture: Field::new("vit-b"),
             patch: Field::new("2"),
             epochs: Field::new("50"),
+            pipeline_data: Field::new("phantoms"),
+            phantoms: Field::new(""),
+            pipeline_site: Field::new("1"),
+            pretrain_steps: Field::new(""),
+            finetune_steps: Field::new(""),
+            supervised_epochs: Field::new(""),
+            pipeline_draws: Field::new(""),
+            eval_samples: Field::new(""),
+            class_samples: Field::new(""),
+            side_by_side: Field::new("2"),
         }
     }
 
@@ -440,6 +461,29 @@ impl Form {
                 out.insert("posterior".into(), json!(self.posterior.text()));
                 number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
             }
+            "reproduce" => {
+                out.insert("preset".into(), json!(self.preset.text()));
+                if self.pipeline_data.text() == "dataset" {
+                    match self.dataset.text().parse::<i64>() {
+                        Ok(id) => {
+                            out.insert("dataset".into(), json!(id));
+                        }
+                        Err(_) => problems.push("Dataset: pick one".into()),
+                    }
+                } else {
+                    number(&mut problems, &mut out, "phantoms", "Phantoms", &self.phantoms, true, true);
+                }
+                let p = &mut problems;
+                number(p, &mut out, "downstream_site", "Downstream site", &self.pipeline_site, false, true);
+                number(p, &mut out, "pretrain_steps", "Pre-training steps", &self.pretrain_steps, true, true);
+                number(p, &mut out, "finetune_steps", "Fine-tuning steps", &self.finetune_steps, true, true);
+                number(p, &mut out, "supervised_epochs", "Baseline epochs", &self.supervised_epochs, true, true);
+                number(p, &mut out, "draws", "Noise draws", &self.pipeline_draws, true, true);
+                number(p, &mut out, "eval_samples", "Samples for Table 5", &self.eval_samples, false, true);
+                number(p, &mut out, "class_samples", "Samples per class", &self.class_samples, false, true);
+                number(p, &mut out, "jobs", "Steps side by side", &self.side_by_side, true, true);
+                number(p, &mut out, "seed", "Seed", &self.seed, false, true);
+            }
             "import" => {
                 match self.dataset.text().parse::<i64>() {
                     Ok(id) => {
@@ -487,7 +531,8 @@ fn number(
     }
 }
 
-const KNOWN: [&str; 10] = [
+const KNOWN: [&str; 11] = [
+    "reproduce",
     "pretrain",
     "finetune",
     "classify",
@@ -869,6 +914,28 @@ pub fn Launch() -> impl IntoView {
                     <p class="muted small wide-row">"Cross-entropy with AdamW and flips; the epoch with the best validation F1 is kept and applied to test, with bootstrap 95% intervals. Loss and validation metrics are charted per epoch."</p>
                 </fieldset>
                 {labelled_fields()}
+            }
+            .into_any(),
+            "reproduce" => view! {
+                <fieldset><legend>"The paper's whole pipeline: Tables 5 and 6 in one run"</legend>
+                    {choice("Preset", "preset", form.preset, &["tiny-cpu", "paper"])}
+                    {choice("Data", "pipeline_data", form.pipeline_data, &["phantoms", "dataset"])}
+                    {move || if form.pipeline_data.value.get() == "dataset" {
+                        dataset_select().into_any()
+                    } else {
+                        text_input("Phantoms", "phantoms", form.phantoms, "600 (tiny-cpu) or 2,400 (paper), and more from the downstream site").into_any()
+                    }}
+                    {text_input("Downstream site", "pipeline_site", form.pipeline_site, "1")}
+                    {text_input("Pre-training steps", "pretrain_steps", form.pretrain_steps, "preset's: 2,500, or 1,000 epochs (paper)")}
+                    {text_input("Fine-tuning steps", "finetune_steps", form.finetune_steps, "preset's: 7,000, or 1,000 epochs (paper)")}
+                    {text_input("Baseline epochs", "supervised_epochs", form.supervised_epochs, "preset's: 15 and 5, or 100")}
+                    {text_input("Noise draws", "pipeline_draws", form.pipeline_draws, "preset's: 64, or 512 (paper)")}
+                    {text_input("Samples for Table 5", "eval_samples", form.eval_samples, "preset's: 200, or 10,000; 0: none")}
+                    {text_input("Samples per class (class fidelity)", "class_samples", form.class_samples, "preset's: 64, or 500; 0: none")}
+                    {text_input("Steps side by side", "side_by_side", form.side_by_side, "2")}
+                    {text_input("Seed", "seed", form.seed, "0")}
+                    <p class="muted small wide-row">"The paper's split (every other site pre-trains), unconditional and representation-conditional pre-training, fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, class fidelity, generation metrics, counterfactuals, and the baselines (linear probes, a ViT and a ResNet from scratch). Finished steps survive a cancel or a lost worker: the next attempt goes on from them. tiny-cpu takes 15 to 30 minutes on two CPU cores."</p>
+                </fieldset>
             }
             .into_any(),
             "counterfactual" => view! {

@@ -91,6 +91,7 @@ fn RunView(id: i64) -> impl IntoView {
             <ProbeResult job=job />
             <SupervisedResult job=job />
             <EvaluateResult job=job />
+            <ReproduceResult job=job />
             <Outputs id=id refresh=refresh job=job />
             <Logs id=id refresh=refresh />
         </Show>
@@ -452,6 +453,110 @@ fn SupervisedResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoVi
 
 /// The column names of an evaluation: the field's names with the pretrained extractor, else names that
 /// say the distances live in a random network's feature space.
+/// A pipeline run (`reproduce`): Table 6 with its intervals, the class fidelity of both fine-tuned models'
+/// samples, Table 5, and where the time went.
+#[component]
+fn ReproduceResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
+    use repdiff_api::ReproduceReport;
+    let report = move || {
+        job.with(|j| {
+            let j = j.as_ref()?.as_ref().ok()?;
+            (j.kind == "reproduce").then(|| serde_json::from_value::<ReproduceReport>(j.result.clone()?).ok())?
+        })
+    };
+    let pct = |v: f64| format!("{:.1}", v * 100.0);
+    let with_interval = move |v: f64, i: Option<[f64; 2]>| match i {
+        Some([lo, hi]) => format!("{} [{}, {}]", pct(v), pct(lo), pct(hi)),
+        None => pct(v),
+    };
+    let model = |m: &str| if m == "rep" { "representation" } else { "unconditional" };
+    move || {
+        report().map(|r| {
+            let fidelity = r.class_fidelity.clone();
+            let table5 = r.table5.clone().unwrap_or_default();
+            let pretrained = table5.first().is_some_and(|row| row.extractor == "inception-v3");
+            let columns = evaluation_columns(pretrained);
+            let timings = r.timings_s.clone();
+            view! {
+                <section class="card" id="table6">
+                    <h2>"Table 6: haematoma classification on the test part"</h2>
+                    <p class="muted small">{format!(
+                        "Preset {}, seed {}, pre-training {} steps, fine-tuning {} steps, {} in all. Percentages with bootstrap 95% intervals; the diffusion classifiers' timesteps were chosen on validation.",
+                        r.preset, r.seed, r.pretrain_steps, r.finetune_steps, duration(r.total_s as i64))}</p>
+                    <div class="scroll"><table class="grid table6">
+                        <thead><tr><th>"method"</th><th>"t"</th><th>"accuracy %"</th><th>"precision %"</th><th>"recall %"</th><th>"F1 %"</th><th>"forwards/image"</th></tr></thead>
+                        <tbody>
+                            {r.table6.iter().map(|row| {
+                                let (m, i) = (&row.metrics, row.intervals.as_ref());
+                                view! {
+                                    <tr><td>{row.method.clone()}</td>
+                                        <td class="num">{row.chosen_t.map(|t| t.to_string()).unwrap_or_else(|| "-".into())}</td>
+                                        <td class="num">{with_interval(m.accuracy, i.map(|i| i.accuracy))}</td>
+                                        <td class="num">{with_interval(m.precision, i.map(|i| i.precision))}</td>
+                                        <td class="num">{with_interval(m.recall, i.map(|i| i.recall))}</td>
+                                        <td class="num">{with_interval(m.f1, i.map(|i| i.f1))}</td>
+                                        <td class="num">{row.forwards_per_image.map(|f| format!("{f:.0}")).unwrap_or_else(|| "-".into())}</td></tr>
+                                }
+                            }).collect_view()}
+                        </tbody>
+                    </table></div>
+                    {r.table6.iter().filter_map(|row| row.agreement.as_ref().map(|a| view! {
+                        <p class="agreement small">{format!(
+                            "{}: sequential stopping took the decision of all {} draws on {}% of the test slices with {}% of the forward passes.",
+                            row.method, a.fixed_draws, pct(a.agreement), pct(a.forwards_fraction))}</p>
+                    })).collect_view()}
+                </section>
+                {(!fidelity.is_empty()).then(|| view! {
+                    <section class="card" id="class-fidelity">
+                        <h2>"Class fidelity of the fine-tuned models' samples"</h2>
+                        <p class="muted small">"Each fine-tuned model draws samples of both classes; the other model's diffusion classifier sorts them at the timestep it chose on real validation slices. Beside it, how the same classifier sorts the real test slices."</p>
+                        <div class="scroll"><table class="grid fidelity">
+                            <thead><tr><th>"samples of"</th><th>"guidance"</th><th>"judged by"</th><th>"t"</th><th>"class-0 samples called 0 %"</th><th>"class-1 samples called 1 %"</th><th>"real: class 0 called 0 %"</th><th>"real: class 1 called 1 %"</th></tr></thead>
+                            <tbody>
+                                {fidelity.iter().map(|f| {
+                                    let cell = |v: &[f64], c: usize| v.get(c).map(|&x| pct(x)).unwrap_or_else(|| "-".into());
+                                    view! {
+                                        <tr><td>{model(&f.samples_of)}</td><td class="num">{f.guidance}</td><td>{model(&f.judge)}</td><td class="num">{f.t}</td>
+                                            <td class="num">{cell(&f.samples_per_class, 0)}</td><td class="num">{cell(&f.samples_per_class, 1)}</td>
+                                            <td class="num">{cell(&f.real_test_per_class, 0)}</td><td class="num">{cell(&f.real_test_per_class, 1)}</td></tr>
+                                    }
+                                }).collect_view()}
+                            </tbody>
+                        </table></div>
+                    </section>
+                })}
+                {(!table5.is_empty()).then(|| view! {
+                    <section class="card" id="table5">
+                        <h2>{format!("Table 5: generation against {} pre-training images", table5[0].real)}</h2>
+                        {(!pretrained).then(|| view! { <p class="muted small">{format!(
+                            "Features of {} (no pretrained Inception weights on the server): the distances compare these models with each other, not with published FIDs.",
+                            table5[0].extractor)}</p> })}
+                        <div class="scroll"><table class="grid table5">
+                            <thead><tr><th>"pre-training"</th><th class="num">"samples"</th>
+                                {columns.iter().map(|c| view! { <th class="num">{*c}</th> }).collect_view()}</tr></thead>
+                            <tbody>{table5.iter().zip(["unconditional", "representation-conditional (the paper's)"]).map(|(m, name)| {
+                                let values = [m.fid, m.sfid, m.inception_score, m.precision, m.recall, m.density, m.coverage];
+                                view! { <tr><td>{name}</td><td class="num">{m.generated}</td>
+                                    {values.iter().map(|v| view! { <td class="num">{format!("{v:.3}")}</td> }).collect_view()}</tr> }
+                            }).collect_view()}</tbody>
+                        </table></div>
+                    </section>
+                })}
+                {(!timings.is_empty()).then(|| view! {
+                    <details class="card">
+                        <summary>"Where the time went"</summary>
+                        <table class="grid timings">
+                            <tbody>{timings.iter().map(|t| view! {
+                                <tr><td>{t.step.clone()}</td><td class="num">{duration(t.seconds as i64)}</td></tr>
+                            }).collect_view()}</tbody>
+                        </table>
+                    </details>
+                })}
+            }
+        })
+    }
+}
+
 pub fn evaluation_columns(pretrained: bool) -> [&'static str; 7] {
     if pretrained {
         ["FID", "sFID", "IS", "Precision", "Recall", "Density", "Coverage"]
@@ -625,7 +730,13 @@ fn Outputs(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, Api
                 } else {
                     "Samples"
                 };
-                let reports: Vec<Artifact> = list.iter().filter(|a| a.kind == "report").cloned().collect();
+                // A pipeline's report is its result's tables, shown above.
+                let reports: Vec<Artifact> =
+                    list.iter().filter(|a| a.kind == "report" && kind() != "reproduce").cloned().collect();
+                let figures: Vec<Artifact> = list.iter().filter(|a| a.kind == "figure").cloned().collect();
+                // A pipeline's working files (kept for its next attempt) are counted, not listed.
+                let (work, list): (Vec<Artifact>, Vec<Artifact>) = list.into_iter().partition(|a| a.kind == "work");
+                let work_bytes: i64 = work.iter().map(|a| a.size).sum();
                 let gallery = if kind() == "sample" { format!("/gallery?job={id}") } else { format!("/gallery?from_job={id}") };
                 let navigate = navigate.clone();
                 view! {
@@ -655,6 +766,15 @@ fn Outputs(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, Api
                             </section>
                         }
                     })}
+                    {figures.into_iter().map(|f| {
+                        let title = f.meta.get("title").and_then(|t| t.as_str()).unwrap_or("Figure").to_string();
+                        view! {
+                            <section class="card figure">
+                                <h2>{title.clone()}</h2>
+                                <a href=f.url.clone() target="_blank"><img class="grid-image" alt=title src=f.url.clone() /></a>
+                            </section>
+                        }
+                    }).collect_view()}
                     {reports.into_iter().map(|a| view! { <Report artifact=a /> }).collect_view()}
                     <section class="card">
                         <h2>"Artifacts"</h2>
@@ -668,6 +788,11 @@ fn Outputs(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, Api
                                 }).collect_view()}
                             </tbody>
                         </table>
+                        {(!work.is_empty()).then(|| view! {
+                            <p class="muted small">{format!(
+                                "and {} working files ({}) of the pipeline, kept so that a later attempt goes on from its finished steps",
+                                work.len(), bytes(work_bytes as f64))}</p>
+                        })}
                     </section>
                 }.into_any()
             }
