@@ -15,12 +15,14 @@ use crate::Result;
 
 mod attention;
 mod bf16;
+mod conv;
 mod gemm;
 mod linear;
 mod norm;
 mod simd;
 
 pub use attention::attention;
+pub use conv::conv2d_bias_relu;
 pub use gemm::{MatmulPrecision, with_matmul_precision};
 pub use linear::{linear, linear_gelu};
 pub use norm::{affine_layer_norm, layer_norm, norm_modulate};

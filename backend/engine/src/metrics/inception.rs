@@ -31,27 +31,15 @@ const BN_EPS: f64 = 1e-3;
 /// One `BasicConv2d` (conv without bias, batch norm, ReLU), its batch norm folded into a bias.
 struct ConvUnit {
     weight: Tensor,
+    /// `[c_out]`.
     bias: Tensor,
     stride: usize,
     padding: (usize, usize),
-    /// A 1x1 convolution's weight as a `[out, in]` matrix: it runs as one matrix product per image on
-    /// the `[in, H*W]` input, without the column copy (im2col) and output transpose of a convolution.
-    pointwise: Option<Tensor>,
 }
 
 impl ConvUnit {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(w) = &self.pointwise {
-            let (n, c, h, width) = x.dims4()?;
-            let y = w.broadcast_left(n)?.matmul(&x.reshape((n, c, h * width))?)?;
-            return Ok(y.reshape((n, w.dim(0)?, h, width))?.broadcast_add(&self.bias)?.relu()?);
-        }
-        // candle pads both spatial dimensions alike: asymmetric (1x7, 7x1) kernels are padded here.
-        let (ph, pw) = self.padding;
-        let (x, pad) =
-            if ph == pw { (x.clone(), ph) } else { (x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?, 0) };
-        let y = x.conv2d(&self.weight, pad, self.stride, 1, 1)?;
-        Ok(y.broadcast_add(&self.bias)?.relu()?)
+        crate::ops::conv2d_bias_relu(x, &self.weight, &self.bias, self.stride, self.padding)
     }
 }
 
@@ -264,19 +252,8 @@ impl InceptionV3 {
             let bias = (bn("bias")? - (bn("running_mean")? * &scale)?)?;
             let weight = weight.broadcast_mul(&scale.reshape((s.c_out, 1, 1, 1))?)?;
             let weight = weight.to_dtype(DType::F32)?.to_device(device)?;
-            let pointwise = (s.kernel == (1, 1) && s.stride == 1 && s.padding == (0, 0))
-                .then(|| weight.reshape((s.c_out, s.c_in)))
-                .transpose()?;
-            convs.insert(
-                s.name,
-                ConvUnit {
-                    weight,
-                    bias: bias.to_dtype(DType::F32)?.reshape((1, s.c_out, 1, 1))?.to_device(device)?,
-                    stride: s.stride,
-                    padding: s.padding,
-                    pointwise,
-                },
-            );
+            let bias = bias.to_dtype(DType::F32)?.to_device(device)?;
+            convs.insert(s.name, ConvUnit { weight, bias, stride: s.stride, padding: s.padding });
         }
         let fc_weight = get("fc.weight", &[CLASSES, POOL_DIM])?.to_dtype(DType::F32)?.t()?.contiguous()?;
         Ok(InceptionV3 { convs, fc_weight: fc_weight.to_device(device)?, extractor, device: device.clone() })
