@@ -22,7 +22,7 @@ mod norm;
 mod simd;
 
 pub use attention::attention;
-pub use conv::conv2d_bias_relu;
+pub use conv::{Pool3x3, conv2d_bias_relu, pool_3x3};
 pub use gemm::{MatmulPrecision, with_matmul_precision};
 pub use linear::{linear, linear_gelu};
 pub use norm::{affine_layer_norm, layer_norm, norm_modulate};

@@ -17,6 +17,8 @@ use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor};
 
+use crate::ops::{Pool3x3, pool_3x3};
+
 use crate::{Error, Result};
 
 /// The file `repdiff` reads pretrained FID weights from, in the weights folder (see
@@ -280,10 +282,10 @@ impl InceptionV3 {
         let x = self.conv("Conv2d_1a_3x3", &x)?;
         let x = self.conv("Conv2d_2a_3x3", &x)?;
         let x = self.conv("Conv2d_2b_3x3", &x)?;
-        let x = x.max_pool2d_with_stride(3, 2)?;
+        let x = pool_3x3(&x, Pool3x3::Max, 2, 0)?;
         let x = self.conv("Conv2d_3b_1x1", &x)?;
         let x = self.conv("Conv2d_4a_3x3", &x)?;
-        let mut x = x.max_pool2d_with_stride(3, 2)?;
+        let mut x = pool_3x3(&x, Pool3x3::Max, 2, 0)?;
         for block in ["Mixed_5b", "Mixed_5c", "Mixed_5d"] {
             x = self.block_a(block, &x)?;
         }
@@ -309,7 +311,7 @@ impl InceptionV3 {
         let b1 = c("branch1x1", x)?;
         let b5 = c("branch5x5_2", &c("branch5x5_1", x)?)?;
         let b3 = c("branch3x3dbl_3", &c("branch3x3dbl_2", &c("branch3x3dbl_1", x)?)?)?;
-        let bp = c("branch_pool", &avg_pool_3x3_same(x)?)?;
+        let bp = c("branch_pool", &pool_3x3(x, Pool3x3::Average, 1, 1)?)?;
         Ok(Tensor::cat(&[b1, b5, b3, bp], 1)?)
     }
 
@@ -317,7 +319,7 @@ impl InceptionV3 {
         let c = |name: &str, x: &Tensor| self.conv(&format!("Mixed_6a.{name}"), x);
         let b3 = c("branch3x3", x)?;
         let bd = c("branch3x3dbl_3", &c("branch3x3dbl_2", &c("branch3x3dbl_1", x)?)?)?;
-        let bp = x.max_pool2d_with_stride(3, 2)?;
+        let bp = pool_3x3(x, Pool3x3::Max, 2, 0)?;
         Ok(Tensor::cat(&[b3, bd, bp], 1)?)
     }
 
@@ -330,7 +332,7 @@ impl InceptionV3 {
         for i in 2..=5 {
             bd = c(&format!("branch7x7dbl_{i}"), &bd)?;
         }
-        let bp = c("branch_pool", &avg_pool_3x3_same(x)?)?;
+        let bp = c("branch_pool", &pool_3x3(x, Pool3x3::Average, 1, 1)?)?;
         Ok((Tensor::cat(&[&b1, &b7, &bd, &bp], 1)?, b1))
     }
 
@@ -341,7 +343,7 @@ impl InceptionV3 {
         for i in 2..=4 {
             b7 = c(&format!("branch7x7x3_{i}"), &b7)?;
         }
-        let bp = x.max_pool2d_with_stride(3, 2)?;
+        let bp = pool_3x3(x, Pool3x3::Max, 2, 0)?;
         Ok(Tensor::cat(&[b3, b7, bp], 1)?)
     }
 
@@ -353,10 +355,9 @@ impl InceptionV3 {
         let bd = c("branch3x3dbl_2", &c("branch3x3dbl_1", x)?)?;
         let bd = Tensor::cat(&[c("branch3x3dbl_3a", &bd)?, c("branch3x3dbl_3b", &bd)?], 1)?;
         let pooled = match pool {
-            Pool::Average => avg_pool_3x3_same(x)?,
-            // The FID graph's max pool (3x3, stride 1, padding 1). Its input is a concatenation of ReLU
-            // outputs, never negative, so zero padding is exactly the -inf padding of max_pool2d.
-            Pool::Max => x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?.max_pool2d_with_stride(3, 1)?,
+            Pool::Average => pool_3x3(x, Pool3x3::Average, 1, 1)?,
+            // The FID graph's max pool (3x3, stride 1, padding 1).
+            Pool::Max => pool_3x3(x, Pool3x3::Max, 1, 1)?,
         };
         let bp = c("branch_pool", &pooled)?;
         Ok(Tensor::cat(&[b1, b3, bd, bp], 1)?)
@@ -366,17 +367,6 @@ impl InceptionV3 {
 enum Pool {
     Average,
     Max,
-}
-
-/// 3x3 average pool, stride 1, padding 1, averaging only the real (unpadded) inputs, as TensorFlow does
-/// (`count_include_pad=False`).
-fn avg_pool_3x3_same(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let summed = (x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?.avg_pool2d_with_stride(3, 1)? * 9.0)?;
-    let span = |i: usize, n: usize| (1 + usize::from(i > 0) + usize::from(i + 1 < n)) as f32;
-    let counts: Vec<f32> = (0..h).flat_map(|i| (0..w).map(move |j| 1.0 / (span(i, h) * span(j, w)))).collect();
-    let inverse = Tensor::from_vec(counts, (1, 1, h, w), x.device())?;
-    Ok(summed.broadcast_mul(&inverse)?)
 }
 
 /// Bilinear resize of `[N, C, H, W]` as `torch.nn.functional.interpolate(mode="bilinear",

@@ -4,7 +4,9 @@
 //! rows) and multiplied by the `[c_out, c_in * kh * kw]` weight, which is the weight as it lies. candle's
 //! CPU convolution instead copies the input to NHWC on one thread, gathers its columns an element at a
 //! time and scatters the product back to NCHW; asymmetric padding (Inception's 1x7 and 7x1 kernels) also
-//! cost it a padded copy of the input. A 1x1 stride-1 convolution multiplies the input as it lies.
+//! cost it a padded copy of the input. A 1x1 stride-1 convolution multiplies the input as it lies. With
+//! at least an image per thread, each thread convolves its own images with single-threaded products
+//! (Inception's later maps are too small to split well). The 3x3 pools are one pass each.
 
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
@@ -50,26 +52,119 @@ pub fn conv2d_bias_relu(
     let geometry = Geometry { h, w, kh, kw, stride, ph, pw, oh, ow };
     let (k, hw) = (c_in * kh * kw, oh * ow);
     let pointwise = kh == 1 && kw == 1 && stride == 1 && ph == 0 && pw == 0;
-    let mut col = if pointwise { Vec::new() } else { vec![0f32; k * hw] };
     let mut out = vec![0f32; n * c_out * hw];
-    let exec = Exec::current(rayon::current_num_threads());
-    for (image, dst) in xs.chunks_exact(c_in * h * w).zip(out.chunks_exact_mut(c_out * hw)) {
+    let weights = View::rows(ws, c_out, k, k);
+    // One image: its columns (unless pointwise) times the weight, then bias and ReLU.
+    let convolve = |image: &[f32], dst: &mut [f32], col: &mut Vec<f32>, exec: Exec| {
         let columns = if pointwise {
             image
         } else {
-            geometry.im2col(image, &mut col);
-            &col
+            col.resize(k * hw, 0.0);
+            geometry.im2col(image, col);
+            col
         };
-        let weights = View::rows(ws, c_out, k, k);
         gemm(ViewMut::rows(dst, c_out, hw, hw), weights, View::rows(columns, k, hw, hw), 1.0, false, exec);
-        dst.par_chunks_mut(hw).zip(bs.par_iter()).for_each(|(row, &b)| {
+        for (row, &b) in dst.chunks_exact_mut(hw).zip(bs) {
             for v in row {
                 *v = (*v + b).max(0.0);
             }
-        });
+        }
+    };
+    let threads = rayon::current_num_threads();
+    let (image_len, out_len) = (c_in * h * w, c_out * hw);
+    if n >= threads {
+        // An image per thread: each product on one thread, none split into pieces too small to pay.
+        let exec = Exec::current(1);
+        let images = xs.par_chunks_exact(image_len).zip(out.par_chunks_exact_mut(out_len));
+        images.for_each_init(Vec::new, |col, (image, dst)| convolve(image, dst, col, exec));
+    } else {
+        let (exec, mut col) = (Exec::current(threads), Vec::new());
+        for (image, dst) in xs.chunks_exact(image_len).zip(out.chunks_exact_mut(out_len)) {
+            convolve(image, dst, &mut col, exec);
+        }
     }
     drop((x_storage, w_storage, b_storage));
     Ok(Tensor::from_vec(out, (n, c_out, oh, ow), x.device())?)
+}
+
+/// How a 3x3 pool combines its window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool3x3 {
+    /// The largest input in the window (padding never wins: PyTorch's -inf padding).
+    Max,
+    /// The mean of the inputs inside the image (`count_include_pad=False`).
+    Average,
+}
+
+/// A 3x3 pool of `x` `[n, c, h, w]` with `stride` and `padding` on every side, in one pass over the output
+/// (candle's composition pads, pools and rescales in five).
+pub fn pool_3x3(x: &Tensor, kind: Pool3x3, stride: usize, padding: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if stride == 0 || padding > 1 || h + 2 * padding < 3 || w + 2 * padding < 3 {
+        return Err(crate::Error::Data(format!(
+            "pool_3x3: input {:?}, stride {stride}, padding {padding} do not fit",
+            x.dims()
+        )));
+    }
+    let (oh, ow) = ((h + 2 * padding - 3) / stride + 1, (w + 2 * padding - 3) / stride + 1);
+    if !fused(x) {
+        return pool_composed(x, kind, stride, padding);
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { unreachable!("fused() admits CPU tensors only") };
+    let xs = f32_slice(cpu, layout, "pool_3x3")?;
+    let mut out = vec![0f32; n * c * oh * ow];
+    // The input rows/columns of output i: [i * stride - padding, + 3) inside [0, len).
+    let window = |i: usize, len: usize| {
+        let start = (i * stride).saturating_sub(padding);
+        (start, (i * stride + 3 - padding).min(len))
+    };
+    out.par_chunks_mut(oh * ow).zip(xs.par_chunks(h * w)).for_each(|(dst, plane)| {
+        for (oy, dst_row) in dst.chunks_exact_mut(ow).enumerate() {
+            let (y0, y1) = window(oy, h);
+            for (ox, v) in dst_row.iter_mut().enumerate() {
+                let (x0, x1) = window(ox, w);
+                let rows = plane[y0 * w..y1 * w].chunks_exact(w).map(|row| &row[x0..x1]);
+                *v = match kind {
+                    Pool3x3::Max => rows.flatten().fold(f32::NEG_INFINITY, |m, &a| m.max(a)),
+                    Pool3x3::Average => rows.flatten().sum::<f32>() / ((y1 - y0) * (x1 - x0)) as f32,
+                };
+            }
+        }
+    });
+    drop(storage);
+    Ok(Tensor::from_vec(out, (n, c, oh, ow), x.device())?)
+}
+
+/// The same with candle's ops.
+fn pool_composed(x: &Tensor, kind: Pool3x3, stride: usize, padding: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    match kind {
+        Pool3x3::Max => {
+            // Borders of the lowest value: candle pads with zeros only.
+            let pad = |t: &Tensor, dim: usize| -> Result<Tensor> {
+                let mut shape = t.dims().to_vec();
+                shape[dim] = padding;
+                let border = Tensor::full(f32::MIN, shape, t.device())?.to_dtype(t.dtype())?;
+                Ok(Tensor::cat(&[&border, t, &border], dim)?)
+            };
+            let padded = if padding == 0 { x.clone() } else { pad(&pad(x, 2)?, 3)? };
+            Ok(padded.max_pool2d_with_stride(3, stride)?)
+        }
+        Pool3x3::Average => {
+            let padded = x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)?;
+            let summed = (padded.avg_pool2d_with_stride(3, stride)? * 9.0)?;
+            let (oh, ow) = summed.dims4().map(|(_, _, oh, ow)| (oh, ow))?;
+            let span = |i: usize, len: usize| {
+                let start = (i * stride).saturating_sub(padding);
+                ((i * stride + 3 - padding).min(len) - start) as f32
+            };
+            let counts: Vec<f32> =
+                (0..oh).flat_map(|i| (0..ow).map(move |j| 1.0 / (span(i, h) * span(j, w)))).collect();
+            Ok(summed.broadcast_mul(&Tensor::from_vec(counts, (1, 1, oh, ow), x.device())?)?)
+        }
+    }
 }
 
 /// The same with candle's ops (CUDA, other dtypes; what the tests compare against).
@@ -167,7 +262,8 @@ mod tests {
             (2, 2, 6, (1, 1), 2, (0, 0)),
         ];
         for (i, (c_in, c_out, size, (kh, kw), stride, padding)) in cases.into_iter().enumerate() {
-            let x = random(&[2, c_in, size, size + 1], i as u64);
+            // One image (split products) or three (an image per thread), alternately.
+            let x = random(&[1 + 2 * (i % 2), c_in, size, size + 1], i as u64);
             let weight = random(&[c_out, c_in, kh, kw], 100 + i as u64);
             let bias = random(&[c_out], 200 + i as u64);
             let fused = conv2d_bias_relu(&x, &weight, &bias, stride, padding).unwrap();
@@ -177,6 +273,35 @@ mod tests {
             let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(error <= 1e-5 * scale.max(1.0), "case {i}: max error {error} (scale {scale})");
         }
+    }
+
+    #[test]
+    fn the_fused_pools_are_candles() {
+        for (i, (kind, stride, padding)) in [
+            (Pool3x3::Max, 2, 0),
+            (Pool3x3::Max, 1, 1),
+            (Pool3x3::Average, 1, 1),
+            (Pool3x3::Average, 2, 0),
+            (Pool3x3::Max, 2, 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let x = random(&[2, 3, 9, 8], 300 + i as u64);
+            let fused = pool_3x3(&x, kind, stride, padding).unwrap();
+            let reference = pool_composed(&x, kind, stride, padding).unwrap();
+            assert_eq!(fused.dims(), reference.dims(), "case {i}");
+            let error = (fused - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(error < 1e-6, "case {i} ({kind:?}, stride {stride}, padding {padding}): max error {error}");
+        }
+        // Averages exclude the padding: a corner of ones averages to one.
+        let ones = Tensor::ones((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let avg = pool_3x3(&ones, Pool3x3::Average, 1, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(avg.iter().all(|&v| (v - 1.0).abs() < 1e-6), "{avg:?}");
+        // Max padding never wins over negative inputs.
+        let negative = (ones.clone() * -2.0).unwrap();
+        let max = pool_3x3(&negative, Pool3x3::Max, 1, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(max.iter().all(|&v| v == -2.0), "{max:?}");
     }
 
     #[test]
