@@ -525,3 +525,47 @@ async fn a_reproduce_job_whose_worker_was_killed_keeps_its_finished_steps() {
     db.drop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_reproduce_job_saves_every_running_training_step() {
+    let db = TestDb::new("worker_reproduce_cancel").await;
+    let dir = tempdir("reproduce-cancel");
+    let params = json!({ "phantoms": 96, "pretrain_steps": 1_000_000, "eval_samples": 0, "class_samples": 0 });
+    let id = queue::submit(&db.pool, &NewJob::new("reproduce", params)).await.unwrap().id;
+    let _worker = spawn_worker_process(&db, &dir, "5");
+    // Cancel once both pre-training steps are training.
+    let started = Instant::now();
+    loop {
+        let training: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM job_logs WHERE job_id = $1 AND message LIKE '[pretrain-%] Data: %'",
+        )
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if training == 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "pre-training did not start within 2 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    queue::cancel(&db.pool, id).await.unwrap();
+    let job = wait_for(&db.pool, id, Duration::from_secs(60), |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Cancelled, "{:?}", job.error);
+    // Each training step saved its checkpoint on the way out, and it is in the store for a retry.
+    let copied: Vec<String> =
+        sqlx::query_scalar("SELECT meta->>'path' FROM artifacts WHERE job_id = $1 AND kind = 'work'")
+            .bind(id)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    for mode in ["rep", "uncond"] {
+        let checkpoint = format!("pretrain-{mode}/checkpoint.safetensors");
+        assert!(copied.contains(&checkpoint), "{checkpoint} not stored: {copied:?}");
+    }
+    let scratch = dir.join("scratch").to_string_lossy().into_owned();
+    assert_eq!(processes_mentioning(&scratch), Vec::<String>::new());
+    db.drop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
