@@ -587,6 +587,54 @@ async fn the_paper_pipeline_runs_as_one_job_with_its_tables_as_the_result() {
     app.finish().await;
 }
 
+/// The pipeline on a team's own data: DICOM series uploaded to a dataset, their sites and markers with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_paper_pipeline_runs_on_an_uploaded_dataset() {
+    let app = App::new("api_reproduce_dataset", true).await;
+    let (ada, bob) = (app.token("ada").await, app.token("bob").await);
+    let scans = app.dir.join("phantoms");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_repdiff"))
+        .args(["phantoms", "--format", "dicom", "-n", "60", "--downstream", "200", "--size", "32", "--seed", "3"])
+        .arg("--out")
+        .arg(&scans)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dataset = app.call("POST", "/api/v1/datasets", Some(&ada), Some(json!({ "name": "ct" }))).await;
+    let id = dataset.json()["id"].as_i64().unwrap();
+    let names: Vec<String> = (0..260).map(|i| format!("phantom_{i:05}.dcm")).collect();
+    let mut parts = vec![("labels", None, std::fs::read(scans.join("labels.csv")).unwrap())];
+    parts.extend(names.iter().map(|n| ("files", Some(n.as_str()), std::fs::read(scans.join(n)).unwrap())));
+    let (content_type, body) = multipart(&parts);
+    let upload = Request::post(format!("/api/v1/datasets/{id}/scans"))
+        .header(header::AUTHORIZATION, format!("Bearer {ada}"))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+        .unwrap();
+    let reply = app.send(upload).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.json()["accepted"].as_array().unwrap().len(), 260);
+
+    let params = json!({ "dataset": id, "pretrain_steps": 2, "finetune_steps": 2, "draws": 2,
+                         "supervised_epochs": 1, "eval_samples": 0, "class_samples": 0 });
+    // Another researcher may not run it on Ada's private dataset.
+    let submit = json!({ "kind": "reproduce", "params": params });
+    let refused = app.call("POST", "/api/v1/jobs", Some(&bob), Some(submit.clone())).await;
+    assert_eq!(refused.error_code(), "invalid_params");
+    assert!(String::from_utf8_lossy(&refused.body).contains(&format!("no dataset {id} that you may read")));
+    let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply.body));
+    let job = app.wait_final(&ada, reply.json()["id"].as_i64().unwrap(), Duration::from_secs(300)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let report: repdiff_api::ReproduceReport = serde_json::from_value(job["result"].clone()).unwrap();
+    assert_eq!(report.table6.len(), 5);
+    assert!(report.table5.is_none() && report.class_fidelity.is_empty());
+    // The split came from the uploaded scans' sites: site 1's 200 slices are the downstream task.
+    let test: usize = report.table6[0].metrics.confusion.iter().flatten().sum();
+    assert!((15..=25).contains(&test), "about a tenth of site 1's 200 slices are test slices: {test}");
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn representation_pretraining_then_finetune_through_the_api() {
     let app = App::new("api_rep", true).await;
