@@ -652,7 +652,7 @@ pub struct EvaluateReport {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct ReproduceReport {
-    /// The preset the pipeline ran (`TinyCpu`, `Paper`).
+    /// The preset the pipeline ran (`tiny-cpu`, `paper`).
     pub preset: String,
     pub seed: u64,
     pub pretrain_steps: usize,

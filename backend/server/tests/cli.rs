@@ -666,6 +666,10 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("table6.json")).unwrap()).unwrap();
     assert_eq!(summary["table6"].as_array().unwrap().len(), 5);
+    // The file is the job's typed result, the report's Markdown included.
+    let report: repdiff_api::ReproduceReport = serde_json::from_value(summary.clone()).unwrap();
+    assert_eq!(report.markdown, table);
+    assert_eq!((report.preset.as_str(), report.table6[0].chosen_t.is_some()), ("tiny-cpu", true));
     assert!(table.contains("| 500 |"), "the validation sweep lists every timestep: {table}");
     assert!(summary["table6"][1]["intervals"]["accuracy"][1].as_f64().is_some());
     assert!(out.join("counterfactuals/counterfactuals.png").exists());

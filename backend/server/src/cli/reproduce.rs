@@ -13,7 +13,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use serde_json::{Value, json};
+use repdiff_api::{
+    ClassMetrics, ClassifyReport, FidelityRow, ProbeTest, ReproduceReport, StepTiming, SweepRow, Table5Row, Table6Row,
+};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 mod steps;
 
@@ -182,7 +186,7 @@ fn count_part(split: &Path, part: &str) -> Result<usize> {
     Ok(lines.filter(|l| l.split(',').nth(column) == Some(part)).count())
 }
 
-fn read_json(path: &Path) -> Result<Value> {
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
         .with_context(|| format!("parsing {}", path.display()))
 }
@@ -532,60 +536,71 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     run_steps(&steps, usize::from(args.jobs), &mut timings)?;
 
     // The tables.
+    let uncond: ClassifyReport = read_json(&out.join("classify-uncond.json"))?;
+    let rep: ClassifyReport = read_json(&out.join("classify-rep.json"))?;
     let mut rows = vec![
-        table_row(
-            "Diffusion classifier, unconditional pre-training + fine-tuning",
-            &read_json(&out.join("classify-uncond.json"))?,
-        ),
-        table_row(
-            "Diffusion classifier, representation-conditional pre-training + fine-tuning (the paper's)",
-            &read_json(&out.join("classify-rep.json"))?,
-        ),
-        probe_row("Linear probe on the representation encoder (mean-pooled tokens)", &read_json(&probe)?),
+        table_row("Diffusion classifier, unconditional pre-training + fine-tuning", &uncond)?,
+        table_row("Diffusion classifier, representation-conditional pre-training + fine-tuning (the paper's)", &rep)?,
+        probe_row("Linear probe on the representation encoder (mean-pooled tokens)", &probe)?,
     ];
     if dino_probe.exists() {
-        rows.push(probe_row("Linear probe on DINOv2 ViT-S/14 features", &read_json(&dino_probe)?));
+        rows.push(probe_row("Linear probe on DINOv2 ViT-S/14 features", &dino_probe)?);
     }
     for (arch, _) in plan.supervised {
-        let report = read_json(&out.join(format!("supervised-{arch}.json")))?;
-        rows.push(probe_row(&format!("{} ({arch}) trained from scratch on the training part", network(arch)), &report));
+        let report = out.join(format!("supervised-{arch}.json"));
+        rows.push(probe_row(
+            &format!("{} ({arch}) trained from scratch on the training part", network(arch)),
+            &report,
+        )?);
     }
-    let total = started.elapsed().as_secs_f64();
     let mut markdown = table6_markdown(&rows, &args, pretrain_steps, finetune_steps, &split)?;
-    markdown.push_str(&sweep_markdown(
-        &read_json(&out.join("classify-uncond.json"))?,
-        &read_json(&out.join("classify-rep.json"))?,
-    ));
-    let fidelity = if class_samples > 0 { class_fidelity(out)? } else { Vec::new() };
-    if !fidelity.is_empty() {
+    markdown.push_str(&sweep_markdown(&uncond, &rep));
+    let class_fidelity = if class_samples > 0 { class_fidelity(out, &uncond, &rep)? } else { Vec::new() };
+    if !class_fidelity.is_empty() {
         markdown.push_str(&fidelity_markdown(
-            &fidelity,
+            &class_fidelity,
             &format!("{} {}", plan.class_sampler.to_uppercase(), plan.class_steps),
         ));
     }
     let table5 = if evaluation.join("metrics.json").exists() {
-        let report = read_json(&evaluation.join("metrics.json"))?;
-        markdown.push_str(&table5_markdown(&report));
-        report["results"].clone()
+        let rows = read_json::<EvaluationFile>(&evaluation.join("metrics.json"))?.results;
+        markdown.push_str(&table5_markdown(&rows));
+        Some(rows)
     } else {
-        Value::Null
+        None
     };
     std::fs::write(out.join("table6.md"), &markdown)?;
-    let summary = json!({
-        "table5": table5,
-        "preset": args.preset.name(),
-        "seed": args.seed,
-        "pretrain_steps": pretrain_steps,
-        "finetune_steps": finetune_steps,
-        "table6": rows,
-        "class_fidelity": fidelity,
-        "timings_s": timings.iter().map(|(k, v)| json!({ "step": k, "seconds": v })).collect::<Vec<_>>(),
-        "total_s": total,
-    });
-    std::fs::write(out.join("table6.json"), serde_json::to_string_pretty(&summary)?)?;
-    println!("\n{markdown}");
-    println!("Wrote {} and table6.json ({:.1} minutes in all)", out.join("table6.md").display(), total / 60.0);
+    let report = ReproduceReport {
+        preset: args.preset.name(),
+        seed: args.seed,
+        pretrain_steps,
+        finetune_steps,
+        table6: rows,
+        class_fidelity,
+        table5,
+        timings_s: timings.into_iter().map(|(step, seconds)| StepTiming { step, seconds }).collect(),
+        total_s: started.elapsed().as_secs_f64(),
+        markdown,
+    };
+    std::fs::write(out.join("table6.json"), serde_json::to_string_pretty(&report)?)?;
+    println!("\n{}", report.markdown);
+    println!("Wrote {} and table6.json ({:.1} minutes in all)", out.join("table6.md").display(), report.total_s / 60.0);
     Ok(())
+}
+
+/// `repdiff evaluate`'s metrics.json, as far as Table 5 reads it.
+#[derive(Deserialize)]
+struct EvaluationFile {
+    results: Vec<Table5Row>,
+}
+
+/// A probe's or a supervised baseline's report (`repdiff probe`, `repdiff supervised`), as far as Table 6
+/// reads it.
+#[derive(Deserialize)]
+struct TestedReport {
+    #[serde(default)]
+    lambda: Option<f64>,
+    test: Option<ProbeTest>,
 }
 
 /// What kind of network a supervised baseline's architecture name is.
@@ -593,54 +608,59 @@ fn network(arch: &str) -> &'static str {
     if arch.starts_with("resnet") { "ResNet" } else { "ViT" }
 }
 
-/// One method's test result as a row: name, metrics, intervals, forward passes per image.
-fn table_row(name: &str, report: &Value) -> Value {
-    let test = &report["test"];
-    json!({
-        "method": name,
-        "chosen_t": report["chosen_t"],
-        "metrics": test["metrics"],
-        "intervals": test["intervals"],
-        "forwards_per_image": test["forwards_per_image"],
-        "agreement": test["agreement"],
+/// A diffusion classifier's test result as a row: metrics, intervals, forward passes per image.
+fn table_row(name: &str, report: &ClassifyReport) -> Result<Table6Row> {
+    let test = report.test.as_ref().with_context(|| format!("{name}: the classifier's report has no test result"))?;
+    Ok(Table6Row {
+        method: name.to_string(),
+        chosen_t: Some(report.chosen_t),
+        metrics: test.metrics.clone(),
+        intervals: test.intervals.clone(),
+        forwards_per_image: Some(test.forwards_per_image),
+        agreement: test.agreement.clone(),
+        lambda: None,
     })
 }
 
-fn probe_row(name: &str, report: &Value) -> Value {
-    json!({
-        "method": name,
-        "lambda": report["lambda"],
-        "metrics": report["test"]["metrics"],
-        "intervals": report["test"]["intervals"],
+/// A probe's or a supervised baseline's test result (the report at `path`) as a row.
+fn probe_row(name: &str, path: &Path) -> Result<Table6Row> {
+    let report: TestedReport = read_json(path)?;
+    let test = report.test.with_context(|| format!("{} has no test result", path.display()))?;
+    Ok(Table6Row {
+        method: name.to_string(),
+        chosen_t: None,
+        metrics: test.metrics,
+        intervals: Some(test.intervals),
+        forwards_per_image: None,
+        agreement: None,
+        lambda: report.lambda,
     })
 }
 
 /// The two validation sweeps side by side (the paper's Fig. 12: accuracy and F1 over the timestep).
-fn sweep_markdown(uncond: &Value, rep: &Value) -> String {
-    let rows = |report: &Value| report["validation"].as_array().cloned().unwrap_or_default();
-    let (u, r) = (rows(uncond), rows(rep));
-    let pct = |row: Option<&Value>, name: &str| {
-        row.and_then(|row| row["metrics"][name].as_f64()).map_or("-".to_string(), |v| format!("{:.1}", v * 100.0))
+fn sweep_markdown(uncond: &ClassifyReport, rep: &ClassifyReport) -> String {
+    let pct = |row: Option<&SweepRow>, value: fn(&ClassMetrics) -> f64| {
+        row.map_or("-".to_string(), |row| format!("{:.1}", value(&row.metrics) * 100.0))
     };
     let mut md = String::from(
         "\n## Validation sweep (Fig. 12 analogue)\n\n| t | accuracy %, unconditional | F1 %, unconditional | accuracy %, representation | F1 %, representation |\n|---|---|---|---|---|\n",
     );
-    for (i, row) in u.iter().enumerate() {
-        let other = r.get(i);
+    for (i, row) in uncond.validation.iter().enumerate() {
+        let other = rep.validation.get(i);
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
-            row["t"],
-            pct(Some(row), "accuracy"),
-            pct(Some(row), "f1"),
-            pct(other, "accuracy"),
-            pct(other, "f1")
+            row.t,
+            pct(Some(row), |m| m.accuracy),
+            pct(Some(row), |m| m.f1),
+            pct(other, |m| m.accuracy),
+            pct(other, |m| m.f1)
         ));
     }
     md
 }
 
 fn table6_markdown(
-    rows: &[Value],
+    rows: &[Table6Row],
     args: &ReproduceArgs,
     pretrain_steps: usize,
     finetune_steps: usize,
@@ -663,36 +683,33 @@ fn table6_markdown(
     )?;
     writeln!(md, "| method | t | accuracy % | precision % | recall % | F1 % | forwards/image |")?;
     writeln!(md, "|---|---|---|---|---|---|---|")?;
-    let cell = |row: &Value, name: &str| -> String {
-        let v = row["metrics"][name].as_f64().unwrap_or(f64::NAN) * 100.0;
-        let i = &row["intervals"][name];
-        match (i[0].as_f64(), i[1].as_f64()) {
-            (Some(lo), Some(hi)) => format!("{v:.1} [{:.1}, {:.1}]", lo * 100.0, hi * 100.0),
-            _ => format!("{v:.1}"),
-        }
+    let cell = |v: f64, interval: Option<[f64; 2]>| match interval {
+        Some([lo, hi]) => format!("{:.1} [{:.1}, {:.1}]", v * 100.0, lo * 100.0, hi * 100.0),
+        None => format!("{:.1}", v * 100.0),
     };
     for row in rows {
-        let t = row["chosen_t"].as_u64().map_or("-".to_string(), |t| t.to_string());
-        let forwards = row["forwards_per_image"].as_f64().map_or("-".to_string(), |f| format!("{f:.0}"));
+        let (m, i) = (&row.metrics, row.intervals.as_ref());
+        let t = row.chosen_t.map_or("-".to_string(), |t| t.to_string());
+        let forwards = row.forwards_per_image.map_or("-".to_string(), |f| format!("{f:.0}"));
         writeln!(
             md,
             "| {} | {t} | {} | {} | {} | {} | {forwards} |",
-            row["method"].as_str().unwrap_or(""),
-            cell(row, "accuracy"),
-            cell(row, "precision"),
-            cell(row, "recall"),
-            cell(row, "f1")
+            row.method,
+            cell(m.accuracy, i.map(|i| i.accuracy)),
+            cell(m.precision, i.map(|i| i.precision)),
+            cell(m.recall, i.map(|i| i.recall)),
+            cell(m.f1, i.map(|i| i.f1))
         )?;
     }
     for row in rows {
-        if let Some(a) = row["agreement"].as_object() {
+        if let Some(a) = &row.agreement {
             writeln!(
                 md,
                 "\n{}: sequential stopping took the decision of all {} draws on {:.1}% of the test slices with {:.1}% of the forward passes.",
-                row["method"].as_str().unwrap_or(""),
-                a["fixed_draws"],
-                a["agreement"].as_f64().unwrap_or(0.0) * 100.0,
-                a["forwards_fraction"].as_f64().unwrap_or(0.0) * 100.0
+                row.method,
+                a.fixed_draws,
+                a.agreement * 100.0,
+                a.forwards_fraction * 100.0
             )?;
         }
     }
@@ -708,43 +725,43 @@ fn fidelity_name(mode: &str, guidance: f64) -> String {
     format!("{mode}-g{guidance}")
 }
 
+/// Per class, the fraction of its items called that class (`confusion[truth][predicted]`): [specificity,
+/// recall] for two classes.
+fn per_class(confusion: &[Vec<usize>]) -> Vec<f64> {
+    confusion
+        .iter()
+        .enumerate()
+        .map(|(c, row)| row.get(c).copied().unwrap_or(0) as f64 / row.iter().sum::<usize>().max(1) as f64)
+        .collect()
+}
+
 /// Each fine-tuned model's class-conditional samples as the other model's classifier sorts them, at the
-/// timestep that classifier chose on real validation slices, beside how it sorts the real test slices.
-fn class_fidelity(out: &Path) -> Result<Vec<Value>> {
-    // The fraction of each class's items called that class: [specificity, recall] for two classes.
-    let per_class = |confusion: &Value| -> Vec<f64> {
-        let rows = confusion.as_array().cloned().unwrap_or_default();
-        rows.iter()
-            .enumerate()
-            .map(|(c, r)| {
-                let r: Vec<f64> = r.as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
-                r.get(c).copied().unwrap_or(0.0) / r.iter().sum::<f64>().max(1.0)
-            })
-            .collect()
-    };
+/// timestep that classifier chose on real validation slices, beside how it sorts the real test slices
+/// (the classifiers' reports `uncond` and `rep`).
+fn class_fidelity(out: &Path, uncond: &ClassifyReport, rep: &ClassifyReport) -> Result<Vec<FidelityRow>> {
     let mut rows = Vec::new();
-    for (mode, judge) in [("rep", "uncond"), ("uncond", "rep")] {
-        let real = read_json(&out.join(format!("classify-{judge}.json")))?;
+    for (mode, judge, real) in [("rep", "uncond", uncond), ("uncond", "rep", rep)] {
+        let real_test = real.test.as_ref().context("the judging classifier's report has no test result")?;
         for guidance in CLASS_GUIDANCE {
             let name = format!("class-fidelity-{}.json", fidelity_name(mode, guidance));
-            let judged = read_json(&out.join(&name))?;
-            let row = judged["validation"].get(0).with_context(|| format!("{name} has no result"))?;
-            rows.push(json!({
-                "samples_of": mode,
-                "guidance": guidance,
-                "judge": judge,
-                "t": judged["chosen_t"],
-                "samples_per_class": per_class(&row["metrics"]["confusion"]),
-                "samples_confusion": row["metrics"]["confusion"],
-                "real_test_per_class": per_class(&real["test"]["metrics"]["confusion"]),
-            }));
+            let judged: ClassifyReport = read_json(&out.join(&name))?;
+            let row = judged.validation.first().with_context(|| format!("{name} has no result"))?;
+            rows.push(FidelityRow {
+                samples_of: mode.to_string(),
+                guidance,
+                judge: judge.to_string(),
+                t: judged.chosen_t,
+                samples_per_class: per_class(&row.metrics.confusion),
+                samples_confusion: row.metrics.confusion.clone(),
+                real_test_per_class: per_class(&real_test.metrics.confusion),
+            });
         }
     }
     Ok(rows)
 }
 
 /// The class-fidelity table; `sampler` says how the samples were drawn (`DDPM 100`).
-fn fidelity_markdown(rows: &[Value], sampler: &str) -> String {
+fn fidelity_markdown(rows: &[FidelityRow], sampler: &str) -> String {
     let mut md = format!(
         "\n## Class fidelity of the fine-tuned models' samples\n\nEach fine-tuned model draws samples of both classes \
          ({sampler}, classifier-free guidance 1: none, and 3); the other model's diffusion classifier sorts them \
@@ -753,19 +770,19 @@ fn fidelity_markdown(rows: &[Value], sampler: &str) -> String {
          | samples of | guidance | judged by | t | class-0 samples called 0 % | class-1 samples called 1 % | real test: class 0 called 0 % | real test: class 1 called 1 % |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
-    let name = |m: &Value| if m == "rep" { "representation pre-training" } else { "unconditional pre-training" };
-    let pct = |v: &Value, c: usize| v[c].as_f64().map_or("-".to_string(), |v| format!("{:.1}", v * 100.0));
+    let name = |m: &str| if m == "rep" { "representation pre-training" } else { "unconditional pre-training" };
+    let pct = |v: &[f64], c: usize| v.get(c).map_or("-".to_string(), |v| format!("{:.1}", v * 100.0));
     for r in rows {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            name(&r["samples_of"]),
-            r["guidance"],
-            name(&r["judge"]),
-            r["t"],
-            pct(&r["samples_per_class"], 0),
-            pct(&r["samples_per_class"], 1),
-            pct(&r["real_test_per_class"], 0),
-            pct(&r["real_test_per_class"], 1)
+            "| {} | {:.1} | {} | {} | {} | {} | {} | {} |\n",
+            name(&r.samples_of),
+            r.guidance,
+            name(&r.judge),
+            r.t,
+            pct(&r.samples_per_class, 0),
+            pct(&r.samples_per_class, 1),
+            pct(&r.real_test_per_class, 0),
+            pct(&r.real_test_per_class, 1)
         ));
     }
     md
@@ -773,36 +790,27 @@ fn fidelity_markdown(rows: &[Value], sampler: &str) -> String {
 
 /// The generation metrics of the two pre-trained models (the paper's Table 5), named for the extractor
 /// that measured them.
-fn table5_markdown(report: &Value) -> String {
-    let results = report["results"].as_array().cloned().unwrap_or_default();
-    let pretrained = results.first().is_some_and(|r| r["extractor"] == "inception-v3");
+fn table5_markdown(results: &[Table5Row]) -> String {
+    let pretrained = results.first().is_some_and(|r| r.extractor == "inception-v3");
     let (fid, sfid, is) = if pretrained { ("FID", "sFID", "IS") } else { ("FD", "sFD", "score") };
     let mut md = format!(
         "\n## Table 5 analogue: generation against {} pre-training images\n\n",
-        results.first().map_or(0, |r| r["real"].as_u64().unwrap_or(0))
+        results.first().map_or(0, |r| r.real)
     );
     if !pretrained {
         md.push_str(&format!(
             "Features of {} (no pretrained Inception weights in the weights folder): FD, sFD and the score \
              compare these models with each other, not with published FIDs.\n\n",
-            results.first().and_then(|r| r["extractor"].as_str()).unwrap_or("a random network")
+            results.first().map_or("a random network", |r| r.extractor.as_str())
         ));
     }
     md.push_str(&format!(
         "| pre-training | samples | {fid} | {sfid} | {is} | precision | recall | density | coverage |\n|---|---|---|---|---|---|---|---|---|\n"
     ));
-    for (row, name) in results.iter().zip(["Unconditional", "Representation-conditional (the paper's)"]) {
-        let v = |k: &str| row[k].as_f64().map_or("-".to_string(), |v| format!("{v:.3}"));
+    for (r, name) in results.iter().zip(["Unconditional", "Representation-conditional (the paper's)"]) {
         md.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            row["generated"],
-            v("fid"),
-            v("sfid"),
-            v("inception_score"),
-            v("precision"),
-            v("recall"),
-            v("density"),
-            v("coverage")
+            "| {name} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+            r.generated, r.fid, r.sfid, r.inception_score, r.precision, r.recall, r.density, r.coverage
         ));
     }
     md

@@ -307,9 +307,8 @@ fn finish(ctx: &mut JobContext, out: &Path, steps: u64) -> Result<serde_json::Va
         std::fs::read_to_string(out.join(name))
             .map_err(|e| JobError::Retryable(format!("the pipeline wrote no {name}: {e}")))
     };
-    let mut result: serde_json::Value =
+    let report: repdiff_api::ReproduceReport =
         serde_json::from_str(&read("table6.json")?).map_err(|e| JobError::Retryable(format!("table6.json: {e}")))?;
-    result["markdown"] = read("table6.md")?.into();
     ctx.publish(&out.join("table6.md"), "table6.md", "report", "text/markdown", serde_json::json!({}))?;
     ctx.publish(&out.join("table6.json"), "table6.json", "report_data", "application/json", serde_json::json!({}))?;
     let figure = out.join("counterfactuals/counterfactuals.png");
@@ -318,7 +317,7 @@ fn finish(ctx: &mut JobContext, out: &Path, steps: u64) -> Result<serde_json::Va
         ctx.publish(&figure, "counterfactuals.png", "figure", "image/png", serde_json::json!({ "title": title }))?;
     }
     ctx.progress(steps.max(1), steps.max(1), "steps: the pipeline is done");
-    Ok(result)
+    serde_json::to_value(report).map_err(|e| JobError::Permanent(format!("the report: {e}")))
 }
 
 /// The pipeline's working folder and what of it the store holds (size and time of each file copied).
