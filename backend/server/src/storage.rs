@@ -89,7 +89,7 @@ impl Storage {
     fn s3(url: &str) -> Result<Storage> {
         Err(StorageError::Config {
             url: url.into(),
-            reason: "this build has no S3 support: rebuild repdiff with `--features s3`".into(),
+            reason: "this build has no S3 support: it was built with `--no-default-features`; rebuild repdiff with `--features s3`".into(),
         })
     }
 
