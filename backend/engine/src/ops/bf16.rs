@@ -56,6 +56,7 @@ fn at(v: &View, i: usize, j: usize) -> f32 {
 
 /// The pairs of `src` (consecutive values along k) into `out` (`src.len()` / 2 rounded up words; an odd
 /// last value is paired with zero). Sixteen pairs per instruction.
+#[inline]
 fn line_pairs(src: &[f32], out: &mut [u32]) {
     let full = src.len() / 32;
     // SAFETY: the bf16 path only runs where `available()`; the vector part stays inside both slices.
@@ -77,6 +78,7 @@ fn line_pairs(src: &[f32], out: &mut [u32]) {
 /// The CPU must have AVX512F and AVX512-BF16; `out` holds `src.len() / 2` words.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
 unsafe fn convert_pairs(src: &[f32], out: &mut [u32]) {
     use std::arch::x86_64::*;
     assert!(src.len().is_multiple_of(32) && out.len() * 2 >= src.len());
@@ -98,6 +100,7 @@ unsafe fn convert_pairs(src: &[f32], out: &mut [u32]) {
 /// The CPU must have AVX512F, AVX512BW and AVX512-BF16; `lo` and `hi` hold 16 values, `out` 16 words.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[inline]
 unsafe fn interleave_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
     use std::arch::x86_64::*;
     assert!(lo.len() >= 16 && hi.len() >= 16 && out.len() >= 16);
@@ -118,44 +121,8 @@ unsafe fn interleave_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
 fn pack_b(b: &View, k2: usize, threads: usize) -> Vec<u32> {
     let panels = b.cols.div_ceil(NR);
     let mut packed = vec![0u32; panels * k2 * NR];
-    let zeros = [0f32; 16];
-    let fill = |(p, panel): (usize, &mut [u32])| {
-        let cols = (b.cols - p * NR).min(NR);
-        if b.row_stride == 1 {
-            // Columns lie along k (a transposed weight): each column's pairs in one pass, then spread.
-            let mut line = vec![0u32; k2];
-            for c in 0..cols {
-                let j = p * NR + c;
-                line_pairs(&b.data[j * b.col_stride..j * b.col_stride + b.rows], &mut line);
-                for (kp, &w) in line.iter().enumerate() {
-                    panel[kp * NR + c] = w;
-                }
-            }
-            return;
-        }
-        for kp in 0..k2 {
-            let (k0, k1) = (2 * kp, 2 * kp + 1);
-            let mut c = 0;
-            #[cfg(target_arch = "x86_64")]
-            if b.col_stride == 1 {
-                // Rows lie along n: sixteen columns of two rows per instruction.
-                while c + 16 <= cols {
-                    let j = p * NR + c;
-                    let lo = &b.data[k0 * b.row_stride + j..];
-                    let hi = if k1 < b.rows { &b.data[k1 * b.row_stride + j..] } else { &zeros[..] };
-                    // SAFETY: the bf16 path only runs where `available()` (AVX512-BF16 implies AVX512BW on
-                    // every CPU that has it, and `available` checks both); 16 values lie past `j` in both rows.
-                    unsafe { interleave_pairs(lo, hi, &mut panel[kp * NR + c..]) };
-                    c += 16;
-                }
-            }
-            for c in c..cols {
-                let j = p * NR + c;
-                let hi = if k1 < b.rows { at(b, k1, j) } else { 0.0 };
-                panel[kp * NR + c] = pair(at(b, k0, j), hi);
-            }
-        }
-    };
+    // SAFETY: the bf16 path only runs where `available()`.
+    let fill = |(p, panel): (usize, &mut [u32])| unsafe { pack_b_panel(b, p, k2, panel) };
     if threads > 1 {
         packed.par_chunks_mut(k2 * NR).enumerate().for_each(fill);
     } else {
@@ -164,11 +131,62 @@ fn pack_b(b: &View, k2: usize, threads: usize) -> Vec<u32> {
     packed
 }
 
+/// Panel `p` of [`pack_b`], compiled for the instructions the kernel needs so that the conversions inline.
+///
+/// # Safety
+/// The CPU must have AVX512F, AVX512BW and AVX512-BF16 ([`available`]).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512bf16"))]
+unsafe fn pack_b_panel(b: &View, p: usize, k2: usize, panel: &mut [u32]) {
+    let cols = (b.cols - p * NR).min(NR);
+    if b.row_stride == 1 {
+        // Columns lie along k (a transposed weight): each column's pairs in one pass, then spread.
+        let mut line = vec![0u32; k2];
+        for c in 0..cols {
+            let j = p * NR + c;
+            line_pairs(&b.data[j * b.col_stride..j * b.col_stride + b.rows], &mut line);
+            for (kp, &w) in line.iter().enumerate() {
+                panel[kp * NR + c] = w;
+            }
+        }
+        return;
+    }
+    let zeros = [0f32; 16];
+    for kp in 0..k2 {
+        let (k0, k1) = (2 * kp, 2 * kp + 1);
+        let mut c = 0;
+        #[cfg(target_arch = "x86_64")]
+        if b.col_stride == 1 {
+            // Rows lie along n: sixteen columns of two rows per instruction.
+            while c + 16 <= cols {
+                let j = p * NR + c;
+                let lo = &b.data[k0 * b.row_stride + j..];
+                let hi = if k1 < b.rows { &b.data[k1 * b.row_stride + j..] } else { &zeros[..] };
+                // SAFETY: this function's instructions; 16 values lie past `j` in both rows.
+                unsafe { interleave_pairs(lo, hi, &mut panel[kp * NR + c..]) };
+                c += 16;
+            }
+        }
+        for c in c..cols {
+            let j = p * NR + c;
+            let hi = if k1 < b.rows { at(b, k1, j) } else { 0.0 };
+            panel[kp * NR + c] = pair(at(b, k0, j), hi);
+        }
+    }
+}
+
 /// Rows `rows` of A (`m x k`) as panels of MR rows: for each k pair, MR words (zero past the edges).
-fn pack_a(a: &View, rows: std::ops::Range<usize>, k2: usize, out: &mut Vec<u32>, line: &mut Vec<u32>) {
+///
+/// # Safety
+/// The CPU must have AVX512F, AVX512BW and AVX512-BF16 ([`available`]).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512bf16"))]
+unsafe fn pack_a(a: &View, rows: std::ops::Range<usize>, k2: usize, out: &mut Vec<u32>, line: &mut Vec<u32>) {
     let panels = rows.len().div_ceil(MR);
     out.clear();
     out.resize(panels * k2 * MR, 0);
+    if a.col_stride != 1 && a.row_stride == 1 {
+        // SAFETY: this function's instructions.
+        return unsafe { pack_a_transposed(a, rows, k2, out) };
+    }
     line.resize(k2, 0);
     for (p, panel) in out.chunks_mut(k2 * MR).enumerate() {
         let first = rows.start + p * MR;
@@ -183,7 +201,7 @@ fn pack_a(a: &View, rows: std::ops::Range<usize>, k2: usize, out: &mut Vec<u32>,
                 }
             }
         } else {
-            // Columns lie along m (a transposed operand): read the panel's rows side by side.
+            // Neither axis contiguous: element by element.
             for kp in 0..k2 {
                 let (k0, k1) = (2 * kp, 2 * kp + 1);
                 for r in 0..panel_rows {
@@ -191,6 +209,44 @@ fn pack_a(a: &View, rows: std::ops::Range<usize>, k2: usize, out: &mut Vec<u32>,
                     panel[kp * MR + r] = pair(at(a, first + r, k0), hi);
                 }
             }
+        }
+    }
+}
+
+/// [`pack_a`] for an operand whose columns lie along m (a transposed one, as `g^T` in a weight gradient).
+/// For one k pair the rows of a panel are neighbours in both source lines, and a panel holds them side by
+/// side: 48 rows (8 panels) are converted and paired from the two lines three instructions at a time and
+/// copied six words per panel; the rows past the last such group one at a time.
+///
+/// # Safety
+/// As [`pack_a`].
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512bf16"))]
+unsafe fn pack_a_transposed(a: &View, rows: std::ops::Range<usize>, k2: usize, out: &mut [u32]) {
+    const GROUP: usize = 48;
+    debug_assert!(a.row_stride == 1 && out.len() >= rows.len().div_ceil(MR) * k2 * MR);
+    let zeros = [0f32; GROUP];
+    for kp in 0..k2 {
+        let (k0, k1) = (2 * kp, 2 * kp + 1);
+        let lo = &a.data[k0 * a.col_stride + rows.start..];
+        let hi = if k1 < a.cols { &a.data[k1 * a.col_stride + rows.start..] } else { &zeros[..] };
+        let mut i = 0;
+        #[cfg(target_arch = "x86_64")]
+        while i + GROUP <= rows.len() {
+            let mut words = [0u32; GROUP];
+            for g in (0..GROUP).step_by(16) {
+                let hi = if k1 < a.cols { &hi[i + g..] } else { hi };
+                // SAFETY: this function's instructions; 16 values lie past both starts.
+                unsafe { interleave_pairs(&lo[i + g..], hi, &mut words[g..]) };
+            }
+            for (q, six) in words.chunks_exact(MR).enumerate() {
+                let at = (i / MR + q) * k2 * MR + kp * MR;
+                out[at..at + MR].copy_from_slice(six);
+            }
+            i += GROUP;
+        }
+        for r in i..rows.len() {
+            let h = if k1 < a.cols { hi[r] } else { 0.0 };
+            out[(r / MR) * k2 * MR + kp * MR + r % MR] = pair(lo[r], h);
         }
     }
 }
@@ -217,8 +273,8 @@ pub(crate) fn gemm(dst: ViewMut, a: View, b: View, scale: f32, accumulate: bool,
     };
     let run = |(start, block): (usize, &mut [f32]), (packed_a, line): &mut (Vec<u32>, Vec<u32>)| {
         let rows = (m - start).min(MC);
-        pack_a(&a, start..start + rows, k2, packed_a, line);
-        let tile = Tile { n, row_stride, scale };
+        // SAFETY: the caller checked `available()`.
+        unsafe { pack_a(&a, start..start + rows, k2, packed_a, line) };
         for kc in (0..k2).step_by(KC2) {
             let chunk = (k2 - kc).min(KC2);
             let add = accumulate || kc > 0;
@@ -227,11 +283,9 @@ pub(crate) fn gemm(dst: ViewMut, a: View, b: View, scale: f32, accumulate: bool,
                 for (q, a_panel) in packed_a.chunks(k2 * MR).enumerate() {
                     let a_chunk = &a_panel[kc * MR..(kc + chunk) * MR];
                     let (r0, c0) = (q * MR, p * NR);
-                    let out_rows = (rows - r0).min(MR);
-                    let out_cols = (n - c0).min(NR);
+                    let out = TileOut { rows: (rows - r0).min(MR), cols: (n - c0).min(NR), row_stride, scale, add };
                     // SAFETY: `available()` was checked by the caller; the slices hold `chunk` pairs.
-                    let acc = unsafe { kernel(a_chunk, b_chunk, chunk) };
-                    tile.store(&acc, block, r0, c0, out_rows, out_cols, add);
+                    unsafe { kernel(a_chunk, b_chunk, chunk, &mut block[r0 * row_stride + c0..], out) };
                 }
             }
         }
@@ -244,47 +298,29 @@ pub(crate) fn gemm(dst: ViewMut, a: View, b: View, scale: f32, accumulate: bool,
     }
 }
 
-/// Where a tile's sums go.
-struct Tile {
-    n: usize,
+/// Where the kernel puts a tile's sums: `scale` times them written (or added, with `add`) to the first
+/// `rows x cols` of its destination, rows `row_stride` apart.
+#[derive(Clone, Copy)]
+struct TileOut {
+    rows: usize,
+    cols: usize,
     row_stride: usize,
     scale: f32,
+    add: bool,
 }
 
-impl Tile {
-    #[allow(clippy::too_many_arguments)]
-    fn store(
-        &self,
-        acc: &[[f32; NR]; MR],
-        block: &mut [f32],
-        r0: usize,
-        c0: usize,
-        rows: usize,
-        cols: usize,
-        add: bool,
-    ) {
-        debug_assert!(c0 + cols <= self.n);
-        for (r, sums) in acc.iter().enumerate().take(rows) {
-            let start = (r0 + r) * self.row_stride + c0;
-            let out = &mut block[start..start + cols];
-            if add {
-                out.iter_mut().zip(sums).for_each(|(o, s)| *o += self.scale * s);
-            } else {
-                out.iter_mut().zip(sums).for_each(|(o, s)| *o = self.scale * s);
-            }
-        }
-    }
-}
-
-/// The MR x NR sums over `pairs` k pairs of packed A and B panels.
+/// The MR x NR sums over `pairs` k pairs of packed A and B panels, stored into `dst` as `out` says (masked
+/// vector stores: the edge tiles' columns past `out.cols` are neither read nor written).
 ///
 /// # Safety
 /// The CPU must have AVX512F and AVX512-BF16; `a` holds `pairs * MR` words and `b` `pairs * NR`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn kernel(a: &[u32], b: &[u32], pairs: usize) -> [[f32; NR]; MR] {
+unsafe fn kernel(a: &[u32], b: &[u32], pairs: usize, dst: &mut [f32], out: TileOut) {
     use std::arch::x86_64::*;
     assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
+    assert!(out.rows >= 1 && out.rows <= MR && out.cols >= 1 && out.cols <= NR);
+    assert!(dst.len() >= (out.rows - 1) * out.row_stride + out.cols);
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     for kp in 0..pairs {
         // SAFETY: every index is in bounds by the assertion above; loads are unaligned; `__m512i` and
@@ -301,19 +337,30 @@ unsafe fn kernel(a: &[u32], b: &[u32], pairs: usize) -> [[f32; NR]; MR] {
             }
         }
     }
-    let mut out = [[0f32; NR]; MR];
-    for (out, acc) in out.iter_mut().zip(&acc) {
-        // SAFETY: each row of `out` holds 32 floats.
-        unsafe {
-            _mm512_storeu_ps(out.as_mut_ptr(), acc[0]);
-            _mm512_storeu_ps(out.as_mut_ptr().add(16), acc[1]);
+    let mask = |from: usize| -> __mmask16 {
+        let lanes = out.cols.saturating_sub(from).min(16);
+        ((1u32 << lanes) - 1) as __mmask16
+    };
+    let masks = [mask(0), mask(16)];
+    let scale = _mm512_set1_ps(out.scale);
+    for (r, acc) in acc.iter().enumerate().take(out.rows) {
+        for (half, (&sums, &m)) in acc.iter().zip(&masks).enumerate() {
+            // SAFETY: the lanes a mask keeps lie inside `dst` by the assertion above; masked-off lanes are
+            // not accessed (AVX-512 masked loads and stores do not fault on them).
+            unsafe {
+                let p = dst.as_mut_ptr().add(r * out.row_stride + 16 * half);
+                let mut v = _mm512_mul_ps(scale, sums);
+                if out.add {
+                    v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), v);
+                }
+                _mm512_mask_storeu_ps(p, m, v);
+            }
         }
     }
-    out
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(_a: &[u32], _b: &[u32], _pairs: usize) -> [[f32; NR]; MR] {
+unsafe fn kernel(_a: &[u32], _b: &[u32], _pairs: usize, _dst: &mut [f32], _out: TileOut) {
     unreachable!("the bf16 kernel is only selected on x86-64 CPUs with AVX512-BF16")
 }
 
