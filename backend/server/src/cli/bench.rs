@@ -55,7 +55,7 @@ pub struct BenchArgs {
     /// Measure the job queue instead: this many no-op jobs through claim/finish and through workers
     /// (a scratch database on the server of --database-url).
     #[arg(long)]
-    queue: Option<usize>,
+    pub(super) queue: Option<usize>,
     /// Concurrent workers for --queue.
     #[arg(long, default_value_t = 8)]
     workers: usize,

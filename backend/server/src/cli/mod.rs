@@ -235,6 +235,17 @@ impl ConfigArgs {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    // Not where this thread waits on an async runtime whose threads do the work (the server, its workers,
+    // the queue benchmark: a rayon loop of theirs would wait for this thread, with one rayon thread forever),
+    // nor for `reproduce`, which only starts its steps and waits for them.
+    let async_or_waiting = match &cli.command {
+        Command::Worker(_) | Command::Serve(_) | Command::Admin(_) | Command::Reproduce(_) => true,
+        Command::Bench(args) => args.queue.is_some(),
+        _ => false,
+    };
+    if !async_or_waiting {
+        compute_on_this_thread();
+    }
     match cli.command {
         Command::Train(args) => train::run(args),
         Command::Pretrain(args) => train::pretrain(args),
@@ -261,6 +272,16 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Makes this thread (the one that runs the command) worker 0 of rayon's global pool. The engine's parallel
+/// loops and matrix products called from it then split between it and the pool's other threads; from
+/// outside the pool each of them was handed to a pool thread while this one slept: two context switches
+/// per loop (about 14,000 in 80 tiny-cpu training steps), and with one thread (`RAYON_NUM_THREADS=1`, as
+/// `reproduce` runs its steps side by side) every loop of the model crossed to another thread and back.
+fn compute_on_this_thread() {
+    // Once per process: a second command in it (`reproduce` runs some in-process) finds the pool built.
+    let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
 }
 
 fn demo(args: DemoArgs) -> Result<()> {
