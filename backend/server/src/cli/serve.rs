@@ -21,7 +21,8 @@ pub struct ServeArgs {
     /// The frontend's built files; default `frontend/dist` when it exists.
     #[arg(long, env = "REPDIFF_STATIC")]
     static_dir: Option<PathBuf>,
-    /// Jobs the in-process worker runs at once; 0 leaves all jobs to `repdiff worker` processes.
+    /// Jobs the in-process worker runs at once, each on its share of the CPU threads; 0 leaves all jobs to
+    /// `repdiff worker` processes.
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// Mark the session cookie Secure (when served over HTTPS).

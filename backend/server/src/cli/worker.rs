@@ -22,7 +22,8 @@ pub struct WorkerArgs {
     /// Artifact store shared by the server and all workers: a path, file:///path or s3://bucket/prefix.
     #[arg(long, env = "REPDIFF_STORE")]
     pub store: Option<String>,
-    /// Jobs run at once by this process.
+    /// Jobs run at once by this process, each on its share of the CPU threads (RAYON_NUM_THREADS, default
+    /// all cores) divided by this.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
     /// Only these job kinds (comma-separated); default all.
