@@ -1,7 +1,8 @@
 //! Workers against a real PostgreSQL (one database per test): wake-ups by NOTIFY and by polling alone,
-//! cancellation of running jobs, retries, panics, graceful shutdown, rescue of a dead worker's job, and a
-//! `repdiff worker` process killed with SIGKILL mid-training whose job resumes from its checkpoint on
-//! another worker (and one killed while measuring a checkpoint, whose successor measures it).
+//! cancellation of running jobs, retries, panics, each job's own compute threads, graceful shutdown,
+//! rescue of a dead worker's job, and a `repdiff worker` process killed with SIGKILL mid-training whose job
+//! resumes from its checkpoint on another worker (and one killed while measuring a checkpoint, whose
+//! successor measures it).
 
 mod common;
 
@@ -206,6 +207,64 @@ async fn a_failed_attempt_is_retried_after_backoff_and_a_panic_fails_only_its_jo
     // The worker survived it.
     let id = queue::submit(&db.pool, &noop(0)).await.unwrap().id;
     wait_for(&db.pool, id, Duration::from_secs(5), |j| j.state == JobState::Succeeded).await;
+    worker.shutdown().await;
+    db.drop().await;
+}
+
+/// Says where it computes: whether its handler runs inside a rayon pool, the pool's size, and the threads a
+/// parallel loop of it ran on.
+struct ReportsItsThreads;
+
+impl Handler for ReportsItsThreads {
+    fn validate(&self, _: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn run(&self, _: &mut JobContext) -> Result<serde_json::Value, JobError> {
+        use rayon::prelude::*;
+        let loop_threads: std::collections::BTreeSet<String> = (0..64)
+            .into_par_iter()
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(2));
+                std::thread::current().name().unwrap_or("unnamed").to_string()
+            })
+            .collect();
+        Ok(json!({
+            "in_pool": rayon::current_thread_index().is_some(),
+            "pool_threads": rayon::current_num_threads(),
+            "loop_threads": loop_threads,
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_job_computes_on_a_pool_of_its_own_with_its_share_of_the_threads() {
+    let db = TestDb::new("worker_threads").await;
+    let dir = tempdir("threads");
+    let mut registry = noops();
+    registry.register("threads", ReportsItsThreads);
+    let mut opts = options(&dir, "threads");
+    opts.concurrency = 2;
+    opts.poll_interval = Duration::from_millis(100);
+    let worker = start(&db.pool, &dir, registry, opts);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(queue::submit(&db.pool, &NewJob::new("threads", json!({}))).await.unwrap().id);
+    }
+    // Called outside any pool: the global pool's size, which the two jobs share.
+    let share = (rayon::current_num_threads() / 2).max(1);
+    for id in ids {
+        let job = wait_for(&db.pool, id, Duration::from_secs(10), |j| j.state.is_final()).await;
+        assert_eq!(job.state, JobState::Succeeded, "{:?}", job.error);
+        let result = job.result.unwrap();
+        assert_eq!(result["in_pool"], json!(true), "the handler runs on one of its pool's threads: {result}");
+        assert_eq!(result["pool_threads"], json!(share), "{result}");
+        let loop_threads: Vec<String> = serde_json::from_value(result["loop_threads"].clone()).unwrap();
+        assert!(
+            !loop_threads.is_empty() && loop_threads.iter().all(|t| t.starts_with(&format!("job-{id}-"))),
+            "job {id}'s parallel loop ran on {loop_threads:?}"
+        );
+    }
     worker.shutdown().await;
     db.drop().await;
 }
