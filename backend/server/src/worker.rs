@@ -94,9 +94,9 @@ pub trait Handler: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Runs one attempt. Called on a blocking thread; long loops check `ctx.cancel` every step. A handler
-    /// that can resume (training) looks for its own earlier checkpoint first: an attempt after a crash
-    /// continues from it.
+    /// Runs one attempt. Called on a thread of the attempt's own rayon pool (its parallel loops stay in that
+    /// pool); long loops check `ctx.cancel` every step. A handler that can resume (training) looks for its
+    /// own earlier checkpoint first: an attempt after a crash continues from it.
     fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError>;
 }
 
