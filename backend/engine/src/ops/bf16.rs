@@ -183,31 +183,20 @@ unsafe fn pack_a(a: &View, rows: std::ops::Range<usize>, k2: usize, out: &mut Ve
     let panels = rows.len().div_ceil(MR);
     out.clear();
     out.resize(panels * k2 * MR, 0);
-    if a.col_stride != 1 && a.row_stride == 1 {
+    if a.col_stride != 1 {
+        // Columns lie along m (a transposed operand; a view always has one contiguous axis).
         // SAFETY: this function's instructions.
         return unsafe { pack_a_transposed(a, rows, k2, out) };
     }
+    // Rows lie along k: each row's pairs in one pass, then spread.
     line.resize(k2, 0);
     for (p, panel) in out.chunks_mut(k2 * MR).enumerate() {
         let first = rows.start + p * MR;
-        let panel_rows = (rows.end - first).min(MR);
-        if a.col_stride == 1 {
-            // Rows lie along k: each row's pairs in one pass, then spread.
-            for r in 0..panel_rows {
-                let start = (first + r) * a.row_stride;
-                line_pairs(&a.data[start..start + a.cols], line);
-                for (kp, &w) in line.iter().enumerate() {
-                    panel[kp * MR + r] = w;
-                }
-            }
-        } else {
-            // Neither axis contiguous: element by element.
-            for kp in 0..k2 {
-                let (k0, k1) = (2 * kp, 2 * kp + 1);
-                for r in 0..panel_rows {
-                    let hi = if k1 < a.cols { at(a, first + r, k1) } else { 0.0 };
-                    panel[kp * MR + r] = pair(at(a, first + r, k0), hi);
-                }
+        for r in 0..(rows.end - first).min(MR) {
+            let start = (first + r) * a.row_stride;
+            line_pairs(&a.data[start..start + a.cols], line);
+            for (kp, &w) in line.iter().enumerate() {
+                panel[kp * MR + r] = w;
             }
         }
     }
@@ -223,7 +212,8 @@ unsafe fn pack_a(a: &View, rows: std::ops::Range<usize>, k2: usize, out: &mut Ve
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512bf16"))]
 unsafe fn pack_a_transposed(a: &View, rows: std::ops::Range<usize>, k2: usize, out: &mut [u32]) {
     const GROUP: usize = 48;
-    debug_assert!(a.row_stride == 1 && out.len() >= rows.len().div_ceil(MR) * k2 * MR);
+    assert_eq!(a.row_stride, 1, "pack_a: a view with no contiguous axis");
+    debug_assert!(out.len() >= rows.len().div_ceil(MR) * k2 * MR);
     let zeros = [0f32; GROUP];
     for kp in 0..k2 {
         let (k0, k1) = (2 * kp, 2 * kp + 1);
