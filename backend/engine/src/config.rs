@@ -195,8 +195,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Random horizontal flips of training samples (DiT's only augmentation).
     pub hflip: bool,
-    /// The CPU's matrix products in training: `highest` (f32) or `bf16` (bf16 operands, f32 sums: about
-    /// twice as fast on CPUs with AVX512-BF16, as PyTorch's "medium" float32 matmul precision).
+    /// The CPU's matrix products in training: `highest` (f32) or `bf16` (bf16 operands, f32 sums: faster on
+    /// CPUs with AVX512-BF16 or AMX, as PyTorch's "medium" float32 matmul precision).
     #[serde(default)]
     pub matmul_precision: MatmulPrecision,
 }

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::Result;
 
+mod amx;
 mod attention;
 mod bf16;
 mod conv;

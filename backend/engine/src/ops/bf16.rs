@@ -5,7 +5,8 @@
 //!
 //! Blocking as in GotoBLAS: B is packed once into panels of 32 columns, pairs of k interleaved (the layout
 //! `vdpbf16ps` reads); each rayon task takes a block of rows, packs them into panels of 6 rows, and runs the
-//! 6 x 32 microkernel (12 accumulator registers) over k in chunks that keep a B panel in L1.
+//! 6 x 32 microkernel (12 accumulator registers) over k in chunks that keep a B panel in L1. Where the CPU
+//! has AMX tiles the product runs on them instead ([`super::amx`]), on the same B panels.
 
 use rayon::prelude::*;
 
@@ -13,8 +14,8 @@ use super::gemm::{View, ViewMut};
 
 /// Rows per microkernel tile.
 const MR: usize = 6;
-/// Columns per microkernel tile (two 16-lane registers).
-const NR: usize = 32;
+/// Columns per microkernel tile (two 16-lane registers) and per B panel.
+pub(super) const NR: usize = 32;
 /// Rows per rayon task.
 const MC: usize = 16 * MR;
 /// k pairs per chunk: a 32-column B panel chunk is 256 x 32 x 4 bytes = 32 KB.
@@ -45,7 +46,7 @@ pub(crate) fn to_bf16(x: f32) -> u16 {
 }
 
 /// Two bf16 values in one 32-bit word, `lo` first in memory (the pair `vdpbf16ps` multiplies together).
-fn pair(lo: f32, hi: f32) -> u32 {
+pub(super) fn pair(lo: f32, hi: f32) -> u32 {
     u32::from(to_bf16(lo)) | (u32::from(to_bf16(hi)) << 16)
 }
 
@@ -57,7 +58,7 @@ fn at(v: &View, i: usize, j: usize) -> f32 {
 /// The pairs of `src` (consecutive values along k) into `out` (`src.len()` / 2 rounded up words; an odd
 /// last value is paired with zero). Sixteen pairs per instruction.
 #[inline]
-fn line_pairs(src: &[f32], out: &mut [u32]) {
+pub(super) fn line_pairs(src: &[f32], out: &mut [u32]) {
     let full = src.len() / 32;
     // SAFETY: the bf16 path only runs where `available()`; the vector part stays inside both slices.
     #[cfg(target_arch = "x86_64")]
@@ -101,7 +102,7 @@ unsafe fn convert_pairs(src: &[f32], out: &mut [u32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[inline]
-unsafe fn interleave_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+pub(super) unsafe fn interleave_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
     use std::arch::x86_64::*;
     assert!(lo.len() >= 16 && hi.len() >= 16 && out.len() >= 16);
     // bf16 element 2c <- lo[c] (element c of the conversion), 2c + 1 <- hi[c] (element 16 + c).
@@ -117,16 +118,17 @@ unsafe fn interleave_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
     }
 }
 
-/// B (`k x n`) as panels of NR columns: panel p holds, for each k pair, NR words (zero past the edges).
-fn pack_b(b: &View, k2: usize, threads: usize) -> Vec<u32> {
+/// B (`k x n`) as panels of NR columns: panel p holds, for each of `panel_pairs` k pairs, NR words (zero
+/// past the edges: columns past n, pairs past the `k2` that B has).
+pub(super) fn pack_b(b: &View, k2: usize, panel_pairs: usize, threads: usize) -> Vec<u32> {
     let panels = b.cols.div_ceil(NR);
-    let mut packed = vec![0u32; panels * k2 * NR];
+    let mut packed = vec![0u32; panels * panel_pairs * NR];
     // SAFETY: the bf16 path only runs where `available()`.
     let fill = |(p, panel): (usize, &mut [u32])| unsafe { pack_b_panel(b, p, k2, panel) };
     if threads > 1 {
-        packed.par_chunks_mut(k2 * NR).enumerate().for_each(fill);
+        packed.par_chunks_mut(panel_pairs * NR).enumerate().for_each(fill);
     } else {
-        packed.chunks_mut(k2 * NR).enumerate().for_each(fill);
+        packed.chunks_mut(panel_pairs * NR).enumerate().for_each(fill);
     }
     packed
 }
@@ -241,26 +243,39 @@ unsafe fn pack_a_transposed(a: &View, rows: std::ops::Range<usize>, k2: usize, o
     }
 }
 
-/// `dst = scale * a b` (or `+=` with `accumulate`) with bf16 operands. The caller checked the shapes and
-/// that this CPU has the instructions ([`available`]).
+/// `dst = scale * a b` (or `+=` with `accumulate`) with bf16 operands, on AMX tiles where the CPU has them.
+/// The caller checked the shapes and that this CPU has the instructions ([`available`]).
 pub(crate) fn gemm(dst: ViewMut, a: View, b: View, scale: f32, accumulate: bool, threads: usize) {
+    if super::amx::available() {
+        super::amx::gemm(dst, a, b, scale, accumulate, threads)
+    } else {
+        gemm_avx512(dst, a, b, scale, accumulate, threads)
+    }
+}
+
+/// The destination's rows in blocks of `block_rows` (the last one shorter), each with its first row: every
+/// rayon task owns the rows of its block.
+pub(super) fn row_blocks(dst: ViewMut<'_>, block_rows: usize) -> Vec<(usize, &mut [f32])> {
+    let (m, n, row_stride) = (dst.rows, dst.cols, dst.row_stride);
+    let mut rest: &mut [f32] = dst.data;
+    let mut blocks = Vec::with_capacity(m.div_ceil(block_rows));
+    for start in (0..m).step_by(block_rows) {
+        let rows = (m - start).min(block_rows);
+        let len = if start + rows == m { (rows - 1) * row_stride + n } else { rows * row_stride };
+        let (block, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        blocks.push((start, block));
+        rest = tail;
+    }
+    blocks
+}
+
+/// [`gemm`] on the AVX512-BF16 microkernel.
+fn gemm_avx512(dst: ViewMut, a: View, b: View, scale: f32, accumulate: bool, threads: usize) {
     let (m, n, k) = (dst.rows, dst.cols, a.cols);
     let k2 = k.div_ceil(2);
-    let packed_b = pack_b(&b, k2, threads);
+    let packed_b = pack_b(&b, k2, k2, threads);
     let row_stride = dst.row_stride;
-    // Each task owns the destination rows of its block: split the destination into disjoint row slices.
-    let blocks: Vec<(usize, &mut [f32])> = {
-        let mut rest: &mut [f32] = dst.data;
-        let mut blocks = Vec::with_capacity(m.div_ceil(MC));
-        for start in (0..m).step_by(MC) {
-            let rows = (m - start).min(MC);
-            let len = if start + rows == m { (rows - 1) * row_stride + n } else { rows * row_stride };
-            let (block, tail) = std::mem::take(&mut rest).split_at_mut(len);
-            blocks.push((start, block));
-            rest = tail;
-        }
-        blocks
-    };
+    let blocks = row_blocks(dst, MC);
     let run = |(start, block): (usize, &mut [f32]), (packed_a, line): &mut (Vec<u32>, Vec<u32>)| {
         let rows = (m - start).min(MC);
         // SAFETY: the caller checked `available()`.
@@ -288,15 +303,57 @@ pub(crate) fn gemm(dst: ViewMut, a: View, b: View, scale: f32, accumulate: bool,
     }
 }
 
-/// Where the kernel puts a tile's sums: `scale` times them written (or added, with `add`) to the first
+/// Where a kernel puts a tile's sums: `scale` times them written (or added, with `add`) to the first
 /// `rows x cols` of its destination, rows `row_stride` apart.
 #[derive(Clone, Copy)]
-struct TileOut {
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    scale: f32,
-    add: bool,
+pub(super) struct TileOut {
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) row_stride: usize,
+    pub(super) scale: f32,
+    pub(super) add: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl TileOut {
+    /// Lane masks of a row's two 16-column halves: the columns inside `cols`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn masks(&self) -> [std::arch::x86_64::__mmask16; 2] {
+        let mask = |from: usize| ((1u32 << self.cols.saturating_sub(from).min(16)) - 1) as u16;
+        [mask(0), mask(16)]
+    }
+
+    /// Row `r` of the tile's sums (its two halves) into `dst`, the tile's destination, with masked vector
+    /// stores: the columns past `cols` are neither read nor written.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512F; `masks` are [`TileOut::masks`]; `r < rows` and `dst` holds
+    /// `(rows - 1) * row_stride + cols` values.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn store_row(
+        &self,
+        r: usize,
+        sums: [std::arch::x86_64::__m512; 2],
+        masks: [std::arch::x86_64::__mmask16; 2],
+        dst: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        debug_assert!(r < self.rows && dst.len() >= (self.rows - 1) * self.row_stride + self.cols);
+        let scale = _mm512_set1_ps(self.scale);
+        for (half, (sums, m)) in sums.into_iter().zip(masks).enumerate() {
+            // SAFETY: the lanes a mask keeps lie inside `dst` (the caller's contract); masked-off lanes are not
+            // accessed (AVX-512 masked loads and stores do not fault on them).
+            unsafe {
+                let p = dst.as_mut_ptr().add(r * self.row_stride + 16 * half);
+                let mut v = _mm512_mul_ps(scale, sums);
+                if self.add {
+                    v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), v);
+                }
+                _mm512_mask_storeu_ps(p, m, v);
+            }
+        }
+    }
 }
 
 /// The MR x NR sums over `pairs` k pairs of packed A and B panels, stored into `dst` as `out` says (masked
@@ -327,25 +384,10 @@ unsafe fn kernel(a: &[u32], b: &[u32], pairs: usize, dst: &mut [f32], out: TileO
             }
         }
     }
-    let mask = |from: usize| -> __mmask16 {
-        let lanes = out.cols.saturating_sub(from).min(16);
-        ((1u32 << lanes) - 1) as __mmask16
-    };
-    let masks = [mask(0), mask(16)];
-    let scale = _mm512_set1_ps(out.scale);
-    for (r, acc) in acc.iter().enumerate().take(out.rows) {
-        for (half, (&sums, &m)) in acc.iter().zip(&masks).enumerate() {
-            // SAFETY: the lanes a mask keeps lie inside `dst` by the assertion above; masked-off lanes are
-            // not accessed (AVX-512 masked loads and stores do not fault on them).
-            unsafe {
-                let p = dst.as_mut_ptr().add(r * out.row_stride + 16 * half);
-                let mut v = _mm512_mul_ps(scale, sums);
-                if out.add {
-                    v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), v);
-                }
-                _mm512_mask_storeu_ps(p, m, v);
-            }
-        }
+    let masks = out.masks();
+    for (r, &sums) in acc.iter().enumerate().take(out.rows) {
+        // SAFETY: `r < out.rows` and `dst` is large enough by the assertions above.
+        unsafe { out.store_row(r, sums, masks, dst) };
     }
 }
 
@@ -378,11 +420,27 @@ mod tests {
             eprintln!("this CPU has no AVX512-BF16: the bf16 kernel is not used here");
             return;
         }
+        type Kernel = fn(ViewMut, View, View, f32, bool, usize);
+        let mut kernels: Vec<(&str, Kernel)> = vec![("avx512", gemm_avx512)];
+        if super::super::amx::available() {
+            kernels.push(("amx", super::super::amx::gemm));
+        } else {
+            eprintln!("this CPU has no AMX: only the AVX-512 kernel is checked");
+        }
+        for (name, gemm) in kernels {
+            check_products(name, gemm);
+        }
+    }
+
+    fn check_products(kernel: &str, gemm: fn(ViewMut, View, View, f32, bool, usize)) {
         let data: Vec<f32> = (0..120_000).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
         // Edges in every direction (m, n not multiples of the tile or of 16, odd k, k over one chunk), each
         // operand stored along k and across it (transposed), a destination inside wider rows, both thread
-        // modes, accumulation with a scale.
-        let cases = [(7, 33, 5, 1), (100, 70, 513, 2), (13, 64, 600, 2), (1, 1, 1, 1), (9, 50, 31, 1)];
+        // modes, accumulation with a scale and without (AMX loads whole unscaled tiles from the destination).
+        // (200, 40, 64): three row blocks on one thread (the packing buffer reused, the last block shorter),
+        // an even number of AMX tile steps (padded row stride).
+        let cases =
+            [(7, 33, 5, 1), (100, 70, 513, 2), (13, 64, 600, 2), (1, 1, 1, 1), (9, 50, 31, 1), (200, 40, 64, 1)];
         for (&(m, n, k, threads), layout) in cases.iter().flat_map(|c| std::iter::repeat(c).zip(0..4)) {
             let a = match layout % 2 {
                 0 => View::rows(&data[11..], m, k, k + 3),
@@ -396,20 +454,21 @@ mod tests {
             let mut out = vec![5f32; m * width];
             gemm(ViewMut::rows(&mut out, m, n, width), a, b, 1.0, false, threads);
             gemm(ViewMut::rows(&mut out, m, n, width), a, b, 0.5, true, threads);
+            gemm(ViewMut::rows(&mut out, m, n, width), a, b, 1.0, true, threads);
             for i in 0..m {
                 for j in 0..n {
                     let exact: f64 = (0..k)
                         .map(|l| from_bf16(to_bf16(at(&a, i, l))) * from_bf16(to_bf16(at(&b, l, j))))
                         .sum::<f64>()
-                        * 1.5;
+                        * 2.5;
                     let scale: f64 = (0..k).map(|l| f64::from((at(&a, i, l) * at(&b, l, j)).abs())).sum::<f64>();
                     let got = f64::from(out[i * width + j]);
                     assert!(
                         (got - exact).abs() <= 1e-5 * scale.max(1.0),
-                        "({m}x{n}x{k}, layout {layout}) [{i},{j}]: {got} vs {exact}"
+                        "{kernel} ({m}x{n}x{k}, layout {layout}) [{i},{j}]: {got} vs {exact}"
                     );
                 }
-                assert_eq!(&out[i * width + n..(i + 1) * width], &[5.0, 5.0], "padding untouched");
+                assert_eq!(&out[i * width + n..(i + 1) * width], &[5.0, 5.0], "{kernel}: padding untouched");
             }
         }
     }

@@ -35,7 +35,7 @@ pub struct BenchArgs {
     #[arg(long)]
     representation: bool,
     /// Also measure each model with bf16 matrix products (`--matmul-precision bf16`: bf16 operands, f32
-    /// sums; the CPU needs AVX512-BF16, else the row equals the f32 one).
+    /// sums, on AMX tiles where the CPU has them; the CPU needs AVX512-BF16, else the row equals the f32 one).
     #[arg(long)]
     bf16: bool,
     /// Measure the data pipeline instead (DICOM read, import, encode) on this many synthetic slices.

@@ -168,8 +168,8 @@ pub struct ScheduleArgs {
     seed: Option<u64>,
     #[arg(long)]
     checkpoint_every: Option<usize>,
-    /// CPU matrix products: highest (f32) or bf16 (bf16 operands, f32 sums; ~2x faster on CPUs with
-    /// AVX512-BF16, f32 elsewhere).
+    /// CPU matrix products: highest (f32) or bf16 (bf16 operands, f32 sums; faster on CPUs with
+    /// AVX512-BF16 or AMX, f32 elsewhere).
     #[arg(long, value_enum)]
     matmul_precision: Option<PrecisionArg>,
 }
