@@ -41,6 +41,50 @@ pub fn with_matmul_precision<T>(precision: MatmulPrecision, f: impl FnOnce() -> 
     f()
 }
 
+/// The kernel that runs [`MatmulPrecision::Bf16`] products on this CPU: "AMX tiles", "AVX512-BF16", or
+/// `None` where they run in f32.
+pub fn bf16_kernel() -> Option<&'static str> {
+    match (bf16::available(), super::amx::available()) {
+        (true, true) => Some("AMX tiles"),
+        (true, false) => Some("AVX512-BF16"),
+        (false, _) => None,
+    }
+}
+
+/// The shape of one product to time with [`time_product`]: `m x k` times `k x n`, `a` stored transposed
+/// (as `g^T` in a weight gradient) or not, `b` transposed (as `W^T` in a forward) or not.
+#[derive(Clone, Copy, Debug)]
+pub struct ProductShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_transposed: bool,
+    pub b_transposed: bool,
+}
+
+/// The best of `reps` timed runs (after one untimed) of the product the fused ops run for `shape`, at
+/// `precision`, on the current rayon pool's threads: what `repdiff bench --products` prints.
+pub fn time_product(shape: ProductShape, precision: MatmulPrecision, reps: usize) -> std::time::Duration {
+    let ProductShape { m, n, k, a_transposed, b_transposed } = shape;
+    let values = |len: usize, seed: usize| -> Vec<f32> {
+        (0..len).map(|i| ((i * 7919 + seed) % 1013) as f32 / 506.0 - 1.0).collect()
+    };
+    let (a_data, b_data) = (values(m * k, 1), values(k * n, 2));
+    let a = if a_transposed { View::rows(&a_data, k, m, m).t() } else { View::rows(&a_data, m, k, k) };
+    let b = if b_transposed { View::rows(&b_data, n, k, k).t() } else { View::rows(&b_data, k, n, n) };
+    let mut out = vec![0f32; m * n];
+    with_matmul_precision(precision, || {
+        let exec = Exec::current(rayon::current_num_threads());
+        let mut run = || {
+            let start = std::time::Instant::now();
+            gemm(ViewMut::rows(&mut out, m, n, n), a, b, 1.0, false, exec);
+            start.elapsed()
+        };
+        run();
+        (0..reps.max(1)).map(|_| run()).min().expect("at least one run")
+    })
+}
+
 /// How one product runs: its threads and precision.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Exec {

@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// sums, on AMX tiles where the CPU has them; the CPU needs AVX512-BF16, else the row equals the f32 one).
     #[arg(long)]
     bf16: bool,
+    /// Measure single matrix products instead: the forward, input-gradient and weight-gradient products
+    /// of each model's attention and MLP layers at --batch-size, in f32 and with bf16 products.
+    #[arg(long)]
+    products: bool,
     /// Measure the data pipeline instead (DICOM read, import, encode) on this many synthetic slices.
     #[arg(long)]
     imaging: Option<usize>,
@@ -86,10 +90,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(slices) = args.imaging {
         return super::bench_imaging::run(slices, args.vae_images);
     }
+    if args.products {
+        return products(&args);
+    }
     let (device, device_note) = best_device();
     let iters = args.iters.max(1);
+    let kernel = match args.bf16 {
+        true => format!("; bf16 kernel: {}", repdiff_engine::ops::bf16_kernel().unwrap_or("none (f32 on this CPU)")),
+        false => String::new(),
+    };
     println!(
-        "Device: {device_note}; batch {}, {}x{}x{} inputs, mean of {iters} timed runs after a warm-up\n",
+        "Device: {device_note}; batch {}, {}x{}x{} inputs, mean of {iters} timed runs after a warm-up{kernel}\n",
         args.batch_size, args.channels, args.input_size, args.input_size
     );
     println!("| model | parameters | forward s/batch | forward images/s | train s/step | train steps/s |");
@@ -180,6 +191,58 @@ fn bench_model(
         n as f64 / forward,
         1.0 / step
     );
+    Ok(())
+}
+
+/// The three products of a linear layer in training (forward `x W^T`, input gradient `g W`, weight
+/// gradient `g^T x`) for each model's qkv, fc1 and fc2 layers over the batch's tokens, f32 and bf16, best of
+/// --iters runs each.
+fn products(args: &BenchArgs) -> Result<()> {
+    use repdiff_engine::ops::{ProductShape, bf16_kernel, time_product};
+    let reps = args.iters.max(1);
+    let kernel = bf16_kernel().unwrap_or("none: bf16 products run in f32 on this CPU");
+    println!(
+        "Matrix products on {} rayon threads, best of {reps} runs after a warm-up; bf16 kernel: {kernel}\n",
+        rayon::current_num_threads()
+    );
+    println!("| model | layer | product | m x n x k | f32 ms | f32 GFLOP/s | bf16 ms | bf16 GFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for name in &args.models {
+        let model = ModelConfig::dit(name, args.input_size, args.channels, Conditioning::None)?;
+        let tokens = args.batch_size * (args.input_size / model.patch_size).pow(2);
+        let d = model.hidden_size;
+        for (layer, inputs, outputs) in [("qkv", d, 3 * d), ("mlp fc1", d, 4 * d), ("mlp fc2", 4 * d, d)] {
+            let shapes = [
+                (
+                    "forward x W^T",
+                    ProductShape { m: tokens, n: outputs, k: inputs, a_transposed: false, b_transposed: true },
+                ),
+                (
+                    "input grad g W",
+                    ProductShape { m: tokens, n: inputs, k: outputs, a_transposed: false, b_transposed: false },
+                ),
+                (
+                    "weight grad g^T x",
+                    ProductShape { m: outputs, n: inputs, k: tokens, a_transposed: true, b_transposed: false },
+                ),
+            ];
+            for (product, shape) in shapes {
+                let flops = 2.0 * (shape.m * shape.n * shape.k) as f64;
+                let f32_s = time_product(shape, MatmulPrecision::Highest, reps).as_secs_f64();
+                let bf16_s = time_product(shape, MatmulPrecision::Bf16, reps).as_secs_f64();
+                println!(
+                    "| {name} | {layer} | {product} | {} x {} x {} | {:.2} | {:.0} | {:.2} | {:.0} |",
+                    shape.m,
+                    shape.n,
+                    shape.k,
+                    f32_s * 1e3,
+                    flops / f32_s / 1e9,
+                    bf16_s * 1e3,
+                    flops / bf16_s / 1e9
+                );
+            }
+        }
+    }
     Ok(())
 }
 
