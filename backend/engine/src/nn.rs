@@ -169,6 +169,11 @@ pub struct VarSet {
 }
 
 impl VarSet {
+    #[cfg(test)]
+    pub(crate) fn from_vars(vars: BTreeMap<String, Var>) -> Self {
+        VarSet { vars }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Var)> {
         self.vars.iter()
     }

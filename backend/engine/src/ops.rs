@@ -27,7 +27,7 @@ pub use conv::{Pool3x3, conv2d_bias_relu, pool_3x3};
 pub use gemm::{MatmulPrecision, ProductShape, bf16_kernel, time_product, with_matmul_precision};
 pub use linear::{linear, linear_gelu};
 pub use norm::{affine_layer_norm, layer_norm, norm_modulate};
-pub(crate) use simd::vectorized;
+pub(crate) use simd::{sum_zip, vectorized};
 
 type CResult<T> = candle_core::Result<T>;
 

@@ -12,7 +12,7 @@ use crate::config::ModelConfig;
 use crate::data::Dataset;
 use crate::dit::VitClassifier;
 use crate::nn::{Init, Linear, ParamPath, Params, VarSet};
-use crate::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::train::CancelToken;
 use crate::{Error, Result};
@@ -306,9 +306,7 @@ pub fn train_supervised(
             let y: Vec<u32> = chunk.iter().map(|&i| train_labels[i as usize]).collect();
             let y = Tensor::new(y.as_slice(), &device)?;
             let loss = candle_nn::loss::cross_entropy(&model.logits(&x, true)?, &y)?;
-            let mut grads = loss.backward()?;
-            clip_grad_norm(&vars, &mut grads, 1.0)?;
-            optimizer.step(&vars, &grads)?;
+            optimizer.step(&vars, &loss.backward()?, Some(1.0))?;
             total += loss.to_scalar::<f32>()? as f64;
             batches += 1;
         }

@@ -16,7 +16,7 @@ use crate::diffusion::GaussianDiffusion;
 use crate::dit::Dit;
 use crate::nn::{Params, VarSet};
 use crate::ops::with_matmul_precision;
-use crate::optim::{AdamW, AdamWConfig, Ema, clip_grad_norm, grad_norm};
+use crate::optim::{AdamW, AdamWConfig, Ema};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -171,7 +171,7 @@ impl Trainer {
         let mut writer = CheckpointWriter::new(&self.config)?;
         writer.section("model", &self.vars.tensors()?);
         writer.section("ema", self.ema.weights());
-        let (optim, optim_step) = self.optimizer.state();
+        let (optim, optim_step) = self.optimizer.state()?;
         writer.section("optim", &optim);
         if !self.order.is_empty() {
             let order = Tensor::new(self.order.as_slice(), &Device::Cpu)?;
@@ -261,7 +261,7 @@ impl Trainer {
         let noise = self.rng.randn(x_start.shape().clone(), &self.device)?;
         let x_t = self.diffusion.q_sample(&x_start, &t, &noise)?;
         let t_model = self.diffusion.model_timesteps(&t, &self.device)?;
-        let (losses, loss_value, mut grads) = with_matmul_precision(self.config.train.matmul_precision, || {
+        let (losses, loss_value, grads) = with_matmul_precision(self.config.train.matmul_precision, || {
             // The representation model sees the clean sample, and its encoder learns through this same loss.
             let rep = match self.config.model.is_representation() {
                 true => Some(self.model.encode(&x_start)?),
@@ -276,11 +276,7 @@ impl Trainer {
             }
             Ok((losses, loss_value, loss.backward()?))
         })?;
-        let norm = match self.config.train.grad_clip_norm {
-            Some(max) => clip_grad_norm(&self.vars, &mut grads, max)?,
-            None => grad_norm(&self.vars, &grads)?,
-        };
-        self.optimizer.step(&self.vars, &grads)?;
+        let norm = self.optimizer.step(&self.vars, &grads, self.config.train.grad_clip_norm)?;
         self.ema.update(&self.vars, self.step as u64)?;
         self.step += 1;
         Ok(StepStats {
