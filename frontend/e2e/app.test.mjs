@@ -439,9 +439,11 @@ try {
     ["pipeline_draws", "2"], ["eval_samples", "8"], ["class_samples", "2"]]) {
     await page.fill(`input[name=${name}]`, value);
   }
+  await page.selectOption("select[name=matmul_precision]", "bf16");
   await page.click("button:has-text('Launch')");
   await page.waitForURL(/\/runs\/\d+$/);
   const reproduceId = Number(page.url().split("/").pop());
+  assert.equal((await api(`/jobs/${reproduceId}`)).params.matmul_precision, "bf16");
   await waitState("succeeded", 300_000);
   const pipeline = (await api(`/jobs/${reproduceId}`)).result;
   assert.equal(pipeline.table6.length, 5);

@@ -539,7 +539,7 @@ async fn the_paper_pipeline_runs_as_one_job_with_its_tables_as_the_result() {
     assert_eq!(reply.error_code(), "invalid_params");
     assert!(String::from_utf8_lossy(&reply.body).contains("draws must be 1 to 4096"));
     let params = json!({ "phantoms": 96, "pretrain_steps": 4, "finetune_steps": 2, "draws": 2,
-                         "supervised_epochs": 1, "eval_samples": 8, "class_samples": 2 });
+                         "supervised_epochs": 1, "eval_samples": 8, "class_samples": 2, "matmul_precision": "bf16" });
     let reply =
         app.call("POST", "/api/v1/jobs", Some(&ada), Some(json!({ "kind": "reproduce", "params": params }))).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply.body));
@@ -584,6 +584,14 @@ async fn the_paper_pipeline_runs_as_one_job_with_its_tables_as_the_result() {
     let lines: Vec<&str> = logs.as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
     assert!(lines[0].starts_with("$ repdiff reproduce --out "), "{lines:?}");
     assert!(lines.iter().any(|l| l.starts_with("[pretrain-rep] $ repdiff pretrain --mode rep")), "{lines:?}");
+    // The training steps, and only they, run with the chosen matrix products.
+    let mut with_bf16: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with('[') && l.contains(" $ repdiff ") && l.contains("--matmul-precision bf16"))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    with_bf16.sort();
+    assert_eq!(with_bf16, ["[finetune-rep]", "[finetune-uncond]", "[pretrain-rep]", "[pretrain-uncond]"]);
     app.finish().await;
 }
 

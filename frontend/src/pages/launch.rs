@@ -36,6 +36,8 @@ struct Form {
     learning_rate: Field,
     seed: Field,
     checkpoint_every: Field,
+    /// CPU matrix products of training: highest (f32) or bf16.
+    matmul_precision: Field,
     data: Field,
     toy_n: Field,
     dataset: Field,
@@ -124,6 +126,7 @@ impl Form {
             learning_rate: Field::new(""),
             seed: Field::new(""),
             checkpoint_every: Field::new(""),
+            matmul_precision: Field::new("highest"),
             data: Field::new("dataset"),
             toy_n: Field::new("64"),
             dataset: Field::new(""),
@@ -193,6 +196,14 @@ impl Form {
         number(problems, run, "learning_rate", "Learning rate", &self.learning_rate, true, false);
         number(problems, run, "seed", "Seed", &self.seed, false, true);
         number(problems, run, "checkpoint_every", "Checkpoint every", &self.checkpoint_every, true, true);
+        self.precision(run);
+    }
+
+    /// `matmul_precision` when it is not the default (f32).
+    fn precision(&self, out: &mut Map<String, Value>) {
+        if self.matmul_precision.text() != "highest" {
+            out.insert("matmul_precision".into(), json!(self.matmul_precision.text()));
+        }
     }
 
     /// A training run's checkpoint evaluation (`eval`), when "Evaluate every" is set.
@@ -483,6 +494,7 @@ impl Form {
                 number(p, &mut out, "class_samples", "Samples per class", &self.class_samples, false, true);
                 number(p, &mut out, "jobs", "Steps side by side", &self.side_by_side, true, true);
                 number(p, &mut out, "seed", "Seed", &self.seed, false, true);
+                self.precision(&mut out);
             }
             "import" => {
                 match self.dataset.text().parse::<i64>() {
@@ -836,6 +848,7 @@ pub fn Launch() -> impl IntoView {
                     {preset_input("Learning rate", "learning_rate", form.learning_rate, &["train", "learning_rate"])}
                     {preset_input("Seed", "seed", form.seed, &["train", "seed"])}
                     {preset_input("Checkpoint every", "checkpoint_every", form.checkpoint_every, &["train", "checkpoint_every"])}
+                    {choice("Matrix products", "matmul_precision", form.matmul_precision, &["highest", "bf16"])}
                     <p class="muted small wide-row">{preset_summary}</p>
                 </fieldset>
                 <fieldset><legend>"Data"</legend>
@@ -934,7 +947,8 @@ pub fn Launch() -> impl IntoView {
                     {text_input("Samples per class (class fidelity)", "class_samples", form.class_samples, "preset's: 64, or 500; 0: none")}
                     {text_input("Steps side by side", "side_by_side", form.side_by_side, "2")}
                     {text_input("Seed", "seed", form.seed, "0")}
-                    <p class="muted small wide-row">"The paper's split (every other site pre-trains), unconditional and representation-conditional pre-training, fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, class fidelity, generation metrics, counterfactuals, and the baselines (linear probes, a ViT and a ResNet from scratch). Finished steps survive a cancel or a lost worker: the next attempt goes on from them. tiny-cpu takes 15 to 30 minutes on two CPU cores."</p>
+                    {choice("Matrix products", "matmul_precision", form.matmul_precision, &["highest", "bf16"])}
+                    <p class="muted small wide-row">"The paper's split (every other site pre-trains), unconditional and representation-conditional pre-training, fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, class fidelity, generation metrics, counterfactuals, and the baselines (linear probes, a ViT and a ResNet from scratch). Finished steps survive a cancel or a lost worker: the next attempt goes on from them. tiny-cpu takes 15 to 30 minutes on two CPU cores. Matrix products: highest is f32 throughout; bf16 (bf16 operands, f32 sums) makes the training steps faster on CPUs with AVX512-BF16 or AMX and runs in f32 elsewhere."</p>
                 </fieldset>
             }
             .into_any(),
@@ -998,6 +1012,7 @@ pub fn Launch() -> impl IntoView {
                     {text_input("Learning rate", "learning_rate", form.learning_rate, "pre-training's")}
                     {text_input("Seed", "seed", form.seed, "pre-training's")}
                     {text_input("Checkpoint every", "checkpoint_every", form.checkpoint_every, "pre-training's")}
+                    {choice("Matrix products", "matmul_precision", form.matmul_precision, &["highest", "bf16"])}
                 </fieldset>
                 <fieldset><legend>"Labelled data"</legend>
                     {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}

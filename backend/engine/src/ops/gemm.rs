@@ -22,6 +22,16 @@ pub enum MatmulPrecision {
     Bf16,
 }
 
+impl MatmulPrecision {
+    /// The name in configs, job parameters and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulPrecision::Highest => "highest",
+            MatmulPrecision::Bf16 => "bf16",
+        }
+    }
+}
+
 thread_local! {
     static PRECISION: Cell<MatmulPrecision> = const { Cell::new(MatmulPrecision::Highest) };
 }

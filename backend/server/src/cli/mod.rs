@@ -180,6 +180,15 @@ pub enum PrecisionArg {
     Bf16,
 }
 
+impl From<PrecisionArg> for MatmulPrecision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::Highest => MatmulPrecision::Highest,
+            PrecisionArg::Bf16 => MatmulPrecision::Bf16,
+        }
+    }
+}
+
 impl ScheduleArgs {
     /// Sets the given settings in `train`.
     pub fn apply(&self, train: &mut repdiff_engine::config::TrainConfig) {
@@ -194,10 +203,7 @@ impl ScheduleArgs {
     }
 
     pub fn precision(&self) -> Option<MatmulPrecision> {
-        self.matmul_precision.map(|p| match p {
-            PrecisionArg::Highest => MatmulPrecision::Highest,
-            PrecisionArg::Bf16 => MatmulPrecision::Bf16,
-        })
+        self.matmul_precision.map(MatmulPrecision::from)
     }
 }
 

@@ -21,6 +21,8 @@ use serde::de::DeserializeOwned;
 
 mod steps;
 
+use super::PrecisionArg;
+use repdiff_engine::ops::MatmulPrecision;
 use steps::{Step, run_steps, step};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -80,6 +82,12 @@ pub struct ReproduceArgs {
     /// a second core, so two steps on two cores take about half the time of one after the other.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
+    /// Matrix products of the training steps (pre-training and fine-tuning, two thirds of tiny-cpu's CPU
+    /// time): highest (f32, the default: the same tables on every CPU) or bf16 (bf16 operands, f32 sums:
+    /// tiny-cpu training about 1.3x faster with AVX512-BF16, more with AMX; f32 on other CPUs). The
+    /// classifier, the samplers and the metrics stay in f32.
+    #[arg(long, value_enum)]
+    matmul_precision: Option<PrecisionArg>,
     /// Seeds the split, the training runs and the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -303,6 +311,8 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         None => epochs_steps("train")?,
     };
     let every = (pretrain_steps / 10).max(1).to_string();
+    let precision =
+        args.matmul_precision.map(|p| ["--matmul-precision".to_string(), MatmulPrecision::from(p).name().to_string()]);
     // The DINOv2 probe and the generation metrics read images; for an autoencoder's latents they are
     // encoded again as pixels first.
     let dino = args.weights_dir.join(repdiff_engine::dino::WEIGHTS_FILE).exists();
@@ -340,6 +350,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             "--out",
             &path(&run),
         ]);
+        a.extend(precision.iter().flatten().cloned());
         if run.join("checkpoint.safetensors").exists() {
             a.push("--resume".into());
         } else {
@@ -361,6 +372,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             "--from",
             &path(&out.join(format!("pretrain-{mode}/checkpoint.safetensors"))),
         ]);
+        a.extend(precision.iter().flatten().cloned());
         if ft.join("checkpoint.safetensors").exists() {
             a.push("--resume".into());
         }

@@ -81,6 +81,10 @@ pub struct ReproduceParams {
     pub jobs: u16,
     #[serde(default)]
     pub seed: u64,
+    /// Matrix products of the training steps: `highest` (f32, the default) or `bf16` (faster on CPUs with
+    /// AVX512-BF16 or AMX).
+    #[serde(default)]
+    pub matmul_precision: Option<repdiff_engine::ops::MatmulPrecision>,
 }
 
 impl ReproduceParams {
@@ -135,6 +139,9 @@ impl ReproduceParams {
             if let Some(v) = value {
                 args.extend([flag.to_string(), v.to_string()]);
             }
+        }
+        if let Some(precision) = self.matmul_precision {
+            args.extend(["--matmul-precision".to_string(), precision.name().to_string()]);
         }
         args
     }
