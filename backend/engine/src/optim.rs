@@ -94,24 +94,21 @@ impl AdamW {
         let bias2 = 1.0 - c.beta2.powi(self.step as i32);
         let step_size = c.learning_rate / bias1;
         let decay = 1.0 - c.learning_rate * c.weight_decay;
+        let k = AdamWStep {
+            grad_scale: grad_scale as f32,
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            eps: c.eps as f32,
+            decay: decay as f32,
+            step_size: step_size as f32,
+            inv_bias2_sqrt: (1.0 / bias2.sqrt()) as f32,
+        };
         for (var, grad, moments) in updates {
             match moments {
                 Moments::Host { m, v, .. } => {
-                    let update = FusedAdamW {
-                        k: AdamWStep {
-                            grad_scale: grad_scale as f32,
-                            beta1: c.beta1 as f32,
-                            beta2: c.beta2 as f32,
-                            one_minus_beta1: (1.0 - c.beta1) as f32,
-                            one_minus_beta2: (1.0 - c.beta2) as f32,
-                            eps: c.eps as f32,
-                            decay: decay as f32,
-                            step_size: step_size as f32,
-                            inv_bias2_sqrt: (1.0 / bias2.sqrt()) as f32,
-                        },
-                        m: RefCell::new(m),
-                        v: RefCell::new(v),
-                    };
+                    let update = FusedAdamW { k: &k, m: RefCell::new(m), v: RefCell::new(v) };
                     var.as_tensor().inplace_op2(&grad, &update)?;
                 }
                 Moments::Tensors { m, v } => {
@@ -290,7 +287,7 @@ impl AdamWStep {
 /// AdamW as an in-place op on the parameter, its gradient the one source, the moments owned by the
 /// optimiser (candle hands an op only its destination mutably).
 struct FusedAdamW<'a> {
-    k: AdamWStep,
+    k: &'a AdamWStep,
     m: RefCell<&'a mut Vec<f32>>,
     v: RefCell<&'a mut Vec<f32>>,
 }
@@ -309,7 +306,7 @@ impl InplaceOp2 for FusedAdamW<'_> {
     ) -> candle_core::Result<()> {
         let p = host_values_mut(dst, dst_l)?;
         let g = host_values(grad, grad_l)?;
-        let (mut m, mut v, k) = (self.m.borrow_mut(), self.v.borrow_mut(), &self.k);
+        let (mut m, mut v, k) = (self.m.borrow_mut(), self.v.borrow_mut(), self.k);
         if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
             candle_core::bail!(
                 "fused-adamw: {} parameters, {} gradients, {} / {} moments",
