@@ -433,20 +433,29 @@ try {
   assert.equal(await page.locator("#generation-results tbody tr").count(), 2);
   await shot("compare-generation");
 
-  step("the paper's whole pipeline as one run, on phantoms with every stage cut short: Tables 6 and 5 on its page");
+  step("the paper's whole pipeline as one run over two seeds, on phantoms with every stage cut short: the spread, Tables 6 and 5 on its page");
   await page.goto(`${base}/runs/new?kind=reproduce`);
   for (const [name, value] of [["phantoms", "96"], ["pretrain_steps", "4"], ["finetune_steps", "2"], ["supervised_epochs", "1"],
-    ["pipeline_draws", "2"], ["eval_samples", "8"], ["class_samples", "2"]]) {
+    ["pipeline_draws", "2"], ["eval_samples", "8"], ["class_samples", "2"], ["seeds", "2"]]) {
     await page.fill(`input[name=${name}]`, value);
   }
   await page.selectOption("select[name=matmul_precision]", "bf16");
   await page.click("button:has-text('Launch')");
   await page.waitForURL(/\/runs\/\d+$/);
   const reproduceId = Number(page.url().split("/").pop());
-  assert.equal((await api(`/jobs/${reproduceId}`)).params.matmul_precision, "bf16");
+  const reproduceParams = (await api(`/jobs/${reproduceId}`)).params;
+  assert.equal(reproduceParams.matmul_precision, "bf16");
+  assert.equal(reproduceParams.seeds, 2);
   await waitState("succeeded", 300_000);
   const pipeline = (await api(`/jobs/${reproduceId}`)).result;
   assert.equal(pipeline.table6.length, 5);
+  assert.deepEqual(pipeline.across_seeds.seeds, [0, 1]);
+  assert.equal(await page.locator("#across-seeds table.seeds tbody tr").count(), 5);
+  const spread = pipeline.across_seeds.table6[1].accuracy;
+  const perSeed = spread.values.map((v) => (v * 100).toFixed(1)).join(" / ");
+  await page.locator("#across-seeds table.seeds tbody tr").nth(1).locator("td", { hasText: perSeed }).first().waitFor();
+  await page.locator("#across-seeds p.difference", { hasText: /ahead in \d of 2 seeds/ }).waitFor();
+  assert.equal(await page.locator("#across-seeds table.seeds-table5 tbody tr").count(), 2);
   assert.equal(await page.locator("#table6 tbody tr").count(), 5);
   const f1 = (pipeline.table6[1].metrics.f1 * 100).toFixed(1);
   await page.locator("#table6 tbody tr").nth(1).locator("td", { hasText: new RegExp(`^${f1} \\[`) }).waitFor();

@@ -671,6 +671,79 @@ pub struct ReproduceReport {
     /// The whole report as Markdown (the tables, the validation sweeps).
     #[serde(default)]
     pub markdown: String,
+    /// A run over several seeds (`--seeds`): every method's test result per seed and its spread. The rest
+    /// of the report is then the first seed's.
+    #[serde(default)]
+    pub across_seeds: Option<AcrossSeeds>,
+}
+
+/// One number measured once per seed: the values in the seeds' order, their mean and sample standard
+/// deviation (0 for one seed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Spread {
+    pub values: Vec<f64>,
+    pub mean: f64,
+    pub sd: f64,
+}
+
+impl Spread {
+    pub fn new(values: Vec<f64>) -> Self {
+        let n = values.len() as f64;
+        let mean = if values.is_empty() { f64::NAN } else { values.iter().sum::<f64>() / n };
+        let sd = if values.len() < 2 {
+            0.0
+        } else {
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        };
+        Spread { values, mean, sd }
+    }
+}
+
+/// One Table 6 method over the seeds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SeedsRow {
+    pub method: String,
+    /// The diffusion classifier's timestep of each seed, chosen on its validation part.
+    pub chosen_t: Vec<Option<usize>>,
+    pub accuracy: Spread,
+    pub f1: Spread,
+}
+
+/// The paper's comparison over the seeds: the representation-pre-trained diffusion classifier's test
+/// accuracy minus the unconditionally pre-trained one's, seed by seed (a paired difference: both share
+/// the seed's phantoms, split and noise).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PairedDifference {
+    pub difference: Spread,
+    /// A 95% Student t interval of the mean difference (none for one seed).
+    pub interval: Option<[f64; 2]>,
+    /// In how many seeds the representation pre-training came out ahead.
+    pub ahead: usize,
+}
+
+/// One pre-trained model's generation metrics (Table 5) over the seeds, in the order fid, sfid,
+/// inception_score, precision, recall, density, coverage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SeedsTable5Row {
+    pub name: String,
+    pub extractor: String,
+    pub metrics: Vec<Spread>,
+}
+
+/// `repdiff reproduce --seeds N`: the pipeline run once per seed, what each seed gave, and the spread.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AcrossSeeds {
+    pub seeds: Vec<u64>,
+    /// The methods every seed's Table 6 has, in its order.
+    pub table6: Vec<SeedsRow>,
+    pub classifier_difference: PairedDifference,
+    #[serde(default)]
+    pub table5: Vec<SeedsTable5Row>,
 }
 
 /// One method of Table 6 on the test part.

@@ -701,21 +701,61 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
     assert!(table5.iter().all(|r| r["generated"] == 10 && r["fid"].as_f64().unwrap() > 0.0), "{table5:?}");
     assert!(text(&first).contains("the DINOv2 probe is left out"), "{}", text(&first));
     // A second run keeps what is done: training resumes at its last step, the reports stay; with DINOv2's
-    // weights now in its weights folder (stand-in random ones) it adds that probe's row.
+    // weights now in its weights folder (stand-in random ones) it adds that probe's row. With `--seeds 2` it
+    // then runs the whole pipeline for seed 1 in OUT/seed-1 and reports both seeds and their spread.
     let weights = dir.join("weights");
     repdiff_engine::dino::write_random_weights(&weights, 2).unwrap();
     // One step after the other this time, in one process.
-    let again = repdiff(&[&args[..], &["--weights-dir", weights.to_str().unwrap(), "--jobs", "1"]].concat());
+    let again =
+        repdiff(&[&args[..], &["--weights-dir", weights.to_str().unwrap(), "--jobs", "1", "--seeds", "2"]].concat());
     assert!(again.status.success(), "{}", text(&again));
+    let output = text(&again);
+    let (seed0, seed1) = output.split_once("=== seed 1 (2 of 2)").unwrap_or((&output, ""));
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("table6.json")).unwrap()).unwrap();
     assert_eq!(summary["table6"].as_array().unwrap().len(), 6);
     assert_eq!(summary["table6"][3]["method"], "Linear probe on DINOv2 ViT-S/14 features");
     assert!(summary["table6"][3]["intervals"]["f1"][1].as_f64().is_some(), "{summary}");
-    assert!(text(&again).contains("Nothing to do: the run is at step 4 of 4"), "{}", text(&again));
-    assert!(!text(&again).contains("diffusion classifier ("), "finished steps are not run again: {}", text(&again));
-    assert!(!text(&again).contains("generation metrics of"), "{}", text(&again));
-    assert!(!text(&again).contains("class-conditional samples of"), "{}", text(&again));
+    assert!(seed0.contains("Nothing to do: the run is at step 4 of 4"), "{output}");
+    assert!(!seed0.contains("diffusion classifier ("), "finished steps are not run again: {output}");
+    assert!(!seed0.contains("generation metrics of"), "{output}");
+    assert!(!seed0.contains("class-conditional samples of"), "{output}");
+    // Seed 1: a new pipeline of its own (its phantoms too), the same methods.
+    assert!(seed1.contains("--seed 1") && seed1.contains("diffusion classifier ("), "{output}");
+    let second: repdiff_api::ReproduceReport =
+        serde_json::from_str(&std::fs::read_to_string(out.join("seed-1/table6.json")).unwrap()).unwrap();
+    assert_eq!((second.seed, second.table6.len(), second.across_seeds.is_none()), (1, 6, true));
+    assert!(out.join("seed-1/data/manifest.csv").exists());
+    // The report: both seeds' numbers, their spread, the paired difference; then seed 0's tables.
+    let report: repdiff_api::ReproduceReport = serde_json::from_value(summary).unwrap();
+    let across = report.across_seeds.clone().expect("a report over the seeds");
+    assert_eq!((report.seed, across.seeds.as_slice(), across.table6.len()), (0, &[0, 1][..], 6));
+    let rep = &across.table6[1];
+    assert_eq!(rep.accuracy.values, [report.table6[1].metrics.accuracy, second.table6[1].metrics.accuracy]);
+    assert_eq!(rep.chosen_t, [report.table6[1].chosen_t, second.table6[1].chosen_t]);
+    let (a, b) = (rep.accuracy.values[0], rep.accuracy.values[1]);
+    assert!((rep.accuracy.mean - (a + b) / 2.0).abs() < 1e-12);
+    assert!((rep.accuracy.sd - (a - b).abs() / 2f64.sqrt()).abs() < 1e-12, "sample sd: {rep:?}");
+    let d = &across.classifier_difference;
+    let expected: Vec<f64> =
+        [&report, &second].iter().map(|r| r.table6[1].metrics.accuracy - r.table6[0].metrics.accuracy).collect();
+    assert_eq!(d.difference.values, expected);
+    assert_eq!(d.ahead, expected.iter().filter(|&&v| v > 0.0).count());
+    let [lo, hi] = d.interval.unwrap();
+    assert!(lo <= d.difference.mean && d.difference.mean <= hi, "{d:?}");
+    assert_eq!(across.table5.len(), 2);
+    assert_eq!(across.table5[0].metrics[0].values.len(), 2);
+    assert!(report.markdown.starts_with("# Table 6 analogue over 2 seeds (0, 1)"), "{}", report.markdown);
+    assert!(report.markdown.contains("\n# Seed 0 in full\n\n## Table 6 analogue"), "{}", report.markdown);
+    assert_eq!(std::fs::read_to_string(out.join("table6.md")).unwrap(), report.markdown);
+    // The progress counts on over both seeds and ends at its total.
+    let counts: Vec<(usize, usize)> = output
+        .lines()
+        .filter_map(|l| l.strip_prefix("progress: ")?.split(' ').next()?.split_once('/'))
+        .map(|(d, t)| (d.parse().unwrap(), t.parse().unwrap()))
+        .collect();
+    assert!(counts.windows(2).all(|w| w[1].0 >= w[0].0), "{counts:?}");
+    assert!(counts.last().is_some_and(|&(done, total)| done == total), "{counts:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -114,6 +114,8 @@ struct Form {
     eval_samples: Field,
     class_samples: Field,
     side_by_side: Field,
+    /// The pipeline's number of seeds (empty: one).
+    seeds: Field,
 }
 
 impl Form {
@@ -186,6 +188,7 @@ impl Form {
             eval_samples: Field::new(""),
             class_samples: Field::new(""),
             side_by_side: Field::new("2"),
+            seeds: Field::new(""),
         }
     }
 
@@ -494,6 +497,7 @@ impl Form {
                 number(p, &mut out, "class_samples", "Samples per class", &self.class_samples, false, true);
                 number(p, &mut out, "jobs", "Steps side by side", &self.side_by_side, true, true);
                 number(p, &mut out, "seed", "Seed", &self.seed, false, true);
+                number(p, &mut out, "seeds", "Seeds", &self.seeds, true, true);
                 self.precision(&mut out);
             }
             "import" => {
@@ -947,6 +951,7 @@ pub fn Launch() -> impl IntoView {
                     {text_input("Samples per class (class fidelity)", "class_samples", form.class_samples, "preset's: 64, or 500; 0: none")}
                     {text_input("Steps side by side", "side_by_side", form.side_by_side, "2")}
                     {text_input("Seed", "seed", form.seed, "0")}
+                    {text_input("Seeds", "seeds", form.seeds, "1; N runs seed, seed + 1, ... and reports the spread")}
                     {choice("Matrix products", "matmul_precision", form.matmul_precision, &["highest", "bf16"])}
                     <p class="muted small wide-row">"The paper's split (every other site pre-trains), unconditional and representation-conditional pre-training, fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, class fidelity, generation metrics, counterfactuals, and the baselines (linear probes, a ViT and a ResNet from scratch). Finished steps survive a cancel or a lost worker: the next attempt goes on from them. tiny-cpu takes 15 to 30 minutes on two CPU cores. Matrix products: highest is f32 throughout; bf16 (bf16 operands, f32 sums) makes the training steps faster on CPUs with AVX512-BF16 or AMX and runs in f32 elsewhere."</p>
                 </fieldset>

@@ -477,9 +477,11 @@ fn ReproduceResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoVie
             let pretrained = table5.first().is_some_and(|row| row.extractor == "inception-v3");
             let columns = evaluation_columns(pretrained);
             let timings = r.timings_s.clone();
+            let first_seed = r.across_seeds.as_ref().map(|_| format!(" (seed {})", r.seed)).unwrap_or_default();
             view! {
+                {r.across_seeds.clone().map(|a| across_seeds_card(a, &r))}
                 <section class="card" id="table6">
-                    <h2>"Table 6: haematoma classification on the test part"</h2>
+                    <h2>{format!("Table 6: haematoma classification on the test part{first_seed}")}</h2>
                     <p class="muted small">{format!(
                         "Preset {}, seed {}, pre-training {} steps, fine-tuning {} steps, {} in all. Percentages with bootstrap 95% intervals; the diffusion classifiers' timesteps were chosen on validation.",
                         r.preset, r.seed, r.pretrain_steps, r.finetune_steps, duration(r.total_s as i64))}</p>
@@ -554,6 +556,52 @@ fn ReproduceResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoVie
                 })}
             }
         })
+    }
+}
+
+/// A pipeline run over several seeds: each method's test accuracy and F1 per seed with mean and spread,
+/// the two diffusion classifiers' paired difference, and Table 5's spread.
+fn across_seeds_card(a: repdiff_api::AcrossSeeds, r: &repdiff_api::ReproduceReport) -> impl IntoView {
+    let pct = |s: &repdiff_api::Spread| format!("{:.1} ± {:.1}", s.mean * 100.0, s.sd * 100.0);
+    let each =
+        |s: &repdiff_api::Spread| s.values.iter().map(|v| format!("{:.1}", v * 100.0)).collect::<Vec<_>>().join(" / ");
+    let seeds = a.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+    let d = a.classifier_difference.clone();
+    let interval = d
+        .interval
+        .map(|[lo, hi]| format!(" [{:+.1}, {:+.1}] (95% t interval over the seeds)", lo * 100.0, hi * 100.0))
+        .unwrap_or_default();
+    let pretrained = a.table5.first().is_some_and(|row| row.extractor == "inception-v3");
+    let columns = evaluation_columns(pretrained);
+    let n = a.seeds.len();
+    view! {
+        <section class="card" id="across-seeds">
+            <h2>{format!("Table 6 over {n} seeds ({seeds})")}</h2>
+            <p class="muted small">{format!(
+                "Preset {}, pre-training {} steps, fine-tuning {} steps per seed; each seed draws its own phantoms, split, initial weights and noise. Test accuracy and F1 in %: mean ± sample standard deviation, then each seed's value.",
+                r.preset, r.pretrain_steps, r.finetune_steps)}</p>
+            <div class="scroll"><table class="grid seeds">
+                <thead><tr><th>"method"</th><th>"accuracy %"</th><th>"per seed"</th><th>"F1 %"</th><th>"per seed"</th><th>"t per seed"</th></tr></thead>
+                <tbody>{a.table6.iter().map(|row| {
+                    let ts = row.chosen_t.iter().map(|t| t.map(|t| t.to_string()).unwrap_or_else(|| "-".into())).collect::<Vec<_>>().join(" / ");
+                    view! { <tr><td>{row.method.clone()}</td><td class="num">{pct(&row.accuracy)}</td><td class="num">{each(&row.accuracy)}</td>
+                        <td class="num">{pct(&row.f1)}</td><td class="num">{each(&row.f1)}</td><td class="num">{ts}</td></tr> }
+                }).collect_view()}</tbody>
+            </table></div>
+            <p class="difference">{format!(
+                "Representation minus unconditional pre-training, diffusion classifier test accuracy: {:+.1} points on average{interval}; ahead in {} of {n} seeds ({}).",
+                d.difference.mean * 100.0, d.ahead,
+                d.difference.values.iter().map(|v| format!("{:+.1}", v * 100.0)).collect::<Vec<_>>().join(" / "))}</p>
+            {(!a.table5.is_empty()).then(|| view! {
+                <h3>"Table 5 over the seeds (mean ± sd)"</h3>
+                <div class="scroll"><table class="grid seeds-table5">
+                    <thead><tr><th>"pre-training"</th>{columns.iter().map(|c| view! { <th class="num">{*c}</th> }).collect_view()}</tr></thead>
+                    <tbody>{a.table5.iter().zip(["unconditional", "representation-conditional (the paper's)"]).map(|(row, name)| view! {
+                        <tr><td>{name}</td>{row.metrics.iter().map(|s| view! { <td class="num">{format!("{:.3} ± {:.3}", s.mean, s.sd)}</td> }).collect_view()}</tr>
+                    }).collect_view()}</tbody>
+                </table></div>
+            })}
+        </section>
     }
 }
 

@@ -14,7 +14,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use repdiff_api::{
-    ClassMetrics, ClassifyReport, FidelityRow, ProbeTest, ReproduceReport, StepTiming, SweepRow, Table5Row, Table6Row,
+    AcrossSeeds, ClassMetrics, ClassifyReport, FidelityRow, PairedDifference, ProbeTest, ReproduceReport, SeedsRow,
+    SeedsTable5Row, Spread, StepTiming, SweepRow, Table5Row, Table6Row,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -23,7 +24,7 @@ mod steps;
 
 use super::PrecisionArg;
 use repdiff_engine::ops::MatmulPrecision;
-use steps::{Step, run_steps, step};
+use steps::{Step, Tally, run_steps, step};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ReproducePreset {
@@ -88,9 +89,15 @@ pub struct ReproduceArgs {
     /// classifier, the samplers and the metrics stay in f32.
     #[arg(long, value_enum)]
     matmul_precision: Option<PrecisionArg>,
-    /// Seeds the split, the training runs and the noise.
+    /// Seeds the phantoms, the split, the training runs and the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Runs the pipeline for N seeds, SEED to SEED + N - 1 (the first in OUT, each other in OUT/seed-K),
+    /// and reports every method's test accuracy and F1 per seed with their mean and spread, and the two
+    /// diffusion classifiers' paired difference. At tiny-cpu's scale one seed's ordering of the methods is
+    /// within the training noise; N seeds cost N runs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    seeds: u16,
     #[arg(long, default_value = "model-weights")]
     weights_dir: PathBuf,
     #[arg(long, default_value = "runs/reproduce")]
@@ -199,16 +206,61 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
         .with_context(|| format!("parsing {}", path.display()))
 }
 
+/// The two diffusion classifiers' rows of Table 6 (its first two).
+const UNCOND_METHOD: &str = "Diffusion classifier, unconditional pre-training + fine-tuning";
+const REP_METHOD: &str = "Diffusion classifier, representation-conditional pre-training + fine-tuning (the paper's)";
+
 pub fn run(args: ReproduceArgs) -> Result<()> {
+    let started = Instant::now();
+    let seeds: Vec<u64> = (0..u64::from(args.seeds)).map(|i| args.seed + i).collect();
+    let mut tally = Tally { before: 0, later_seeds: seeds.len() - 1 };
+    let mut reports = Vec::new();
+    for &seed in &seeds {
+        let out = if seed == args.seed { args.out.clone() } else { args.out.join(format!("seed-{seed}")) };
+        if seeds.len() > 1 {
+            println!("\n=== seed {seed} ({} of {}), in {}", reports.len() + 1, seeds.len(), out.display());
+        }
+        let (report, planned) = run_seed(&args, seed, &out, tally)?;
+        reports.push(report);
+        tally = Tally { before: tally.before + planned, later_seeds: tally.later_seeds.saturating_sub(1) };
+    }
+    if reports.len() < 2 {
+        return Ok(());
+    }
+    // The report of several seeds: the spread first, then the first seed's in full.
+    let across = across_seeds(&reports);
+    let mut report = reports.remove(0);
+    report.markdown = format!(
+        "{}\n# Seed {} in full\n\n{}",
+        seeds_markdown(&across, &report),
+        report.seed,
+        report.markdown.replacen("# ", "## ", 1)
+    );
+    report.across_seeds = Some(across);
+    report.total_s = started.elapsed().as_secs_f64();
+    let out = &args.out;
+    std::fs::write(out.join("table6.md"), &report.markdown)?;
+    std::fs::write(out.join("table6.json"), serde_json::to_string_pretty(&report)?)?;
+    println!("\n{}", report.markdown);
+    println!(
+        "Wrote {} and table6.json: {} seeds ({:.1} minutes in all)",
+        out.join("table6.md").display(),
+        seeds.len(),
+        report.total_s / 60.0
+    );
+    Ok(())
+}
+
+/// The pipeline for one seed in `out`; returns its report and how many steps it planned.
+fn run_seed(args: &ReproduceArgs, seed_number: u64, out: &Path, tally: Tally) -> Result<(ReproduceReport, usize)> {
     let mut plan = plan(args.preset);
     if let Some(n) = args.phantoms {
         (plan.phantoms, plan.downstream) = (n, n * plan.downstream / plan.phantoms);
     }
     let started = Instant::now();
-    let out = &args.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut timings = Vec::new();
-    let seed = args.seed.to_string();
+    let seed = seed_number.to_string();
 
     // 1. Data and the paper's split.
     let data = match &args.data {
@@ -241,8 +293,13 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             data.display()
         );
     }
-    // Beside the manifest: the split names its slices relative to its own folder.
-    let split = data.join("split.csv");
+    // Beside the manifest: the split names its slices relative to its own folder. Further seeds on a given
+    // dataset each have their own.
+    let split = if args.data.is_some() && seed_number != args.seed {
+        data.join(format!("split-seed-{seed_number}.csv"))
+    } else {
+        data.join("split.csv")
+    };
     let a = [
         "split",
         "--manifest",
@@ -545,14 +602,14 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         let report = out.join(format!("supervised-{arch}.json"));
         steps.extend(Step::unless_done(&report, format!("supervised-{arch}"), title, [a, parts.clone()].concat(), &[]));
     }
-    run_steps(&steps, usize::from(args.jobs), &mut timings)?;
+    run_steps(&steps, usize::from(args.jobs), &mut timings, tally)?;
 
     // The tables.
     let uncond: ClassifyReport = read_json(&out.join("classify-uncond.json"))?;
     let rep: ClassifyReport = read_json(&out.join("classify-rep.json"))?;
     let mut rows = vec![
-        table_row("Diffusion classifier, unconditional pre-training + fine-tuning", &uncond)?,
-        table_row("Diffusion classifier, representation-conditional pre-training + fine-tuning (the paper's)", &rep)?,
+        table_row(UNCOND_METHOD, &uncond)?,
+        table_row(REP_METHOD, &rep)?,
         probe_row("Linear probe on the representation encoder (mean-pooled tokens)", &probe)?,
     ];
     if dino_probe.exists() {
@@ -565,7 +622,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             &report,
         )?);
     }
-    let mut markdown = table6_markdown(&rows, &args, pretrain_steps, finetune_steps, &split)?;
+    let mut markdown = table6_markdown(&rows, args, seed_number, pretrain_steps, finetune_steps, &split)?;
     markdown.push_str(&sweep_markdown(&uncond, &rep));
     let class_fidelity = if class_samples > 0 { class_fidelity(out, &uncond, &rep)? } else { Vec::new() };
     if !class_fidelity.is_empty() {
@@ -584,7 +641,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     std::fs::write(out.join("table6.md"), &markdown)?;
     let report = ReproduceReport {
         preset: args.preset.name(),
-        seed: args.seed,
+        seed: seed_number,
         pretrain_steps,
         finetune_steps,
         table6: rows,
@@ -593,11 +650,12 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         timings_s: timings.into_iter().map(|(step, seconds)| StepTiming { step, seconds }).collect(),
         total_s: started.elapsed().as_secs_f64(),
         markdown,
+        across_seeds: None,
     };
     std::fs::write(out.join("table6.json"), serde_json::to_string_pretty(&report)?)?;
     println!("\n{}", report.markdown);
     println!("Wrote {} and table6.json ({:.1} minutes in all)", out.join("table6.md").display(), report.total_s / 60.0);
-    Ok(())
+    Ok((report, steps.len()))
 }
 
 /// `repdiff evaluate`'s metrics.json, as far as Table 5 reads it.
@@ -674,6 +732,7 @@ fn sweep_markdown(uncond: &ClassifyReport, rep: &ClassifyReport) -> String {
 fn table6_markdown(
     rows: &[Table6Row],
     args: &ReproduceArgs,
+    seed: u64,
     pretrain_steps: usize,
     finetune_steps: usize,
     split: &Path,
@@ -691,7 +750,7 @@ fn table6_markdown(
         "Preset {}, seed {}, pre-training {pretrain_steps} steps, fine-tuning {finetune_steps} steps. Percentages \
          with percentile bootstrap 95% intervals; the diffusion classifier's timestep was chosen on validation.\n",
         args.preset.name(),
-        args.seed
+        seed
     )?;
     writeln!(md, "| method | t | accuracy % | precision % | recall % | F1 % | forwards/image |")?;
     writeln!(md, "|---|---|---|---|---|---|---|")?;
@@ -824,6 +883,120 @@ fn table5_markdown(results: &[Table5Row]) -> String {
             "| {name} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
             r.generated, r.fid, r.sfid, r.inception_score, r.precision, r.recall, r.density, r.coverage
         ));
+    }
+    md
+}
+
+/// Every seed's Table 6 and Table 5 side by side: per method its test accuracy and F1 per seed, their mean
+/// and spread, and the two diffusion classifiers' paired difference.
+fn across_seeds(reports: &[ReproduceReport]) -> AcrossSeeds {
+    let find = |report: &ReproduceReport, method: &str| report.table6.iter().find(|row| row.method == method).cloned();
+    let table6 = reports[0]
+        .table6
+        .iter()
+        .filter_map(|first| {
+            let rows: Option<Vec<Table6Row>> = reports.iter().map(|r| find(r, &first.method)).collect();
+            let rows = rows?;
+            Some(SeedsRow {
+                method: first.method.clone(),
+                chosen_t: rows.iter().map(|row| row.chosen_t).collect(),
+                accuracy: Spread::new(rows.iter().map(|row| row.metrics.accuracy).collect()),
+                f1: Spread::new(rows.iter().map(|row| row.metrics.f1).collect()),
+            })
+        })
+        .collect();
+    let accuracy =
+        |report: &ReproduceReport, method: &str| find(report, method).map_or(f64::NAN, |r| r.metrics.accuracy);
+    let difference =
+        Spread::new(reports.iter().map(|r| accuracy(r, REP_METHOD) - accuracy(r, UNCOND_METHOD)).collect());
+    let n = difference.values.len();
+    let interval = (n > 1).then(|| {
+        let half = repdiff_engine::classify::stats::student_t_quantile(0.975, (n - 1) as f64) * difference.sd
+            / (n as f64).sqrt();
+        [difference.mean - half, difference.mean + half]
+    });
+    let ahead = difference.values.iter().filter(|&&d| d > 0.0).count();
+    let table5 = match reports.iter().map(|r| r.table5.clone()).collect::<Option<Vec<_>>>() {
+        Some(tables) if tables.iter().all(|t| t.len() == tables[0].len()) => (0..tables[0].len())
+            .map(|m| {
+                let metric = |value: fn(&Table5Row) -> f64| Spread::new(tables.iter().map(|t| value(&t[m])).collect());
+                SeedsTable5Row {
+                    name: tables[0][m].name.clone(),
+                    extractor: tables[0][m].extractor.clone(),
+                    metrics: vec![
+                        metric(|r| r.fid),
+                        metric(|r| r.sfid),
+                        metric(|r| r.inception_score),
+                        metric(|r| r.precision),
+                        metric(|r| r.recall),
+                        metric(|r| r.density),
+                        metric(|r| r.coverage),
+                    ],
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    AcrossSeeds {
+        seeds: reports.iter().map(|r| r.seed).collect(),
+        table6,
+        classifier_difference: PairedDifference { difference, interval, ahead },
+        table5,
+    }
+}
+
+/// The spread over the seeds as Markdown; `first` is the first seed's report (its preset and budgets).
+fn seeds_markdown(across: &AcrossSeeds, first: &ReproduceReport) -> String {
+    use std::fmt::Write;
+    let n = across.seeds.len();
+    let seeds = across.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+    let pct = |s: &Spread| format!("{:.1} ± {:.1}", s.mean * 100.0, s.sd * 100.0);
+    let each = |s: &Spread| s.values.iter().map(|v| format!("{:.1}", v * 100.0)).collect::<Vec<_>>().join(" / ");
+    let mut md = format!(
+        "# Table 6 analogue over {n} seeds ({seeds})\n\nPreset {}, pre-training {} steps, fine-tuning {} steps per \
+         seed; each seed draws its own phantoms, split, initial weights and noise. Test accuracy and F1 in %: mean \
+         ± sample standard deviation over the seeds, then each seed's value in the seeds' order.\n\n\
+         | method | accuracy % | accuracy % per seed | F1 % | F1 % per seed | t per seed |\n|---|---|---|---|---|---|\n",
+        first.preset, first.pretrain_steps, first.finetune_steps
+    );
+    for row in &across.table6 {
+        let ts = row.chosen_t.iter().map(|t| t.map_or("-".to_string(), |t| t.to_string())).collect::<Vec<_>>();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.method,
+            pct(&row.accuracy),
+            each(&row.accuracy),
+            pct(&row.f1),
+            each(&row.f1),
+            ts.join(" / ")
+        );
+    }
+    let d = &across.classifier_difference;
+    let interval = d.interval.map_or(String::new(), |[lo, hi]| {
+        format!(" (95% t interval over the seeds [{:+.1}, {:+.1}])", lo * 100.0, hi * 100.0)
+    });
+    let _ = writeln!(
+        md,
+        "\nThe paper's comparison, seed by seed: the representation-pre-trained diffusion classifier's test accuracy \
+         minus the unconditionally pre-trained one's is {} points, {:+.1} on average{interval}; ahead in {} of {n} \
+         seeds.",
+        d.difference.values.iter().map(|v| format!("{:+.1}", v * 100.0)).collect::<Vec<_>>().join(" / "),
+        d.difference.mean * 100.0,
+        d.ahead
+    );
+    if !across.table5.is_empty() {
+        let pretrained = across.table5[0].extractor == "inception-v3";
+        let (fid, sfid, is) = if pretrained { ("FID", "sFID", "IS") } else { ("FD", "sFD", "score") };
+        let _ = write!(
+            md,
+            "\n## Table 5 analogue over the seeds\n\nMean ± sample standard deviation over the seeds.\n\n\
+             | pre-training | {fid} | {sfid} | {is} | precision | recall | density | coverage |\n|---|---|---|---|---|---|---|---|\n"
+        );
+        for (row, name) in across.table5.iter().zip(["Unconditional", "Representation-conditional (the paper's)"]) {
+            let cells: Vec<String> = row.metrics.iter().map(|s| format!("{:.3} ± {:.3}", s.mean, s.sd)).collect();
+            let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
+        }
     }
     md
 }

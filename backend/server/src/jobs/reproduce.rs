@@ -28,8 +28,13 @@ pub const SYNC_EVERY: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(2);
 
 /// What is not copied: the phantoms (generated again, identically, from the seed), a dataset's slices
-/// (fetched again from the store), the cache of real-image features, and files being written.
+/// (fetched again from the store), the cache of real-image features, and files being written; of every
+/// seed's folder (`seed-K/`) too.
 fn skipped(relative: &str) -> bool {
+    let relative = match relative.split_once('/') {
+        Some((seed, rest)) if seed.strip_prefix("seed-").is_some_and(|k| k.parse::<u64>().is_ok()) => rest,
+        _ => relative,
+    };
     relative.starts_with("data/")
         || relative.starts_with("feature-cache/")
         || relative.ends_with(".tmp")
@@ -81,6 +86,9 @@ pub struct ReproduceParams {
     pub jobs: u16,
     #[serde(default)]
     pub seed: u64,
+    /// Seeds the pipeline runs for, from `seed` on: every method's result per seed and its spread.
+    #[serde(default)]
+    pub seeds: Option<usize>,
     /// Matrix products of the training steps: `highest` (f32, the default) or `bf16` (faster on CPUs with
     /// AVX512-BF16 or AMX).
     #[serde(default)]
@@ -109,6 +117,7 @@ impl ReproduceParams {
         within("eval_samples", self.eval_samples, 0..=100_000)?;
         within("class_samples", self.class_samples, 0..=10_000)?;
         within("jobs", Some(usize::from(self.jobs)), 1..=64)?;
+        within("seeds", self.seeds, 1..=100)?;
         if self.downstream_site > 1_000_000 {
             return Err("downstream_site is a site number as in the manifest".into());
         }
@@ -135,6 +144,7 @@ impl ReproduceParams {
             ("--draws", self.draws),
             ("--eval-samples", self.eval_samples),
             ("--class-samples", self.class_samples),
+            ("--seeds", self.seeds),
         ] {
             if let Some(v) = value {
                 args.extend([flag.to_string(), v.to_string()]);
@@ -429,17 +439,19 @@ mod tests {
         assert!(params(serde_json::json!({ "dataset": 3, "phantoms": 100 })).unwrap_err().contains("not both"));
         assert!(params(serde_json::json!({ "draws": 0 })).unwrap_err().contains("draws must be 1 to 4096"));
         assert!(params(serde_json::json!({ "jobs": 0 })).unwrap_err().contains("jobs must be 1 to 64"));
+        assert!(params(serde_json::json!({ "seeds": 0 })).unwrap_err().contains("seeds must be 1 to 100"));
         assert!(params(serde_json::json!({ "drawz": 3 })).unwrap_err().contains("unknown field"));
     }
 
     #[test]
     fn the_arguments_carry_every_given_setting_and_no_other() {
         let p: ReproduceParams =
-            serde_json::from_value(serde_json::json!({ "phantoms": 96, "draws": 2, "eval_samples": 0 })).unwrap();
+            serde_json::from_value(serde_json::json!({ "phantoms": 96, "draws": 2, "eval_samples": 0, "seeds": 3 }))
+                .unwrap();
         let args = p.arguments().join(" ");
         assert_eq!(
             args,
-            "--preset tiny-cpu --downstream-site 1 --jobs 2 --seed 0 --phantoms 96 --draws 2 --eval-samples 0"
+            "--preset tiny-cpu --downstream-site 1 --jobs 2 --seed 0 --phantoms 96 --draws 2 --eval-samples 0 --seeds 3"
         );
     }
 
@@ -452,10 +464,22 @@ mod tests {
 
     #[test]
     fn regenerable_and_half_written_files_are_not_copied() {
-        for path in ["data/manifest.csv", "feature-cache/x.safetensors", "pretrain-rep/checkpoint.safetensors.tmp"] {
+        for path in [
+            "data/manifest.csv",
+            "feature-cache/x.safetensors",
+            "pretrain-rep/checkpoint.safetensors.tmp",
+            "seed-3/data/manifest.csv",
+            "seed-3/feature-cache/x.safetensors",
+        ] {
             assert!(skipped(path), "{path}");
         }
-        for path in ["pretrain-rep/checkpoint.safetensors", "classify-rep.json", "latents-train.safetensors"] {
+        for path in [
+            "pretrain-rep/checkpoint.safetensors",
+            "classify-rep.json",
+            "latents-train.safetensors",
+            "seed-3/pretrain-rep/checkpoint.safetensors",
+            "seed-x/data/manifest.csv",
+        ] {
             assert!(!skipped(path), "{path}");
         }
     }

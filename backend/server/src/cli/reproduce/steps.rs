@@ -25,9 +25,21 @@ pub(super) fn step(title: &str, args: &[String], timings: &mut Vec<(String, f64)
     Ok(())
 }
 
-/// Announces a finished step (`progress: 3/17 pre-train (rep)`), as [`PIPELINE_PROGRESS`] says.
-fn announce(done: usize, total: usize, what: &str) {
-    println!("{PIPELINE_PROGRESS}{done}/{total} {what}");
+/// Where a seed's steps stand among all the seeds' of a run (`--seeds`): how many steps the seeds before
+/// it finished, and how many seeds come after it (counted as many steps as this one plans).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Tally {
+    pub before: usize,
+    pub later_seeds: usize,
+}
+
+impl Tally {
+    /// Announces a finished step (`progress: 3/17 pre-train (rep)`), as [`PIPELINE_PROGRESS`] says, `done`
+    /// of this seed's `total`.
+    fn announce(self, done: usize, total: usize, what: &str) {
+        let (done, total) = (self.before + done, self.before + total * (1 + self.later_seeds));
+        println!("{PIPELINE_PROGRESS}{done}/{total} {what}");
+    }
 }
 
 const INTERRUPTED: &str = "interrupted: finished steps and checkpoints are kept; run the same command again to go on";
@@ -106,12 +118,12 @@ impl Board {
 /// Runs the steps: with `jobs` 1 in order in this process; else up to `jobs` at once, each the first step
 /// (in order) whose prerequisites are done, as a child `repdiff` process with its share of the cores and
 /// its output lines tagged. A failed step stops only what needs it: the others finish what a rerun keeps.
-pub(super) fn run_steps(steps: &[Step], jobs: usize, timings: &mut Vec<(String, f64)>) -> Result<()> {
-    announce(0, steps.len(), "steps planned");
+pub(super) fn run_steps(steps: &[Step], jobs: usize, timings: &mut Vec<(String, f64)>, tally: Tally) -> Result<()> {
+    tally.announce(0, steps.len(), "steps planned");
     if jobs <= 1 || steps.len() <= 1 {
         for (i, s) in steps.iter().enumerate() {
             step(&s.title, &s.args, timings)?;
-            announce(i + 1, steps.len(), &s.title);
+            tally.announce(i + 1, steps.len(), &s.title);
             if crate::cli::interrupted() {
                 bail!(INTERRUPTED);
             }
@@ -138,7 +150,7 @@ pub(super) fn run_steps(steps: &[Step], jobs: usize, timings: &mut Vec<(String, 
                         Ok(()) => {
                             board.progress[i] = Progress::Done;
                             board.timings.push((steps[i].title.clone(), started.elapsed().as_secs_f64()));
-                            announce(board.timings.len(), steps.len(), &steps[i].title);
+                            tally.announce(board.timings.len(), steps.len(), &steps[i].title);
                         }
                         Err(e) => {
                             board.progress[i] = Progress::Failed;
