@@ -478,8 +478,9 @@ fn ReproduceResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoVie
             let columns = evaluation_columns(pretrained);
             let timings = r.timings_s.clone();
             let first_seed = r.across_seeds.as_ref().map(|_| format!(" (seed {})", r.seed)).unwrap_or_default();
+            let seeds_card = r.across_seeds.clone().map(|a| across_seeds_card(a, &r));
             view! {
-                {r.across_seeds.clone().map(|a| across_seeds_card(a, &r))}
+                {seeds_card}
                 <section class="card" id="table6">
                     <h2>{format!("Table 6: haematoma classification on the test part{first_seed}")}</h2>
                     <p class="muted small">{format!(
@@ -561,7 +562,7 @@ fn ReproduceResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoVie
 
 /// A pipeline run over several seeds: each method's test accuracy and F1 per seed with mean and spread,
 /// the two diffusion classifiers' paired difference, and Table 5's spread.
-fn across_seeds_card(a: repdiff_api::AcrossSeeds, r: &repdiff_api::ReproduceReport) -> impl IntoView {
+fn across_seeds_card(a: repdiff_api::AcrossSeeds, r: &repdiff_api::ReproduceReport) -> impl IntoView + use<> {
     let pct = |s: &repdiff_api::Spread| format!("{:.1} ± {:.1}", s.mean * 100.0, s.sd * 100.0);
     let each =
         |s: &repdiff_api::Spread| s.values.iter().map(|v| format!("{:.1}", v * 100.0)).collect::<Vec<_>>().join(" / ");
