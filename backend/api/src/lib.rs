@@ -698,6 +698,22 @@ impl Spread {
         };
         Spread { values, mean, sd }
     }
+
+    /// Fractions as percentages, mean ± sd: `78.0 ± 6.5`.
+    pub fn percent(&self) -> String {
+        format!("{:.1} ± {:.1}", self.mean * 100.0, self.sd * 100.0)
+    }
+
+    /// Each value as a percentage in the seeds' order, `sign` with an explicit sign: `85.4 / 73.1 / 75.6`.
+    pub fn percent_each(&self, sign: bool) -> String {
+        let one = |v: &f64| if sign { format!("{:+.1}", v * 100.0) } else { format!("{:.1}", v * 100.0) };
+        self.values.iter().map(one).collect::<Vec<_>>().join(" / ")
+    }
+
+    /// Mean ± sd with three decimals (generation metrics): `13.900 ± 9.200`.
+    pub fn plain(&self) -> String {
+        format!("{:.3} ± {:.3}", self.mean, self.sd)
+    }
 }
 
 /// One Table 6 method over the seeds.
@@ -848,5 +864,17 @@ mod tests {
         assert!(check_tags(&["x".repeat(41)]).is_err());
         let many: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
         assert!(check_tags(&many).is_err());
+    }
+
+    #[test]
+    fn a_spread_is_the_sample_standard_deviation_and_prints_as_percentages() {
+        let s = Spread::new(vec![0.854, 0.731, 0.756]);
+        assert!((s.mean - 0.780_333).abs() < 1e-6);
+        assert!((s.sd - 0.065_010_256).abs() < 1e-8, "{}", s.sd);
+        assert_eq!(s.percent(), "78.0 ± 6.5");
+        assert_eq!(s.percent_each(false), "85.4 / 73.1 / 75.6");
+        assert_eq!(Spread::new(vec![0.064, -0.026]).percent_each(true), "+6.4 / -2.6");
+        assert_eq!(Spread::new(vec![280.0]).plain(), "280.000 ± 0.000");
+        assert!(Spread::new(Vec::new()).mean.is_nan());
     }
 }

@@ -563,9 +563,6 @@ fn ReproduceResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoVie
 /// A pipeline run over several seeds: each method's test accuracy and F1 per seed with mean and spread,
 /// the two diffusion classifiers' paired difference, and Table 5's spread.
 fn across_seeds_card(a: repdiff_api::AcrossSeeds, r: &repdiff_api::ReproduceReport) -> impl IntoView + use<> {
-    let pct = |s: &repdiff_api::Spread| format!("{:.1} ± {:.1}", s.mean * 100.0, s.sd * 100.0);
-    let each =
-        |s: &repdiff_api::Spread| s.values.iter().map(|v| format!("{:.1}", v * 100.0)).collect::<Vec<_>>().join(" / ");
     let seeds = a.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
     let d = a.classifier_difference.clone();
     let interval = d
@@ -585,20 +582,20 @@ fn across_seeds_card(a: repdiff_api::AcrossSeeds, r: &repdiff_api::ReproduceRepo
                 <thead><tr><th>"method"</th><th>"accuracy %"</th><th>"per seed"</th><th>"F1 %"</th><th>"per seed"</th><th>"t per seed"</th></tr></thead>
                 <tbody>{a.table6.iter().map(|row| {
                     let ts = row.chosen_t.iter().map(|t| t.map(|t| t.to_string()).unwrap_or_else(|| "-".into())).collect::<Vec<_>>().join(" / ");
-                    view! { <tr><td>{row.method.clone()}</td><td class="num">{pct(&row.accuracy)}</td><td class="num">{each(&row.accuracy)}</td>
-                        <td class="num">{pct(&row.f1)}</td><td class="num">{each(&row.f1)}</td><td class="num">{ts}</td></tr> }
+                    view! { <tr><td>{row.method.clone()}</td><td class="num">{row.accuracy.percent()}</td><td class="num">{row.accuracy.percent_each(false)}</td>
+                        <td class="num">{row.f1.percent()}</td><td class="num">{row.f1.percent_each(false)}</td><td class="num">{ts}</td></tr> }
                 }).collect_view()}</tbody>
             </table></div>
             <p class="difference">{format!(
                 "Representation minus unconditional pre-training, diffusion classifier test accuracy: {:+.1} points on average{interval}; ahead in {} of {n} seeds ({}).",
                 d.difference.mean * 100.0, d.ahead,
-                d.difference.values.iter().map(|v| format!("{:+.1}", v * 100.0)).collect::<Vec<_>>().join(" / "))}</p>
+                d.difference.percent_each(true))}</p>
             {(!a.table5.is_empty()).then(|| view! {
                 <h3>"Table 5 over the seeds (mean ± sd)"</h3>
                 <div class="scroll"><table class="grid seeds-table5">
                     <thead><tr><th>"pre-training"</th>{columns.iter().map(|c| view! { <th class="num">{*c}</th> }).collect_view()}</tr></thead>
                     <tbody>{a.table5.iter().zip(["unconditional", "representation-conditional (the paper's)"]).map(|(row, name)| view! {
-                        <tr><td>{name}</td>{row.metrics.iter().map(|s| view! { <td class="num">{format!("{:.3} ± {:.3}", s.mean, s.sd)}</td> }).collect_view()}</tr>
+                        <tr><td>{name}</td>{row.metrics.iter().map(|s| view! { <td class="num">{s.plain()}</td> }).collect_view()}</tr>
                     }).collect_view()}</tbody>
                 </table></div>
             })}

@@ -950,8 +950,6 @@ fn seeds_markdown(across: &AcrossSeeds, first: &ReproduceReport) -> String {
     use std::fmt::Write;
     let n = across.seeds.len();
     let seeds = across.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
-    let pct = |s: &Spread| format!("{:.1} ± {:.1}", s.mean * 100.0, s.sd * 100.0);
-    let each = |s: &Spread| s.values.iter().map(|v| format!("{:.1}", v * 100.0)).collect::<Vec<_>>().join(" / ");
     let mut md = format!(
         "# Table 6 analogue over {n} seeds ({seeds})\n\nPreset {}, pre-training {} steps, fine-tuning {} steps per \
          seed; each seed draws its own phantoms, split, initial weights and noise. Test accuracy and F1 in %: mean \
@@ -965,10 +963,10 @@ fn seeds_markdown(across: &AcrossSeeds, first: &ReproduceReport) -> String {
             md,
             "| {} | {} | {} | {} | {} | {} |",
             row.method,
-            pct(&row.accuracy),
-            each(&row.accuracy),
-            pct(&row.f1),
-            each(&row.f1),
+            row.accuracy.percent(),
+            row.accuracy.percent_each(false),
+            row.f1.percent(),
+            row.f1.percent_each(false),
             ts.join(" / ")
         );
     }
@@ -981,7 +979,7 @@ fn seeds_markdown(across: &AcrossSeeds, first: &ReproduceReport) -> String {
         "\nThe paper's comparison, seed by seed: the representation-pre-trained diffusion classifier's test accuracy \
          minus the unconditionally pre-trained one's is {} points, {:+.1} on average{interval}; ahead in {} of {n} \
          seeds.",
-        d.difference.values.iter().map(|v| format!("{:+.1}", v * 100.0)).collect::<Vec<_>>().join(" / "),
+        d.difference.percent_each(true),
         d.difference.mean * 100.0,
         d.ahead
     );
@@ -994,7 +992,7 @@ fn seeds_markdown(across: &AcrossSeeds, first: &ReproduceReport) -> String {
              | pre-training | {fid} | {sfid} | {is} | precision | recall | density | coverage |\n|---|---|---|---|---|---|---|---|\n"
         );
         for (row, name) in across.table5.iter().zip(["Unconditional", "Representation-conditional (the paper's)"]) {
-            let cells: Vec<String> = row.metrics.iter().map(|s| format!("{:.3} ± {:.3}", s.mean, s.sd)).collect();
+            let cells: Vec<String> = row.metrics.iter().map(Spread::plain).collect();
             let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
         }
     }
