@@ -1,5 +1,6 @@
 //! `repdiff serve` on its embedded defaults: with no DATABASE_URL it initialises and starts a private
-//! PostgreSQL cluster from the local binaries, creates the first admin, answers HTTP, and on SIGTERM stops
+//! PostgreSQL cluster from the local binaries, creates the first admin (with a generated password when
+//! REPDIFF_PASSWORD is empty, as docker-compose.yml passes it unset), answers HTTP, and on SIGTERM stops
 //! cleanly, cluster included; a second start reuses the cluster and the admin.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -9,12 +10,12 @@ use std::time::Duration;
 
 // The child is returned to the caller, which waits for it in `stop`.
 #[allow(clippy::zombie_processes)]
-fn start(data: &std::path::Path) -> (Child, String, Vec<String>) {
+fn start(data: &std::path::Path, password: &str) -> (Child, String, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_repdiff"))
         .args(["serve", "--listen", "127.0.0.1:0", "--workers", "0", "--data-dir"])
         .arg(data)
         .env_remove("DATABASE_URL")
-        .env("REPDIFF_PASSWORD", "first-admin-password")
+        .env("REPDIFF_PASSWORD", password)
         .env("REPDIFF_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -34,13 +35,23 @@ fn start(data: &std::path::Path) -> (Child, String, Vec<String>) {
     }
 }
 
-fn get(address: &str, path: &str) -> String {
+fn request(address: &str, method: &str, path: &str, json: &str) -> String {
     let mut stream = TcpStream::connect(address).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{json}",
+        json.len()
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+fn get(address: &str, path: &str) -> String {
+    request(address, "GET", path, "")
 }
 
 fn stop(mut child: Child) {
@@ -54,9 +65,17 @@ fn stop(mut child: Child) {
 fn serve_starts_on_an_embedded_postgres_and_stops_cleanly() {
     let data = std::env::temp_dir().join(format!("repdiff-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let (child, address, lines) = start(&data);
+    let (child, address, lines) = start(&data, "");
     assert!(lines.iter().any(|l| l.contains("using the embedded PostgreSQL")), "{lines:?}");
-    assert!(lines.iter().any(|l| l.contains("admin / first-admin-password")), "{lines:?}");
+    let created = lines.iter().find_map(|l| l.strip_prefix("Created the first user: admin / ")).expect("admin");
+    let password = created.split_whitespace().next().unwrap();
+    assert_eq!(password.len(), 20, "a generated password, not the empty REPDIFF_PASSWORD: {created}");
+    let login = |password: &str| {
+        let body = format!(r#"{{"username":"admin","password":"{password}"}}"#);
+        request(&address, "POST", "/api/v1/auth/login", &body)
+    };
+    assert!(login(password).starts_with("HTTP/1.1 200"), "{}", login(password));
+    assert!(login("first-admin-password").starts_with("HTTP/1.1 401"));
     let health = get(&address, "/api/v1/health");
     assert!(health.starts_with("HTTP/1.1 200") && health.contains("\"status\":\"ok\""), "{health}");
     let jobs = get(&address, "/api/v1/jobs");
@@ -65,7 +84,7 @@ fn serve_starts_on_an_embedded_postgres_and_stops_cleanly() {
     // The cluster stopped with the server (its pid file is gone).
     assert!(!data.join("postgres/data/postmaster.pid").exists());
 
-    let (child, address, lines) = start(&data);
+    let (child, address, lines) = start(&data, "first-admin-password");
     assert!(!lines.iter().any(|l| l.contains("Created the first user")), "the admin exists already: {lines:?}");
     assert!(get(&address, "/api/v1/health").starts_with("HTTP/1.1 200"));
     stop(child);

@@ -92,7 +92,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let (pool, embedded) = database(&args.worker).await?;
         if http::auth::count_users(&pool).await? == 0 {
-            let password = std::env::var("REPDIFF_PASSWORD").unwrap_or_else(|_| random_password());
+            // Set but empty (docker-compose.yml passes `${REPDIFF_PASSWORD:-}`) counts as unset.
+            let password = password_from_env().unwrap_or_else(random_password);
             let admin = NewUser { username: "admin".into(), password: password.clone(), role: Role::Admin };
             http::auth::create_user(&pool, &admin).await.map_err(|e| anyhow::anyhow!(e.message))?;
             println!("Created the first user: admin / {password}  (shown once; add users in the app or with `repdiff admin create`)");
@@ -140,11 +141,16 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     })
 }
 
+/// REPDIFF_PASSWORD when it is set and not empty.
+fn password_from_env() -> Option<String> {
+    std::env::var("REPDIFF_PASSWORD").ok().filter(|p| !p.is_empty())
+}
+
 pub fn admin(command: AdminCommand) -> Result<()> {
     let AdminCommand::Create { username, role, worker } = command;
-    let password = match std::env::var("REPDIFF_PASSWORD") {
-        Ok(p) => p,
-        Err(_) => {
+    let password = match password_from_env() {
+        Some(p) => p,
+        None => {
             eprintln!("Password for {username} (at least 10 characters), then Enter:");
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
