@@ -480,6 +480,12 @@ impl Attempt {
         let id = job.id;
         let worker = self.options.id.clone();
         tracing::info!(job = id, kind = %job.kind, attempt = job.attempt, "job started");
+        // The job's own log says where each attempt ran: with several workers (a GPU machine, the
+        // server's CPU) a retried or rescued job's lines are otherwise hard to place.
+        let placed = format!("attempt {} of {} on worker {worker}", job.attempt, job.max_attempts);
+        if let Err(e) = queue::log(&self.pool, id, "info", &placed).await {
+            tracing::warn!(job = id, "cannot log the attempt: {e}");
+        }
         let heartbeat =
             tokio::spawn(heartbeat(self.pool.clone(), id, worker.clone(), self.options.lease, self.running.clone()));
         let scratch = self.options.scratch.join(&worker).join(format!("job-{id}"));

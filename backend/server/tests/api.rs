@@ -429,7 +429,8 @@ async fn pretrain_then_sample_through_the_api() {
     assert_eq!((loss["last"].as_f64(), loss["min"].as_f64()), (values.last().copied(), Some(min)));
     assert_eq!(loss["min_step"].as_i64().unwrap() as usize, values.iter().position(|v| *v == min).unwrap() + 1);
     let logs = app.call("GET", &format!("/api/v1/jobs/{id}/logs"), Some(&ada), None).await.json();
-    assert!(logs[0]["message"].as_str().unwrap().starts_with("training"), "{logs}");
+    assert!(logs[0]["message"].as_str().unwrap().starts_with("attempt 1 of 3 on worker "), "{logs}");
+    assert!(logs[1]["message"].as_str().unwrap().starts_with("training"), "{logs}");
     let checkpoints =
         app.call("GET", &format!("/api/v1/jobs/{id}/artifacts?kind=checkpoint"), Some(&ada), None).await.json();
     assert_eq!(checkpoints.as_array().unwrap().len(), 1);
@@ -582,7 +583,8 @@ async fn the_paper_pipeline_runs_as_one_job_with_its_tables_as_the_result() {
     assert!(!work.iter().any(|k| k.contains("/work/data/")), "the phantoms are made again, not stored: {work:?}");
     let logs = app.call("GET", &format!("/api/v1/jobs/{id}/logs?limit=1000"), Some(&ada), None).await.json();
     let lines: Vec<&str> = logs.as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
-    assert!(lines[0].starts_with("$ repdiff reproduce --out "), "{lines:?}");
+    assert!(lines[0].starts_with("attempt 1 of "), "{lines:?}");
+    assert!(lines[1].starts_with("$ repdiff reproduce --out "), "{lines:?}");
     assert!(lines.iter().any(|l| l.starts_with("[pretrain-rep] $ repdiff pretrain --mode rep")), "{lines:?}");
     // The training steps, and only they, run with the chosen matrix products.
     let mut with_bf16: Vec<&str> = lines

@@ -197,6 +197,14 @@ async fn a_failed_attempt_is_retried_after_backoff_and_a_panic_fails_only_its_jo
         .await
         .unwrap();
     assert_eq!(logged, vec!["the first attempt always fails".to_string()]);
+    let info: Vec<String> =
+        sqlx::query_scalar("SELECT message FROM job_logs WHERE job_id = $1 AND level = 'info' ORDER BY id")
+            .bind(id)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let me = format!("retry-{}", std::process::id());
+    assert_eq!(info, [format!("attempt 1 of 3 on worker {me}"), format!("attempt 2 of 3 on worker {me}")]);
 
     let mut panicking = NewJob::new("panics", json!({}));
     panicking.max_attempts = 1;
@@ -386,6 +394,18 @@ async fn a_worker_killed_mid_training_loses_only_the_steps_since_its_last_checkp
     let mut second = spawn_worker_process(&db, &dir, "30");
     let job = wait_for(&db.pool, id, Duration::from_secs(180), |j| j.state.is_final()).await;
     assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2), "{:?}", job.error);
+    // The job's log places each attempt on its worker process (hostname-pid).
+    let placed: Vec<String> =
+        sqlx::query_scalar("SELECT message FROM job_logs WHERE job_id = $1 AND message LIKE 'attempt %' ORDER BY id")
+            .bind(id)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(placed.len(), 2, "{placed:?}");
+    for (line, (attempt, pid)) in placed.iter().zip([(1, first.id()), (2, second.id())]) {
+        let on = format!("attempt {attempt} of 3 on worker ");
+        assert!(line.starts_with(&on) && line.ends_with(&format!("-{pid}")), "{placed:?}");
+    }
     let result = job.result.unwrap();
     let resumed = result["resumed_from"].as_u64().expect("the second attempt resumed") as usize;
     assert!(resumed > 0 && resumed.is_multiple_of(every) && resumed < killed_at as usize, "{resumed} {killed_at}");
