@@ -71,6 +71,16 @@ async fn wait_for(pool: &PgPool, id: i64, within: Duration, done: impl Fn(&Job) 
     }
 }
 
+/// The messages of a job's log at `level`, oldest first.
+async fn log_lines(pool: &PgPool, id: i64, level: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT message FROM job_logs WHERE job_id = $1 AND level = $2 ORDER BY id")
+        .bind(id)
+        .bind(level)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
 fn noop(sleep_ms: u64) -> NewJob {
     NewJob::new("noop", json!({ "sleep_ms": sleep_ms }))
 }
@@ -191,20 +201,10 @@ async fn a_failed_attempt_is_retried_after_backoff_and_a_panic_fails_only_its_jo
     let job = wait_for(&db.pool, id, Duration::from_secs(10), |j| j.state.is_final()).await;
     assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2));
     assert!(started.elapsed() >= Duration::from_secs(1), "the retry waited for its 1 s backoff");
-    let logged: Vec<String> = sqlx::query_scalar("SELECT message FROM job_logs WHERE job_id = $1 AND level = 'error'")
-        .bind(id)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(logged, vec!["the first attempt always fails".to_string()]);
-    let info: Vec<String> =
-        sqlx::query_scalar("SELECT message FROM job_logs WHERE job_id = $1 AND level = 'info' ORDER BY id")
-            .bind(id)
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    assert_eq!(log_lines(&db.pool, id, "error").await, ["the first attempt always fails"]);
     let me = format!("retry-{}", std::process::id());
-    assert_eq!(info, [format!("attempt 1 of 3 on worker {me}"), format!("attempt 2 of 3 on worker {me}")]);
+    let placed = [format!("attempt 1 of 3 on worker {me}"), format!("attempt 2 of 3 on worker {me}")];
+    assert_eq!(log_lines(&db.pool, id, "info").await, placed);
 
     let mut panicking = NewJob::new("panics", json!({}));
     panicking.max_attempts = 1;
@@ -396,11 +396,7 @@ async fn a_worker_killed_mid_training_loses_only_the_steps_since_its_last_checkp
     assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2), "{:?}", job.error);
     // The job's log places each attempt on its worker process (hostname-pid).
     let placed: Vec<String> =
-        sqlx::query_scalar("SELECT message FROM job_logs WHERE job_id = $1 AND message LIKE 'attempt %' ORDER BY id")
-            .bind(id)
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+        log_lines(&db.pool, id, "info").await.into_iter().filter(|l| l.starts_with("attempt ")).collect();
     assert_eq!(placed.len(), 2, "{placed:?}");
     for (line, (attempt, pid)) in placed.iter().zip([(1, first.id()), (2, second.id())]) {
         let on = format!("attempt {attempt} of 3 on worker ");
