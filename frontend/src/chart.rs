@@ -47,8 +47,9 @@ pub fn smooth(ys: &[f64], weight: f64) -> Vec<f64> {
         .collect()
 }
 
-/// Round tick values covering [lo, hi]: steps of 1, 2 or 5 times a power of ten, about `count` of them.
-pub fn ticks(lo: f64, hi: f64, count: usize) -> Vec<f64> {
+/// Round tick values covering [lo, hi]: steps of 1, 2, 2.5 or 5 times a power of ten, about `count` of them,
+/// and never finer than `min_step` (1 for an axis of steps: no tick between two whole steps).
+pub fn ticks(lo: f64, hi: f64, count: usize, min_step: f64) -> Vec<f64> {
     if !(lo.is_finite() && hi.is_finite()) || hi <= lo {
         return vec![lo];
     }
@@ -59,13 +60,31 @@ pub fn ticks(lo: f64, hi: f64, count: usize) -> Vec<f64> {
         .iter()
         .map(|m| m * magnitude)
         .min_by(|a, b| (a / raw).ln().abs().total_cmp(&(b / raw).ln().abs()))
-        .unwrap_or(magnitude);
+        .unwrap_or(magnitude)
+        .max(min_step);
     let first = (lo / step).ceil() as i64;
     let last = (hi / step).floor() as i64;
     (first..=last).map(|i| i as f64 * step).collect()
 }
 
-/// A tick label: short, without float noise.
+/// Labels of a row of ticks, all with the fewest decimals that write every tick exactly (0.25 is not
+/// "0.2", and 100.2 beside 100.4 is not "100" twice); scientific notation for very large or small values.
+pub fn tick_labels(ticks: &[f64]) -> Vec<String> {
+    let largest = ticks.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let scientific = !(largest == 0.0 || (1e-3..1e5).contains(&largest));
+    let write = |v: f64, decimals: usize| match (v == 0.0, scientific) {
+        (true, _) => "0".to_string(),
+        (false, true) => format!("{v:.decimals$e}"),
+        (false, false) => format!("{v:.decimals$}"),
+    };
+    let exact = |v: f64, label: &str| label.parse::<f64>().is_ok_and(|p| (p - v).abs() <= 1e-9 * v.abs().max(1e-300));
+    (0..=8)
+        .map(|decimals| ticks.iter().map(|&v| write(v, decimals)).collect::<Vec<_>>())
+        .find(|labels| ticks.iter().zip(labels).all(|(&v, l)| exact(v, l)))
+        .unwrap_or_else(|| ticks.iter().map(|&v| format_value(v)).collect())
+}
+
+/// An x in the hover read-out: short, without float noise.
 pub fn format_tick(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
@@ -93,8 +112,9 @@ fn domain(series: &[Series]) -> Option<(f64, f64, f64, f64)> {
     if x0 > x1 {
         return None;
     }
+    // A single x (one step logged, a test at one timestep) sits in the middle of the axis.
     if x1 == x0 {
-        x1 = x0 + 1.0;
+        (x0, x1) = (x0 - 1.0, x1 + 1.0);
     }
     let pad = if y1 > y0 { (y1 - y0) * 0.05 } else { y0.abs().max(1.0) * 0.05 };
     Some((x0, x1, y0 - pad, y1 + pad))
@@ -168,8 +188,11 @@ pub fn LineChart(
         let s = Scale { x0, x1, y0, y1 };
         let weight = smoothing.get();
         let all = series.get();
-        let x_ticks = ticks(x0, x1, 6);
-        let y_ticks = ticks(y0, y1, 5);
+        // Steps and timesteps are whole numbers: their axis has no tick between two of them.
+        let whole_x = all.iter().all(|c| c.xs.iter().all(|x| x.fract() == 0.0));
+        let x_ticks = ticks(x0, x1, 6, if whole_x { 1.0 } else { 0.0 });
+        let y_ticks = ticks(y0, y1, 5, 0.0);
+        let (x_labels, y_labels) = (tick_labels(&x_ticks), tick_labels(&y_ticks));
         let curves = all
             .iter()
             .enumerate()
@@ -243,21 +266,23 @@ pub fn LineChart(
                 <rect x=LEFT y=TOP width=WIDTH - LEFT - RIGHT height=HEIGHT - TOP - BOTTOM fill="#fff" stroke="#e5e7eb"></rect>
                 {y_ticks
                     .into_iter()
-                    .map(|t| {
+                    .zip(y_labels)
+                    .map(|(t, label)| {
                         let py = s.y(t);
                         view! {
                             <line x1=LEFT x2=WIDTH - RIGHT y1=py y2=py stroke="#f0f0f0"></line>
-                            <text x=LEFT - 6.0 y=py + 4.0 text-anchor="end" font-size="11" fill="#4b5563">{format_tick(t)}</text>
+                            <text x=LEFT - 6.0 y=py + 4.0 text-anchor="end" font-size="11" fill="#4b5563">{label}</text>
                         }
                     })
                     .collect_view()}
                 {x_ticks
                     .into_iter()
-                    .map(|t| {
+                    .zip(x_labels)
+                    .map(|(t, label)| {
                         let px = s.x(t);
                         view! {
                             <line x1=px x2=px y1=HEIGHT - BOTTOM y2=HEIGHT - BOTTOM + 4.0 stroke="#9ca3af"></line>
-                            <text x=px y=HEIGHT - BOTTOM + 16.0 text-anchor="middle" font-size="11" fill="#4b5563">{format_tick(t)}</text>
+                            <text x=px y=HEIGHT - BOTTOM + 16.0 text-anchor="middle" font-size="11" fill="#4b5563">{label}</text>
                         }
                     })
                     .collect_view()}
@@ -320,13 +345,40 @@ mod tests {
 
     #[test]
     fn ticks_are_round_and_cover_the_range() {
-        assert_eq!(ticks(0.0, 100.0, 5), vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
+        assert_eq!(ticks(0.0, 100.0, 5, 0.0), vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
         // Just over a round step does not halve the tick count.
-        assert_eq!(ticks(0.0, 1.002, 5).len(), 6);
-        let t = ticks(0.013, 0.087, 4);
+        assert_eq!(ticks(0.0, 1.002, 5, 0.0).len(), 6);
+        let t = ticks(0.013, 0.087, 4, 0.0);
         assert!(t.iter().all(|v| (0.013..=0.087).contains(v)) && t.len() >= 3, "{t:?}");
         assert_eq!(format_tick(0.30000000000000004), "0.3");
         assert_eq!(format_tick(2500.0), "2500");
+    }
+
+    #[test]
+    fn tick_labels_write_every_tick_exactly_and_never_twice() {
+        // One test result at timestep 100 (the axis the compare page drew as "100 100 100 101 101").
+        let t = ticks(99.0, 101.0, 6, 1.0);
+        assert_eq!(t, vec![99.0, 100.0, 101.0]);
+        assert_eq!(tick_labels(&t), ["99", "100", "101"]);
+        assert_eq!(tick_labels(&ticks(100.0, 101.0, 6, 0.0)), ["100.0", "100.2", "100.4", "100.6", "100.8", "101.0"]);
+        assert_eq!(tick_labels(&[0.0, 0.25, 0.5, 0.75]), ["0", "0.25", "0.50", "0.75"]);
+        assert_eq!(tick_labels(&[1750.0, 1800.0, 1850.0]), ["1750", "1800", "1850"]);
+        assert_eq!(tick_labels(&[0.0, 2e5, 4e5]), ["0", "2e5", "4e5"]);
+        assert_eq!(tick_labels(&[1e-4, 1.5e-4]), ["1.0e-4", "1.5e-4"]);
+        for (lo, hi) in [(0.475, 0.525), (1834.0, 1834.5), (-3.0, 7.0), (1e-6, 3e-6), (0.0, 645_000.0)] {
+            let t = ticks(lo, hi, 5, 0.0);
+            let labels = tick_labels(&t);
+            assert!(t.len() >= 2, "{lo}..{hi}: {t:?}");
+            assert!(labels.windows(2).all(|w| w[0] != w[1]), "{lo}..{hi}: {labels:?}");
+        }
+    }
+
+    #[test]
+    fn a_lone_x_is_centred() {
+        let lone = Series { name: "test_accuracy".into(), xs: vec![100.0], ys: vec![0.5] };
+        let (x0, x1, y0, y1) = domain(&[lone]).unwrap();
+        assert_eq!((x0, x1), (99.0, 101.0));
+        assert!(y0 < 0.5 && y1 > 0.5);
     }
 
     #[test]

@@ -263,8 +263,10 @@ fn Charts(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, ApiE
                     {move || view! { <LineChart series=main smoothing=smoothing x_label=x_label() marker=marker /> }}
                 </div>
                 {move || shown.with(|m| checkpoint_table(m)).map(|t| view! { <CheckpointMetrics table=t /> })}
+                // A small chart of one point says nothing its table (the test result, a checkpoint's
+                // metrics) does not: those stay in the metric menu.
                 <div class="small-multiples">
-                    {move || shown.get().into_iter().filter(|s| Some(&s.name) != main_name.get().as_ref()).map(|s| {
+                    {move || shown.get().into_iter().filter(|s| Some(&s.name) != main_name.get().as_ref() && s.steps.len() > 1).map(|s| {
                         let name = s.name.clone();
                         let series = vec![Series::from_metric(&s)];
                         view! {
