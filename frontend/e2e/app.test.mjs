@@ -417,6 +417,8 @@ try {
   await waitState("succeeded", 180_000);
   const evaluation = (await api(`/jobs/${evalId}`)).result;
   assert.equal(evaluation.results.length, 2);
+  // Unnamed models are named by their run and kind, not by a storage key.
+  assert.deepEqual(evaluation.results.map((r) => r.name).sort(), [`#${finetuneId} class-conditional`, `#${trainId} representation-conditional`].sort());
   assert.equal(evaluation.pretrained, false);
   assert.equal(evaluation.real, 20, "20 of the 24 slices, evenly spaced");
   // No pretrained Inception here: the columns say so instead of claiming FID.

@@ -23,6 +23,17 @@ pub enum Conditioning {
     Representation { encoder_depth: usize, encoder_heads: usize },
 }
 
+impl Conditioning {
+    /// What a person calls the model: "unconditional", "class-conditional", "representation-conditional".
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Conditioning::None => "unconditional",
+            Conditioning::Class { .. } => "class-conditional",
+            Conditioning::Representation { .. } => "representation-conditional",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     /// Spatial size of the (square) input: 32 for SD-VAE latents of 256x256 images.

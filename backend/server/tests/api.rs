@@ -845,7 +845,8 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     assert_eq!(report.real, 9, "at most max_real of the 12 toy scans");
     assert_eq!(
         report.results.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-        ["fine-tuned", &format!("jobs/{pre}/checkpoint.safetensors")]
+        ["fine-tuned", &format!("#{pre} representation-conditional")],
+        "an unnamed model is named by its run and kind, not its storage key"
     );
     for r in &report.results {
         assert_eq!(r.generated, 10);

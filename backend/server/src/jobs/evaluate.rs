@@ -24,7 +24,7 @@ use crate::worker::{Handler, Input, JobContext, JobError};
 #[serde(deny_unknown_fields)]
 pub struct ModelToEvaluate {
     pub checkpoint: CheckpointRef,
-    /// Shown in the report; default: the checkpoint's key.
+    /// Shown in the report; default: the run and what it is ("#3 representation-conditional").
     #[serde(default)]
     pub name: Option<String>,
     /// Reference images of a representation-conditional model (sample i varies reference i); default:
@@ -219,9 +219,16 @@ impl Handler for Evaluate {
         let mut features = Vec::new();
         for (i, m) in p.models.iter().enumerate() {
             let key = m.checkpoint.key();
-            let name = m.name.clone().unwrap_or_else(|| key.clone());
             let local = ctx.fetch(&key, &format!("checkpoint-{i}.safetensors"))?;
             let (model, config) = load_model(&local, Weights::Ema, &device)?;
+            // Unnamed: the run it came from and what it is ("#3 representation-conditional"), not a storage key.
+            let name = m.name.clone().unwrap_or_else(|| {
+                let what = config.model.conditioning.describe();
+                match &m.checkpoint {
+                    CheckpointRef::Job(id) => format!("#{id} {what}"),
+                    CheckpointRef::Key(key) => format!("{key} ({what})"),
+                }
+            });
             if p.steps > config.diffusion.num_timesteps {
                 return Err(JobError::Permanent(format!(
                     "steps must be at most the model's {} diffusion steps",
