@@ -300,8 +300,16 @@ try {
     +s.querySelector("line.marker").getAttribute("x1"), s.dataset.plot.split(" ").map(Number), +s.dataset.xMin, +s.dataset.xMax]);
   const markedT = x0 + ((x1 - plot[0]) / plot[2]) * (xMax - x0);
   assert.ok(Math.abs(markedT - report.chosen_t) < 0.5, `marker at t ${markedT}, chosen ${report.chosen_t}`);
-  // The test metrics are one point each (at the chosen t): drawn as a dot, not an empty line.
-  await page.locator("svg.chart circle.point").first().waitFor({ state: "attached" });
+  // The test metrics are one point each (at the chosen t): not small charts of a dot (the test table has
+  // them), but in the metric menu, where the chosen one is drawn as a dot, not an empty line.
+  await page.locator(".small-multiples figcaption", { hasText: "val_accuracy" }).waitFor();
+  assert.equal(await page.locator(".small-multiples figcaption", { hasText: "test_" }).count(), 0);
+  await page.selectOption("select[name=metric]", "test_accuracy");
+  await page.locator(".chart-main[data-metric=test_accuracy] svg.chart circle.point").waitFor({ state: "attached" });
+  const tickLabels = await page.locator(".chart-main svg.chart text[text-anchor=middle]").allTextContents();
+  assert.ok(tickLabels.length >= 2 && new Set(tickLabels).size === tickLabels.length, `x tick labels, each once: ${tickLabels}`);
+  await page.selectOption("select[name=metric]", "val_f1");
+  await chart.locator("line.marker").waitFor({ state: "attached" });
   // The test part at the chosen t: metrics with bootstrap intervals, the sequential run's agreement.
   const job = await api(`/jobs/${classifyId}`);
   assert.equal(job.params.validation.dataset.split.part, "validation");
