@@ -159,6 +159,10 @@ impl Trainer {
         self.step
     }
 
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn vars(&self) -> &VarSet {
         &self.vars
     }

@@ -13,7 +13,8 @@ use super::bf16;
 /// How f32 matrix products are computed, as PyTorch's `torch.set_float32_matmul_precision`: `Highest` in
 /// f32 throughout; `Bf16` (PyTorch's "medium") with the operands rounded to bf16 and the sums kept in f32,
 /// faster where the CPU has AVX512-BF16 (Zen 4/5: 1.3-1.5x) and much faster with AMX (Xeon Sapphire Rapids
-/// and later); elsewhere it runs in f32.
+/// and later); elsewhere, and on cores whose bf16 instruction is slower than their f32 FMA
+/// ([`bf16_kernel`] says), it runs in f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MatmulPrecision {
@@ -51,13 +52,28 @@ pub fn with_matmul_precision<T>(precision: MatmulPrecision, f: impl FnOnce() -> 
     f()
 }
 
-/// The kernel that runs [`MatmulPrecision::Bf16`] products on this CPU: "AMX tiles", "AVX512-BF16", or
-/// `None` where they run in f32.
-pub fn bf16_kernel() -> Option<&'static str> {
-    match (bf16::available(), super::amx::available()) {
-        (true, true) => Some("AMX tiles"),
-        (true, false) => Some("AVX512-BF16"),
-        (false, _) => None,
+/// The kernel that runs [`MatmulPrecision::Bf16`] products on this CPU ("AMX tiles", "AVX512-BF16"), or
+/// why they run in f32 here.
+pub fn bf16_kernel() -> Result<&'static str, String> {
+    if super::amx::available() {
+        return Ok("AMX tiles");
+    }
+    match bf16::dot_product_rate() {
+        None => Err("this CPU has no AVX512-BF16".into()),
+        Some(_) if bf16::selected() => Ok("AVX512-BF16"),
+        Some(rate) => Err(format!(
+            "per cycle this core's vdpbf16ps does {rate:.2}x the multiply-adds of its f32 FMA; the kernel needs {}x",
+            bf16::DOT_PRODUCT_RATE_NEEDED
+        )),
+    }
+}
+
+/// Where [`MatmulPrecision::Bf16`] products run on this CPU, for a person: "AMX tiles kernel", or
+/// "in f32 (why)".
+pub fn bf16_note() -> String {
+    match bf16_kernel() {
+        Ok(kernel) => format!("{kernel} kernel"),
+        Err(why) => format!("in f32 ({why})"),
     }
 }
 
@@ -105,7 +121,7 @@ pub(crate) struct Exec {
 impl Exec {
     /// `threads` threads at the calling thread's precision (call it on the op's own thread).
     pub(crate) fn current(threads: usize) -> Self {
-        let bf16 = PRECISION.with(Cell::get) == MatmulPrecision::Bf16 && bf16::available();
+        let bf16 = PRECISION.with(Cell::get) == MatmulPrecision::Bf16 && bf16::selected();
         Exec { threads, bf16 }
     }
 }

@@ -96,7 +96,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (device, device_note) = best_device();
     let iters = args.iters.max(1);
     let kernel = match args.bf16 {
-        true => format!("; bf16 kernel: {}", repdiff_engine::ops::bf16_kernel().unwrap_or("none (f32 on this CPU)")),
+        true => format!("; bf16 products: {}", repdiff_engine::ops::bf16_note()),
         false => String::new(),
     };
     println!(
@@ -198,11 +198,11 @@ fn bench_model(
 /// gradient `g^T x`) for each model's qkv, fc1 and fc2 layers over the batch's tokens, f32 and bf16, best of
 /// --iters runs each.
 fn products(args: &BenchArgs) -> Result<()> {
-    use repdiff_engine::ops::{ProductShape, bf16_kernel, time_product};
+    use repdiff_engine::ops::{ProductShape, bf16_note, time_product};
     let reps = args.iters.max(1);
-    let kernel = bf16_kernel().unwrap_or("none: bf16 products run in f32 on this CPU");
+    let kernel = bf16_note();
     println!(
-        "Matrix products on {} rayon threads, best of {reps} runs after a warm-up; bf16 kernel: {kernel}\n",
+        "Matrix products on {} rayon threads, best of {reps} runs after a warm-up; bf16 products: {kernel}\n",
         rayon::current_num_threads()
     );
     println!("| model | layer | product | m x n x k | f32 ms | f32 GFLOP/s | bf16 ms | bf16 GFLOP/s |");
