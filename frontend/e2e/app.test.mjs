@@ -374,6 +374,11 @@ try {
   await page.locator("#samples h2", { hasText: "Counterfactuals" }).waitFor();
   await page.locator("#samples img.grid-image").waitFor();
   assert.ok(await page.locator("#samples img.grid-image").evaluate((img) => img.complete && img.naturalWidth > 0));
+  // The grid is the figure: its rows (kept one by one for the gallery) and its JSON report (the run's
+  // result) are listed as artifacts, not shown again as cards.
+  await page.locator("td a", { hasText: "counterfactuals.json" }).waitFor();
+  assert.equal(await page.locator("section.figure").count(), 0);
+  assert.equal(await page.locator("section.report").count(), 0);
   await shot("counterfactual-run");
   await page.goto(`${base}/runs/new?kind=sample&checkpoint=${finetuneId}`);
   await page.locator(`select[name=checkpoint] option[value="${finetuneId}"]`).waitFor({ state: "attached" });

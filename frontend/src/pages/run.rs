@@ -778,10 +778,17 @@ fn Outputs(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, Api
                 } else {
                     "Samples"
                 };
-                // A pipeline's report is its result's tables, shown above.
-                let reports: Vec<Artifact> =
-                    list.iter().filter(|a| a.kind == "report" && kind() != "reproduce").cloned().collect();
-                let figures: Vec<Artifact> = list.iter().filter(|a| a.kind == "figure").cloned().collect();
+                // A pipeline's report is its result's tables, and a JSON report is the result itself: both
+                // are shown above.
+                let reports: Vec<Artifact> = list
+                    .iter()
+                    .filter(|a| a.kind == "report" && kind() != "reproduce" && a.media_type != "application/json")
+                    .cloned()
+                    .collect();
+                // Figures with a title; untitled ones are the rows of the grid above (a counterfactual run
+                // keeps each row too, for the gallery).
+                let figures: Vec<Artifact> =
+                    list.iter().filter(|a| a.kind == "figure" && a.meta.get("title").is_some()).cloned().collect();
                 // A pipeline's working files (kept for its next attempt) are counted, not listed.
                 let (work, list): (Vec<Artifact>, Vec<Artifact>) = list.into_iter().partition(|a| a.kind == "work");
                 let work_bytes: i64 = work.iter().map(|a| a.size).sum();
