@@ -159,8 +159,10 @@ impl Trainer {
         self.step
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
+    /// Where this run's bf16 products run, for its log: `None` unless it asks for them on the CPU.
+    pub fn bf16_note(&self) -> Option<String> {
+        (self.config.train.matmul_precision == crate::ops::MatmulPrecision::Bf16 && self.device.is_cpu())
+            .then(|| format!("bf16 products: {}", crate::ops::bf16_note()))
     }
 
     pub fn vars(&self) -> &VarSet {

@@ -249,8 +249,8 @@ fn fit(mut trainer: Trainer, data: &Dataset, out: &Path, resume: bool, device_no
         data.len(),
         if data.class_names.is_empty() { String::new() } else { format!(", classes {:?}", data.class_names) }
     );
-    if config.train.matmul_precision == repdiff_engine::ops::MatmulPrecision::Bf16 && trainer.device().is_cpu() {
-        println!("bf16 products: {}", repdiff_engine::ops::bf16_note());
+    if let Some(note) = trainer.bf16_note() {
+        println!("{note}");
     }
 
     let total = config.train.steps;

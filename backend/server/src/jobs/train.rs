@@ -204,8 +204,8 @@ pub(super) fn train_and_publish(
 ) -> Result<serde_json::Value, JobError> {
     let total = trainer.config.train.steps;
     let every = trainer.config.train.checkpoint_every.max(1);
-    if trainer.config.train.matmul_precision == repdiff_engine::ops::MatmulPrecision::Bf16 && device.is_cpu() {
-        ctx.log("info", &format!("bf16 products: {}", repdiff_engine::ops::bf16_note()));
+    if let Some(note) = trainer.bf16_note() {
+        ctx.log("info", &note);
     }
     let started = std::time::Instant::now();
     let (start_step, mut first_loss, mut last_loss) = (trainer.step(), None, None);
