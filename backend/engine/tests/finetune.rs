@@ -259,7 +259,7 @@ fn fine_tuned_on_phantoms(pretraining: Conditioning, name: &str, slices: &Datase
     (config, model)
 }
 
-/// Fine-tunes from a `pretraining` model and draws 48 slices of each label from the same 48 noises (DDIM
+/// Fine-tunes from a `pretraining` model and draws 96 slices of each label from the same 96 noises (DDIM
 /// 25 steps), unguided and at guidance 4; the judge, fitted on real slices, says which show a haematoma.
 fn draws_a_haematoma_for_label_1(pretraining: Conditioning, name: &str) {
     let started = std::time::Instant::now();
@@ -268,7 +268,7 @@ fn draws_a_haematoma_for_label_1(pretraining: Conditioning, name: &str) {
     assert!(accuracy >= 0.95, "the judge tells real slices apart only {accuracy:.3} of the time");
 
     let (config, model) = fine_tuned_on_phantoms(pretraining, name, &phantom_slices(128, 0));
-    let per_label = 48;
+    let per_label = 96;
     for guidance_scale in [1.0, 4.0] {
         let draw = |label: u32| {
             let options = SampleOptions {
@@ -288,23 +288,21 @@ fn draws_a_haematoma_for_label_1(pretraining: Conditioning, name: &str) {
         let (none, haematoma) = (draw(0), draw(1));
         let share = |spots: &[f32]| spots.iter().filter(|&&s| s >= threshold).count() as f64 / per_label as f64;
         let (share0, share1) = (share(&none), share(&haematoma));
-        let hotter = none.iter().zip(&haematoma).filter(|(a, b)| b > a).count() as f64 / per_label as f64;
         println!(
             "{name}, guidance {guidance_scale}: a haematoma in {share0:.2} of the label-0 and {share1:.2} of the \
-             label-1 slices; label 1 hotter than label 0 from the same noise in {hotter:.2} ({:.0} s)",
+             label-1 slices ({:.0} s)",
             started.elapsed().as_secs_f32()
         );
-        // The same noise drawn under each label isolates what the label changes: under a model that ignored
-        // it, label 1 would be the hotter one in about half the pairs (0.7 of 48 is 2.8 standard deviations
-        // above that). Measured in the prototype of this test (training seeds 3 and 4): label 1 hotter in
-        // 0.85-0.94 of the pairs unguided, 0.96-1.00 at guidance 4; a haematoma in 0.21-0.40 of label 0
-        // against 0.40-0.58 of label 1 unguided, and 0.02-0.12 against 0.77-0.83 at guidance 4 (the
-        // unguided tiny model draws speckle the judge sometimes takes for blood).
-        let (needed_hotter, needed_difference) = if guidance_scale > 1.0 { (0.85, 0.4) } else { (0.7, 0.05) };
-        assert!(hotter >= needed_hotter, "{name}, guidance {guidance_scale}: label 1 hotter in only {hotter:.2}");
+        // Measured (training seeds 3 and 4): a haematoma in 0.23-0.33 of label 0 against 0.43-0.56 of label 1
+        // unguided (the unguided tiny model draws speckle the judge sometimes takes for blood), 0.03-0.12
+        // against 0.80-0.84 at guidance 4. Fine-tuned on labels shuffled against the haematomas, the shares
+        // differed by 0.01-0.06 at either scale. (Which label draws the hotter slice from the same noise is
+        // no test: with shuffled labels label 1 was the hotter in 0.73-0.96 of the pairs, as any two label
+        // embeddings shift the draws their own way; the shared noise only steadies the difference.)
+        let needed = if guidance_scale > 1.0 { 0.4 } else { 0.1 };
         assert!(
-            share1 - share0 >= needed_difference,
-            "{name}, guidance {guidance_scale}: haematoma in {share0:.2} (label 0) vs {share1:.2} (label 1)"
+            share1 - share0 >= needed,
+            "{name}, guidance {guidance_scale}: a haematoma in {share0:.2} (label 0) vs {share1:.2} (label 1)"
         );
     }
 }
