@@ -1,48 +1,95 @@
 #!/bin/bash
-# The CUDA check of docs/benchmarks.md, for a machine with an NVIDIA GPU: trains, samples and classifies
-# on the GPU, compares samples and classifications against the CPU (REPDIFF_DEVICE=cpu), draws
-# counterfactuals and measures the paper's models. Usage: scripts/gpu-check.sh PATH/TO/repdiff [OUT]
-# (a `--features cuda` build; OUT, default ./gpu-check, gets the log and figures). Its libraries
-# (cuBLAS, cuRAND, and the CUDA runtime the kernels were built with) must be on LD_LIBRARY_PATH or
-# under /usr/local/cuda*.
-B=$(realpath "${1:?usage: scripts/gpu-check.sh PATH/TO/repdiff [OUT]}")
+# The GPU check of docs/benchmarks.md, for a machine with an NVIDIA GPU; builds nothing there. Usage:
+#   scripts/gpu-check.sh [KIT] [OUT]
+# KIT (default target-gpu, made by scripts/build-cuda): `repdiff`, `cuda-tests`, optionally DiT/ (the
+# official PyTorch DiT, for the reference rows). OUT (default ./gpu-check) gets log.txt and results.json:
+# the GPU tests (every fused op forward and backward against the CPU, the optimiser, training in each
+# precision), the job kinds on the GPU against the CPU, and the benchmark of RepDiff against PyTorch on
+# the same card. Sections run in order of importance, each under a time limit, so a short lease still
+# brings back the first ones. cuBLAS/cuRAND of CUDA 13 must be under /usr/local or in Python's nvidia
+# wheels.
+KIT=$(realpath "${1:-target-gpu}")
 OUT=$(mkdir -p "${2:-gpu-check}" && realpath "${2:-gpu-check}")
-D=$(dirname "$B")
+B=$KIT/repdiff
 exec > >(tee "$OUT/log.txt") 2>&1
-set -x
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-# The newest toolkit's libraries under /usr/local (what `ldd` does not find otherwise).
-CUBLAS=$(find /usr/local -name 'libcublas.so.1[0-9]*' 2>/dev/null | sort -V | tail -1)
-CURAND=$(find /usr/local -name 'libcurand.so.10*' 2>/dev/null | sort -V | tail -1)
-echo "cublas $CUBLAS curand $CURAND"
-export LD_LIBRARY_PATH=$D:$(dirname "$CUBLAS"):$(dirname "$CURAND"):$LD_LIBRARY_PATH
-ldd $B | grep -E "not found|cublas|curand|cudart|libcuda"
-cd /tmp
-# A. the tiny preset, class-conditional, on the toy set, trained on the GPU
-time $B train --preset tiny-cpu --conditioning class --toy 256 --steps 1000 --checkpoint-every 500 --out /tmp/gpu-run 2>&1 | tail -6
-C=/tmp/gpu-run/checkpoint.safetensors
-# B. the same samples on GPU and CPU (seeded noise from our own RNG: they must agree)
-time $B sample --checkpoint $C -n 16 --sampler ddim --steps 50 --seed 1 --out /tmp/s-gpu 2>&1 | tail -4
-time REPDIFF_DEVICE=cpu $B sample --checkpoint $C -n 16 --sampler ddim --steps 50 --seed 1 --out /tmp/s-cpu 2>&1 | tail -4
-python3 - <<'PY'
-from safetensors.numpy import load_file
-import numpy as np
-g = load_file('/tmp/s-gpu/samples.safetensors')['latents']; c = load_file('/tmp/s-cpu/samples.safetensors')['latents']
-print('samples GPU vs CPU: max abs diff', float(np.abs(g - c).max()), 'rel', float(np.abs(g - c).max() / np.abs(c).max()))
-PY
-cp /tmp/s-gpu/grid.png "$OUT/grid-gpu.png"
-# C. the diffusion classifier on GPU and CPU (sequential, agreement measured)
+START=$(date +%s)
+elapsed() { echo $(( $(date +%s) - START )); }
+section() { printf '\n=== %s (%ss)\n' "$*" "$(elapsed)"; }
+
+section device
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+libdirs=$( (find /usr/local -name 'libcublas.so.13*' -o -name 'libcurand.so.10*' -o -name 'libcublasLt.so.13*';
+  python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__file__))' 2>/dev/null | xargs -r -I{} find {} -name 'libcublas*.so.13*' -o -name 'libcurand.so.10*') 2>/dev/null |
+  xargs -r -n1 dirname | sort -u | paste -sd:)
+export LD_LIBRARY_PATH=$KIT:$libdirs:${LD_LIBRARY_PATH:-}
+ldd "$B" | grep -E "not found|cublas|curand|cuda" || true
+"$B" --version
+
+section "GPU tests: fused ops, attention memory, optimiser, training precisions (against the CPU)"
+timeout 240 "$KIT/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda-tests.txt" | grep -vE "^\s*$"
+
+section "job kinds on the GPU against the CPU: train, sample, classify, counterfactual"
+cd "$(mktemp -d)"
+timeout 60 "$B" train --preset tiny-cpu --conditioning class --toy 256 --steps 600 --checkpoint-every 300 --matmul-precision bf16 --out run 2>&1 | tail -3
+C=run/checkpoint.safetensors
 for dev in gpu cpu; do
   if [ $dev = cpu ]; then export REPDIFF_DEVICE=cpu; else unset REPDIFF_DEVICE; fi
-  ( time $B classify --checkpoint $C --validation /tmp/s-cpu/samples.safetensors --test /tmp/s-cpu/samples.safetensors --timesteps 200,500 --draws 64 --sequential --agreement --out /tmp/cls-$dev.json ) 2>&1 | tail -16
+  ( time timeout 60 "$B" sample --checkpoint $C -n 16 --sampler ddim --steps 50 --seed 1 --out s-$dev ) 2>&1 | tail -4
+  ( time timeout 60 "$B" classify --checkpoint $C --validation s-cpu/samples.safetensors --test s-cpu/samples.safetensors \
+      --timesteps 200,500 --draws 64 --sequential --agreement --out cls-$dev.json ) 2>&1 | tail -4
 done
 unset REPDIFF_DEVICE
-python3 -c "
-import json; g=json.load(open('/tmp/cls-gpu.json')); c=json.load(open('/tmp/cls-cpu.json'))
-print('classify GPU vs CPU: same chosen t', g['chosen_t']==c['chosen_t'], 'same test predictions', g['test']['predicted']==c['test']['predicted'])"
-# D. counterfactuals and trajectories on the GPU
-$B counterfactual --checkpoint $C --data /tmp/s-cpu/samples.safetensors -n 4 --t 450 --guidance 3 --out /tmp/cf 2>&1 | tail -8
-cp /tmp/cf/counterfactuals.png "$OUT"/ 2>/dev/null
-# E. throughput of the paper's models on this GPU (debug-built RepDiff crates, optimised candle)
-$B bench --models DiT-S/2,DiT-B/2,DiT-XL/2 --batch-size 16 --iters 5 --representation 2>&1 | tail -14
-for bs in 64 128; do $B bench --models DiT-B/2 --batch-size $bs --iters 3 2>&1 | tail -3; done
+timeout 60 "$B" counterfactual --checkpoint $C --data s-cpu/samples.safetensors -n 4 --t 450 --guidance 3 --out cf 2>&1 | tail -2
+python3 - "$OUT" <<'PY'
+import json, sys
+from safetensors.numpy import load_file
+g = load_file('s-gpu/samples.safetensors')['latents']; c = load_file('s-cpu/samples.safetensors')['latents']
+cg, cc = json.load(open('cls-gpu.json')), json.load(open('cls-cpu.json'))
+checks = {"samples_max_abs_diff": float(abs(g - c).max()), "samples_rel_diff": float(abs(g - c).max() / abs(c).max()),
+          "classify_same_t": cg["chosen_t"] == cc["chosen_t"], "classify_same_predictions": cg["test"]["predicted"] == cc["test"]["predicted"]}
+print(checks)
+json.dump(checks, open(sys.argv[1] + "/job-checks.json", "w"), indent=2)
+PY
+cp cf/counterfactuals.png s-gpu/grid.png "$OUT"/ 2>/dev/null
+cd - >/dev/null
+
+section "benchmark: RepDiff (bf16 and TF32 at batch 128 and 256, f32 anchor)"
+timeout 200 "$B" bench --models DiT-B/2,DiT-XL/2 --batch-size 128,256 --precision bf16,high --iters 3 --json "$OUT/repdiff-bench.json"
+timeout 60 "$B" bench --models DiT-S/2,DiT-B/2 --batch-size 32 --precision highest,bf16 --iters 3 --sample-steps 50 --json "$OUT/repdiff-bench-small.json"
+
+if [ -f "$KIT/DiT/models.py" ]; then
+  section "benchmark: PyTorch, the official DiT on the same card"
+  timeout 200 python3 "$(dirname "$0")/bench_torch.py" --dit-repo "$KIT/DiT" --device cuda --models DiT-B/2,DiT-XL/2 \
+    --batch-size 128,256 --modes bf16,tf32 --iters 3 --json "$OUT/torch-bench.json"
+  timeout 60 python3 "$(dirname "$0")/bench_torch.py" --dit-repo "$KIT/DiT" --device cuda --models DiT-S/2,DiT-B/2 \
+    --batch-size 32 --modes f32,bf16 --iters 3 --sample-steps 50 --json "$OUT/torch-bench-small.json"
+  timeout 120 python3 "$(dirname "$0")/bench_torch.py" --dit-repo "$KIT/DiT" --device cuda --models DiT-B/2 \
+    --batch-size 256 --modes bf16-compile --iters 3 --json "$OUT/torch-bench-compile.json"
+fi
+
+section "the other networks on the GPU (random weights): Inception-v3, DINOv2, SD VAE"
+timeout 60 "$B" bench --metrics 512 --batch-size 128
+timeout 40 "$B" bench --dino 64
+timeout 60 "$B" bench --imaging 64 --vae-images 16
+
+section "results.json"
+python3 - "$OUT" <<'PY'
+import json, os, re, sys
+out = sys.argv[1]
+def load(name):
+    path = os.path.join(out, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+tests = {}
+if os.path.exists(os.path.join(out, "cuda-tests.txt")):
+    for line in open(os.path.join(out, "cuda-tests.txt")):
+        m = re.match(r"test (\S+) \.\.\. (ok|FAILED)", line)
+        if m:
+            tests[m.group(1)] = m.group(2)
+results = {"device": open(os.path.join(out, "device.txt")).read().strip(), "gpu_tests": tests,
+           "job_checks": load("job-checks.json"),
+           "repdiff": [load("repdiff-bench.json"), load("repdiff-bench-small.json")],
+           "torch": [load("torch-bench.json"), load("torch-bench-small.json"), load("torch-bench-compile.json")]}
+json.dump(results, open(os.path.join(out, "results.json"), "w"), indent=2)
+print(json.dumps({"gpu_tests": tests, "job_checks": results["job_checks"]}, indent=2))
+PY
+section done

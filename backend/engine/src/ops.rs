@@ -4,9 +4,12 @@
 //! 1024x512 bias gradient, 20x a matmul of the same size) and runs unary ops on one thread; these run
 //! row-parallel on rayon.
 //!
-//! Each public function picks the fused kernel for contiguous f32 CPU tensors and falls back to the
-//! equivalent composition of candle ops elsewhere (CUDA, other dtypes), which is also what the tests compare
-//! the kernels against.
+//! Each public function picks the fused kernel for f32 tensors and falls back to the equivalent composition
+//! of candle ops elsewhere (other dtypes), which is also what the tests compare the kernels against. With
+//! `--features cuda` the same ops run on a GPU through CUDA kernels of their own (`backend/engine/cuda`,
+//! launched by [`cuda`] with the geometry of [`gpu`], checked on a host emulator in the tests): softmax,
+//! GELU, the norms, the gated residual, attention and the parameters' gradient sums. Linear layers and
+//! convolutions are candle's cuBLAS products there (bf16 under [`MatmulPrecision::Bf16`]).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -17,7 +20,10 @@ mod amx;
 mod attention;
 mod bf16;
 mod conv;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 mod gemm;
+pub(crate) mod gpu;
 mod linear;
 mod norm;
 mod simd;
@@ -39,9 +45,57 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> CResult<
     }
 }
 
-fn fused(x: &Tensor) -> bool {
+/// Whether an op with only a CPU kernel (linear layers, convolutions) takes `x` fused.
+fn fused_cpu(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
+
+/// Whether an op with CPU and CUDA kernels takes `x` fused: f32 on the CPU, or on a GPU in a CUDA build.
+fn fused(x: &Tensor) -> bool {
+    x.dtype() == DType::F32 && (x.device().is_cpu() || (cfg!(feature = "cuda") && x.device().is_cuda()))
+}
+
+/// The CUDA side of a custom op: `$body` in a `cuda_fwd` (compiled only with `--features cuda`); the first
+/// name is `self` (a macro may use `self` only when its caller hands it in).
+macro_rules! cuda_fwd1 {
+    (|$me:ident, $s:ident, $l:ident| $body:expr) => {
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(&$me, $s: &candle_core::CudaStorage, $l: &Layout) -> CResult<(candle_core::CudaStorage, Shape)> {
+            $body
+        }
+    };
+}
+macro_rules! cuda_fwd2 {
+    (|$me:ident, $s1:ident, $l1:ident, $s2:ident, $l2:ident| $body:expr) => {
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &$me,
+            $s1: &candle_core::CudaStorage,
+            $l1: &Layout,
+            $s2: &candle_core::CudaStorage,
+            $l2: &Layout,
+        ) -> CResult<(candle_core::CudaStorage, Shape)> {
+            $body
+        }
+    };
+}
+macro_rules! cuda_fwd3 {
+    (|$me:ident, $s1:ident, $l1:ident, $s2:ident, $l2:ident, $s3:ident, $l3:ident| $body:expr) => {
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &$me,
+            $s1: &candle_core::CudaStorage,
+            $l1: &Layout,
+            $s2: &candle_core::CudaStorage,
+            $l2: &Layout,
+            $s3: &candle_core::CudaStorage,
+            $l3: &Layout,
+        ) -> CResult<(candle_core::CudaStorage, Shape)> {
+            $body
+        }
+    };
+}
+pub(crate) use {cuda_fwd1, cuda_fwd2, cuda_fwd3};
 
 /// Rows of at least this many values per rayon task, so small tensors are not split into tiny jobs.
 const MIN_TASK: usize = 1 << 14;
@@ -157,6 +211,8 @@ impl CustomOp1 for Softmax {
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
+    cuda_fwd1!(|self, s, l| Ok((cuda::softmax(s, l)?, l.shape().clone())));
+
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op2_no_bwd(&res.contiguous()?, &SoftmaxGrad)?))
     }
@@ -182,6 +238,8 @@ impl CustomOp2 for SoftmaxGrad {
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    cuda_fwd2!(|self, s1, l1, s2, l2| Ok((cuda::softmax_grad(s1, l1, s2, l2)?, l1.shape().clone())));
 }
 
 /// Softmax over the last dimension.
@@ -250,6 +308,8 @@ impl CustomOp1 for Gelu {
         Ok((CpuStorage::F32(gelu_values(x)), l.shape().clone()))
     }
 
+    cuda_fwd1!(|self, s, l| Ok((cuda::gelu(s, l)?, l.shape().clone())));
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op2_no_bwd(&arg.contiguous()?, &GeluGrad)?))
     }
@@ -278,6 +338,8 @@ impl CustomOp2 for GeluGrad {
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    cuda_fwd2!(|self, s1, l1, s2, l2| Ok((cuda::gelu_grad(s1, l1, s2, l2)?, l1.shape().clone())));
 }
 
 /// tanh-approximated GELU (as DiT's MLP uses).
@@ -366,6 +428,11 @@ impl CustomOp1 for TokenSum {
         );
         Ok((CpuStorage::F32(sums), summed_shape(l)))
     }
+
+    cuda_fwd1!(|self, s, l| {
+        let groups = btd(l).0;
+        Ok((cuda::column_sums(gpu::ColumnSum::Values, s, l, None, groups, 0.0)?, summed_shape(l)))
+    });
 }
 
 impl CustomOp2 for TokenSumProduct {
@@ -390,6 +457,11 @@ impl CustomOp2 for TokenSumProduct {
         );
         Ok((CpuStorage::F32(sums), summed_shape(l1)))
     }
+
+    cuda_fwd2!(|self, s1, l1, s2, l2| {
+        let groups = btd(l1).0;
+        Ok((cuda::column_sums(gpu::ColumnSum::Products, s1, l1, Some((s2, l2)), groups, 0.0)?, summed_shape(l1)))
+    });
 }
 
 fn token_sum(g: &Tensor) -> CResult<Tensor> {
@@ -448,6 +520,14 @@ impl CustomOp3 for GatedResidual {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    cuda_fwd3!(|self, s1, l1, s2, l2, s3, l3| {
+        let (b, t, d) = btd(l1);
+        if l2.dims() != l1.dims() || l3.dims() != [b, d] {
+            candle_core::bail!("gated residual: x {:?}, branch {:?}, gate {:?}", l1.dims(), l2.dims(), l3.dims());
+        }
+        Ok((cuda::gated(Some((s1, l1)), s2, l2, s3, l3, t)?, l1.shape().clone()))
+    });
+
     fn bwd(
         &self,
         _x: &Tensor,
@@ -485,6 +565,14 @@ impl CustomOp2 for Gate {
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    cuda_fwd2!(|self, s1, l1, s2, l2| {
+        let (b, t, d) = btd(l1);
+        if l2.dims() != [b, d] {
+            candle_core::bail!("gate: gradient {:?}, gate {:?}", l1.dims(), l2.dims());
+        }
+        Ok((cuda::gated(None, s1, l1, s2, l2, t)?, l1.shape().clone()))
+    });
 }
 
 /// The adaLN-Zero residual `x + a * gate` for tokens `x`, `a` `[B, T, D]` and a per-sample `gate [B, D]`.

@@ -4,7 +4,9 @@
 //! On the CPU a step is two passes over the parameters: one reads every gradient for the global norm, one
 //! updates each parameter, its moments and the clipped gradient together, in place (the composed update was
 //! about ten passes, each allocating its result; on the tiny CPU model they were 9% of a training step).
-//! Other devices and dtypes take the same update composed of tensor ops.
+//! On a GPU (`--features cuda`) the same two passes are kernels (cuda/optim.rs): the norm and the clipping
+//! factor stay on the device, so a step reads one number back (the norm, for the log) instead of one per
+//! parameter. Other dtypes take the same update composed of tensor ops.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -82,20 +84,14 @@ impl AdamW {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
             updates.push((var, grad.detach().contiguous()?, moments));
         }
-        let norm = global_norm(updates.iter().map(|(_, grad, _)| grad))?;
-        let grad_scale = match max_grad_norm {
-            Some(max) if max / (norm + 1e-6) < 1.0 => max / (norm + 1e-6),
-            _ => 1.0,
-        };
-
-        self.step += 1;
         let c = self.config;
-        let bias1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bias2 = 1.0 - c.beta2.powi(self.step as i32);
+        let step = self.step + 1;
+        let bias1 = 1.0 - c.beta1.powi(step as i32);
+        let bias2 = 1.0 - c.beta2.powi(step as i32);
         let step_size = c.learning_rate / bias1;
         let decay = 1.0 - c.learning_rate * c.weight_decay;
-        let k = AdamWStep {
-            grad_scale: grad_scale as f32,
+        let mut k = AdamWStep {
+            grad_scale: 1.0,
             beta1: c.beta1 as f32,
             beta2: c.beta2 as f32,
             one_minus_beta1: (1.0 - c.beta1) as f32,
@@ -105,6 +101,18 @@ impl AdamW {
             step_size: step_size as f32,
             inv_bias2_sqrt: (1.0 / bias2.sqrt()) as f32,
         };
+        #[cfg(feature = "cuda")]
+        if let Some(norm) = gpu::step(&updates, &k, max_grad_norm)? {
+            self.step = step;
+            return Ok(norm);
+        }
+        let norm = global_norm(updates.iter().map(|(_, grad, _)| grad))?;
+        let grad_scale = match max_grad_norm {
+            Some(max) if max / (norm + 1e-6) < 1.0 => max / (norm + 1e-6),
+            _ => 1.0,
+        };
+        k.grad_scale = grad_scale as f32;
+        self.step = step;
         for (var, grad, moments) in updates {
             match moments {
                 Moments::Host { m, v, .. } => {
@@ -134,7 +142,8 @@ impl AdamW {
                 Moments::Host { m, v, shape } => {
                     (Tensor::from_slice(m, shape, &Device::Cpu)?, Tensor::from_slice(v, shape, &Device::Cpu)?)
                 }
-                Moments::Tensors { m, v } => (m.clone(), v.clone()),
+                // Copies: on a GPU the moments are updated in place.
+                Moments::Tensors { m, v } => (m.copy()?, v.copy()?),
             };
             tensors.insert(format!("m.{name}"), m);
             tensors.insert(format!("v.{name}"), v);
@@ -162,7 +171,8 @@ impl AdamW {
                 }
                 Moments::Tensors { m, v } => {
                     for (slot, prefix) in [(m, "m"), (v, "v")] {
-                        *slot = value(prefix, slot.dims())?.to_device(slot.device())?.to_dtype(slot.dtype())?;
+                        // A copy: the caller's tensor must not change with the in-place updates on a GPU.
+                        *slot = value(prefix, slot.dims())?.to_device(slot.device())?.to_dtype(slot.dtype())?.copy()?;
                     }
                 }
             }
@@ -219,7 +229,7 @@ impl Ema {
         for (name, var) in vars.iter() {
             if let Some(shadow) = self.shadow.get_mut(name) {
                 let p = var.as_tensor();
-                if is_host_f32(shadow) && is_host_f32(p) {
+                if in_place_f32(shadow) && in_place_f32(p) && shadow.device().same_device(p.device()) {
                     shadow.inplace_op2(p, &EmaUpdate { keep: decay as f32, take: (1.0 - decay) as f32 })?;
                 } else {
                     *shadow = ((&*shadow * decay)? + (p.detach() * (1.0 - decay))?)?;
@@ -251,8 +261,11 @@ impl Ema {
     }
 }
 
-fn is_host_f32(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
+/// Whether [`EmaUpdate`] takes `t`: contiguous f32 on the CPU, or on a GPU in a CUDA build.
+fn in_place_f32(t: &Tensor) -> bool {
+    t.dtype() == DType::F32
+        && t.is_contiguous()
+        && (t.device().is_cpu() || (cfg!(feature = "cuda") && t.device().is_cuda()))
 }
 
 /// The coefficients of one AdamW update, for the single-pass CPU kernel.
@@ -368,10 +381,166 @@ impl InplaceOp2 for EmaUpdate {
         });
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dst_l: &Layout,
+        param: &candle_core::CudaStorage,
+        param_l: &Layout,
+    ) -> candle_core::Result<()> {
+        gpu::ema(dst, dst_l, param, param_l, self.keep, self.take)
+    }
 }
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
+
+/// The optimiser's kernels on a GPU (cuda/optim.cu).
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, PushKernelArg};
+    use candle_core::{CudaStorage, InplaceOp2, Layout, Storage, Tensor, Var};
+
+    use super::{AdamWStep, Moments};
+    use crate::Result;
+    use crate::ops::cuda::{fresh, launch, view};
+    use crate::ops::gpu::{self as plan, Module};
+
+    fn cuda_storage<'a>(storage: &'a Storage, what: &str) -> candle_core::Result<&'a CudaStorage> {
+        match storage {
+            Storage::Cuda(s) => Ok(s),
+            _ => candle_core::bail!("{what} is not on the GPU"),
+        }
+    }
+
+    fn on_gpu_f32(t: &Tensor) -> bool {
+        t.device().is_cuda() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
+    }
+
+    /// One AdamW step of every parameter on the GPU, or `None` (nothing done) unless every parameter, its
+    /// gradient and its moments are contiguous f32 on one GPU. Returns the norm before clipping.
+    pub(super) fn step(
+        updates: &[(&Var, Tensor, &mut Moments)],
+        k: &AdamWStep,
+        max_grad_norm: Option<f64>,
+    ) -> Result<Option<f64>> {
+        let Some(first) = updates.first() else { return Ok(None) };
+        let candle_core::Device::Cuda(dev) = first.0.device() else { return Ok(None) };
+        let all_on_gpu = updates.iter().all(|(var, grad, moments)| {
+            on_gpu_f32(var.as_tensor())
+                && on_gpu_f32(grad)
+                && var.device().same_device(first.0.device())
+                && matches!(moments, Moments::Tensors { m, v } if on_gpu_f32(m) && on_gpu_f32(v))
+        });
+        if !all_on_gpu {
+            return Ok(None);
+        }
+        // The squared norm as partial sums, one run of blocks per gradient, then the factor on the device.
+        let blocks: Vec<usize> =
+            updates.iter().map(|(_, g, _)| plan::sum_squares(g.elem_count()).grid.0 as usize).collect();
+        let mut partials: CudaSlice<f64> = dev.alloc_zeros(blocks.iter().sum::<usize>().max(1))?;
+        let mut offset = 0;
+        for ((_, grad, _), &count) in updates.iter().zip(&blocks) {
+            let (storage, layout) = grad.storage_and_layout();
+            let g = view(cuda_storage(&storage, "a gradient")?, layout, "adamw")?;
+            let n = grad.elem_count();
+            let mut target = partials.slice_mut(offset..offset + count);
+            launch!(dev, Module::Optim, "repdiff_sum_squares", plan::sum_squares(n); &g, &n, &mut target)?;
+            offset += count;
+        }
+        let (mut factor, mut norm): (CudaSlice<f32>, CudaSlice<f64>) = (fresh(dev, 1)?, dev.alloc_zeros(1)?);
+        let (clip, max_norm) = (i32::from(max_grad_norm.is_some()), max_grad_norm.unwrap_or(0.0) as f32);
+        let count = offset;
+        launch!(dev, Module::Optim, "repdiff_clip_factor", plan::clip_factor(); &partials, &count, &max_norm, &clip, &mut factor, &mut norm)?;
+        for (var, grad, moments) in updates {
+            let Moments::Tensors { m, v } = &**moments else { unreachable!("checked above") };
+            var.as_tensor().inplace_op2(grad, &FusedAdamW { k, m, v, factor: &factor })?;
+        }
+        let norm = dev.clone_dtoh(&norm)?;
+        let norm = norm.first().copied().ok_or_else(|| candle_core::Error::Msg("the GPU returned no norm".into()))?;
+        Ok(Some(norm))
+    }
+
+    /// AdamW in place on a GPU parameter: its gradient the op's source, the moments (owned by the
+    /// optimiser, never shared: made by `zeros_like` or copied on load) and the clipping factor on the device.
+    struct FusedAdamW<'a> {
+        k: &'a AdamWStep,
+        m: &'a Tensor,
+        v: &'a Tensor,
+        factor: &'a CudaSlice<f32>,
+    }
+
+    impl InplaceOp2 for FusedAdamW<'_> {
+        fn name(&self) -> &'static str {
+            "fused-adamw-cuda"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &mut candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<()> {
+            candle_core::bail!("{} runs on a GPU only", self.name())
+        }
+
+        fn cuda_fwd(
+            &self,
+            dst: &mut CudaStorage,
+            dst_l: &Layout,
+            grad: &CudaStorage,
+            grad_l: &Layout,
+        ) -> candle_core::Result<()> {
+            let (m_storage, m_layout) = self.m.storage_and_layout();
+            let (v_storage, v_layout) = self.v.storage_and_layout();
+            let g = view(grad, grad_l, self.name())?;
+            let m = view(cuda_storage(&m_storage, "a first moment")?, m_layout, self.name())?;
+            let v = view(cuda_storage(&v_storage, "a second moment")?, v_layout, self.name())?;
+            let n = dst_l.shape().elem_count();
+            if g.len() != n || m.len() != n || v.len() != n {
+                candle_core::bail!(
+                    "{}: {n} parameters, {} gradients, {} / {} moments",
+                    self.name(),
+                    g.len(),
+                    m.len(),
+                    v.len()
+                );
+            }
+            let dev = dst.device.clone();
+            let (start, end) =
+                dst_l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
+            let mut p = dst.as_cuda_slice_mut::<f32>()?.slice_mut(start..end);
+            let k = self.k;
+            // The moments are written through their read views: the kernel owns them for this step (see above).
+            launch!(&dev, Module::Optim, "repdiff_adamw", plan::elementwise(n); &mut p, &g, &m, &v, &n, self.factor, &k.beta1, &k.beta2, &k.one_minus_beta1, &k.one_minus_beta2, &k.eps, &k.decay, &k.step_size, &k.inv_bias2_sqrt)
+        }
+    }
+
+    /// `shadow = keep shadow + take param` on a GPU.
+    pub(super) fn ema(
+        dst: &mut CudaStorage,
+        dst_l: &Layout,
+        param: &CudaStorage,
+        param_l: &Layout,
+        keep: f32,
+        take: f32,
+    ) -> candle_core::Result<()> {
+        let p = view(param, param_l, "ema-update")?;
+        let n = dst_l.shape().elem_count();
+        if p.len() != n {
+            candle_core::bail!("ema-update: {} parameters for {n} shadow values", p.len());
+        }
+        let dev = dst.device.clone();
+        let (start, end) =
+            dst_l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
+        let mut shadow = dst.as_cuda_slice_mut::<f32>()?.slice_mut(start..end);
+        launch!(&dev, Module::Optim, "repdiff_ema", plan::elementwise(n); &mut shadow, &p, &n, &keep, &take)
+    }
+}
 
 fn host_values<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
     let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;

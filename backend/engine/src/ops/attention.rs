@@ -10,8 +10,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{Exec, View, ViewMut, gemm};
-use super::{CResult, f32_slice, fused, softmax_grad_row, softmax_last_dim, softmax_row, vectorized};
+use super::gemm::{Exec, View, ViewMut, autocast_matmul, gemm};
+use super::{CResult, f32_slice, fused_cpu, softmax_grad_row, softmax_last_dim, softmax_row, vectorized};
 use crate::Result;
 
 struct Attention {
@@ -152,8 +152,12 @@ impl CustomOp2 for AttentionGrad {
 /// output, its last axis laid out as (q | k | v, head, head size) (PyTorch's `reshape(N, T, 3, H, D/H)`);
 /// the result `[N, T, D]` has the heads side by side, ready for the output projection.
 pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
-    if fused(qkv) {
+    if fused_cpu(qkv) {
         return Ok(qkv.contiguous()?.apply_op1(Attention { heads })?);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(out) = gpu_attention::attention(qkv, heads)? {
+        return Ok(out);
     }
     let (n, t, d3) = qkv.dims3()?;
     let d = d3 / 3;
@@ -162,6 +166,111 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     let part = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()?) };
     let scale = 1.0 / (head_dim as f64).sqrt();
     let (q, k, v) = ((part(0)? * scale)?, part(1)?, part(2)?);
-    let weights = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-    Ok(weights.matmul(&v)?.transpose(1, 2)?.reshape((n, t, d))?)
+    let weights = softmax_last_dim(&autocast_matmul(&q, &k.t()?)?)?;
+    Ok(autocast_matmul(&weights, &v)?.transpose(1, 2)?.reshape((n, t, d))?)
+}
+
+/// Attention on a GPU (`--features cuda`): the kernels of cuda/attention.cu, memory linear in the tokens,
+/// with bf16 tensor-core products under [`super::MatmulPrecision::Bf16`].
+#[cfg(feature = "cuda")]
+mod gpu_attention {
+    use std::sync::{Arc, Mutex};
+
+    use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+    use candle_core::{CudaStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor};
+
+    use super::super::gpu::AttentionShape;
+    use super::super::{CResult, cuda};
+    use crate::Result;
+
+    /// Each query's log-sum-exp, from the forward to its backward.
+    type Saved = Arc<Mutex<Option<CudaSlice<f32>>>>;
+
+    struct Attention {
+        shape: AttentionShape,
+        lse: Saved,
+    }
+
+    /// (qkv, out, g) -> the gradient of qkv.
+    struct AttentionGrad {
+        shape: AttentionShape,
+        lse: Saved,
+    }
+
+    fn unsupported(op: &str) -> candle_core::Error {
+        candle_core::Error::Msg(format!("{op} runs on a GPU only"))
+    }
+
+    impl CustomOp1 for Attention {
+        fn name(&self) -> &'static str {
+            "repdiff-attention-cuda"
+        }
+
+        fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> CResult<(candle_core::CpuStorage, Shape)> {
+            Err(unsupported(self.name()))
+        }
+
+        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
+            let (out, lse) = cuda::attention_forward(s, l, &self.shape)?;
+            *self.lse.lock().map_err(|_| candle_core::Error::Msg("attention state poisoned".into()))? = Some(lse);
+            let AttentionShape { batch, tokens, heads, head_dim, .. } = self.shape;
+            Ok((out, Shape::from((batch, tokens, heads * head_dim))))
+        }
+
+        fn bwd(&self, qkv: &Tensor, res: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+            let grad = AttentionGrad { shape: self.shape, lse: self.lse.clone() };
+            Ok(Some(qkv.apply_op3_no_bwd(res, &g.contiguous()?, &grad)?))
+        }
+    }
+
+    impl CustomOp3 for AttentionGrad {
+        fn name(&self) -> &'static str {
+            "repdiff-attention-grad-cuda"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> CResult<(candle_core::CpuStorage, Shape)> {
+            Err(unsupported(self.name()))
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+        ) -> CResult<(CudaStorage, Shape)> {
+            let saved = self.lse.lock().map_err(|_| candle_core::Error::Msg("attention state poisoned".into()))?;
+            let lse = saved
+                .as_ref()
+                .ok_or_else(|| candle_core::Error::Msg("attention backward before its forward".into()))?;
+            let grad = cuda::attention_backward((s1, l1), (s2, l2), (s3, l3), lse, &self.shape)?;
+            Ok((grad, l1.shape().clone()))
+        }
+    }
+
+    /// The attention of `qkv [N, T, 3D]` on its GPU, or `None` where the kernels do not take it (another
+    /// device or dtype, a head larger than 128, more shared memory than the GPU has).
+    pub(super) fn attention(qkv: &Tensor, heads: usize) -> Result<Option<Tensor>> {
+        let Device::Cuda(dev) = qkv.device() else { return Ok(None) };
+        let Ok((batch, tokens, d3)) = qkv.dims3() else { return Ok(None) };
+        if qkv.dtype() != DType::F32 || heads == 0 || d3 % (3 * heads) != 0 {
+            return Ok(None);
+        }
+        let bf16 = super::super::gemm::current_precision() == super::super::MatmulPrecision::Bf16;
+        let shape = AttentionShape { batch, tokens, heads, head_dim: d3 / 3 / heads, bf16 };
+        if !cuda::attention_supported(dev, &shape)? {
+            return Ok(None);
+        }
+        Ok(Some(qkv.contiguous()?.apply_op1(Attention { shape, lse: Arc::default() })?))
+    }
 }

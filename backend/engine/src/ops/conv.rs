@@ -12,7 +12,7 @@ use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{Exec, View, ViewMut, gemm};
-use super::{f32_slice, fused};
+use super::{f32_slice, fused_cpu};
 use crate::Result;
 
 /// `relu(conv2d(x, weight) + bias)`: `x` `[n, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`, `bias`
@@ -36,7 +36,7 @@ pub fn conv2d_bias_relu(
         )));
     }
     let (oh, ow) = ((h + 2 * ph - kh) / stride + 1, (w + 2 * pw - kw) / stride + 1);
-    if !(fused(x) && fused(weight) && fused(bias)) {
+    if !(fused_cpu(x) && fused_cpu(weight) && fused_cpu(bias)) {
         return composed(x, weight, bias, stride, padding);
     }
     let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
@@ -44,7 +44,7 @@ pub fn conv2d_bias_relu(
     let (w_storage, w_layout) = weight.storage_and_layout();
     let (b_storage, b_layout) = bias.storage_and_layout();
     let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(bs)) = (&*x_storage, &*w_storage, &*b_storage) else {
-        unreachable!("fused() admits CPU tensors only")
+        unreachable!("fused_cpu() admits CPU tensors only")
     };
     let xs = f32_slice(xs, x_layout, "conv2d")?;
     let ws = f32_slice(ws, w_layout, "conv2d")?;
@@ -107,12 +107,12 @@ pub fn pool_3x3(x: &Tensor, kind: Pool3x3, stride: usize, padding: usize) -> Res
         )));
     }
     let (oh, ow) = ((h + 2 * padding - 3) / stride + 1, (w + 2 * padding - 3) / stride + 1);
-    if !fused(x) {
+    if !fused_cpu(x) {
         return pool_composed(x, kind, stride, padding);
     }
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { unreachable!("fused() admits CPU tensors only") };
+    let Storage::Cpu(cpu) = &*storage else { unreachable!("fused_cpu() admits CPU tensors only") };
     let xs = f32_slice(cpu, layout, "pool_3x3")?;
     let mut out = vec![0f32; n * c * oh * ow];
     // The input rows/columns of output i: [i * stride - padding, + 3) inside [0, len).

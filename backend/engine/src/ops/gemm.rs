@@ -10,16 +10,19 @@ use gemm::Parallelism;
 
 use super::bf16;
 
-/// How f32 matrix products are computed, as PyTorch's `torch.set_float32_matmul_precision`: `Highest` in
-/// f32 throughout; `Bf16` (PyTorch's "medium") with the operands rounded to bf16 and the sums kept in f32,
-/// faster where the CPU has AVX512-BF16 (Zen 4/5: 1.3-1.5x) and much faster with AMX (Xeon Sapphire Rapids
-/// and later); elsewhere, and on cores whose bf16 instruction is slower than their f32 FMA
-/// ([`bf16_kernel`] says), it runs in f32.
+/// How f32 matrix products are computed, as PyTorch's `torch.set_float32_matmul_precision` and
+/// `torch.autocast`: `Highest` in f32 throughout. `High`: TF32 tensor-core products on a GPU (PyTorch's
+/// "high"), f32 on a CPU. `Bf16`: the operands rounded to bf16 and the sums kept in f32; on a GPU that is
+/// `torch.autocast(bfloat16)` for the linear layers and attention (bf16 tensor-core products, f32 weights,
+/// optimiser state, norms and softmax statistics); on a CPU it is faster where the CPU has AVX512-BF16
+/// (Zen 4/5: 1.3-1.5x) and much faster with AMX (Xeon Sapphire Rapids and later); elsewhere, and on cores
+/// whose bf16 instruction is slower than their f32 FMA ([`bf16_kernel`] says), it runs in f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MatmulPrecision {
     #[default]
     Highest,
+    High,
     Bf16,
 }
 
@@ -28,28 +31,70 @@ impl MatmulPrecision {
     pub fn name(self) -> &'static str {
         match self {
             MatmulPrecision::Highest => "highest",
+            MatmulPrecision::High => "high",
             MatmulPrecision::Bf16 => "bf16",
         }
     }
+
+    pub const ALL: [MatmulPrecision; 3] = [MatmulPrecision::Highest, MatmulPrecision::High, MatmulPrecision::Bf16];
 }
 
 thread_local! {
     static PRECISION: Cell<MatmulPrecision> = const { Cell::new(MatmulPrecision::Highest) };
 }
 
-/// Runs `f` with the fused CPU ops' matrix products at `precision` on this thread (ops read it when they
-/// are called, so the work they hand to other threads follows it too).
+/// Runs `f` with the matrix products of the ops at `precision` on this thread (ops read it when they are
+/// called, so the work they hand to other threads follows it too). On a GPU, `High` also switches candle's
+/// f32 cuBLAS products to TF32 for the scope: a process-wide setting, restored when the scope ends.
 pub fn with_matmul_precision<T>(precision: MatmulPrecision, f: impl FnOnce() -> T) -> T {
     let before = PRECISION.with(|p| p.replace(precision));
+    #[cfg(feature = "cuda")]
+    let tf32_before = candle_core::cuda::gemm_reduced_precision_f32();
+    #[cfg(feature = "cuda")]
+    candle_core::cuda::set_gemm_reduced_precision_f32(precision == MatmulPrecision::High);
     // Restored on unwind too.
-    struct Restore(MatmulPrecision);
+    struct Restore {
+        precision: MatmulPrecision,
+        #[cfg(feature = "cuda")]
+        tf32: bool,
+    }
     impl Drop for Restore {
         fn drop(&mut self) {
-            PRECISION.with(|p| p.set(self.0));
+            PRECISION.with(|p| p.set(self.precision));
+            #[cfg(feature = "cuda")]
+            candle_core::cuda::set_gemm_reduced_precision_f32(self.tf32);
         }
     }
-    let _restore = Restore(before);
+    let _restore = Restore {
+        precision: before,
+        #[cfg(feature = "cuda")]
+        tf32: tf32_before,
+    };
     f()
+}
+
+/// The precision of this thread's matrix products (see [`with_matmul_precision`]).
+pub(crate) fn current_precision() -> MatmulPrecision {
+    PRECISION.with(Cell::get)
+}
+
+/// `a b` for f32 tensors, as `torch.autocast(bfloat16)` computes it on a GPU under
+/// [`MatmulPrecision::Bf16`]: both operands cast to bf16, the product on the tensor cores with f32 sums,
+/// the bf16 result cast back to f32 (the casts are in the autograd graph, so gradients flow in f32 to f32
+/// weights). Elsewhere, and for other dtypes, the plain product.
+pub(crate) fn autocast_matmul(
+    a: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+) -> candle_core::Result<candle_core::Tensor> {
+    use candle_core::DType;
+    let autocast = current_precision() == MatmulPrecision::Bf16
+        && a.device().is_cuda()
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32;
+    if !autocast {
+        return a.matmul(b);
+    }
+    a.to_dtype(DType::BF16)?.matmul(&b.to_dtype(DType::BF16)?)?.to_dtype(DType::F32)
 }
 
 /// The kernel that runs [`MatmulPrecision::Bf16`] products on this CPU ("AMX tiles", "AVX512-BF16"), or
@@ -121,7 +166,7 @@ pub(crate) struct Exec {
 impl Exec {
     /// `threads` threads at the calling thread's precision (call it on the op's own thread).
     pub(crate) fn current(threads: usize) -> Self {
-        let bf16 = PRECISION.with(Cell::get) == MatmulPrecision::Bf16 && bf16::selected();
+        let bf16 = current_precision() == MatmulPrecision::Bf16 && bf16::selected();
         Exec { threads, bf16 }
     }
 }

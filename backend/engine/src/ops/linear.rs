@@ -13,8 +13,8 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
 
-use super::gemm::{Exec, View, ViewMut, gemm};
-use super::{CResult, GeluGrad, f32_slice, fused, gelu, gelu_values, last_dim, token_sum};
+use super::gemm::{Exec, View, ViewMut, autocast_matmul, gemm};
+use super::{CResult, GeluGrad, f32_slice, fused_cpu, gelu, gelu_values, last_dim, token_sum};
 use crate::Result;
 
 struct Linear;
@@ -153,13 +153,13 @@ impl CustomOp2 for Product {
 
 /// `x W^T + b` over the last dimension of `x` (any rank); `weight [out, in]`, `bias [out]`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if fused(x) {
+    if fused_cpu(x) {
         return Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)?);
     }
     let dims = x.dims();
     let in_dim = dims.last().copied().unwrap_or(1);
     let flat = x.reshape((x.elem_count() / in_dim.max(1), in_dim))?;
-    let y = flat.matmul(&weight.t()?)?.broadcast_add(bias)?;
+    let y = autocast_matmul(&flat, &weight.t()?)?.broadcast_add(bias)?;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("rank >= 1") = weight.dim(0)?;
     Ok(y.reshape(out_dims)?)
@@ -167,7 +167,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 /// `gelu(x W^T + b)` (tanh-GELU), the first layer of a transformer MLP, as one op.
 pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if fused(x) {
+    if fused_cpu(x) {
         let op = LinearGelu { pre: Mutex::new(None) };
         return Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?);
     }

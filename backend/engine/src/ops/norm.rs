@@ -9,7 +9,10 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Layout, Shape, Tensor};
 
-use super::{CResult, f32_slice, fused, last_dim, map_rows, map_rows2, simd, token_sum, token_sums};
+use super::{CResult, cuda_fwd1, cuda_fwd2, cuda_fwd3, f32_slice, fused, last_dim, map_rows, map_rows2, simd};
+#[cfg(feature = "cuda")]
+use super::{cuda, gpu};
+use super::{token_sum, token_sums};
 use crate::Result;
 
 /// Mean and reciprocal standard deviation of a row.
@@ -65,6 +68,12 @@ impl CustomOp1 for LayerNorm {
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
+    cuda_fwd1!(|self, s, l| {
+        let rows = l.shape().elem_count() / last_dim(l).max(1);
+        let affine = cuda::Affine { shift: None, scale: None, rows_per_param: rows, offset: 0.0 };
+        Ok((cuda::norm_affine(s, l, affine, self.eps)?, l.shape().clone()))
+    });
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op2_no_bwd(&arg.contiguous()?, &LayerNormGrad { eps: self.eps })?))
     }
@@ -90,6 +99,12 @@ impl CustomOp2 for LayerNormGrad {
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    cuda_fwd2!(|self, s1, l1, s2, l2| {
+        let rows = l2.shape().elem_count() / last_dim(l2).max(1);
+        let affine = cuda::Affine { shift: None, scale: None, rows_per_param: rows, offset: 0.0 };
+        Ok((cuda::norm_affine_grad_x(s1, l1, s2, l2, affine, self.eps)?, l2.shape().clone()))
+    });
 }
 
 /// Layer norm over the last dimension without affine parameters.
@@ -181,6 +196,18 @@ impl CustomOp3 for NormAffine {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    cuda_fwd3!(|self, s1, l1, s2, l2, s3, l3| {
+        let groups = Groups::of(l1, l2, self.name())?;
+        Groups::of(l1, l3, self.name())?;
+        let affine = cuda::Affine {
+            shift: Some((s2, l2)),
+            scale: Some((s3, l3)),
+            rows_per_param: groups.rows,
+            offset: self.offset,
+        };
+        Ok((cuda::norm_affine(s1, l1, affine, self.eps)?, l1.shape().clone()))
+    });
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -233,6 +260,13 @@ impl CustomOp3 for NormAffineGradX {
         );
         Ok((CpuStorage::F32(out), l2.shape().clone()))
     }
+
+    cuda_fwd3!(|self, s1, l1, s2, l2, s3, l3| {
+        let groups = Groups::of(l2, l3, self.name())?;
+        let NormAffine { eps, offset } = self.0;
+        let affine = cuda::Affine { shift: None, scale: Some((s3, l3)), rows_per_param: groups.rows, offset };
+        Ok((cuda::norm_affine_grad_x(s1, l1, s2, l2, affine, eps)?, l2.shape().clone()))
+    });
 }
 
 impl CustomOp3 for NormAffineGradScale {
@@ -267,6 +301,12 @@ impl CustomOp3 for NormAffineGradScale {
         );
         Ok((CpuStorage::F32(sums), l3.shape().clone()))
     }
+
+    cuda_fwd3!(|self, s1, l1, s2, l2, _s3, l3| {
+        let groups = Groups::of(l2, l3, self.name())?;
+        let sums = cuda::column_sums(gpu::ColumnSum::Normalised, s1, l1, Some((s2, l2)), groups.count, self.0.eps)?;
+        Ok((sums, l3.shape().clone()))
+    });
 }
 
 fn norm_affine(x: &Tensor, shift: &Tensor, scale: &Tensor, offset: f64, eps: f64) -> Result<Tensor> {

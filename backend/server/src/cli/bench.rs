@@ -20,8 +20,9 @@ pub struct BenchArgs {
     /// Models to measure, comma-separated: DiT names, or a preset name (tiny-cpu) for that preset's model.
     #[arg(long, value_delimiter = ',', default_value = "DiT-S/2,DiT-B/2")]
     models: Vec<String>,
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
+    /// Batch sizes, comma-separated: a row per model, precision and batch size.
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    batch_size: Vec<usize>,
     /// Timed repetitions of each measurement (after one untimed warm-up).
     #[arg(long, default_value_t = 3)]
     iters: usize,
@@ -34,10 +35,20 @@ pub struct BenchArgs {
     /// DiT), to show the encoder's overhead. The plain rows are then unconditional, as in pre-training.
     #[arg(long)]
     representation: bool,
-    /// Also measure each model with bf16 matrix products (`--matmul-precision bf16`: bf16 operands, f32
-    /// sums, on AMX tiles where the CPU has them; the CPU needs AVX512-BF16, else the row equals the f32 one).
+    /// Matrix-product precisions to measure, comma-separated (`--matmul-precision`): highest (f32), high
+    /// (TF32 on a GPU), bf16 (bf16 operands, f32 sums: autocast on a GPU; on a CPU AMX tiles or
+    /// AVX512-BF16 where it has them, else the row equals the f32 one).
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "highest")]
+    precision: Vec<super::PrecisionArg>,
+    /// The same as adding bf16 to --precision.
     #[arg(long)]
     bf16: bool,
+    /// Also time DDIM sampling with this many steps (a batch of each batch size, no guidance).
+    #[arg(long)]
+    sample_steps: Option<usize>,
+    /// Also write the rows as JSON to this file (what scripts/gpu-check.sh keeps).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
     /// Measure single matrix products instead: the forward, input-gradient and weight-gradient products
     /// of each model's attention and MLP layers at --batch-size, in f32 and with bf16 products.
     #[arg(long)]
@@ -85,7 +96,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return dino(images.max(1));
     }
     if let Some(images) = args.metrics {
-        return metrics(images.max(2), args.batch_size.max(1));
+        return metrics(images.max(2), args.batch_size.first().copied().unwrap_or(16).max(1));
     }
     if let Some(slices) = args.imaging {
         return super::bench_imaging::run(slices, args.vae_images);
@@ -95,16 +106,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let (device, device_note) = best_device();
     let iters = args.iters.max(1);
-    let kernel = match args.bf16 {
+    let mut precisions: Vec<MatmulPrecision> = args.precision.iter().map(|&p| p.into()).collect();
+    if args.bf16 {
+        precisions.push(MatmulPrecision::Bf16);
+    }
+    precisions.dedup();
+    let kernel = match precisions.contains(&MatmulPrecision::Bf16) && device.is_cpu() {
         true => format!("; bf16 products: {}", repdiff_engine::ops::bf16_note()),
         false => String::new(),
     };
     println!(
-        "Device: {device_note}; batch {}, {}x{}x{} inputs, mean of {iters} timed runs after a warm-up{kernel}\n",
-        args.batch_size, args.channels, args.input_size, args.input_size
+        "Device: {device_note}; {}x{}x{} inputs, mean of {iters} timed runs after a warm-up{kernel}\n",
+        args.channels, args.input_size, args.input_size
     );
-    println!("| model | parameters | forward s/batch | forward images/s | train s/step | train steps/s |");
-    println!("|---|---|---|---|---|---|");
+    let sampling = args.sample_steps.map(|steps| format!(" DDIM-{steps} images/s |")).unwrap_or_default();
+    let rule = if sampling.is_empty() { "" } else { "---|" };
+    println!(
+        "| model | precision | batch | parameters | forward images/s | train s/step | train images/s | peak GiB |{sampling}"
+    );
+    println!("|---|---|---|---|---|---|---|---|{rule}");
+    let mut rows = Vec::new();
     for name in &args.models {
         let base = match RunConfig::preset(name) {
             Ok(preset) => preset.model,
@@ -121,54 +142,127 @@ pub fn run(args: BenchArgs) -> Result<()> {
         } else {
             vec![(name.clone(), base.conditioning.clone())]
         };
-        let precisions = match args.bf16 {
-            true => vec![MatmulPrecision::Highest, MatmulPrecision::Bf16],
-            false => vec![MatmulPrecision::Highest],
-        };
         for (label, conditioning) in variants {
             for &precision in &precisions {
-                let model = ModelConfig { conditioning: conditioning.clone(), ..base.clone() };
-                let label = match precision {
-                    MatmulPrecision::Bf16 => format!("{label} (bf16 products)"),
-                    MatmulPrecision::Highest => label.clone(),
-                };
-                bench_model(&label, model, precision, &args, &device, iters)?;
+                for &batch in &args.batch_size {
+                    let model = ModelConfig { conditioning: conditioning.clone(), ..base.clone() };
+                    let row = bench_model(&label, model, precision, batch.max(1), &args, &device, iters);
+                    println!("{}", row.markdown(args.sample_steps.is_some()));
+                    rows.push(row);
+                }
             }
         }
+    }
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({ "device": device_note, "iters": iters, "rows": rows });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())
 }
 
-/// One row of the table: forward throughput and training speed of `model`.
+/// One row of the table, also written as JSON. A row that failed (out of memory, say) keeps its error.
+#[derive(serde::Serialize)]
+struct ModelRow {
+    model: String,
+    precision: &'static str,
+    batch: usize,
+    parameters: Option<usize>,
+    forward_images_per_s: Option<f64>,
+    train_s_per_step: Option<f64>,
+    train_images_per_s: Option<f64>,
+    peak_bytes: Option<u64>,
+    sample_images_per_s: Option<f64>,
+    error: Option<String>,
+}
+
+impl ModelRow {
+    fn markdown(&self, sampling: bool) -> String {
+        let num = |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into());
+        let head = format!("| {} | {} | {} |", self.model, self.precision, self.batch);
+        if let Some(error) = &self.error {
+            return format!("{head} failed: {} |", error.lines().next().unwrap_or_default());
+        }
+        let sample = if sampling { format!(" {} |", num(self.sample_images_per_s, 1)) } else { String::new() };
+        format!(
+            "{head} {:.1}M | {} | {} | {} | {} |{sample}",
+            self.parameters.unwrap_or_default() as f64 / 1e6,
+            num(self.forward_images_per_s, 1),
+            num(self.train_s_per_step, 3),
+            num(self.train_images_per_s, 1),
+            num(self.peak_bytes.map(|b| b as f64 / (1u64 << 30) as f64), 2),
+        )
+    }
+}
+
+/// Forward throughput, training speed and peak memory (GPU) of `model` at `batch`, and optionally
+/// sampling speed.
 fn bench_model(
     label: &str,
+    model: ModelConfig,
+    precision: MatmulPrecision,
+    batch: usize,
+    args: &BenchArgs,
+    device: &repdiff_engine::Device,
+    iters: usize,
+) -> ModelRow {
+    let mut row = ModelRow {
+        model: label.to_string(),
+        precision: precision.name(),
+        batch,
+        parameters: None,
+        forward_images_per_s: None,
+        train_s_per_step: None,
+        train_images_per_s: None,
+        peak_bytes: None,
+        sample_images_per_s: None,
+        error: None,
+    };
+    if let Err(e) = measure_model(&mut row, model, precision, args, device, iters) {
+        row.error = Some(format!("{e:#}"));
+    }
+    row
+}
+
+fn measure_model(
+    row: &mut ModelRow,
     model: ModelConfig,
     precision: MatmulPrecision,
     args: &BenchArgs,
     device: &repdiff_engine::Device,
     iters: usize,
 ) -> Result<()> {
+    use repdiff_engine::device::{peak_memory, reset_peak_memory};
+    let n = row.batch;
+    reset_peak_memory(device)?;
     let mut config = RunConfig::preset("paper")?;
     config.model = model;
-    config.train.batch_size = args.batch_size;
+    config.train.batch_size = n;
     config.train.matmul_precision = precision;
     let (channels, size, _) = config.model.sample_dims();
     let classes = config.model.num_classes().is_some();
-    let mut trainer = Trainer::new(config, device)?;
-    let n = args.batch_size;
+    let mut trainer = Trainer::new(config.clone(), device)?;
+    row.parameters = Some(trainer.vars().num_parameters());
     let mut rng = Rng::new(0);
     let data = Dataset::new(
         rng.randn((n, channels, size, size), device)?,
         Some((0..n as u32).map(|i| i % 2).collect()),
         Vec::new(),
     )?;
+    let step = mean_seconds(iters, || {
+        trainer.train_step(&data)?;
+        Ok(())
+    })?;
+    row.train_s_per_step = Some(step);
+    row.train_images_per_s = Some(n as f64 / step);
+    row.peak_bytes = peak_memory(device)?;
     let x = rng.randn((n, channels, size, size), device)?;
     let t = Tensor::from_vec((0..n).map(|i| (i * 61 % 1000) as f32).collect::<Vec<_>>(), n, device)?;
     let y = Tensor::from_vec((0..n as u32).map(|i| i % 2).collect::<Vec<_>>(), n, device)?;
-    // The forward as sampling runs it: frozen weights, so no op records a backward graph (PyTorch's
-    // reference runs under `no_grad`).
+    // The forward as sampling and the classifier run it: frozen weights, so no op records a backward graph
+    // (PyTorch's reference runs under `no_grad`).
     let frozen =
         Dit::new(trainer.model.config(), &Params::frozen(trainer.vars().tensors()?.into_iter().collect(), device))?;
+    drop(trainer);
     let forward = mean_seconds(iters, || {
         with_matmul_precision(precision, || -> Result<()> {
             // A representation model's forward includes encoding its reference.
@@ -181,16 +275,24 @@ fn bench_model(
             Ok(())
         })
     })?;
-    let step = mean_seconds(iters, || {
-        trainer.train_step(&data)?;
-        Ok(())
-    })?;
-    println!(
-        "| {label} | {:.1}M | {forward:.3} | {:.1} | {step:.3} | {:.3} |",
-        trainer.vars().num_parameters() as f64 / 1e6,
-        n as f64 / forward,
-        1.0 / step
-    );
+    row.forward_images_per_s = Some(n as f64 / forward);
+    if let Some(steps) = args.sample_steps {
+        use repdiff_engine::diffusion::SamplerKind;
+        use repdiff_engine::sample::{SampleOptions, sample};
+        let options = SampleOptions {
+            num_samples: n,
+            batch_size: n,
+            sampler: SamplerKind::Ddim { eta: 0.0 },
+            respacing: format!("ddim{steps}"),
+            references: frozen.config().is_representation().then(|| x.clone()),
+            ..SampleOptions::default()
+        };
+        let seconds = mean_seconds(1, || {
+            with_matmul_precision(precision, || sample(&frozen, &config, &options, device, |_, _| {}))?;
+            Ok(())
+        })?;
+        row.sample_images_per_s = Some(n as f64 / seconds);
+    }
     Ok(())
 }
 
@@ -209,7 +311,7 @@ fn products(args: &BenchArgs) -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|");
     for name in &args.models {
         let model = ModelConfig::dit(name, args.input_size, args.channels, Conditioning::None)?;
-        let tokens = args.batch_size * (args.input_size / model.patch_size).pow(2);
+        let tokens = args.batch_size.first().copied().unwrap_or(16) * (args.input_size / model.patch_size).pow(2);
         let d = model.hidden_size;
         for (layer, inputs, outputs) in [("qkv", d, 3 * d), ("mlp fc1", d, 4 * d), ("mlp fc2", 4 * d, d)] {
             let shapes = [

@@ -168,8 +168,9 @@ pub struct ScheduleArgs {
     seed: Option<u64>,
     #[arg(long)]
     checkpoint_every: Option<usize>,
-    /// CPU matrix products: highest (f32) or bf16 (bf16 operands, f32 sums; faster on CPUs with
-    /// AVX512-BF16 or AMX, f32 elsewhere).
+    /// Training's matrix products: highest (f32), high (TF32 on a GPU, f32 on a CPU) or bf16 (bf16
+    /// operands, f32 sums and weights: autocast on a GPU; faster on CPUs with AVX512-BF16 or AMX, f32 on
+    /// other CPUs).
     #[arg(long, value_enum)]
     matmul_precision: Option<PrecisionArg>,
 }
@@ -177,6 +178,7 @@ pub struct ScheduleArgs {
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum PrecisionArg {
     Highest,
+    High,
     Bf16,
 }
 
@@ -184,6 +186,7 @@ impl From<PrecisionArg> for MatmulPrecision {
     fn from(p: PrecisionArg) -> Self {
         match p {
             PrecisionArg::Highest => MatmulPrecision::Highest,
+            PrecisionArg::High => MatmulPrecision::High,
             PrecisionArg::Bf16 => MatmulPrecision::Bf16,
         }
     }
