@@ -103,19 +103,35 @@ impl ModelConfig {
         if !self.hidden_size.is_multiple_of(4) {
             return fail(format!("hidden_size {} must be a multiple of 4", self.hidden_size));
         }
-        if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 {
-            return fail(format!("mlp_ratio must be positive, got {}", self.mlp_ratio));
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 16.0) {
+            return fail(format!("mlp_ratio must be in (0, 16], got {}", self.mlp_ratio));
+        }
+        // Far beyond any model here (DiT-XL: 28 blocks of 1152 on 32x32x4), and small enough that sizes
+        // computed from them cannot overflow.
+        for (name, value, max) in [
+            ("input_size", self.input_size, 4096),
+            ("in_channels", self.in_channels, 64),
+            ("hidden_size", self.hidden_size, 16_384),
+            ("depth", self.depth, 512),
+            ("num_heads", self.num_heads, 256),
+        ] {
+            if value > max {
+                return fail(format!("{name} is at most {max}, got {value}"));
+            }
         }
         if let Conditioning::Class { num_classes, dropout_prob } = self.conditioning {
-            if num_classes == 0 {
-                return fail("a class-conditional model needs at least one class".into());
+            if num_classes == 0 || num_classes > 100_000 {
+                return fail(format!("a class-conditional model has 1 to 100,000 classes, got {num_classes}"));
             }
             if !(0.0..1.0).contains(&dropout_prob) {
                 return fail(format!("label dropout_prob must be in [0, 1), got {dropout_prob}"));
             }
         }
         if let Conditioning::Representation { encoder_depth, encoder_heads } = self.conditioning
-            && (encoder_depth == 0 || encoder_heads == 0 || !self.hidden_size.is_multiple_of(encoder_heads))
+            && (encoder_depth == 0
+                || encoder_depth > 512
+                || encoder_heads == 0
+                || !self.hidden_size.is_multiple_of(encoder_heads))
         {
             return fail(format!(
                 "the representation encoder needs depth >= 1 and a head count dividing hidden_size {} \
@@ -305,24 +321,97 @@ impl RunConfig {
         Ok(config)
     }
 
+    /// Checks every setting against its meaning and against bounds that keep sizes computed from them
+    /// finite (a batch of 10^12 must be refused here, not by an allocator that aborts the process). How
+    /// much memory the run needs is [`RunConfig::training_memory`]'s, for the caller to compare with what
+    /// its machine has.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         let t = &self.train;
-        if t.batch_size == 0 {
-            return Err(Error::Config("batch_size must be positive".into()));
+        let fail = |msg: String| Err(Error::Config(msg));
+        for (name, value, max) in [
+            ("batch_size", t.batch_size, MAX_BATCH),
+            ("steps", t.steps, MAX_STEPS),
+            ("checkpoint_every", t.checkpoint_every, MAX_STEPS),
+        ] {
+            if !(1..=max).contains(&value) {
+                return fail(format!("{name} is 1 to {max}, got {value}"));
+            }
         }
-        if t.learning_rate.is_nan() || t.learning_rate <= 0.0 {
-            return Err(Error::Config(format!("learning_rate must be positive, got {}", t.learning_rate)));
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0 && t.learning_rate <= 1.0) {
+            return fail(format!("learning_rate must be in (0, 1], got {}", t.learning_rate));
+        }
+        if !(t.weight_decay.is_finite() && (0.0..=1.0).contains(&t.weight_decay)) {
+            return fail(format!("weight_decay must be in [0, 1], got {}", t.weight_decay));
+        }
+        for (name, beta) in [("adam_beta1", t.adam_beta1), ("adam_beta2", t.adam_beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return fail(format!("{name} must be in [0, 1), got {beta}"));
+            }
+        }
+        if !(t.adam_eps.is_finite() && t.adam_eps > 0.0 && t.adam_eps <= 1.0) {
+            return fail(format!("adam_eps must be in (0, 1], got {}", t.adam_eps));
+        }
+        if let Some(clip) = t.grad_clip_norm
+            && !(clip.is_finite() && clip > 0.0)
+        {
+            return fail(format!("grad_clip_norm must be a positive number, got {clip}"));
         }
         if !(0.0..=1.0).contains(&t.ema_decay) {
-            return Err(Error::Config(format!("ema_decay must be in [0, 1], got {}", t.ema_decay)));
+            return fail(format!("ema_decay must be in [0, 1], got {}", t.ema_decay));
         }
-        if self.diffusion.num_timesteps < 2 {
-            return Err(Error::Config("num_timesteps must be at least 2".into()));
+        if !(2..=100_000).contains(&self.diffusion.num_timesteps) {
+            return fail(format!("num_timesteps is 2 to 100,000, got {}", self.diffusion.num_timesteps));
+        }
+        let d = &self.diffusion;
+        if !(d.beta_start.is_finite()
+            && d.beta_end.is_finite()
+            && 0.0 < d.beta_start
+            && d.beta_start <= d.beta_end
+            && d.beta_end < 1.0)
+        {
+            return fail(format!(
+                "betas must satisfy 0 < beta_start <= beta_end < 1, got {} and {}",
+                d.beta_start, d.beta_end
+            ));
+        }
+        if let DataSpace::Latents { scale, .. } = &self.data_space
+            && !(scale.is_finite() && *scale > 0.0)
+        {
+            return fail(format!("the latent scale must be a positive number, got {scale}"));
         }
         Ok(())
     }
+
+    /// About how many bytes a training step of this run holds at once in f32: the weights, their
+    /// gradients, AdamW's two moments and the EMA (five copies of the parameters), and the activations a
+    /// step keeps for its backward (about 20 values per token, block and width, measured on the CPU
+    /// build; twice that with the representation encoder). An estimate for admission, within a factor
+    /// of about 1.5 of what a run measures; it does not count the training data.
+    pub fn training_memory(&self) -> u64 {
+        let m = &self.model;
+        let (d, depth) = (m.hidden_size as u64, m.depth as u64);
+        let tokens = (m.input_size / m.patch_size.max(1)).pow(2) as u64;
+        let block_params = depth * (12 + 6) * d * d;
+        let encoder = match m.conditioning {
+            Conditioning::Representation { encoder_depth, .. } => encoder_depth as u64 * 12 * d * d + depth * d * d,
+            _ => 0,
+        };
+        let embed = (m.in_channels * m.patch_size * m.patch_size) as u64 * d * 3 + 256 * d + 2 * d * d;
+        let params = block_params + encoder + embed;
+        let encoder_depth = match m.conditioning {
+            Conditioning::Representation { encoder_depth, .. } => encoder_depth as u64,
+            _ => 0,
+        };
+        let activations = self.train.batch_size as u64 * tokens * (depth + encoder_depth) * 20 * d;
+        4 * (5 * params + activations)
+    }
 }
+
+/// The largest batch any run takes (the paper's is 16; DiT's 256).
+pub const MAX_BATCH: usize = 65_536;
+/// The most steps a run takes (the paper's pre-training is 645,000).
+pub const MAX_STEPS: usize = 100_000_000;
 
 /// Conditioning as a user names it; the class count comes from the data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -440,6 +529,37 @@ mod tests {
         let err = ModelConfig::dit("DiT-S/8", 36, 4, Conditioning::None).unwrap_err();
         assert!(err.to_string().contains("not a multiple of patch_size 8"), "{err}");
         assert!(RunConfig::preset("huge").is_err());
+    }
+
+    #[test]
+    fn absurd_settings_are_refused_before_anything_is_allocated() {
+        let refused = |edit: &dyn Fn(&mut RunConfig), needle: &str| {
+            let mut config = RunConfig::preset("tiny-cpu").unwrap();
+            edit(&mut config);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        };
+        refused(&|c| c.train.batch_size = 1_000_000_000_000, "batch_size is 1 to 65536");
+        refused(&|c| c.train.steps = 1_000_000_000_000, "steps is 1 to 100000000");
+        refused(&|c| c.train.checkpoint_every = 0, "checkpoint_every is 1 to");
+        refused(&|c| c.train.learning_rate = 1e308, "learning_rate must be in (0, 1]");
+        refused(&|c| c.train.learning_rate = f64::NAN, "learning_rate");
+        refused(&|c| c.train.grad_clip_norm = Some(f64::INFINITY), "grad_clip_norm");
+        refused(&|c| c.model.hidden_size = 1 << 20, "hidden_size is at most 16384");
+        refused(&|c| c.diffusion.beta_end = 2.0, "betas");
+    }
+
+    #[test]
+    fn the_memory_estimate_grows_with_the_batch_and_the_model() {
+        let tiny = RunConfig::preset("tiny-cpu").unwrap();
+        let mut paper = RunConfig::preset("paper").unwrap();
+        // DiT-B/2 at batch 16: 130M parameters (2.6 GB for five copies) and ~2.4 GB of activations.
+        let gib = paper.training_memory() as f64 / (1u64 << 30) as f64;
+        assert!((3.0..8.0).contains(&gib), "{gib} GiB");
+        assert!(tiny.training_memory() < paper.training_memory() / 20);
+        let at_16 = paper.training_memory();
+        paper.train.batch_size = 256;
+        assert!(paper.training_memory() > 10 * at_16 / 2);
     }
 
     #[test]

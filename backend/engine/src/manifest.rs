@@ -82,8 +82,46 @@ impl Part {
     }
 }
 
+/// The columns a labels file may have; any other is refused by name (a `patient` column would otherwise
+/// be dropped without a word).
+pub const COLUMNS: [&str; 7] =
+    ["file", "site", "hypodensity", "margin_irregularity", "blend_sign", "fluid_level", "hematoma"];
+
+/// The largest site number (sites are stored as 32-bit integers; no study has a million).
+pub const MAX_SITE: usize = 1_000_000;
+
+/// Refuses a column that is not one of [`COLUMNS`] (or of `extra`), saying what to do with the common ones.
+fn check_column(name: &str, extra: &[&str]) -> std::result::Result<(), String> {
+    if COLUMNS.contains(&name) || extra.contains(&name) {
+        return Ok(());
+    }
+    let hint = match name.to_ascii_lowercase().as_str() {
+        "label" => ": give the four markers (the label is any of them)",
+        "patient" | "patient_id" | "patientid" | "name" => {
+            ": patient identifiers are not stored (DICOM pseudonymises its own)"
+        }
+        _ => "",
+    };
+    Err(format!("column {name:?} is not one RepDiff keeps ({}){hint}; remove it", COLUMNS.join(", ")))
+}
+
+/// A row's own checks: a file name, a site in range.
+fn check_row(at: &str, file: &str, site: usize) -> std::result::Result<(), String> {
+    if file.is_empty() {
+        return Err(format!("{at}: empty file name"));
+    }
+    if file.contains('\0') {
+        return Err(format!("{at}: the file name holds a NUL byte"));
+    }
+    if site > MAX_SITE {
+        return Err(format!("{at} ({file}): site {site} is larger than {MAX_SITE}"));
+    }
+    Ok(())
+}
+
 /// A JSON manifest row: the CSV's columns as fields, flags as booleans or 0/1.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct JsonRow {
     file: String,
     site: usize,
@@ -115,12 +153,14 @@ fn json_optional_flag<'de, D: serde::Deserializer<'de>>(
 }
 
 impl Manifest {
-    /// Reads a manifest as CSV, or as JSON (an array of objects with the same fields) if it ends in `.json`.
+    /// Reads a user's labels file as CSV, or as JSON (an array of objects with the same fields) if it ends
+    /// in `.json`; any column but [`COLUMNS`] is refused by name.
     pub fn read(path: &Path) -> Result<Self> {
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
             Self::read_json(path)
         } else {
-            Self::read_csv(path)
+            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            Self::from_reader(file).map_err(|e| Error::Data(format!("{}: {e}", path.display())))
         }
     }
 
@@ -131,7 +171,17 @@ impl Manifest {
 
     /// A JSON manifest: an array of `{file, site, hypodensity, margin_irregularity, blend_sign, fluid_level}`.
     pub fn from_json_str(text: &str) -> std::result::Result<Self, String> {
-        let rows: Vec<JsonRow> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let values: Vec<serde_json::Map<String, serde_json::Value>> =
+            serde_json::from_str(text).map_err(|e| format!("not an array of objects: {e}"))?;
+        for (i, row) in values.iter().enumerate() {
+            for name in row.keys() {
+                check_column(name, &[]).map_err(|e| format!("entry {i}: {e}"))?;
+            }
+        }
+        let rows: Vec<JsonRow> = serde_json::from_value(serde_json::Value::Array(
+            values.into_iter().map(serde_json::Value::Object).collect(),
+        ))
+        .map_err(|e| e.to_string())?;
         let mut records = Vec::with_capacity(rows.len());
         for (i, row) in rows.into_iter().enumerate() {
             let markers = Markers {
@@ -143,9 +193,7 @@ impl Manifest {
             if row.hematoma.is_some_and(|label| label != markers.any()) {
                 return Err(format!("entry {i} ({}): hematoma disagrees with the markers", row.file));
             }
-            if row.file.is_empty() {
-                return Err(format!("entry {i}: empty file name"));
-            }
+            check_row(&format!("entry {i}"), &row.file, row.site)?;
             records.push(SliceRecord { file: row.file, site: row.site, markers });
         }
         if records.is_empty() {
@@ -154,13 +202,23 @@ impl Manifest {
         Ok(Manifest { records })
     }
 
+    /// A manifest the engine wrote (an import's, or a split's with its `part` column).
     pub fn read_csv(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        Self::from_reader(file).map_err(|e| Error::Data(format!("{}: {e}", path.display())))
+        Self::parse_csv(file, &["part"]).map_err(|e| Error::Data(format!("{}: {e}", path.display())))
     }
 
+    /// A labels file from a user, as CSV: any column but [`COLUMNS`] is refused by name.
     pub fn from_reader(reader: impl std::io::Read) -> std::result::Result<Self, String> {
+        Self::parse_csv(reader, &[])
+    }
+
+    fn parse_csv(reader: impl std::io::Read, extra: &[&str]) -> std::result::Result<Self, String> {
         let mut csv = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(reader);
+        let headers = csv.headers().map_err(|e| format!("line 1: {e}"))?.clone();
+        for name in headers.iter() {
+            check_column(name, extra).map_err(|e| format!("line 1: {e}"))?;
+        }
         let mut records = Vec::new();
         for (i, row) in csv.deserialize::<Row>().enumerate() {
             let line = i + 2;
@@ -180,9 +238,7 @@ impl Manifest {
                     u8::from(markers.any())
                 ));
             }
-            if row.file.is_empty() {
-                return Err(format!("line {line}: empty file name"));
-            }
+            check_row(&format!("line {line}"), &row.file, row.site)?;
             records.push(SliceRecord { file: row.file, site: row.site, markers });
         }
         if records.is_empty() {

@@ -55,6 +55,9 @@ fn axis_mapping(affine: &[[f64; 3]; 3]) -> Option<[(usize, bool); 3]> {
 
 /// The most voxel data a gzipped volume may claim per compressed byte: deflate cannot do better than ~1032:1.
 const MAX_GZIP_RATIO: u64 = 1100;
+/// The most voxel data a volume may hold: a CT of 512 x 512 x 1000 slices of 16 bits is 500 MiB. Reading
+/// one takes about three times its size in memory; a 0.5 MB gzip bomb claiming a gigabyte is refused here.
+pub const MAX_VOLUME_BYTES: u64 = 512 << 20;
 
 /// Refuses a header whose volume cannot be in the file, before anything is allocated for it.
 fn check_size(path: &Path) -> Result<()> {
@@ -71,6 +74,14 @@ fn check_size(path: &Path) -> Result<()> {
         file_len.saturating_sub(header.vox_offset as u64)
     };
     match bytes {
+        Some(bytes) if bytes > MAX_VOLUME_BYTES => Err(scan_error(
+            path,
+            format!(
+                "the volume holds {} MiB of voxels, more than the {} MiB a volume may have here",
+                bytes >> 20,
+                MAX_VOLUME_BYTES >> 20
+            ),
+        )),
         Some(bytes) if bytes <= available => Ok(()),
         _ => Err(scan_error(
             path,
