@@ -114,13 +114,10 @@ pub struct NewExperiment {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    /// Visible to the whole team (default) or to its owner only.
-    #[serde(default = "yes")]
+    /// Visible to the whole team, or (default) to its owner and members only. Shared, a run in it is
+    /// shown to others only when the datasets it derives from are shared too (or it was published).
+    #[serde(default)]
     pub shared: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn empty_object() -> serde_json::Value {
@@ -135,6 +132,8 @@ pub struct Experiment {
     pub name: String,
     pub description: String,
     pub shared: bool,
+    /// Users besides the owner who run jobs in it.
+    pub members: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -195,6 +194,11 @@ pub struct SubmitJob {
     /// Labels for finding and comparing runs (see [`check_tags`]).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Show this run (its logs, metrics, samples and checkpoints) to everyone who sees its shared
+    /// experiment even though it derives from a private dataset: the owner's explicit consent. Default
+    /// false: such a run stays visible to its owner (and the dataset's) only.
+    #[serde(default)]
+    pub publish_private: bool,
 }
 
 /// A change to a job: only the fields given change.
@@ -321,6 +325,10 @@ pub struct NewDataset {
     /// Visible to the whole team, or (default) to its owner only: scans are medical data.
     #[serde(default)]
     pub shared: bool,
+    /// Keep uploaded files' names as the scans' names. Default false: each scan gets a pseudonym, as
+    /// clinical exports are often named after the patient.
+    #[serde(default)]
+    pub keep_file_names: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -331,6 +339,8 @@ pub struct Dataset {
     pub name: String,
     pub description: String,
     pub shared: bool,
+    /// Whether scans keep their uploaded file names (else pseudonyms).
+    pub keep_file_names: bool,
     /// Slices in it.
     pub scans: i64,
     /// Slices with any hematoma marker.
@@ -344,7 +354,8 @@ pub struct Dataset {
 pub struct Scan {
     pub id: i64,
     pub dataset_id: i64,
-    /// The uploaded file it came from.
+    /// The scan's name: a pseudonym (`scan-` and 12 hex digits, shared by the slices of one file), or the
+    /// uploaded file's name in a dataset that keeps names.
     pub source_name: String,
     /// Its index in a multi-slice file (NIfTI volume, multi-frame DICOM).
     pub slice_index: i32,
@@ -427,6 +438,8 @@ pub struct ResourcePatch {
     pub name: Option<String>,
     pub description: Option<String>,
     pub shared: Option<bool>,
+    /// Datasets only: keep the names of files uploaded from now on (see [`NewDataset`]).
+    pub keep_file_names: Option<bool>,
 }
 
 /// One metric of a run, summarised for a comparison table.

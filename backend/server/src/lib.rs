@@ -11,4 +11,5 @@ pub mod process;
 pub mod queue;
 pub mod scans;
 pub mod storage;
+pub mod supervisor;
 pub mod worker;

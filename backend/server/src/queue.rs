@@ -409,6 +409,13 @@ pub async fn log(pool: &PgPool, id: i64, level: &str, message: &str) -> sqlx::Re
     Ok(())
 }
 
+/// The jobs `worker` is running.
+pub async fn running_on(pool: &PgPool, worker: &str) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar!("SELECT id FROM jobs WHERE state = 'running' AND worker_id = $1 ORDER BY id", worker)
+        .fetch_all(pool)
+        .await
+}
+
 /// Gives a running job back to the queue without using an attempt (its worker is shutting down; a
 /// resumable job continues from its checkpoint on the next worker). A job cancelled meanwhile ends
 /// cancelled. Returns the job's new state, or `None` when it was not `worker`'s.

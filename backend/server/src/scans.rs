@@ -8,7 +8,6 @@ use repdiff_engine::dataset::{Labels, import};
 use repdiff_engine::imaging::deid::DeidKey;
 use repdiff_engine::manifest::{Manifest, SliceRecord};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 
 use crate::storage::{Storage, StorageError};
 
@@ -29,12 +28,15 @@ pub struct Imported {
 }
 
 /// Runs the engine's import on one file (blocking; works in a folder beside it). The error is why the
-/// file was refused.
-pub fn import_file(file: &Path, labels: Labels, deid_key: &DeidKey) -> Result<Imported, String> {
+/// file was refused, naming it `shown_as` (never the server's path of it).
+pub fn import_file(file: &Path, shown_as: &str, labels: Labels, deid_key: &DeidKey) -> Result<Imported, String> {
     let out = file.with_extension("import");
     let result = import_into(file, &labels, deid_key, &out);
     let _ = std::fs::remove_dir_all(&out);
-    result
+    result.map_err(|reason| {
+        let reason = reason.replace(&out.display().to_string(), shown_as);
+        reason.replace(&file.display().to_string(), shown_as)
+    })
 }
 
 fn import_into(file: &Path, labels: &Labels, deid_key: &DeidKey, out: &Path) -> Result<Imported, String> {
@@ -78,28 +80,92 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Stores an imported file's slices (content-addressed) and records them in `dataset`.
+/// How a file's scans are named: by a pseudonym (the default), or by the uploaded file's name in a dataset
+/// that keeps names.
+pub enum Naming<'a> {
+    Pseudonym,
+    Kept(&'a str),
+}
+
+/// The objects a batch of scans wrote that were not in the store before it: deleted again (in the
+/// background) when the batch is dropped without [`NewObjects::keep`], as when its upload fails or its
+/// client goes away, so a batch that is not recorded leaves nothing behind.
+pub struct NewObjects {
+    storage: Storage,
+    keys: Vec<String>,
+}
+
+impl NewObjects {
+    pub fn new(storage: &Storage) -> Self {
+        NewObjects { storage: storage.clone(), keys: Vec::new() }
+    }
+
+    /// Stores `bytes` under `key` unless an object is there already (content-addressed keys: the same
+    /// content), remembering the objects it made.
+    async fn put(&mut self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        if self.storage.size(key).await?.is_none() {
+            self.storage.put_bytes(key, bytes).await?;
+            self.keys.push(key.to_string());
+        }
+        Ok(())
+    }
+
+    /// The batch was recorded: its objects stay.
+    pub fn keep(mut self) {
+        self.keys.clear();
+    }
+}
+
+impl Drop for NewObjects {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let (storage, keys) = (self.storage.clone(), std::mem::take(&mut self.keys));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for key in keys {
+                    if let Err(e) = storage.delete(&key).await {
+                        tracing::warn!("removing {key} of an unrecorded upload: {e}");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Stores an imported file's slices (content-addressed) and records them in `dataset`, within the caller's
+/// transaction `db`; the objects it makes go to `objects`.
 pub async fn store(
-    pool: &PgPool,
-    storage: &Storage,
+    db: &mut sqlx::PgConnection,
+    objects: &mut NewObjects,
     dataset: i64,
-    source: &str,
+    naming: Naming<'_>,
     imported: Imported,
 ) -> Result<Stored, StoreError> {
     let dicom_key = match &imported.dicom {
         Some(bytes) => {
             let key = format!("datasets/{dataset}/dicom/{}.dcm", hex(&Sha256::digest(bytes)[..12]));
-            storage.put_bytes(&key, bytes.clone()).await?;
+            objects.put(&key, bytes.clone()).await?;
             Some(key)
         }
         None => None,
     };
     let slices = imported.records.len();
+    // One name for the slices of one file: the pseudonym comes from the first slice's content, so the same
+    // file uploaded again gets the same one, and nothing of the original name survives.
+    let source = match naming {
+        Naming::Kept(name) => name.to_string(),
+        Naming::Pseudonym => match imported.records.first() {
+            Some((_, bytes, ..)) => format!("scan-{}", &hex(&Sha256::digest(bytes))[..12]),
+            None => "scan".to_string(),
+        },
+    };
     let mut stored = Stored { ids: Vec::new(), duplicates: 0 };
     for (k, (record, bytes, width, height, hounsfield)) in imported.records.into_iter().enumerate() {
         let digest = hex(&Sha256::digest(&bytes));
         let key = format!("datasets/{dataset}/slices/{}.png", &digest[..32]);
-        storage.put_bytes(&key, bytes).await?;
+        objects.put(&key, bytes).await?;
         let m = record.markers;
         let id = sqlx::query_scalar!(
             r#"INSERT INTO scans (dataset_id, source_name, slice_index, format, rows, columns, unit, key, dicom_key, site,
@@ -122,7 +188,7 @@ pub async fn store(
             m.fluid_level,
             digest
         )
-        .fetch_optional(pool)
+        .fetch_optional(&mut *db)
         .await?;
         match id {
             Some(id) => stored.ids.push(id),

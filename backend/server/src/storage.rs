@@ -125,6 +125,14 @@ impl Storage {
         Ok(result.bytes().await?)
     }
 
+    /// Removes the object (nothing when there is none).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&Self::key(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The object's size, or `None` if it does not exist.
     pub async fn size(&self, key: &str) -> Result<Option<u64>> {
         match self.store.head(&Self::key(key)?).await {

@@ -324,13 +324,17 @@ pub struct WorkerOptions {
     pub scratch: PathBuf,
 }
 
+/// This machine's name, the first half of a worker's id.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".into())
+}
+
 impl WorkerOptions {
     pub fn new(scratch: PathBuf) -> WorkerOptions {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "worker".into());
         WorkerOptions {
-            id: format!("{host}-{}", std::process::id()),
+            id: format!("{}-{}", hostname(), std::process::id()),
             concurrency: 1,
             lease: Duration::from_secs(120),
             poll_interval: Duration::from_secs(5),

@@ -5,146 +5,16 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use common::TestDb;
-use repdiff_api::{NewUser, Role};
+use common::{App, TestDb, multipart, password_of, walk};
 use repdiff_server::http::{self, AppState, HttpConfig};
 use repdiff_server::jobs::{self, JobSettings};
 use repdiff_server::storage::Storage;
-use repdiff_server::worker::{Worker, WorkerOptions};
 use serde_json::{Value, json};
 use tower::ServiceExt;
-
-struct App {
-    db: TestDb,
-    router: Router,
-    dir: PathBuf,
-    stop: Option<tokio::sync::watch::Sender<bool>>,
-    worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    /// Asserts the documented error shape and returns its code.
-    fn error_code(&self) -> String {
-        let body = self.json();
-        let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"));
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
-        code.to_string()
-    }
-}
-
-impl App {
-    async fn new(test: &str, with_worker: bool) -> App {
-        let db = TestDb::new(test).await;
-        let dir = std::env::temp_dir().join(format!("repdiff-api-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let storage = Storage::local(&dir.join("store")).unwrap();
-        std::fs::create_dir_all(dir.join("imports")).unwrap();
-        // An empty weights folder of its own: no test sees pretrained weights it did not write.
-        let settings = JobSettings {
-            import_roots: vec![dir.join("imports")],
-            weights_dir: dir.join("model-weights"),
-            exe: PathBuf::from(env!("CARGO_BIN_EXE_repdiff")),
-            ..JobSettings::default()
-        };
-        let registry = jobs::registry(&settings);
-        let config = HttpConfig {
-            json_limit: 64 << 10,
-            upload_limit: 2 << 20,
-            upload_file_limit: 256 << 10,
-            event_interval: Duration::from_millis(50),
-            ..HttpConfig::default()
-        };
-        let router = http::router(AppState::new(db.pool.clone(), storage.clone(), registry.clone(), config));
-        let (mut stop, mut worker) = (None, None);
-        if with_worker {
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            let mut options = WorkerOptions::new(dir.join("scratch"));
-            options.poll_interval = Duration::from_millis(100);
-            worker = Some(tokio::spawn(Worker::new(db.pool.clone(), storage, registry, options).run(rx)));
-            stop = Some(tx);
-        }
-        for (name, role) in
-            [("ada", Role::Researcher), ("bob", Role::Researcher), ("val", Role::Viewer), ("root", Role::Admin)]
-        {
-            let user = NewUser { username: name.into(), password: format!("{name}-password-1"), role };
-            http::auth::create_user(&db.pool, &user).await.unwrap();
-        }
-        App { db, router, dir, stop, worker }
-    }
-
-    async fn finish(self) {
-        if let (Some(stop), Some(worker)) = (self.stop, self.worker) {
-            stop.send(true).unwrap();
-            worker.await.unwrap().unwrap();
-        }
-        self.db.drop().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-
-    async fn send(&self, request: Request<Body>) -> Reply {
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = axum::body::to_bytes(response.into_body(), 64 << 20).await.unwrap().to_vec();
-        Reply { status, headers, body }
-    }
-
-    async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<Value>) -> Reply {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = match body {
-            Some(body) => request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())),
-            None => request.body(Body::empty()),
-        };
-        self.send(request.unwrap()).await
-    }
-
-    /// Signs in and returns an API token made with the session.
-    async fn token(&self, user: &str) -> String {
-        let login = json!({ "username": user, "password": format!("{user}-password-1") });
-        let reply = self.call("POST", "/api/v1/auth/login", None, Some(login)).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
-        let cookie = reply.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
-        let request = Request::post("/api/v1/tokens")
-            .header(header::COOKIE, cookie)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(json!({ "name": "tests" }).to_string()))
-            .unwrap();
-        let reply = self.send(request).await;
-        assert_eq!(reply.status, StatusCode::CREATED);
-        reply.json()["secret"].as_str().unwrap().to_string()
-    }
-
-    async fn wait_final(&self, token: &str, id: i64, within: Duration) -> Value {
-        let started = Instant::now();
-        loop {
-            let job = self.call("GET", &format!("/api/v1/jobs/{id}"), Some(token), None).await.json();
-            if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap()) {
-                return job;
-            }
-            assert!(started.elapsed() < within, "job {id} not finished after {within:?}: {job}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 fn noop(sleep_ms: u64) -> Value {
     json!({ "kind": "noop", "params": { "sleep_ms": sleep_ms } })
@@ -226,8 +96,10 @@ async fn every_data_endpoint_needs_auth_and_users_see_only_what_they_may() {
     assert_eq!(app.call("GET", &format!("/api/v1/jobs/{id}"), Some(&root), None).await.status, StatusCode::OK);
 
     // In a shared experiment everyone sees it, but only its owner (or an admin) may cancel it.
-    let experiment =
-        app.call("POST", "/api/v1/experiments", Some(&ada), Some(json!({ "name": "phantoms" }))).await.json();
+    let experiment = app
+        .call("POST", "/api/v1/experiments", Some(&ada), Some(json!({ "name": "phantoms", "shared": true })))
+        .await
+        .json();
     let mut shared_job = noop(0);
     shared_job["experiment_id"] = experiment["id"].clone();
     let shared = app.call("POST", "/api/v1/jobs", Some(&ada), Some(shared_job)).await.json();
@@ -249,12 +121,12 @@ async fn every_data_endpoint_needs_auth_and_users_see_only_what_they_may() {
     let listed = app.call("GET", "/api/v1/jobs?state=cancelled", Some(&bob), None).await.json();
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
 
-    // Guessing passwords locks the name out for a while (even the right password is refused then).
+    // Guessing passwords from one address makes that address wait (even the right password is refused then).
     for _ in 0..5 {
         let wrong = json!({ "username": "val", "password": "guess-guess-guess" });
         assert_eq!(app.call("POST", "/api/v1/auth/login", None, Some(wrong)).await.status, StatusCode::UNAUTHORIZED);
     }
-    let right = json!({ "username": "val", "password": "val-password-1" });
+    let right = json!({ "username": "val", "password": password_of("val") });
     let reply = app.call("POST", "/api/v1/auth/login", None, Some(right)).await;
     assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"));
     // Checkpoints are listed by what one may see.
@@ -857,25 +729,6 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     app.finish().await;
 }
 
-/// A multipart body of `(field, file name, bytes)` parts.
-fn multipart(parts: &[(&str, Option<&str>, Vec<u8>)]) -> (String, Vec<u8>) {
-    let boundary = "repdiff-test-boundary-7MA4YWxkTrZu0gW";
-    let mut body = Vec::new();
-    for (field, file, bytes) in parts {
-        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-        match file {
-            Some(name) => body.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
-            ),
-            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{field}\"\r\n\r\n").as_bytes()),
-        }
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_label_browse_and_train_on_a_dataset() {
     let app = App::new("api_datasets", true).await;
@@ -892,7 +745,10 @@ async fn upload_label_browse_and_train_on_a_dataset() {
     let dataset = app.call("POST", "/api/v1/datasets", Some(&ada), Some(json!({ "name": "phantoms" }))).await;
     assert_eq!(dataset.status, StatusCode::CREATED);
     let id = dataset.json()["id"].as_i64().unwrap();
-    let mut parts = vec![("labels", None, std::fs::read(scans.join("labels.csv")).unwrap())];
+    // A row for notes.dcm too, so that it is refused for what it is (not a scan), not for having no row.
+    let mut labels_part = std::fs::read(scans.join("labels.csv")).unwrap();
+    labels_part.extend_from_slice(b"notes.dcm,0,0,0,0,0,0\n");
+    let mut parts = vec![("labels", None, labels_part)];
     let mut names: Vec<String> = (0..8).map(|i| format!("phantom_{i:05}.dcm")).collect();
     names.sort();
     for name in &names {
@@ -928,17 +784,24 @@ async fn upload_label_browse_and_train_on_a_dataset() {
     let reply = app.send(upload(&ada, body)).await;
     assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
 
-    // Labels came from labels.csv; the stored DICOM is de-identified.
+    // Labels came from labels.csv (the accepted scans are in the order of the files); the scans are named
+    // by pseudonyms, and no file name is stored; the stored DICOM is de-identified.
     let labels = std::fs::read_to_string(scans.join("labels.csv")).unwrap();
-    let listed = app.call("GET", &format!("/api/v1/datasets/{id}/scans"), Some(&ada), None).await.json();
-    let listed = listed.as_array().unwrap();
-    assert_eq!(listed.len(), 8);
-    for scan in listed {
-        let row = labels.lines().find(|l| l.starts_with(scan["source_name"].as_str().unwrap())).unwrap();
+    for (scan, name) in report["accepted"].as_array().unwrap().iter().zip(&names) {
+        let row = labels.lines().find(|l| l.starts_with(name.as_str())).unwrap();
         let fields: Vec<&str> = row.split(',').collect();
         assert_eq!(scan["site"].as_i64().unwrap().to_string(), fields[1]);
         assert_eq!(scan["hypodensity"].as_bool().unwrap(), fields[2] == "1");
         assert_eq!((scan["unit"].as_str(), scan["has_dicom"].as_bool()), (Some("hounsfield"), Some(true)));
+    }
+    let listed = app.call("GET", &format!("/api/v1/datasets/{id}/scans"), Some(&ada), None).await;
+    assert!(!String::from_utf8_lossy(&listed.body).contains("phantom_"), "a file name was stored");
+    let listed = listed.json();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 8);
+    for scan in listed {
+        let name = scan["source_name"].as_str().unwrap();
+        assert!(name.len() == 17 && name.starts_with("scan-"), "not a pseudonym: {name}");
     }
     for stored in walk(&app.dir.join("store/datasets")) {
         if stored.extension().is_some_and(|e| e == "dcm") {
@@ -1063,15 +926,6 @@ async fn upload_label_browse_and_train_on_a_dataset() {
     let job = app.wait_final(&ada, job["id"].as_i64().unwrap(), Duration::from_secs(60)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     app.finish().await;
-}
-
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
-    }
-    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

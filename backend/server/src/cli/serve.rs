@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use repdiff_api::{NewUser, Role};
 use repdiff_server::embedded_pg::EmbeddedPostgres;
 use repdiff_server::http::{self, AppState, HttpConfig};
-use repdiff_server::worker::Worker;
+use repdiff_server::supervisor::{WorkerProcess, supervise};
 use sqlx::PgPool;
 
 use super::worker::WorkerArgs;
@@ -21,8 +21,9 @@ pub struct ServeArgs {
     /// The frontend's built files; default `frontend/dist` when it exists.
     #[arg(long, env = "REPDIFF_STATIC")]
     static_dir: Option<PathBuf>,
-    /// Jobs the in-process worker runs at once, each on its share of the CPU threads; 0 leaves all jobs to
-    /// `repdiff worker` processes.
+    /// Jobs the server's own worker runs at once, each on its share of the CPU threads; 0 leaves all jobs
+    /// to `repdiff worker` processes elsewhere. The server runs them in a supervised child process, so a
+    /// job that crashes ends with its cause and the API stays up.
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// Mark the session cookie Secure (when served over HTTPS).
@@ -82,8 +83,7 @@ fn random_password() -> String {
 pub fn serve(args: ServeArgs) -> Result<()> {
     super::init_logging();
     let registry = args.worker.registry()?;
-    let mut options = args.worker.options()?;
-    options.concurrency = args.workers;
+    args.worker.options()?;
     let storage = args.worker.storage()?;
     let static_dir = args.static_dir.clone().or_else(|| {
         let default = PathBuf::from("frontend/dist");
@@ -91,6 +91,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     });
     runtime()?.block_on(async move {
         let (pool, embedded) = database(&args.worker).await?;
+        let database_url = match &embedded {
+            Some(pg) => pg.database_url().await?,
+            None => args.worker.database_url.clone().unwrap_or_default(),
+        };
         if http::auth::count_users(&pool).await? == 0 {
             // Set but empty (docker-compose.yml passes `${REPDIFF_PASSWORD:-}`) counts as unset.
             let password = password_from_env().unwrap_or_else(random_password);
@@ -99,20 +103,27 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             println!("Created the first user: admin / {password}  (shown once; add users in the app or with `repdiff admin create`)");
         }
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let worker = (args.workers > 0)
-            .then(|| tokio::spawn(Worker::new(pool.clone(), storage.clone(), registry.clone(), options).run(shutdown.clone())));
+        let worker = (args.workers > 0).then(|| {
+            let process = WorkerProcess {
+                exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("repdiff")),
+                args: args.worker.to_worker_args(&database_url, args.workers),
+            };
+            let (pool, handle, shutdown) = (pool.clone(), tokio::runtime::Handle::current(), shutdown.clone());
+            std::thread::spawn(move || supervise(pool, process, handle, shutdown))
+        });
         let config = HttpConfig {
             static_dir: static_dir.clone(),
             secure_cookies: args.secure_cookies,
             cors_origins: args.cors_origin.clone(),
             ..HttpConfig::default()
         };
+        http::datasets::remove_stale_staging();
         let deid_key = args.worker.deid_key()?;
         let state = AppState::new(pool.clone(), storage.clone(), registry, config).with_deid_key(deid_key);
         let app = http::router(state);
         let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
         println!(
-            "RepDiff on http://{}  (API /api/v1, OpenAPI /api/v1/openapi.json{}; artifacts in {}; {} in-process worker slot(s))",
+            "RepDiff on http://{}  (API /api/v1, OpenAPI /api/v1/openapi.json{}; artifacts in {}; {} worker slot(s) in a child process)",
             listener.local_addr()?,
             match &static_dir {
                 Some(dir) => format!(", frontend from {}", dir.display()),
@@ -131,7 +142,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .await?;
         let _ = stop.send(true);
         if let Some(worker) = worker {
-            worker.await??;
+            tokio::task::spawn_blocking(move || worker.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the worker supervisor panicked"))?;
         }
         pool.close().await;
         if let Some(pg) = embedded {

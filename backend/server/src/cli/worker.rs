@@ -77,6 +77,35 @@ impl WorkerArgs {
         DeidKey::load_or_create(&path).with_context(|| format!("the de-identification key {}", path.display()))
     }
 
+    /// These settings as `repdiff worker`'s arguments, with `database_url` and `concurrency` (how `serve`
+    /// starts its worker process).
+    pub fn to_worker_args(&self, database_url: &str, concurrency: usize) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["worker".into(), "--database-url".into(), database_url.into()];
+        let mut flag = |name: &str, value: std::ffi::OsString| {
+            args.push(format!("--{name}").into());
+            args.push(value);
+        };
+        flag("data-dir", self.data_dir.clone().into());
+        if let Some(store) = &self.store {
+            flag("store", store.into());
+        }
+        flag("concurrency", concurrency.to_string().into());
+        if !self.kinds.is_empty() {
+            flag("kinds", self.kinds.join(",").into());
+        }
+        flag("lease-secs", self.lease_secs.to_string().into());
+        flag("poll-secs", self.poll_secs.to_string().into());
+        flag("rescue-secs", self.rescue_secs.to_string().into());
+        flag("weights-dir", self.weights_dir.clone().into());
+        for root in &self.import_root {
+            flag("import-root", root.clone().into());
+        }
+        if let Some(key) = &self.deid_key {
+            flag("deid-key", key.clone().into());
+        }
+        args
+    }
+
     pub fn registry(&self) -> Result<repdiff_server::worker::Registry> {
         let settings = JobSettings {
             weights_dir: self.weights_dir.clone(),

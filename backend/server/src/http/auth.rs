@@ -4,7 +4,7 @@
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -19,36 +19,103 @@ use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiResult};
 
 pub const SESSION_COOKIE: &str = "repdiff_session";
-/// Failed sign-ins allowed per username within [`LOCKOUT`] before sign-ins of that name are refused.
-const MAX_FAILURES: u32 = 5;
-const LOCKOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// Failed sign-ins before each further one has to wait: for one account from one address, and from one
+/// address in all (a lab behind one NAT address mistypes more often than one person).
+const FREE_ACCOUNT_FAILURES: i32 = 5;
+const FREE_ADDRESS_FAILURES: i32 = 20;
+/// The longest wait: it doubles with every failure after the free ones, up to this.
+const MAX_WAIT_SECS: i64 = 15 * 60;
 
-/// Failed sign-ins per username (in memory: a restart forgets them), so passwords cannot be guessed at
-/// the speed of the API.
-#[derive(Default)]
-pub struct LoginThrottle {
-    failures: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+/// Keys of the sign-in back-off: the client's address (spraying many usernames from one place), and the
+/// (address, account) pair (guessing one account's password). A stranger's failures never make the owner
+/// of an account wait, as the owner signs in from another address; failures are kept in PostgreSQL, so a
+/// restart forgets none.
+fn throttle_keys(address: &str, username: &str) -> [String; 2] {
+    [format!("address:{address}"), format!("account:{address}:{}", username.to_lowercase())]
 }
 
-impl LoginThrottle {
-    /// `Some(wait)` while `username` is locked out.
-    fn locked(&self, username: &str) -> Option<std::time::Duration> {
-        let failures = self.failures.lock().expect("login throttle");
-        let (count, since) = failures.get(&username.to_lowercase())?;
-        (*count >= MAX_FAILURES && since.elapsed() < LOCKOUT).then(|| LOCKOUT - since.elapsed())
-    }
-
-    fn failed(&self, username: &str) {
-        let mut failures = self.failures.lock().expect("login throttle");
-        failures.retain(|_, (_, since)| since.elapsed() < LOCKOUT);
-        let entry = failures.entry(username.to_lowercase()).or_insert((0, std::time::Instant::now()));
-        entry.0 += 1;
-    }
-
-    fn succeeded(&self, username: &str) {
-        self.failures.lock().expect("login throttle").remove(&username.to_lowercase());
-    }
+/// The wait before another sign-in attempt from `address` for `username`, if one is due.
+async fn login_wait(pool: &PgPool, address: &str, username: &str) -> sqlx::Result<Option<i64>> {
+    let keys = throttle_keys(address, username);
+    let wait = sqlx::query_scalar!(
+        r#"SELECT max(ceil(extract(epoch FROM last_failure
+                     + make_interval(secs => least(power(2, failures - free)::float8, $4::float8)) - now())))::bigint
+           FROM (SELECT last_failure, failures,
+                        CASE WHEN key LIKE 'address:%' THEN $3::int ELSE $2::int END AS free
+                 FROM login_failures WHERE key = ANY($1)) f
+           WHERE failures >= free"#,
+        &keys[..],
+        FREE_ACCOUNT_FAILURES,
+        FREE_ADDRESS_FAILURES,
+        MAX_WAIT_SECS as f64
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(wait.filter(|w| *w > 0))
 }
+
+async fn login_failed(pool: &PgPool, address: &str, username: &str) -> sqlx::Result<()> {
+    for key in throttle_keys(address, username) {
+        sqlx::query!(
+            r#"INSERT INTO login_failures (key, failures, last_failure) VALUES ($1, 1, now())
+               ON CONFLICT (key) DO UPDATE SET failures = login_failures.failures + 1, last_failure = now()"#,
+            key
+        )
+        .execute(pool)
+        .await?;
+    }
+    // Old failures are forgotten: a day after the last one.
+    sqlx::query!("DELETE FROM login_failures WHERE last_failure < now() - interval '1 day'").execute(pool).await?;
+    Ok(())
+}
+
+async fn login_succeeded(pool: &PgPool, address: &str, username: &str) -> sqlx::Result<()> {
+    let [_, account] = throttle_keys(address, username);
+    sqlx::query!("DELETE FROM login_failures WHERE key = $1", account).execute(pool).await?;
+    Ok(())
+}
+
+/// The 19,640 most common passwords (lower case), as Django ships them: Royce Williams' list
+/// (https://gist.github.com/roycewilliams/226886fd01572964e1431ac8afc999ce), gzipped.
+const COMMON_PASSWORDS_GZ: &[u8] = include_bytes!("common-passwords.txt.gz");
+
+fn common_passwords() -> &'static std::collections::HashSet<String> {
+    static SET: std::sync::OnceLock<std::collections::HashSet<String>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        use std::io::Read;
+        let mut text = String::new();
+        let decoded = flate2::read::GzDecoder::new(COMMON_PASSWORDS_GZ).read_to_string(&mut text);
+        decoded.expect("the embedded password list is valid gzip");
+        text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+    })
+}
+
+/// Why `password` is not good enough for `username`, if it is not: at least 10 characters, not one of
+/// the common passwords, not the username, not one character repeated or a run like 1234567890.
+pub fn check_password(username: &str, password: &str) -> Result<(), String> {
+    if password.chars().count() < 10 {
+        return Err("a password has at least 10 characters".into());
+    }
+    if password.chars().count() > 1024 {
+        return Err("a password has at most 1,024 characters".into());
+    }
+    let lower = password.to_lowercase();
+    if common_passwords().contains(&lower) {
+        return Err("that password is on the list of the 20,000 most common ones; choose another".into());
+    }
+    if !username.is_empty() && lower.contains(&username.to_lowercase()) {
+        return Err("a password may not contain the username".into());
+    }
+    let bytes = lower.as_bytes();
+    let distinct = bytes.iter().collect::<std::collections::HashSet<_>>().len();
+    let steps: Vec<i16> = bytes.windows(2).map(|w| w[1] as i16 - w[0] as i16).collect();
+    let sequence = steps.iter().all(|&d| d == 1) || steps.iter().all(|&d| d == -1);
+    if distinct <= 2 || sequence {
+        return Err("a password may not be one repeated character or a run like 1234567890".into());
+    }
+    Ok(())
+}
+
 const SESSION_DAYS: i32 = 7;
 
 /// The signed-in user of a request.
@@ -113,17 +180,16 @@ pub async fn create_user(pool: &PgPool, new: &NewUser) -> ApiResult<User> {
     if !valid_name {
         return Err(ApiError::invalid("a username is 1-64 letters, digits and _ . @ -"));
     }
-    if new.password.chars().count() < 10 {
-        return Err(ApiError::invalid("a password has at least 10 characters"));
-    }
+    check_password(&new.username, &new.password).map_err(ApiError::invalid)?;
     let password = new.password.clone();
     let hash = tokio::task::spawn_blocking(move || hash_password(&password))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
+    // Usernames are case-insensitive: `Admin` is taken when `admin` exists.
     let row = sqlx::query!(
         r#"INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3)
-           ON CONFLICT (username) DO NOTHING RETURNING id, created_at"#,
+           ON CONFLICT (lower(username)) DO NOTHING RETURNING id, created_at"#,
         new.username,
         hash,
         new.role.as_str()
@@ -177,6 +243,7 @@ impl FromRequestParts<AppState> for CurrentUser {
             return Ok(CurrentUser { id: row.id, username: row.username, role: role_of(&row.role) });
         }
         if let Some(session) = session_cookie(&parts.headers) {
+            same_origin_write(parts, &state.config.cors_origins)?;
             let row = sqlx::query!(
                 r#"SELECT u.id, u.username, u.role FROM sessions s JOIN users u ON u.id = s.user_id
                    WHERE s.token_hash = $1 AND s.expires_at > now()"#,
@@ -188,6 +255,37 @@ impl FromRequestParts<AppState> for CurrentUser {
             return Ok(CurrentUser { id: row.id, username: row.username, role: role_of(&row.role) });
         }
         Err(ApiError::unauthenticated())
+    }
+}
+
+/// A write authenticated by the session cookie must come from the app's own pages (or an allowed CORS
+/// origin): the browser's `Origin` (else `Referer`) names the same host as the request. A page of another
+/// site could otherwise make a signed-in browser create datasets and jobs. Bearer tokens are not sent by
+/// browsers on their own, so API clients with a token need no such header.
+fn same_origin_write(parts: &Parts, allowed: &[String]) -> ApiResult<()> {
+    if matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS) {
+        return Ok(());
+    }
+    let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let origin = header(axum::http::header::ORIGIN)
+        .filter(|o| *o != "null")
+        .or_else(|| header(axum::http::header::REFERER))
+        .map(|o| o.trim_end_matches('/').to_string());
+    let host = header(axum::http::header::HOST);
+    let matches = |origin: &str| {
+        let authority = origin.split("://").nth(1).unwrap_or(origin).split('/').next().unwrap_or("");
+        host.is_some_and(|h| h.eq_ignore_ascii_case(authority))
+            || allowed.iter().any(|a| a.trim_end_matches('/') == origin)
+    };
+    match origin {
+        Some(origin) if matches(&origin) => Ok(()),
+        Some(origin) => Err(ApiError::forbidden(format!(
+            "a cross-site request from {origin:?} with the session cookie was refused; use an API token"
+        ))),
+        None => Err(ApiError::forbidden(
+            "a write with the session cookie needs an Origin or Referer header of this site (browsers send one); \
+             API clients use a token",
+        )),
     }
 }
 
@@ -210,16 +308,28 @@ fn cookie(value: &str, max_age_secs: i64, secure: bool) -> HeaderValue {
 /// Signs in with a password; sets the session cookie and returns the user.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = Login,
     responses((status = 200, body = User), (status = 401, body = repdiff_api::ErrorBody), (status = 429, body = repdiff_api::ErrorBody)))]
-pub async fn login(State(state): State<AppState>, ApiJson(login): ApiJson<Login>) -> ApiResult<Response> {
-    if let Some(wait) = state.login_throttle.locked(&login.username) {
-        return Err(ApiError::new(
+pub async fn login(State(state): State<AppState>, request: axum::extract::Request) -> ApiResult<Response> {
+    let address = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let ApiJson(login) = ApiJson::<Login>::from_request(request, &state).await?;
+    if login.username.len() > 64 || login.password.len() > 1024 {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "wrong username or password"));
+    }
+    if let Some(wait) = login_wait(&state.pool, &address, &login.username).await? {
+        let mut response = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_requests",
-            format!("too many failed sign-ins for this user; try again in {} minutes", wait.as_secs() / 60 + 1),
-        ));
+            format!("too many failed sign-ins from here; try again in {wait} s"),
+        )
+        .into_response();
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(wait));
+        return Ok(response);
     }
     let row = sqlx::query!(
-        "SELECT id, username, role, password_hash, created_at FROM users WHERE username = $1",
+        "SELECT id, username, role, password_hash, created_at FROM users WHERE lower(username) = lower($1)",
         login.username
     )
     .fetch_optional(&state.pool)
@@ -238,11 +348,11 @@ pub async fn login(State(state): State<AppState>, ApiJson(login): ApiJson<Login>
     let user = match (ok, user) {
         (true, Some(user)) => user,
         _ => {
-            state.login_throttle.failed(&login.username);
+            login_failed(&state.pool, &address, &login.username).await?;
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "wrong username or password"));
         }
     };
-    state.login_throttle.succeeded(&login.username);
+    login_succeeded(&state.pool, &address, &login.username).await?;
     let secret = new_secret("");
     sqlx::query!(
         "INSERT INTO sessions (token_hash, user_id, expires_at) VALUES ($1, $2, now() + make_interval(days => $3))",

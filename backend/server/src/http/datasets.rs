@@ -4,7 +4,7 @@
 //! dataset is visible to its owner, to everyone when shared, and to admins.
 
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Multipart, State};
@@ -18,7 +18,7 @@ use repdiff_api::{
 };
 use repdiff_engine::dataset::Labels;
 use repdiff_engine::imaging::{PNG16_HU_OFFSET, Window};
-use repdiff_engine::manifest::{Manifest, Part, SliceRecord};
+use repdiff_engine::manifest::{MAX_SITE, Manifest, Part, SliceRecord};
 use repdiff_engine::phantom::Markers;
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -27,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 use super::AppState;
 use super::auth::CurrentUser;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::scans;
+use crate::scans::{self, Naming, NewObjects};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -51,6 +51,7 @@ struct DatasetRow {
     name: String,
     description: String,
     shared: bool,
+    keep_file_names: bool,
     scans: i64,
     hematoma: i64,
     created_at: chrono::DateTime<chrono::Utc>,
@@ -64,6 +65,7 @@ impl From<DatasetRow> for Dataset {
             name: r.name,
             description: r.description,
             shared: r.shared,
+            keep_file_names: r.keep_file_names,
             scans: r.scans,
             hematoma: r.hematoma,
             created_at: r.created_at,
@@ -74,7 +76,7 @@ impl From<DatasetRow> for Dataset {
 async fn visible_datasets(pool: &PgPool, user: &CurrentUser, id: Option<i64>) -> sqlx::Result<Vec<Dataset>> {
     let rows = sqlx::query_as!(
         DatasetRow,
-        r#"SELECT d.id, u.username AS owner, d.name, d.description, d.shared, d.created_at,
+        r#"SELECT d.id, u.username AS owner, d.name, d.description, d.shared, d.keep_file_names, d.created_at,
                   (SELECT count(*) FROM scans s WHERE s.dataset_id = d.id) AS "scans!",
                   (SELECT count(*) FROM scans s WHERE s.dataset_id = d.id
                      AND (s.hypodensity OR s.margin_irregularity OR s.blend_sign OR s.fluid_level)) AS "hematoma!"
@@ -129,18 +131,20 @@ pub async fn create_dataset(
     user.require(Role::Researcher, "creating datasets")?;
     repdiff_api::check_name("dataset", &new.name).map_err(ApiError::invalid)?;
     let id = sqlx::query_scalar!(
-        "INSERT INTO datasets (owner_id, name, description, shared) VALUES ($1, $2, $3, $4) RETURNING id",
+        "INSERT INTO datasets (owner_id, name, description, shared, keep_file_names) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         user.id,
         new.name.trim(),
         new.description,
-        new.shared
+        new.shared,
+        new.keep_file_names
     )
     .fetch_one(&state.pool)
     .await?;
     Ok((StatusCode::CREATED, Json(visible_dataset(&state.pool, &user, id).await?)))
 }
 
-/// Renames, describes, shares or unshares a dataset (its owner or an admin).
+/// Renames, describes, shares or unshares a dataset, or changes whether it keeps the names of files
+/// uploaded from now on (its owner or an admin).
 #[utoipa::path(patch, path = "/api/v1/datasets/{id}", tag = "datasets", request_body = ResourcePatch,
     responses((status = 200, body = Dataset), (status = 403, body = repdiff_api::ErrorBody), (status = 404, body = repdiff_api::ErrorBody)))]
 pub async fn patch_dataset(
@@ -155,11 +159,12 @@ pub async fn patch_dataset(
     }
     sqlx::query!(
         r#"UPDATE datasets SET name = coalesce($2, name), description = coalesce($3, description),
-               shared = coalesce($4, shared) WHERE id = $1"#,
+               shared = coalesce($4, shared), keep_file_names = coalesce($5, keep_file_names) WHERE id = $1"#,
         id,
         patch.name.as_deref().map(str::trim),
         patch.description,
-        patch.shared
+        patch.shared,
+        patch.keep_file_names
     )
     .execute(&state.pool)
     .await?;
@@ -392,14 +397,81 @@ fn safe_name(name: &str) -> String {
     if cleaned.is_empty() { "upload".into() } else { cleaned }
 }
 
+/// Prefix of upload staging folders in the temporary directory; the server's process id follows.
+const STAGING_PREFIX: &str = "repdiff-upload-";
+
+/// A private folder (0700) for one upload's raw files, which may be DICOM that is not de-identified yet:
+/// removed when the upload ends in any way, the client going away included (the request's future is
+/// dropped then, and this with it).
+struct Staging(PathBuf);
+
+impl Staging {
+    fn create() -> std::io::Result<Staging> {
+        let dir =
+            std::env::temp_dir().join(format!("{STAGING_PREFIX}{}-{}", std::process::id(), super::auth::random_hex(8)));
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&dir)?;
+        Ok(Staging(dir))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes the staging folders that servers no longer running left behind (a crash, a kill): at start-up.
+pub fn remove_stale_staging() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(STAGING_PREFIX) else { continue };
+        let owner: Option<u32> = rest.split('-').next().and_then(|pid| pid.parse().ok()).filter(|_| rest.contains('-'));
+        let alive = owner.is_some_and(|pid| pid == std::process::id() || process_alive(pid));
+        if !alive {
+            tracing::info!("removing the upload staging folder {name} of a server that stopped");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(pid as i32, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Whose files a labels part describes: this request's alone (the default: every row must name a file of
+/// the request), or the dataset's (the browser sends one file per request with the whole labels file).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LabelsScope {
+    Request,
+    Dataset,
+}
+
 /// Uploads scans: `multipart/form-data` with any number of `files` parts, optionally preceded by a
 /// `labels` part (a manifest, CSV or JSON, whose `file` column names the uploaded files; `name#k` labels
-/// slice k of a volume) and a `site` part (the site of unlabelled files, default 0). Files are streamed to
-/// disk and imported one by one: the answer lists the scans made and each refused file with its reason;
-/// a failed file loses nothing else (upload it again alone). The same slice uploaded twice is kept once.
+/// slice k of a volume), a `labels_scope` part (`request`, the default: every row names a file of this
+/// request; `dataset`: the labels describe more files than this request has) and a `site` part (the site
+/// of files when no labels are given, default 0). Files are streamed to a private folder and imported one
+/// by one (DICOM de-identified before anything is kept); a file that cannot be read, or that the labels
+/// have no row for, is refused with its reason. The accepted files land together or not at all: a
+/// request that fails, or whose client goes away, leaves nothing in the dataset. Scans are named by
+/// pseudonyms unless the dataset keeps file names. The same slice uploaded twice is kept once.
 #[utoipa::path(post, path = "/api/v1/datasets/{id}/scans", tag = "datasets",
-    request_body(content_type = "multipart/form-data", description = "`labels` (optional), `site` (optional), then `files` parts"),
-    responses((status = 200, body = UploadReport), (status = 404, body = repdiff_api::ErrorBody), (status = 413, body = repdiff_api::ErrorBody)))]
+    request_body(content_type = "multipart/form-data", description = "`labels`, `labels_scope`, `site` (all optional), then `files` parts"),
+    responses((status = 200, body = UploadReport), (status = 404, body = repdiff_api::ErrorBody), (status = 413, body = repdiff_api::ErrorBody),
+              (status = 422, body = repdiff_api::ErrorBody)))]
 pub async fn upload_scans(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -407,44 +479,92 @@ pub async fn upload_scans(
     mut multipart: Multipart,
 ) -> ApiResult<Json<UploadReport>> {
     user.require(Role::Researcher, "uploading scans")?;
-    own_dataset(&state.pool, &user, id, "upload to").await?;
-    let staging = std::env::temp_dir().join(format!("repdiff-upload-{}", super::auth::random_hex(8)));
-    tokio::fs::create_dir_all(&staging).await.map_err(ApiError::internal)?;
-    let result = receive(&state, id, &mut multipart, &staging).await;
-    let _ = tokio::fs::remove_dir_all(&staging).await;
-    result.map(Json)
+    let dataset = own_dataset(&state.pool, &user, id, "upload to").await?;
+    let staging = Staging::create().map_err(ApiError::internal)?;
+    let mut objects = NewObjects::new(&state.storage);
+    let mut tx = state.pool.begin().await?;
+    let (mut report, ids) = receive(&state, &dataset, &mut multipart, &staging.0, &mut tx, &mut objects).await?;
+    tx.commit().await?;
+    objects.keep();
+    drop(staging);
+    for id in ids {
+        report.accepted.push(scan_by_id(&state.pool, id).await?);
+    }
+    Ok(Json(report))
 }
 
-async fn receive(state: &AppState, dataset: i64, multipart: &mut Multipart, staging: &Path) -> ApiResult<UploadReport> {
+/// Reads `field` into memory up to `limit` bytes.
+async fn read_limited(field: &mut axum::extract::multipart::Field<'_>, what: &str, limit: usize) -> ApiResult<Vec<u8>> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e))? {
+        if bytes.len() + chunk.len() > limit {
+            return Err(ApiError::too_large(format!("the {what} part is larger than {} MiB", limit >> 20)));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// A small text part (`site`, `labels_scope`).
+async fn read_text(field: &mut axum::extract::multipart::Field<'_>, what: &str) -> ApiResult<String> {
+    let bytes = read_limited(field, what, 1024).await?;
+    String::from_utf8(bytes).map_err(|_| ApiError::invalid(format!("{what}: not UTF-8 text")))
+}
+
+async fn receive(
+    state: &AppState,
+    dataset: &Dataset,
+    multipart: &mut Multipart,
+    staging: &Path,
+    tx: &mut sqlx::PgConnection,
+    objects: &mut NewObjects,
+) -> ApiResult<(UploadReport, Vec<i64>)> {
     let mut report = UploadReport { accepted: Vec::new(), refused: Vec::new(), duplicates: 0 };
-    let mut manifest = Manifest::default();
+    let mut ids = Vec::new();
+    let mut manifest: Option<Manifest> = None;
+    let mut scope = LabelsScope::Request;
+    let mut used = vec![false; 0];
     let mut site = 0usize;
-    let mut index = 0usize;
+    let mut files = 0usize;
     let limit = state.config.upload_file_limit;
     while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(&e))? {
         let name = field.name().unwrap_or("").to_string();
+        if files > 0 && matches!(name.as_str(), "labels" | "labels_scope" | "site") {
+            return Err(ApiError::invalid(format!(
+                "the {name} part came after files: send labels, labels_scope and site first"
+            )));
+        }
         match name.as_str() {
             "labels" => {
-                let text = field.text().await.map_err(|e| multipart_error(&e))?;
-                manifest = if text.trim_start().starts_with(['[', '{']) {
+                let bytes = read_limited(&mut field, "labels", state.config.labels_limit).await?;
+                let text = String::from_utf8(bytes).map_err(|_| ApiError::invalid("labels: not UTF-8 text"))?;
+                let parsed = if text.trim_start().starts_with(['[', '{']) {
                     Manifest::from_json_str(&text)
                 } else {
                     Manifest::from_reader(text.as_bytes())
                 }
                 .map_err(|e| ApiError::invalid(format!("labels: {e}")))?;
+                used = vec![false; parsed.records.len()];
+                manifest = Some(parsed);
+            }
+            "labels_scope" => {
+                scope = match read_text(&mut field, "labels_scope").await?.trim() {
+                    "request" => LabelsScope::Request,
+                    "dataset" => LabelsScope::Dataset,
+                    other => return Err(ApiError::invalid(format!("labels_scope: {other:?} is request or dataset"))),
+                };
             }
             "site" => {
-                let text = field.text().await.map_err(|e| multipart_error(&e))?;
-                site = text
-                    .trim()
-                    .parse()
-                    .map_err(|_| ApiError::invalid(format!("site: {text:?} is not a site number")))?;
+                let text = read_text(&mut field, "site").await?;
+                site = text.trim().parse().ok().filter(|s| *s <= MAX_SITE).ok_or_else(|| {
+                    ApiError::invalid(format!("site: {text:?} is not a site number (0 to {MAX_SITE})"))
+                })?;
             }
             "files" | "file" => {
+                files += 1;
                 let original = field.file_name().unwrap_or("upload").to_string();
                 let file_name = safe_name(&original);
-                index += 1;
-                let dir = staging.join(format!("{index:05}"));
+                let dir = staging.join(format!("{files:05}"));
                 tokio::fs::create_dir_all(&dir).await.map_err(ApiError::internal)?;
                 let path = dir.join(&file_name);
                 let mut file = tokio::fs::File::create(&path).await.map_err(ApiError::internal)?;
@@ -461,6 +581,7 @@ async fn receive(state: &AppState, dataset: i64, multipart: &mut Multipart, stag
                 file.flush().await.map_err(ApiError::internal)?;
                 drop(file);
                 if too_big {
+                    let _ = tokio::fs::remove_dir_all(&dir).await;
                     report.refused.push(RefusedFile {
                         file: original,
                         code: "payload_too_large".into(),
@@ -468,26 +589,44 @@ async fn receive(state: &AppState, dataset: i64, multipart: &mut Multipart, stag
                     });
                     continue;
                 }
-                // Labels name files as the client knows them.
-                let mut labels = manifest.clone();
-                for record in &mut labels.records {
-                    if let Some(rest) = record.file.strip_prefix(&original) {
-                        record.file = format!("{file_name}{rest}");
+                // Labels name files as the client knows them; the engine sees the staged name.
+                let labels = match &manifest {
+                    Some(manifest) => {
+                        let rows = rows_for(manifest, &original);
+                        if rows.is_empty() {
+                            let _ = tokio::fs::remove_dir_all(&dir).await;
+                            report.refused.push(RefusedFile {
+                                file: original.clone(),
+                                code: "unlabelled".into(),
+                                error: missing_row(manifest, &original),
+                            });
+                            continue;
+                        }
+                        let mut labels = Manifest::default();
+                        for &i in &rows {
+                            used[i] = true;
+                            let mut record = manifest.records[i].clone();
+                            record.file = format!("{file_name}{}", &record.file[original.len()..]);
+                            labels.records.push(record);
+                        }
+                        Labels::from_manifest(labels)
                     }
-                }
-                let key = state.deid_key.clone();
-                let imported = tokio::task::spawn_blocking(move || {
-                    scans::import_file(&path, Labels::from_manifest(labels).or_unlabelled(site), &key)
-                })
-                .await
-                .map_err(ApiError::internal)?;
+                    None => Labels::from_manifest(Manifest::default()).or_unlabelled(site),
+                };
+                let (key, shown_as) = (state.deid_key.clone(), original.clone());
+                let imported = tokio::task::spawn_blocking(move || scans::import_file(&path, &shown_as, labels, &key))
+                    .await
+                    .map_err(ApiError::internal)?;
+                let _ = tokio::fs::remove_dir_all(&dir).await;
                 match imported {
                     Ok(imported) => {
-                        let stored = scans::store(&state.pool, &state.storage, dataset, &original, imported).await?;
+                        let naming = match dataset.keep_file_names {
+                            true => Naming::Kept(&file_name),
+                            false => Naming::Pseudonym,
+                        };
+                        let stored = scans::store(tx, objects, dataset.id, naming, imported).await?;
                         report.duplicates += stored.duplicates;
-                        for id in stored.ids {
-                            report.accepted.push(scan_by_id(&state.pool, id).await?);
-                        }
+                        ids.extend(stored.ids);
                     }
                     Err(reason) => {
                         report.refused.push(RefusedFile { file: original, code: "unreadable".into(), error: reason })
@@ -495,11 +634,49 @@ async fn receive(state: &AppState, dataset: i64, multipart: &mut Multipart, stag
                 }
             }
             other => {
-                return Err(ApiError::invalid(format!("unexpected form field {other:?}: send labels, site and files")));
+                return Err(ApiError::invalid(format!(
+                    "unexpected form field {other:?}: send labels, labels_scope, site and files"
+                )));
             }
         }
     }
-    Ok(report)
+    if let (Some(manifest), LabelsScope::Request) = (&manifest, scope) {
+        let unused: Vec<&str> =
+            manifest.records.iter().zip(&used).filter(|(_, used)| !**used).map(|(r, _)| r.file.as_str()).collect();
+        if !unused.is_empty() {
+            let shown: Vec<String> = unused.iter().take(5).map(|f| format!("{f:?}")).collect();
+            return Err(ApiError::invalid(format!(
+                "labels: {} row(s) name no file of this upload ({}{}); nothing was stored (send labels_scope=dataset when \
+                 the labels describe files sent in other requests)",
+                unused.len(),
+                shown.join(", "),
+                if unused.len() > 5 { ", ..." } else { "" }
+            )));
+        }
+    }
+    Ok((report, ids))
+}
+
+/// The rows of `manifest` for the uploaded file `original`: its own (`name`) and its slices' (`name#k`).
+fn rows_for(manifest: &Manifest, original: &str) -> Vec<usize> {
+    let slice_prefix = format!("{original}#");
+    (0..manifest.records.len())
+        .filter(|&i| {
+            let file = &manifest.records[i].file;
+            file == original || file.starts_with(&slice_prefix)
+        })
+        .collect()
+}
+
+/// Why `original` has no row: with the row that differs only in case when there is one.
+fn missing_row(manifest: &Manifest, original: &str) -> String {
+    match manifest.records.iter().find(|r| r.file.eq_ignore_ascii_case(original)) {
+        Some(near) => format!(
+            "the labels have no row for {original:?}; {:?} differs in case (names must match exactly)",
+            near.file
+        ),
+        None => format!("the labels have no row for {original:?}"),
+    }
 }
 
 fn multipart_error(e: &axum::extract::multipart::MultipartError) -> ApiError {

@@ -79,6 +79,15 @@ impl From<sqlx::Error> for ApiError {
                 tracing::error!("database unavailable: {e}");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry")
             }
+            // Text PostgreSQL cannot hold (a NUL byte in a name, a tag, a query value) is the client's.
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("22021" | "22P05")) => {
+                ApiError::invalid("text may not contain NUL characters")
+            }
+            // A value outside a column's bounds that a handler did not check first.
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("23514" | "22003")) => {
+                tracing::warn!("a value the database refused: {db}");
+                ApiError::invalid("a value is out of range")
+            }
             _ => ApiError::internal(e),
         }
     }

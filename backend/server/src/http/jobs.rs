@@ -46,6 +46,7 @@ pub fn routes() -> Router<AppState> {
         .route("/artifacts/{id}/content", get(artifact_content))
         .route("/experiments", get(list_experiments).post(create_experiment))
         .route("/experiments/{id}", get(get_experiment).patch(patch_experiment))
+        .route("/experiments/{id}/members/{username}", axum::routing::put(add_member).delete(remove_member))
 }
 
 #[derive(Default)]
@@ -68,8 +69,7 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
            FROM jobs j
            LEFT JOIN users u ON u.id = j.owner_id
            LEFT JOIN job_progress p ON p.job_id = j.id
-           WHERE ($1 OR j.owner_id = $2
-                  OR EXISTS (SELECT 1 FROM experiments e WHERE e.id = j.experiment_id AND e.shared))
+           WHERE job_visible(j.owner_id, j.experiment_id, j.source_datasets, j.publish_private, $2, $1)
              AND ($3::bigint IS NULL OR j.id = $3)
              AND ($4::text IS NULL OR j.state = $4)
              AND ($5::text IS NULL OR j.kind = $5)
@@ -256,8 +256,7 @@ pub async fn get_job(
 async fn can_read_key(pool: &PgPool, user: &CurrentUser, key: &str) -> sqlx::Result<bool> {
     let found = sqlx::query_scalar!(
         r#"SELECT a.id FROM artifacts a JOIN jobs j ON j.id = a.job_id
-           WHERE a.key = $1 AND ($2 OR j.owner_id = $3
-                 OR EXISTS (SELECT 1 FROM experiments e WHERE e.id = j.experiment_id AND e.shared))"#,
+           WHERE a.key = $1 AND job_visible(j.owner_id, j.experiment_id, j.source_datasets, j.publish_private, $3, $2)"#,
         key,
         user.is_admin(),
         user.id
@@ -282,27 +281,41 @@ pub async fn submit_job(
     user.require(Role::Researcher, "running jobs")?;
     crate::jobs::validate(&state.registry, &submit.kind, &submit.params).map_err(ApiError::invalid_params)?;
     let handler = state.registry.get(&submit.kind).expect("validate knows the kind");
+    // What the job derives from: the datasets it reads, and those the jobs whose artifacts it reads derive
+    // from (who may see the run in a shared experiment depends on them).
+    let mut sources = Vec::new();
     for input in handler.reads(&submit.params) {
         match input {
             Input::Artifact(key) => {
                 if !can_read_key(&state.pool, &user, &key).await? {
                     return Err(ApiError::invalid_params(format!("there is no artifact {key:?} that you may read")));
                 }
+                sources.extend(sources_of_key(&state.pool, &key).await?);
             }
             Input::Dataset(id) => {
                 super::datasets::visible_dataset(&state.pool, &user, id)
                     .await
                     .map_err(|_| ApiError::invalid_params(format!("there is no dataset {id} that you may read")))?;
+                sources.push(id);
             }
             Input::OwnDataset(id) => {
                 super::datasets::own_dataset(&state.pool, &user, id, "import into")
                     .await
                     .map_err(|_| ApiError::invalid_params(format!("there is no dataset {id} that you may change")))?;
+                sources.push(id);
             }
         }
     }
+    sources.sort_unstable();
+    sources.dedup();
     if let Some(experiment) = submit.experiment_id {
-        visible_experiment(&state.pool, &user, experiment).await?;
+        let experiment = visible_experiment(&state.pool, &user, experiment).await?;
+        if !user.is_admin() && experiment.owner != user.username && !experiment.members.contains(&user.username) {
+            return Err(ApiError::forbidden(format!(
+                "only the owner and members of experiment {} run jobs in it; ask {} to add you",
+                experiment.id, experiment.owner
+            )));
+        }
     }
     let tags = repdiff_api::check_tags(&submit.tags).map_err(ApiError::invalid)?;
     if !(-100..=100).contains(&submit.priority) {
@@ -334,8 +347,29 @@ pub async fn submit_job(
     if created && !tags.is_empty() {
         set_tags(&state.pool, queued.id, &tags).await?;
     }
+    if created {
+        sqlx::query!(
+            "UPDATE jobs SET source_datasets = $2, publish_private = $3 WHERE id = $1",
+            queued.id,
+            &sources,
+            submit.publish_private
+        )
+        .execute(&state.pool)
+        .await?;
+    }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(visible_job(&state.pool, &user, queued.id).await?)))
+}
+
+/// The datasets the job that made artifact `key` derives from.
+async fn sources_of_key(pool: &PgPool, key: &str) -> sqlx::Result<Vec<i64>> {
+    let sources = sqlx::query_scalar!(
+        "SELECT j.source_datasets FROM artifacts a JOIN jobs j ON j.id = a.job_id WHERE a.key = $1",
+        key
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(sources.unwrap_or_default())
 }
 
 async fn set_tags(pool: &PgPool, id: i64, tags: &[String]) -> sqlx::Result<()> {
@@ -539,8 +573,7 @@ pub async fn list_checkpoints(State(state): State<AppState>, user: CurrentUser) 
         crate::artifacts::Artifact,
         r#"SELECT a.id, a.key, a.job_id, a.kind, a.media_type, a.size, a.meta, a.created_at, a.updated_at
            FROM artifacts a JOIN jobs j ON j.id = a.job_id
-           WHERE a.kind = 'checkpoint' AND ($1 OR j.owner_id = $2
-                 OR EXISTS (SELECT 1 FROM experiments e WHERE e.id = j.experiment_id AND e.shared))
+           WHERE a.kind = 'checkpoint' AND job_visible(j.owner_id, j.experiment_id, j.source_datasets, j.publish_private, $2, $1)
            ORDER BY a.updated_at DESC LIMIT 500"#,
         user.is_admin(),
         user.id
@@ -604,8 +637,7 @@ pub async fn list_samples(
         r#"SELECT a.id, a.key, a.job_id, a.kind, a.media_type, a.size, a.meta, a.created_at, a.updated_at
            FROM artifacts a JOIN jobs j ON j.id = a.job_id
            WHERE a.kind = $9 AND ($10::text IS NULL OR j.kind = $10)
-             AND ($1 OR j.owner_id = $2
-                 OR EXISTS (SELECT 1 FROM experiments e WHERE e.id = j.experiment_id AND e.shared))
+             AND job_visible(j.owner_id, j.experiment_id, j.source_datasets, j.publish_private, $2, $1)
              AND ($3::bigint IS NULL OR a.job_id = $3)
              AND ($4::bigint IS NULL OR (a.meta->>'from_job')::bigint = $4)
              AND ($5::bigint IS NULL OR (a.meta->>'class')::bigint = $5)
@@ -681,6 +713,7 @@ struct ExperimentRow {
     name: String,
     description: String,
     shared: bool,
+    members: Vec<String>,
     created_at: DateTime<Utc>,
 }
 
@@ -692,39 +725,92 @@ impl From<ExperimentRow> for Experiment {
             name: r.name,
             description: r.description,
             shared: r.shared,
+            members: r.members,
             created_at: r.created_at,
         }
     }
 }
 
-async fn visible_experiment(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiResult<Experiment> {
-    let row = sqlx::query_as!(
+/// Experiments `user` may see (all, or the one `id`): their own, shared ones, those they are a member of.
+async fn visible_experiments(pool: &PgPool, user: &CurrentUser, id: Option<i64>) -> sqlx::Result<Vec<Experiment>> {
+    let rows = sqlx::query_as!(
         ExperimentRow,
-        r#"SELECT e.id, u.username AS owner, e.name, e.description, e.shared, e.created_at
+        r#"SELECT e.id, u.username AS owner, e.name, e.description, e.shared, e.created_at,
+                  ARRAY(SELECT m.username FROM experiment_members x JOIN users m ON m.id = x.user_id
+                        WHERE x.experiment_id = e.id ORDER BY m.username) AS "members!"
            FROM experiments e JOIN users u ON u.id = e.owner_id
-           WHERE e.id = $1 AND ($2 OR e.shared OR e.owner_id = $3)"#,
-        id,
+           WHERE ($1 OR e.shared OR e.owner_id = $2
+                  OR EXISTS (SELECT 1 FROM experiment_members x WHERE x.experiment_id = e.id AND x.user_id = $2))
+             AND ($3::bigint IS NULL OR e.id = $3)
+           ORDER BY e.id DESC"#,
         user.is_admin(),
-        user.id
+        user.id,
+        id
     )
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await?;
-    row.map(Experiment::from).ok_or_else(|| ApiError::not_found("experiment", id))
+    Ok(rows.into_iter().map(Experiment::from).collect())
+}
+
+async fn visible_experiment(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiResult<Experiment> {
+    visible_experiments(pool, user, Some(id)).await?.pop().ok_or_else(|| ApiError::not_found("experiment", id))
+}
+
+/// A visible experiment `user` may change (owner or admin), else 403.
+async fn own_experiment(pool: &PgPool, user: &CurrentUser, id: i64, to: &str) -> ApiResult<Experiment> {
+    let experiment = visible_experiment(pool, user, id).await?;
+    if !user.is_admin() && experiment.owner != user.username {
+        return Err(ApiError::forbidden(format!("only its owner or an admin may {to} experiment {id}")));
+    }
+    Ok(experiment)
 }
 
 #[utoipa::path(get, path = "/api/v1/experiments", tag = "experiments", responses((status = 200, body = Vec<Experiment>)))]
 pub async fn list_experiments(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Vec<Experiment>>> {
-    let rows = sqlx::query_as!(
-        ExperimentRow,
-        r#"SELECT e.id, u.username AS owner, e.name, e.description, e.shared, e.created_at
-           FROM experiments e JOIN users u ON u.id = e.owner_id
-           WHERE $1 OR e.shared OR e.owner_id = $2 ORDER BY e.id DESC"#,
-        user.is_admin(),
-        user.id
+    Ok(Json(visible_experiments(&state.pool, &user, None).await?))
+}
+
+/// Makes a user a member of an experiment: members run jobs in it (its owner or an admin).
+#[utoipa::path(put, path = "/api/v1/experiments/{id}/members/{username}", tag = "experiments",
+    responses((status = 200, body = Experiment), (status = 403, body = repdiff_api::ErrorBody), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn add_member(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath((id, username)): ApiPath<(i64, String)>,
+) -> ApiResult<Json<Experiment>> {
+    own_experiment(&state.pool, &user, id, "add members to").await?;
+    let member = sqlx::query_scalar!("SELECT id FROM users WHERE lower(username) = lower($1)", username)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user", format!("{username:?}")))?;
+    sqlx::query!(
+        "INSERT INTO experiment_members (experiment_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        id,
+        member
     )
-    .fetch_all(&state.pool)
+    .execute(&state.pool)
     .await?;
-    Ok(Json(rows.into_iter().map(Experiment::from).collect()))
+    Ok(Json(visible_experiment(&state.pool, &user, id).await?))
+}
+
+/// Removes a member from an experiment (its owner or an admin).
+#[utoipa::path(delete, path = "/api/v1/experiments/{id}/members/{username}", tag = "experiments",
+    responses((status = 200, body = Experiment), (status = 403, body = repdiff_api::ErrorBody), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn remove_member(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath((id, username)): ApiPath<(i64, String)>,
+) -> ApiResult<Json<Experiment>> {
+    own_experiment(&state.pool, &user, id, "remove members from").await?;
+    sqlx::query!(
+        r#"DELETE FROM experiment_members x USING users m
+           WHERE x.experiment_id = $1 AND x.user_id = m.id AND lower(m.username) = lower($2)"#,
+        id,
+        username
+    )
+    .execute(&state.pool)
+    .await?;
+    Ok(Json(visible_experiment(&state.pool, &user, id).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/experiments/{id}", tag = "experiments",
@@ -767,9 +853,9 @@ pub async fn patch_experiment(
     ApiPath(id): ApiPath<i64>,
     ApiJson(patch): ApiJson<ResourcePatch>,
 ) -> ApiResult<Json<Experiment>> {
-    let experiment = visible_experiment(&state.pool, &user, id).await?;
-    if !user.is_admin() && experiment.owner != user.username {
-        return Err(ApiError::forbidden(format!("only its owner or an admin may change experiment {id}")));
+    own_experiment(&state.pool, &user, id, "change").await?;
+    if patch.keep_file_names.is_some() {
+        return Err(ApiError::invalid("keep_file_names is a dataset's setting"));
     }
     if let Some(name) = &patch.name {
         repdiff_api::check_name("experiment", name).map_err(ApiError::invalid)?;

@@ -40,6 +40,8 @@ pub struct HttpConfig {
     /// Largest scan upload request (many files) and largest single file in it.
     pub upload_limit: usize,
     pub upload_file_limit: usize,
+    /// The most a labels part of an upload may hold (it is parsed in memory).
+    pub labels_limit: usize,
     /// Time to produce a response's headers (not its streamed body).
     pub request_timeout: Duration,
     /// Origins allowed to call the API from another site; empty: CORS off (same-origin only).
@@ -56,6 +58,7 @@ impl Default for HttpConfig {
             json_limit: 1 << 20,
             upload_limit: 8 << 30,
             upload_file_limit: 1 << 30,
+            labels_limit: 64 << 20,
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
             event_interval: Duration::from_millis(500),
@@ -72,7 +75,6 @@ pub struct AppState {
     pub config: Arc<HttpConfig>,
     /// The key of DICOM de-identification: the same key maps one patient's series to the same pseudonyms.
     pub deid_key: Arc<DeidKey>,
-    pub login_throttle: Arc<auth::LoginThrottle>,
     /// A real argon2 hash that no password matches: logins of unknown users verify against it, so they
     /// take as long as those of known users.
     dummy_hash: Arc<str>,
@@ -89,7 +91,6 @@ impl AppState {
             registry: Arc::new(registry),
             config: Arc::new(config),
             deid_key: Arc::new(DeidKey::generate()),
-            login_throttle: Arc::default(),
             dummy_hash: dummy_hash.into(),
         }
     }
@@ -159,5 +160,8 @@ pub async fn serve(
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    // The client's address reaches handlers (sign-in back-off is per address).
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -92,6 +92,10 @@ impl Handler for Encode {
         if !matches!(p.autoencoder.as_str(), "pixels" | "sd-vae-ft-ema" | "sd-vae-ft-mse") {
             return Err(format!("unknown autoencoder {:?}: pixels, sd-vae-ft-ema or sd-vae-ft-mse", p.autoencoder));
         }
+        super::within("size", p.size, 8, 2048)?;
+        if let Some(channels) = p.channels {
+            super::within("channels", channels, 1, 3)?;
+        }
         if p.autoencoder != "pixels" && !p.size.is_multiple_of(8) {
             return Err("the SD VAE needs a size that is a multiple of 8".into());
         }

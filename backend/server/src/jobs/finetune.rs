@@ -64,11 +64,18 @@ impl Handler for Finetune {
             return Err("label_dropout must be in [0, 1)".into());
         }
         let r = &p.run;
-        if [r.steps, r.batch_size, r.checkpoint_every].contains(&Some(0)) {
-            return Err("steps, batch_size and checkpoint_every must be positive".into());
+        use repdiff_engine::config::{MAX_BATCH, MAX_STEPS};
+        for (name, value, max) in [
+            ("steps", r.steps, MAX_STEPS),
+            ("batch_size", r.batch_size, MAX_BATCH),
+            ("checkpoint_every", r.checkpoint_every, MAX_STEPS),
+        ] {
+            if let Some(v) = value {
+                super::within(name, v, 1, max)?;
+            }
         }
-        if r.learning_rate.is_some_and(|lr| !(lr.is_finite() && lr > 0.0)) {
-            return Err("learning_rate must be positive".into());
+        if let Some(lr) = r.learning_rate {
+            super::finite_within("learning_rate", lr, f64::MIN_POSITIVE, 1.0)?;
         }
         if let Some(eval) = &p.eval {
             eval.check(&self.weights_dir)?;

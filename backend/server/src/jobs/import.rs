@@ -39,12 +39,23 @@ fn is_scan(path: &Path) -> bool {
     !name.starts_with('.') && ![".csv", ".json", ".txt", ".md"].iter().any(|ext| name.ends_with(ext))
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            walk(&path, out)?;
+/// The scan files under `dir`, in name order. Links are followed only to files inside `roots` (their
+/// real paths); linked folders are not entered (a link to a parent would never end, one to /etc would
+/// read it). What was skipped is counted in `skipped`, never named: it may lie outside the roots.
+fn walk(dir: &Path, roots: &[PathBuf], out: &mut Vec<PathBuf>, skipped: &mut usize) -> std::io::Result<()> {
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let (path, kind) = (entry.path(), entry.file_type()?);
+        if kind.is_dir() {
+            walk(&path, roots, out, skipped)?;
+        } else if kind.is_symlink() {
+            match path.canonicalize() {
+                Ok(real) if real.is_file() && roots.iter().any(|root| real.starts_with(root)) && is_scan(&path) => {
+                    out.push(real)
+                }
+                _ => *skipped += 1,
+            }
         } else if is_scan(&path) {
             out.push(path);
         }
@@ -53,19 +64,26 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 impl Import {
-    /// `path` resolved under an import root, or why not.
+    /// The import roots' real paths.
+    fn real_roots(&self) -> Vec<PathBuf> {
+        self.roots.iter().filter_map(|r| r.canonicalize().ok()).collect()
+    }
+
+    /// `path` resolved under an import root, or why not. One message for a path outside the roots and one
+    /// that does not exist: the answer must not tell which paths exist on the machine.
     fn resolve(&self, path: &str) -> Result<PathBuf, String> {
         let first = self.roots.first().ok_or("this deployment has no import roots (repdiff worker --import-root)")?;
         let candidate = if Path::new(path).is_absolute() { PathBuf::from(path) } else { first.join(path) };
-        let real = candidate.canonicalize().map_err(|e| format!("{path}: {e}"))?;
-        let inside = self.roots.iter().filter_map(|r| r.canonicalize().ok()).any(|root| real.starts_with(root));
-        if inside { Ok(real) } else { Err(format!("{path} is outside the import roots")) }
+        let real =
+            candidate.canonicalize().ok().filter(|real| self.real_roots().iter().any(|root| real.starts_with(root)));
+        real.ok_or_else(|| format!("{path:?} is not a file or folder under the import roots"))
     }
 }
 
 impl Handler for Import {
     fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
         let p: ImportParams = super::parse("import", params)?;
+        super::within("site", p.site, 0, repdiff_engine::manifest::MAX_SITE)?;
         self.resolve(&p.path)?;
         if let Some(labels) = &p.labels {
             self.resolve(labels)?;
@@ -89,12 +107,22 @@ impl Handler for Import {
             }
             None => Manifest::default(),
         };
-        let mut files = Vec::new();
+        let (mut files, mut skipped) = (Vec::new(), 0);
         if source.is_dir() {
-            walk(&source, &mut files).map_err(|e| JobError::Retryable(format!("{}: {e}", source.display())))?;
+            walk(&source, &self.real_roots(), &mut files, &mut skipped)
+                .map_err(|e| JobError::Retryable(format!("{}: {e}", p.path)))?;
         } else {
             files.push(source.clone());
         }
+        if skipped > 0 {
+            ctx.log("warn", &format!("skipped {skipped} link(s) to folders, or to files outside the import roots"));
+        }
+        let keep_names = ctx
+            .block_on(
+                sqlx::query_scalar!("SELECT keep_file_names FROM datasets WHERE id = $1", p.dataset)
+                    .fetch_one(ctx.pool()),
+            )
+            .map_err(|e| JobError::Retryable(e.to_string()))?;
         let staging = ctx.scratch.join("staging");
         let (mut slices, mut duplicates, mut refused) = (0usize, 0usize, Vec::new());
         for (i, file) in files.iter().enumerate() {
@@ -110,15 +138,30 @@ impl Handler for Import {
                     record.file = format!("{name}{rest}");
                 }
             }
+            let labels = match p.labels {
+                // With a labels file, a file it has no row for is refused, not imported unlabelled.
+                Some(_) => Labels::from_manifest(labels),
+                None => Labels::from_manifest(labels).or_unlabelled(p.site),
+            };
             // The engine works beside its input: copy the file into scratch (the source may be read-only).
             let staged = staging.join(format!("{i:06}")).join(&name);
             std::fs::create_dir_all(staged.parent().expect("has a parent"))
                 .and_then(|_| std::fs::copy(file, &staged))
-                .map_err(|e| JobError::Retryable(format!("{}: {e}", file.display())))?;
-            match scans::import_file(&staged, Labels::from_manifest(labels).or_unlabelled(p.site), &self.deid_key) {
+                .map_err(|e| JobError::Retryable(format!("{relative}: {e}")))?;
+            match scans::import_file(&staged, &relative, labels, &self.deid_key) {
                 Ok(imported) => {
+                    let naming = if keep_names { scans::Naming::Kept(&relative) } else { scans::Naming::Pseudonym };
+                    // Each file lands whole or not at all: its rows in one transaction, its objects
+                    // removed again if that fails.
                     let stored = ctx
-                        .block_on(scans::store(ctx.pool(), &ctx.storage, p.dataset, &relative, imported))
+                        .block_on(async {
+                            let mut objects = scans::NewObjects::new(&ctx.storage);
+                            let mut tx = ctx.pool().begin().await?;
+                            let stored = scans::store(&mut tx, &mut objects, p.dataset, naming, imported).await?;
+                            tx.commit().await?;
+                            objects.keep();
+                            Ok::<_, scans::StoreError>(stored)
+                        })
                         .map_err(|e| JobError::Retryable(e.to_string()))?;
                     slices += stored.ids.len();
                     duplicates += stored.duplicates;

@@ -42,6 +42,8 @@ pub struct JobSettings {
     pub deid_key: Arc<DeidKey>,
     /// The `repdiff` binary that `reproduce` jobs run the pipeline with (this process's own by default).
     pub exe: PathBuf,
+    /// The memory one job may use ([`job_memory_limit`]).
+    pub memory_limit: u64,
 }
 
 impl Default for JobSettings {
@@ -51,6 +53,7 @@ impl Default for JobSettings {
             import_roots: Vec::new(),
             deid_key: Arc::new(DeidKey::generate()),
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("repdiff")),
+            memory_limit: job_memory_limit(),
         }
     }
 }
@@ -65,7 +68,10 @@ pub fn registry(settings: &JobSettings) -> Registry {
             "import",
             import::Import { roots: settings.import_roots.clone(), deid_key: settings.deid_key.clone() },
         )
-        .register("pretrain", train::Train { weights_dir: settings.weights_dir.clone() })
+        .register(
+            "pretrain",
+            train::Train { weights_dir: settings.weights_dir.clone(), memory_limit: settings.memory_limit },
+        )
         .register("finetune", finetune::Finetune { weights_dir: settings.weights_dir.clone() })
         .register("classify", classify::Classify { weights_dir: settings.weights_dir.clone() })
         .register("counterfactual", counterfactual::Counterfactual { weights_dir: settings.weights_dir.clone() })
@@ -86,6 +92,56 @@ pub fn validate(registry: &Registry, kind: &str, params: &serde_json::Value) -> 
         Some(handler) => handler.validate(params),
         None => Err(format!("unknown job kind {kind:?}; expected one of {}", registry.kinds().join(", "))),
     }
+}
+
+/// `value` in `min..=max`, or the message naming `field` and its range.
+pub(crate) fn within(field: &str, value: usize, min: usize, max: usize) -> Result<(), String> {
+    match (min..=max).contains(&value) {
+        true => Ok(()),
+        false => Err(format!("{field} is {min} to {max}, got {value}")),
+    }
+}
+
+/// A finite `value` in `min..=max`, or the message naming `field` and its range.
+pub(crate) fn finite_within(field: &str, value: f64, min: f64, max: f64) -> Result<(), String> {
+    match value.is_finite() && (min..=max).contains(&value) {
+        true => Ok(()),
+        false => Err(format!("{field} must be a number in [{min:e}, {max}], got {value}")),
+    }
+}
+
+/// The memory a worker may give one job: `REPDIFF_JOB_MEMORY_GIB` (a deployment whose workers have more
+/// than the server, a GPU worker's card, sets it), else this machine's physical memory less a quarter
+/// for everything else. A job whose estimate exceeds it is refused at submission with both numbers,
+/// before anything is allocated: an allocation that fails aborts the process that makes it.
+pub fn job_memory_limit() -> u64 {
+    if let Some(gib) = std::env::var("REPDIFF_JOB_MEMORY_GIB").ok().and_then(|v| v.trim().parse::<f64>().ok())
+        && gib.is_finite()
+        && gib > 0.0
+    {
+        return (gib * (1u64 << 30) as f64) as u64;
+    }
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        text.lines().find_map(|l| {
+            l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+    });
+    // Without /proc (not Linux): 16 GiB.
+    total_kib.map(|kib| kib * 1024 / 4 * 3).unwrap_or(16 << 30)
+}
+
+/// Refuses `what` when its estimated `bytes` exceed the deployment's `limit`.
+pub(crate) fn admit(what: &str, bytes: u64, limit: u64) -> Result<(), String> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if bytes <= limit {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} needs about {:.1} GiB of memory, more than the {:.1} GiB a job may use here (REPDIFF_JOB_MEMORY_GIB); \
+         use a smaller batch, model or data set",
+        gib(bytes),
+        gib(limit)
+    ))
 }
 
 /// Parses parameters into `T`, with the message the API returns.

@@ -68,9 +68,7 @@ impl Handler for Supervised {
         if !(1..=1000).contains(&p.epochs) || !(1..=1024).contains(&p.batch_size) {
             return Err("epochs must be 1 to 1000 and batch_size 1 to 1024".into());
         }
-        if !(p.learning_rate.is_finite() && p.learning_rate > 0.0) {
-            return Err("learning_rate must be positive".into());
-        }
+        super::finite_within("learning_rate", p.learning_rate, f64::MIN_POSITIVE, 1.0)?;
         if !(8..=512).contains(&p.size) {
             return Err("size must be 8 to 512 pixels".into());
         }

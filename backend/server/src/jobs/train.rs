@@ -64,6 +64,8 @@ impl TrainParams {
 
 pub struct Train {
     pub weights_dir: std::path::PathBuf,
+    /// The memory one job may use (see `jobs::job_memory_limit`).
+    pub memory_limit: u64,
 }
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -72,12 +74,20 @@ impl Handler for Train {
     fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
         let p: TrainParams = super::parse("pretrain", params)?;
         let config = p.config(2).map_err(|e| e.to_string())?;
-        if config.train.steps == 0 {
-            return Err("steps must be positive".into());
-        }
         if matches!(p.data, DataSource::Toy { .. }) && config.model.in_channels != 1 {
             return Err(format!("the toy set is grey (1 channel) but the model takes {}", config.model.in_channels));
         }
+        validate_data(&p.data)?;
+        let data_bytes = match p.data {
+            DataSource::Toy { n, .. } => (n * config.model.input_size * config.model.input_size * 4) as u64,
+            _ => 0,
+        };
+        let batch = config.train.batch_size;
+        super::admit(
+            &format!("training this model at batch {batch}"),
+            config.training_memory() + data_bytes,
+            self.memory_limit,
+        )?;
         if let Some(eval) = &p.eval {
             eval.check(&self.weights_dir)?;
         }
@@ -174,7 +184,7 @@ pub(super) fn load_data(
 /// Checks a data source's own parameters.
 pub(super) fn validate_data(data: &DataSource) -> Result<(), String> {
     match data {
-        DataSource::Toy { n, .. } if *n == 0 => Err("the toy set needs n > 0 images".into()),
+        DataSource::Toy { n, .. } => super::within("the toy set's n", *n, 1, 1_000_000),
         DataSource::Latents { key } if key.is_empty() => Err("data.latents.key is empty".into()),
         DataSource::Dataset { window: Some(w), .. } => Window::parse(w).map(|_| ()).map_err(|e| e.to_string()),
         _ => Ok(()),
