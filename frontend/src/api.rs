@@ -123,6 +123,11 @@ pub async fn patch<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> A
     decode(&send("PATCH", path, Some(body)).await?)
 }
 
+pub async fn put<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> ApiResult<T> {
+    let body = serde_json::to_string(body).expect("request bodies serialise");
+    decode(&send("PUT", path, Some(body)).await?)
+}
+
 /// Percent-encodes a query value.
 pub fn enc(value: &str) -> String {
     String::from(js_sys::encode_uri_component(value))
@@ -141,6 +146,8 @@ pub async fn upload_scan(
     let form = FormData::new().map_err(js_error)?;
     if let Some(labels) = labels {
         form.append_with_blob_and_filename("labels", labels, &labels.name()).map_err(js_error)?;
+        // The labels file describes all the files picked; this request carries one of them.
+        form.append_with_str("labels_scope", "dataset").map_err(js_error)?;
     }
     form.append_with_str("site", &site.to_string()).map_err(js_error)?;
     form.append_with_blob_and_filename("files", file, &file.name()).map_err(js_error)?;

@@ -47,22 +47,23 @@ fn DatasetView(id: i64) -> impl IntoView {
     refresh();
     let session = expect_context::<Session>();
     let error = RwSignal::new(None::<ApiError>);
-    let share = move |shared: bool| {
+    let change = move |patch: ResourcePatch| {
         spawn_local(async move {
-            let patch = ResourcePatch { shared: Some(!shared), ..Default::default() };
             match api::patch::<_, Dataset>(&format!("/datasets/{id}"), &patch).await {
                 Ok(d) => dataset.set(Some(Ok(d))),
                 Err(e) => error.set(Some(e)),
             }
         });
     };
+    let share = move |shared: bool| change(ResourcePatch { shared: Some(!shared), ..Default::default() });
+    let keep_names = move |keep: bool| change(ResourcePatch { keep_file_names: Some(!keep), ..Default::default() });
     let scans = RwSignal::new(Vec::<Scan>::new());
     let scans_changed = RwSignal::new(0u32);
     let found = move || dataset.with(|d| matches!(d, Some(Ok(_))));
     view! {
         {move || loaded(dataset.get(), move |d: Dataset| {
             let mine = session.me.get_untracked().is_some_and(|u| u.username == d.owner);
-            let shared = d.shared;
+            let (shared, keep) = (d.shared, d.keep_file_names);
             view! {
                 <h1>{d.name.clone()}</h1>
                 <p class="muted">
@@ -70,7 +71,10 @@ fn DatasetView(id: i64) -> impl IntoView {
                     {format!("{} slices, {} with hematoma", d.scans, d.hematoma)}
                     " · owner " {d.owner.clone()} " · " {if d.shared { "shared with the team" } else { "private" }}
                     {mine.then(|| view! { " " <button class="link" on:click=move |_| share(shared)>{if shared { "Make private" } else { "Share" }}</button> })}
+                    " · " {if keep { "file names kept" } else { "pseudonymous scan names" }}
+                    {mine.then(|| view! { " " <button class="link" name="keep-names" on:click=move |_| keep_names(keep)>{if keep { "Use pseudonyms" } else { "Keep file names" }}</button> })}
                 </p>
+                {keep.then(|| view! { <p class="warning small">"This dataset stores uploaded file names: they often carry patient names or IDs."</p> })}
             }
         })}
         <ErrorBox error=error />

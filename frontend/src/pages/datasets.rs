@@ -12,6 +12,7 @@ pub fn Datasets() -> impl IntoView {
     let name = RwSignal::new(String::new());
     let description = RwSignal::new(String::new());
     let shared = RwSignal::new(false);
+    let keep_names = RwSignal::new(false);
     let error = RwSignal::new(None::<ApiError>);
     let navigate = use_navigate();
     let create = move |ev: leptos::ev::SubmitEvent| {
@@ -20,6 +21,7 @@ pub fn Datasets() -> impl IntoView {
             name: name.get_untracked(),
             description: description.get_untracked(),
             shared: shared.get_untracked(),
+            keep_file_names: keep_names.get_untracked(),
         };
         if let Err(message) = repdiff_api::check_name("dataset", &body.name) {
             error.set(Some(ApiError { status: 400, code: "invalid_request".into(), message }));
@@ -42,8 +44,13 @@ pub fn Datasets() -> impl IntoView {
                 <input name="description" placeholder="Description (optional)" prop:value=description
                     on:input=move |ev| description.set(event_target_value(&ev)) />
                 <label class="check"><input type="checkbox" prop:checked=shared on:change=move |ev| shared.set(event_target_checked(&ev)) />"Share with the team"</label>
+                <label class="check"><input type="checkbox" name="keep_file_names" prop:checked=keep_names on:change=move |ev| keep_names.set(event_target_checked(&ev)) />"Keep file names"</label>
                 <button type="submit">"Create"</button>
             </form>
+            <p class="muted small">"Scans are named with pseudonyms unless the dataset keeps file names: clinical exports are often named after the patient, so keep them only when they are already pseudonymous."</p>
+            <Show when=move || keep_names.get()>
+                <p class="warning small">"File names will be stored and shown to everyone who sees this dataset."</p>
+            </Show>
             <ErrorBox error=error />
         </section>
         {move || loaded(list.get(), |sets: Vec<Dataset>| {

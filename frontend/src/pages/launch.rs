@@ -574,6 +574,7 @@ pub fn Launch() -> impl IntoView {
     let raw_mode = RwSignal::new(false);
     let raw = RwSignal::new(String::new());
     let experiment = RwSignal::new(String::new());
+    let publish = RwSignal::new(false);
     let priority = Field::new("0");
     let attempts = Field::new("3");
     let tags = Field::new("");
@@ -675,6 +676,7 @@ pub fn Launch() -> impl IntoView {
             priority: priority.text().parse().unwrap_or(0),
             max_attempts: attempts.text().parse().ok(),
             tags,
+            publish_private: publish.get_untracked(),
         };
         busy.set(true);
         let navigate = navigate.clone();
@@ -1076,6 +1078,10 @@ pub fn Launch() -> impl IntoView {
                             view! { <option value=id selected=move || experiment.get() == is>{e.name.clone()}</option> }
                         }).collect_view()}
                     </select>
+                </label>
+                <label class="check" title="A run made from a private dataset stays hidden from others in a shared experiment unless you publish it">
+                    <input type="checkbox" name="publish_private" prop:checked=publish on:change=move |ev| publish.set(event_target_checked(&ev)) />
+                    "Publish even if made from a private dataset"
                 </label>
                 {text_input("Priority", "priority", priority, "0")}
                 {text_input("Attempts", "max_attempts", attempts, "3")}
