@@ -1,15 +1,17 @@
 // Runs the engine's CUDA C kernels on the host, so that CI (which has no GPU) checks them against the CPU
-// ops: each CUDA thread of a block is a std::thread, `__syncthreads` a barrier of the block, `__syncwarp`
-// and the shuffles a barrier of the warp, `__shared__` memory a static (blocks run one after another),
-// bf16 a 16-bit value rounded to nearest even, and a WMMA fragment the whole 16x16 tile in every lane
-// (each lane computes the full product; the `*_sync` calls are warp barriers, as they are collective on a
-// GPU). What it cannot check is speed, and code that relies on a fragment's element layout (none here).
+// ops. Each CUDA thread of a block is a fiber (a ucontext with a stack of its own) on one OS thread:
+// `__syncthreads` parks it until every thread of the block that has not returned is parked there too,
+// `__syncwarp` and the shuffles do the same for its warp, and the scheduler (kernel-emulator's
+// launch.cpp) runs the block's fibers round-robin until they all return. `__shared__` memory is a static
+// (blocks run one after another), bf16 a 16-bit value rounded to nearest even, and a WMMA fragment the
+// whole 16x16 tile in every lane (each lane computes the full product; the `*_sync` calls are warp
+// barriers, as they are collective on a GPU). The same input gives the same interleaving every run.
+// What it cannot check is speed, and code that relies on a fragment's element layout (none here).
 //
 // Included instead of the CUDA headers when REPDIFF_EMULATE is defined (see common.cuh); the launcher
 // (backend/engine/kernel-emulator) compiles the kernels with a host C++20 compiler.
 #pragma once
 
-#include <barrier>
 #include <cmath>
 #include <math.h>
 #include <cstdint>
@@ -32,32 +34,28 @@ struct dim3 {
 
 namespace emu {
 
-struct Warp {
-  std::barrier<> barrier;
-  uint64_t slot[32];
-  explicit Warp(std::ptrdiff_t lanes) : barrier(lanes) {}
-};
+// Where a fiber stopped.
+enum class Parked { Running, Block, Warp, Done };
 
-// What the threads of the running block share: made anew for every block, so a thread that returns
-// early drops out of its block's barriers only.
+// The running block, as the kernels see it (launch.cpp keeps the rest).
 struct Block {
-  std::barrier<> barrier;
-  std::unique_ptr<std::unique_ptr<Warp>[]> warps;
-  char* dynamic_shared;
-  Block(unsigned threads, char* shared) : barrier(threads), warps(new std::unique_ptr<Warp>[threads / 32]), dynamic_shared(shared) {
-    for (unsigned w = 0; w < threads / 32; ++w) warps[w] = std::make_unique<Warp>(32);
-  }
+  char* dynamic_shared = nullptr;
+  // The slot each lane of each warp writes for a shuffle.
+  uint64_t (*slots)[32] = nullptr;
 };
 
-inline thread_local dim3 thread_index, block_index;
-inline Block* block = nullptr;  // the running block (one at a time; launches are serialised)
+inline dim3 thread_index, block_index;  // the running fiber's (one OS thread runs them all)
+inline Block block;
 inline dim3 block_dim, grid_dim;
+
+// Parks the running fiber at a barrier of the block or of its warp (launch.cpp defines it).
+void park(Parked at);
 
 inline unsigned linear_thread() {
   return thread_index.x + block_dim.x * (thread_index.y + block_dim.y * thread_index.z);
 }
-inline Warp& warp() { return *block->warps[linear_thread() / 32]; }
 inline unsigned lane() { return linear_thread() % 32; }
+inline uint64_t* warp_slots() { return block.slots[linear_thread() / 32]; }
 
 }  // namespace emu
 
@@ -66,23 +64,23 @@ inline unsigned lane() { return linear_thread() % 32; }
 #define blockDim (emu::block_dim)
 #define gridDim (emu::grid_dim)
 
-inline void __syncthreads() { emu::block->barrier.arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp().barrier.arrive_and_wait(); }
+inline void __syncthreads() { emu::park(emu::Parked::Block); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::park(emu::Parked::Warp); }
 
 // The dynamic shared memory of the running block (`extern __shared__` on a GPU).
-#define REPDIFF_DYNAMIC_SHARED(name) char* name = emu::block->dynamic_shared
+#define REPDIFF_DYNAMIC_SHARED(name) char* name = emu::block.dynamic_shared
 
 template <class T>
 T emu_shuffle(T value, unsigned source) {
   static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
-  emu::Warp& w = emu::warp();
+  uint64_t* slot = emu::warp_slots();
   unsigned self = emu::lane();
   uint64_t bits = 0;
   std::memcpy(&bits, &value, sizeof(T));
-  w.slot[self] = bits;
-  w.barrier.arrive_and_wait();
-  uint64_t got = w.slot[source < 32 ? source : self];
-  w.barrier.arrive_and_wait();
+  slot[self] = bits;
+  __syncwarp();
+  uint64_t got = slot[source < 32 ? source : self];
+  __syncwarp();
   T out;
   std::memcpy(&out, &got, sizeof(T));
   return out;

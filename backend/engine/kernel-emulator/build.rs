@@ -14,5 +14,4 @@ fn main() {
         .extra_warnings(false)
         .flag_if_supported("-Wno-unused-parameter")
         .compile("repdiff_kernel_emulator");
-    println!("cargo::rustc-link-lib=pthread");
 }

@@ -480,6 +480,10 @@ struct Attempt {
 }
 
 impl Attempt {
+    fn without_paths(&self, error: &str) -> String {
+        without_paths(error, &self.options.scratch)
+    }
+
     async fn execute(self, job: Job) {
         let id = job.id;
         let worker = self.options.id.clone();
@@ -556,8 +560,8 @@ impl Attempt {
                 return;
             }
             (Err(JobError::Cancelled), _) | (Err(_), StopCause::User) => Outcome::Cancelled,
-            (Err(JobError::Permanent(e)), _) => Outcome::FailedPermanently(e),
-            (Err(JobError::Retryable(e)), _) => Outcome::Failed(e),
+            (Err(JobError::Permanent(e)), _) => Outcome::FailedPermanently(self.without_paths(&e)),
+            (Err(JobError::Retryable(e)), _) => Outcome::Failed(self.without_paths(&e)),
         };
         if let Outcome::Failed(e) | Outcome::FailedPermanently(e) = &outcome
             && let Err(log_error) = queue::log(&self.pool, id, "error", e).await
@@ -570,6 +574,16 @@ impl Attempt {
             Err(e) => tracing::error!(job = id, "cannot record the outcome ({e}); the rescuer will retry the job"),
         }
     }
+}
+
+/// An error for a job's owner, with the worker machine's folders named by role instead of by path
+/// (`<scratch>/job-12/...`): users see what failed, not where the server keeps its files.
+fn without_paths(error: &str, scratch: &std::path::Path) -> String {
+    let real = scratch.canonicalize().unwrap_or_else(|_| scratch.to_path_buf());
+    let mut out = error.replace(&real.display().to_string(), "<scratch>");
+    out = out.replace(&scratch.display().to_string(), "<scratch>");
+    let temp = std::env::temp_dir().display().to_string();
+    out.replace(temp.trim_end_matches('/'), "<tmp>")
 }
 
 /// Renews the lease every third of it until aborted; stops the job when it is cancelled or lost.
@@ -620,5 +634,18 @@ fn remove_dead_scratch(root: &std::path::Path, own_id: &str) {
         if !alive && let Err(e) = std::fs::remove_dir_all(entry.path()) {
             tracing::warn!("cannot remove {}: {e}", entry.path().display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn job_errors_name_no_server_folder() {
+        let scratch = std::path::Path::new("/srv/repdiff/scratch");
+        let temp = std::env::temp_dir().display().to_string();
+        let error = format!("data: /srv/repdiff/scratch/job-3/split.csv: line 1; staged in {temp}/repdiff-upload-1-ab");
+        let cleaned = super::without_paths(&error, scratch);
+        assert!(!cleaned.contains("/srv") && !cleaned.contains(temp.trim_end_matches('/')), "{cleaned}");
+        assert!(cleaned.contains("<scratch>/job-3/split.csv") && cleaned.contains("<tmp>/repdiff-upload"), "{cleaned}");
     }
 }

@@ -1,6 +1,6 @@
-//! Runs repdiff-engine's CUDA C kernels (backend/engine/cuda) on the host: one `std::thread` per CUDA thread,
-//! block by block, with the GPU's barriers, warp shuffles, shared memory, bf16 rounding and WMMA tile
-//! products emulated (see `cuda/emulate.h`). The engine's tests launch the kernels through [`Launch`] with the
+//! Runs repdiff-engine's CUDA C kernels (backend/engine/cuda) on the host: each CUDA thread a fiber on the
+//! calling thread, block by block, with the GPU's barriers, warp shuffles, shared memory, bf16 rounding and
+//! WMMA tile products emulated (see `cuda/emulate.h`). The engine's tests launch the kernels through [`Launch`] with the
 //! geometry the CUDA ops use and compare them with the CPU ops; speed is not emulated.
 
 use std::ffi::{CString, c_char, c_void};

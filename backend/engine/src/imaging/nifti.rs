@@ -53,8 +53,10 @@ fn axis_mapping(affine: &[[f64; 3]; 3]) -> Option<[(usize, bool); 3]> {
     Some(mapping)
 }
 
-/// The most voxel data a gzipped volume may claim per compressed byte: deflate cannot do better than ~1032:1.
-const MAX_GZIP_RATIO: u64 = 1100;
+/// The most voxel data a gzipped volume may claim per compressed byte. Deflate can reach ~1032:1 on
+/// constant data, but CT volumes compress about 2-6:1 (noise in every voxel of the head, air around it);
+/// a 0.5 MB file that claims 500 MB is a bomb, and reading it took 1.5 GB of memory.
+const MAX_GZIP_RATIO: u64 = 64;
 /// The most voxel data a volume may hold: a CT of 512 x 512 x 1000 slices of 16 bits is 500 MiB. Reading
 /// one takes about three times its size in memory; a 0.5 MB gzip bomb claiming a gigabyte is refused here.
 pub const MAX_VOLUME_BYTES: u64 = 512 << 20;
