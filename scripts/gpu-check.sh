@@ -13,8 +13,18 @@ OUT=$(mkdir -p "${2:-gpu-check}" && realpath "${2:-gpu-check}")
 B=$KIT/repdiff
 exec > >(tee "$OUT/log.txt") 2>&1
 START=$(date +%s)
+# Seconds the whole check may take (a lease is 15 minutes, the machine's start included, and one command
+# at most 10): sections past it are skipped, each runs under the time that is left.
+BUDGET=${GPU_CHECK_BUDGET:-540}
 elapsed() { echo $(( $(date +%s) - START )); }
 section() { printf '\n=== %s (%ss)\n' "$*" "$(elapsed)"; }
+# `within SECONDS command...`: runs it under SECONDS or the budget left, whichever is less; skips it when
+# less than 20 s are left.
+within() {
+  local limit=$1 left=$(( BUDGET - $(date +%s) + START )); shift
+  if [ "$left" -lt 20 ]; then echo "skipped (budget spent): $*"; return 0; fi
+  timeout $(( limit < left ? limit : left )) "$@"
+}
 
 section device
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
@@ -26,20 +36,34 @@ ldd "$B" | grep -E "not found|cublas|curand|cuda" || true
 "$B" --version
 
 section "GPU tests: fused ops, attention memory, optimiser, training precisions (against the CPU)"
-timeout 240 "$KIT/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda-tests.txt" | grep -vE "^\s*$"
+within 150 "$KIT/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda-tests.txt" | grep -vE "^\s*$"
+
+section "benchmark: RepDiff (bf16 and TF32 at batch 128 and 256, f32 anchor)"
+within 150 "$B" bench --models DiT-B/2,DiT-XL/2 --batch-size 128,256 --precision bf16,high --iters 3 --json "$OUT/repdiff-bench.json"
+within 60 "$B" bench --models DiT-S/2,DiT-B/2 --batch-size 32 --precision highest,bf16 --iters 3 --sample-steps 50 --json "$OUT/repdiff-bench-small.json"
+
+if [ -f "$KIT/DiT/models.py" ]; then
+  section "benchmark: PyTorch, the official DiT on the same card"
+  within 150 python3 "$(dirname "$0")/bench_torch.py" --dit-repo "$KIT/DiT" --device cuda --models DiT-B/2,DiT-XL/2 \
+    --batch-size 128,256 --modes bf16,tf32 --iters 3 --json "$OUT/torch-bench.json"
+  within 60 python3 "$(dirname "$0")/bench_torch.py" --dit-repo "$KIT/DiT" --device cuda --models DiT-S/2,DiT-B/2 \
+    --batch-size 32 --modes f32,bf16 --iters 3 --sample-steps 50 --json "$OUT/torch-bench-small.json"
+  within 90 python3 "$(dirname "$0")/bench_torch.py" --dit-repo "$KIT/DiT" --device cuda --models DiT-B/2 \
+    --batch-size 256 --modes bf16-compile --iters 3 --json "$OUT/torch-bench-compile.json"
+fi
 
 section "job kinds on the GPU against the CPU: train, sample, classify, counterfactual"
 cd "$(mktemp -d)"
-timeout 60 "$B" train --preset tiny-cpu --conditioning class --toy 256 --steps 600 --checkpoint-every 300 --matmul-precision bf16 --out run 2>&1 | tail -3
+within 60 "$B" train --preset tiny-cpu --conditioning class --toy 256 --steps 600 --checkpoint-every 300 --matmul-precision bf16 --out run 2>&1 | tail -3
 C=run/checkpoint.safetensors
 for dev in gpu cpu; do
   if [ $dev = cpu ]; then export REPDIFF_DEVICE=cpu; else unset REPDIFF_DEVICE; fi
-  ( time timeout 60 "$B" sample --checkpoint $C -n 16 --sampler ddim --steps 50 --seed 1 --out s-$dev ) 2>&1 | tail -4
-  ( time timeout 60 "$B" classify --checkpoint $C --validation s-cpu/samples.safetensors --test s-cpu/samples.safetensors \
+  ( time within 60 "$B" sample --checkpoint $C -n 16 --sampler ddim --steps 50 --seed 1 --out s-$dev ) 2>&1 | tail -4
+  ( time within 60 "$B" classify --checkpoint $C --validation s-cpu/samples.safetensors --test s-cpu/samples.safetensors \
       --timesteps 200,500 --draws 64 --sequential --agreement --out cls-$dev.json ) 2>&1 | tail -4
 done
 unset REPDIFF_DEVICE
-timeout 60 "$B" counterfactual --checkpoint $C --data s-cpu/samples.safetensors -n 4 --t 450 --guidance 3 --out cf 2>&1 | tail -2
+within 30 "$B" counterfactual --checkpoint $C --data s-cpu/samples.safetensors -n 4 --t 450 --guidance 3 --out cf 2>&1 | tail -2
 python3 - "$OUT" <<'PY'
 import json, sys
 from safetensors.numpy import load_file
@@ -53,24 +77,10 @@ PY
 cp cf/counterfactuals.png s-gpu/grid.png "$OUT"/ 2>/dev/null
 cd - >/dev/null
 
-section "benchmark: RepDiff (bf16 and TF32 at batch 128 and 256, f32 anchor)"
-timeout 200 "$B" bench --models DiT-B/2,DiT-XL/2 --batch-size 128,256 --precision bf16,high --iters 3 --json "$OUT/repdiff-bench.json"
-timeout 60 "$B" bench --models DiT-S/2,DiT-B/2 --batch-size 32 --precision highest,bf16 --iters 3 --sample-steps 50 --json "$OUT/repdiff-bench-small.json"
-
-if [ -f "$KIT/DiT/models.py" ]; then
-  section "benchmark: PyTorch, the official DiT on the same card"
-  timeout 200 python3 "$(dirname "$0")/bench_torch.py" --dit-repo "$KIT/DiT" --device cuda --models DiT-B/2,DiT-XL/2 \
-    --batch-size 128,256 --modes bf16,tf32 --iters 3 --json "$OUT/torch-bench.json"
-  timeout 60 python3 "$(dirname "$0")/bench_torch.py" --dit-repo "$KIT/DiT" --device cuda --models DiT-S/2,DiT-B/2 \
-    --batch-size 32 --modes f32,bf16 --iters 3 --sample-steps 50 --json "$OUT/torch-bench-small.json"
-  timeout 120 python3 "$(dirname "$0")/bench_torch.py" --dit-repo "$KIT/DiT" --device cuda --models DiT-B/2 \
-    --batch-size 256 --modes bf16-compile --iters 3 --json "$OUT/torch-bench-compile.json"
-fi
-
 section "the other networks on the GPU (random weights): Inception-v3, DINOv2, SD VAE"
-timeout 60 "$B" bench --metrics 512 --batch-size 128
-timeout 40 "$B" bench --dino 64
-timeout 60 "$B" bench --imaging 64 --vae-images 16
+within 40 "$B" bench --metrics 512 --batch-size 128
+within 30 "$B" bench --dino 64
+within 40 "$B" bench --imaging 64 --vae-images 16
 
 section "results.json"
 python3 - "$OUT" <<'PY'
