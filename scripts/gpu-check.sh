@@ -1,8 +1,8 @@
 #!/bin/bash
 # The GPU check of docs/benchmarks.md, for a machine with an NVIDIA GPU; builds nothing there. Usage:
 #   scripts/gpu-check.sh [KIT] [OUT]
-# KIT (default target-gpu, made by scripts/build-cuda): `repdiff`, `cuda-tests`, optionally DiT/ (the
-# official PyTorch DiT, for the reference rows). OUT (default ./gpu-check) gets log.txt and results.json:
+# KIT (default target-gpu, made by scripts/build-cuda): `repdiff` and `cuda-tests` (or their .xz),
+# optionally DiT/ (the official PyTorch DiT, for the reference rows). OUT (default ./gpu-check) gets log.txt and results.json:
 # the GPU tests (every fused op forward and backward against the CPU, the optimiser, training in each
 # precision), the job kinds on the GPU against the CPU, and the benchmark of RepDiff against PyTorch on
 # the same card. Sections run in order of importance, each under a time limit, so a short lease still
@@ -10,7 +10,18 @@
 # wheels.
 KIT=$(realpath "${1:-target-gpu}")
 OUT=$(mkdir -p "${2:-gpu-check}" && realpath "${2:-gpu-check}")
-B=$KIT/repdiff
+# scripts/build-cuda ships the binaries xz-compressed.
+for bin in repdiff cuda-tests; do
+  if [ -f "$KIT/$bin.xz" ] && [ ! -x "$KIT/$bin" ]; then
+    mkdir -p /tmp/repdiff-kit
+    xz -dc "$KIT/$bin.xz" > "/tmp/repdiff-kit/$bin" 2>/dev/null ||
+      python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+        "$KIT/$bin.xz" "/tmp/repdiff-kit/$bin"
+    chmod +x "/tmp/repdiff-kit/$bin"
+  fi
+done
+[ -x /tmp/repdiff-kit/repdiff ] && [ ! -x "$KIT/repdiff" ] && BIN=/tmp/repdiff-kit || BIN=$KIT
+B=$BIN/repdiff
 exec > >(tee "$OUT/log.txt") 2>&1
 START=$(date +%s)
 # Seconds the whole check may take (a lease is 15 minutes, the machine's start included, and one command
@@ -31,12 +42,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 libdirs=$( (find /usr/local -name 'libcublas.so.13*' -o -name 'libcurand.so.10*' -o -name 'libcublasLt.so.13*';
   python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__file__))' 2>/dev/null | xargs -r -I{} find {} -name 'libcublas*.so.13*' -o -name 'libcurand.so.10*') 2>/dev/null |
   xargs -r -n1 dirname | sort -u | paste -sd:)
-export LD_LIBRARY_PATH=$KIT:$libdirs:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=$BIN:$libdirs:${LD_LIBRARY_PATH:-}
 ldd "$B" | grep -E "not found|cublas|curand|cuda" || true
 "$B" --version
 
 section "GPU tests: fused ops, attention memory, optimiser, training precisions (against the CPU)"
-within 150 "$KIT/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda-tests.txt" | grep -vE "^\s*$"
+within 150 "$BIN/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda-tests.txt" | grep -vE "^\s*$"
 
 section "benchmark: RepDiff (bf16 and TF32 at batch 128 and 256, f32 anchor)"
 within 150 "$B" bench --models DiT-B/2,DiT-XL/2 --batch-size 128,256 --precision bf16,high --iters 3 --json "$OUT/repdiff-bench.json"
