@@ -76,8 +76,18 @@ done
 unset REPDIFF_DEVICE
 within 30 "$B" counterfactual --checkpoint $C --data s-cpu/samples.safetensors -n 4 --t 450 --guidance 3 --out cf 2>&1 | tail -2
 python3 - "$OUT" <<'PY'
-import json, sys
-from safetensors.numpy import load_file
+import json, struct, sys
+import numpy as np
+def load_file(path):  # safetensors: an 8-byte header length, a JSON header, the raw tensors (f32 here)
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for name, t in header.items():
+        if name != "__metadata__" and t["dtype"] == "F32":
+            a, b = t["data_offsets"]
+            out[name] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=np.float32).reshape(t["shape"])
+    return out
 g = load_file('s-gpu/samples.safetensors')['latents']; c = load_file('s-cpu/samples.safetensors')['latents']
 cg, cc = json.load(open('cls-gpu.json')), json.load(open('cls-cpu.json'))
 checks = {"samples_max_abs_diff": float(abs(g - c).max()), "samples_rel_diff": float(abs(g - c).max() / abs(c).max()),
