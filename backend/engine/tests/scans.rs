@@ -63,6 +63,14 @@ fn unreadable_dicom_files_are_refused_with_the_reason() {
         assert!(error.contains(reason), "{name}: {error:?} should say {reason:?}");
         assert!(error.contains(name), "{name}: the error names the file: {error}");
     }
+    // A large file that is no DICOM at all is refused from its first bytes (it was read whole first: a
+    // 600 MB upload took 600 MB of memory).
+    let big = std::env::temp_dir().join(format!("repdiff-not-dicom-{}.dcm", std::process::id()));
+    let file = std::fs::File::create(&big).unwrap();
+    file.set_len(1 << 40).unwrap(); // a sparse terabyte: reading it whole would fail or take hours
+    let error = imaging::read_slices(&big).expect_err("a terabyte of zeros").to_string();
+    std::fs::remove_file(&big).unwrap();
+    assert!(error.contains("no DICM marker"), "{error}");
 }
 
 #[test]

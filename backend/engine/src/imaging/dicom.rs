@@ -52,7 +52,21 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Whether `head` (a file's first bytes) can start a DICOM data set without a preamble: its first tag is
+/// of the file meta group (0002), a directory's (0004) or the identifying group (0008), little endian.
+fn bare_data_set_start(head: &[u8]) -> bool {
+    head.len() >= 8 && matches!(u16::from_le_bytes([head[0], head[1]]), 0x0002 | 0x0004 | 0x0008)
+}
+
 pub fn open(path: &Path) -> Result<DefaultDicomObject> {
+    // The head first: a large file that is no DICOM at all is refused before it is read into memory (a
+    // 600 MB upload of anything else took 600 MB).
+    let mut head = Vec::with_capacity(132);
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, 132), &mut head).map_err(|e| Error::io(path, e))?;
+    if !looks_like_dicom(&head) && !bare_data_set_start(&head) {
+        return Err(scan_error(path, "not a readable DICOM file: no DICM marker and no data element at its start"));
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     check_element_lengths(&bytes).map_err(|reason| scan_error(path, format!("not a readable DICOM file: {reason}")))?;
     // Parse the bytes already read (after the preamble) rather than reading the file again.
