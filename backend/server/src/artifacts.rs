@@ -60,6 +60,11 @@ pub async fn for_job(pool: &PgPool, job_id: i64, kind: Option<&str>) -> sqlx::Re
     .await
 }
 
+/// The metadata of the artifact stored under `key`, if there is one.
+pub async fn meta_of(pool: &PgPool, key: &str) -> sqlx::Result<Option<serde_json::Value>> {
+    sqlx::query_scalar!("SELECT meta FROM artifacts WHERE key = $1", key).fetch_optional(pool).await
+}
+
 pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<Artifact>> {
     sqlx::query_as!(
         Artifact,

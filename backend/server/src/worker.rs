@@ -94,6 +94,13 @@ pub trait Handler: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether a job with (valid) `params` fits what a job may use, given the metadata of the artifacts it
+    /// reads (`metas`, by key: a checkpoint's carries its run's configuration); the API refuses it with
+    /// this message otherwise, before anything is allocated.
+    fn admit(&self, _params: &serde_json::Value, _metas: &HashMap<String, serde_json::Value>) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Runs one attempt. Called on a thread of the attempt's own rayon pool (its parallel loops stay in that
     /// pool); long loops check `ctx.cancel` every step. A handler that can resume (training) looks for its
     /// own earlier checkpoint first: an attempt after a crash continues from it.

@@ -277,6 +277,26 @@ async fn absurd_job_parameters_are_refused_with_the_limit() {
         assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{job}: {}", String::from_utf8_lossy(&reply.body));
         assert_invalid(&reply, needle);
     }
+    // A fine-tune is estimated from its checkpoint's recorded configuration (DiT-XL/2 here) and its batch.
+    let pretrain = app.call("POST", "/api/v1/jobs", Some(&ada), Some(json!({ "kind": "noop" }))).await.json();
+    let mut config = repdiff_engine::config::RunConfig::preset("paper").unwrap();
+    config.model =
+        repdiff_engine::config::ModelConfig::dit("DiT-XL/2", 32, 4, config.model.conditioning.clone()).unwrap();
+    sqlx::query("INSERT INTO artifacts (key, job_id, kind, media_type, size, meta) VALUES ('jobs/xl/checkpoint.safetensors', $1, 'checkpoint', 'application/octet-stream', 1, $2)")
+        .bind(pretrain["id"].as_i64().unwrap())
+        .bind(json!({ "step": 10, "total": 10, "config": config }))
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let finetune = |batch: u64| {
+        json!({ "kind": "finetune", "params": { "from": { "key": "jobs/xl/checkpoint.safetensors" },
+                "data": { "toy": { "n": 64 } }, "run": { "batch_size": batch } } })
+    };
+    assert_invalid(
+        &app.call("POST", "/api/v1/jobs", Some(&ada), Some(finetune(60_000))).await,
+        "fine-tuning this model at batch 60000",
+    );
+    assert_eq!(app.call("POST", "/api/v1/jobs", Some(&ada), Some(finetune(2))).await.status, StatusCode::CREATED);
     // NUL bytes and oversized numbers are the client's errors, not the server's.
     let mut tagged = json!({ "kind": "noop", "params": {}, "tags": ["a\u{0}b"] });
     assert_invalid(&app.call("POST", "/api/v1/jobs", Some(&ada), Some(tagged.clone())).await, "NUL");

@@ -284,6 +284,7 @@ pub async fn submit_job(
     // What the job derives from: the datasets it reads, and those the jobs whose artifacts it reads derive
     // from (who may see the run in a shared experiment depends on them).
     let mut sources = Vec::new();
+    let mut metas = std::collections::HashMap::new();
     for input in handler.reads(&submit.params) {
         match input {
             Input::Artifact(key) => {
@@ -291,6 +292,9 @@ pub async fn submit_job(
                     return Err(ApiError::invalid_params(format!("there is no artifact {key:?} that you may read")));
                 }
                 sources.extend(sources_of_key(&state.pool, &key).await?);
+                if let Some(meta) = crate::artifacts::meta_of(&state.pool, &key).await? {
+                    metas.insert(key, meta);
+                }
             }
             Input::Dataset(id) => {
                 super::datasets::visible_dataset(&state.pool, &user, id)
@@ -308,6 +312,7 @@ pub async fn submit_job(
     }
     sources.sort_unstable();
     sources.dedup();
+    handler.admit(&submit.params, &metas).map_err(ApiError::invalid_params)?;
     if let Some(experiment) = submit.experiment_id {
         let experiment = visible_experiment(&state.pool, &user, experiment).await?;
         if !user.is_admin() && experiment.owner != user.username && !experiment.members.contains(&user.username) {

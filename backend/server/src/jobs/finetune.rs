@@ -53,6 +53,8 @@ pub struct FinetuneParams {
 
 pub struct Finetune {
     pub weights_dir: std::path::PathBuf,
+    /// The memory one job may use (see `jobs::job_memory_limit`).
+    pub memory_limit: u64,
 }
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -81,6 +83,22 @@ impl Handler for Finetune {
             eval.check(&self.weights_dir)?;
         }
         validate_data(&p.data)
+    }
+
+    fn admit(
+        &self,
+        params: &serde_json::Value,
+        metas: &std::collections::HashMap<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        let p: FinetuneParams = super::parse("finetune", params)?;
+        // Checkpoints from before their configuration was recorded are not estimated.
+        let Some(config) = metas.get(&p.from.key()).and_then(|m| m.get("config")) else { return Ok(()) };
+        let Ok(mut config) = serde_json::from_value::<repdiff_engine::config::RunConfig>(config.clone()) else {
+            return Ok(());
+        };
+        config.train.batch_size = p.run.batch_size.unwrap_or(config.train.batch_size);
+        let batch = config.train.batch_size;
+        super::admit(&format!("fine-tuning this model at batch {batch}"), config.training_memory(), self.memory_limit)
     }
 
     fn reads(&self, params: &serde_json::Value) -> Vec<Input> {

@@ -72,7 +72,10 @@ pub fn registry(settings: &JobSettings) -> Registry {
             "pretrain",
             train::Train { weights_dir: settings.weights_dir.clone(), memory_limit: settings.memory_limit },
         )
-        .register("finetune", finetune::Finetune { weights_dir: settings.weights_dir.clone() })
+        .register(
+            "finetune",
+            finetune::Finetune { weights_dir: settings.weights_dir.clone(), memory_limit: settings.memory_limit },
+        )
         .register("classify", classify::Classify { weights_dir: settings.weights_dir.clone() })
         .register("counterfactual", counterfactual::Counterfactual { weights_dir: settings.weights_dir.clone() })
         .register("probe", probe::Probe { weights_dir: settings.weights_dir.clone() })

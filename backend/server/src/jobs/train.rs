@@ -259,7 +259,8 @@ pub(super) fn train_and_publish(
                 CHECKPOINT,
                 "checkpoint",
                 "application/octet-stream",
-                serde_json::json!({ "step": trainer.step(), "total": total }),
+                // The run's configuration: what a fine-tune of it needs is estimated from it at submission.
+                serde_json::json!({ "step": trainer.step(), "total": total, "config": trainer.config }),
             )?;
         }
         if summary.stop == StopReason::Cancelled {
