@@ -199,3 +199,41 @@ fn training_on_the_gpu_tracks_the_cpu_and_f32() {
         assert!((run_tail - tail).abs() < 0.15 * tail, "{}: {run_tail} vs f32 {tail}", precision.name());
     }
 }
+
+/// The networks of the other job kinds (random weights: the same on both devices) give the CPU's outputs
+/// on the GPU: Inception-v3 (evaluate), DINOv2 (probe), the SD VAE's posterior (encode), a ResNet
+/// (supervised).
+#[test]
+fn the_other_networks_on_the_gpu_match_the_cpu() {
+    use repdiff_engine::autoencoder::{SdVae, VaeConfig};
+    use repdiff_engine::dino::Dino;
+    use repdiff_engine::metrics::InceptionV3;
+    use repdiff_engine::supervised::{Classifier, ResNet};
+    let images = Rng::new(4).randn((2, 3, 64, 64), &Device::Cpu).unwrap().clamp(-1f32, 1f32).unwrap();
+    let check = |what: &str, gpu: Vec<f32>, cpu: Vec<f32>, tolerance: f32| {
+        let err = rel(&gpu, &cpu);
+        println!("{what}: relative error {err:.2e}");
+        assert!(err < tolerance, "{what}: {err}");
+    };
+    let on = |dev: &Device| {
+        let inception = InceptionV3::random(0, dev).unwrap().features(&images.to_device(dev).unwrap()).unwrap();
+        let dino = Dino::random(0, 224, dev).unwrap().features(&images, 2).unwrap().concat();
+        let config = VaeConfig {
+            block_out_channels: vec![32, 64],
+            layers_per_block: 1,
+            latent_channels: 4,
+            norm_num_groups: 8,
+            scaling_factor: 0.18215,
+        };
+        let (mean, _) = SdVae::random(config, 0, dev).unwrap().posterior(&images).unwrap();
+        let resnet = ResNet::new(3, &[1, 1], 16, 2, &Params::random(1, dev)).unwrap();
+        let logits = resnet.logits(&images.to_device(dev).unwrap(), false).unwrap();
+        (values(&inception.pool), values(&inception.logits), dino, values(&mean), values(&logits))
+    };
+    let (gpu, cpu) = (on(&gpu()), on(&Device::Cpu));
+    check("Inception-v3 pool features", gpu.0, cpu.0, 1e-4);
+    check("Inception-v3 logits", gpu.1, cpu.1, 1e-4);
+    check("DINOv2 features", gpu.2, cpu.2, 1e-4);
+    check("SD VAE posterior mean", gpu.3, cpu.3, 1e-4);
+    check("ResNet logits", gpu.4, cpu.4, 1e-4);
+}
