@@ -383,28 +383,45 @@ impl RunConfig {
         Ok(())
     }
 
-    /// About how many bytes a training step of this run holds at once in f32: the weights, their
-    /// gradients, AdamW's two moments and the EMA (five copies of the parameters), and the activations a
-    /// step keeps for its backward (about 20 values per token, block and width, measured on the CPU
-    /// build; twice that with the representation encoder). An estimate for admission, within a factor
-    /// of about 1.5 of what a run measures; it does not count the training data.
-    pub fn training_memory(&self) -> u64 {
+    /// About how many parameters the model has (the DiT's blocks, the representation encoder's, the
+    /// embeddings): for memory estimates.
+    fn parameter_estimate(&self) -> u64 {
         let m = &self.model;
         let (d, depth) = (m.hidden_size as u64, m.depth as u64);
-        let tokens = (m.input_size / m.patch_size.max(1)).pow(2) as u64;
-        let block_params = depth * (12 + 6) * d * d;
         let encoder = match m.conditioning {
             Conditioning::Representation { encoder_depth, .. } => encoder_depth as u64 * 12 * d * d + depth * d * d,
             _ => 0,
         };
         let embed = (m.in_channels * m.patch_size * m.patch_size) as u64 * d * 3 + 256 * d + 2 * d * d;
-        let params = block_params + encoder + embed;
+        depth * (12 + 6) * d * d + encoder + embed
+    }
+
+    fn tokens(&self) -> u64 {
+        (self.model.input_size / self.model.patch_size.max(1)).pow(2) as u64
+    }
+
+    /// About how many bytes a training step of this run holds at once in f32: the weights, their
+    /// gradients, AdamW's two moments and the EMA (five copies of the parameters), and the activations a
+    /// step keeps for its backward (about 20 values per token, block and width, measured on the CPU
+    /// build; the representation encoder's blocks count as blocks). An estimate for admission, within a
+    /// factor of about 1.5 of what a run measures; it does not count the training data.
+    pub fn training_memory(&self) -> u64 {
+        let m = &self.model;
         let encoder_depth = match m.conditioning {
             Conditioning::Representation { encoder_depth, .. } => encoder_depth as u64,
             _ => 0,
         };
-        let activations = self.train.batch_size as u64 * tokens * (depth + encoder_depth) * 20 * d;
-        4 * (5 * params + activations)
+        let blocks = m.depth as u64 + encoder_depth;
+        let activations = self.train.batch_size as u64 * self.tokens() * blocks * 20 * m.hidden_size as u64;
+        4 * (5 * self.parameter_estimate() + activations)
+    }
+
+    /// About how many bytes a forward pass of `batch` inputs holds at once in f32 (sampling, the
+    /// diffusion classifier): the weights twice (the model and the EMA it is loaded from) and one block's
+    /// activations (about 16 values per token and width, and one head's attention scores).
+    pub fn inference_memory(&self, batch: usize) -> u64 {
+        let (d, tokens) = (self.model.hidden_size as u64, self.tokens());
+        4 * (2 * self.parameter_estimate() + batch as u64 * tokens * (16 * d + tokens))
     }
 }
 
@@ -560,6 +577,9 @@ mod tests {
         let at_16 = paper.training_memory();
         paper.train.batch_size = 256;
         assert!(paper.training_memory() > 10 * at_16 / 2);
+        // A forward pass holds much less than a training step.
+        assert!(paper.inference_memory(256) < paper.training_memory() / 4);
+        assert!(paper.inference_memory(1024) > paper.inference_memory(16));
     }
 
     #[test]

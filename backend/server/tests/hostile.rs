@@ -297,6 +297,25 @@ async fn absurd_job_parameters_are_refused_with_the_limit() {
         "fine-tuning this model at batch 60000",
     );
     assert_eq!(app.call("POST", "/api/v1/jobs", Some(&ada), Some(finetune(2))).await.status, StatusCode::CREATED);
+    // The diffusion classifier's batch of a DiT-XL/2 on 64x64 latents (1,024 tokens) is estimated too.
+    let mut config = repdiff_engine::config::RunConfig::preset("paper").unwrap();
+    let class = repdiff_engine::config::Conditioning::Class { num_classes: 2, dropout_prob: 0.1 };
+    config.model = repdiff_engine::config::ModelConfig::dit("DiT-XL/2", 64, 4, class).unwrap();
+    sqlx::query("INSERT INTO artifacts (key, job_id, kind, media_type, size, meta) VALUES ('jobs/xl64/checkpoint.safetensors', $1, 'checkpoint', 'application/octet-stream', 1, $2)")
+        .bind(pretrain["id"].as_i64().unwrap())
+        .bind(json!({ "step": 10, "total": 10, "config": config }))
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let classify = |batch: u64| {
+        json!({ "kind": "classify", "params": { "checkpoint": { "key": "jobs/xl64/checkpoint.safetensors" },
+                "validation": { "toy": { "n": 8 } }, "batch_size": batch } })
+    };
+    assert_invalid(
+        &app.call("POST", "/api/v1/jobs", Some(&ada), Some(classify(1024))).await,
+        "classifying at batch 1024",
+    );
+    assert_eq!(app.call("POST", "/api/v1/jobs", Some(&ada), Some(classify(2))).await.status, StatusCode::CREATED);
     // NUL bytes and oversized numbers are the client's errors, not the server's.
     let mut tagged = json!({ "kind": "noop", "params": {}, "tags": ["a\u{0}b"] });
     assert_invalid(&app.call("POST", "/api/v1/jobs", Some(&ada), Some(tagged.clone())).await, "NUL");

@@ -61,6 +61,8 @@ pub struct ClassifyParams {
 
 pub struct Classify {
     pub weights_dir: std::path::PathBuf,
+    /// The memory one job may use (see `jobs::job_memory_limit`).
+    pub memory_limit: u64,
 }
 
 impl Handler for Classify {
@@ -77,6 +79,20 @@ impl Handler for Classify {
         }
         validate_data(&p.validation)?;
         p.test.as_ref().map_or(Ok(()), validate_data)
+    }
+
+    fn admit(
+        &self,
+        params: &serde_json::Value,
+        metas: &std::collections::HashMap<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        let p: ClassifyParams = super::parse("classify", params)?;
+        let Some(config) = metas.get(&p.checkpoint.key()).and_then(|m| m.get("config")) else { return Ok(()) };
+        let Ok(config) = serde_json::from_value::<repdiff_engine::config::RunConfig>(config.clone()) else {
+            return Ok(());
+        };
+        let what = format!("classifying at batch {}", p.batch_size);
+        super::admit(&what, config.inference_memory(p.batch_size), self.memory_limit)
     }
 
     fn reads(&self, params: &serde_json::Value) -> Vec<Input> {

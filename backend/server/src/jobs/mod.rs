@@ -76,7 +76,10 @@ pub fn registry(settings: &JobSettings) -> Registry {
             "finetune",
             finetune::Finetune { weights_dir: settings.weights_dir.clone(), memory_limit: settings.memory_limit },
         )
-        .register("classify", classify::Classify { weights_dir: settings.weights_dir.clone() })
+        .register(
+            "classify",
+            classify::Classify { weights_dir: settings.weights_dir.clone(), memory_limit: settings.memory_limit },
+        )
         .register("counterfactual", counterfactual::Counterfactual { weights_dir: settings.weights_dir.clone() })
         .register("probe", probe::Probe { weights_dir: settings.weights_dir.clone() })
         .register("evaluate", evaluate::Evaluate { weights_dir: settings.weights_dir.clone() })
