@@ -122,62 +122,103 @@ pub fn import(inputs: &[PathBuf], labels: &Labels, key: &DeidKey, out: &Path) ->
             }
             None => Err(Error::Scan { path: path.clone(), reason: "not DICOM, NIfTI, PNG or JPEG".into() }),
         };
-        let (slices, base, dicom) = match read {
-            Ok(read) => read,
-            Err(Error::Scan { reason, .. }) => {
-                report.refused.push((path, reason));
-                continue;
-            }
-            Err(e) => {
-                report.refused.push((path, e.to_string()));
-                continue;
-            }
-        };
-        let count = slices.len();
-        let labelled: Vec<(usize, Slice, &SliceRecord)> = slices
-            .into_iter()
-            .enumerate()
-            .filter_map(|(k, slice)| match labels.find(&names, k) {
-                Some(label) => Some((k, slice, label)),
-                None => {
-                    let name = if count == 1 { names[0].clone() } else { format!("{}#{k}", names[0]) };
-                    report.refused.push((path.clone(), format!("no label row for {name}")));
-                    None
-                }
-            })
-            .collect();
-        if labelled.is_empty() {
-            continue;
-        }
-        report.files += 1;
-        if let Some(dicom) = dicom {
-            dicom.store(out)?;
-            report.dicom_files += 1;
-            report.deid.removed += dicom.report.removed;
-            report.deid.emptied += dicom.report.emptied;
-            report.deid.replaced += dicom.report.replaced;
-        }
-        for (k, slice, label) in labelled {
-            let file = if count == 1 { format!("slices/{base}.png") } else { format!("slices/{base}_{k:03}.png") };
-            let target = out.join(&file);
-            match slice.unit {
-                Unit::Hounsfield => imaging::write_hu_png(&slice, &target)?,
-                Unit::Grey => {
-                    let grey = slice.values.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
-                    let img = image::GrayImage::from_raw(slice.columns as u32, slice.rows as u32, grey)
-                        .ok_or_else(|| Error::Data(format!("{}: bad slice size", path.display())))?;
-                    img.save(&target).map_err(|source| Error::Image { path: target.clone(), source })?;
-                }
-            }
-            manifest.records.retain(|r| r.file != file);
-            manifest.records.push(SliceRecord { file, site: label.site, markers: label.markers });
-            report.slices += 1;
-        }
+        add_file(&mut report, &mut manifest, out, &path, &names, read, labels)?;
     }
     if !manifest.records.is_empty() {
         manifest.write_csv(&manifest_path)?;
     }
     Ok(report)
+}
+
+/// [`import`] of one DICOM file held in memory, named `name` (as a labels row names it): its identifying
+/// data are removed before anything of it is written to `out`.
+pub fn import_dicom_bytes(
+    name: &str,
+    bytes: &[u8],
+    labels: &Labels,
+    key: &DeidKey,
+    out: &Path,
+) -> Result<ImportReport> {
+    let slices_dir = out.join("slices");
+    std::fs::create_dir_all(&slices_dir).map_err(|e| Error::io(&slices_dir, e))?;
+    let manifest_path = out.join("manifest.csv");
+    let mut manifest = if manifest_path.exists() { Manifest::read_csv(&manifest_path)? } else { Manifest::default() };
+    let mut report = ImportReport::default();
+    let path = PathBuf::from(name);
+    let read = dicom::open_bytes(bytes, &path)
+        .and_then(|object| deidentified(object, &path, key))
+        .map(|(slices, dicom)| (slices, dicom.base_name(), Some(dicom)));
+    add_file(&mut report, &mut manifest, out, &path, &[name.to_string()], read, labels)?;
+    if !manifest.records.is_empty() {
+        manifest.write_csv(&manifest_path)?;
+    }
+    Ok(report)
+}
+
+/// One read file into `out`: its de-identified DICOM (if any), a PNG per slice a label row covers, their
+/// manifest rows; refusals into the report.
+fn add_file(
+    report: &mut ImportReport,
+    manifest: &mut Manifest,
+    out: &Path,
+    path: &Path,
+    names: &[String],
+    read: Result<(Vec<Slice>, String, Option<DeidentifiedDicom>)>,
+    labels: &Labels,
+) -> Result<()> {
+    let path = path.to_path_buf();
+    let (slices, base, dicom) = match read {
+        Ok(read) => read,
+        Err(Error::Scan { reason, .. }) => {
+            report.refused.push((path, reason));
+            return Ok(());
+        }
+        Err(e) => {
+            report.refused.push((path, e.to_string()));
+            return Ok(());
+        }
+    };
+    let count = slices.len();
+    let labelled: Vec<(usize, Slice, &SliceRecord)> = slices
+        .into_iter()
+        .enumerate()
+        .filter_map(|(k, slice)| match labels.find(names, k) {
+            Some(label) => Some((k, slice, label)),
+            None => {
+                let name = if count == 1 { names[0].clone() } else { format!("{}#{k}", names[0]) };
+                report.refused.push((path.clone(), format!("no label row for {name}")));
+                None
+            }
+        })
+        .collect();
+    if labelled.is_empty() {
+        return Ok(());
+    }
+    report.files += 1;
+    if let Some(dicom) = dicom {
+        dicom.store(out)?;
+        report.dicom_files += 1;
+        report.deid.removed += dicom.report.removed;
+        report.deid.emptied += dicom.report.emptied;
+        report.deid.replaced += dicom.report.replaced;
+    }
+    for (k, slice, label) in labelled {
+        let file = if count == 1 { format!("slices/{base}.png") } else { format!("slices/{base}_{k:03}.png") };
+        let target = out.join(&file);
+        match slice.unit {
+            Unit::Hounsfield => imaging::write_hu_png(&slice, &target)?,
+            Unit::Grey => {
+                let grey = slice.values.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+                let img = image::GrayImage::from_raw(slice.columns as u32, slice.rows as u32, grey)
+                    .ok_or_else(|| Error::Data(format!("{}: bad slice size", path.display())))?;
+                img.save(&target).map_err(|source| Error::Image { path: target.clone(), source })?;
+            }
+        }
+        manifest.records.retain(|r| r.file != file);
+        manifest.records.push(SliceRecord { file, site: label.site, markers: label.markers });
+        report.slices += 1;
+    }
+    Ok(())
 }
 
 /// A DICOM input after de-identification, not yet stored.
@@ -210,7 +251,15 @@ impl DeidentifiedDicom {
 
 /// Reads a DICOM input's slices (refusing what RepDiff cannot use) and de-identifies it.
 fn read_dicom(path: &Path, key: &DeidKey) -> Result<(Vec<Slice>, DeidentifiedDicom)> {
-    let mut object = dicom::open(path)?;
+    deidentified(dicom::open(path)?, path, key)
+}
+
+/// The slices of a read DICOM object and the object de-identified.
+fn deidentified(
+    mut object: dicom_object::DefaultDicomObject,
+    path: &Path,
+    key: &DeidKey,
+) -> Result<(Vec<Slice>, DeidentifiedDicom)> {
     let (slices, _) = dicom::read_object(&object, path)?;
     let report = deidentify(&mut object, key).map_err(|e| match e {
         Error::Scan { reason, .. } => Error::Scan { path: path.into(), reason },

@@ -39,8 +39,39 @@ pub fn import_file(file: &Path, shown_as: &str, labels: Labels, deid_key: &DeidK
     })
 }
 
+/// The engine's import of one DICOM file held in memory (an upload), named `name`: it is de-identified
+/// before anything of it is written (to `work`, a folder of its own that is removed after).
+pub fn import_dicom_bytes(
+    name: &str,
+    bytes: &[u8],
+    labels: Labels,
+    deid_key: &DeidKey,
+    work: &Path,
+) -> Result<Imported, String> {
+    let out = work.join("import");
+    let result = repdiff_engine::dataset::import_dicom_bytes(name, bytes, &labels, deid_key, &out)
+        .map_err(|e| e.to_string())
+        .and_then(|report| collect(report, &out, "dicom"));
+    let _ = std::fs::remove_dir_all(&out);
+    result.map_err(|reason| reason.replace(&out.display().to_string(), name))
+}
+
 fn import_into(file: &Path, labels: &Labels, deid_key: &DeidKey, out: &Path) -> Result<Imported, String> {
     let report = import(&[file.to_path_buf()], labels, deid_key, out).map_err(|e| e.to_string())?;
+    let format = match repdiff_engine::imaging::ScanFormat::detect(file) {
+        Some(repdiff_engine::imaging::ScanFormat::Dicom) => "dicom",
+        Some(repdiff_engine::imaging::ScanFormat::Nifti) => "nifti",
+        _ => "image",
+    };
+    collect(report, out, format)
+}
+
+/// What an import into `out` made: its slices and de-identified DICOM, or why the file was refused.
+fn collect(
+    report: repdiff_engine::dataset::ImportReport,
+    out: &Path,
+    format: &'static str,
+) -> Result<Imported, String> {
     if let Some((_, reason)) = report.refused.first()
         && report.slices == 0
     {
@@ -55,11 +86,6 @@ fn import_into(file: &Path, labels: &Labels, deid_key: &DeidKey, out: &Path) -> 
         records.push((record, bytes, image.width(), image.height(), hounsfield));
     }
     let dicom = first_file(&out.join("dicom")).map(std::fs::read).transpose().map_err(|e| e.to_string())?;
-    let format = match repdiff_engine::imaging::ScanFormat::detect(file) {
-        Some(repdiff_engine::imaging::ScanFormat::Dicom) => "dicom",
-        Some(repdiff_engine::imaging::ScanFormat::Nifti) => "nifti",
-        _ => "image",
-    };
     Ok(Imported { records, dicom, format })
 }
 

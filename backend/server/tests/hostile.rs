@@ -206,7 +206,14 @@ async fn uploads_keep_no_identifier_and_lose_nothing_silently() {
         assert!(started.elapsed() < Duration::from_secs(30), "the first files were never imported");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(!staging_folders().is_empty(), "the upload stages its files");
+    assert!(!staging_folders().is_empty(), "the upload has its staging folder");
+    // DICOM is de-identified in memory: no byte of a patient's name reaches the disk.
+    for folder in staging_folders() {
+        for staged in walk(&std::env::temp_dir().join(folder)) {
+            let bytes = std::fs::read(&staged).unwrap_or_default();
+            assert!(!bytes.windows(8).any(|w| w == b"PHANTOM^"), "raw DICOM on disk: {}", staged.display());
+        }
+    }
     client.abort();
     let _ = client.await;
     let started = Instant::now();

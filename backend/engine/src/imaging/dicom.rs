@@ -68,12 +68,21 @@ pub fn open(path: &Path) -> Result<DefaultDicomObject> {
         return Err(scan_error(path, "not a readable DICOM file: no DICM marker and no data element at its start"));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    check_element_lengths(&bytes).map_err(|reason| scan_error(path, format!("not a readable DICOM file: {reason}")))?;
+    open_bytes(&bytes, path)
+}
+
+/// A DICOM file held in memory (an upload, so that its identifying data never reach a disk before they
+/// are removed); `path` names it in errors.
+pub fn open_bytes(bytes: &[u8], path: &Path) -> Result<DefaultDicomObject> {
+    if !looks_like_dicom(bytes) && !bare_data_set_start(bytes) {
+        return Err(scan_error(path, "not a readable DICOM file: no DICM marker and no data element at its start"));
+    }
+    check_element_lengths(bytes).map_err(|reason| scan_error(path, format!("not a readable DICOM file: {reason}")))?;
     // Parse the bytes already read (after the preamble) rather than reading the file again.
-    let parsed = if looks_like_dicom(&bytes) {
+    let parsed = if looks_like_dicom(bytes) {
         OpenFileOptions::new().from_reader(&bytes[128..])
     } else {
-        OpenFileOptions::new().open_file(path)
+        OpenFileOptions::new().from_reader(bytes)
     };
     parsed.map_err(|e| scan_error(path, format!("not a readable DICOM file: {}", chain(&e))))
 }

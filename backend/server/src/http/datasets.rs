@@ -567,19 +567,7 @@ async fn receive(
                 let dir = staging.join(format!("{files:05}"));
                 tokio::fs::create_dir_all(&dir).await.map_err(ApiError::internal)?;
                 let path = dir.join(&file_name);
-                let mut file = tokio::fs::File::create(&path).await.map_err(ApiError::internal)?;
-                let mut size = 0usize;
-                let mut too_big = false;
-                while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e))? {
-                    size += chunk.len();
-                    if size > limit {
-                        too_big = true;
-                        continue; // drain the part; the next files still arrive
-                    }
-                    file.write_all(&chunk).await.map_err(ApiError::internal)?;
-                }
-                file.flush().await.map_err(ApiError::internal)?;
-                drop(file);
+                let (received, too_big) = receive_file(&mut field, &path, dicom_named(&file_name), limit).await?;
                 if too_big {
                     let _ = tokio::fs::remove_dir_all(&dir).await;
                     report.refused.push(RefusedFile {
@@ -613,10 +601,14 @@ async fn receive(
                     }
                     None => Labels::from_manifest(Manifest::default()).or_unlabelled(site),
                 };
-                let (key, shown_as) = (state.deid_key.clone(), original.clone());
-                let imported = tokio::task::spawn_blocking(move || scans::import_file(&path, &shown_as, labels, &key))
-                    .await
-                    .map_err(ApiError::internal)?;
+                let (key, shown_as, work, name) =
+                    (state.deid_key.clone(), original.clone(), dir.clone(), file_name.clone());
+                let imported = tokio::task::spawn_blocking(move || match received {
+                    Received::InMemory(bytes) => scans::import_dicom_bytes(&name, &bytes, labels, &key, &work),
+                    Received::Staged => scans::import_file(&path, &shown_as, labels, &key),
+                })
+                .await
+                .map_err(ApiError::internal)?;
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 match imported {
                     Ok(imported) => {
@@ -655,6 +647,72 @@ async fn receive(
         }
     }
     Ok((report, ids))
+}
+
+/// DICOM files up to this size are received into memory and de-identified before any of their bytes
+/// reach a disk (a CT slice is about half a megabyte); a larger one, or a file of another format, is
+/// streamed into the private staging folder.
+const IN_MEMORY_DICOM: usize = 64 << 20;
+
+/// Where a received file is.
+enum Received {
+    /// A DICOM file, in memory.
+    InMemory(Vec<u8>),
+    /// In the staging file.
+    Staged,
+}
+
+/// Whether a file's name says DICOM (`.dcm`, `.dicom`, or no extension, as PACS exports name them).
+fn dicom_named(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.ends_with(".dcm") || name.ends_with(".dicom") || !name.contains('.')
+}
+
+/// Receives one file part: a DICOM file (by the marker in its first bytes, or by its name) up to
+/// [`IN_MEMORY_DICOM`] into memory, anything else into `path`. Past `limit` bytes the part is drained
+/// (the request's next files still arrive) and reported too big (the bool), its bytes dropped.
+async fn receive_file(
+    field: &mut axum::extract::multipart::Field<'_>,
+    path: &Path,
+    dicom_name: bool,
+    limit: usize,
+) -> ApiResult<(Received, bool)> {
+    let looks_like_dicom = repdiff_engine::imaging::dicom::looks_like_dicom;
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut file: Option<tokio::fs::File> = None;
+    let (mut size, mut too_big) = (0usize, false);
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(&e))? {
+        size += chunk.len();
+        if size > limit {
+            too_big = true;
+            buffer = Vec::new();
+            continue; // drain the part; the next files still arrive
+        }
+        match &mut file {
+            Some(file) => file.write_all(&chunk).await.map_err(ApiError::internal)?,
+            None => {
+                buffer.extend_from_slice(&chunk);
+                // Kept in memory while it may be DICOM: until its first 132 bytes tell, then if they do.
+                let may_be_dicom = buffer.len() < 132 || looks_like_dicom(&buffer) || dicom_name;
+                if buffer.len() > IN_MEMORY_DICOM || !may_be_dicom {
+                    let mut spilled = tokio::fs::File::create(path).await.map_err(ApiError::internal)?;
+                    spilled.write_all(&buffer).await.map_err(ApiError::internal)?;
+                    buffer = Vec::new();
+                    file = Some(spilled);
+                }
+            }
+        }
+    }
+    if let Some(mut file) = file {
+        file.flush().await.map_err(ApiError::internal)?;
+        return Ok((Received::Staged, too_big));
+    }
+    if too_big || looks_like_dicom(&buffer) || dicom_name {
+        return Ok((Received::InMemory(buffer), too_big));
+    }
+    // A short file of another format: staged as any other.
+    tokio::fs::write(path, &buffer).await.map_err(ApiError::internal)?;
+    Ok((Received::Staged, too_big))
 }
 
 /// The rows of `manifest` for the uploaded file `original`: its own (`name`) and its slices' (`name#k`).
