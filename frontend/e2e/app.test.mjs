@@ -279,7 +279,7 @@ try {
   await page.fill("input[name=downstream_site]", String(site));
   await page.locator("text=The test part of the dataset's split").waitFor();
   await page.fill("input[name=timesteps]", "100,300,1000");
-  await page.locator(".problems", { hasText: "Timesteps" }).waitFor();
+  await page.locator(".problems", { hasText: "Timesteps #3: is 0 to 999, got 1000" }).waitFor();
   await page.fill("input[name=timesteps]", "100,300,500");
   await page.fill("input[name=draws]", "4");
   await page.selectOption("select[name=stopping]", "sequential");
@@ -364,7 +364,7 @@ try {
   await page.selectOption("select[name=dataset]", String(datasetId));
   await page.fill("input[name=num]", "2");
   await page.fill("input[name=noise_t]", "1200");
-  await page.locator(".problems", { hasText: "Noise level t: below 1000" }).waitFor();
+  await page.locator(".problems", { hasText: "Noise level t: is 1 to 999, got 1200" }).waitFor();
   await page.fill("input[name=noise_t]", "300");
   await page.fill("input[name=sample_steps]", "10");
   await page.click("button:has-text('Launch')");
@@ -416,7 +416,7 @@ try {
   step("generation metrics of both models against the dataset's slices, with the t-SNE histograms");
   await page.goto(`${base}/runs/new?kind=evaluate`);
   await page.locator(`#models input[value="${finetuneId}"]`).waitFor();
-  await page.locator(".problems", { hasText: "Models: tick" }).waitFor();
+  await page.locator(".problems", { hasText: "Models: lists 1 to 8" }).waitFor();
   await page.check(`#models input[value="${finetuneId}"]`);
   await page.check(`#models input[value="${trainId}"]`);
   await page.fill("input[name=eval_num]", "10");

@@ -5,6 +5,8 @@
 //! Conventions: ids are integers; times are RFC 3339 UTC; every error is an [`ErrorBody`] whose `code` is
 //! stable (clients branch on it) and whose `message` is for people.
 
+pub mod jobs;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,9 @@ pub struct ErrorDetail {
     /// `too_many_requests`, `internal`, `unavailable`.
     pub code: String,
     pub message: String,
+    /// The parameter at fault, where one is (`run.steps`, `validation.toy.n`): a form marks that field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -120,10 +125,6 @@ pub struct NewExperiment {
     pub shared: bool,
 }
 
-fn empty_object() -> serde_json::Value {
-    serde_json::Value::Object(Default::default())
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Experiment {
@@ -179,12 +180,9 @@ impl JobState {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct SubmitJob {
-    /// `pretrain`, `sample`, `noop`, ... (`GET /api/v1/job-kinds` lists them).
-    pub kind: String,
-    /// The kind's parameters; checked before the job is queued. Default `{}`.
-    #[serde(default = "empty_object")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub params: serde_json::Value,
+    /// The kind and its parameters: `"kind": "sample", "params": {...}` (see [`jobs::JobSpec`]).
+    #[serde(flatten)]
+    pub spec: jobs::JobSpec,
     pub experiment_id: Option<i64>,
     /// Higher runs first (-100..=100; default 0).
     #[serde(default)]

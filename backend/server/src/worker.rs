@@ -107,6 +107,94 @@ pub trait Handler: Send + Sync + 'static {
     fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError>;
 }
 
+/// A job kind written against its typed spec (defined in `repdiff-api`, shared with the browser and the
+/// OpenAPI document): what [`Registry::task`] registers. The spec arrives parsed and validated; a task adds
+/// only what depends on the deployment (weights present, memory) and the work itself.
+pub trait Task: Send + Sync + 'static {
+    type Spec: DeserializeOwned + Validate + Send;
+
+    /// What this deployment refuses of a valid spec (missing weights, data an engine cannot read).
+    fn check(&self, _spec: &Self::Spec) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// What a job of this spec reads (see [`Handler::reads`]).
+    fn reads(&self, _spec: &Self::Spec) -> Vec<Input> {
+        Vec::new()
+    }
+
+    /// Whether the job fits what a job may use (see [`Handler::admit`]).
+    fn admit(&self, _spec: &Self::Spec, _metas: &HashMap<String, serde_json::Value>) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Runs one attempt (see [`Handler::run`]).
+    fn run(&self, spec: Self::Spec, ctx: &mut JobContext) -> Result<serde_json::Value, JobError>;
+}
+
+/// A spec's own checks (every kind's in `repdiff_api::jobs`).
+pub trait Validate {
+    fn validate(&self) -> Result<(), repdiff_api::jobs::Invalid>;
+}
+
+macro_rules! validate_specs {
+    ($($spec:ident),* $(,)?) => {
+        $(impl Validate for repdiff_api::jobs::$spec {
+            fn validate(&self) -> Result<(), repdiff_api::jobs::Invalid> {
+                repdiff_api::jobs::$spec::validate(self)
+            }
+        })*
+    };
+}
+validate_specs!(
+    NoopParams,
+    ImportParams,
+    EncodeParams,
+    PretrainParams,
+    FinetuneParams,
+    SampleParams,
+    CounterfactualParams,
+    ClassifyParams,
+    EvaluateParams,
+    ProbeParams,
+    SupervisedParams,
+    ReproduceParams,
+);
+
+/// A [`Task`] as a [`Handler`]: parses the stored parameters into its spec.
+struct Typed<T> {
+    kind: String,
+    task: T,
+}
+
+impl<T: Task> Typed<T> {
+    fn spec(&self, params: &serde_json::Value) -> Result<T::Spec, String> {
+        let spec: T::Spec = serde_json::from_value(params.clone())
+            .map_err(|e| format!("invalid parameters for a {} job: {e}", self.kind))?;
+        spec.validate().map_err(|e| e.to_string())?;
+        Ok(spec)
+    }
+}
+
+impl<T: Task> Handler for Typed<T> {
+    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
+        self.task.check(&self.spec(params)?)
+    }
+
+    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
+        self.spec(params).map(|spec| self.task.reads(&spec)).unwrap_or_default()
+    }
+
+    fn admit(&self, params: &serde_json::Value, metas: &HashMap<String, serde_json::Value>) -> Result<(), String> {
+        self.task.admit(&self.spec(params)?, metas)
+    }
+
+    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
+        let spec = self.spec(&ctx.job.params).map_err(JobError::Permanent)?;
+        self.task.run(spec, ctx)
+    }
+}
+
 /// The job kinds a worker runs, by name.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -121,6 +209,11 @@ impl Registry {
     pub fn register(&mut self, kind: &str, handler: impl Handler) -> &mut Self {
         self.handlers.insert(kind.to_string(), Arc::new(handler));
         self
+    }
+
+    /// Registers a kind written as a typed [`Task`].
+    pub fn task(&mut self, kind: &str, task: impl Task) -> &mut Self {
+        self.register(kind, Typed { kind: kind.to_string(), task })
     }
 
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Handler>> {

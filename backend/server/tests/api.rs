@@ -160,7 +160,7 @@ async fn bad_input_gets_the_documented_error_and_the_server_keeps_serving() {
     let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
         (post("{\"kind\": \"noop\", ", "application/json"), StatusCode::BAD_REQUEST, "invalid_json"),
         (post("{\"kind\": \"noop\"}", "text/plain"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media"),
-        (post("{\"kind\": 7}", "application/json"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (post("{\"kind\": 7}", "application/json"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_params"),
         (post("{\"kind\": \"teleport\"}", "application/json"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_params"),
         (
             post("{\"kind\": \"noop\", \"params\": {\"sleep\": 1}}", "application/json"),
@@ -409,7 +409,9 @@ async fn the_paper_pipeline_runs_as_one_job_with_its_tables_as_the_result() {
     let bad = json!({ "kind": "reproduce", "params": { "preset": "tiny-cpu", "draws": 0 } });
     let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(bad)).await;
     assert_eq!(reply.error_code(), "invalid_params");
-    assert!(String::from_utf8_lossy(&reply.body).contains("draws must be 1 to 4096"));
+    // The field at fault is named, for a form to mark it.
+    assert_eq!(reply.json()["error"]["field"], "draws");
+    assert!(String::from_utf8_lossy(&reply.body).contains("draws: is 1 to 4096, got 0"));
     let params = json!({ "phantoms": 96, "pretrain_steps": 4, "finetune_steps": 2, "draws": 2,
                          "supervised_epochs": 1, "eval_samples": 8, "class_samples": 2, "matmul_precision": "bf16" });
     let reply =

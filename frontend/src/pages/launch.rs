@@ -5,8 +5,15 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::hooks::{query_signal, use_navigate};
+use std::str::FromStr;
+
+use repdiff_api::jobs::{
+    CheckpointEval, CheckpointRef, ClassifyParams, CounterfactualParams, DataSource, EncodeParams, EvaluateParams,
+    Features, FinetuneParams, ImportParams, JobSpec, MatmulPrecision, ModelToEvaluate, Part, PretrainParams,
+    ProbeParams, ReproduceParams, SampleParams, SplitSpec, Stopping, SupervisedParams,
+};
 use repdiff_api::{Dataset, Experiment, Job, JobKind, JobPage, Preset, SubmitJob};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::api::{self, ApiError};
 use crate::util::{ErrorBox, loaded};
@@ -118,6 +125,30 @@ struct Form {
     seeds: Field,
 }
 
+/// The schedule fields a pre-training's and a fine-tune's run share.
+struct RunFields<'a> {
+    steps: &'a mut Option<usize>,
+    batch_size: &'a mut Option<usize>,
+    learning_rate: &'a mut Option<f64>,
+    seed: &'a mut Option<u64>,
+    checkpoint_every: &'a mut Option<usize>,
+    matmul_precision: &'a mut Option<MatmulPrecision>,
+}
+
+/// [`RunFields`] of a `RunOverrides` or a `FinetuneRun` (the same fields, two types).
+macro_rules! run_fields {
+    ($run:ident) => {
+        RunFields {
+            steps: &mut $run.steps,
+            batch_size: &mut $run.batch_size,
+            learning_rate: &mut $run.learning_rate,
+            seed: &mut $run.seed,
+            checkpoint_every: &mut $run.checkpoint_every,
+            matmul_precision: &mut $run.matmul_precision,
+        }
+    };
+}
+
 impl Form {
     fn new() -> Self {
         Form {
@@ -192,358 +223,356 @@ impl Form {
         }
     }
 
-    /// The training schedule fields (left out when empty) into a run's parameters.
-    fn schedule(&self, run: &mut Map<String, Value>, problems: &mut Vec<String>) {
-        number(problems, run, "steps", "Steps", &self.steps, true, true);
-        number(problems, run, "batch_size", "Batch size", &self.batch_size, true, true);
-        number(problems, run, "learning_rate", "Learning rate", &self.learning_rate, true, false);
-        number(problems, run, "seed", "Seed", &self.seed, false, true);
-        number(problems, run, "checkpoint_every", "Checkpoint every", &self.checkpoint_every, true, true);
-        self.precision(run);
+    /// The training schedule fields (the preset's where empty) into `run`.
+    fn schedule(&self, run: &mut RunFields<'_>, problems: &mut Vec<String>) {
+        *run.steps = self.steps.number("Steps", problems).or(*run.steps);
+        *run.batch_size = self.batch_size.number("Batch size", problems).or(*run.batch_size);
+        *run.learning_rate = self.learning_rate.number("Learning rate", problems).or(*run.learning_rate);
+        *run.seed = self.seed.number("Seed", problems).or(*run.seed);
+        *run.checkpoint_every = self.checkpoint_every.number("Checkpoint every", problems).or(*run.checkpoint_every);
+        *run.matmul_precision = self.precision();
     }
 
     /// `matmul_precision` when it is not the default (f32).
-    fn precision(&self, out: &mut Map<String, Value>) {
-        if self.matmul_precision.text() != "highest" {
-            out.insert("matmul_precision".into(), json!(self.matmul_precision.text()));
-        }
+    fn precision(&self) -> Option<MatmulPrecision> {
+        choice(&self.matmul_precision.text()).filter(|p| *p != MatmulPrecision::Highest)
     }
 
     /// A training run's checkpoint evaluation (`eval`), when "Evaluate every" is set.
-    fn checkpoint_eval(&self, out: &mut Map<String, Value>, problems: &mut Vec<String>) {
-        if self.eval_every.text().is_empty() {
-            return;
-        }
-        let mut eval = Map::new();
-        number(problems, &mut eval, "every", "Evaluate every", &self.eval_every, true, true);
-        number(problems, &mut eval, "num", "Samples per evaluation", &self.ckpt_num, true, true);
-        eval.insert("extractor".into(), json!(self.extractor.text()));
-        out.insert("eval".into(), Value::Object(eval));
+    fn checkpoint_eval(&self, problems: &mut Vec<String>) -> Option<CheckpointEval> {
+        let every = self.eval_every.number("Evaluate every", problems)?;
+        let mut eval = CheckpointEval::new(every);
+        set(&mut eval.num, self.ckpt_num.number("Samples per evaluation", problems));
+        set(&mut eval.extractor, choice(&self.extractor.text()));
+        Some(eval)
     }
 
-    /// A data source's parameters; a dataset's from `part` of its split when the split is on (the form's
-    /// part when `part` is None).
-    fn data_json(&self, source: &str, part: Option<&str>, problems: &mut Vec<String>) -> Value {
+    /// A data source; a dataset's `part` of its split when the split is on (the form's part when `part`
+    /// is None).
+    fn source(&self, source: &str, part: Option<Part>, problems: &mut Vec<String>) -> DataSource {
         match source {
-            "toy" => {
-                let mut toy = Map::new();
-                number(problems, &mut toy, "n", "Toy images", &self.toy_n, true, true);
-                json!({ "toy": toy })
-            }
+            "toy" => DataSource::Toy { n: self.toy_n.number("Toy images", problems).unwrap_or(64), seed: 0 },
             "latents" => {
                 if self.latents.text().is_empty() {
                     problems.push("Latents: pick an encode run's latents".into());
                 }
-                json!({ "latents": { "key": self.latents.text() } })
+                DataSource::Latents { key: self.latents.text() }
             }
             _ => {
-                let id = self.dataset.text().parse::<i64>().ok();
-                if id.is_none() {
-                    problems.push("Dataset: pick one".into());
-                }
-                let mut dataset = json!({ "id": id, "window": self.window.text() });
-                if self.split_on.get() {
-                    dataset["split"] = self.split_json(part.unwrap_or(&self.part.text()), problems);
-                }
-                json!({ "dataset": dataset })
+                let window = Some(self.window.text()).filter(|w| !w.is_empty());
+                let split = self.split_on.get().then(|| {
+                    let part = part.or_else(|| choice(&self.part.text())).unwrap_or(Part::Train);
+                    self.split(part, problems)
+                });
+                DataSource::Dataset { id: self.dataset_id(problems), window, split }
             }
         }
+    }
+
+    fn dataset_id(&self, problems: &mut Vec<String>) -> i64 {
+        self.dataset.text().parse().unwrap_or_else(|_| {
+            problems.push("Dataset: pick one".into());
+            0
+        })
     }
 
     /// One `part` of the paper's split, from the split fields.
-    fn split_json(&self, part: &str, problems: &mut Vec<String>) -> Value {
-        let mut split = Map::new();
-        number(problems, &mut split, "downstream_site", "Downstream site", &self.downstream_site, false, true);
-        split.insert("part".into(), json!(part));
-        number(problems, &mut split, "seed", "Split seed", &self.split_seed, false, true);
-        Value::Object(split)
-    }
-
-    /// A baseline's labelled `train`, `validation` (chooses) and optional `test` data: a dataset's split
-    /// parts, or the training source with an encode run's validation and test latents.
-    fn labelled_parts(&self, out: &mut Map<String, Value>, problems: &mut Vec<String>) {
-        if self.data.text() == "dataset" && self.split_on.get() {
-            for (key, part) in [("train", "train"), ("validation", "validation"), ("test", "test")] {
-                let source = self.data_json("dataset", Some(part), problems);
-                out.insert(key.into(), source);
-            }
-        } else {
-            let train = self.data_json(&self.data.text(), None, problems);
-            out.insert("train".into(), train);
-            if self.val_latents.text().is_empty() {
-                problems.push("Validation latents: pick an encode run's (they choose what the baseline keeps)".into());
-            }
-            out.insert("validation".into(), json!({ "latents": { "key": self.val_latents.text() } }));
-            if !self.test_latents.text().is_empty() {
-                out.insert("test".into(), json!({ "latents": { "key": self.test_latents.text() } }));
-            }
+    fn split(&self, part: Part, problems: &mut Vec<String>) -> SplitSpec {
+        SplitSpec {
+            downstream_site: self.downstream_site.number("Downstream site", problems).unwrap_or(0),
+            part,
+            seed: self.split_seed.number("Split seed", problems).unwrap_or(0),
         }
     }
 
-    /// The parameters of `kind`, or what is wrong with the fields.
-    fn params(&self, kind: &str) -> Result<Value, Vec<String>> {
+    /// The run picked in the form's checkpoint field (`what` says which runs qualify).
+    fn checkpoint(&self, what: &str, problems: &mut Vec<String>) -> CheckpointRef {
+        CheckpointRef::Job(self.checkpoint.text().parse().unwrap_or_else(|_| {
+            problems.push(format!("{what}: pick {}", what.to_lowercase()));
+            0
+        }))
+    }
+
+    /// A baseline's labelled train, validation (chooses) and optional test data: a dataset's split parts,
+    /// or the training source with an encode run's validation and test latents.
+    fn labelled_parts(&self, problems: &mut Vec<String>) -> (DataSource, DataSource, Option<DataSource>) {
+        if self.data.text() == "dataset" && self.split_on.get() {
+            let [train, validation, test] =
+                [Part::Train, Part::Validation, Part::Test].map(|part| self.source("dataset", Some(part), problems));
+            return (train, validation, Some(test));
+        }
+        let train = self.source(&self.data.text(), None, problems);
+        if self.val_latents.text().is_empty() {
+            problems.push("Validation latents: pick an encode run's (they choose what the baseline keeps)".into());
+        }
+        let validation = DataSource::Latents { key: self.val_latents.text() };
+        (train, validation, self.test_latents())
+    }
+
+    /// An encode run's test latents, when picked.
+    fn test_latents(&self) -> Option<DataSource> {
+        Some(self.test_latents.text()).filter(|k| !k.is_empty()).map(|key| DataSource::Latents { key })
+    }
+
+    /// A comma-separated list of numbers (`label` names the field).
+    fn list<T: FromStr>(field: &Field, label: &str, problems: &mut Vec<String>) -> Vec<T> {
+        let parsed: Result<Vec<T>, _> =
+            field.text().split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse).collect();
+        parsed.unwrap_or_else(|_| {
+            problems.push(format!("{label}: whole numbers separated by commas"));
+            Vec::new()
+        })
+    }
+
+    /// The spec of a `kind` job from the fields, or what is wrong with them: fields that do not parse, then
+    /// the spec's own checks (the server's, in `repdiff_api::jobs`), each naming its field.
+    fn spec(&self, kind: &str) -> Result<JobSpec, Vec<String>> {
         let mut problems = Vec::new();
-        let mut out = Map::new();
-        match kind {
+        let p = &mut problems;
+        let spec = match kind {
             "pretrain" => {
-                let mut run = Map::new();
-                run.insert("preset".into(), json!(self.preset.text()));
-                run.insert("conditioning".into(), json!(self.conditioning.text()));
-                self.schedule(&mut run, &mut problems);
-                out.insert("run".into(), Value::Object(run));
-                let data = self.data_json(&self.data.text(), None, &mut problems);
-                out.insert("data".into(), data);
-                self.checkpoint_eval(&mut out, &mut problems);
+                let mut spec = PretrainParams::new(self.source(&self.data.text(), None, p));
+                spec.run.preset = Some(self.preset.text());
+                spec.run.conditioning = choice(&self.conditioning.text());
+                let r = &mut spec.run;
+                self.schedule(&mut run_fields!(r), p);
+                spec.eval = self.checkpoint_eval(p);
+                JobSpec::Pretrain(spec)
             }
             "finetune" => {
-                match self.checkpoint.text().parse::<i64>() {
-                    Ok(id) => {
-                        out.insert("from".into(), json!({ "job": id }));
-                    }
-                    Err(_) => problems.push("Pre-trained run: pick a finished pretrain run".into()),
-                }
-                let mut run = Map::new();
-                self.schedule(&mut run, &mut problems);
-                out.insert("run".into(), Value::Object(run));
-                number(&mut problems, &mut out, "label_dropout", "Label dropout", &self.label_dropout, false, false);
-                if out.get("label_dropout").and_then(Value::as_f64).is_some_and(|d| d >= 1.0) {
-                    problems.push("Label dropout: below 1".into());
-                }
-                let data = self.data_json(&self.data.text(), None, &mut problems);
-                out.insert("data".into(), data);
-                self.checkpoint_eval(&mut out, &mut problems);
+                let from = self.checkpoint("Pre-trained run", p);
+                let mut spec = FinetuneParams::new(from, self.source(&self.data.text(), None, p));
+                let r = &mut spec.run;
+                self.schedule(&mut run_fields!(r), p);
+                set(&mut spec.label_dropout, self.label_dropout.number("Label dropout", p));
+                spec.eval = self.checkpoint_eval(p);
+                JobSpec::Finetune(spec)
             }
             "classify" => {
-                match self.checkpoint.text().parse::<i64>() {
-                    Ok(id) => {
-                        out.insert("checkpoint".into(), json!({ "job": id }));
-                    }
-                    Err(_) => problems.push("Model: pick a finished class-conditional run".into()),
-                }
-                let validation = self.data_json(&self.data.text(), Some("validation"), &mut problems);
-                out.insert("validation".into(), validation);
-                if self.data.text() == "dataset" && self.split_on.get() {
-                    let test = self.data_json("dataset", Some("test"), &mut problems);
-                    out.insert("test".into(), test);
-                } else if !self.test_latents.text().is_empty() {
-                    out.insert("test".into(), json!({ "latents": { "key": self.test_latents.text() } }));
-                }
-                let timesteps: Result<Vec<usize>, _> =
-                    self.timesteps.text().split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse).collect();
-                match timesteps {
-                    Ok(t) if !t.is_empty() && t.iter().all(|&t| t < 1000) => {
-                        out.insert("timesteps".into(), json!(t));
-                    }
-                    _ => problems.push("Timesteps: whole numbers below 1000, separated by commas".into()),
-                }
-                number(&mut problems, &mut out, "draws", "Noise draws", &self.draws, true, true);
+                let checkpoint = self.checkpoint("Model", p);
+                let validation = self.source(&self.data.text(), Some(Part::Validation), p);
+                let mut spec = ClassifyParams::new(checkpoint, validation);
+                spec.test = match self.data.text() == "dataset" && self.split_on.get() {
+                    true => Some(self.source("dataset", Some(Part::Test), p)),
+                    false => self.test_latents(),
+                };
+                spec.timesteps = Self::list(&self.timesteps, "Timesteps", p);
+                set(&mut spec.draws, self.draws.number("Noise draws", p));
                 if self.stopping.text() == "sequential" {
-                    let mut stopping = Map::new();
-                    number(&mut problems, &mut stopping, "alpha", "Error rate", &self.alpha, true, false);
-                    if stopping.get("alpha").and_then(Value::as_f64).is_some_and(|a| a >= 1.0) {
-                        problems.push("Error rate: below 1".into());
-                    }
-                    number(&mut problems, &mut stopping, "min_draws", "First look after", &self.min_draws, true, true);
-                    stopping.insert("rule".into(), json!(self.stop_rule.text()));
-                    out.insert("stopping".into(), Value::Object(stopping));
-                    out.insert("measure_agreement".into(), json!(self.agreement.text() == "yes"));
+                    let mut stopping = Stopping::default();
+                    set(&mut stopping.alpha, self.alpha.number("Error rate", p));
+                    set(&mut stopping.min_draws, self.min_draws.number("First look after", p));
+                    set(&mut stopping.rule, choice(&self.stop_rule.text()));
+                    spec.stopping = Some(stopping);
+                    spec.measure_agreement = self.agreement.text() == "yes";
                 }
-                out.insert("score".into(), json!(self.score.text()));
-                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
+                set(&mut spec.score, choice(&self.score.text()));
+                set(&mut spec.seed, self.seed.number("Seed", p));
+                JobSpec::Classify(spec)
             }
             "sample" => {
+                let mut spec = SampleParams::new(self.checkpoint("Checkpoint", p));
                 if self.references.text() != "none" {
-                    let refs = self.data_json(&self.references.text(), None, &mut problems);
-                    out.insert("references".into(), refs);
+                    spec.references = Some(self.source(&self.references.text(), None, p));
                 }
-                match self.checkpoint.text().parse::<i64>() {
-                    Ok(id) => {
-                        out.insert("checkpoint".into(), json!({ "job": id }));
-                    }
-                    Err(_) => problems.push("Checkpoint: pick a finished training run".into()),
-                }
-                number(&mut problems, &mut out, "num", "Samples", &self.num, true, true);
-                let classes: Result<Vec<u32>, _> =
-                    self.classes.text().split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse).collect();
-                match classes {
-                    Ok(c) => {
-                        out.insert("classes".into(), json!(c));
-                    }
-                    Err(_) => problems.push("Classes: whole numbers separated by commas".into()),
-                }
-                number(&mut problems, &mut out, "guidance", "Guidance", &self.guidance, false, false);
-                out.insert("sampler".into(), json!(self.sampler.text()));
-                number(&mut problems, &mut out, "steps", "Sampling steps", &self.sample_steps, true, true);
-                number(&mut problems, &mut out, "eta", "Eta", &self.eta, false, false);
-                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
-                number(&mut problems, &mut out, "frames", "Trajectory frames", &self.frames, true, true);
-                if out.get("frames").and_then(Value::as_i64).is_some_and(|f| !(2..=64).contains(&f)) {
-                    problems.push("Trajectory frames: 2 to 64".into());
-                }
-            }
-            "probe" if self.probe_features.text() == "dinov2" => {
-                out.insert("features".into(), json!("dinov2"));
-                number(&mut problems, &mut out, "dino_size", "DINOv2 input size", &self.dino_size, true, true);
-                if out.get("dino_size").and_then(Value::as_u64).is_some_and(|s| s % 14 != 0) {
-                    problems.push("DINOv2 input size: a multiple of 14 (224, 518)".into());
-                }
-                self.labelled_parts(&mut out, &mut problems);
-                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
+                set(&mut spec.num, self.num.number("Samples", p));
+                spec.classes = Self::list(&self.classes, "Classes", p);
+                set(&mut spec.guidance, self.guidance.number("Guidance", p));
+                set(&mut spec.sampler, choice(&self.sampler.text()));
+                set(&mut spec.steps, self.sample_steps.number("Sampling steps", p));
+                set(&mut spec.eta, self.eta.number("Eta", p));
+                set(&mut spec.seed, self.seed.number("Seed", p));
+                spec.frames = self.frames.number("Trajectory frames", p);
+                JobSpec::Sample(spec)
             }
             "probe" => {
-                match self.checkpoint.text().parse::<i64>() {
-                    Ok(id) => {
-                        out.insert("checkpoint".into(), json!({ "job": id }));
-                    }
-                    Err(_) => problems.push("Model: pick a finished representation-conditional pre-training".into()),
+                let features = choice(&self.probe_features.text()).unwrap_or_default();
+                let checkpoint = (features == Features::Encoder).then(|| self.checkpoint("Model", p));
+                let (train, validation, test) = self.labelled_parts(p);
+                let mut spec = ProbeParams::new(features, checkpoint, train, validation);
+                spec.test = test;
+                if features == Features::Dinov2 {
+                    set(&mut spec.dino_size, self.dino_size.number("DINOv2 input size", p));
                 }
-                self.labelled_parts(&mut out, &mut problems);
-                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
+                set(&mut spec.seed, self.seed.number("Seed", p));
+                JobSpec::Probe(spec)
             }
             "supervised" => {
-                out.insert("architecture".into(), json!(self.architecture.text()));
-                number(&mut problems, &mut out, "patch", "Patch", &self.patch, true, true);
-                number(&mut problems, &mut out, "epochs", "Epochs", &self.epochs, true, true);
-                number(&mut problems, &mut out, "batch_size", "Batch size", &self.batch_size, true, true);
-                number(&mut problems, &mut out, "learning_rate", "Learning rate", &self.learning_rate, true, false);
-                number(&mut problems, &mut out, "size", "Image size", &self.size, true, true);
-                self.labelled_parts(&mut out, &mut problems);
-                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
+                let (train, validation, test) = self.labelled_parts(p);
+                let mut spec = SupervisedParams::new(train, validation);
+                spec.test = test;
+                spec.architecture = self.architecture.text();
+                set(&mut spec.patch, self.patch.number("Patch", p));
+                set(&mut spec.epochs, self.epochs.number("Epochs", p));
+                set(&mut spec.batch_size, self.batch_size.number("Batch size", p));
+                set(&mut spec.learning_rate, self.learning_rate.number("Learning rate", p));
+                set(&mut spec.size, self.size.number("Image size", p));
+                set(&mut spec.seed, self.seed.number("Seed", p));
+                JobSpec::Supervised(spec)
             }
             "counterfactual" => {
-                match self.checkpoint.text().parse::<i64>() {
-                    Ok(id) => {
-                        out.insert("checkpoint".into(), json!({ "job": id }));
-                    }
-                    Err(_) => problems.push("Model: pick a finished class-conditional run".into()),
-                }
-                let data = self.data_json(&self.data.text(), None, &mut problems);
-                out.insert("data".into(), data);
-                number(&mut problems, &mut out, "num", "Scans", &self.num, true, true);
-                number(&mut problems, &mut out, "t", "Noise level t", &self.noise_t, true, true);
-                if out.get("t").and_then(Value::as_i64).is_some_and(|t| t >= 1000) {
-                    problems.push("Noise level t: below 1000".into());
-                }
-                number(&mut problems, &mut out, "steps", "DDIM steps", &self.sample_steps, true, true);
-                number(&mut problems, &mut out, "guidance", "Guidance", &self.guidance, false, false);
-                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
+                let checkpoint = self.checkpoint("Model", p);
+                let mut spec = CounterfactualParams::new(checkpoint, self.source(&self.data.text(), None, p));
+                set(&mut spec.num, self.num.number("Scans", p));
+                set(&mut spec.t, self.noise_t.number("Noise level t", p));
+                set(&mut spec.steps, self.sample_steps.number("DDIM steps", p));
+                set(&mut spec.guidance, self.guidance.number("Guidance", p));
+                set(&mut spec.seed, self.seed.number("Seed", p));
+                JobSpec::Counterfactual(spec)
             }
             "evaluate" => {
-                let real = self.data_json(&self.data.text(), None, &mut problems);
-                out.insert("real".into(), real);
-                let ids: Result<Vec<i64>, _> =
-                    self.models.text().split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse).collect();
-                match ids {
-                    Ok(ids) if !ids.is_empty() && ids.len() <= 8 => {
-                        let models: Vec<Value> = ids.iter().map(|id| json!({ "checkpoint": { "job": id } })).collect();
-                        out.insert("models".into(), json!(models));
-                    }
-                    _ => problems.push("Models: tick 1 to 8 finished training runs".into()),
-                }
-                number(&mut problems, &mut out, "num", "Samples per model", &self.eval_num, true, true);
-                if out.get("num").and_then(Value::as_i64).is_some_and(|n| !(10..=10_000).contains(&n)) {
-                    problems.push("Samples per model: 10 to 10000".into());
-                }
-                out.insert("sampler".into(), json!(self.sampler.text()));
-                number(&mut problems, &mut out, "steps", "Sampling steps", &self.sample_steps, true, true);
-                number(&mut problems, &mut out, "guidance", "Guidance", &self.guidance, false, false);
-                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
-                number(&mut problems, &mut out, "histogram", "Histogram images", &self.histogram, false, true);
-                number(&mut problems, &mut out, "max_real", "Real images", &self.max_real, true, true);
-                out.insert("extractor".into(), json!(self.extractor.text()));
+                let ids: Vec<i64> = Self::list(&self.models, "Models", p);
+                let models = ids.into_iter().map(|id| ModelToEvaluate::new(CheckpointRef::Job(id))).collect();
+                let mut spec = EvaluateParams::new(self.source(&self.data.text(), None, p), models);
+                set(&mut spec.num, self.eval_num.number("Samples per model", p));
+                set(&mut spec.sampler, choice(&self.sampler.text()));
+                set(&mut spec.steps, self.sample_steps.number("Sampling steps", p));
+                set(&mut spec.guidance, self.guidance.number("Guidance", p));
+                set(&mut spec.seed, self.seed.number("Seed", p));
+                set(&mut spec.histogram, self.histogram.number("Histogram images", p));
+                spec.max_real = self.max_real.number("Real images", p);
+                set(&mut spec.extractor, choice(&self.extractor.text()));
+                JobSpec::Evaluate(spec)
             }
             "encode" => {
-                match self.dataset.text().parse::<i64>() {
-                    Ok(id) => {
-                        out.insert("dataset".into(), json!(id));
-                    }
-                    Err(_) => problems.push("Dataset: pick one".into()),
-                }
-                out.insert("autoencoder".into(), json!(self.autoencoder.text()));
-                let windows: Vec<String> =
+                let size = self.size.number("Size", p).unwrap_or_else(|| {
+                    p.push("Size: required".into());
+                    0
+                });
+                let mut spec = EncodeParams::new(self.dataset_id(p), size);
+                spec.autoencoder = self.autoencoder.text();
+                spec.windows =
                     self.window.text().split(',').map(|w| w.trim().to_string()).filter(|w| !w.is_empty()).collect();
-                out.insert("windows".into(), json!(windows));
-                number(&mut problems, &mut out, "size", "Size", &self.size, true, true);
-                if !out.contains_key("size") {
-                    problems.push("Size: required".into());
-                }
-                number(&mut problems, &mut out, "channels", "Channels", &self.channels, true, true);
+                spec.channels = self.channels.number("Channels", p);
                 if self.split_on.get() {
-                    let split = self.split_json(&self.part.text(), &mut problems);
-                    out.insert("split".into(), split);
+                    let part = choice(&self.part.text()).unwrap_or(Part::Train);
+                    spec.split = Some(self.split(part, p));
                 }
-                out.insert("posterior".into(), json!(self.posterior.text()));
-                number(&mut problems, &mut out, "seed", "Seed", &self.seed, false, true);
+                spec.posterior = choice(&self.posterior.text());
+                set(&mut spec.seed, self.seed.number("Seed", p));
+                JobSpec::Encode(spec)
             }
             "reproduce" => {
-                out.insert("preset".into(), json!(self.preset.text()));
+                let mut spec = ReproduceParams { preset: self.preset.text(), ..ReproduceParams::default() };
                 if self.pipeline_data.text() == "dataset" {
-                    match self.dataset.text().parse::<i64>() {
-                        Ok(id) => {
-                            out.insert("dataset".into(), json!(id));
-                        }
-                        Err(_) => problems.push("Dataset: pick one".into()),
-                    }
+                    spec.dataset = Some(self.dataset_id(p));
                 } else {
-                    number(&mut problems, &mut out, "phantoms", "Phantoms", &self.phantoms, true, true);
+                    spec.phantoms = self.phantoms.number("Phantoms", p);
                 }
-                let p = &mut problems;
-                number(p, &mut out, "downstream_site", "Downstream site", &self.pipeline_site, false, true);
-                number(p, &mut out, "pretrain_steps", "Pre-training steps", &self.pretrain_steps, true, true);
-                number(p, &mut out, "finetune_steps", "Fine-tuning steps", &self.finetune_steps, true, true);
-                number(p, &mut out, "supervised_epochs", "Baseline epochs", &self.supervised_epochs, true, true);
-                number(p, &mut out, "draws", "Noise draws", &self.pipeline_draws, true, true);
-                number(p, &mut out, "eval_samples", "Samples for Table 5", &self.eval_samples, false, true);
-                number(p, &mut out, "class_samples", "Samples per class", &self.class_samples, false, true);
-                number(p, &mut out, "jobs", "Steps side by side", &self.side_by_side, true, true);
-                number(p, &mut out, "seed", "Seed", &self.seed, false, true);
-                number(p, &mut out, "seeds", "Seeds", &self.seeds, true, true);
-                self.precision(&mut out);
+                set(&mut spec.downstream_site, self.pipeline_site.number("Downstream site", p));
+                spec.pretrain_steps = self.pretrain_steps.number("Pre-training steps", p);
+                spec.finetune_steps = self.finetune_steps.number("Fine-tuning steps", p);
+                spec.supervised_epochs = self.supervised_epochs.number("Baseline epochs", p);
+                spec.draws = self.pipeline_draws.number("Noise draws", p);
+                spec.eval_samples = self.eval_samples.number("Samples for Table 5", p);
+                spec.class_samples = self.class_samples.number("Samples per class", p);
+                set(&mut spec.jobs, self.side_by_side.number("Steps side by side", p));
+                set(&mut spec.seed, self.seed.number("Seed", p));
+                spec.seeds = self.seeds.number("Seeds", p);
+                spec.matmul_precision = self.precision();
+                JobSpec::Reproduce(spec)
             }
             "import" => {
-                match self.dataset.text().parse::<i64>() {
-                    Ok(id) => {
-                        out.insert("dataset".into(), json!(id));
-                    }
-                    Err(_) => problems.push("Dataset: pick one".into()),
-                }
-                if self.path.text().is_empty() {
-                    problems.push("Path: a file or folder under the server's import roots".into());
-                }
-                out.insert("path".into(), json!(self.path.text()));
-                if !self.labels.text().is_empty() {
-                    out.insert("labels".into(), json!(self.labels.text()));
-                }
-                number(&mut problems, &mut out, "site", "Site", &self.site, false, true);
+                let mut spec = ImportParams::new(self.dataset_id(p), self.path.text());
+                spec.labels = Some(self.labels.text()).filter(|l| !l.is_empty());
+                set(&mut spec.site, self.site.number("Site", p));
+                JobSpec::Import(spec)
             }
-            _ => {}
+            other => return Err(vec![format!("{other} jobs have no form: edit their parameters as JSON")]),
+        };
+        if !problems.is_empty() {
+            return Err(problems);
         }
-        if problems.is_empty() { Ok(Value::Object(out)) } else { Err(problems) }
+        checked(spec)
     }
 }
 
-/// Parses an optional numeric field into `map[key]` (left out when empty), or says what is wrong.
-fn number(
-    problems: &mut Vec<String>,
-    map: &mut Map<String, Value>,
-    key: &str,
-    label: &str,
-    f: &Field,
-    positive: bool,
-    integer: bool,
-) {
-    let t = f.text();
-    if t.is_empty() {
-        return;
-    }
-    match t.parse::<f64>() {
-        Ok(v) if integer && v.fract() != 0.0 => problems.push(format!("{label}: a whole number")),
-        Ok(v) if positive && v <= 0.0 => problems.push(format!("{label}: more than 0")),
-        Ok(v) if v < 0.0 => problems.push(format!("{label}: not negative")),
-        Ok(v) => {
-            map.insert(key.into(), if integer { json!(v as i64) } else { json!(v) });
+/// `spec`, or its first problem in the words of the form (the field's label where the form has one).
+fn checked(spec: JobSpec) -> Result<JobSpec, Vec<String>> {
+    match spec.validate() {
+        Ok(()) => Ok(spec),
+        Err(problem) => {
+            // A list's item (`timesteps.2`) by its list's label and place.
+            let (field, item) = match problem.field.rsplit_once('.') {
+                Some((list, index)) if index.parse::<usize>().is_ok() => (list, index.parse::<usize>().ok()),
+                _ => (problem.field.as_str(), None),
+            };
+            Err(vec![match (label_of(field), item) {
+                (Some(label), Some(i)) => format!("{label} #{}: {}", i + 1, problem.message),
+                (Some(label), None) => format!("{label}: {}", problem.message),
+                (None, _) => problem.to_string(),
+            }])
         }
-        Err(_) => problems.push(format!("{label}: {t:?} is not a number")),
+    }
+}
+
+/// The form's label of a spec field, where it has one.
+fn label_of(field: &str) -> Option<&'static str> {
+    let last = field.rsplit('.').next().unwrap_or(field);
+    Some(match (field, last) {
+        (_, "n") if field.ends_with("toy.n") => "Toy images",
+        (_, "downstream_site") if field.contains("split") => "Downstream site",
+        ("run.steps", _) => "Steps",
+        ("run.batch_size" | "batch_size", _) => "Batch size",
+        ("run.learning_rate" | "learning_rate", _) => "Learning rate",
+        ("run.checkpoint_every", _) => "Checkpoint every",
+        ("eval.every", _) => "Evaluate every",
+        ("eval.num", _) => "Samples per evaluation",
+        ("label_dropout", _) => "Label dropout",
+        ("timesteps", _) => "Timesteps",
+        ("draws", _) => "Noise draws",
+        ("stopping.alpha", _) => "Error rate",
+        ("stopping.min_draws", _) => "First look after",
+        ("num", _) => "Samples",
+        ("guidance", _) => "Guidance",
+        ("steps", _) => "Sampling steps",
+        ("eta", _) => "Eta",
+        ("frames", _) => "Trajectory frames",
+        ("t", _) => "Noise level t",
+        ("dino_size", _) => "DINOv2 input size",
+        ("patch", _) => "Patch",
+        ("epochs", _) => "Epochs",
+        ("size", _) => "Size",
+        ("models", _) => "Models",
+        ("histogram", _) => "Histogram images",
+        ("max_real", _) => "Real images",
+        ("phantoms", _) => "Phantoms",
+        ("downstream_site", _) => "Downstream site",
+        ("jobs", _) => "Steps side by side",
+        ("seeds", _) => "Seeds",
+        ("path", _) => "Path",
+        ("site", _) => "Site",
+        ("channels", _) => "Channels",
+        ("windows", _) => "CT window",
+        _ => return None,
+    })
+}
+
+impl Field {
+    /// The field as a number (None when empty), or a problem naming `label` when it is not one.
+    fn number<T: FromStr>(&self, label: &str, problems: &mut Vec<String>) -> Option<T> {
+        let text = self.text();
+        if text.is_empty() {
+            return None;
+        }
+        let parsed = text.parse::<T>().ok();
+        if parsed.is_none() {
+            let what = if text.parse::<f64>().is_ok() { "not a whole number of at least 0" } else { "not a number" };
+            problems.push(format!("{label}: {text:?} is {what}"));
+        }
+        parsed
+    }
+}
+
+/// A select's value as the API's enum of that name (`"ddim"` as `Sampler::Ddim`).
+fn choice<T: serde::de::DeserializeOwned>(name: &str) -> Option<T> {
+    serde_json::from_value(Value::String(name.to_string())).ok()
+}
+
+/// Sets `target` to `value` where the field gave one (the spec's default stays otherwise).
+fn set<T>(target: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *target = value;
     }
 }
 
@@ -647,31 +676,34 @@ pub fn Launch() -> impl IntoView {
         let list: Vec<String> = tags.value.get().split(',').map(str::to_string).collect();
         repdiff_api::check_tags(&list)
     });
-    let params = Memo::new(move |_| {
+    // The job as the form (or the JSON editor) has it, checked as the server will check it.
+    let spec = Memo::new(move |_| {
         let k = kind.get();
         if raw_mode.get() || !KNOWN.contains(&k.as_str()) {
             let text = raw.get();
-            if text.trim().is_empty() {
-                return Ok(json!({}));
-            }
-            serde_json::from_str::<Value>(&text).map_err(|e| vec![format!("Parameters: not JSON ({e})")])
+            let value = match text.trim().is_empty() {
+                true => Value::Null,
+                false => {
+                    serde_json::from_str::<Value>(&text).map_err(|e| vec![format!("Parameters: not JSON ({e})")])?
+                }
+            };
+            checked(JobSpec::from_parts(&k, value).map_err(|e| vec![e])?)
         } else {
-            form.params(&k)
+            form.spec(&k)
         }
     });
     let edit_json = move |_| {
-        if let Ok(p) = params.get_untracked() {
-            raw.set(serde_json::to_string_pretty(&p).unwrap_or_default());
+        if let Ok(spec) = spec.get_untracked() {
+            raw.set(serde_json::to_string_pretty(&spec.params()).unwrap_or_default());
         }
         raw_mode.set(true);
     };
     let navigate = use_navigate();
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        let (Ok(p), Ok(tags)) = (params.get_untracked(), tag_list.get_untracked()) else { return };
+        let (Ok(spec), Ok(tags)) = (spec.get_untracked(), tag_list.get_untracked()) else { return };
         let body = SubmitJob {
-            kind: kind.get_untracked(),
-            params: p,
+            spec,
             experiment_id: experiment.get_untracked().parse().ok(),
             priority: priority.text().parse().unwrap_or(0),
             max_attempts: attempts.text().parse().ok(),
@@ -1089,17 +1121,17 @@ pub fn Launch() -> impl IntoView {
             </fieldset>
             {fields}
             {move || tag_list.get().err().map(|problem| view! { <ul class="problems"><li>{format!("Tags: {problem}")}</li></ul> })}
-            {move || params.get().err().map(|problems| view! {
+            {move || spec.get().err().map(|problems| view! {
                 <ul class="problems">{problems.into_iter().map(|p| view! { <li>{p}</li> }).collect_view()}</ul>
             })}
             <ErrorBox error=error />
             <div class="inline">
-                <button type="submit" disabled=move || busy.get() || params.with(Result::is_err) || tag_list.with(Result::is_err)>"Launch"</button>
+                <button type="submit" disabled=move || busy.get() || spec.with(Result::is_err) || tag_list.with(Result::is_err)>"Launch"</button>
                 <button type="button" class="link" on:click=edit_json hidden=move || raw_mode.get()>"Edit as JSON"</button>
             </div>
             <details>
                 <summary>"Parameters sent"</summary>
-                <pre class="json">{move || params.get().ok().map(|p| serde_json::to_string_pretty(&p).unwrap_or_default())}</pre>
+                <pre class="json">{move || spec.get().ok().map(|s| serde_json::to_string_pretty(&s.params()).unwrap_or_default())}</pre>
             </details>
         </form>
     }

@@ -17,7 +17,8 @@ use serde::Serialize;
 
 use super::progress_bar;
 use super::sample::{SampleArgs, SamplerArg, prepare};
-use repdiff_server::jobs::ExtractorChoice;
+use repdiff_api::jobs::ExtractorChoice;
+use repdiff_server::jobs::load_extractor;
 
 #[derive(Args)]
 pub struct EvaluateArgs {
@@ -52,7 +53,8 @@ pub struct EvaluateArgs {
     /// Use at most this many real images, evenly spaced through the set (all by default).
     #[arg(long)]
     max_real: Option<usize>,
-    #[arg(long, value_enum, default_value = "auto")]
+    /// auto (pretrained when its weights are there, else random), pretrained or random.
+    #[arg(long, default_value = "auto", value_parser = str::parse::<ExtractorChoice>)]
     extractor: ExtractorChoice,
     /// Where pretrained weights live (pt_inception-2015-12-05.safetensors; the SD VAE for latent runs).
     #[arg(long, default_value = "model-weights")]
@@ -99,7 +101,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         bail!("nothing to evaluate: give --generated DIR|FILE or --checkpoint FILE (either repeatable)");
     }
     let (device, device_note) = best_device();
-    let net = args.extractor.load(&args.weights_dir, &device)?;
+    let net = load_extractor(args.extractor, &args.weights_dir, &device)?;
     let label = net.extractor().label();
     println!("Extractor: {label} on {device_note}");
     if !net.extractor().eq(&repdiff_engine::metrics::Extractor::Pretrained) {

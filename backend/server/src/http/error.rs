@@ -15,13 +15,15 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The request field at fault, where one is.
+    pub field: Option<String>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), field: None }
     }
 
     pub fn unauthenticated() -> ApiError {
@@ -50,6 +52,12 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_params", message)
     }
 
+    /// A job parameter that is not valid, its field named in the body (`error.field`).
+    pub fn invalid_field(problem: repdiff_api::jobs::Invalid) -> ApiError {
+        let field = (!problem.field.is_empty()).then(|| problem.field.clone());
+        ApiError { field, ..Self::invalid_params(problem.to_string()) }
+    }
+
     pub fn conflict(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
@@ -67,7 +75,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message, field: self.field } };
         (self.status, Json(body)).into_response()
     }
 }

@@ -276,16 +276,20 @@ pub async fn submit_job(
     State(state): State<AppState>,
     user: CurrentUser,
     headers: HeaderMap,
-    ApiJson(submit): ApiJson<SubmitJob>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     user.require(Role::Researcher, "running jobs")?;
-    crate::jobs::validate(&state.registry, &submit.kind, &submit.params).map_err(ApiError::invalid_params)?;
-    let handler = state.registry.get(&submit.kind).expect("validate knows the kind");
+    // Parsed here rather than by the extractor: an unknown kind or a misspelt parameter is `invalid_params`.
+    let submit: SubmitJob = serde_json::from_value(body).map_err(|e| ApiError::invalid_params(e.to_string()))?;
+    submit.spec.validate().map_err(ApiError::invalid_field)?;
+    let (kind, params) = (submit.spec.kind(), submit.spec.params());
+    crate::jobs::validate(&state.registry, kind, &params).map_err(ApiError::invalid_params)?;
+    let handler = state.registry.get(kind).expect("validate knows the kind");
     // What the job derives from: the datasets it reads, and those the jobs whose artifacts it reads derive
     // from (who may see the run in a shared experiment depends on them).
     let mut sources = Vec::new();
     let mut metas = std::collections::HashMap::new();
-    for input in handler.reads(&submit.params) {
+    for input in handler.reads(&params) {
         match input {
             Input::Artifact(key) => {
                 if !can_read_key(&state.pool, &user, &key).await? {
@@ -312,7 +316,7 @@ pub async fn submit_job(
     }
     sources.sort_unstable();
     sources.dedup();
-    handler.admit(&submit.params, &metas).map_err(ApiError::invalid_params)?;
+    handler.admit(&params, &metas).map_err(ApiError::invalid_params)?;
     if let Some(experiment) = submit.experiment_id {
         let experiment = visible_experiment(&state.pool, &user, experiment).await?;
         if !user.is_admin() && experiment.owner != user.username && !experiment.members.contains(&user.username) {
@@ -340,8 +344,8 @@ pub async fn submit_job(
         None => None,
     };
     let new = NewJob {
-        kind: submit.kind,
-        params: submit.params,
+        kind: kind.to_string(),
+        params,
         priority: submit.priority,
         max_attempts,
         idempotency_key,

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use repdiff_api::jobs::CheckpointEval;
 use repdiff_engine::Device;
 use repdiff_engine::Result as EngineResult;
 use repdiff_engine::data::Dataset;
@@ -16,81 +17,12 @@ use repdiff_engine::metrics::{
     EvenlySpaced, GenerationMetrics, ImageSource, InceptionV3, MetricOptions, SetFeatures, compare, extract_samples,
 };
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample};
-use serde::{Deserialize, Serialize};
 
-use super::evaluate::ExtractorChoice;
-use super::sample::{Sampler, default_guidance, default_steps};
+use super::inputs::{load_extractor, sampler_kind};
 use crate::worker::{JobContext, JobError};
-
-fn default_num() -> usize {
-    64
-}
-fn default_max_real() -> usize {
-    500
-}
-
-/// When and how a training job measures its checkpoints.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckpointEval {
-    /// Measure every this many steps (and at the last step).
-    pub every: usize,
-    /// Samples drawn each time (a class-conditional model's cycle through the classes; a representation
-    /// model's vary the training images in turn).
-    #[serde(default = "default_num")]
-    pub num: usize,
-    /// Training images the samples are measured against (evenly spaced through the set).
-    #[serde(default = "default_max_real")]
-    pub max_real: usize,
-    #[serde(default)]
-    pub sampler: Sampler,
-    #[serde(default = "default_steps")]
-    pub steps: usize,
-    #[serde(default = "default_guidance")]
-    pub guidance: f64,
-    #[serde(default)]
-    pub extractor: ExtractorChoice,
-    /// The sampling seed: the same noise at every checkpoint, so the curve shows the model changing.
-    #[serde(default)]
-    pub seed: u64,
-}
 
 /// Recorded last of a measurement's metrics (all are written together): a step that has it was measured.
 pub const COMPLETION_METRIC: &str = "coverage";
-
-/// Density and coverage look at 5 neighbours, so each set needs more than 5 images.
-const MIN_SET: usize = 6;
-
-impl CheckpointEval {
-    pub fn check(&self, weights_dir: &Path) -> Result<(), String> {
-        if self.every == 0 {
-            return Err("eval.every must be a positive number of steps".into());
-        }
-        if !(MIN_SET..=10_000).contains(&self.num) {
-            return Err(format!("eval.num must be between {MIN_SET} and 10000 samples"));
-        }
-        if !(MIN_SET..=50_000).contains(&self.max_real) {
-            return Err(format!("eval.max_real must be between {MIN_SET} and 50000 images"));
-        }
-        if self.steps == 0 || self.steps > 1000 {
-            return Err("eval.steps must be between 1 and 1000".into());
-        }
-        if !(self.guidance.is_finite() && self.guidance >= 0.0) {
-            return Err("eval.guidance must be >= 0".into());
-        }
-        self.extractor.check(weights_dir)
-    }
-
-    /// Whether the checkpoint at `step` of a `total`-step run is measured.
-    pub fn due(&self, step: usize, total: usize) -> bool {
-        step.is_multiple_of(self.every.max(1)) || step == total
-    }
-
-    /// The next step after `step` that is measured.
-    pub fn next(&self, step: usize, total: usize) -> usize {
-        ((step / self.every.max(1) + 1) * self.every.max(1)).min(total)
-    }
-}
 
 /// A training job's evaluator: the extractor and the real set's features, computed once per attempt.
 pub struct CheckpointEvaluator<'a> {
@@ -102,7 +34,12 @@ pub struct CheckpointEvaluator<'a> {
 
 impl<'a> CheckpointEvaluator<'a> {
     pub fn new(spec: &'a CheckpointEval, weights_dir: &'a Path, device: &Device) -> EngineResult<Self> {
-        Ok(CheckpointEvaluator { spec, weights_dir, net: spec.extractor.load(weights_dir, device)?, real: None })
+        Ok(CheckpointEvaluator {
+            spec,
+            weights_dir,
+            net: load_extractor(spec.extractor, weights_dir, device)?,
+            real: None,
+        })
     }
 
     pub fn spec(&self) -> &CheckpointEval {
@@ -141,7 +78,7 @@ impl<'a> CheckpointEvaluator<'a> {
                 })?;
             self.real = Some(real);
         }
-        let (sampler, respacing) = spec.sampler.kind(spec.steps, 0.0);
+        let (sampler, respacing) = sampler_kind(spec.sampler, spec.steps, 0.0);
         let options = SampleOptions {
             num_samples: spec.num,
             labels: None,

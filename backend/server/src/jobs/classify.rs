@@ -6,58 +6,14 @@
 //! test data at the fixed budget instead, replays the sequential decisions from its draws, and reports how
 //! often the two decide alike, the forward passes saved, and the same for other rules and error rates. The result holds every row with its confusion matrix and each test image's prediction.
 
-use repdiff_engine::classify::{Score, Stopping, SweepOptions, choose_timestep, sweep, test_at};
+use repdiff_api::jobs::{ClassifyParams, DataSource};
+use repdiff_engine::classify::{SweepOptions, choose_timestep, sweep, test_at};
 use repdiff_engine::device::best_device;
 use repdiff_engine::diffusion::GaussianDiffusion;
 use repdiff_engine::sample::{Weights, load_model};
-use serde::{Deserialize, Serialize};
 
-use super::sample::CheckpointRef;
-use super::train::{DataSource, data_inputs, load_data, validate_data};
-use crate::worker::{Handler, Input, JobContext, JobError};
-
-fn default_timesteps() -> Vec<usize> {
-    vec![50, 100, 200, 300, 400, 500, 600, 700, 800, 900]
-}
-
-fn default_draws() -> usize {
-    64
-}
-
-fn default_batch() -> usize {
-    16
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClassifyParams {
-    /// A class-conditional checkpoint (a finetune job's: `{"job": ID}`).
-    pub checkpoint: CheckpointRef,
-    /// Labelled data the timestep is chosen on.
-    pub validation: DataSource,
-    /// Labelled data classified at the chosen timestep.
-    #[serde(default)]
-    pub test: Option<DataSource>,
-    #[serde(default = "default_timesteps")]
-    pub timesteps: Vec<usize>,
-    /// Noise draws per image and timestep, shared by every class (the paper: 512).
-    #[serde(default = "default_draws")]
-    pub draws: usize,
-    #[serde(default)]
-    pub score: Score,
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    #[serde(default)]
-    pub raw_weights: bool,
-    /// Stop drawing noise for an image once its class is decided (`{}` for the defaults).
-    #[serde(default)]
-    pub stopping: Option<Stopping>,
-    /// With `stopping`: also classify the test data at the full budget and compare.
-    #[serde(default)]
-    pub measure_agreement: bool,
-}
+use super::inputs::{check_data, checkpoint_input, data_inputs, load_data};
+use crate::worker::{Input, JobContext, JobError, Task};
 
 pub struct Classify {
     pub weights_dir: std::path::PathBuf,
@@ -65,28 +21,19 @@ pub struct Classify {
     pub memory_limit: u64,
 }
 
-impl Handler for Classify {
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
-        let p: ClassifyParams = super::parse("classify", params)?;
-        if p.timesteps.is_empty() || p.timesteps.len() > 1000 {
-            return Err("timesteps: 1 to 1000 of them".into());
-        }
-        if !(1..=4096).contains(&p.draws) || !(1..=1024).contains(&p.batch_size) {
-            return Err("draws is 1 to 4096 and batch_size 1 to 1024".into());
-        }
-        if let Some(stopping) = &p.stopping {
-            stopping.check()?;
-        }
-        validate_data(&p.validation)?;
-        p.test.as_ref().map_or(Ok(()), validate_data)
+impl Task for Classify {
+    type Spec = ClassifyParams;
+
+    fn check(&self, p: &ClassifyParams) -> Result<(), String> {
+        check_data("validation", &p.validation)?;
+        p.test.as_ref().map_or(Ok(()), |test| check_data("test", test))
     }
 
     fn admit(
         &self,
-        params: &serde_json::Value,
+        p: &ClassifyParams,
         metas: &std::collections::HashMap<String, serde_json::Value>,
     ) -> Result<(), String> {
-        let p: ClassifyParams = super::parse("classify", params)?;
         let Some(config) = metas.get(&p.checkpoint.key()).and_then(|m| m.get("config")) else { return Ok(()) };
         let Ok(config) = serde_json::from_value::<repdiff_engine::config::RunConfig>(config.clone()) else {
             return Ok(());
@@ -95,20 +42,14 @@ impl Handler for Classify {
         super::admit(&what, config.inference_memory(p.batch_size), self.memory_limit)
     }
 
-    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
-        match serde_json::from_value::<ClassifyParams>(params.clone()) {
-            Ok(p) => {
-                let mut inputs = vec![Input::Artifact(p.checkpoint.key())];
-                inputs.extend(data_inputs(&p.validation));
-                inputs.extend(p.test.as_ref().map(data_inputs).unwrap_or_default());
-                inputs
-            }
-            Err(_) => Vec::new(),
-        }
+    fn reads(&self, p: &ClassifyParams) -> Vec<Input> {
+        let mut inputs = vec![checkpoint_input(&p.checkpoint)];
+        inputs.extend(data_inputs(&p.validation));
+        inputs.extend(p.test.as_ref().map(data_inputs).unwrap_or_default());
+        inputs
     }
 
-    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let p: ClassifyParams = ctx.params()?;
+    fn run(&self, p: ClassifyParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let (device, device_note) = best_device();
         let local = ctx.fetch(&p.checkpoint.key(), "checkpoint.safetensors")?;
         let weights = if p.raw_weights { Weights::Raw } else { Weights::Ema };
@@ -128,8 +69,8 @@ impl Handler for Classify {
             draws: p.draws,
             seed: p.seed,
             batch_size: p.batch_size,
-            score: p.score,
-            stopping: p.stopping,
+            score: super::inputs::score(p.score),
+            stopping: p.stopping.as_ref().map(super::inputs::stopping),
         };
         let labelled = |ctx: &mut JobContext, source: &DataSource, what: &str| -> Result<_, JobError> {
             let data = load_data(ctx, source, &config, &self.weights_dir, &device)?;

@@ -3,70 +3,30 @@
 //! figure (`counterfactuals.png`, kind `grid`: a row per scan), each scan's row (kind `figure`) and the
 //! report (`counterfactuals.json`, kind `report`).
 
+use repdiff_api::jobs::CounterfactualParams;
 use repdiff_engine::device::best_device;
 use repdiff_engine::explain::{CounterfactualOptions, counterfactuals, write_counterfactuals};
 use repdiff_engine::sample::{Weights, load_model};
-use serde::{Deserialize, Serialize};
 
-use super::sample::{CheckpointRef, checkpoint_origin, default_guidance, default_steps};
-use super::train::{DataSource, data_inputs, load_data, validate_data};
-use crate::worker::{Handler, Input, JobContext, JobError};
-
-fn default_num() -> usize {
-    8
-}
-fn default_t() -> usize {
-    500
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CounterfactualParams {
-    /// A class-conditional checkpoint (a finetune job's: `{"job": ID}`).
-    pub checkpoint: CheckpointRef,
-    /// The scans (their first `num`).
-    pub data: DataSource,
-    #[serde(default = "default_num")]
-    pub num: usize,
-    /// The noise level to go up to (the nearest DDIM step at or below is used).
-    #[serde(default = "default_t")]
-    pub t: usize,
-    /// DDIM steps over the whole process.
-    #[serde(default = "default_steps")]
-    pub steps: usize,
-    #[serde(default = "default_guidance")]
-    pub guidance: f64,
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default)]
-    pub raw_weights: bool,
-}
+use super::inputs::{check_data, checkpoint_input, checkpoint_origin, data_inputs, load_data};
+use crate::worker::{Input, JobContext, JobError, Task};
 
 pub struct Counterfactual {
     pub weights_dir: std::path::PathBuf,
 }
 
-impl Handler for Counterfactual {
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
-        let p: CounterfactualParams = super::parse("counterfactual", params)?;
-        if !(1..=256).contains(&p.num) || !(1..=1000).contains(&p.steps) {
-            return Err("num is 1 to 256 and steps 1 to 1000".into());
-        }
-        if p.t == 0 || !(p.guidance.is_finite() && p.guidance >= 0.0) {
-            return Err("t must be positive and guidance >= 0".into());
-        }
-        validate_data(&p.data)
+impl Task for Counterfactual {
+    type Spec = CounterfactualParams;
+
+    fn check(&self, p: &CounterfactualParams) -> Result<(), String> {
+        check_data("data", &p.data)
     }
 
-    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
-        match serde_json::from_value::<CounterfactualParams>(params.clone()) {
-            Ok(p) => [vec![Input::Artifact(p.checkpoint.key())], data_inputs(&p.data)].concat(),
-            Err(_) => Vec::new(),
-        }
+    fn reads(&self, p: &CounterfactualParams) -> Vec<Input> {
+        [vec![checkpoint_input(&p.checkpoint)], data_inputs(&p.data)].concat()
     }
 
-    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let p: CounterfactualParams = ctx.params()?;
+    fn run(&self, p: CounterfactualParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let (device, device_note) = best_device();
         let local = ctx.fetch(&p.checkpoint.key(), "checkpoint.safetensors")?;
         let weights = if p.raw_weights { Weights::Raw } else { Weights::Ema };

@@ -5,6 +5,7 @@
 //! With pytorch-fid's weights in the weights folder the numbers are the field's; without them the
 //! documented random Inception stands in and the report's `extractor` and `pretrained` say so.
 
+use repdiff_api::jobs::{CheckpointRef, DataSource, EvaluateParams};
 use repdiff_engine::config::RunConfig;
 use repdiff_engine::device::best_device;
 use repdiff_engine::imaging::{Channels, Window};
@@ -14,100 +15,11 @@ use repdiff_engine::metrics::{
     extract_samples,
 };
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample};
-use serde::{Deserialize, Serialize};
 
-use super::sample::{CheckpointRef, Sampler, default_guidance, default_steps};
-use super::train::{DataSource, data_inputs, load_data, validate_data};
-use crate::worker::{Handler, Input, JobContext, JobError};
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelToEvaluate {
-    pub checkpoint: CheckpointRef,
-    /// Shown in the report; default: the run and what it is ("#3 representation-conditional").
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Reference images of a representation-conditional model (sample i varies reference i); default:
-    /// the real images.
-    #[serde(default)]
-    pub references: Option<DataSource>,
-}
-
-/// Which Inception-v3 measures the images.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum ExtractorChoice {
-    /// The pretrained FID network when the weights folder has it, else the random one.
-    #[default]
-    Auto,
-    /// The pretrained FID network (an error without its weights).
-    Pretrained,
-    /// The documented random Inception-v3 (seed 0): comparable between runs, never called FID.
-    Random,
-}
-
-impl ExtractorChoice {
-    /// Refuses the pretrained extractor when its weights are not in `weights_dir`.
-    pub fn check(self, weights_dir: &std::path::Path) -> Result<(), String> {
-        let file = repdiff_engine::metrics::inception::WEIGHTS_FILE;
-        if self == ExtractorChoice::Pretrained && !weights_dir.join(file).exists() {
-            return Err(format!(
-                "the pretrained extractor needs {file} in the server's weights folder (or choose auto/random)"
-            ));
-        }
-        Ok(())
-    }
-
-    /// The network this choice names.
-    pub fn load(
-        self,
-        weights_dir: &std::path::Path,
-        device: &repdiff_engine::Device,
-    ) -> repdiff_engine::Result<InceptionV3> {
-        match self {
-            ExtractorChoice::Auto => InceptionV3::pretrained_or_random(weights_dir, device),
-            ExtractorChoice::Pretrained => InceptionV3::pretrained(weights_dir, device),
-            ExtractorChoice::Random => InceptionV3::random(0, device),
-        }
-    }
-}
-
-fn default_num() -> usize {
-    256
-}
-fn default_histogram() -> usize {
-    500
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvaluateParams {
-    /// The real images (a dataset, one part of its split, a latent file, or the toy set).
-    pub real: DataSource,
-    pub models: Vec<ModelToEvaluate>,
-    /// Samples per model.
-    #[serde(default = "default_num")]
-    pub num: usize,
-    #[serde(default)]
-    pub sampler: Sampler,
-    #[serde(default = "default_steps")]
-    pub steps: usize,
-    #[serde(default = "default_guidance")]
-    pub guidance: f64,
-    /// Classes cycled over a class-conditional model's samples; empty: every class in turn.
-    #[serde(default)]
-    pub classes: Vec<u32>,
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default)]
-    pub extractor: ExtractorChoice,
-    /// Images per set in the t-SNE histograms (0: none).
-    #[serde(default = "default_histogram")]
-    pub histogram: usize,
-    /// Use at most this many real images, evenly spaced through the set (all by default).
-    #[serde(default)]
-    pub max_real: Option<usize>,
-}
+use super::inputs::{
+    check_data, check_extractor, checkpoint_input, data_inputs, load_data, load_extractor, sampler_kind,
+};
+use crate::worker::{Input, JobContext, JobError, Task};
 
 pub struct Evaluate {
     pub weights_dir: std::path::PathBuf,
@@ -131,10 +43,10 @@ impl Evaluate {
         let max_real = p.max_real.unwrap_or(usize::MAX);
         if let DataSource::Dataset { id, window, split } = &p.real {
             let window = Window::parse(window.as_deref().unwrap_or("brain"))?;
-            let manifest = super::encode::fetch_scans(ctx, *id, split.as_ref())?;
+            let manifest = super::inputs::fetch_scans(ctx, *id, split.as_ref())?;
             let slices = SliceImages::open(
                 &manifest,
-                split.as_ref().map(|s| s.part),
+                split.as_ref().map(|s| super::inputs::part(s.part)),
                 Channels::Window { window, copies: channels },
                 side,
                 device,
@@ -162,54 +74,35 @@ impl Evaluate {
     }
 }
 
-impl Handler for Evaluate {
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
-        let p: EvaluateParams = super::parse("evaluate", params)?;
-        if p.models.is_empty() || p.models.len() > 8 {
-            return Err("models lists 1 to 8 checkpoints to evaluate".into());
-        }
-        if !(10..=10_000).contains(&p.num) {
-            return Err("num must be between 10 and 10000 samples per model".into());
-        }
-        if p.steps == 0 || p.steps > 1000 {
-            return Err("steps must be between 1 and 1000".into());
-        }
-        if !(p.guidance.is_finite() && p.guidance >= 0.0) {
-            return Err("guidance must be >= 0".into());
-        }
-        if p.max_real.is_some_and(|m| m < 6) {
-            // Density and coverage look at 5 neighbours.
-            return Err("max_real must be at least 6 images".into());
-        }
-        if p.histogram > 2000 {
-            return Err("histogram takes at most 2000 images per set (exact t-SNE)".into());
-        }
-        p.extractor.check(&self.weights_dir)?;
-        validate_data(&p.real)?;
-        p.models.iter().filter_map(|m| m.references.as_ref()).try_for_each(validate_data)
-    }
+impl Task for Evaluate {
+    type Spec = EvaluateParams;
 
-    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
-        match serde_json::from_value::<EvaluateParams>(params.clone()) {
-            Ok(p) => {
-                let mut inputs = data_inputs(&p.real);
-                for m in &p.models {
-                    inputs.push(Input::Artifact(m.checkpoint.key()));
-                    inputs.extend(m.references.as_ref().map(data_inputs).unwrap_or_default());
-                }
-                inputs
+    fn check(&self, p: &EvaluateParams) -> Result<(), String> {
+        check_extractor(p.extractor, &self.weights_dir)?;
+        check_data("real", &p.real)?;
+        for (i, model) in p.models.iter().enumerate() {
+            if let Some(references) = &model.references {
+                check_data(&format!("models.{i}.references"), references)?;
             }
-            Err(_) => Vec::new(),
         }
+        Ok(())
     }
 
-    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let p: EvaluateParams = ctx.params()?;
+    fn reads(&self, p: &EvaluateParams) -> Vec<Input> {
+        let mut inputs = data_inputs(&p.real);
+        for m in &p.models {
+            inputs.push(checkpoint_input(&m.checkpoint));
+            inputs.extend(m.references.as_ref().map(data_inputs).unwrap_or_default());
+        }
+        inputs
+    }
+
+    fn run(&self, p: EvaluateParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let (device, device_note) = best_device();
-        let net = p.extractor.load(&self.weights_dir, &device)?;
+        let net = load_extractor(p.extractor, &self.weights_dir, &device)?;
         let extractor = net.extractor().label();
         ctx.log("info", &format!("extractor {extractor} on {device_note}"));
-        let (sampler, respacing) = p.sampler.kind(p.steps, 0.0);
+        let (sampler, respacing) = sampler_kind(p.sampler, p.steps, 0.0);
 
         // Each model's samples are reduced to features as they are drawn: only features are kept.
         let options = MetricOptions::default();

@@ -3,53 +3,16 @@
 //! transfer table is logged and kept as the artifact `transfer.txt`; checkpoints and resumption work as in
 //! `pretrain` (an attempt that finds its own checkpoint continues from it).
 
+use repdiff_api::jobs::FinetuneParams;
 use repdiff_engine::config::Conditioning;
 use repdiff_engine::device::best_device;
 use repdiff_engine::finetune;
 use repdiff_engine::train::Trainer;
-use serde::{Deserialize, Serialize};
 
-use super::checkpoint_eval::{CheckpointEval, CheckpointEvaluator};
-use super::sample::CheckpointRef;
-use super::train::{DataSource, data_inputs, load_data, train_and_publish, validate_data};
-use crate::worker::{Handler, Input, JobContext, JobError};
-
-/// The fine-tune's training settings; unset ones are the pre-training's.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FinetuneRun {
-    pub steps: Option<usize>,
-    pub batch_size: Option<usize>,
-    pub learning_rate: Option<f64>,
-    pub seed: Option<u64>,
-    pub checkpoint_every: Option<usize>,
-    /// `highest` (f32) or `bf16` CPU matrix products.
-    pub matmul_precision: Option<repdiff_engine::ops::MatmulPrecision>,
-}
-
-fn default_dropout() -> f64 {
-    0.1
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FinetuneParams {
-    /// The pre-trained checkpoint: `{"job": ID}` (a pretrain job's) or `{"key": "..."}`.
-    pub from: CheckpointRef,
-    /// Start from its raw weights instead of their EMA.
-    #[serde(default)]
-    pub raw_weights: bool,
-    /// Label dropout (the null class for classifier-free guidance); 0 for none.
-    #[serde(default = "default_dropout")]
-    pub label_dropout: f64,
-    #[serde(default)]
-    pub run: FinetuneRun,
-    /// Labelled data (the downstream training split).
-    pub data: DataSource,
-    /// Generation metrics of the checkpoints as the run trains (none by default).
-    #[serde(default)]
-    pub eval: Option<CheckpointEval>,
-}
+use super::checkpoint_eval::CheckpointEvaluator;
+use super::inputs::{check_data, checkpoint_input, data_inputs, load_data};
+use super::train::train_and_publish;
+use crate::worker::{Input, JobContext, JobError, Task};
 
 pub struct Finetune {
     pub weights_dir: std::path::PathBuf,
@@ -59,38 +22,21 @@ pub struct Finetune {
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
 
-impl Handler for Finetune {
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
-        let p: FinetuneParams = super::parse("finetune", params)?;
-        if !(0.0..1.0).contains(&p.label_dropout) {
-            return Err("label_dropout must be in [0, 1)".into());
-        }
-        let r = &p.run;
-        use repdiff_engine::config::{MAX_BATCH, MAX_STEPS};
-        for (name, value, max) in [
-            ("steps", r.steps, MAX_STEPS),
-            ("batch_size", r.batch_size, MAX_BATCH),
-            ("checkpoint_every", r.checkpoint_every, MAX_STEPS),
-        ] {
-            if let Some(v) = value {
-                super::within(name, v, 1, max)?;
-            }
-        }
-        if let Some(lr) = r.learning_rate {
-            super::finite_within("learning_rate", lr, f64::MIN_POSITIVE, 1.0)?;
-        }
+impl Task for Finetune {
+    type Spec = FinetuneParams;
+
+    fn check(&self, p: &FinetuneParams) -> Result<(), String> {
         if let Some(eval) = &p.eval {
-            eval.check(&self.weights_dir)?;
+            super::inputs::check_extractor(eval.extractor, &self.weights_dir)?;
         }
-        validate_data(&p.data)
+        check_data("data", &p.data)
     }
 
     fn admit(
         &self,
-        params: &serde_json::Value,
+        p: &FinetuneParams,
         metas: &std::collections::HashMap<String, serde_json::Value>,
     ) -> Result<(), String> {
-        let p: FinetuneParams = super::parse("finetune", params)?;
         // Checkpoints from before their configuration was recorded are not estimated.
         let Some(config) = metas.get(&p.from.key()).and_then(|m| m.get("config")) else { return Ok(()) };
         let Ok(mut config) = serde_json::from_value::<repdiff_engine::config::RunConfig>(config.clone()) else {
@@ -101,15 +47,11 @@ impl Handler for Finetune {
         super::admit(&format!("fine-tuning this model at batch {batch}"), config.training_memory(), self.memory_limit)
     }
 
-    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
-        match serde_json::from_value::<FinetuneParams>(params.clone()) {
-            Ok(p) => [vec![Input::Artifact(p.from.key())], data_inputs(&p.data)].concat(),
-            Err(_) => Vec::new(),
-        }
+    fn reads(&self, p: &FinetuneParams) -> Vec<Input> {
+        [vec![checkpoint_input(&p.from)], data_inputs(&p.data)].concat()
     }
 
-    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let p: FinetuneParams = ctx.params()?;
+    fn run(&self, p: FinetuneParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let (device, device_note) = best_device();
         let pretrained = ctx.fetch(&p.from.key(), "pretrained.safetensors")?;
         let source = repdiff_engine::checkpoint::Checkpoint::read(&pretrained, &device)?.config()?;
@@ -135,7 +77,7 @@ impl Handler for Finetune {
             t.learning_rate = r.learning_rate.unwrap_or(t.learning_rate);
             t.seed = r.seed.unwrap_or(t.seed);
             t.checkpoint_every = r.checkpoint_every.unwrap_or(t.checkpoint_every);
-            t.matmul_precision = r.matmul_precision.unwrap_or(t.matmul_precision);
+            t.matmul_precision = r.matmul_precision.map_or(t.matmul_precision, super::inputs::matmul_precision);
             config.validate().map_err(|e| JobError::Permanent(e.to_string()))?;
             let (transfer, _) =
                 finetune::from_checkpoint(&pretrained, &config.model, config.train.seed, p.raw_weights, &device)

@@ -6,27 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use repdiff_api::jobs::ImportParams;
 use repdiff_engine::dataset::Labels;
 use repdiff_engine::imaging::deid::DeidKey;
 use repdiff_engine::manifest::Manifest;
-use serde::{Deserialize, Serialize};
 
 use crate::scans;
-use crate::worker::{Handler, Input, JobContext, JobError};
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImportParams {
-    pub dataset: i64,
-    /// A file or folder under an import root (relative to the first root, or absolute).
-    pub path: String,
-    /// A manifest (CSV or JSON) under an import root whose `file` column names files relative to `path`.
-    #[serde(default)]
-    pub labels: Option<String>,
-    /// The site of files without a label row (default 0).
-    #[serde(default)]
-    pub site: usize,
-}
+use crate::worker::{Input, JobContext, JobError, Task};
 
 pub struct Import {
     pub roots: Vec<PathBuf>,
@@ -80,25 +66,22 @@ impl Import {
     }
 }
 
-impl Handler for Import {
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
-        let p: ImportParams = super::parse("import", params)?;
-        super::within("site", p.site, 0, repdiff_engine::manifest::MAX_SITE)?;
-        self.resolve(&p.path)?;
-        if let Some(labels) = &p.labels {
-            self.resolve(labels)?;
+impl Task for Import {
+    type Spec = ImportParams;
+
+    fn check(&self, p: &ImportParams) -> Result<(), String> {
+        self.resolve(&p.path).map_err(|e| format!("path: {e}"))?;
+        match &p.labels {
+            Some(labels) => self.resolve(labels).map(|_| ()).map_err(|e| format!("labels: {e}")),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
-        serde_json::from_value::<ImportParams>(params.clone())
-            .map(|p| vec![Input::OwnDataset(p.dataset)])
-            .unwrap_or_default()
+    fn reads(&self, p: &ImportParams) -> Vec<Input> {
+        vec![Input::OwnDataset(p.dataset)]
     }
 
-    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let p: ImportParams = ctx.params()?;
+    fn run(&self, p: ImportParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let source = self.resolve(&p.path).map_err(JobError::Permanent)?;
         let manifest = match &p.labels {
             Some(labels) => {

@@ -1,5 +1,6 @@
-//! Job kinds: thin adapters from a job's JSON parameters to the engine. Each kind's parameters are a serde
-//! type with `deny_unknown_fields`, so a misspelt field is an error at submission, not a silent default.
+//! Job kinds: one [`Task`](crate::worker::Task) per kind, a function of the kind's typed spec (defined in
+//! `repdiff_api::jobs`, validated there) and the job's context. What several kinds share (data sources,
+//! checkpoints, samplers, the conversions to the engine's types) is in `inputs`.
 
 mod checkpoint_eval;
 mod classify;
@@ -8,6 +9,7 @@ mod encode;
 mod evaluate;
 mod finetune;
 mod import;
+mod inputs;
 mod noop;
 mod probe;
 mod reproduce;
@@ -15,14 +17,7 @@ mod sample;
 mod supervised;
 mod train;
 
-pub use checkpoint_eval::CheckpointEval;
-pub use encode::{EncodeParams, SplitSpec};
-pub use evaluate::ExtractorChoice;
-pub use import::ImportParams;
-pub use noop::NoopParams;
-pub use reproduce::ReproduceParams;
-pub use sample::{CheckpointRef, SampleParams};
-pub use train::{DataSource, TrainParams};
+pub use inputs::{load_extractor, sampler_kind};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,30 +57,27 @@ impl Default for JobSettings {
 pub fn registry(settings: &JobSettings) -> Registry {
     let mut registry = Registry::new();
     registry
-        .register("noop", noop::Noop)
-        .register("encode", encode::Encode { weights_dir: settings.weights_dir.clone() })
-        .register(
-            "import",
-            import::Import { roots: settings.import_roots.clone(), deid_key: settings.deid_key.clone() },
-        )
-        .register(
+        .task("noop", noop::Noop)
+        .task("encode", encode::Encode { weights_dir: settings.weights_dir.clone() })
+        .task("import", import::Import { roots: settings.import_roots.clone(), deid_key: settings.deid_key.clone() })
+        .task(
             "pretrain",
             train::Train { weights_dir: settings.weights_dir.clone(), memory_limit: settings.memory_limit },
         )
-        .register(
+        .task(
             "finetune",
             finetune::Finetune { weights_dir: settings.weights_dir.clone(), memory_limit: settings.memory_limit },
         )
-        .register(
+        .task(
             "classify",
             classify::Classify { weights_dir: settings.weights_dir.clone(), memory_limit: settings.memory_limit },
         )
-        .register("counterfactual", counterfactual::Counterfactual { weights_dir: settings.weights_dir.clone() })
-        .register("probe", probe::Probe { weights_dir: settings.weights_dir.clone() })
-        .register("evaluate", evaluate::Evaluate { weights_dir: settings.weights_dir.clone() })
-        .register("supervised", supervised::Supervised { weights_dir: settings.weights_dir.clone() })
-        .register("sample", sample::Sample { weights_dir: settings.weights_dir.clone() })
-        .register(
+        .task("counterfactual", counterfactual::Counterfactual { weights_dir: settings.weights_dir.clone() })
+        .task("probe", probe::Probe { weights_dir: settings.weights_dir.clone() })
+        .task("evaluate", evaluate::Evaluate { weights_dir: settings.weights_dir.clone() })
+        .task("supervised", supervised::Supervised { weights_dir: settings.weights_dir.clone() })
+        .task("sample", sample::Sample { weights_dir: settings.weights_dir.clone() })
+        .task(
             "reproduce",
             reproduce::Reproduce { weights_dir: settings.weights_dir.clone(), exe: settings.exe.clone() },
         );
@@ -97,22 +89,6 @@ pub fn validate(registry: &Registry, kind: &str, params: &serde_json::Value) -> 
     match registry.get(kind) {
         Some(handler) => handler.validate(params),
         None => Err(format!("unknown job kind {kind:?}; expected one of {}", registry.kinds().join(", "))),
-    }
-}
-
-/// `value` in `min..=max`, or the message naming `field` and its range.
-pub(crate) fn within(field: &str, value: usize, min: usize, max: usize) -> Result<(), String> {
-    match (min..=max).contains(&value) {
-        true => Ok(()),
-        false => Err(format!("{field} is {min} to {max}, got {value}")),
-    }
-}
-
-/// A finite `value` in `min..=max`, or the message naming `field` and its range.
-pub(crate) fn finite_within(field: &str, value: f64, min: f64, max: f64) -> Result<(), String> {
-    match value.is_finite() && (min..=max).contains(&value) {
-        true => Ok(()),
-        false => Err(format!("{field} must be a number in [{min:e}, {max}], got {value}")),
     }
 }
 
@@ -148,9 +124,4 @@ pub(crate) fn admit(what: &str, bytes: u64, limit: u64) -> Result<(), String> {
         gib(bytes),
         gib(limit)
     ))
-}
-
-/// Parses parameters into `T`, with the message the API returns.
-fn parse<T: serde::de::DeserializeOwned>(kind: &str, params: &serde_json::Value) -> Result<T, String> {
-    serde_json::from_value(params.clone()).map_err(|e| format!("invalid parameters for a {kind} job: {e}"))
 }

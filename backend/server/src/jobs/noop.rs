@@ -1,18 +1,9 @@
 //! `noop`: does nothing for `sleep_ms` (in cancellable slices). For benchmarking the queue and checking a
 //! deployment's workers end to end without a model.
 
-use serde::Deserialize;
+use repdiff_api::jobs::NoopParams;
 
-use crate::worker::{Handler, JobContext, JobError};
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NoopParams {
-    pub sleep_ms: u64,
-    /// After sleeping, abort the worker process (as a failed allocation does): how the tests check that a
-    /// job's crash is the job's alone. Accepted only where REPDIFF_TEST_HOOKS=1.
-    pub abort: bool,
-}
+use crate::worker::{JobContext, JobError, Task};
 
 /// Whether this process accepts the test hooks (`noop`'s `abort`).
 fn test_hooks() -> bool {
@@ -21,20 +12,17 @@ fn test_hooks() -> bool {
 
 pub struct Noop;
 
-impl Handler for Noop {
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
-        let p: NoopParams = super::parse("noop", params)?;
-        if p.sleep_ms > 3_600_000 {
-            return Err("sleep_ms is at most an hour".into());
+impl Task for Noop {
+    type Spec = NoopParams;
+
+    fn check(&self, p: &NoopParams) -> Result<(), String> {
+        match p.abort && !test_hooks() {
+            true => Err("abort: a test hook, off in this deployment".into()),
+            false => Ok(()),
         }
-        if p.abort && !test_hooks() {
-            return Err("abort is a test hook, off in this deployment".into());
-        }
-        Ok(())
     }
 
-    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let p: NoopParams = ctx.params()?;
+    fn run(&self, p: NoopParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let until = std::time::Instant::now() + std::time::Duration::from_millis(p.sleep_ms);
         while std::time::Instant::now() < until {
             if ctx.cancel.is_cancelled() {

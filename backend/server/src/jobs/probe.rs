@@ -5,97 +5,45 @@
 //! (`"features": "dinov2"`, weights in the server's weights folder; datasets and the toy set are read as
 //! grey pixels of `dino_size`).
 
+use repdiff_api::jobs::{DataSource, Features, ProbeParams};
 use repdiff_engine::classify::{bootstrap, metrics};
 use repdiff_engine::config::RunConfig;
 use repdiff_engine::device::best_device;
 use repdiff_engine::dino::{self, Dino};
 use repdiff_engine::probe::{LAMBDAS, choose, encoder_features};
 use repdiff_engine::sample::{Weights, load_model};
-use serde::{Deserialize, Serialize};
 
-use super::sample::CheckpointRef;
-use super::train::{DataSource, data_inputs, load_data, validate_data};
-use crate::worker::{Handler, Input, JobContext, JobError};
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Features {
-    /// The representation encoder of `checkpoint`.
-    #[default]
-    Encoder,
-    /// DINOv2 ViT-S/14 on the images.
-    Dinov2,
-}
-
-fn default_dino_size() -> usize {
-    224
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProbeParams {
-    #[serde(default)]
-    pub features: Features,
-    /// A representation-conditional checkpoint (a `pretrain` job with `"conditioning": "representation"`):
-    /// the encoder probed.
-    #[serde(default)]
-    pub checkpoint: Option<CheckpointRef>,
-    /// DINOv2's input size (a multiple of 14; 518 is its native one).
-    #[serde(default = "default_dino_size")]
-    pub dino_size: usize,
-    pub train: DataSource,
-    pub validation: DataSource,
-    #[serde(default)]
-    pub test: Option<DataSource>,
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default)]
-    pub raw_weights: bool,
-}
+use super::inputs::{check_data, checkpoint_input, data_inputs, load_data};
+use crate::worker::{Input, JobContext, JobError, Task};
 
 pub struct Probe {
     pub weights_dir: std::path::PathBuf,
 }
 
-impl Handler for Probe {
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
-        let p: ProbeParams = super::parse("probe", params)?;
-        match (p.features, &p.checkpoint) {
-            (Features::Encoder, None) => return Err("an encoder probe needs the checkpoint of its model".into()),
-            (Features::Dinov2, Some(_)) => return Err("a dinov2 probe reads no checkpoint".into()),
-            (Features::Dinov2, None) => {
-                if p.dino_size == 0 || !p.dino_size.is_multiple_of(dino::PATCH) || p.dino_size > 1022 {
-                    return Err(format!("dino_size is a multiple of {} up to 1022", dino::PATCH));
-                }
-                if !self.weights_dir.join(dino::WEIGHTS_FILE).exists() {
-                    return Err(format!(
-                        "the dinov2 probe needs {} in the server's weights folder (see model-weights/README.md)",
-                        dino::WEIGHTS_FILE
-                    ));
-                }
-            }
-            (Features::Encoder, Some(_)) => {}
+impl Task for Probe {
+    type Spec = ProbeParams;
+
+    fn check(&self, p: &ProbeParams) -> Result<(), String> {
+        if p.features == Features::Dinov2 && !self.weights_dir.join(dino::WEIGHTS_FILE).exists() {
+            return Err(format!(
+                "features: the dinov2 probe needs {} in the server's weights folder (see model-weights/README.md)",
+                dino::WEIGHTS_FILE
+            ));
         }
-        validate_data(&p.train)?;
-        validate_data(&p.validation)?;
-        p.test.as_ref().map_or(Ok(()), validate_data)
+        check_data("train", &p.train)?;
+        check_data("validation", &p.validation)?;
+        p.test.as_ref().map_or(Ok(()), |test| check_data("test", test))
     }
 
-    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
-        match serde_json::from_value::<ProbeParams>(params.clone()) {
-            Ok(p) => {
-                let mut inputs: Vec<Input> = p.checkpoint.iter().map(|c| Input::Artifact(c.key())).collect();
-                for source in [Some(&p.train), Some(&p.validation), p.test.as_ref()].into_iter().flatten() {
-                    inputs.extend(data_inputs(source));
-                }
-                inputs
-            }
-            Err(_) => Vec::new(),
+    fn reads(&self, p: &ProbeParams) -> Vec<Input> {
+        let mut inputs: Vec<Input> = p.checkpoint.iter().map(checkpoint_input).collect();
+        for source in [Some(&p.train), Some(&p.validation), p.test.as_ref()].into_iter().flatten() {
+            inputs.extend(data_inputs(source));
         }
+        inputs
     }
 
-    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let p: ProbeParams = ctx.params()?;
+    fn run(&self, p: ProbeParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let (device, device_note) = best_device();
         let extractor = match (&p.checkpoint, p.features) {
             (Some(checkpoint), Features::Encoder) => {

@@ -17,9 +17,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use repdiff_api::jobs::ReproduceParams;
 
-use crate::worker::{Handler, Input, JobContext, JobError};
+use crate::worker::{Input, JobContext, JobError, Task};
 
 /// How often the working folder's changed files are copied to the store while a step runs.
 pub const SYNC_EVERY: Duration = Duration::from_secs(60);
@@ -41,120 +41,36 @@ fn skipped(relative: &str) -> bool {
         || relative.ends_with(".partial")
 }
 
-fn default_preset() -> String {
-    "tiny-cpu".into()
-}
-fn default_site() -> usize {
-    1
-}
-fn default_jobs() -> u16 {
-    2
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReproduceParams {
-    /// `tiny-cpu` (under half an hour on 2 CPU cores) or `paper` (DiT-B/2 on SD-VAE latents: a GPU's days).
-    #[serde(default = "default_preset")]
-    pub preset: String,
-    /// A dataset of the server (its scans, markers and sites); none: synthetic phantoms.
-    #[serde(default)]
-    pub dataset: Option<i64>,
-    /// Phantom slices from random sites (more come from the downstream site in the preset's proportion).
-    #[serde(default)]
-    pub phantoms: Option<usize>,
-    /// The site whose slices form the downstream task; every other site pre-trains.
-    #[serde(default = "default_site")]
-    pub downstream_site: usize,
-    #[serde(default)]
-    pub pretrain_steps: Option<usize>,
-    #[serde(default)]
-    pub finetune_steps: Option<usize>,
-    #[serde(default)]
-    pub supervised_epochs: Option<usize>,
-    /// Noise draws per image (the most a sequentially stopped image takes).
-    #[serde(default)]
-    pub draws: Option<usize>,
-    /// Samples per pre-trained model for Table 5 (0 leaves it out).
-    #[serde(default)]
-    pub eval_samples: Option<usize>,
-    /// Samples per class of each fine-tuned model for the class-fidelity check (0 leaves it out).
-    #[serde(default)]
-    pub class_samples: Option<usize>,
-    /// Steps of the pipeline run side by side.
-    #[serde(default = "default_jobs")]
-    pub jobs: u16,
-    #[serde(default)]
-    pub seed: u64,
-    /// Seeds the pipeline runs for, from `seed` on: every method's result per seed and its spread.
-    #[serde(default)]
-    pub seeds: Option<usize>,
-    /// Matrix products of the training steps: `highest` (f32, the default) or `bf16` (faster on CPUs with
-    /// AVX512-BF16 or AMX).
-    #[serde(default)]
-    pub matmul_precision: Option<repdiff_engine::ops::MatmulPrecision>,
-}
-
-impl ReproduceParams {
-    fn check(&self) -> Result<(), String> {
-        if !["tiny-cpu", "paper"].contains(&self.preset.as_str()) {
-            return Err(format!("unknown preset {:?}; expected tiny-cpu or paper", self.preset));
+/// The arguments of `repdiff reproduce` after the data and folders.
+fn arguments(p: &ReproduceParams) -> Vec<String> {
+    let mut args = vec![
+        "--preset".to_string(),
+        p.preset.clone(),
+        "--downstream-site".into(),
+        p.downstream_site.to_string(),
+        "--jobs".into(),
+        p.jobs.to_string(),
+        "--seed".into(),
+        p.seed.to_string(),
+    ];
+    for (flag, value) in [
+        ("--phantoms", p.phantoms),
+        ("--pretrain-steps", p.pretrain_steps),
+        ("--finetune-steps", p.finetune_steps),
+        ("--supervised-epochs", p.supervised_epochs),
+        ("--draws", p.draws),
+        ("--eval-samples", p.eval_samples),
+        ("--class-samples", p.class_samples),
+        ("--seeds", p.seeds),
+    ] {
+        if let Some(v) = value {
+            args.extend([flag.to_string(), v.to_string()]);
         }
-        if self.dataset.is_some() && self.phantoms.is_some() {
-            return Err("give a dataset or a number of phantoms, not both".into());
-        }
-        let within = |name: &str, value: Option<usize>, range: std::ops::RangeInclusive<usize>| match value {
-            Some(v) if !range.contains(&v) => {
-                Err(format!("{name} must be {} to {}, not {v}", range.start(), range.end()))
-            }
-            _ => Ok(()),
-        };
-        within("phantoms", self.phantoms, 20..=200_000)?;
-        within("pretrain_steps", self.pretrain_steps, 1..=100_000_000)?;
-        within("finetune_steps", self.finetune_steps, 1..=100_000_000)?;
-        within("supervised_epochs", self.supervised_epochs, 1..=10_000)?;
-        within("draws", self.draws, 1..=4096)?;
-        within("eval_samples", self.eval_samples, 0..=100_000)?;
-        within("class_samples", self.class_samples, 0..=10_000)?;
-        within("jobs", Some(usize::from(self.jobs)), 1..=64)?;
-        within("seeds", self.seeds, 1..=100)?;
-        if self.downstream_site > 1_000_000 {
-            return Err("downstream_site is a site number as in the manifest".into());
-        }
-        Ok(())
     }
-
-    /// The arguments of `repdiff reproduce` after the data and folders.
-    fn arguments(&self) -> Vec<String> {
-        let mut args = vec![
-            "--preset".to_string(),
-            self.preset.clone(),
-            "--downstream-site".into(),
-            self.downstream_site.to_string(),
-            "--jobs".into(),
-            self.jobs.to_string(),
-            "--seed".into(),
-            self.seed.to_string(),
-        ];
-        for (flag, value) in [
-            ("--phantoms", self.phantoms),
-            ("--pretrain-steps", self.pretrain_steps),
-            ("--finetune-steps", self.finetune_steps),
-            ("--supervised-epochs", self.supervised_epochs),
-            ("--draws", self.draws),
-            ("--eval-samples", self.eval_samples),
-            ("--class-samples", self.class_samples),
-            ("--seeds", self.seeds),
-        ] {
-            if let Some(v) = value {
-                args.extend([flag.to_string(), v.to_string()]);
-            }
-        }
-        if let Some(precision) = self.matmul_precision {
-            args.extend(["--matmul-precision".to_string(), precision.name().to_string()]);
-        }
-        args
+    if let Some(precision) = p.matmul_precision {
+        args.extend(["--matmul-precision".to_string(), super::inputs::matmul_precision(precision).name().to_string()]);
     }
+    args
 }
 
 pub struct Reproduce {
@@ -163,21 +79,14 @@ pub struct Reproduce {
     pub exe: PathBuf,
 }
 
-impl Handler for Reproduce {
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
-        super::parse::<ReproduceParams>("reproduce", params)?.check()
+impl Task for Reproduce {
+    type Spec = ReproduceParams;
+
+    fn reads(&self, p: &ReproduceParams) -> Vec<Input> {
+        p.dataset.map(Input::Dataset).into_iter().collect()
     }
 
-    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
-        match serde_json::from_value::<ReproduceParams>(params.clone()) {
-            Ok(ReproduceParams { dataset: Some(id), .. }) => vec![Input::Dataset(id)],
-            _ => Vec::new(),
-        }
-    }
-
-    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let p: ReproduceParams = ctx.params()?;
-        p.check().map_err(JobError::Permanent)?;
+    fn run(&self, p: ReproduceParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let out = ctx.scratch.join("reproduce");
         let mut work = WorkFolder { root: out.clone(), copied: HashMap::new() };
         let restored = work.restore(ctx)?;
@@ -187,12 +96,12 @@ impl Handler for Reproduce {
         let mut args = vec!["reproduce".to_string(), "--out".into(), out.to_string_lossy().into_owned()];
         if let Some(dataset) = p.dataset {
             ctx.progress(0, 1, "fetching the dataset's scans");
-            let manifest = super::encode::fetch_scans(ctx, dataset, None)?;
+            let manifest = super::inputs::fetch_scans(ctx, dataset, None)?;
             let folder = manifest.parent().unwrap_or(&ctx.scratch).to_string_lossy().into_owned();
             args.extend(["--data".to_string(), folder]);
         }
         args.extend(["--weights-dir".to_string(), self.weights_dir.to_string_lossy().into_owned()]);
-        args.extend(p.arguments());
+        args.extend(arguments(&p));
         ctx.progress(0, 1, "preparing the data, the split and the latents");
         ctx.log("info", &format!("$ repdiff {}", args[..].join(" ")));
         let outcome = run_pipeline(ctx, &self.exe, &args, &mut work);
@@ -429,17 +338,18 @@ mod tests {
     use super::*;
 
     fn params(json: serde_json::Value) -> Result<(), String> {
-        super::super::parse::<ReproduceParams>("reproduce", &json)?.check()
+        let spec = repdiff_api::jobs::JobSpec::from_parts("reproduce", json)?;
+        spec.validate().map_err(|e| e.to_string())
     }
 
     #[test]
     fn parameters_are_checked_as_the_command_would() {
         assert!(params(serde_json::json!({})).is_ok());
-        assert!(params(serde_json::json!({ "preset": "huge" })).unwrap_err().contains("unknown preset"));
+        assert!(params(serde_json::json!({ "preset": "huge" })).unwrap_err().starts_with("preset: "));
         assert!(params(serde_json::json!({ "dataset": 3, "phantoms": 100 })).unwrap_err().contains("not both"));
-        assert!(params(serde_json::json!({ "draws": 0 })).unwrap_err().contains("draws must be 1 to 4096"));
-        assert!(params(serde_json::json!({ "jobs": 0 })).unwrap_err().contains("jobs must be 1 to 64"));
-        assert!(params(serde_json::json!({ "seeds": 0 })).unwrap_err().contains("seeds must be 1 to 100"));
+        assert_eq!(params(serde_json::json!({ "draws": 0 })).unwrap_err(), "draws: is 1 to 4096, got 0");
+        assert_eq!(params(serde_json::json!({ "jobs": 0 })).unwrap_err(), "jobs: is 1 to 64, got 0");
+        assert_eq!(params(serde_json::json!({ "seeds": 0 })).unwrap_err(), "seeds: is 1 to 100, got 0");
         assert!(params(serde_json::json!({ "drawz": 3 })).unwrap_err().contains("unknown field"));
     }
 
@@ -448,7 +358,7 @@ mod tests {
         let p: ReproduceParams =
             serde_json::from_value(serde_json::json!({ "phantoms": 96, "draws": 2, "eval_samples": 0, "seeds": 3 }))
                 .unwrap();
-        let args = p.arguments().join(" ");
+        let args = arguments(&p).join(" ");
         assert_eq!(
             args,
             "--preset tiny-cpu --downstream-site 1 --jobs 2 --seed 0 --phantoms 96 --draws 2 --eval-samples 0 --seeds 3"

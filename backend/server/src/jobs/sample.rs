@@ -2,135 +2,31 @@
 //! `sample_image`, with its index and class), `grid.png`, and `samples.safetensors`. With `frames`, also
 //! the trajectory of every sample (kind `trajectory`): its x0 predictions at that many steps.
 
+use repdiff_api::jobs::SampleParams;
 use repdiff_engine::device::best_device;
-use repdiff_engine::diffusion::SamplerKind;
 use repdiff_engine::explain::{trajectory, write_trajectory};
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample, write_samples};
-use serde::{Deserialize, Serialize};
 
-use crate::worker::{Handler, Input, JobContext, JobError};
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum CheckpointRef {
-    /// The checkpoint of a training job.
-    Job(i64),
-    /// Any checkpoint artifact by key.
-    Key(String),
-}
-
-impl CheckpointRef {
-    pub fn key(&self) -> String {
-        match self {
-            CheckpointRef::Job(id) => format!("jobs/{id}/checkpoint.safetensors"),
-            CheckpointRef::Key(key) => key.clone(),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Sampler {
-    Ddpm,
-    #[default]
-    Ddim,
-}
-
-impl Sampler {
-    /// The engine's sampler and respacing for `steps` steps (`eta`: DDIM's noise scale).
-    pub fn kind(self, steps: usize, eta: f64) -> (SamplerKind, String) {
-        match self {
-            Sampler::Ddpm => (SamplerKind::Ddpm, steps.to_string()),
-            Sampler::Ddim => (SamplerKind::Ddim { eta }, format!("ddim{steps}")),
-        }
-    }
-}
-
-fn default_num() -> usize {
-    16
-}
-/// The sampling defaults every job that samples shares: no guidance, 50 steps.
-pub(super) fn default_guidance() -> f64 {
-    1.0
-}
-pub(super) fn default_steps() -> usize {
-    50
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SampleParams {
-    pub checkpoint: CheckpointRef,
-    #[serde(default = "default_num")]
-    pub num: usize,
-    /// Classes cycled over the samples; empty: every class in turn (class-conditional models).
-    #[serde(default)]
-    pub classes: Vec<u32>,
-    #[serde(default = "default_guidance")]
-    pub guidance: f64,
-    #[serde(default)]
-    pub sampler: Sampler,
-    /// Denoising steps, respaced from the trained T.
-    #[serde(default = "default_steps")]
-    pub steps: usize,
-    /// DDIM stochasticity (0: deterministic).
-    #[serde(default)]
-    pub eta: f64,
-    #[serde(default)]
-    pub seed: u64,
-    /// Use the raw weights instead of their EMA.
-    #[serde(default)]
-    pub raw_weights: bool,
-    /// Reference images for a representation-conditional model (sample i is a variation of reference
-    /// i, cycled): a dataset or a latent file, as a pretrain job's `data`.
-    #[serde(default)]
-    pub references: Option<super::train::DataSource>,
-    /// Also record each sample's x0 predictions at this many evenly spaced steps (the paper's Fig. 11).
-    #[serde(default)]
-    pub frames: Option<usize>,
-}
+use super::inputs::{check_data, checkpoint_input, checkpoint_origin, data_inputs, load_data, sampler_kind};
+use crate::worker::{Input, JobContext, JobError, Task};
 
 pub struct Sample {
     pub weights_dir: std::path::PathBuf,
 }
 
-impl Handler for Sample {
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
-        let p: SampleParams = super::parse("sample", params)?;
-        if p.num == 0 || p.num > 10_000 {
-            return Err("num must be between 1 and 10000".into());
-        }
-        if p.steps == 0 || p.steps > 1000 {
-            return Err("steps must be between 1 and 1000".into());
-        }
-        if !(p.guidance.is_finite() && p.guidance >= 0.0 && (0.0..=1.0).contains(&p.eta)) {
-            return Err("guidance must be >= 0 and eta in [0, 1]".into());
-        }
-        if let Some(frames) = p.frames {
-            if !(2..=64).contains(&frames) {
-                return Err("frames is 2 to 64".into());
-            }
-            if p.references.is_some() {
-                return Err(
-                    "trajectories are drawn without references (unconditional or class-conditional models)".into()
-                );
-            }
-        }
-        p.references.as_ref().map_or(Ok(()), super::train::validate_data)
+impl Task for Sample {
+    type Spec = SampleParams;
+
+    fn check(&self, p: &SampleParams) -> Result<(), String> {
+        p.references.as_ref().map_or(Ok(()), |references| check_data("references", references))
     }
 
-    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
-        match serde_json::from_value::<SampleParams>(params.clone()) {
-            Ok(p) => {
-                let refs = p.references.as_ref().map(super::train::data_inputs).unwrap_or_default();
-                [vec![Input::Artifact(p.checkpoint.key())], refs].concat()
-            }
-            Err(_) => Vec::new(),
-        }
+    fn reads(&self, p: &SampleParams) -> Vec<Input> {
+        let references = p.references.as_ref().map(data_inputs).unwrap_or_default();
+        [vec![checkpoint_input(&p.checkpoint)], references].concat()
     }
 
-    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let p: SampleParams = ctx.params()?;
+    fn run(&self, p: SampleParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let (device, _) = best_device();
         let key = p.checkpoint.key();
         let local = ctx.fetch(&key, "checkpoint.safetensors")?;
@@ -143,7 +39,7 @@ impl Handler for Sample {
                 config.diffusion.num_timesteps
             )));
         }
-        let (sampler, respacing) = p.sampler.kind(p.steps, p.eta);
+        let (sampler, respacing) = sampler_kind(p.sampler, p.steps, p.eta);
         let options = SampleOptions {
             num_samples: p.num,
             labels: (!p.classes.is_empty()).then(|| p.classes.clone()),
@@ -156,7 +52,7 @@ impl Handler for Sample {
             cancel: ctx.cancel.clone(),
             references: match &p.references {
                 Some(source) => {
-                    let data = super::train::load_data(ctx, source, &config, &self.weights_dir, &device)?;
+                    let data = load_data(ctx, source, &config, &self.weights_dir, &device)?;
                     Some(data.samples)
                 }
                 None if config.model.is_representation() => {
@@ -222,14 +118,4 @@ impl Handler for Sample {
             "decoded": written.note.is_none(),
         }))
     }
-}
-
-/// The training job that published checkpoint `key` and the step it was at, for the gallery's filters
-/// (none for a checkpoint uploaded by other means).
-pub(super) fn checkpoint_origin(ctx: &JobContext, key: &str) -> Result<(Option<i64>, Option<i64>), JobError> {
-    let source = ctx.block_on(
-        sqlx::query!(r#"SELECT job_id, (meta->>'step')::bigint AS step FROM artifacts WHERE key = $1"#, key)
-            .fetch_optional(ctx.pool()),
-    )?;
-    Ok(source.map_or((None, None), |s| (s.job_id, s.step)))
 }

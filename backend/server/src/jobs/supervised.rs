@@ -4,92 +4,34 @@
 //! with bootstrap 95% intervals. The result is a [`repdiff_api::SupervisedReport`]. No checkpoints: a
 //! retried job trains again from the first epoch (a baseline's epochs are short).
 
+use repdiff_api::jobs::{DataSource, SupervisedParams};
 use repdiff_engine::classify::{bootstrap, metrics};
 use repdiff_engine::config::RunConfig;
 use repdiff_engine::device::best_device;
 use repdiff_engine::supervised::{Architecture, SupervisedOptions, predict, train_supervised};
-use serde::{Deserialize, Serialize};
 
-use super::train::{DataSource, data_inputs, load_data, validate_data};
-use crate::worker::{Handler, Input, JobContext, JobError};
-
-fn default_architecture() -> String {
-    "vit-b".into()
-}
-fn default_patch() -> usize {
-    2
-}
-fn default_epochs() -> usize {
-    50
-}
-fn default_batch_size() -> usize {
-    32
-}
-fn default_learning_rate() -> f64 {
-    3e-4
-}
-fn default_size() -> usize {
-    32
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SupervisedParams {
-    pub train: DataSource,
-    pub validation: DataSource,
-    #[serde(default)]
-    pub test: Option<DataSource>,
-    /// `vit-b` (the paper's), `vit-s`, `tiny`, `resnet-50` (the paper's) or `resnet-tiny`.
-    #[serde(default = "default_architecture")]
-    pub architecture: String,
-    #[serde(default = "default_patch")]
-    pub patch: usize,
-    #[serde(default = "default_epochs")]
-    pub epochs: usize,
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
-    #[serde(default = "default_learning_rate")]
-    pub learning_rate: f64,
-    #[serde(default)]
-    pub seed: u64,
-    /// Image side of dataset slices and the toy set (grey pixels; a latent file keeps its own shape).
-    #[serde(default = "default_size")]
-    pub size: usize,
-}
+use super::inputs::{check_data, data_inputs, load_data};
+use crate::worker::{Input, JobContext, JobError, Task};
 
 pub struct Supervised {
     pub weights_dir: std::path::PathBuf,
 }
 
-impl Handler for Supervised {
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
-        let p: SupervisedParams = super::parse("supervised", params)?;
-        Architecture::named(&p.architecture, p.size, 1, p.patch).map_err(|e| e.to_string())?;
-        if !(1..=1000).contains(&p.epochs) || !(1..=1024).contains(&p.batch_size) {
-            return Err("epochs must be 1 to 1000 and batch_size 1 to 1024".into());
-        }
-        super::finite_within("learning_rate", p.learning_rate, f64::MIN_POSITIVE, 1.0)?;
-        if !(8..=512).contains(&p.size) {
-            return Err("size must be 8 to 512 pixels".into());
-        }
-        validate_data(&p.train)?;
-        validate_data(&p.validation)?;
-        p.test.as_ref().map_or(Ok(()), validate_data)
+impl Task for Supervised {
+    type Spec = SupervisedParams;
+
+    fn check(&self, p: &SupervisedParams) -> Result<(), String> {
+        Architecture::named(&p.architecture, p.size, 1, p.patch).map_err(|e| format!("architecture: {e}"))?;
+        check_data("train", &p.train)?;
+        check_data("validation", &p.validation)?;
+        p.test.as_ref().map_or(Ok(()), |test| check_data("test", test))
     }
 
-    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
-        match serde_json::from_value::<SupervisedParams>(params.clone()) {
-            Ok(p) => [Some(&p.train), Some(&p.validation), p.test.as_ref()]
-                .into_iter()
-                .flatten()
-                .flat_map(data_inputs)
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+    fn reads(&self, p: &SupervisedParams) -> Vec<Input> {
+        [Some(&p.train), Some(&p.validation), p.test.as_ref()].into_iter().flatten().flat_map(data_inputs).collect()
     }
 
-    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let p: SupervisedParams = ctx.params()?;
+    fn run(&self, p: SupervisedParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let (device, device_note) = best_device();
         // Datasets and the toy set are read as grey pixels of `size`; latent files as they are.
         let mut pixels = RunConfig::preset("tiny-cpu")?;

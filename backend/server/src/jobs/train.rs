@@ -3,63 +3,22 @@
 //! `jobs/<id>/checkpoint.safetensors`; an attempt that finds one there resumes from it, so a job whose
 //! worker died loses at most the steps since that checkpoint.
 
-use repdiff_engine::autoencoder::{self, Posterior};
-use repdiff_engine::config::{ConditioningKind, DataSpace, Overrides, RunConfig};
+use repdiff_api::jobs::PretrainParams;
+use repdiff_engine::config::{ConditioningKind, RunConfig};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
-use repdiff_engine::imaging::{Channels, Window};
-use repdiff_engine::latent_cache::EncodeSpec;
 use repdiff_engine::train::{StopReason, Trainer};
-use serde::{Deserialize, Serialize};
 
-use super::checkpoint_eval::{CheckpointEval, CheckpointEvaluator};
-use crate::worker::{Handler, Input, JobContext, JobError};
+use super::checkpoint_eval::CheckpointEvaluator;
+use super::inputs::{check_data, data_inputs, load_data};
+use crate::worker::{Input, JobContext, JobError, Task};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainParams {
-    /// The run: a preset and overrides (`{"preset": "tiny-cpu", "steps": 500}`).
-    #[serde(default)]
-    pub run: Overrides,
-    pub data: DataSource,
-    /// Generation metrics of the checkpoints as the run trains (none by default).
-    #[serde(default)]
-    pub eval: Option<CheckpointEval>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum DataSource {
-    /// The two-class toy set (horizontal vs vertical bars), grey, at the model's input size.
-    Toy {
-        n: usize,
-        #[serde(default)]
-        seed: u64,
-    },
-    /// A latent file in the store (`latents` [N, C, H, W], optional `labels`), as `repdiff encode` writes.
-    Latents { key: String },
-    /// A dataset's slices (labels: hematoma or not), or one part of its split, through a CT window
-    /// (default brain), at the model's input size; encoded by the run's autoencoder when it works on
-    /// latents.
-    Dataset {
-        id: i64,
-        #[serde(default)]
-        window: Option<String>,
-        /// One part of the paper's split of the dataset (pre-training, train, validation or test); all
-        /// slices when absent.
-        #[serde(default)]
-        split: Option<super::encode::SplitSpec>,
-    },
-}
-
-impl TrainParams {
-    /// The run configuration for data of `num_classes` classes: unconditional unless the job asks for
-    /// class conditioning.
-    fn config(&self, num_classes: usize) -> repdiff_engine::Result<RunConfig> {
-        let mut run = self.run.clone();
-        run.conditioning.get_or_insert(ConditioningKind::None);
-        run.resolve(num_classes)
-    }
+/// The run configuration of a pretrain spec for data of `num_classes` classes: unconditional unless the
+/// spec asks for class conditioning.
+fn config(spec: &PretrainParams, num_classes: usize) -> Result<RunConfig, String> {
+    let mut run = super::inputs::overrides(&spec.run)?;
+    run.conditioning.get_or_insert(ConditioningKind::None);
+    run.resolve(num_classes).map_err(|e| e.to_string())
 }
 
 pub struct Train {
@@ -70,16 +29,22 @@ pub struct Train {
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
 
-impl Handler for Train {
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
-        let p: TrainParams = super::parse("pretrain", params)?;
-        let config = p.config(2).map_err(|e| e.to_string())?;
-        if matches!(p.data, DataSource::Toy { .. }) && config.model.in_channels != 1 {
-            return Err(format!("the toy set is grey (1 channel) but the model takes {}", config.model.in_channels));
+impl Task for Train {
+    type Spec = PretrainParams;
+
+    fn check(&self, p: &PretrainParams) -> Result<(), String> {
+        let config = config(p, 2)?;
+        if matches!(p.data, repdiff_api::jobs::DataSource::Toy { .. }) && config.model.in_channels != 1 {
+            return Err(format!(
+                "data.toy: the toy set is grey (1 channel) but the model takes {}",
+                config.model.in_channels
+            ));
         }
-        validate_data(&p.data)?;
+        check_data("data", &p.data)?;
         let data_bytes = match p.data {
-            DataSource::Toy { n, .. } => (n * config.model.input_size * config.model.input_size * 4) as u64,
+            repdiff_api::jobs::DataSource::Toy { n, .. } => {
+                (n * config.model.input_size * config.model.input_size * 4) as u64
+            }
             _ => 0,
         };
         let batch = config.train.batch_size;
@@ -88,32 +53,31 @@ impl Handler for Train {
             config.training_memory() + data_bytes,
             self.memory_limit,
         )?;
-        if let Some(eval) = &p.eval {
-            eval.check(&self.weights_dir)?;
+        match &p.eval {
+            Some(eval) => super::inputs::check_extractor(eval.extractor, &self.weights_dir),
+            None => Ok(()),
         }
-        validate_data(&p.data)
     }
 
-    fn reads(&self, params: &serde_json::Value) -> Vec<Input> {
-        serde_json::from_value::<TrainParams>(params.clone()).map(|p| data_inputs(&p.data)).unwrap_or_default()
+    fn reads(&self, p: &PretrainParams) -> Vec<Input> {
+        data_inputs(&p.data)
     }
 
-    fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let p: TrainParams = ctx.params()?;
+    fn run(&self, p: PretrainParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
         let (device, device_note) = best_device();
-        let data = load_data(ctx, &p.data, &p.config(2)?, &self.weights_dir, &device)?;
+        let data = load_data(ctx, &p.data, &config(&p, 2).map_err(JobError::Permanent)?, &self.weights_dir, &device)?;
         let checkpoint_key = ctx.key(CHECKPOINT);
         let local = ctx.scratch.join(CHECKPOINT);
         let mut trainer = if ctx.exists(&checkpoint_key)? {
             ctx.fetch(&checkpoint_key, CHECKPOINT)?;
             let mut trainer = Trainer::resume(&local, &device)?;
-            let wanted = p.config(data.num_classes())?;
+            let wanted = config(&p, data.num_classes()).map_err(JobError::Permanent)?;
             trainer.config.train.steps = wanted.train.steps;
             trainer.config.train.checkpoint_every = wanted.train.checkpoint_every;
             ctx.log("info", &format!("resumed from the checkpoint at step {}", trainer.step()));
             trainer
         } else {
-            let config = p.config(data.num_classes())?;
+            let config = config(&p, data.num_classes()).map_err(JobError::Permanent)?;
             if config.model.num_classes().is_some() && data.labels.is_none() {
                 return Err(JobError::Permanent(
                     "class conditioning needs labelled data; this data has no labels".into(),
@@ -141,62 +105,6 @@ impl Handler for Train {
         let mut evaluator =
             p.eval.as_ref().map(|e| CheckpointEvaluator::new(e, &self.weights_dir, &device)).transpose()?;
         train_and_publish(ctx, &mut trainer, &data, &local, &checkpoint_key, evaluator.as_mut(), &device)
-    }
-}
-
-/// The training data a job names, in the space of `config`'s model (a dataset is windowed and encoded by
-/// the run's autoencoder at the model's input size).
-pub(super) fn load_data(
-    ctx: &mut JobContext,
-    source: &DataSource,
-    config: &RunConfig,
-    weights_dir: &std::path::Path,
-    device: &repdiff_engine::Device,
-) -> Result<Dataset, JobError> {
-    Ok(match source {
-        DataSource::Toy { n, seed } => Dataset::toy_bars(*n, config.model.input_size, *seed, device)?,
-        DataSource::Latents { key } => {
-            let local = ctx.fetch(key, "data.safetensors")?;
-            Dataset::from_latent_file(&local, device)?
-        }
-        DataSource::Dataset { id, window, split } => {
-            let window = Window::parse(window.as_deref().unwrap_or("brain"))?;
-            let (name, copies) = match &config.data_space {
-                DataSpace::Pixels => ("pixels".to_string(), config.model.in_channels),
-                DataSpace::Latents { autoencoder, .. } => (autoencoder.clone(), 3),
-            };
-            let encoder = autoencoder::by_name(&name, copies, weights_dir, device)?;
-            let spec = EncodeSpec {
-                channels: Channels::Window { window, copies },
-                // The image side whose latent is the model's input (x8 for the SD VAE, x1 in pixels).
-                size: config.model.input_size * (64 / encoder.latent_dims(64).1.max(1)),
-                posterior: Posterior::Mean,
-                seed: config.train.seed,
-                part: split.as_ref().map(|s| s.part),
-                batch_size: 16,
-            };
-            let local = super::encode::encode_scans(ctx, *id, split.as_ref(), &spec, encoder.as_ref(), device)?;
-            Dataset::from_latent_file(&local, device)?
-        }
-    })
-}
-
-/// Checks a data source's own parameters.
-pub(super) fn validate_data(data: &DataSource) -> Result<(), String> {
-    match data {
-        DataSource::Toy { n, .. } => super::within("the toy set's n", *n, 1, 1_000_000),
-        DataSource::Latents { key } if key.is_empty() => Err("data.latents.key is empty".into()),
-        DataSource::Dataset { window: Some(w), .. } => Window::parse(w).map(|_| ()).map_err(|e| e.to_string()),
-        _ => Ok(()),
-    }
-}
-
-/// What a data source reads from the store or the datasets.
-pub(super) fn data_inputs(data: &DataSource) -> Vec<Input> {
-    match data {
-        DataSource::Latents { key } => vec![Input::Artifact(key.clone())],
-        DataSource::Dataset { id, .. } => vec![Input::Dataset(*id)],
-        DataSource::Toy { .. } => Vec::new(),
     }
 }
 

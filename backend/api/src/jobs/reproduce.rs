@@ -1,0 +1,105 @@
+//! `reproduce`: the paper's whole pipeline (pre-trainings, fine-tunings, classifiers, probes, baselines,
+//! evaluation, counterfactuals) on a dataset or on synthetic phantoms.
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+use super::shared::{Invalid, MAX_SITE, MAX_STEPS, MatmulPrecision, PRESETS, within, within_if};
+
+fn default_preset() -> String {
+    "tiny-cpu".into()
+}
+fn default_site() -> usize {
+    1
+}
+fn default_jobs() -> u16 {
+    2
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReproduceParams {
+    /// `tiny-cpu` (under half an hour on 2 CPU cores) or `paper` (DiT-B/2 on SD-VAE latents: a GPU's days).
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// A dataset of the server (its scans, markers and sites); none: synthetic phantoms.
+    #[serde(default)]
+    pub dataset: Option<i64>,
+    /// Phantom slices from random sites (more come from the downstream site in the preset's proportion).
+    #[serde(default)]
+    pub phantoms: Option<usize>,
+    /// The site whose slices form the downstream task; every other site pre-trains.
+    #[serde(default = "default_site")]
+    pub downstream_site: usize,
+    #[serde(default)]
+    pub pretrain_steps: Option<usize>,
+    #[serde(default)]
+    pub finetune_steps: Option<usize>,
+    #[serde(default)]
+    pub supervised_epochs: Option<usize>,
+    /// Noise draws per image (the most a sequentially stopped image takes).
+    #[serde(default)]
+    pub draws: Option<usize>,
+    /// Samples per pre-trained model for Table 5 (0 leaves it out).
+    #[serde(default)]
+    pub eval_samples: Option<usize>,
+    /// Samples per class of each fine-tuned model for the class-fidelity check (0 leaves it out).
+    #[serde(default)]
+    pub class_samples: Option<usize>,
+    /// Steps of the pipeline run side by side.
+    #[serde(default = "default_jobs")]
+    pub jobs: u16,
+    #[serde(default)]
+    pub seed: u64,
+    /// Seeds the pipeline runs for, from `seed` on: every method's result per seed and its spread.
+    #[serde(default)]
+    pub seeds: Option<usize>,
+    /// Matrix products of the training steps: `highest` (f32, the default), `high` or `bf16`.
+    #[serde(default)]
+    pub matmul_precision: Option<MatmulPrecision>,
+}
+
+impl Default for ReproduceParams {
+    fn default() -> Self {
+        ReproduceParams {
+            preset: default_preset(),
+            dataset: None,
+            phantoms: None,
+            downstream_site: default_site(),
+            pretrain_steps: None,
+            finetune_steps: None,
+            supervised_epochs: None,
+            draws: None,
+            eval_samples: None,
+            class_samples: None,
+            jobs: default_jobs(),
+            seed: 0,
+            seeds: None,
+            matmul_precision: None,
+        }
+    }
+}
+
+impl ReproduceParams {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !PRESETS.contains(&self.preset.as_str()) {
+            return Err(Invalid::new("preset", format!("is one of {}, got {:?}", PRESETS.join(", "), self.preset)));
+        }
+        if self.dataset.is_some() && self.phantoms.is_some() {
+            return Err(Invalid::new("phantoms", "give a dataset or a number of phantoms, not both"));
+        }
+        within_if("phantoms", self.phantoms, 20, 200_000)?;
+        within_if("pretrain_steps", self.pretrain_steps, 1, MAX_STEPS)?;
+        within_if("finetune_steps", self.finetune_steps, 1, MAX_STEPS)?;
+        within_if("supervised_epochs", self.supervised_epochs, 1, 10_000)?;
+        within_if("draws", self.draws, 1, 4096)?;
+        within_if("eval_samples", self.eval_samples, 0, 100_000)?;
+        within_if("class_samples", self.class_samples, 0, 10_000)?;
+        within("jobs", usize::from(self.jobs), 1, 64)?;
+        within_if("seeds", self.seeds, 1, 100)?;
+        within("downstream_site", self.downstream_site, 0, MAX_SITE)
+    }
+}
