@@ -416,7 +416,7 @@ try {
   step("generation metrics of both models against the dataset's slices, with the t-SNE histograms");
   await page.goto(`${base}/runs/new?kind=evaluate`);
   await page.locator(`#models input[value="${finetuneId}"]`).waitFor();
-  await page.locator(".problems", { hasText: "Models: lists 1 to 8" }).waitFor();
+  await page.locator(".problems", { hasText: "Models: tick" }).waitFor();
   await page.check(`#models input[value="${finetuneId}"]`);
   await page.check(`#models input[value="${trainId}"]`);
   await page.fill("input[name=eval_num]", "10");

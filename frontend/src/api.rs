@@ -30,7 +30,7 @@ impl ApiError {
     /// From a non-2xx reply's status and body.
     fn from_reply(status: u16, body: &str) -> Self {
         match serde_json::from_str::<repdiff_api::ErrorBody>(body) {
-            Ok(body) => ApiError { status, code: body.error.code, message: body.error.message },
+            Ok(body) => ApiError { status, code: body.error.code.as_str().into(), message: body.error.message },
             Err(_) => ApiError { status, code: "http".into(), message: format!("HTTP {status}: {}", body.trim()) },
         }
     }

@@ -23,14 +23,63 @@ pub struct ErrorBody {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct ErrorDetail {
-    /// Stable: `unauthenticated`, `forbidden`, `not_found`, `invalid_json`, `invalid_request`,
-    /// `invalid_params`, `conflict`, `payload_too_large`, `unsupported_media`, `method_not_allowed`,
-    /// `too_many_requests`, `internal`, `unavailable`.
-    pub code: String,
+    /// Stable: clients branch on it.
+    pub code: ErrorCode,
     pub message: String,
     /// The parameter at fault, where one is (`run.steps`, `validation.toy.n`): a form marks that field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+/// What went wrong, for clients to branch on (the message is for people).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No session or token, or a wrong one.
+    Unauthenticated,
+    /// Signed in, but not allowed.
+    Forbidden,
+    /// No such thing, or not one the caller may see.
+    NotFound,
+    /// The body is not JSON.
+    InvalidJson,
+    /// The request is malformed or a value is out of range.
+    InvalidRequest,
+    /// A job's kind or parameters are not valid (`field` names the parameter where one is at fault).
+    InvalidParams,
+    /// The request conflicts with the current state (a name taken, a job already final).
+    Conflict,
+    PayloadTooLarge,
+    UnsupportedMedia,
+    MethodNotAllowed,
+    /// Too many tries: wait (`Retry-After`).
+    TooManyRequests,
+    /// A server fault; the detail is in the server's log.
+    Internal,
+    /// The database is unreachable: retry.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The code as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidParams => "invalid_params",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMedia => "unsupported_media",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -197,6 +246,10 @@ pub struct SubmitJob {
     /// false: such a run stays visible to its owner (and the dataset's) only.
     #[serde(default)]
     pub publish_private: bool,
+    /// Jobs that must succeed first (ids of jobs the caller may see): the job is claimed only after them,
+    /// and is cancelled if one of them fails or is cancelled (retrying that one queues it again).
+    #[serde(default)]
+    pub depends_on: Vec<i64>,
 }
 
 /// A change to a job: only the fields given change.
@@ -237,6 +290,9 @@ pub struct Job {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub result: Option<serde_json::Value>,
     pub progress: Option<Progress>,
+    /// The jobs it waits on (see [`SubmitJob::depends_on`]).
+    #[serde(default)]
+    pub depends_on: Vec<i64>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,

@@ -8,6 +8,9 @@
 //! - cancelling a queued job finishes it at once; cancelling a running one asks its worker, which learns
 //!   it from its next heartbeat and stops through the engine's cancel token;
 //! - submitting twice with one idempotency key makes one job;
+//! - a job that depends on others is claimed only once all of them succeeded; when one of them ends failed
+//!   or cancelled, the job (and what waits on it) is cancelled, naming the job it waited on; retrying that
+//!   job queues them again (migration 0006's trigger keeps this true whatever ends a job);
 //! - workers wake on `NOTIFY` and also poll, so a missed notification delays a job by one poll interval.
 //!
 //! River (riverqueue) was the model; its Rust port has no heartbeats, and rescuing a days-long training
@@ -108,6 +111,8 @@ pub struct NewJob {
     /// The user who submitted it (`None` for jobs made by the CLI or tests).
     pub owner_id: Option<i64>,
     pub experiment_id: Option<i64>,
+    /// Jobs that must succeed before this one may run (earlier jobs: ids already submitted).
+    pub depends_on: Vec<i64>,
 }
 
 impl NewJob {
@@ -120,6 +125,7 @@ impl NewJob {
             idempotency_key: None,
             owner_id: None,
             experiment_id: None,
+            depends_on: Vec::new(),
         }
     }
 }
@@ -152,6 +158,33 @@ pub async fn submit_once(pool: &PgPool, job: &NewJob) -> sqlx::Result<(Job, bool
     .await?;
     let created = inserted.is_some();
     let row = match inserted {
+        Some(row) if !job.depends_on.is_empty() => {
+            sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, job.kind).execute(&mut *tx).await?;
+            sqlx::query!(
+                "INSERT INTO job_dependencies (job_id, depends_on) SELECT $1, unnest($2::bigint[]) ON CONFLICT DO NOTHING",
+                row.id,
+                &job.depends_on
+            )
+            .execute(&mut *tx)
+            .await?;
+            // A dependency that has already failed or been cancelled: this job can never run.
+            sqlx::query_as!(
+                JobRow,
+                r#"UPDATE jobs SET state = 'cancelled', finished_at = now(), blocked_by = failed.id,
+                       error = format('waits on job #%s, which %s', failed.id,
+                                      CASE failed.state WHEN 'failed' THEN 'failed' ELSE 'was cancelled' END)
+                   FROM (SELECT p.id, p.state FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on
+                         WHERE d.job_id = $1 AND p.state IN ('failed', 'cancelled') ORDER BY p.id LIMIT 1) failed
+                   WHERE jobs.id = $1
+                   RETURNING jobs.id, kind, params, jobs.state, priority, attempt, max_attempts, run_after,
+                             idempotency_key, worker_id, lease_expires_at, cancel_requested, error, result,
+                             created_at, started_at, finished_at"#,
+                row.id
+            )
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(row)
+        }
         Some(row) => {
             sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, job.kind).execute(&mut *tx).await?;
             row
@@ -196,8 +229,10 @@ pub async fn claim(pool: &PgPool, worker: &str, kinds: &[String], lease: Duratio
            SET state = 'running', attempt = attempt + 1, worker_id = $1,
                lease_expires_at = now() + make_interval(secs => $2), started_at = coalesce(started_at, now())
            WHERE id = (
-               SELECT id FROM jobs
+               SELECT id FROM jobs j
                WHERE state = 'queued' AND run_after <= now() AND kind = ANY($3)
+                 AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on
+                                 WHERE d.job_id = j.id AND p.state <> 'succeeded')
                ORDER BY priority DESC, run_after, id
                LIMIT 1
                FOR UPDATE SKIP LOCKED
@@ -312,23 +347,39 @@ pub async fn cancel(pool: &PgPool, id: i64) -> sqlx::Result<Option<Job>> {
     Ok(row.map(Job::from))
 }
 
-/// Puts a failed or cancelled job back in the queue with one more attempt. `None` if it is not final.
+/// Puts a failed or cancelled job back in the queue with one more attempt, and with it the jobs its end
+/// cancelled (those that wait on it, on down). `None` if it is not final.
 pub async fn retry(pool: &PgPool, id: i64) -> sqlx::Result<Option<Job>> {
+    let mut tx = pool.begin().await?;
     let row = sqlx::query_as!(
         JobRow,
         r#"UPDATE jobs SET state = 'queued', run_after = now(), cancel_requested = false, error = NULL,
-               finished_at = NULL, max_attempts = greatest(max_attempts, attempt + 1)
+               finished_at = NULL, blocked_by = NULL, max_attempts = greatest(max_attempts, attempt + 1)
            WHERE id = $1 AND state IN ('failed', 'cancelled')
            RETURNING id, kind, params, state, priority, attempt, max_attempts, run_after, idempotency_key,
                      worker_id, lease_expires_at, cancel_requested, error, result, created_at, started_at,
                      finished_at"#,
         id
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
     if let Some(row) = &row {
-        sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, row.kind).execute(pool).await?;
+        sqlx::query!(
+            r#"WITH RECURSIVE blocked AS (
+                   SELECT id FROM jobs WHERE blocked_by = $1 AND state = 'cancelled'
+                   UNION
+                   SELECT j.id FROM jobs j JOIN blocked b ON j.blocked_by = b.id WHERE j.state = 'cancelled'
+               )
+               UPDATE jobs SET state = 'queued', run_after = now(), error = NULL, finished_at = NULL,
+                               blocked_by = NULL
+               WHERE id IN (SELECT id FROM blocked)"#,
+            id
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, row.kind).execute(&mut *tx).await?;
     }
+    tx.commit().await?;
     Ok(row.map(Job::from))
 }
 

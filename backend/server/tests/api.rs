@@ -93,6 +93,15 @@ async fn every_data_endpoint_needs_auth_and_users_see_only_what_they_may() {
         assert!(app.call("GET", "/api/v1/jobs", Some(token), None).await.json()["jobs"].as_array().unwrap().is_empty());
     }
     assert_eq!(app.call("GET", &format!("/api/v1/jobs/{id}"), Some(&root), None).await.status, StatusCode::OK);
+    // Nor can Bob make a job wait on it (which would tell him it exists); Ada can, and the job says so.
+    let mut waits = noop(0);
+    waits["depends_on"] = json!([id]);
+    let refused = app.call("POST", "/api/v1/jobs", Some(&bob), Some(waits.clone())).await;
+    assert_eq!(refused.error_code(), "invalid_request");
+    assert!(refused.json()["error"]["message"].as_str().unwrap().contains(&format!("no job {id} that you may see")));
+    let after = app.call("POST", "/api/v1/jobs", Some(&ada), Some(waits)).await.json();
+    assert_eq!(after["depends_on"], json!([id]));
+    app.call("POST", &format!("/api/v1/jobs/{}/cancel", after["id"]), Some(&ada), None).await;
 
     // In a shared experiment everyone sees it, but only its owner (or an admin) may cancel it.
     let experiment = app

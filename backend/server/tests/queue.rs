@@ -228,3 +228,93 @@ async fn progress_metrics_and_logs_are_rows() {
     assert!(queue::log(&db.pool, job.id, "debug", "x").await.is_err(), "log levels are checked");
     db.drop().await;
 }
+
+/// A graph: `a` and `b` independent, `c` on both, `d` on `c`. Only what has its inputs done is claimable;
+/// independent jobs run side by side; a failure cancels what waits on it, naming it, and its retry queues
+/// them again.
+#[tokio::test]
+async fn a_job_runs_after_its_dependencies_and_a_failure_stops_what_waits_on_it() {
+    let db = TestDb::new("dependencies").await;
+    let pool = &db.pool;
+    let new = |depends_on: Vec<i64>| NewJob { depends_on, ..NewJob::new("stage", serde_json::json!({})) };
+    let a = queue::submit(pool, &new(vec![])).await.unwrap();
+    let b = queue::submit(pool, &new(vec![])).await.unwrap();
+    let c = queue::submit(pool, &new(vec![a.id, b.id])).await.unwrap();
+    let d = queue::submit(pool, &new(vec![c.id])).await.unwrap();
+    // A user's cancel is theirs: no retry upstream undoes it.
+    let withdrawn = queue::submit(pool, &new(vec![c.id])).await.unwrap();
+    queue::cancel(pool, withdrawn.id).await.unwrap();
+    let stage = kinds(&["stage"]);
+    let claim = |worker: &'static str| {
+        let stage = stage.clone();
+        async move { queue::claim(pool, worker, &stage, LEASE).await.unwrap().map(|j| j.id) }
+    };
+    let succeed = |id: i64, worker: &'static str| async move {
+        queue::finish(pool, id, worker, &Outcome::Succeeded(serde_json::json!(null))).await.unwrap()
+    };
+    // The independent two at once, on two workers; nothing else is claimable meanwhile.
+    let (first, second) = (claim("w1").await, claim("w2").await);
+    assert_eq!((first, second), (Some(a.id), Some(b.id)));
+    assert_eq!(claim("w3").await, None, "c waits on a and b");
+    succeed(a.id, "w1").await;
+    assert_eq!(claim("w3").await, None, "c still waits on b");
+    succeed(b.id, "w2").await;
+    assert_eq!(claim("w3").await, Some(c.id));
+    assert_eq!(claim("w1").await, None, "d waits on c");
+
+    // c fails for good: d can never run, and says why.
+    let failed = queue::finish(pool, c.id, "w3", &Outcome::FailedPermanently("boom".into())).await.unwrap();
+    assert_eq!(failed, Some(JobState::Failed));
+    let blocked = queue::get(pool, d.id).await.unwrap().unwrap();
+    assert_eq!(blocked.state, JobState::Cancelled);
+    assert_eq!(blocked.error.as_deref(), Some(format!("waits on job #{}, which failed", c.id).as_str()));
+    // A job submitted on a failed one is cancelled at once.
+    let late = queue::submit(pool, &new(vec![a.id, c.id])).await.unwrap();
+    assert_eq!(late.state, JobState::Cancelled);
+
+    // Retrying c queues again what its failure cancelled (not what a user cancelled); they run after c.
+    queue::retry(pool, c.id).await.unwrap().unwrap();
+    for id in [d.id, late.id] {
+        assert_eq!(queue::get(pool, id).await.unwrap().unwrap().state, JobState::Queued, "job {id}");
+    }
+    assert_eq!(queue::get(pool, withdrawn.id).await.unwrap().unwrap().state, JobState::Cancelled);
+    assert_eq!(claim("w1").await, Some(c.id));
+    assert_eq!(claim("w2").await, None);
+    succeed(c.id, "w1").await;
+    let mut after: Vec<i64> = Vec::new();
+    while let Some(id) = claim("w2").await {
+        after.push(id);
+    }
+    assert_eq!(after, vec![d.id, late.id]);
+    db.drop().await;
+}
+
+/// Cancelling a graph's first job cancels the rest, down the graph; the rescuer's failure does the same.
+#[tokio::test]
+async fn cancelling_or_losing_a_job_carries_down_its_graph() {
+    let db = TestDb::new("dependencies_cancel").await;
+    let pool = &db.pool;
+    let new = |depends_on: Vec<i64>, max_attempts: i32| NewJob {
+        depends_on,
+        max_attempts,
+        ..NewJob::new("stage", serde_json::json!({}))
+    };
+    let root = queue::submit(pool, &new(vec![], 3)).await.unwrap();
+    let middle = queue::submit(pool, &new(vec![root.id], 3)).await.unwrap();
+    let leaf = queue::submit(pool, &new(vec![middle.id], 3)).await.unwrap();
+    queue::cancel(pool, root.id).await.unwrap();
+    let leaf_now = queue::get(pool, leaf.id).await.unwrap().unwrap();
+    assert_eq!(leaf_now.state, JobState::Cancelled);
+    assert_eq!(leaf_now.error.as_deref(), Some(format!("waits on job #{}, which was cancelled", middle.id).as_str()));
+
+    // A job out of attempts after its worker died: what waits on it is cancelled too.
+    let lost = queue::submit(pool, &new(vec![], 1)).await.unwrap();
+    let waiting = queue::submit(pool, &new(vec![lost.id], 3)).await.unwrap();
+    queue::claim(pool, "dead", &kinds(&["stage"]), Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(queue::rescue_expired(pool).await.unwrap(), (0, 1));
+    assert_eq!(queue::get(pool, waiting.id).await.unwrap().unwrap().state, JobState::Cancelled);
+    // A dependency must be an earlier job: no graph has a cycle.
+    let forward = queue::submit(pool, &new(vec![waiting.id + 100], 3)).await;
+    assert!(forward.is_err(), "a job that does not exist yet cannot be depended on");
+    db.drop().await;
+}

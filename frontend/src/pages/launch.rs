@@ -422,6 +422,9 @@ impl Form {
             }
             "evaluate" => {
                 let ids: Vec<i64> = Self::list(&self.models, "Models", p);
+                if ids.is_empty() {
+                    p.push("Models: tick 1 to 8 finished training runs".into());
+                }
                 let models = ids.into_iter().map(|id| ModelToEvaluate::new(CheckpointRef::Job(id))).collect();
                 let mut spec = EvaluateParams::new(self.source(&self.data.text(), None, p), models);
                 set(&mut spec.num, self.eval_num.number("Samples per model", p));
@@ -709,6 +712,7 @@ pub fn Launch() -> impl IntoView {
             max_attempts: attempts.text().parse().ok(),
             tags,
             publish_private: publish.get_untracked(),
+            depends_on: Vec::new(),
         };
         busy.set(true);
         let navigate = navigate.clone();

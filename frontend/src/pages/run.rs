@@ -117,6 +117,13 @@ fn RunHeader(
     let succeeded = job.state == JobState::Succeeded;
     let trained = matches!(job.kind.as_str(), "pretrain" | "finetune") && succeeded;
     let pretrained = job.kind == "pretrain" && succeeded;
+    // What a run without progress is doing: waiting on its inputs, on a worker, or nothing any more.
+    let idle = match job.state {
+        JobState::Queued if !job.depends_on.is_empty() => "waiting for the runs it needs (and then a worker)",
+        JobState::Queued => "waiting for a worker",
+        JobState::Running => "starting",
+        _ => "ended before reporting progress",
+    };
     view! {
         <div class="titlebar">
             <h1>{format!("Run #{id} · {}", job.kind)}</h1>
@@ -134,10 +141,14 @@ fn RunHeader(
             {format!("by {} · created {}", job.owner.clone().unwrap_or_else(|| "-".into()), ago(job.created_at))}
             {job.experiment_id.map(|e| view! { " · " <a href=format!("/runs?experiment={e}")>{format!("experiment {e}")}</a> })}
             {(!took.is_empty()).then(|| format!(" · {took}"))}
+            {(!job.depends_on.is_empty()).then(|| view! {
+                " · after "
+                {job.depends_on.iter().map(|d| view! { <a href=format!("/runs/{d}")>{format!("#{d}")}</a> " " }).collect_view()}
+            })}
         </p>
         <div class="progress-row">
             <progress class="run-progress" max="1" value=fraction.unwrap_or(0.0)></progress>
-            <span class="progress-text">{progress.map(|p| format!("{} / {} {}", p.step, p.total, p.message)).unwrap_or_else(|| "waiting for a worker".into())}</span>
+            <span class="progress-text">{progress.map(|p| format!("{} / {} {}", p.step, p.total, p.message)).unwrap_or_else(|| idle.into())}</span>
         </div>
         {job.error.clone().map(|e| view! { <div class="error" role="alert"><strong>"Failed: "</strong>{e}</div> })}
         <div class="columns">

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use repdiff_api::{CreatedToken, Login, NewToken, NewUser, Role, Token, User};
+use repdiff_api::{CreatedToken, ErrorCode, Login, NewToken, NewUser, Role, Token, User};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
@@ -316,12 +316,12 @@ pub async fn login(State(state): State<AppState>, request: axum::extract::Reques
         .unwrap_or_else(|| "unknown".into());
     let ApiJson(login) = ApiJson::<Login>::from_request(request, &state).await?;
     if login.username.len() > 64 || login.password.len() > 1024 {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "wrong username or password"));
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, "wrong username or password"));
     }
     if let Some(wait) = login_wait(&state.pool, &address, &login.username).await? {
         let mut response = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
+            ErrorCode::TooManyRequests,
             format!("too many failed sign-ins from here; try again in {wait} s"),
         )
         .into_response();
@@ -349,7 +349,11 @@ pub async fn login(State(state): State<AppState>, request: axum::extract::Reques
         (true, Some(user)) => user,
         _ => {
             login_failed(&state.pool, &address, &login.username).await?;
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "wrong username or password"));
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthenticated,
+                "wrong username or password",
+            ));
         }
     };
     login_succeeded(&state.pool, &address, &login.username).await?;

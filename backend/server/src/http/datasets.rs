@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use repdiff_api::{
-    Dataset, NewDataset, RefusedFile, ResourcePatch, Role, Scan, ScanPatch, SplitPart, SplitSummary, UploadReport,
+    Dataset, ErrorCode, NewDataset, RefusedFile, ResourcePatch, Role, Scan, ScanPatch, SplitPart, SplitSummary,
+    UploadReport,
 };
 use repdiff_engine::dataset::Labels;
 use repdiff_engine::imaging::{PNG16_HU_OFFSET, Window};
@@ -380,7 +381,7 @@ pub async fn scan_dicom(
     visible_scan(&state.pool, &user, id).await?;
     let key = sqlx::query_scalar!("SELECT dicom_key FROM scans WHERE id = $1", id).fetch_one(&state.pool).await?;
     let key = key.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("scan {id} did not come from DICOM"))
+        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("scan {id} did not come from DICOM"))
     })?;
     let bytes = state.storage.get_bytes(&key).await?;
     let mut response = Body::from(bytes).into_response();
@@ -741,7 +742,7 @@ fn multipart_error(e: &axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::too_large("the upload is larger than the server accepts in one request; send fewer files per request")
     } else {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("multipart body: {}", e.body_text()))
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, format!("multipart body: {}", e.body_text()))
     }
 }
 

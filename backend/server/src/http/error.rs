@@ -7,13 +7,13 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use repdiff_api::{ErrorBody, ErrorDetail};
+use repdiff_api::{ErrorBody, ErrorCode, ErrorDetail};
 use serde::de::DeserializeOwned;
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// The request field at fault, where one is.
     pub field: Option<String>,
@@ -22,34 +22,34 @@ pub struct ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError { status, code, message: message.into(), field: None }
     }
 
     pub fn unauthenticated() -> ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "unauthenticated",
+            ErrorCode::Unauthenticated,
             "sign in, or send an API token as `Authorization: Bearer <token>`",
         )
     }
 
     pub fn forbidden(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
 
     /// Also what a user gets for something that exists but is not theirs to see: its existence is not
     /// revealed.
     pub fn not_found(what: &str, id: impl std::fmt::Display) -> ApiError {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} {id} does not exist"))
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("{what} {id} does not exist"))
     }
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest, message)
     }
 
     pub fn invalid_params(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_params", message)
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidParams, message)
     }
 
     /// A job parameter that is not valid, its field named in the body (`error.field`).
@@ -59,24 +59,23 @@ impl ApiError {
     }
 
     pub fn conflict(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
+        Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
     }
 
     pub fn too_large(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, message)
     }
 
     pub fn internal(error: impl std::fmt::Display) -> ApiError {
         // The detail goes to the log, not to the client.
         tracing::error!("internal error: {error}");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error; see the server log")
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message, field: self.field } };
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, field: self.field } };
         (self.status, Json(body)).into_response()
     }
 }
@@ -86,7 +85,11 @@ impl From<sqlx::Error> for ApiError {
         match &e {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => {
                 tracing::error!("database unavailable: {e}");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "the database is unavailable; retry",
+                )
             }
             // Text PostgreSQL cannot hold (a NUL byte in a name, a tag, a query value) is the client's.
             sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("22021" | "22P05")) => {
@@ -105,9 +108,11 @@ impl From<sqlx::Error> for ApiError {
 impl From<crate::storage::StorageError> for ApiError {
     fn from(e: crate::storage::StorageError) -> ApiError {
         match e {
-            crate::storage::StorageError::NotFound(key) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("artifact {key} is missing from the store"))
-            }
+            crate::storage::StorageError::NotFound(key) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                format!("artifact {key} is missing from the store"),
+            ),
             other => ApiError::internal(other),
         }
     }
@@ -134,13 +139,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Err(JsonRejection::JsonDataError(e)) => Err(ApiError::invalid(e.body_text())),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media",
+                ErrorCode::UnsupportedMedia,
                 "send the body as JSON with `Content-Type: application/json`",
             )),
             Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::too_large("the request body is larger than this endpoint accepts"))
             }
-            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.body_text())),
+            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, e.body_text())),
         }
     }
 }
@@ -169,6 +174,6 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| ApiPath(p.0))
-            .map_err(|e: PathRejection| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.body_text()))
+            .map_err(|e: PathRejection| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, e.body_text()))
     }
 }

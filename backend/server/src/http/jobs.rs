@@ -65,7 +65,8 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
     let rows = sqlx::query!(
         r#"SELECT j.id, j.kind, j.params, j.state, u.username AS "owner?", j.experiment_id, j.priority, j.attempt,
                   j.max_attempts, j.cancel_requested, j.tags, j.error, j.result, j.created_at, j.started_at,
-                  j.finished_at, p.step AS "step?", p.total AS "total?", p.message AS "message?", p.updated_at AS "progress_at?"
+                  j.finished_at, p.step AS "step?", p.total AS "total?", p.message AS "message?", p.updated_at AS "progress_at?",
+                  ARRAY(SELECT d.depends_on FROM job_dependencies d WHERE d.job_id = j.id ORDER BY 1) AS "depends_on!"
            FROM jobs j
            LEFT JOIN users u ON u.id = j.owner_id
            LEFT JOIN job_progress p ON p.job_id = j.id
@@ -112,6 +113,7 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
                 }
                 _ => None,
             },
+            depends_on: r.depends_on,
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
@@ -343,6 +345,17 @@ pub async fn submit_job(
         }
         None => None,
     };
+    let mut depends_on = submit.depends_on.clone();
+    depends_on.sort_unstable();
+    depends_on.dedup();
+    if depends_on.len() > 1000 {
+        return Err(ApiError::invalid("depends_on lists at most 1000 jobs"));
+    }
+    for &id in &depends_on {
+        visible_job(&state.pool, &user, id)
+            .await
+            .map_err(|_| ApiError::invalid(format!("depends_on: there is no job {id} that you may see")))?;
+    }
     let new = NewJob {
         kind: kind.to_string(),
         params,
@@ -351,6 +364,7 @@ pub async fn submit_job(
         idempotency_key,
         owner_id: Some(user.id),
         experiment_id: submit.experiment_id,
+        depends_on,
     };
     let (queued, created) = queue::submit_once(&state.pool, &new).await?;
     if created && !tags.is_empty() {

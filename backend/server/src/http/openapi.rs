@@ -155,6 +155,7 @@ mod tests {
             max_attempts: None,
             tags: vec!["sweep".into()],
             publish_private: false,
+            depends_on: vec![1],
         };
         serde_json::to_value(body).unwrap()
     }
