@@ -5,6 +5,8 @@ WORKDIR /src
 # The workspace alone, so that a change to docs, scripts or the frontend keeps this stage's cached build.
 COPY Cargo.toml Cargo.lock ./
 COPY backend backend
+COPY migrations migrations
+COPY tests tests
 # Queries are checked against backend/server/.sqlx, so the build needs no database.
 ENV SQLX_OFFLINE=true
 RUN cargo build --release --locked --bin repdiff
@@ -41,6 +43,8 @@ ENV PATH=/root/.cargo/bin:$PATH SQLX_OFFLINE=true
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY backend backend
+COPY migrations migrations
+COPY tests tests
 RUN cargo build --release --locked --bin repdiff --features repdiff-server/cuda
 
 FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04 AS worker-cuda
