@@ -1,22 +1,19 @@
-//! `/jobs`, `/artifacts`, `/experiments`, `/job-kinds`. A job is visible to its owner, to everyone when it
-//! belongs to a shared experiment, and to admins; anything else is answered 404, as if it did not exist.
+//! `/jobs`, `/runs`, `/job-kinds`, `/presets`. A job is visible to its owner, to everyone when it belongs to
+//! a shared experiment, and to admins; anything else is answered 404, as if it did not exist. What jobs
+//! make is in `artifacts`; the experiments that group them in `experiments`.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use repdiff_api::{
-    Artifact, Experiment, Job, JobKind, JobPage, JobPatch, JobState, LogLine, MetricSeries, MetricSummary,
-    NewExperiment, Preset, Progress, ResourcePatch, Role, Run, RunPage, SubmitJob,
+    Job, JobKind, JobPage, JobPatch, JobState, LogLine, MetricSeries, MetricSummary, Preset, Progress, Role, Run,
+    RunPage, SubmitJob,
 };
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -39,14 +36,6 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/events", get(job_events))
         .route("/jobs/{id}/logs", get(job_logs))
         .route("/jobs/{id}/metrics", get(job_metrics))
-        .route("/jobs/{id}/artifacts", get(job_artifacts))
-        .route("/checkpoints", get(list_checkpoints))
-        .route("/samples", get(list_samples))
-        .route("/artifacts/{id}", get(get_artifact))
-        .route("/artifacts/{id}/content", get(artifact_content))
-        .route("/experiments", get(list_experiments).post(create_experiment))
-        .route("/experiments/{id}", get(get_experiment).patch(patch_experiment))
-        .route("/experiments/{id}/members/{username}", axum::routing::put(add_member).delete(remove_member))
 }
 
 #[derive(Default)]
@@ -122,7 +111,7 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
 }
 
 /// The job if `user` may see it, else 404.
-async fn visible_job(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiResult<Job> {
+pub(super) async fn visible_job(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiResult<Job> {
     let filter = JobFilter { id: Some(id), limit: 1, ..JobFilter::default() };
     visible_jobs(pool, user, &filter).await?.pop().ok_or_else(|| ApiError::not_found("job", id))
 }
@@ -320,7 +309,7 @@ pub async fn submit_job(
     sources.dedup();
     handler.admit(&params, &metas).map_err(ApiError::invalid_params)?;
     if let Some(experiment) = submit.experiment_id {
-        let experiment = visible_experiment(&state.pool, &user, experiment).await?;
+        let experiment = super::experiments::visible_experiment(&state.pool, &user, experiment).await?;
         if !user.is_admin() && experiment.owner != user.username && !experiment.members.contains(&user.username) {
             return Err(ApiError::forbidden(format!(
                 "only the owner and members of experiment {} run jobs in it; ask {} to add you",
@@ -551,347 +540,4 @@ pub async fn job_metrics(
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(rows.into_iter().map(|r| MetricSeries { name: r.name, steps: r.steps, values: r.values }).collect()))
-}
-
-fn artifact_view(a: crate::artifacts::Artifact) -> Artifact {
-    Artifact {
-        url: format!("/api/v1/artifacts/{}/content", a.id),
-        id: a.id,
-        job_id: a.job_id,
-        kind: a.kind,
-        key: a.key,
-        media_type: a.media_type,
-        size: a.size,
-        meta: a.meta,
-        created_at: a.created_at,
-        updated_at: a.updated_at,
-    }
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ArtifactQuery {
-    /// Only artifacts of this kind (`checkpoint`, `sample_image`, `grid`, ...).
-    kind: Option<String>,
-}
-
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/artifacts", tag = "artifacts", params(ArtifactQuery),
-    responses((status = 200, body = Vec<Artifact>), (status = 404, body = repdiff_api::ErrorBody)))]
-pub async fn job_artifacts(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    ApiPath(id): ApiPath<i64>,
-    ApiQuery(q): ApiQuery<ArtifactQuery>,
-) -> ApiResult<Json<Vec<Artifact>>> {
-    visible_job(&state.pool, &user, id).await?;
-    let artifacts = crate::artifacts::for_job(&state.pool, id, q.kind.as_deref()).await?;
-    Ok(Json(artifacts.into_iter().map(artifact_view).collect()))
-}
-
-/// Checkpoints of the training jobs `user` may see, newest first (what sample and fine-tune jobs start
-/// from).
-#[utoipa::path(get, path = "/api/v1/checkpoints", tag = "artifacts", responses((status = 200, body = Vec<Artifact>)))]
-pub async fn list_checkpoints(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Vec<Artifact>>> {
-    let rows = sqlx::query_as!(
-        crate::artifacts::Artifact,
-        r#"SELECT a.id, a.key, a.job_id, a.kind, a.media_type, a.size, a.meta, a.created_at, a.updated_at
-           FROM artifacts a JOIN jobs j ON j.id = a.job_id
-           WHERE a.kind = 'checkpoint' AND job_visible(j.owner_id, j.experiment_id, j.source_datasets, j.publish_private, $2, $1)
-           ORDER BY a.updated_at DESC LIMIT 500"#,
-        user.is_admin(),
-        user.id
-    )
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(rows.into_iter().map(artifact_view).collect()))
-}
-
-/// What the gallery lists.
-#[derive(Clone, Copy, Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SampleKind {
-    /// Sample images (one per sample).
-    #[default]
-    Sample,
-    /// Counterfactual rows (a scan, its denoising under each class, their difference: Fig. 10).
-    Counterfactual,
-    /// Denoising trajectories (a sampling run's x0 predictions, a row per sample: Fig. 11).
-    Trajectory,
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct SampleQuery {
-    /// sample (default), counterfactual or trajectory.
-    kind: Option<SampleKind>,
-    /// The job that made them.
-    job: Option<i64>,
-    /// The training job whose checkpoint they were drawn from.
-    from_job: Option<i64>,
-    class: Option<i64>,
-    /// The step of that checkpoint.
-    checkpoint_step: Option<i64>,
-    /// Only images with a larger artifact id (the last id of the previous page).
-    after: Option<i64>,
-    /// 1 to 1000; default 200.
-    limit: Option<i64>,
-}
-
-/// The gallery's images: samples, counterfactual rows or trajectories (`kind`), filtered by the job that
-/// made them, the training job whose checkpoint they came from, class and checkpoint step.
-#[utoipa::path(get, path = "/api/v1/samples", tag = "artifacts", params(SampleQuery),
-    responses((status = 200, body = Vec<Artifact>), (status = 422, body = repdiff_api::ErrorBody)))]
-pub async fn list_samples(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    ApiQuery(q): ApiQuery<SampleQuery>,
-) -> ApiResult<Json<Vec<Artifact>>> {
-    let limit = q.limit.unwrap_or(200);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit is 1 to 1000"));
-    }
-    let (artifact_kind, job_kind) = match q.kind.unwrap_or_default() {
-        SampleKind::Sample => ("sample_image", None),
-        SampleKind::Counterfactual => ("figure", Some("counterfactual")),
-        SampleKind::Trajectory => ("trajectory", None),
-    };
-    let rows = sqlx::query_as!(
-        crate::artifacts::Artifact,
-        r#"SELECT a.id, a.key, a.job_id, a.kind, a.media_type, a.size, a.meta, a.created_at, a.updated_at
-           FROM artifacts a JOIN jobs j ON j.id = a.job_id
-           WHERE a.kind = $9 AND ($10::text IS NULL OR j.kind = $10)
-             AND job_visible(j.owner_id, j.experiment_id, j.source_datasets, j.publish_private, $2, $1)
-             AND ($3::bigint IS NULL OR a.job_id = $3)
-             AND ($4::bigint IS NULL OR (a.meta->>'from_job')::bigint = $4)
-             AND ($5::bigint IS NULL OR (a.meta->>'class')::bigint = $5)
-             AND ($6::bigint IS NULL OR (a.meta->>'checkpoint_step')::bigint = $6)
-             AND a.id > $7
-           ORDER BY a.id LIMIT $8"#,
-        user.is_admin(),
-        user.id,
-        q.job,
-        q.from_job,
-        q.class,
-        q.checkpoint_step,
-        q.after.unwrap_or(0),
-        limit,
-        artifact_kind,
-        job_kind
-    )
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(rows.into_iter().map(artifact_view).collect()))
-}
-
-async fn visible_artifact(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiResult<crate::artifacts::Artifact> {
-    let artifact = crate::artifacts::get(pool, id).await?.ok_or_else(|| ApiError::not_found("artifact", id))?;
-    match artifact.job_id {
-        Some(job) => {
-            visible_job(pool, user, job).await.map_err(|_| ApiError::not_found("artifact", id))?;
-        }
-        None if !user.is_admin() => return Err(ApiError::not_found("artifact", id)),
-        None => {}
-    }
-    Ok(artifact)
-}
-
-#[utoipa::path(get, path = "/api/v1/artifacts/{id}", tag = "artifacts",
-    responses((status = 200, body = Artifact), (status = 404, body = repdiff_api::ErrorBody)))]
-pub async fn get_artifact(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Artifact>> {
-    Ok(Json(artifact_view(visible_artifact(&state.pool, &user, id).await?)))
-}
-
-/// The artifact's bytes, streamed from the store.
-#[utoipa::path(get, path = "/api/v1/artifacts/{id}/content", tag = "artifacts",
-    responses((status = 200, content_type = "application/octet-stream", description = "the file"),
-              (status = 404, body = repdiff_api::ErrorBody)))]
-pub async fn artifact_content(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Response> {
-    let artifact = visible_artifact(&state.pool, &user, id).await?;
-    let (size, stream) = state.storage.stream(&artifact.key).await?;
-    let name = artifact.key.rsplit('/').next().unwrap_or("artifact").replace('"', "");
-    let mut response = Body::from_stream(stream.map(|chunk| chunk.map_err(std::io::Error::other))).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_str(&artifact.media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
-    );
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
-    if let Ok(value) = HeaderValue::from_str(&format!("inline; filename=\"{name}\"")) {
-        headers.insert(CONTENT_DISPOSITION, value);
-    }
-    Ok(response)
-}
-
-struct ExperimentRow {
-    id: i64,
-    owner: String,
-    name: String,
-    description: String,
-    shared: bool,
-    members: Vec<String>,
-    created_at: DateTime<Utc>,
-}
-
-impl From<ExperimentRow> for Experiment {
-    fn from(r: ExperimentRow) -> Experiment {
-        Experiment {
-            id: r.id,
-            owner: r.owner,
-            name: r.name,
-            description: r.description,
-            shared: r.shared,
-            members: r.members,
-            created_at: r.created_at,
-        }
-    }
-}
-
-/// Experiments `user` may see (all, or the one `id`): their own, shared ones, those they are a member of.
-async fn visible_experiments(pool: &PgPool, user: &CurrentUser, id: Option<i64>) -> sqlx::Result<Vec<Experiment>> {
-    let rows = sqlx::query_as!(
-        ExperimentRow,
-        r#"SELECT e.id, u.username AS owner, e.name, e.description, e.shared, e.created_at,
-                  ARRAY(SELECT m.username FROM experiment_members x JOIN users m ON m.id = x.user_id
-                        WHERE x.experiment_id = e.id ORDER BY m.username) AS "members!"
-           FROM experiments e JOIN users u ON u.id = e.owner_id
-           WHERE ($1 OR e.shared OR e.owner_id = $2
-                  OR EXISTS (SELECT 1 FROM experiment_members x WHERE x.experiment_id = e.id AND x.user_id = $2))
-             AND ($3::bigint IS NULL OR e.id = $3)
-           ORDER BY e.id DESC"#,
-        user.is_admin(),
-        user.id,
-        id
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(Experiment::from).collect())
-}
-
-async fn visible_experiment(pool: &PgPool, user: &CurrentUser, id: i64) -> ApiResult<Experiment> {
-    visible_experiments(pool, user, Some(id)).await?.pop().ok_or_else(|| ApiError::not_found("experiment", id))
-}
-
-/// A visible experiment `user` may change (owner or admin), else 403.
-async fn own_experiment(pool: &PgPool, user: &CurrentUser, id: i64, to: &str) -> ApiResult<Experiment> {
-    let experiment = visible_experiment(pool, user, id).await?;
-    if !user.is_admin() && experiment.owner != user.username {
-        return Err(ApiError::forbidden(format!("only its owner or an admin may {to} experiment {id}")));
-    }
-    Ok(experiment)
-}
-
-#[utoipa::path(get, path = "/api/v1/experiments", tag = "experiments", responses((status = 200, body = Vec<Experiment>)))]
-pub async fn list_experiments(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Vec<Experiment>>> {
-    Ok(Json(visible_experiments(&state.pool, &user, None).await?))
-}
-
-/// Makes a user a member of an experiment: members run jobs in it (its owner or an admin).
-#[utoipa::path(put, path = "/api/v1/experiments/{id}/members/{username}", tag = "experiments",
-    responses((status = 200, body = Experiment), (status = 403, body = repdiff_api::ErrorBody), (status = 404, body = repdiff_api::ErrorBody)))]
-pub async fn add_member(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    ApiPath((id, username)): ApiPath<(i64, String)>,
-) -> ApiResult<Json<Experiment>> {
-    own_experiment(&state.pool, &user, id, "add members to").await?;
-    let member = sqlx::query_scalar!("SELECT id FROM users WHERE lower(username) = lower($1)", username)
-        .fetch_optional(&state.pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user", format!("{username:?}")))?;
-    sqlx::query!(
-        "INSERT INTO experiment_members (experiment_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        id,
-        member
-    )
-    .execute(&state.pool)
-    .await?;
-    Ok(Json(visible_experiment(&state.pool, &user, id).await?))
-}
-
-/// Removes a member from an experiment (its owner or an admin).
-#[utoipa::path(delete, path = "/api/v1/experiments/{id}/members/{username}", tag = "experiments",
-    responses((status = 200, body = Experiment), (status = 403, body = repdiff_api::ErrorBody), (status = 404, body = repdiff_api::ErrorBody)))]
-pub async fn remove_member(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    ApiPath((id, username)): ApiPath<(i64, String)>,
-) -> ApiResult<Json<Experiment>> {
-    own_experiment(&state.pool, &user, id, "remove members from").await?;
-    sqlx::query!(
-        r#"DELETE FROM experiment_members x USING users m
-           WHERE x.experiment_id = $1 AND x.user_id = m.id AND lower(m.username) = lower($2)"#,
-        id,
-        username
-    )
-    .execute(&state.pool)
-    .await?;
-    Ok(Json(visible_experiment(&state.pool, &user, id).await?))
-}
-
-#[utoipa::path(get, path = "/api/v1/experiments/{id}", tag = "experiments",
-    responses((status = 200, body = Experiment), (status = 404, body = repdiff_api::ErrorBody)))]
-pub async fn get_experiment(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Experiment>> {
-    Ok(Json(visible_experiment(&state.pool, &user, id).await?))
-}
-
-#[utoipa::path(post, path = "/api/v1/experiments", tag = "experiments", request_body = NewExperiment,
-    responses((status = 201, body = Experiment), (status = 403, body = repdiff_api::ErrorBody)))]
-pub async fn create_experiment(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    ApiJson(new): ApiJson<NewExperiment>,
-) -> ApiResult<(StatusCode, Json<Experiment>)> {
-    user.require(Role::Researcher, "creating experiments")?;
-    repdiff_api::check_name("experiment", &new.name).map_err(ApiError::invalid)?;
-    let id = sqlx::query_scalar!(
-        "INSERT INTO experiments (owner_id, name, description, shared) VALUES ($1, $2, $3, $4) RETURNING id",
-        user.id,
-        new.name.trim(),
-        new.description,
-        new.shared
-    )
-    .fetch_one(&state.pool)
-    .await?;
-    Ok((StatusCode::CREATED, Json(visible_experiment(&state.pool, &user, id).await?)))
-}
-
-/// Renames, describes, shares or unshares an experiment (its owner or an admin).
-#[utoipa::path(patch, path = "/api/v1/experiments/{id}", tag = "experiments", request_body = ResourcePatch,
-    responses((status = 200, body = Experiment), (status = 403, body = repdiff_api::ErrorBody), (status = 404, body = repdiff_api::ErrorBody)))]
-pub async fn patch_experiment(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    ApiPath(id): ApiPath<i64>,
-    ApiJson(patch): ApiJson<ResourcePatch>,
-) -> ApiResult<Json<Experiment>> {
-    own_experiment(&state.pool, &user, id, "change").await?;
-    if patch.keep_file_names.is_some() {
-        return Err(ApiError::invalid("keep_file_names is a dataset's setting"));
-    }
-    if let Some(name) = &patch.name {
-        repdiff_api::check_name("experiment", name).map_err(ApiError::invalid)?;
-    }
-    sqlx::query!(
-        r#"UPDATE experiments SET name = coalesce($2, name), description = coalesce($3, description),
-               shared = coalesce($4, shared) WHERE id = $1"#,
-        id,
-        patch.name.as_deref().map(str::trim),
-        patch.description,
-        patch.shared
-    )
-    .execute(&state.pool)
-    .await?;
-    Ok(Json(visible_experiment(&state.pool, &user, id).await?))
 }

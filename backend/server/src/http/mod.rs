@@ -1,9 +1,11 @@
 //! The REST API under `/api/v1` (axum), the frontend's static files, and the middleware around them
 //! (tower-http: tracing, compression, body limits, timeouts, CORS only when configured).
 
+pub mod artifacts;
 pub mod auth;
 pub mod datasets;
 pub mod error;
+pub mod experiments;
 pub mod jobs;
 mod openapi;
 
@@ -120,6 +122,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(auth::routes())
         .merge(jobs::routes())
+        .merge(artifacts::routes())
+        .merge(experiments::routes())
         .merge(datasets::routes())
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::document))

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, datasets, jobs};
+use super::{artifacts, auth, datasets, experiments, jobs};
 
 struct Security;
 
@@ -41,13 +41,13 @@ impl Modify for Security {
         auth::login, auth::logout, auth::me, auth::list_users, auth::add_user,
         auth::list_tokens, auth::add_token, auth::revoke_token,
         jobs::job_kinds, jobs::presets, jobs::list_jobs, jobs::list_runs, jobs::submit_job, jobs::get_job, jobs::patch_job, jobs::cancel_job, jobs::retry_job,
-        jobs::job_events, jobs::job_logs, jobs::job_metrics, jobs::job_artifacts,
-        jobs::list_checkpoints, jobs::list_samples, jobs::get_artifact, jobs::artifact_content,
-        jobs::list_experiments, jobs::create_experiment, jobs::get_experiment, jobs::patch_experiment,
+        jobs::job_events, jobs::job_logs, jobs::job_metrics,
+        artifacts::job_artifacts, artifacts::list_checkpoints, artifacts::list_samples, artifacts::get_artifact, artifacts::artifact_content,
+        experiments::list_experiments, experiments::create_experiment, experiments::get_experiment, experiments::patch_experiment,
         datasets::list_datasets, datasets::create_dataset, datasets::get_dataset, datasets::patch_dataset, datasets::list_scans,
         datasets::upload_scans, datasets::split_summary, datasets::get_scan, datasets::patch_scan, datasets::scan_image, datasets::scan_dicom,
     ),
-    components(schemas(repdiff_api::ErrorBody, repdiff_api::ErrorDetail, repdiff_api::JobState, repdiff_api::Role, jobs::SampleKind)),
+    components(schemas(repdiff_api::ErrorBody, repdiff_api::ErrorDetail, repdiff_api::JobState, repdiff_api::Role, artifacts::SampleKind)),
     modifiers(&Security),
     security(("token" = []), ("session" = [])),
     tags(
