@@ -302,11 +302,22 @@ impl RunOverrides {
         if let Some(model) = &self.model {
             check_model_name(model).map_err(|m| Invalid::new("model", m))?;
         }
-        within_if("steps", self.steps, 1, MAX_STEPS)?;
-        within_if("batch_size", self.batch_size, 1, MAX_BATCH)?;
-        within_if("checkpoint_every", self.checkpoint_every, 1, MAX_STEPS)?;
-        self.learning_rate.map_or(Ok(()), |lr| learning_rate("learning_rate", lr))
+        schedule(self.steps, self.batch_size, self.checkpoint_every, self.learning_rate)
     }
+}
+
+/// The schedule a training run may override (a pre-training's `run`, a fine-tune's): each field absent or
+/// in range.
+pub fn schedule(
+    steps: Option<usize>,
+    batch_size: Option<usize>,
+    checkpoint_every: Option<usize>,
+    rate: Option<f64>,
+) -> Result<(), Invalid> {
+    within_if("steps", steps, 1, MAX_STEPS)?;
+    within_if("batch_size", batch_size, 1, MAX_BATCH)?;
+    within_if("checkpoint_every", checkpoint_every, 1, MAX_STEPS)?;
+    rate.map_or(Ok(()), |lr| learning_rate("learning_rate", lr))
 }
 
 /// A DiT architecture's name: `DiT-{S,B,L,XL}/{2,4,8}`.

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::shared::{
-    CheckpointRef, DataSource, ExtractorChoice, Invalid, MAX_BATCH, MAX_STEPS, MIN_METRIC_SET, MatmulPrecision,
-    RunOverrides, Sampler, default_guidance, default_sampling_steps, learning_rate, within, within_if,
+    CheckpointRef, DataSource, ExtractorChoice, Invalid, MAX_STEPS, MIN_METRIC_SET, MatmulPrecision, RunOverrides,
+    Sampler, default_guidance, default_sampling_steps, within,
 };
 
 /// `pretrain`: trains a DiT (unconditional unless `run.conditioning` says otherwise) on `data`.
@@ -58,10 +58,7 @@ pub struct FinetuneRun {
 
 impl FinetuneRun {
     pub fn validate(&self) -> Result<(), Invalid> {
-        within_if("steps", self.steps, 1, MAX_STEPS)?;
-        within_if("batch_size", self.batch_size, 1, MAX_BATCH)?;
-        within_if("checkpoint_every", self.checkpoint_every, 1, MAX_STEPS)?;
-        self.learning_rate.map_or(Ok(()), |lr| learning_rate("learning_rate", lr))
+        super::shared::schedule(self.steps, self.batch_size, self.checkpoint_every, self.learning_rate)
     }
 }
 
