@@ -518,8 +518,11 @@ try {
   await page.waitForURL(/sort=id/);
   const order = await page.locator("tr[data-run]").evaluateAll((rows) => rows.map((r) => +r.dataset.run));
   assert.deepEqual(order, [...order].sort((a, b) => a - b));
-  await page.fill("input[name=q]", "sample");
+  // Text in any column: the sampling run's references (a run's stored parameters carry every default,
+  // so "sample" would also find the training run's eval.sampler).
+  await page.fill("input[name=q]", "references");
   await page.locator(`tr[data-run="${trainId}"]`).waitFor({ state: "detached" });
+  await page.locator(`tr[data-run="${sampleId}"]`).waitFor();
   await page.fill("input[name=q]", "");
   await page.locator(`tr[data-run="${trainId}"] button.tagchip`, { hasText: "keep" }).click();
   await page.waitForURL(/tag=keep/);
