@@ -4,6 +4,7 @@
 mod api;
 mod chart;
 mod pages;
+mod session;
 mod util;
 
 use leptos::prelude::*;
@@ -11,12 +12,7 @@ use leptos::task::spawn_local;
 use leptos_router::components::{A, Redirect, Route, Router, Routes};
 use leptos_router::path;
 use repdiff_api::User;
-
-/// Who is signed in.
-#[derive(Clone, Copy)]
-pub struct Session {
-    pub me: RwSignal<Option<User>>,
-}
+use session::Session;
 
 fn main() {
     console_error_panic_hook::set_once();

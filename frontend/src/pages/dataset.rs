@@ -8,8 +8,8 @@ use repdiff_api::{Dataset, ResourcePatch, Scan, ScanPatch, SplitSummary, UploadR
 use send_wrapper::SendWrapper;
 use wasm_bindgen::JsCast;
 
-use crate::Session;
 use crate::api::{self, ApiError};
+use crate::session::Session;
 use crate::util::{ErrorBox, bytes, loaded, param_id};
 
 const WINDOWS: [&str; 4] = ["brain", "subdural", "soft-tissue", "bone"];

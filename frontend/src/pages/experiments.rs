@@ -2,8 +2,8 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use repdiff_api::{Experiment, NewExperiment, ResourcePatch};
 
-use crate::Session;
 use crate::api::{self, ApiError};
+use crate::session::Session;
 use crate::util::{ErrorBox, ago, loaded};
 
 #[component]
