@@ -226,7 +226,26 @@ pub enum Sampler {
     Ddim,
 }
 
-/// The sampling defaults every job that samples shares: DDIM, 50 steps, no guidance.
+impl Sampler {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampler::Ddpm => "ddpm",
+            Sampler::Ddim => "ddim",
+        }
+    }
+}
+
+impl std::str::FromStr for Sampler {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Sampler::Ddpm, Sampler::Ddim]
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| format!("unknown sampler {s:?}: ddpm or ddim"))
+    }
+}
+
+/// The sampling defaults every job (and every CLI command) that samples shares: DDIM, 50 steps, no guidance.
 pub fn default_sampling_steps() -> usize {
     50
 }

@@ -16,7 +16,7 @@ use repdiff_engine::sample::{sample, write_samples_with};
 use serde::Serialize;
 
 use super::progress_bar;
-use super::sample::{SampleArgs, SamplerArg, prepare};
+use super::sample::{SampleArgs, prepare};
 use repdiff_api::jobs::ExtractorChoice;
 use repdiff_server::jobs::load_extractor;
 
@@ -39,9 +39,10 @@ pub struct EvaluateArgs {
     class: Vec<u32>,
     #[arg(long, default_value_t = 1.0)]
     guidance: f64,
-    #[arg(long, value_enum, default_value = "ddpm")]
-    sampler: SamplerArg,
-    #[arg(long, default_value_t = 250)]
+    /// ddim (the default, as an evaluate job's) or ddpm.
+    #[arg(long, default_value = "ddim", value_parser = str::parse::<repdiff_api::jobs::Sampler>)]
+    sampler: repdiff_api::jobs::Sampler,
+    #[arg(long, default_value_t = repdiff_api::jobs::default_sampling_steps())]
     steps: usize,
     /// Reference images for representation-conditional checkpoints.
     #[arg(long)]

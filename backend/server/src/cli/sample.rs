@@ -3,18 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
+use repdiff_api::jobs::Sampler;
 use repdiff_engine::device::best_device;
 use repdiff_engine::diffusion::SamplerKind;
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample, write_samples};
+use repdiff_server::jobs::sampler_kind;
 
 use super::progress_bar;
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum SamplerArg {
-    Ddpm,
-    Ddim,
-}
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -30,10 +26,11 @@ pub struct SampleArgs {
     /// Classifier-free guidance scale (1 = none).
     #[arg(long, default_value_t = 1.0)]
     pub(super) guidance: f64,
-    #[arg(long, value_enum, default_value = "ddpm")]
-    pub(super) sampler: SamplerArg,
-    /// Denoising steps (respaced from the trained T).
-    #[arg(long, default_value_t = 250)]
+    /// ddim (the default, as a sample job's) or ddpm (ancestral; the paper samples 250 steps of it).
+    #[arg(long, default_value = "ddim", value_parser = str::parse::<Sampler>)]
+    pub(super) sampler: Sampler,
+    /// Denoising steps (respaced from the trained T); 50 as a sample job's.
+    #[arg(long, default_value_t = repdiff_api::jobs::default_sampling_steps())]
     pub(super) steps: usize,
     /// DDIM stochasticity (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
@@ -67,7 +64,7 @@ impl SampleArgs {
             num: 16,
             class: vec![0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
             guidance: 2.0,
-            sampler: SamplerArg::Ddim,
+            sampler: Sampler::Ddim,
             steps: 50,
             eta: 0.0,
             seed: 0,
@@ -95,10 +92,7 @@ pub fn prepare(args: &SampleArgs) -> Result<Prepared> {
     let (device, device_note) = best_device();
     let weights = if args.raw_weights { Weights::Raw } else { Weights::Ema };
     let (model, config) = load_model(&args.checkpoint, weights, &device)?;
-    let (sampler, respacing) = match args.sampler {
-        SamplerArg::Ddpm => (SamplerKind::Ddpm, args.steps.to_string()),
-        SamplerArg::Ddim => (SamplerKind::Ddim { eta: args.eta }, format!("ddim{}", args.steps)),
-    };
+    let (sampler, respacing) = sampler_kind(args.sampler, args.steps, args.eta);
     if args.steps == 0 || args.steps > config.diffusion.num_timesteps {
         bail!("--steps must be between 1 and the model's {} diffusion steps", config.diffusion.num_timesteps);
     }
