@@ -425,9 +425,15 @@ try {
   await page.selectOption("select[name=data]", "dataset");
   await page.selectOption("select[name=dataset]", String(datasetId));
   await page.fill("input[name=max_real]", "20");
+  // It waits on the fine-tune (finished already, so it runs at once); a bad list keeps Launch disabled.
+  await page.fill("input[name=after]", "the fine-tune");
+  await page.locator(".problems", { hasText: "Run after: run ids" }).waitFor();
+  await page.fill("input[name=after]", `#${finetuneId}`);
   await page.click("button:has-text('Launch')");
   await page.waitForURL(/\/runs\/\d+$/);
   const evalId = Number(page.url().split("/").pop());
+  assert.deepEqual((await api(`/jobs/${evalId}`)).depends_on, [finetuneId]);
+  await page.locator(`p.muted a[href="/runs/${finetuneId}"]`, { hasText: `#${finetuneId}` }).waitFor();
   await waitState("succeeded", 180_000);
   const evaluation = (await api(`/jobs/${evalId}`)).result;
   assert.equal(evaluation.results.length, 2);

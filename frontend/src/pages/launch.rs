@@ -609,6 +609,8 @@ pub fn Launch() -> impl IntoView {
     let publish = RwSignal::new(false);
     let priority = Field::new("0");
     let attempts = Field::new("3");
+    // Runs this one waits on (ids, comma-separated): it starts once they all succeeded.
+    let after = Field::new("");
     let tags = Field::new("");
     let error = RwSignal::new(None::<ApiError>);
     let busy = RwSignal::new(false);
@@ -625,6 +627,7 @@ pub fn Launch() -> impl IntoView {
                         experiment.set(e.to_string());
                     }
                     tags.value.set(job.tags.join(", "));
+                    after.value.set(job.depends_on.iter().map(i64::to_string).collect::<Vec<_>>().join(", "));
                 }
                 Err(e) => error.set(Some(e)),
             }
@@ -675,6 +678,16 @@ pub fn Launch() -> impl IntoView {
     let trained = LocalResource::new(|| api::get::<JobPage>("/jobs?state=succeeded&limit=200"));
     let encoded = LocalResource::new(|| api::get::<JobPage>("/jobs?kind=encode&state=succeeded&limit=200"));
 
+    let after_list = Memo::new(move |_| {
+        after
+            .text()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.trim_start_matches('#').parse::<i64>())
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(|_| "run ids separated by commas (12, 15)".to_string())
+    });
     let tag_list = Memo::new(move |_| {
         let list: Vec<String> = tags.value.get().split(',').map(str::to_string).collect();
         repdiff_api::check_tags(&list)
@@ -704,7 +717,11 @@ pub fn Launch() -> impl IntoView {
     let navigate = use_navigate();
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        let (Ok(spec), Ok(tags)) = (spec.get_untracked(), tag_list.get_untracked()) else { return };
+        let (Ok(spec), Ok(tags), Ok(depends_on)) =
+            (spec.get_untracked(), tag_list.get_untracked(), after_list.get_untracked())
+        else {
+            return;
+        };
         let body = SubmitJob {
             spec,
             experiment_id: experiment.get_untracked().parse().ok(),
@@ -712,7 +729,7 @@ pub fn Launch() -> impl IntoView {
             max_attempts: attempts.text().parse().ok(),
             tags,
             publish_private: publish.get_untracked(),
-            depends_on: Vec::new(),
+            depends_on,
         };
         busy.set(true);
         let navigate = navigate.clone();
@@ -1122,15 +1139,17 @@ pub fn Launch() -> impl IntoView {
                 {text_input("Priority", "priority", priority, "0")}
                 {text_input("Attempts", "max_attempts", attempts, "3")}
                 {text_input("Tags", "tags", tags, "baseline, lr-sweep")}
+                {text_input("Run after", "after", after, "now, or run ids: 12, 15")}
             </fieldset>
             {fields}
             {move || tag_list.get().err().map(|problem| view! { <ul class="problems"><li>{format!("Tags: {problem}")}</li></ul> })}
+            {move || after_list.get().err().map(|problem| view! { <ul class="problems"><li>{format!("Run after: {problem}")}</li></ul> })}
             {move || spec.get().err().map(|problems| view! {
                 <ul class="problems">{problems.into_iter().map(|p| view! { <li>{p}</li> }).collect_view()}</ul>
             })}
             <ErrorBox error=error />
             <div class="inline">
-                <button type="submit" disabled=move || busy.get() || spec.with(Result::is_err) || tag_list.with(Result::is_err)>"Launch"</button>
+                <button type="submit" disabled=move || busy.get() || spec.with(Result::is_err) || tag_list.with(Result::is_err) || after_list.with(Result::is_err)>"Launch"</button>
                 <button type="button" class="link" on:click=edit_json hidden=move || raw_mode.get()>"Edit as JSON"</button>
             </div>
             <details>
