@@ -102,6 +102,19 @@ async fn every_data_endpoint_needs_auth_and_users_see_only_what_they_may() {
     let after = app.call("POST", "/api/v1/jobs", Some(&ada), Some(waits)).await.json();
     assert_eq!(after["depends_on"], json!([id]));
     app.call("POST", &format!("/api/v1/jobs/{}/cancel", after["id"]), Some(&ada), None).await;
+    // A job that reads what an unfinished job will write waits on that job by itself: sample from a
+    // pre-training still queued. Bob may not (he cannot see it); cancelling the pre-training cancels it.
+    let pretrain = json!({ "kind": "pretrain", "params": { "data": { "toy": { "n": 8 } } } });
+    let pretrain = app.call("POST", "/api/v1/jobs", Some(&ada), Some(pretrain)).await.json();
+    let sample = json!({ "kind": "sample", "params": { "checkpoint": { "job": pretrain["id"] } } });
+    let refused = app.call("POST", "/api/v1/jobs", Some(&bob), Some(sample.clone())).await;
+    assert_eq!(refused.error_code(), "invalid_params");
+    let chained = app.call("POST", "/api/v1/jobs", Some(&ada), Some(sample)).await.json();
+    assert_eq!((chained["state"].as_str(), &chained["depends_on"]), (Some("queued"), &json!([pretrain["id"]])));
+    app.call("POST", &format!("/api/v1/jobs/{}/cancel", pretrain["id"]), Some(&ada), None).await;
+    let chained = app.call("GET", &format!("/api/v1/jobs/{}", chained["id"]), Some(&ada), None).await.json();
+    assert_eq!(chained["state"], "cancelled");
+    assert_eq!(chained["error"], format!("waits on job #{}, which was cancelled", pretrain["id"]));
 
     // In a shared experiment everyone sees it, but only its owner (or an admin) may cancel it.
     let experiment = app

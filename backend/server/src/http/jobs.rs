@@ -280,15 +280,21 @@ pub async fn submit_job(
     // from (who may see the run in a shared experiment depends on them).
     let mut sources = Vec::new();
     let mut metas = std::collections::HashMap::new();
+    // Jobs whose artifacts this one reads but which have not written them yet: it waits on them.
+    let mut implied = Vec::new();
     for input in handler.reads(&params) {
         match input {
             Input::Artifact(key) => {
-                if !can_read_key(&state.pool, &user, &key).await? {
+                if can_read_key(&state.pool, &user, &key).await? {
+                    sources.extend(sources_of_key(&state.pool, &key).await?);
+                    if let Some(meta) = crate::artifacts::meta_of(&state.pool, &key).await? {
+                        metas.insert(key, meta);
+                    }
+                } else if let Some((producer, its_sources)) = unfinished_producer(&state.pool, &user, &key).await? {
+                    implied.push(producer);
+                    sources.extend(its_sources);
+                } else {
                     return Err(ApiError::invalid_params(format!("there is no artifact {key:?} that you may read")));
-                }
-                sources.extend(sources_of_key(&state.pool, &key).await?);
-                if let Some(meta) = crate::artifacts::meta_of(&state.pool, &key).await? {
-                    metas.insert(key, meta);
                 }
             }
             Input::Dataset(id) => {
@@ -334,7 +340,7 @@ pub async fn submit_job(
         }
         None => None,
     };
-    let mut depends_on = submit.depends_on.clone();
+    let mut depends_on = [submit.depends_on.clone(), implied].concat();
     depends_on.sort_unstable();
     depends_on.dedup();
     if depends_on.len() > 1000 {
@@ -374,6 +380,27 @@ pub async fn submit_job(
 }
 
 /// The datasets the job that made artifact `key` derives from.
+/// The job that will write `key` (`jobs/<id>/...`) when it is one `user` may see that has not finished
+/// yet, with the datasets it derives from: a job that reads the key can wait on it.
+async fn unfinished_producer(pool: &PgPool, user: &CurrentUser, key: &str) -> sqlx::Result<Option<(i64, Vec<i64>)>> {
+    let Some(id) =
+        key.strip_prefix("jobs/").and_then(|rest| rest.split_once('/')).and_then(|(id, _)| id.parse::<i64>().ok())
+    else {
+        return Ok(None);
+    };
+    let producer = sqlx::query!(
+        r#"SELECT j.id, j.source_datasets FROM jobs j
+           WHERE j.id = $1 AND j.state IN ('queued', 'running')
+             AND job_visible(j.owner_id, j.experiment_id, j.source_datasets, j.publish_private, $2, $3)"#,
+        id,
+        user.id,
+        user.is_admin()
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(producer.map(|p| (p.id, p.source_datasets)))
+}
+
 async fn sources_of_key(pool: &PgPool, key: &str) -> sqlx::Result<Vec<i64>> {
     let sources = sqlx::query_scalar!(
         "SELECT j.source_datasets FROM artifacts a JOIN jobs j ON j.id = a.job_id WHERE a.key = $1",
