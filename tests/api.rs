@@ -102,6 +102,19 @@ async fn every_data_endpoint_needs_auth_and_users_see_only_what_they_may() {
     let after = app.call("POST", "/api/v1/jobs", Some(&ada), Some(waits)).await.json();
     assert_eq!(after["depends_on"], json!([id]));
     app.call("POST", &format!("/api/v1/jobs/{}/cancel", after["id"]), Some(&ada), None).await;
+    // What the deployment refuses of a valid spec names its field too (the paper's 4-channel model on the
+    // grey toy set; a window the engine cannot read).
+    for (params, field) in [
+        (json!({ "run": { "preset": "paper" }, "data": { "toy": { "n": 8 } } }), "data.toy"),
+        (json!({ "data": { "dataset": { "id": 1, "window": "lung-ish" } } }), "data.dataset.window"),
+    ] {
+        let refused =
+            app.call("POST", "/api/v1/jobs", Some(&ada), Some(json!({ "kind": "pretrain", "params": params }))).await;
+        assert_eq!(
+            (refused.error_code().as_str(), &refused.json()["error"]["field"]),
+            ("invalid_params", &json!(field))
+        );
+    }
     // A job that reads what an unfinished job will write waits on that job by itself: sample from a
     // pre-training still queued. Bob may not (he cannot see it); cancelling the pre-training cancels it.
     let pretrain = json!({ "kind": "pretrain", "params": { "data": { "toy": { "n": 8 } } } });

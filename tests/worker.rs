@@ -162,7 +162,7 @@ async fn cancelling_a_running_job_stops_it_by_notify_or_by_heartbeat() {
 struct Flaky;
 
 impl Handler for Flaky {
-    fn validate(&self, _: &serde_json::Value) -> Result<(), String> {
+    fn validate(&self, _: &serde_json::Value) -> Result<(), repdiff_api::jobs::Invalid> {
         Ok(())
     }
 
@@ -177,7 +177,7 @@ impl Handler for Flaky {
 struct Panics;
 
 impl Handler for Panics {
-    fn validate(&self, _: &serde_json::Value) -> Result<(), String> {
+    fn validate(&self, _: &serde_json::Value) -> Result<(), repdiff_api::jobs::Invalid> {
         Ok(())
     }
 
@@ -224,7 +224,7 @@ async fn a_failed_attempt_is_retried_after_backoff_and_a_panic_fails_only_its_jo
 struct ReportsItsThreads;
 
 impl Handler for ReportsItsThreads {
-    fn validate(&self, _: &serde_json::Value) -> Result<(), String> {
+    fn validate(&self, _: &serde_json::Value) -> Result<(), repdiff_api::jobs::Invalid> {
         Ok(())
     }
 
@@ -500,7 +500,7 @@ async fn a_worker_killed_while_measuring_a_checkpoint_has_it_measured_on_resume(
 struct PublishesAfterLosingItsLease;
 
 impl Handler for PublishesAfterLosingItsLease {
-    fn validate(&self, _: &serde_json::Value) -> Result<(), String> {
+    fn validate(&self, _: &serde_json::Value) -> Result<(), repdiff_api::jobs::Invalid> {
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use repdiff_api::jobs::Invalid;
 use repdiff_engine::train::CancelToken;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
@@ -86,7 +87,7 @@ pub enum Input {
 pub trait Handler: Send + Sync + 'static {
     /// Whether `params` are valid for this kind; the API refuses a job whose parameters are not, with
     /// this message.
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String>;
+    fn validate(&self, params: &serde_json::Value) -> Result<(), Invalid>;
 
     /// What a job with (valid) `params` reads: the API lets a user submit it only when they may read
     /// every one.
@@ -114,7 +115,7 @@ pub trait Task: Send + Sync + 'static {
     type Spec: DeserializeOwned + Validate + Send;
 
     /// What this deployment refuses of a valid spec (missing weights, data an engine cannot read).
-    fn check(&self, _spec: &Self::Spec) -> Result<(), String> {
+    fn check(&self, _spec: &Self::Spec) -> Result<(), Invalid> {
         Ok(())
     }
 
@@ -134,13 +135,13 @@ pub trait Task: Send + Sync + 'static {
 
 /// A spec's own checks (every kind's in `repdiff_api::jobs`).
 pub trait Validate {
-    fn validate(&self) -> Result<(), repdiff_api::jobs::Invalid>;
+    fn validate(&self) -> Result<(), Invalid>;
 }
 
 macro_rules! validate_specs {
     ($($spec:ident),* $(,)?) => {
         $(impl Validate for repdiff_api::jobs::$spec {
-            fn validate(&self) -> Result<(), repdiff_api::jobs::Invalid> {
+            fn validate(&self) -> Result<(), Invalid> {
                 repdiff_api::jobs::$spec::validate(self)
             }
         })*
@@ -168,16 +169,16 @@ struct Typed<T> {
 }
 
 impl<T: Task> Typed<T> {
-    fn spec(&self, params: &serde_json::Value) -> Result<T::Spec, String> {
+    fn spec(&self, params: &serde_json::Value) -> Result<T::Spec, Invalid> {
         let spec: T::Spec = serde_json::from_value(params.clone())
-            .map_err(|e| format!("invalid parameters for a {} job: {e}", self.kind))?;
-        spec.validate().map_err(|e| e.to_string())?;
+            .map_err(|e| Invalid::new("", format!("invalid parameters for a {} job: {e}", self.kind)))?;
+        spec.validate()?;
         Ok(spec)
     }
 }
 
 impl<T: Task> Handler for Typed<T> {
-    fn validate(&self, params: &serde_json::Value) -> Result<(), String> {
+    fn validate(&self, params: &serde_json::Value) -> Result<(), Invalid> {
         self.task.check(&self.spec(params)?)
     }
 
@@ -186,11 +187,11 @@ impl<T: Task> Handler for Typed<T> {
     }
 
     fn admit(&self, params: &serde_json::Value, metas: &HashMap<String, serde_json::Value>) -> Result<(), String> {
-        self.task.admit(&self.spec(params)?, metas)
+        self.task.admit(&self.spec(params).map_err(|e| e.to_string())?, metas)
     }
 
     fn run(&self, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let spec = self.spec(&ctx.job.params).map_err(JobError::Permanent)?;
+        let spec = self.spec(&ctx.job.params).map_err(|e| JobError::Permanent(e.to_string()))?;
         self.task.run(spec, ctx)
     }
 }

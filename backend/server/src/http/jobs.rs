@@ -274,7 +274,7 @@ pub async fn submit_job(
     let submit: SubmitJob = serde_json::from_value(body).map_err(|e| ApiError::invalid_params(e.to_string()))?;
     submit.spec.validate().map_err(ApiError::invalid_field)?;
     let (kind, params) = (submit.spec.kind(), submit.spec.params());
-    crate::jobs::validate(&state.registry, kind, &params).map_err(ApiError::invalid_params)?;
+    crate::jobs::validate(&state.registry, kind, &params).map_err(ApiError::invalid_field)?;
     let handler = state.registry.get(kind).expect("validate knows the kind");
     // What the job derives from: the datasets it reads, and those the jobs whose artifacts it reads derive
     // from (who may see the run in a shared experiment depends on them).

@@ -6,7 +6,7 @@
 //! test data at the fixed budget instead, replays the sequential decisions from its draws, and reports how
 //! often the two decide alike, the forward passes saved, and the same for other rules and error rates. The result holds every row with its confusion matrix and each test image's prediction.
 
-use repdiff_api::jobs::{ClassifyParams, DataSource};
+use repdiff_api::jobs::{ClassifyParams, DataSource, Invalid};
 use repdiff_engine::classify::{SweepOptions, choose_timestep, sweep, test_at};
 use repdiff_engine::device::best_device;
 use repdiff_engine::diffusion::GaussianDiffusion;
@@ -24,7 +24,7 @@ pub struct Classify {
 impl Task for Classify {
     type Spec = ClassifyParams;
 
-    fn check(&self, p: &ClassifyParams) -> Result<(), String> {
+    fn check(&self, p: &ClassifyParams) -> Result<(), Invalid> {
         check_data("validation", &p.validation)?;
         p.test.as_ref().map_or(Ok(()), |test| check_data("test", test))
     }

@@ -3,7 +3,7 @@
 //! figure (`counterfactuals.png`, kind `grid`: a row per scan), each scan's row (kind `figure`) and the
 //! report (`counterfactuals.json`, kind `report`).
 
-use repdiff_api::jobs::CounterfactualParams;
+use repdiff_api::jobs::{CounterfactualParams, Invalid};
 use repdiff_engine::device::best_device;
 use repdiff_engine::explain::{CounterfactualOptions, counterfactuals, write_counterfactuals};
 use repdiff_engine::sample::{Weights, load_model};
@@ -18,7 +18,7 @@ pub struct Counterfactual {
 impl Task for Counterfactual {
     type Spec = CounterfactualParams;
 
-    fn check(&self, p: &CounterfactualParams) -> Result<(), String> {
+    fn check(&self, p: &CounterfactualParams) -> Result<(), Invalid> {
         check_data("data", &p.data)
     }
 

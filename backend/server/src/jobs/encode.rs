@@ -2,7 +2,7 @@
 //! published as the job's `latents.safetensors` for `pretrain` jobs to train on (`{"latents": {"key":
 //! ...}}`). The SD VAE needs its weights in the workers' model-weights folder.
 
-use repdiff_api::jobs::{EncodeParams, PosteriorArg};
+use repdiff_api::jobs::{EncodeParams, Invalid, PosteriorArg};
 use repdiff_engine::autoencoder::{self, Posterior};
 use repdiff_engine::device::best_device;
 use repdiff_engine::imaging::{Channels, Window};
@@ -12,15 +12,15 @@ use super::inputs::encode_scans;
 use crate::worker::{Input, JobContext, JobError, Task};
 
 /// The channels of the encoded images (one window replicated, or three stacked) and their count.
-fn plan(p: &EncodeParams) -> Result<(Channels, usize), String> {
+fn plan(p: &EncodeParams) -> Result<(Channels, usize), Invalid> {
     let copies = p.image_channels();
-    let parse = |i: usize, w: &str| Window::parse(w).map_err(|e| format!("windows.{i}: {e}"));
+    let parse = |i: usize, w: &str| Window::parse(w).map_err(|e| Invalid::new(format!("windows.{i}"), e.to_string()));
     let channels = match p.windows.as_slice() {
         [] => Channels::Window { window: Window::BRAIN, copies },
         [one] => Channels::Window { window: parse(0, one)?, copies },
         [a, b, c] => Channels::Stacked([parse(0, a)?, parse(1, b)?, parse(2, c)?]),
         // The spec's validation allows no other count.
-        _ => return Err("windows: one window, or three for 3-channel images".into()),
+        _ => return Err(Invalid::new("windows", "one window, or three for 3-channel images")),
     };
     Ok((channels, copies))
 }
@@ -32,7 +32,7 @@ pub struct Encode {
 impl Task for Encode {
     type Spec = EncodeParams;
 
-    fn check(&self, p: &EncodeParams) -> Result<(), String> {
+    fn check(&self, p: &EncodeParams) -> Result<(), Invalid> {
         plan(p).map(|_| ())
     }
 
@@ -41,7 +41,7 @@ impl Task for Encode {
     }
 
     fn run(&self, p: EncodeParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
-        let (channels, copies) = plan(&p).map_err(JobError::Permanent)?;
+        let (channels, copies) = plan(&p).map_err(|e| JobError::Permanent(e.to_string()))?;
         let (device, _) = best_device();
         let encoder = autoencoder::by_name(&p.autoencoder, copies, &self.weights_dir, &device)?;
         let posterior = match p.posterior {

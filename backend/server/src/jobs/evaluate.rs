@@ -5,7 +5,7 @@
 //! With pytorch-fid's weights in the weights folder the numbers are the field's; without them the
 //! documented random Inception stands in and the report's `extractor` and `pretrained` say so.
 
-use repdiff_api::jobs::{CheckpointRef, DataSource, EvaluateParams};
+use repdiff_api::jobs::{CheckpointRef, DataSource, EvaluateParams, Invalid};
 use repdiff_engine::config::RunConfig;
 use repdiff_engine::device::best_device;
 use repdiff_engine::imaging::{Channels, Window};
@@ -77,8 +77,8 @@ impl Evaluate {
 impl Task for Evaluate {
     type Spec = EvaluateParams;
 
-    fn check(&self, p: &EvaluateParams) -> Result<(), String> {
-        check_extractor(p.extractor, &self.weights_dir)?;
+    fn check(&self, p: &EvaluateParams) -> Result<(), Invalid> {
+        check_extractor("extractor", p.extractor, &self.weights_dir)?;
         check_data("real", &p.real)?;
         for (i, model) in p.models.iter().enumerate() {
             if let Some(references) = &model.references {

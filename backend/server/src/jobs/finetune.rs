@@ -3,7 +3,7 @@
 //! transfer table is logged and kept as the artifact `transfer.txt`; checkpoints and resumption work as in
 //! `pretrain` (an attempt that finds its own checkpoint continues from it).
 
-use repdiff_api::jobs::FinetuneParams;
+use repdiff_api::jobs::{FinetuneParams, Invalid};
 use repdiff_engine::config::Conditioning;
 use repdiff_engine::device::best_device;
 use repdiff_engine::finetune;
@@ -25,9 +25,9 @@ const CHECKPOINT: &str = "checkpoint.safetensors";
 impl Task for Finetune {
     type Spec = FinetuneParams;
 
-    fn check(&self, p: &FinetuneParams) -> Result<(), String> {
+    fn check(&self, p: &FinetuneParams) -> Result<(), Invalid> {
         if let Some(eval) = &p.eval {
-            super::inputs::check_extractor(eval.extractor, &self.weights_dir)?;
+            super::inputs::check_extractor("eval.extractor", eval.extractor, &self.weights_dir)?;
         }
         check_data("data", &p.data)
     }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use repdiff_api::jobs::ImportParams;
+use repdiff_api::jobs::{ImportParams, Invalid};
 use repdiff_engine::dataset::Labels;
 use repdiff_engine::imaging::deid::DeidKey;
 use repdiff_engine::manifest::Manifest;
@@ -69,10 +69,10 @@ impl Import {
 impl Task for Import {
     type Spec = ImportParams;
 
-    fn check(&self, p: &ImportParams) -> Result<(), String> {
-        self.resolve(&p.path).map_err(|e| format!("path: {e}"))?;
+    fn check(&self, p: &ImportParams) -> Result<(), Invalid> {
+        self.resolve(&p.path).map_err(|e| Invalid::new("path", e))?;
         match &p.labels {
-            Some(labels) => self.resolve(labels).map(|_| ()).map_err(|e| format!("labels: {e}")),
+            Some(labels) => self.resolve(labels).map(|_| ()).map_err(|e| Invalid::new("labels", e)),
             None => Ok(()),
         }
     }

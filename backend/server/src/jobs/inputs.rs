@@ -3,8 +3,8 @@
 //! configuration types (the engine knows nothing of the API; its types are its own).
 
 use repdiff_api::jobs::{
-    CheckpointRef, ConditioningKind, DataSource, ExtractorChoice, MatmulPrecision, Part, RunOverrides, Sampler, Score,
-    SplitSpec, Stopping,
+    CheckpointRef, ConditioningKind, DataSource, ExtractorChoice, Invalid, MatmulPrecision, Part, RunOverrides,
+    Sampler, Score, SplitSpec, Stopping,
 };
 use repdiff_engine::autoencoder::{self, Autoencoder, Posterior};
 use repdiff_engine::config::{DataSpace, Overrides, RunConfig};
@@ -127,10 +127,10 @@ pub fn fetch_scans(
 }
 
 /// What the engine refuses of a data source that its spec allows (a window it cannot read).
-pub(super) fn check_data(field: &str, data: &DataSource) -> Result<(), String> {
+pub(super) fn check_data(field: &str, data: &DataSource) -> Result<(), Invalid> {
     match data {
         DataSource::Dataset { window: Some(w), .. } => {
-            Window::parse(w).map(|_| ()).map_err(|e| format!("{field}.dataset.window: {e}"))
+            Window::parse(w).map(|_| ()).map_err(|e| Invalid::new(format!("{field}.dataset.window"), e.to_string()))
         }
         _ => Ok(()),
     }
@@ -169,11 +169,12 @@ pub fn sampler_kind(sampler: Sampler, steps: usize, eta: f64) -> (SamplerKind, S
 }
 
 /// Refuses the pretrained extractor when its weights are not in `weights_dir`.
-pub fn check_extractor(choice: ExtractorChoice, weights_dir: &std::path::Path) -> Result<(), String> {
+pub fn check_extractor(field: &str, choice: ExtractorChoice, weights_dir: &std::path::Path) -> Result<(), Invalid> {
     let file = repdiff_engine::metrics::inception::WEIGHTS_FILE;
     if choice == ExtractorChoice::Pretrained && !weights_dir.join(file).exists() {
-        return Err(format!(
-            "extractor: the pretrained network needs {file} in the server's weights folder (or choose auto/random)"
+        return Err(Invalid::new(
+            field,
+            format!("the pretrained network needs {file} in the server's weights folder (or choose auto/random)"),
         ));
     }
     Ok(())

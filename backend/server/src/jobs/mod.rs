@@ -22,6 +22,7 @@ pub use inputs::{load_extractor, sampler_kind};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use repdiff_api::jobs::Invalid;
 use repdiff_engine::imaging::deid::DeidKey;
 
 use crate::worker::Registry;
@@ -85,10 +86,13 @@ pub fn registry(settings: &JobSettings) -> Registry {
 }
 
 /// Checks a job's parameters as `kind`'s handler would, before it is queued.
-pub fn validate(registry: &Registry, kind: &str, params: &serde_json::Value) -> Result<(), String> {
+pub fn validate(registry: &Registry, kind: &str, params: &serde_json::Value) -> Result<(), Invalid> {
     match registry.get(kind) {
         Some(handler) => handler.validate(params),
-        None => Err(format!("unknown job kind {kind:?}; expected one of {}", registry.kinds().join(", "))),
+        None => Err(Invalid::new(
+            "kind",
+            format!("{kind:?} is not a kind this deployment runs; it runs {}", registry.kinds().join(", ")),
+        )),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `noop`: does nothing for `sleep_ms` (in cancellable slices). For benchmarking the queue and checking a
 //! deployment's workers end to end without a model.
 
-use repdiff_api::jobs::NoopParams;
+use repdiff_api::jobs::{Invalid, NoopParams};
 
 use crate::worker::{JobContext, JobError, Task};
 
@@ -15,9 +15,9 @@ pub struct Noop;
 impl Task for Noop {
     type Spec = NoopParams;
 
-    fn check(&self, p: &NoopParams) -> Result<(), String> {
+    fn check(&self, p: &NoopParams) -> Result<(), Invalid> {
         match p.abort && !test_hooks() {
-            true => Err("abort: a test hook, off in this deployment".into()),
+            true => Err(Invalid::new("abort", "a test hook, off in this deployment")),
             false => Ok(()),
         }
     }

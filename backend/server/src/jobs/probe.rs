@@ -5,7 +5,7 @@
 //! (`"features": "dinov2"`, weights in the server's weights folder; datasets and the toy set are read as
 //! grey pixels of `dino_size`).
 
-use repdiff_api::jobs::{DataSource, Features, ProbeParams};
+use repdiff_api::jobs::{DataSource, Features, Invalid, ProbeParams};
 use repdiff_engine::classify::{bootstrap, metrics};
 use repdiff_engine::config::RunConfig;
 use repdiff_engine::device::best_device;
@@ -23,11 +23,14 @@ pub struct Probe {
 impl Task for Probe {
     type Spec = ProbeParams;
 
-    fn check(&self, p: &ProbeParams) -> Result<(), String> {
+    fn check(&self, p: &ProbeParams) -> Result<(), Invalid> {
         if p.features == Features::Dinov2 && !self.weights_dir.join(dino::WEIGHTS_FILE).exists() {
-            return Err(format!(
-                "features: the dinov2 probe needs {} in the server's weights folder (see model-weights/README.md)",
-                dino::WEIGHTS_FILE
+            return Err(Invalid::new(
+                "features",
+                format!(
+                    "the dinov2 probe needs {} in the server's weights folder (see model-weights/README.md)",
+                    dino::WEIGHTS_FILE
+                ),
             ));
         }
         check_data("train", &p.train)?;

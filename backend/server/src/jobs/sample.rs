@@ -2,7 +2,7 @@
 //! `sample_image`, with its index and class), `grid.png`, and `samples.safetensors`. With `frames`, also
 //! the trajectory of every sample (kind `trajectory`): its x0 predictions at that many steps.
 
-use repdiff_api::jobs::SampleParams;
+use repdiff_api::jobs::{Invalid, SampleParams};
 use repdiff_engine::device::best_device;
 use repdiff_engine::explain::{trajectory, write_trajectory};
 use repdiff_engine::sample::{SampleOptions, Weights, load_model, sample, write_samples};
@@ -17,7 +17,7 @@ pub struct Sample {
 impl Task for Sample {
     type Spec = SampleParams;
 
-    fn check(&self, p: &SampleParams) -> Result<(), String> {
+    fn check(&self, p: &SampleParams) -> Result<(), Invalid> {
         p.references.as_ref().map_or(Ok(()), |references| check_data("references", references))
     }
 

@@ -4,7 +4,7 @@
 //! with bootstrap 95% intervals. The result is a [`repdiff_api::SupervisedReport`]. No checkpoints: a
 //! retried job trains again from the first epoch (a baseline's epochs are short).
 
-use repdiff_api::jobs::{DataSource, SupervisedParams};
+use repdiff_api::jobs::{DataSource, Invalid, SupervisedParams};
 use repdiff_engine::classify::{bootstrap, metrics};
 use repdiff_engine::config::RunConfig;
 use repdiff_engine::device::best_device;
@@ -20,8 +20,9 @@ pub struct Supervised {
 impl Task for Supervised {
     type Spec = SupervisedParams;
 
-    fn check(&self, p: &SupervisedParams) -> Result<(), String> {
-        Architecture::named(&p.architecture, p.size, 1, p.patch).map_err(|e| format!("architecture: {e}"))?;
+    fn check(&self, p: &SupervisedParams) -> Result<(), Invalid> {
+        Architecture::named(&p.architecture, p.size, 1, p.patch)
+            .map_err(|e| Invalid::new("architecture", e.to_string()))?;
         check_data("train", &p.train)?;
         check_data("validation", &p.validation)?;
         p.test.as_ref().map_or(Ok(()), |test| check_data("test", test))

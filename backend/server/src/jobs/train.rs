@@ -3,7 +3,7 @@
 //! `jobs/<id>/checkpoint.safetensors`; an attempt that finds one there resumes from it, so a job whose
 //! worker died loses at most the steps since that checkpoint.
 
-use repdiff_api::jobs::PretrainParams;
+use repdiff_api::jobs::{Invalid, PretrainParams};
 use repdiff_engine::config::{ConditioningKind, RunConfig};
 use repdiff_engine::data::Dataset;
 use repdiff_engine::device::best_device;
@@ -32,15 +32,19 @@ const CHECKPOINT: &str = "checkpoint.safetensors";
 impl Task for Train {
     type Spec = PretrainParams;
 
-    fn check(&self, p: &PretrainParams) -> Result<(), String> {
-        let config = config(p, 2)?;
+    fn check(&self, p: &PretrainParams) -> Result<(), Invalid> {
+        let config = config(p, 2).map_err(|e| Invalid::new("run", e))?;
         if matches!(p.data, repdiff_api::jobs::DataSource::Toy { .. }) && config.model.in_channels != 1 {
-            return Err(format!(
-                "data.toy: the toy set is grey (1 channel) but the model takes {}",
-                config.model.in_channels
+            return Err(Invalid::new(
+                "data.toy",
+                format!("the toy set is grey (1 channel) but the model takes {}", config.model.in_channels),
             ));
         }
         check_data("data", &p.data)?;
+        if let Some(eval) = &p.eval {
+            super::inputs::check_extractor("eval.extractor", eval.extractor, &self.weights_dir)?;
+        }
+        // Before what it reads is looked up: a run this deployment cannot hold is refused whatever its data.
         let data_bytes = match p.data {
             repdiff_api::jobs::DataSource::Toy { n, .. } => {
                 (n * config.model.input_size * config.model.input_size * 4) as u64
@@ -48,15 +52,9 @@ impl Task for Train {
             _ => 0,
         };
         let batch = config.train.batch_size;
-        super::admit(
-            &format!("training this model at batch {batch}"),
-            config.training_memory() + data_bytes,
-            self.memory_limit,
-        )?;
-        match &p.eval {
-            Some(eval) => super::inputs::check_extractor(eval.extractor, &self.weights_dir),
-            None => Ok(()),
-        }
+        let what = format!("training this model at batch {batch}");
+        super::admit(&what, config.training_memory() + data_bytes, self.memory_limit)
+            .map_err(|e| Invalid::new("run", e))
     }
 
     fn reads(&self, p: &PretrainParams) -> Vec<Input> {
