@@ -171,8 +171,9 @@ pub fn Runs() -> impl IntoView {
             })}
             <input type="search" name="q" placeholder="Filter: text in any column" prop:value=move || text.get().unwrap_or_default()
                 on:input=move |ev| { let v = event_target_value(&ev); set_text.set((!v.is_empty()).then_some(v)); } />
-            <label class="check"><input type="checkbox" prop:checked=move || diff.get().unwrap_or(false)
-                on:change=move |ev| set_diff.set(event_target_checked(&ev).then_some(true)) />"Only differing config"</label>
+            // On by default: runs record every parameter (defaults included), most of them shared.
+            <label class="check"><input type="checkbox" prop:checked=move || diff.get().unwrap_or(true)
+                on:change=move |ev| set_diff.set((!event_target_checked(&ev)).then_some(false)) />"Only differing config"</label>
             <button on:click=compare disabled=move || selected.with(BTreeSet::is_empty)>
                 {move || format!("Compare {} selected", selected.with(BTreeSet::len))}
             </button>
@@ -181,7 +182,7 @@ pub fn Runs() -> impl IntoView {
             let needle = text.get().unwrap_or_default().to_lowercase();
             view! {
                 <RunsTable runs=page.runs needle=needle sort=sort.get() desc=desc.get().unwrap_or(false)
-                    only_diff=diff.get().unwrap_or(false) selected=selected on_sort=header_click
+                    only_diff=diff.get().unwrap_or(true) selected=selected on_sort=header_click
                     on_tag=move |t| set_tag.set(Some(t)) />
             }
         })}
@@ -204,7 +205,8 @@ fn RunsTable(
     }
     let configs: Vec<BTreeMap<String, String>> = runs.iter().map(|r| flatten(&r.job.params)).collect();
     let mut config_keys: BTreeSet<String> = configs.iter().flat_map(|c| c.keys().cloned()).collect();
-    if only_diff {
+    // One run differs from none: it shows all it has.
+    if only_diff && configs.len() > 1 {
         config_keys.retain(|k| {
             let first = configs[0].get(k);
             configs.iter().any(|c| c.get(k) != first)
