@@ -158,36 +158,36 @@ pub async fn submit_once(pool: &PgPool, job: &NewJob) -> sqlx::Result<(Job, bool
     .await?;
     let created = inserted.is_some();
     let row = match inserted {
-        Some(row) if !job.depends_on.is_empty() => {
-            sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, job.kind).execute(&mut *tx).await?;
-            sqlx::query!(
-                "INSERT INTO job_dependencies (job_id, depends_on) SELECT $1, unnest($2::bigint[]) ON CONFLICT DO NOTHING",
-                row.id,
-                &job.depends_on
-            )
-            .execute(&mut *tx)
-            .await?;
-            // A dependency that has already failed or been cancelled: this job can never run.
-            sqlx::query_as!(
-                JobRow,
-                r#"UPDATE jobs SET state = 'cancelled', finished_at = now(), blocked_by = failed.id,
-                       error = format('waits on job #%s, which %s', failed.id,
-                                      CASE failed.state WHEN 'failed' THEN 'failed' ELSE 'was cancelled' END)
-                   FROM (SELECT p.id, p.state FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on
-                         WHERE d.job_id = $1 AND p.state IN ('failed', 'cancelled') ORDER BY p.id LIMIT 1) failed
-                   WHERE jobs.id = $1
-                   RETURNING jobs.id, kind, params, jobs.state, priority, attempt, max_attempts, run_after,
-                             idempotency_key, worker_id, lease_expires_at, cancel_requested, error, result,
-                             created_at, started_at, finished_at"#,
-                row.id
-            )
-            .fetch_optional(&mut *tx)
-            .await?
-            .unwrap_or(row)
-        }
         Some(row) => {
             sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, job.kind).execute(&mut *tx).await?;
-            row
+            if job.depends_on.is_empty() {
+                row
+            } else {
+                sqlx::query!(
+                    "INSERT INTO job_dependencies (job_id, depends_on) SELECT $1, unnest($2::bigint[]) ON CONFLICT DO NOTHING",
+                    row.id,
+                    &job.depends_on
+                )
+                .execute(&mut *tx)
+                .await?;
+                // A dependency that has already failed or been cancelled: this job can never run.
+                sqlx::query_as!(
+                    JobRow,
+                    r#"UPDATE jobs SET state = 'cancelled', finished_at = now(), blocked_by = failed.id,
+                           error = format('waits on job #%s, which %s', failed.id,
+                                          CASE failed.state WHEN 'failed' THEN 'failed' ELSE 'was cancelled' END)
+                       FROM (SELECT p.id, p.state FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on
+                             WHERE d.job_id = $1 AND p.state IN ('failed', 'cancelled') ORDER BY p.id LIMIT 1) failed
+                       WHERE jobs.id = $1
+                       RETURNING jobs.id, kind, params, jobs.state, priority, attempt, max_attempts, run_after,
+                                 idempotency_key, worker_id, lease_expires_at, cancel_requested, error, result,
+                                 created_at, started_at, finished_at"#,
+                    row.id
+                )
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or(row)
+            }
         }
         None => {
             let key = job.idempotency_key.as_deref().unwrap_or_default();

@@ -20,8 +20,7 @@ pub use inference::{
 pub use reproduce::ReproduceParams;
 pub use shared::{
     CheckpointRef, ConditioningKind, DataSource, ExtractorChoice, Invalid, MAX_BATCH, MAX_SITE, MAX_STEPS,
-    MatmulPrecision, PRESETS, Part, RunOverrides, Sampler, SplitSpec, check_model_name, default_guidance,
-    default_sampling_steps, finite_within, within,
+    MatmulPrecision, PRESETS, Part, RunOverrides, Sampler, SplitSpec, check_model_name, default_sampling_steps,
 };
 pub use training::{CheckpointEval, FinetuneParams, FinetuneRun, PretrainParams};
 

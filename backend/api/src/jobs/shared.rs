@@ -166,14 +166,6 @@ impl DataSource {
             _ => Ok(()),
         }
     }
-
-    /// The dataset this reads, if any.
-    pub fn dataset(&self) -> Option<i64> {
-        match self {
-            DataSource::Dataset { id, .. } => Some(*id),
-            _ => None,
-        }
-    }
 }
 
 /// Validates `data`, reporting problems under `field`.

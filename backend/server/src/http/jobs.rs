@@ -272,8 +272,8 @@ pub async fn submit_job(
     user.require(Role::Researcher, "running jobs")?;
     // Parsed here rather than by the extractor: an unknown kind or a misspelt parameter is `invalid_params`.
     let submit: SubmitJob = serde_json::from_value(body).map_err(|e| ApiError::invalid_params(e.to_string()))?;
-    submit.spec.validate().map_err(ApiError::invalid_field)?;
     let (kind, params) = (submit.spec.kind(), submit.spec.params());
+    // The spec's own checks, then this deployment's (the kind's task runs both).
     crate::jobs::validate(&state.registry, kind, &params).map_err(ApiError::invalid_field)?;
     let handler = state.registry.get(kind).expect("validate knows the kind");
     // What the job derives from: the datasets it reads, and those the jobs whose artifacts it reads derive
@@ -379,7 +379,6 @@ pub async fn submit_job(
     Ok((status, Json(visible_job(&state.pool, &user, queued.id).await?)))
 }
 
-/// The datasets the job that made artifact `key` derives from.
 /// The job that will write `key` (`jobs/<id>/...`) when it is one `user` may see that has not finished
 /// yet, with the datasets it derives from: a job that reads the key can wait on it.
 async fn unfinished_producer(pool: &PgPool, user: &CurrentUser, key: &str) -> sqlx::Result<Option<(i64, Vec<i64>)>> {
@@ -401,6 +400,7 @@ async fn unfinished_producer(pool: &PgPool, user: &CurrentUser, key: &str) -> sq
     Ok(producer.map(|p| (p.id, p.source_datasets)))
 }
 
+/// The datasets the job that made artifact `key` derives from.
 async fn sources_of_key(pool: &PgPool, key: &str) -> sqlx::Result<Vec<i64>> {
     let sources = sqlx::query_scalar!(
         "SELECT j.source_datasets FROM artifacts a JOIN jobs j ON j.id = a.job_id WHERE a.key = $1",
