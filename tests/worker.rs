@@ -537,110 +537,131 @@ async fn a_worker_that_lost_its_lease_publishes_and_records_nothing() {
     db.drop().await;
 }
 
-/// Processes whose command line mentions `text` (Linux: read from /proc).
-fn processes_mentioning(text: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(text))
-        .collect()
+/// Submits a `reproduce` pipeline as the API does; returns its job's id.
+async fn submit_pipeline(db: &TestDb, params: serde_json::Value) -> i64 {
+    let registry = jobs::registry(&JobSettings::default());
+    let (job, created) =
+        repdiff_server::pipeline::submit(&db.pool, &registry, &NewJob::new("reproduce", params), false)
+            .await
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+    assert!(created);
+    job.id
+}
+
+/// A pipeline's stages: (id, stage, state, attempt, started, finished), in order.
+async fn stages_of(
+    pool: &PgPool,
+    pipeline: i64,
+) -> Vec<(i64, String, String, i32, Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>)> {
+    sqlx::query_as(
+        "SELECT id, stage, state, attempt, started_at, finished_at FROM jobs WHERE pipeline_id = $1 ORDER BY id",
+    )
+    .bind(pipeline)
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reproduce_job_whose_worker_was_killed_keeps_its_finished_steps() {
-    let db = TestDb::new("worker_reproduce").await;
-    let dir = tempdir("reproduce-kill");
-    let params = json!({ "phantoms": 96, "pretrain_steps": 4, "finetune_steps": 2, "draws": 2,
-                         "supervised_epochs": 3, "eval_samples": 0, "class_samples": 0 });
-    jobs::validate(&jobs::registry(&JobSettings::default()), "reproduce", &params).unwrap();
-    let id = queue::submit(&db.pool, &NewJob::new("reproduce", params)).await.unwrap().id;
+async fn a_pipeline_runs_its_stages_on_two_workers_at_once_and_a_killed_one_loses_only_its_stage_since_its_checkpoint()
+{
+    let db = TestDb::new("worker_pipeline").await;
+    let dir = tempdir("pipeline-kill");
+    let params = json!({ "phantoms": 96, "pretrain_steps": 200, "finetune_steps": 2, "draws": 2,
+                         "supervised_epochs": 1, "eval_samples": 0, "class_samples": 0 });
+    let id = submit_pipeline(&db, params).await;
+    let stages = stages_of(&db.pool, id).await;
+    assert_eq!(stages.len(), 10, "{stages:?}");
 
-    let mut first = spawn_worker_process(&db, &dir, "2");
-    // Kill it once the first diffusion classifier's result is in the store (files are copied oldest
-    // first: the models it came from are there too).
+    // Two workers, one job at a time each. Kill the one that runs a pre-training stage once that stage has
+    // published a checkpoint and trained past it.
+    let mut workers = [spawn_worker_process(&db, &dir, "2"), spawn_worker_process(&db, &dir, "2")];
     let started = Instant::now();
-    let classified = loop {
-        let copied: Vec<String> =
-            sqlx::query_scalar("SELECT meta->>'path' FROM artifacts WHERE job_id = $1 AND kind = 'work'")
-                .bind(id)
-                .fetch_all(&db.pool)
-                .await
-                .unwrap();
-        if let Some(mode) = ["uncond", "rep"].into_iter().find(|m| copied.contains(&format!("classify-{m}.json"))) {
-            assert!(!copied.iter().any(|p| p == "table6.json"), "the pipeline finished before the kill: {copied:?}");
-            break mode;
-        }
-        assert!(started.elapsed() < Duration::from_secs(240), "no classifier result within 4 minutes: {copied:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    // The pipeline and its steps died with their worker.
-    std::thread::sleep(Duration::from_millis(300));
-    let scratch = dir.join("scratch").to_string_lossy().into_owned();
-    assert_eq!(processes_mentioning(&scratch), Vec::<String>::new());
-
-    let _second = spawn_worker_process(&db, &dir, "30");
-    let job = wait_for(&db.pool, id, Duration::from_secs(300), |j| j.state.is_final()).await;
-    assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2), "{:?}", job.error);
-    assert_eq!(job.result.unwrap()["table6"].as_array().unwrap().len(), 5);
-    let logs: Vec<String> = sqlx::query_scalar("SELECT message FROM job_logs WHERE job_id = $1 ORDER BY id")
+    let (victim, killed_at, on) = loop {
+        let row: Option<(i64, i64, String)> = sqlx::query_as(
+            r#"SELECT j.id, p.step, j.worker_id FROM jobs j
+               JOIN artifacts a ON a.job_id = j.id AND a.kind = 'checkpoint'
+               JOIN job_progress p ON p.job_id = j.id
+               WHERE j.pipeline_id = $1 AND j.kind = 'pretrain' AND j.state = 'running'
+                 AND p.step > (a.meta->>'step')::bigint AND p.step < 200
+               LIMIT 1"#,
+        )
         .bind(id)
-        .fetch_all(&db.pool)
+        .fetch_optional(&db.pool)
         .await
         .unwrap();
-    assert!(logs.iter().any(|l| l.starts_with("restored ")), "{logs:?}");
-    // The classifier that finished before the kill ran once; its model was not trained again.
-    let title = format!("== diffusion classifier ({classified} pre-training)");
-    assert_eq!(logs.iter().filter(|l| l.ends_with(&title)).count(), 1, "{logs:#?}");
-    let resumed = format!("[pretrain-{classified}] Nothing to do: the run is at step 4 of 4");
-    assert!(logs.iter().any(|l| l.starts_with(&resumed)), "{logs:#?}");
+        if let Some(found) = row {
+            break found;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no pre-training checkpoint within 2 minutes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let worker = workers.iter_mut().find(|w| on.ends_with(&format!("-{}", w.id()))).expect("one of the two");
+    worker.kill().unwrap(); // SIGKILL
+    worker.wait().unwrap();
+    let third = spawn_worker_process(&db, &dir, "30");
+
+    let job = wait_for(&db.pool, id, Duration::from_secs(300), |j| j.state.is_final()).await;
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.error);
+    assert_eq!(job.result.unwrap()["table6"].as_array().unwrap().len(), 5);
+    let stages = stages_of(&db.pool, id).await;
+    // Only the killed stage ran twice, and it went on from its checkpoint.
+    for (stage, name, state, attempt, ..) in &stages {
+        assert_eq!(state, "succeeded", "{name}");
+        assert_eq!(*attempt, if *stage == victim { 2 } else { 1 }, "{name}");
+    }
+    let result: serde_json::Value =
+        sqlx::query_scalar("SELECT result FROM jobs WHERE id = $1").bind(victim).fetch_one(&db.pool).await.unwrap();
+    let resumed = result["resumed_from"].as_u64().expect("the second attempt resumed");
+    assert!(resumed > 0 && resumed < killed_at as u64, "resumed at {resumed}, killed at {killed_at}");
+    // Independent stages ran at the same time on the two workers.
+    let overlapping = stages.iter().enumerate().any(|(i, a)| {
+        stages[i + 1..].iter().any(|b| match (a.4, a.5, b.4, b.5) {
+            (Some(a0), Some(a1), Some(b0), Some(b1)) => a0 < b1 && b0 < a1,
+            _ => false,
+        })
+    });
+    assert!(overlapping, "no two stages ran at once: {stages:?}");
+    drop((workers, third));
     db.drop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_a_reproduce_job_saves_every_running_training_step() {
-    let db = TestDb::new("worker_reproduce_cancel").await;
-    let dir = tempdir("reproduce-cancel");
+async fn cancelling_a_pipeline_cancels_its_stages_and_the_running_ones_keep_their_checkpoint() {
+    let db = TestDb::new("worker_pipeline_cancel").await;
+    let dir = tempdir("pipeline-cancel");
     let params = json!({ "phantoms": 96, "pretrain_steps": 1_000_000, "eval_samples": 0, "class_samples": 0 });
-    let id = queue::submit(&db.pool, &NewJob::new("reproduce", params)).await.unwrap().id;
-    let _worker = spawn_worker_process(&db, &dir, "5");
-    // Cancel once both pre-training steps are training.
+    let id = submit_pipeline(&db, params).await;
+    let worker = spawn_worker_process(&db, &dir, "5");
+    // Cancel once a pre-training stage is training.
     let started = Instant::now();
-    loop {
-        let training: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM job_logs WHERE job_id = $1 AND message LIKE '[pretrain-%] Data: %'",
+    let running = loop {
+        let running: Option<i64> = sqlx::query_scalar(
+            r#"SELECT j.id FROM jobs j JOIN job_progress p ON p.job_id = j.id
+               WHERE j.pipeline_id = $1 AND j.kind = 'pretrain' AND j.state = 'running' AND p.step > 0"#,
         )
         .bind(id)
-        .fetch_one(&db.pool)
+        .fetch_optional(&db.pool)
         .await
         .unwrap();
-        if training == 2 {
-            break;
+        if let Some(stage) = running {
+            break stage;
         }
         assert!(started.elapsed() < Duration::from_secs(120), "pre-training did not start within 2 minutes");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     queue::cancel(&db.pool, id).await.unwrap();
-    let job = wait_for(&db.pool, id, Duration::from_secs(60), |j| j.state.is_final()).await;
+    let job = wait_for(&db.pool, running, Duration::from_secs(60), |j| j.state.is_final()).await;
     assert_eq!(job.state, JobState::Cancelled, "{:?}", job.error);
-    // Each training step saved its checkpoint on the way out, and it is in the store for a retry.
-    let copied: Vec<String> =
-        sqlx::query_scalar("SELECT meta->>'path' FROM artifacts WHERE job_id = $1 AND kind = 'work'")
-            .bind(id)
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    for mode in ["rep", "uncond"] {
-        let checkpoint = format!("pretrain-{mode}/checkpoint.safetensors");
-        assert!(copied.contains(&checkpoint), "{checkpoint} not stored: {copied:?}");
-    }
-    let scratch = dir.join("scratch").to_string_lossy().into_owned();
-    assert_eq!(processes_mentioning(&scratch), Vec::<String>::new());
+    // Every stage is cancelled; the one that was training saved its checkpoint on the way out.
+    let stages = stages_of(&db.pool, id).await;
+    assert!(stages.iter().all(|s| s.2 == "cancelled"), "{stages:?}");
+    assert_eq!(queue::get(&db.pool, id).await.unwrap().unwrap().state, JobState::Cancelled);
+    let checkpoints = repdiff_server::artifacts::for_job(&db.pool, running, Some("checkpoint")).await.unwrap();
+    assert_eq!(checkpoints.len(), 1, "the running stage's checkpoint is kept");
+    drop(worker);
     db.drop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -458,7 +458,7 @@ try {
   step("the paper's whole pipeline as one run over two seeds, on phantoms with every stage cut short: the spread, Tables 6 and 5 on its page");
   await page.goto(`${base}/runs/new?kind=reproduce`);
   for (const [name, value] of [["phantoms", "96"], ["pretrain_steps", "4"], ["finetune_steps", "2"], ["supervised_epochs", "1"],
-    ["pipeline_draws", "2"], ["eval_samples", "8"], ["class_samples", "2"], ["seeds", "2"]]) {
+    ["pipeline_draws", "2"], ["eval_samples", "10"], ["class_samples", "2"], ["seeds", "2"]]) {
     await page.fill(`input[name=${name}]`, value);
   }
   await page.selectOption("select[name=matmul_precision]", "bf16");
@@ -484,7 +484,17 @@ try {
   assert.equal(await page.locator("#class-fidelity tbody tr").count(), 4);
   assert.equal(await page.locator("#table5 tbody tr").count(), 2);
   await page.locator("section.figure img").waitFor();
-  await page.locator("p", { hasText: /working files .* kept so that a later attempt/ }).waitFor();
+  // Its stages, each a run of its own, with what each waits on.
+  const stages = (await api(`/jobs?pipeline=${reproduceId}&limit=200`)).jobs;
+  assert.equal(stages.length, 38);
+  assert.equal(await page.locator("#stages tbody tr").count(), 38);
+  await page.locator("#stages p", { hasText: "38 stages: 38 succeeded" }).waitFor();
+  const finetune = stages.find((j) => j.stage === "seed-1/finetune-rep");
+  await page.locator("#stages tbody tr", { hasText: "seed-1/finetune-rep" }).locator("td", { hasText: "pretrain-rep" }).waitFor();
+  await page.goto(`${base}/runs/${finetune.id}`);
+  await page.locator("p.muted", { hasText: "stage seed-1/finetune-rep of pipeline" }).waitFor();
+  await page.locator("#charts svg.chart").first().waitFor();
+  await page.goto(`${base}/runs/${reproduceId}`);
   await shot("reproduce-run");
 
   step("gallery");

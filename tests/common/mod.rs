@@ -105,7 +105,6 @@ impl App {
         let settings = JobSettings {
             import_roots: vec![dir.join("imports")],
             weights_dir: dir.join("model-weights"),
-            exe: PathBuf::from(env!("CARGO_BIN_EXE_repdiff")),
             ..JobSettings::default()
         };
         let registry = jobs::registry(&settings);
@@ -114,6 +113,7 @@ impl App {
             upload_limit: 2 << 20,
             upload_file_limit: 256 << 10,
             event_interval: Duration::from_millis(50),
+            weights_dir: dir.join("model-weights"),
             ..HttpConfig::default()
         };
         let mut config = config;

@@ -293,6 +293,12 @@ pub struct Job {
     /// The jobs it waits on (see [`SubmitJob::depends_on`]).
     #[serde(default)]
     pub depends_on: Vec<i64>,
+    /// The pipeline (a `reproduce` job) this job is a stage of, and the stage's name in it
+    /// (`seed-0/pretrain-rep`); `GET /jobs?pipeline=ID` lists a pipeline's stages.
+    #[serde(default)]
+    pub pipeline_id: Option<i64>,
+    #[serde(default)]
+    pub stage: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,

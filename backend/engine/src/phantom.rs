@@ -99,6 +99,60 @@ pub fn generate(size: usize, site: usize, markers: Markers, seed: u64) -> Phanto
     generate_at(size, site, markers, has_hematoma, level, seed)
 }
 
+/// A set of phantom slices as windowed 8-bit PNGs: `num` from random sites, then `downstream` more from
+/// site 1 (the paper's downstream facility), each marker drawn with probability `marker_prob`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PngSet {
+    pub num: usize,
+    pub downstream: usize,
+    pub size: usize,
+    pub marker_prob: f64,
+    pub seed: u64,
+}
+
+/// The class folders of a PNG set, by label.
+pub const CLASS_DIRS: [&str; 2] = ["0_no_hematoma", "1_hematoma"];
+
+impl PngSet {
+    /// The slices a set of `seed` holds, in order: (site, markers, seed of the slice). PNG slices each draw
+    /// their site.
+    pub fn slices(&self) -> Vec<(usize, Markers, u64)> {
+        let mut rng = Rng::new(self.seed);
+        (0..self.num + self.downstream)
+            .map(|i| {
+                let site = if i >= self.num { 1 } else { 1 + rng.below(NUM_SITES) };
+                let markers = Markers::random(&mut rng, self.marker_prob);
+                (site, markers, self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64))
+            })
+            .collect()
+    }
+
+    /// Writes the set into `out` (class folders and `manifest.csv`, the slices named relative to `out`)
+    /// through `window`; returns the manifest. The same set for the same settings, on any machine.
+    pub fn write(
+        &self,
+        out: &std::path::Path,
+        window: &crate::imaging::Window,
+    ) -> crate::Result<crate::manifest::Manifest> {
+        for dir in CLASS_DIRS {
+            std::fs::create_dir_all(out.join(dir)).map_err(|e| crate::Error::io(out.join(dir), e))?;
+        }
+        let mut manifest = crate::manifest::Manifest::default();
+        for (i, (site, markers, seed)) in self.slices().into_iter().enumerate() {
+            let phantom = generate(self.size, site, markers, seed);
+            let file = format!("{}/slice_{i:05}_site{site:02}.png", CLASS_DIRS[usize::from(markers.any())]);
+            let path = out.join(&file);
+            window
+                .to_gray8(&phantom.hu, self.size)
+                .save(&path)
+                .map_err(|source| crate::Error::Image { path: path.clone(), source })?;
+            manifest.records.push(crate::manifest::SliceRecord { file, site, markers });
+        }
+        manifest.write_csv(&out.join("manifest.csv"))?;
+        Ok(manifest)
+    }
+}
+
 /// Generates a slice at axial `level` (0 skull base .. 1 vertex); a hematoma needs brain, so it is left
 /// out above level 0.8.
 pub fn generate_at(size: usize, site: usize, markers: Markers, has_hematoma: bool, level: f32, seed: u64) -> Phantom {

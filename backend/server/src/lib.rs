@@ -7,6 +7,7 @@ pub mod db;
 pub mod embedded_pg;
 pub mod http;
 pub mod jobs;
+pub mod pipeline;
 pub mod process;
 pub mod queue;
 pub mod scans;

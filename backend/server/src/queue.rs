@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// The channel workers LISTEN on; the payload is the job kind.
 pub const CHANNEL: &str = "repdiff_jobs";
@@ -113,6 +113,10 @@ pub struct NewJob {
     pub experiment_id: Option<i64>,
     /// Jobs that must succeed before this one may run (earlier jobs: ids already submitted).
     pub depends_on: Vec<i64>,
+    /// An id reserved with [`reserve_ids`] (a pipeline's stages are planned with their ids); else the next.
+    pub id: Option<i64>,
+    /// The pipeline this job is a stage of, and the stage's name in it.
+    pub stage_of: Option<(i64, String)>,
 }
 
 impl NewJob {
@@ -126,6 +130,8 @@ impl NewJob {
             owner_id: None,
             experiment_id: None,
             depends_on: Vec::new(),
+            id: None,
+            stage_of: None,
         }
     }
 }
@@ -138,10 +144,41 @@ pub async fn submit(pool: &PgPool, job: &NewJob) -> sqlx::Result<Job> {
 /// [`submit`], also saying whether this call made the job (`false`: its idempotency key was used before).
 pub async fn submit_once(pool: &PgPool, job: &NewJob) -> sqlx::Result<(Job, bool)> {
     let mut tx = pool.begin().await?;
+    let submitted = insert(&mut tx, job).await?;
+    tx.commit().await?;
+    Ok(submitted)
+}
+
+/// `n` job ids, ascending, for jobs inserted later in the same transaction (a graph planned with its ids).
+pub async fn reserve_ids(tx: &mut PgConnection, n: i64) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar!(
+        r#"SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS "id!" FROM generate_series(1, $1::bigint) ORDER BY 1"#,
+        n
+    )
+    .fetch_all(&mut *tx)
+    .await
+}
+
+/// Makes job `id` wait on `depends_on` too (jobs inserted earlier in the same transaction).
+pub async fn add_dependencies(tx: &mut PgConnection, id: i64, depends_on: &[i64]) -> sqlx::Result<()> {
+    sqlx::query!(
+        "INSERT INTO job_dependencies (job_id, depends_on) SELECT $1, unnest($2::bigint[]) ON CONFLICT DO NOTHING",
+        id,
+        depends_on
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// [`submit_once`] inside a transaction: the job is queued when the transaction commits.
+pub async fn insert(tx: &mut PgConnection, job: &NewJob) -> sqlx::Result<(Job, bool)> {
+    let (pipeline_id, stage) = job.stage_of.clone().unzip();
     let inserted = sqlx::query_as!(
         JobRow,
-        r#"INSERT INTO jobs (kind, params, priority, max_attempts, idempotency_key, owner_id, experiment_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
+        r#"INSERT INTO jobs (id, kind, params, priority, max_attempts, idempotency_key, owner_id, experiment_id,
+                             pipeline_id, stage)
+           VALUES (COALESCE($8, nextval(pg_get_serial_sequence('jobs', 'id'))), $1, $2, $3, $4, $5, $6, $7, $9, $10)
            ON CONFLICT (idempotency_key) DO NOTHING
            RETURNING id, kind, params, state, priority, attempt, max_attempts, run_after, idempotency_key,
                      worker_id, lease_expires_at, cancel_requested, error, result, created_at, started_at,
@@ -153,6 +190,9 @@ pub async fn submit_once(pool: &PgPool, job: &NewJob) -> sqlx::Result<(Job, bool
         job.idempotency_key,
         job.owner_id,
         job.experiment_id,
+        job.id,
+        pipeline_id,
+        stage,
     )
     .fetch_optional(&mut *tx)
     .await?;
@@ -203,7 +243,6 @@ pub async fn submit_once(pool: &PgPool, job: &NewJob) -> sqlx::Result<(Job, bool
             .await?
         }
     };
-    tx.commit().await?;
     Ok((row.into(), created))
 }
 
@@ -342,6 +381,21 @@ pub async fn cancel(pool: &PgPool, id: i64) -> sqlx::Result<Option<Job>> {
     .await?;
     if let Some(row) = &row {
         sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, format!("cancel:{}", row.id)).execute(&mut *tx).await?;
+        // A pipeline's stages go with it: the queued ones now, the running ones at their next check.
+        sqlx::query!(
+            r#"WITH stopped AS (
+                   UPDATE jobs SET
+                       cancel_requested = (state = 'running') OR cancel_requested,
+                       state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+                       finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END
+                   WHERE pipeline_id = $1 AND state IN ('queued', 'running')
+                   RETURNING id, state)
+               SELECT pg_notify($2, 'cancel:' || id) FROM stopped WHERE state = 'running'"#,
+            row.id,
+            CHANNEL
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(row.map(Job::from))

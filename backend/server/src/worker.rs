@@ -79,6 +79,8 @@ pub enum Input {
     Artifact(String),
     /// A dataset's scans.
     Dataset(i64),
+    /// Another job's result (a classify job's chosen timestep).
+    JobResult(i64),
     /// A dataset the job adds to: the submitter must own it.
     OwnDataset(i64),
 }

@@ -120,7 +120,6 @@ struct Form {
     pipeline_draws: Field,
     eval_samples: Field,
     class_samples: Field,
-    side_by_side: Field,
     /// The pipeline's number of seeds (empty: one).
     seeds: Field,
 }
@@ -218,7 +217,6 @@ impl Form {
             pipeline_draws: Field::new(""),
             eval_samples: Field::new(""),
             class_samples: Field::new(""),
-            side_by_side: Field::new("2"),
             seeds: Field::new(""),
         }
     }
@@ -469,7 +467,6 @@ impl Form {
                 spec.draws = self.pipeline_draws.number("Noise draws", p);
                 spec.eval_samples = self.eval_samples.number("Samples for Table 5", p);
                 spec.class_samples = self.class_samples.number("Samples per class", p);
-                set(&mut spec.jobs, self.side_by_side.number("Steps side by side", p));
                 set(&mut spec.seed, self.seed.number("Seed", p));
                 spec.seeds = self.seeds.number("Seeds", p);
                 spec.matmul_precision = self.precision();
@@ -1004,11 +1001,10 @@ pub fn Launch() -> impl IntoView {
                     {text_input("Noise draws", "pipeline_draws", form.pipeline_draws, "preset's: 64, or 512 (paper)")}
                     {text_input("Samples for Table 5", "eval_samples", form.eval_samples, "preset's: 200, or 10,000; 0: none")}
                     {text_input("Samples per class (class fidelity)", "class_samples", form.class_samples, "preset's: 64, or 500; 0: none")}
-                    {text_input("Steps side by side", "side_by_side", form.side_by_side, "2")}
                     {text_input("Seed", "seed", form.seed, "0")}
                     {text_input("Seeds", "seeds", form.seeds, "1; N runs seed, seed + 1, ... and reports the spread")}
                     {choice("Matrix products", "matmul_precision", form.matmul_precision, &["highest", "bf16"])}
-                    <p class="muted small wide-row">"The paper's split (every other site pre-trains), unconditional and representation-conditional pre-training, fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, class fidelity, generation metrics, counterfactuals, and the baselines (linear probes, a ViT and a ResNet from scratch). Finished steps survive a cancel or a lost worker: the next attempt goes on from them. tiny-cpu takes 15 to 30 minutes on two CPU cores. Matrix products: highest is f32 throughout; bf16 (bf16 operands, f32 sums) makes the training steps faster on CPUs with AVX512-BF16 or AMX and runs in f32 elsewhere."</p>
+                    <p class="muted small wide-row">"The paper's split (every other site pre-trains), unconditional and representation-conditional pre-training, fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, class fidelity, generation metrics, counterfactuals, and the baselines (linear probes, a ViT and a ResNet from scratch). Each stage is a run of its own, queued with what it waits on: stages that do not wait on each other run at once on free workers, a stage whose worker is lost goes on from its last checkpoint on another, and this run writes the tables when every stage has finished. tiny-cpu takes 15 to 30 minutes on two CPU cores. Matrix products: highest is f32 throughout; bf16 (bf16 operands, f32 sums) makes the training steps faster on CPUs with AVX512-BF16 or AMX and runs in f32 elsewhere."</p>
                 </fieldset>
             }
             .into_any(),

@@ -4,7 +4,7 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::hooks::{query_signal, use_navigate};
-use repdiff_api::{Artifact, Job, JobState, LogLine, MetricSeries};
+use repdiff_api::{Artifact, Job, JobPage, JobState, LogLine, MetricSeries};
 use send_wrapper::SendWrapper;
 use wasm_bindgen::prelude::*;
 
@@ -91,6 +91,7 @@ fn RunView(id: i64) -> impl IntoView {
             <ProbeResult job=job />
             <SupervisedResult job=job />
             <EvaluateResult job=job />
+            <Stages id=id job=job />
             <ReproduceResult job=job />
             <Outputs id=id refresh=refresh job=job />
             <Logs id=id refresh=refresh />
@@ -119,6 +120,9 @@ fn RunHeader(
     let pretrained = job.kind == "pretrain" && succeeded;
     // What a run without progress is doing: waiting on its inputs, on a worker, or nothing any more.
     let idle = match job.state {
+        JobState::Queued if job.kind == "reproduce" => {
+            "waiting for its stages (below) to finish; then it writes the tables"
+        }
         JobState::Queued if !job.depends_on.is_empty() => "waiting for the runs it needs (and then a worker)",
         JobState::Queued => "waiting for a worker",
         JobState::Running => "starting",
@@ -141,6 +145,10 @@ fn RunHeader(
             {format!("by {} · created {}", job.owner.clone().unwrap_or_else(|| "-".into()), ago(job.created_at))}
             {job.experiment_id.map(|e| view! { " · " <a href=format!("/runs?experiment={e}")>{format!("experiment {e}")}</a> })}
             {(!took.is_empty()).then(|| format!(" · {took}"))}
+            {job.pipeline_id.map(|p| view! {
+                {format!(" · stage {} of pipeline ", job.stage.clone().unwrap_or_default())}
+                <a href=format!("/runs/{p}")>{format!("#{p}")}</a>
+            })}
             {(!job.depends_on.is_empty()).then(|| view! {
                 " · after "
                 {job.depends_on.iter().map(|d| view! { <a href=format!("/runs/{d}")>{format!("#{d}")}</a> " " }).collect_view()}
@@ -466,6 +474,104 @@ fn SupervisedResult(job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoVi
 
 /// The column names of an evaluation: the field's names with the pretrained extractor, else names that
 /// say the distances live in a random network's feature space.
+/// A pipeline's stages (a `reproduce` run), each a run of its own: its kind, state and progress, and the
+/// stages it waits on (the graph, as its edges); live while the pipeline is not final.
+#[component]
+fn Stages(id: i64, job: RwSignal<Option<Result<Job, ApiError>>>) -> impl IntoView {
+    let pipeline = move || job.with(|j| matches!(j, Some(Ok(j)) if j.kind == "reproduce"));
+    let finished = move || job.with(|j| matches!(j, Some(Ok(j)) if j.state.is_final()));
+    let tick = RwSignal::new(0u32);
+    let stages = LocalResource::new(move || {
+        tick.track();
+        let wanted = pipeline();
+        async move {
+            match wanted {
+                true => api::get::<JobPage>(&format!("/jobs?pipeline={id}&limit=200")).await.map(|p| p.jobs),
+                false => Ok(Vec::new()),
+            }
+        }
+    });
+    let timer = StoredValue::new_local(None::<leptos::leptos_dom::helpers::IntervalHandle>);
+    Effect::new(move |_| {
+        let live = pipeline() && !finished();
+        if let Some(h) = timer.get_value() {
+            h.clear();
+        }
+        let every = std::time::Duration::from_secs(2);
+        timer.set_value(live.then(|| set_interval_with_handle(move || tick.update(|n| *n += 1), every).ok()).flatten());
+        // Once more at the end: the last stages' final states.
+        tick.update(|n| *n += 1);
+    });
+    on_cleanup(move || {
+        if let Some(h) = timer.get_value() {
+            h.clear();
+        }
+    });
+    move || {
+        let list = stages.get().and_then(|r| r.ok()).unwrap_or_default();
+        (!list.is_empty()).then(|| {
+            let mut list = list;
+            list.sort_by_key(|j| j.id);
+            let name_of = |id: i64| -> String {
+                list.iter()
+                    .find(|j| j.id == id)
+                    .and_then(|j| j.stage.clone())
+                    .map(|s| s.split_once('/').map_or(s.clone(), |(_, n)| n.to_string()))
+                    .unwrap_or_else(|| format!("#{id}"))
+            };
+            let count = |state: JobState| list.iter().filter(|j| j.state == state).count();
+            let summary = format!(
+                "{} stages: {} succeeded, {} running, {} queued{}",
+                list.len(),
+                count(JobState::Succeeded),
+                count(JobState::Running),
+                count(JobState::Queued),
+                match count(JobState::Failed) + count(JobState::Cancelled) {
+                    0 => String::new(),
+                    n => format!(", {n} failed or cancelled (retry a failed stage: what waits on it follows)"),
+                }
+            );
+            let rows = list
+                .iter()
+                .map(|j| {
+                    let progress = j
+                        .progress
+                        .as_ref()
+                        .filter(|p| p.total > 0 && !j.state.is_final())
+                        .map(|p| format!("{} / {} {}", p.step, p.total, p.message))
+                        .unwrap_or_default();
+                    let took = match (j.started_at, j.finished_at) {
+                        (Some(s), Some(f)) => duration((f - s).num_seconds()),
+                        (Some(s), None) => format!("{} so far", duration((chrono::Utc::now() - s).num_seconds())),
+                        _ => String::new(),
+                    };
+                    let waits = j.depends_on.iter().map(|&d| name_of(d)).collect::<Vec<_>>().join(", ");
+                    view! {
+                        <tr>
+                            <td><a href=format!("/runs/{}", j.id)>{j.stage.clone().unwrap_or_default()}</a></td>
+                            <td>{j.kind.clone()}</td>
+                            <td>{state_badge(j.state)}</td>
+                            <td class="small">{waits}</td>
+                            <td class="small">{progress}</td>
+                            <td class="num">{took}</td>
+                        </tr>
+                    }
+                })
+                .collect_view();
+            view! {
+                <section class="card" id="stages">
+                    <h2>"Stages"</h2>
+                    <p class="muted small">{summary}</p>
+                    <table class="grid">
+                        <thead><tr><th>"Stage"</th><th>"Kind"</th><th>"State"</th><th>"Waits on"</th><th>"Progress"</th><th>"Took"</th></tr></thead>
+                        <tbody>{rows}</tbody>
+                    </table>
+                </section>
+            }
+        })
+    }
+}
+
 /// A pipeline run (`reproduce`): Table 6 with its intervals, the class fidelity of both fine-tuned models'
 /// samples, Table 5, and where the time went.
 #[component]
@@ -800,9 +906,6 @@ fn Outputs(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, Api
                 // keeps each row too, for the gallery).
                 let figures: Vec<Artifact> =
                     list.iter().filter(|a| a.kind == "figure" && a.meta.get("title").is_some()).cloned().collect();
-                // A pipeline's working files (kept for its next attempt) are counted, not listed.
-                let (work, list): (Vec<Artifact>, Vec<Artifact>) = list.into_iter().partition(|a| a.kind == "work");
-                let work_bytes: i64 = work.iter().map(|a| a.size).sum();
                 let gallery = if kind() == "sample" { format!("/gallery?job={id}") } else { format!("/gallery?from_job={id}") };
                 let navigate = navigate.clone();
                 view! {
@@ -854,11 +957,6 @@ fn Outputs(id: i64, refresh: RwSignal<u32>, job: RwSignal<Option<Result<Job, Api
                                 }).collect_view()}
                             </tbody>
                         </table>
-                        {(!work.is_empty()).then(|| view! {
-                            <p class="muted small">{format!(
-                                "and {} working files ({}) of the pipeline, kept so that a later attempt goes on from its finished steps",
-                                work.len(), bytes(work_bytes as f64))}</p>
-                        })}
                     </section>
                 }.into_any()
             }

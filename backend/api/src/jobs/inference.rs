@@ -11,6 +11,11 @@ use super::shared::{
     default_sampling_steps, finite_within, learning_rate, sampling, within,
 };
 
+/// The most samples one job draws.
+pub const MAX_SAMPLES: usize = 10_000;
+/// The fewest samples an evaluation measures.
+pub const MIN_EVALUATED: usize = 10;
+
 fn checkpoint(field: &str, checkpoint: &CheckpointRef) -> Result<(), Invalid> {
     checkpoint.validate().map_err(|e| e.within(field))
 }
@@ -75,7 +80,7 @@ impl SampleParams {
 impl SampleParams {
     pub fn validate(&self) -> Result<(), Invalid> {
         checkpoint("checkpoint", &self.checkpoint)?;
-        within("num", self.num, 1, 10_000)?;
+        within("num", self.num, 1, MAX_SAMPLES)?;
         sampling("", self.steps, self.guidance)?;
         finite_within("eta", self.eta, 0.0, 1.0)?;
         if let Some(frames) = self.frames {
@@ -234,6 +239,10 @@ pub struct ClassifyParams {
     pub test: Option<DataSource>,
     #[serde(default = "default_timesteps")]
     pub timesteps: Vec<usize>,
+    /// Instead of a sweep: the timestep another classify job chose on its validation data (that job's id;
+    /// the run waits for it). `timesteps` is then not read.
+    #[serde(default)]
+    pub timestep_of: Option<i64>,
     /// Noise draws per image and timestep, shared by every class (the paper: 512).
     #[serde(default = "default_draws")]
     pub draws: usize,
@@ -260,6 +269,7 @@ impl ClassifyParams {
             validation,
             test: None,
             timesteps: default_timesteps(),
+            timestep_of: None,
             draws: default_draws(),
             score: Score::default(),
             seed: 0,
@@ -274,8 +284,10 @@ impl ClassifyParams {
 impl ClassifyParams {
     pub fn validate(&self) -> Result<(), Invalid> {
         checkpoint("checkpoint", &self.checkpoint)?;
-        within("timesteps", self.timesteps.len(), 1, 1000)
-            .map_err(|_| Invalid::new("timesteps", "1 to 1000 of them"))?;
+        if self.timestep_of.is_none() {
+            within("timesteps", self.timesteps.len(), 1, 1000)
+                .map_err(|_| Invalid::new("timesteps", "1 to 1000 of them"))?;
+        }
         if let Some(i) = self.timesteps.iter().position(|&t| t >= 1000) {
             return Err(Invalid::new(format!("timesteps.{i}"), format!("is 0 to 999, got {}", self.timesteps[i])));
         }
@@ -385,7 +397,7 @@ impl EvaluateParams {
             }
             data_if(&format!("models.{i}.references"), model.references.as_ref())?;
         }
-        within("num", self.num, 10, 10_000)?;
+        within("num", self.num, MIN_EVALUATED, MAX_SAMPLES)?;
         sampling("", self.steps, self.guidance)?;
         if let Some(max_real) = self.max_real {
             within("max_real", max_real, MIN_METRIC_SET, 1_000_000)?;

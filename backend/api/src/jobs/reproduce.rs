@@ -1,11 +1,13 @@
 //! `reproduce`: the paper's whole pipeline (pre-trainings, fine-tunings, classifiers, probes, baselines,
-//! evaluation, counterfactuals) on a dataset or on synthetic phantoms.
+//! evaluation, counterfactuals) on a dataset or on synthetic phantoms, submitted as a graph of jobs: as
+//! many stages run at once as there are workers free.
 
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
+use super::inference::{MAX_SAMPLES, MIN_EVALUATED};
 use super::shared::{Invalid, MAX_SITE, MAX_STEPS, MatmulPrecision, PRESETS, within, within_if};
 
 fn default_preset() -> String {
@@ -13,9 +15,6 @@ fn default_preset() -> String {
 }
 fn default_site() -> usize {
     1
-}
-fn default_jobs() -> u16 {
-    2
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,9 +48,6 @@ pub struct ReproduceParams {
     /// Samples per class of each fine-tuned model for the class-fidelity check (0 leaves it out).
     #[serde(default)]
     pub class_samples: Option<usize>,
-    /// Steps of the pipeline run side by side.
-    #[serde(default = "default_jobs")]
-    pub jobs: u16,
     #[serde(default)]
     pub seed: u64,
     /// Seeds the pipeline runs for, from `seed` on: every method's result per seed and its spread.
@@ -75,7 +71,6 @@ impl Default for ReproduceParams {
             draws: None,
             eval_samples: None,
             class_samples: None,
-            jobs: default_jobs(),
             seed: 0,
             seeds: None,
             matmul_precision: None,
@@ -96,9 +91,12 @@ impl ReproduceParams {
         within_if("finetune_steps", self.finetune_steps, 1, MAX_STEPS)?;
         within_if("supervised_epochs", self.supervised_epochs, 1, 10_000)?;
         within_if("draws", self.draws, 1, 4096)?;
-        within_if("eval_samples", self.eval_samples, 0, 100_000)?;
-        within_if("class_samples", self.class_samples, 0, 10_000)?;
-        within("jobs", usize::from(self.jobs), 1, 64)?;
+        if let Some(n) = self.eval_samples.filter(|&n| n > 0) {
+            within("eval_samples", n, MIN_EVALUATED, MAX_SAMPLES)
+                .map_err(|e| Invalid::new(e.field, format!("{}; 0 leaves Table 5 out", e.message)))?;
+        }
+        // Each fine-tuned model draws this many of each class in one sample job.
+        within_if("class_samples", self.class_samples, 0, MAX_SAMPLES / 2)?;
         within_if("seeds", self.seeds, 1, 100)?;
         within("downstream_site", self.downstream_site, 0, MAX_SITE)
     }

@@ -152,7 +152,24 @@ pub enum DataSource {
         #[serde(default)]
         split: Option<SplitSpec>,
     },
+    /// Synthetic phantom slices (`repdiff phantoms`), made again identically by every job that reads
+    /// them: `num` from random sites, then `downstream` more from site 1; as a dataset's, through the brain
+    /// window, or one part of their split.
+    Phantoms {
+        num: usize,
+        #[serde(default)]
+        downstream: usize,
+        /// Side in pixels.
+        size: usize,
+        #[serde(default)]
+        seed: u64,
+        #[serde(default)]
+        split: Option<SplitSpec>,
+    },
 }
+
+/// The most phantom slices a data source may generate.
+pub const MAX_PHANTOMS: usize = 200_000;
 
 impl DataSource {
     pub fn validate(&self) -> Result<(), Invalid> {
@@ -163,6 +180,12 @@ impl DataSource {
                 Err(Invalid::new("dataset.window", "is empty; leave it out for the brain window"))
             }
             DataSource::Dataset { split: Some(split), .. } => split.validate().map_err(|e| e.within("dataset.split")),
+            DataSource::Phantoms { num, downstream, size, split, .. } => {
+                within("phantoms.num", *num, 1, MAX_PHANTOMS)?;
+                within("phantoms.downstream", *downstream, 0, MAX_PHANTOMS - num.min(&MAX_PHANTOMS))?;
+                within("phantoms.size", *size, 16, 1024)?;
+                split.as_ref().map_or(Ok(()), |s| s.validate().map_err(|e| e.within("phantoms.split")))
+            }
             _ => Ok(()),
         }
     }

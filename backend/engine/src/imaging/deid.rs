@@ -83,13 +83,24 @@ impl DeidKey {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
                 }
+                // Written whole under a name of this process's, then linked into place: processes starting
+                // at once (a server's workers) never read a half-written key, and all of them use the
+                // first key linked.
+                let draft = path.with_extension(format!("{}.{}", std::process::id(), &Self::generate().to_hex()[..16]));
                 let mut options = std::fs::OpenOptions::new();
                 options.write(true).create_new(true);
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut file = options.open(path).map_err(|e| Error::io(path, e))?;
-                writeln!(file, "{}", key.to_hex()).map_err(|e| Error::io(path, e))?;
-                Ok(key)
+                let mut file = options.open(&draft).map_err(|e| Error::io(&draft, e))?;
+                writeln!(file, "{}", key.to_hex()).map_err(|e| Error::io(&draft, e))?;
+                drop(file);
+                let linked = std::fs::hard_link(&draft, path);
+                let _ = std::fs::remove_file(&draft);
+                match linked {
+                    Ok(()) => Ok(key),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(path),
+                    Err(e) => Err(Error::io(path, e)),
+                }
             }
             Err(e) => Err(Error::io(path, e)),
         }
@@ -354,5 +365,27 @@ fn clean_dataset(obj: &mut InMemDicomObject, key: &DeidKey, report: &mut DeidRep
             }
             None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod key_file_tests {
+    use super::DeidKey;
+
+    #[test]
+    fn processes_creating_the_key_at_once_all_get_the_first_one_and_no_draft_is_left() {
+        let dir = std::env::temp_dir().join(format!("repdiff-deid-key-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("deid.key");
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> =
+                (0..8).map(|_| s.spawn(|| DeidKey::load_or_create(&path).unwrap().to_hex())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+        assert_eq!(DeidKey::load_or_create(&path).unwrap().to_hex(), keys[0]);
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(files, ["deid.key"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

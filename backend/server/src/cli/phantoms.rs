@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use repdiff_engine::imaging::dicom::{self, CtHeader};
 use repdiff_engine::imaging::{Slice, Unit, Window};
 use repdiff_engine::manifest::{Manifest, SliceRecord};
-use repdiff_engine::phantom::{Markers, NUM_SITES, generate};
+use repdiff_engine::phantom::{Markers, NUM_SITES, PngSet, generate};
 use repdiff_engine::rng::Rng;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,76 +59,25 @@ pub fn run(args: PhantomArgs) -> Result<()> {
     }
     let window = Window::parse(&args.window)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let class_dirs = ["0_no_hematoma", "1_hematoma"];
-    if args.format == PhantomFormat::Png {
-        for dir in class_dirs {
-            let dir = args.out.join(dir);
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-    }
-    let mut rng = Rng::new(args.seed);
-    let mut manifest = Manifest::default();
-    let mut series_site = 1;
     let total = args.num + args.downstream;
-    for i in 0..total {
-        // Downstream slices start series of their own.
-        let series = if i < args.num {
-            i / SLICES_PER_SERIES
-        } else {
-            args.num.div_ceil(SLICES_PER_SERIES) + (i - args.num) / SLICES_PER_SERIES
-        };
-        // A DICOM series comes from one site; PNG slices each draw theirs.
-        let site = if i >= args.num {
-            1
-        } else if args.format == PhantomFormat::Png || i % SLICES_PER_SERIES == 0 {
-            1 + rng.below(NUM_SITES)
-        } else {
-            series_site
-        };
-        series_site = site;
-        let markers = Markers::random(&mut rng, args.marker_prob);
-        let phantom = generate(args.size, site, markers, args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
-        let file = match args.format {
-            PhantomFormat::Png => {
-                let file = format!("{}/slice_{i:05}_site{site:02}.png", class_dirs[usize::from(markers.any())]);
-                let path = args.out.join(&file);
-                window
-                    .to_gray8(&phantom.hu, args.size)
-                    .save(&path)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                file
-            }
-            PhantomFormat::Dicom => {
-                let file = format!("phantom_{i:05}.dcm");
-                let slice = Slice {
-                    rows: args.size,
-                    columns: args.size,
-                    values: phantom.hu,
-                    unit: Unit::Hounsfield,
-                    spacing_mm: Some((250.0 / args.size as f32, 250.0 / args.size as f32)),
-                };
-                let uid = |kind: u64, n: u64| format!("2.25.{}", (args.seed << 40) ^ (kind << 32) ^ n);
-                let header = CtHeader {
-                    patient_name: &format!("PHANTOM^SITE{site:02}^{series:04}"),
-                    patient_id: &format!("PH-{:04}-{series:05}", args.seed),
-                    institution: &format!("Phantom site {site}"),
-                    study_uid: &uid(1, series as u64),
-                    series_uid: &uid(2, series as u64),
-                    instance_uid: &uid(3, i as u64),
-                    instance_number: (i % SLICES_PER_SERIES + 1) as i64,
-                    study_date: "20260101",
-                    description: "synthetic head CT (RepDiff phantom)",
-                };
-                let path = args.out.join(&file);
-                dicom::write_ct(&path, &slice, &header)?;
-                file
-            }
-        };
-        manifest.records.push(SliceRecord { file, site, markers });
-    }
+    let manifest = match args.format {
+        PhantomFormat::Png => {
+            let set = PngSet {
+                num: args.num,
+                downstream: args.downstream,
+                size: args.size,
+                marker_prob: args.marker_prob,
+                seed: args.seed,
+            };
+            set.write(&args.out, &window)?
+        }
+        PhantomFormat::Dicom => write_dicom(&args)?,
+    };
     let positives = manifest.records.iter().filter(|r| r.hematoma()).count();
     let manifest_path = args.out.join(if args.format == PhantomFormat::Png { "manifest.csv" } else { "labels.csv" });
-    manifest.write_csv(&manifest_path)?;
+    if args.format == PhantomFormat::Dicom {
+        manifest.write_csv(&manifest_path)?;
+    }
     println!("Wrote {total} phantom slices ({positives} with hematoma markers) to {}", args.out.display());
     match args.format {
         PhantomFormat::Png => {
@@ -145,4 +94,54 @@ pub fn run(args: PhantomArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// CT DICOM phantoms, a few slices per synthetic patient series (each series from one site), into OUT;
+/// returns their labels (written by the caller as labels.csv).
+fn write_dicom(args: &PhantomArgs) -> Result<Manifest> {
+    let mut rng = Rng::new(args.seed);
+    let mut manifest = Manifest::default();
+    let mut series_site = 1;
+    for i in 0..args.num + args.downstream {
+        // Downstream slices start series of their own.
+        let series = if i < args.num {
+            i / SLICES_PER_SERIES
+        } else {
+            args.num.div_ceil(SLICES_PER_SERIES) + (i - args.num) / SLICES_PER_SERIES
+        };
+        let site = if i >= args.num {
+            1
+        } else if i % SLICES_PER_SERIES == 0 {
+            1 + rng.below(NUM_SITES)
+        } else {
+            series_site
+        };
+        series_site = site;
+        let markers = Markers::random(&mut rng, args.marker_prob);
+        let phantom = generate(args.size, site, markers, args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
+        let file = format!("phantom_{i:05}.dcm");
+        let slice = Slice {
+            rows: args.size,
+            columns: args.size,
+            values: phantom.hu,
+            unit: Unit::Hounsfield,
+            spacing_mm: Some((250.0 / args.size as f32, 250.0 / args.size as f32)),
+        };
+        let uid = |kind: u64, n: u64| format!("2.25.{}", (args.seed << 40) ^ (kind << 32) ^ n);
+        let header = CtHeader {
+            patient_name: &format!("PHANTOM^SITE{site:02}^{series:04}"),
+            patient_id: &format!("PH-{:04}-{series:05}", args.seed),
+            institution: &format!("Phantom site {site}"),
+            study_uid: &uid(1, series as u64),
+            series_uid: &uid(2, series as u64),
+            instance_uid: &uid(3, i as u64),
+            instance_number: (i % SLICES_PER_SERIES + 1) as i64,
+            study_date: "20260101",
+            description: "synthetic head CT (RepDiff phantom)",
+        };
+        let path = args.out.join(&file);
+        dicom::write_ct(&path, &slice, &header)?;
+        manifest.records.push(SliceRecord { file, site, markers });
+    }
+    Ok(manifest)
 }

@@ -13,11 +13,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use repdiff_api::{
-    AcrossSeeds, ClassMetrics, ClassifyReport, FidelityRow, PairedDifference, ProbeTest, ReproduceReport, SeedsRow,
-    SeedsTable5Row, Spread, StepTiming, SweepRow, Table5Row, Table6Row,
-};
-use serde::Deserialize;
+use repdiff_api::{ReproduceReport, StepTiming};
+use repdiff_server::pipeline::{self, report};
 use serde::de::DeserializeOwned;
 
 mod steps;
@@ -104,86 +101,6 @@ pub struct ReproduceArgs {
     out: PathBuf,
 }
 
-/// What a preset runs.
-struct Plan {
-    phantoms: usize,
-    downstream: usize,
-    phantom_size: usize,
-    autoencoder: &'static str,
-    encode_size: usize,
-    model_preset: &'static str,
-    pretrain_steps: Option<usize>,
-    finetune_steps: Option<usize>,
-    /// Epochs when the steps are not given (the paper's 1,000), over the data of each stage.
-    epochs: usize,
-    timesteps: &'static str,
-    draws: usize,
-    /// The supervised baselines (`repdiff supervised --arch`) and the epochs of each.
-    supervised: [(&'static str, usize); 2],
-    vit_patch: usize,
-    /// Samples per pre-trained model for the Table 5 analogue, how they are drawn, and at most how many
-    /// pre-training images they are measured against.
-    eval_samples: usize,
-    eval_real: usize,
-    eval_sampler: &'static str,
-    eval_steps: usize,
-    /// Samples per class from each fine-tuned model for the class-fidelity check, and how they are drawn:
-    /// ancestral DDPM, not DDIM, whose samples of the unconditionally pre-trained tiny model the judges
-    /// called positive far more often (docs/benchmarks.md, "Class fidelity and the sampler").
-    class_samples: usize,
-    class_sampler: &'static str,
-    class_steps: usize,
-}
-
-fn plan(preset: ReproducePreset) -> Plan {
-    match preset {
-        ReproducePreset::TinyCpu => Plan {
-            phantoms: 600,
-            downstream: 1500,
-            phantom_size: 64,
-            autoencoder: "pixels",
-            encode_size: 32,
-            model_preset: "tiny-cpu",
-            pretrain_steps: Some(2500),
-            finetune_steps: Some(7000),
-            epochs: 0,
-            timesteps: "50,100,150,200,300,500",
-            draws: 64,
-            supervised: [("tiny", 15), ("resnet-tiny", 5)],
-            vit_patch: 4,
-            eval_samples: 200,
-            eval_real: 300,
-            eval_sampler: "ddim",
-            eval_steps: 50,
-            class_samples: 64,
-            class_sampler: "ddpm",
-            class_steps: 100,
-        },
-        ReproducePreset::Paper => Plan {
-            phantoms: 2400,
-            downstream: 1200,
-            phantom_size: 256,
-            autoencoder: "sd-vae-ft-ema",
-            encode_size: 256,
-            model_preset: "paper",
-            pretrain_steps: None,
-            finetune_steps: None,
-            epochs: 1000,
-            timesteps: "25,50,100,150,200,250,300,350,400,450,500,600,700,800,900",
-            draws: 512,
-            supervised: [("vit-b", 100), ("resnet-50", 100)],
-            vit_patch: 2,
-            eval_samples: 10_000,
-            eval_real: 50_000,
-            eval_sampler: "ddpm",
-            eval_steps: 250,
-            class_samples: 500,
-            class_sampler: "ddpm",
-            class_steps: 250,
-        },
-    }
-}
-
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
@@ -206,10 +123,6 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
         .with_context(|| format!("parsing {}", path.display()))
 }
 
-/// The two diffusion classifiers' rows of Table 6 (its first two).
-const UNCOND_METHOD: &str = "Diffusion classifier, unconditional pre-training + fine-tuning";
-const REP_METHOD: &str = "Diffusion classifier, representation-conditional pre-training + fine-tuning (the paper's)";
-
 pub fn run(args: ReproduceArgs) -> Result<()> {
     let started = Instant::now();
     let seeds: Vec<u64> = (0..u64::from(args.seeds)).map(|i| args.seed + i).collect();
@@ -227,17 +140,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     if reports.len() < 2 {
         return Ok(());
     }
-    // The report of several seeds: the spread first, then the first seed's in full.
-    let across = across_seeds(&reports);
-    let mut report = reports.remove(0);
-    report.markdown = format!(
-        "{}\n# Seed {} in full\n\n{}",
-        seeds_markdown(&across, &report),
-        report.seed,
-        report.markdown.replacen("# ", "## ", 1)
-    );
-    report.across_seeds = Some(across);
-    report.total_s = started.elapsed().as_secs_f64();
+    let report = report::seeds_report(reports, started.elapsed().as_secs_f64());
     let out = &args.out;
     std::fs::write(out.join("table6.md"), &report.markdown)?;
     std::fs::write(out.join("table6.json"), serde_json::to_string_pretty(&report)?)?;
@@ -253,7 +156,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
 
 /// The pipeline for one seed in `out`; returns its report and how many steps it planned.
 fn run_seed(args: &ReproduceArgs, seed_number: u64, out: &Path, tally: Tally) -> Result<(ReproduceReport, usize)> {
-    let mut plan = plan(args.preset);
+    let mut plan = pipeline::preset(&args.preset.name()).expect("every preset argument is a preset");
     if let Some(n) = args.phantoms {
         (plan.phantoms, plan.downstream) = (n, n * plan.downstream / plan.phantoms);
     }
@@ -464,8 +367,8 @@ fn run_seed(args: &ReproduceArgs, seed_number: u64, out: &Path, tally: Tally) ->
     // model, sorts them at the timestep it chose on real validation slices.
     let class_samples = args.class_samples.unwrap_or(plan.class_samples);
     for (mode, judge) in [("rep", "uncond"), ("uncond", "rep")].into_iter().filter(|_| class_samples > 0) {
-        for guidance in CLASS_GUIDANCE {
-            let name = fidelity_name(mode, guidance);
+        for guidance in report::CLASS_GUIDANCE {
+            let name = report::fidelity_name(mode, guidance);
             let samples = out.join(format!("class-samples-{name}"));
             if !samples.join("samples.safetensors").exists() {
                 let a = strings(&[
@@ -598,403 +501,52 @@ fn run_seed(args: &ReproduceArgs, seed_number: u64, out: &Path, tally: Tally) ->
     for (arch, epochs) in plan.supervised {
         let epochs = args.supervised_epochs.unwrap_or(epochs).to_string();
         let a = strings(&["supervised", "--arch", arch, "--patch", &plan.vit_patch.to_string(), "--epochs", &epochs]);
-        let title = format!("{} ({arch}) trained from scratch", network(arch));
+        let title = format!("{} ({arch}) trained from scratch", report::network(arch));
         let report = out.join(format!("supervised-{arch}.json"));
         steps.extend(Step::unless_done(&report, format!("supervised-{arch}"), title, [a, parts.clone()].concat(), &[]));
     }
     run_steps(&steps, usize::from(args.jobs), &mut timings, tally)?;
 
     // The tables.
-    let uncond: ClassifyReport = read_json(&out.join("classify-uncond.json"))?;
-    let rep: ClassifyReport = read_json(&out.join("classify-rep.json"))?;
-    let mut rows = vec![
-        table_row(UNCOND_METHOD, &uncond)?,
-        table_row(REP_METHOD, &rep)?,
-        probe_row("Linear probe on the representation encoder (mean-pooled tokens)", &probe)?,
-    ];
-    if dino_probe.exists() {
-        rows.push(probe_row("Linear probe on DINOv2 ViT-S/14 features", &dino_probe)?);
-    }
-    for (arch, _) in plan.supervised {
-        let report = out.join(format!("supervised-{arch}.json"));
-        rows.push(probe_row(
-            &format!("{} ({arch}) trained from scratch on the training part", network(arch)),
-            &report,
-        )?);
-    }
-    let mut markdown = table6_markdown(&rows, args, seed_number, pretrain_steps, finetune_steps, &split)?;
-    markdown.push_str(&sweep_markdown(&uncond, &rep));
-    let class_fidelity = if class_samples > 0 { class_fidelity(out, &uncond, &rep)? } else { Vec::new() };
-    if !class_fidelity.is_empty() {
-        markdown.push_str(&fidelity_markdown(
-            &class_fidelity,
-            &format!("{} {}", plan.class_sampler.to_uppercase(), plan.class_steps),
-        ));
+    let mut fidelity = Vec::new();
+    if class_samples > 0 {
+        for (mode, _) in report::FIDELITY_PAIRS {
+            for guidance in report::CLASS_GUIDANCE {
+                let name = format!("class-fidelity-{}.json", report::fidelity_name(mode, guidance));
+                fidelity.push(read_json(&out.join(name))?);
+            }
+        }
     }
     let table5 = if evaluation.join("metrics.json").exists() {
-        let rows = read_json::<EvaluationFile>(&evaluation.join("metrics.json"))?.results;
-        markdown.push_str(&table5_markdown(&rows));
-        Some(rows)
+        Some(read_json::<report::Evaluated>(&evaluation.join("metrics.json"))?.results)
     } else {
         None
     };
-    std::fs::write(out.join("table6.md"), &markdown)?;
-    let report = ReproduceReport {
+    let results = report::SeedResults {
         preset: args.preset.name(),
         seed: seed_number,
+        downstream_site: args.downstream_site,
         pretrain_steps,
         finetune_steps,
-        table6: rows,
-        class_fidelity,
+        uncond: read_json(&out.join("classify-uncond.json"))?,
+        rep: read_json(&out.join("classify-rep.json"))?,
+        probe: read_json(&probe)?,
+        dino_probe: if dino_probe.exists() { Some(read_json(&dino_probe)?) } else { None },
+        supervised: plan
+            .supervised
+            .iter()
+            .map(|(arch, _)| Ok((arch.to_string(), read_json(&out.join(format!("supervised-{arch}.json")))?)))
+            .collect::<Result<_>>()?,
+        fidelity,
+        fidelity_sampler: format!("{} {}", plan.class_sampler.to_uppercase(), plan.class_steps),
         table5,
-        timings_s: timings.into_iter().map(|(step, seconds)| StepTiming { step, seconds }).collect(),
+        timings: timings.into_iter().map(|(step, seconds)| StepTiming { step, seconds }).collect(),
         total_s: started.elapsed().as_secs_f64(),
-        markdown,
-        across_seeds: None,
     };
+    let report = report::seed_report(results)?;
+    std::fs::write(out.join("table6.md"), &report.markdown)?;
     std::fs::write(out.join("table6.json"), serde_json::to_string_pretty(&report)?)?;
     println!("\n{}", report.markdown);
     println!("Wrote {} and table6.json ({:.1} minutes in all)", out.join("table6.md").display(), report.total_s / 60.0);
     Ok((report, steps.len()))
-}
-
-/// `repdiff evaluate`'s metrics.json, as far as Table 5 reads it.
-#[derive(Deserialize)]
-struct EvaluationFile {
-    results: Vec<Table5Row>,
-}
-
-/// A probe's or a supervised baseline's report (`repdiff probe`, `repdiff supervised`), as far as Table 6
-/// reads it.
-#[derive(Deserialize)]
-struct TestedReport {
-    #[serde(default)]
-    lambda: Option<f64>,
-    test: Option<ProbeTest>,
-}
-
-/// What kind of network a supervised baseline's architecture name is.
-fn network(arch: &str) -> &'static str {
-    if arch.starts_with("resnet") { "ResNet" } else { "ViT" }
-}
-
-/// A diffusion classifier's test result as a row: metrics, intervals, forward passes per image.
-fn table_row(name: &str, report: &ClassifyReport) -> Result<Table6Row> {
-    let test = report.test.as_ref().with_context(|| format!("{name}: the classifier's report has no test result"))?;
-    Ok(Table6Row {
-        method: name.to_string(),
-        chosen_t: Some(report.chosen_t),
-        metrics: test.metrics.clone(),
-        intervals: test.intervals.clone(),
-        forwards_per_image: Some(test.forwards_per_image),
-        agreement: test.agreement.clone(),
-        lambda: None,
-    })
-}
-
-/// A probe's or a supervised baseline's test result (the report at `path`) as a row.
-fn probe_row(name: &str, path: &Path) -> Result<Table6Row> {
-    let report: TestedReport = read_json(path)?;
-    let test = report.test.with_context(|| format!("{} has no test result", path.display()))?;
-    Ok(Table6Row {
-        method: name.to_string(),
-        chosen_t: None,
-        metrics: test.metrics,
-        intervals: Some(test.intervals),
-        forwards_per_image: None,
-        agreement: None,
-        lambda: report.lambda,
-    })
-}
-
-/// The two validation sweeps side by side (the paper's Fig. 12: accuracy and F1 over the timestep).
-fn sweep_markdown(uncond: &ClassifyReport, rep: &ClassifyReport) -> String {
-    let pct = |row: Option<&SweepRow>, value: fn(&ClassMetrics) -> f64| {
-        row.map_or("-".to_string(), |row| format!("{:.1}", value(&row.metrics) * 100.0))
-    };
-    let mut md = String::from(
-        "\n## Validation sweep (Fig. 12 analogue)\n\n| t | accuracy %, unconditional | F1 %, unconditional | accuracy %, representation | F1 %, representation |\n|---|---|---|---|---|\n",
-    );
-    for (i, row) in uncond.validation.iter().enumerate() {
-        let other = rep.validation.get(i);
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            row.t,
-            pct(Some(row), |m| m.accuracy),
-            pct(Some(row), |m| m.f1),
-            pct(other, |m| m.accuracy),
-            pct(other, |m| m.f1)
-        ));
-    }
-    md
-}
-
-fn table6_markdown(
-    rows: &[Table6Row],
-    args: &ReproduceArgs,
-    seed: u64,
-    pretrain_steps: usize,
-    finetune_steps: usize,
-    split: &Path,
-) -> Result<String> {
-    use std::fmt::Write;
-    let mut md = String::new();
-    let test = count_part(split, "test")?;
-    writeln!(
-        md,
-        "# Table 6 analogue: haematoma classification on the test part ({test} slices of site {})\n",
-        args.downstream_site
-    )?;
-    writeln!(
-        md,
-        "Preset {}, seed {}, pre-training {pretrain_steps} steps, fine-tuning {finetune_steps} steps. Percentages \
-         with percentile bootstrap 95% intervals; the diffusion classifier's timestep was chosen on validation.\n",
-        args.preset.name(),
-        seed
-    )?;
-    writeln!(md, "| method | t | accuracy % | precision % | recall % | F1 % | forwards/image |")?;
-    writeln!(md, "|---|---|---|---|---|---|---|")?;
-    let cell = |v: f64, interval: Option<[f64; 2]>| match interval {
-        Some([lo, hi]) => format!("{:.1} [{:.1}, {:.1}]", v * 100.0, lo * 100.0, hi * 100.0),
-        None => format!("{:.1}", v * 100.0),
-    };
-    for row in rows {
-        let (m, i) = (&row.metrics, row.intervals.as_ref());
-        let t = row.chosen_t.map_or("-".to_string(), |t| t.to_string());
-        let forwards = row.forwards_per_image.map_or("-".to_string(), |f| format!("{f:.0}"));
-        writeln!(
-            md,
-            "| {} | {t} | {} | {} | {} | {} | {forwards} |",
-            row.method,
-            cell(m.accuracy, i.map(|i| i.accuracy)),
-            cell(m.precision, i.map(|i| i.precision)),
-            cell(m.recall, i.map(|i| i.recall)),
-            cell(m.f1, i.map(|i| i.f1))
-        )?;
-    }
-    for row in rows {
-        if let Some(a) = &row.agreement {
-            writeln!(
-                md,
-                "\n{}: sequential stopping took the decision of all {} draws on {:.1}% of the test slices with {:.1}% of the forward passes.",
-                row.method,
-                a.fixed_draws,
-                a.agreement * 100.0,
-                a.forwards_fraction * 100.0
-            )?;
-        }
-    }
-    Ok(md)
-}
-
-/// The classifier-free guidance scales of the class-fidelity samples: none, and a moderate one (DiT draws
-/// its figures at 4; stronger guidance trades the samples' variety for their class).
-const CLASS_GUIDANCE: [f64; 2] = [1.0, 3.0];
-
-/// The step and folder name of one model's class-fidelity samples at one guidance scale.
-fn fidelity_name(mode: &str, guidance: f64) -> String {
-    format!("{mode}-g{guidance}")
-}
-
-/// Per class, the fraction of its items called that class (`confusion[truth][predicted]`): [specificity,
-/// recall] for two classes.
-fn per_class(confusion: &[Vec<usize>]) -> Vec<f64> {
-    confusion
-        .iter()
-        .enumerate()
-        .map(|(c, row)| row.get(c).copied().unwrap_or(0) as f64 / row.iter().sum::<usize>().max(1) as f64)
-        .collect()
-}
-
-/// Each fine-tuned model's class-conditional samples as the other model's classifier sorts them, at the
-/// timestep that classifier chose on real validation slices, beside how it sorts the real test slices
-/// (the classifiers' reports `uncond` and `rep`).
-fn class_fidelity(out: &Path, uncond: &ClassifyReport, rep: &ClassifyReport) -> Result<Vec<FidelityRow>> {
-    let mut rows = Vec::new();
-    for (mode, judge, real) in [("rep", "uncond", uncond), ("uncond", "rep", rep)] {
-        let real_test = real.test.as_ref().context("the judging classifier's report has no test result")?;
-        for guidance in CLASS_GUIDANCE {
-            let name = format!("class-fidelity-{}.json", fidelity_name(mode, guidance));
-            let judged: ClassifyReport = read_json(&out.join(&name))?;
-            let row = judged.validation.first().with_context(|| format!("{name} has no result"))?;
-            rows.push(FidelityRow {
-                samples_of: mode.to_string(),
-                guidance,
-                judge: judge.to_string(),
-                t: judged.chosen_t,
-                samples_per_class: per_class(&row.metrics.confusion),
-                samples_confusion: row.metrics.confusion.clone(),
-                real_test_per_class: per_class(&real_test.metrics.confusion),
-            });
-        }
-    }
-    Ok(rows)
-}
-
-/// The class-fidelity table; `sampler` says how the samples were drawn (`DDPM 100`).
-fn fidelity_markdown(rows: &[FidelityRow], sampler: &str) -> String {
-    let mut md = format!(
-        "\n## Class fidelity of the fine-tuned models' samples\n\nEach fine-tuned model draws samples of both classes \
-         ({sampler}, classifier-free guidance 1: none, and 3); the other model's diffusion classifier sorts them \
-         at the timestep it chose on real validation slices. Beside it, how the same classifier sorts the real \
-         test slices.\n\n\
-         | samples of | guidance | judged by | t | class-0 samples called 0 % | class-1 samples called 1 % | real test: class 0 called 0 % | real test: class 1 called 1 % |\n\
-         |---|---|---|---|---|---|---|---|\n",
-    );
-    let name = |m: &str| if m == "rep" { "representation pre-training" } else { "unconditional pre-training" };
-    let pct = |v: &[f64], c: usize| v.get(c).map_or("-".to_string(), |v| format!("{:.1}", v * 100.0));
-    for r in rows {
-        md.push_str(&format!(
-            "| {} | {:.1} | {} | {} | {} | {} | {} | {} |\n",
-            name(&r.samples_of),
-            r.guidance,
-            name(&r.judge),
-            r.t,
-            pct(&r.samples_per_class, 0),
-            pct(&r.samples_per_class, 1),
-            pct(&r.real_test_per_class, 0),
-            pct(&r.real_test_per_class, 1)
-        ));
-    }
-    md
-}
-
-/// The generation metrics of the two pre-trained models (the paper's Table 5), named for the extractor
-/// that measured them.
-fn table5_markdown(results: &[Table5Row]) -> String {
-    let pretrained = results.first().is_some_and(|r| r.extractor == "inception-v3");
-    let (fid, sfid, is) = if pretrained { ("FID", "sFID", "IS") } else { ("FD", "sFD", "score") };
-    let mut md = format!(
-        "\n## Table 5 analogue: generation against {} pre-training images\n\n",
-        results.first().map_or(0, |r| r.real)
-    );
-    if !pretrained {
-        md.push_str(&format!(
-            "Features of {} (no pretrained Inception weights in the weights folder): FD, sFD and the score \
-             compare these models with each other, not with published FIDs.\n\n",
-            results.first().map_or("a random network", |r| r.extractor.as_str())
-        ));
-    }
-    md.push_str(&format!(
-        "| pre-training | samples | {fid} | {sfid} | {is} | precision | recall | density | coverage |\n|---|---|---|---|---|---|---|---|---|\n"
-    ));
-    for (r, name) in results.iter().zip(["Unconditional", "Representation-conditional (the paper's)"]) {
-        md.push_str(&format!(
-            "| {name} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
-            r.generated, r.fid, r.sfid, r.inception_score, r.precision, r.recall, r.density, r.coverage
-        ));
-    }
-    md
-}
-
-/// Every seed's Table 6 and Table 5 side by side: per method its test accuracy and F1 per seed, their mean
-/// and spread, and the two diffusion classifiers' paired difference.
-fn across_seeds(reports: &[ReproduceReport]) -> AcrossSeeds {
-    let find = |report: &ReproduceReport, method: &str| report.table6.iter().find(|row| row.method == method).cloned();
-    let table6 = reports[0]
-        .table6
-        .iter()
-        .filter_map(|first| {
-            let rows: Option<Vec<Table6Row>> = reports.iter().map(|r| find(r, &first.method)).collect();
-            let rows = rows?;
-            Some(SeedsRow {
-                method: first.method.clone(),
-                chosen_t: rows.iter().map(|row| row.chosen_t).collect(),
-                accuracy: Spread::new(rows.iter().map(|row| row.metrics.accuracy).collect()),
-                f1: Spread::new(rows.iter().map(|row| row.metrics.f1).collect()),
-            })
-        })
-        .collect();
-    let accuracy =
-        |report: &ReproduceReport, method: &str| find(report, method).map_or(f64::NAN, |r| r.metrics.accuracy);
-    let difference =
-        Spread::new(reports.iter().map(|r| accuracy(r, REP_METHOD) - accuracy(r, UNCOND_METHOD)).collect());
-    let n = difference.values.len();
-    let interval = (n > 1).then(|| {
-        let half = repdiff_engine::classify::stats::student_t_quantile(0.975, (n - 1) as f64) * difference.sd
-            / (n as f64).sqrt();
-        [difference.mean - half, difference.mean + half]
-    });
-    let ahead = difference.values.iter().filter(|&&d| d > 0.0).count();
-    let table5 = match reports.iter().map(|r| r.table5.clone()).collect::<Option<Vec<_>>>() {
-        Some(tables) if tables.iter().all(|t| t.len() == tables[0].len()) => (0..tables[0].len())
-            .map(|m| {
-                let metric = |value: fn(&Table5Row) -> f64| Spread::new(tables.iter().map(|t| value(&t[m])).collect());
-                SeedsTable5Row {
-                    name: tables[0][m].name.clone(),
-                    extractor: tables[0][m].extractor.clone(),
-                    metrics: vec![
-                        metric(|r| r.fid),
-                        metric(|r| r.sfid),
-                        metric(|r| r.inception_score),
-                        metric(|r| r.precision),
-                        metric(|r| r.recall),
-                        metric(|r| r.density),
-                        metric(|r| r.coverage),
-                    ],
-                }
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    AcrossSeeds {
-        seeds: reports.iter().map(|r| r.seed).collect(),
-        table6,
-        classifier_difference: PairedDifference { difference, interval, ahead },
-        table5,
-    }
-}
-
-/// The spread over the seeds as Markdown; `first` is the first seed's report (its preset and budgets).
-fn seeds_markdown(across: &AcrossSeeds, first: &ReproduceReport) -> String {
-    use std::fmt::Write;
-    let n = across.seeds.len();
-    let seeds = across.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
-    let mut md = format!(
-        "# Table 6 analogue over {n} seeds ({seeds})\n\nPreset {}, pre-training {} steps, fine-tuning {} steps per \
-         seed; each seed draws its own phantoms, split, initial weights and noise. Test accuracy and F1 in %: mean \
-         ± sample standard deviation over the seeds, then each seed's value in the seeds' order.\n\n\
-         | method | accuracy % | accuracy % per seed | F1 % | F1 % per seed | t per seed |\n|---|---|---|---|---|---|\n",
-        first.preset, first.pretrain_steps, first.finetune_steps
-    );
-    for row in &across.table6 {
-        let ts = row.chosen_t.iter().map(|t| t.map_or("-".to_string(), |t| t.to_string())).collect::<Vec<_>>();
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} |",
-            row.method,
-            row.accuracy.percent(),
-            row.accuracy.percent_each(false),
-            row.f1.percent(),
-            row.f1.percent_each(false),
-            ts.join(" / ")
-        );
-    }
-    let d = &across.classifier_difference;
-    let interval = d.interval.map_or(String::new(), |[lo, hi]| {
-        format!(" (95% t interval over the seeds [{:+.1}, {:+.1}])", lo * 100.0, hi * 100.0)
-    });
-    let _ = writeln!(
-        md,
-        "\nThe paper's comparison, seed by seed: the representation-pre-trained diffusion classifier's test accuracy \
-         minus the unconditionally pre-trained one's is {} points, {:+.1} on average{interval}; ahead in {} of {n} \
-         seeds.",
-        d.difference.percent_each(true),
-        d.difference.mean * 100.0,
-        d.ahead
-    );
-    if !across.table5.is_empty() {
-        let pretrained = across.table5[0].extractor == "inception-v3";
-        let (fid, sfid, is) = if pretrained { ("FID", "sFID", "IS") } else { ("FD", "sFD", "score") };
-        let _ = write!(
-            md,
-            "\n## Table 5 analogue over the seeds\n\nMean ± sample standard deviation over the seeds.\n\n\
-             | pre-training | {fid} | {sfid} | {is} | precision | recall | density | coverage |\n|---|---|---|---|---|---|---|---|\n"
-        );
-        for (row, name) in across.table5.iter().zip(["Unconditional", "Representation-conditional (the paper's)"]) {
-            let cells: Vec<String> = row.metrics.iter().map(Spread::plain).collect();
-            let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
-        }
-    }
-    md
 }

@@ -115,6 +115,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             static_dir: static_dir.clone(),
             secure_cookies: args.secure_cookies,
             cors_origins: args.cors_origin.clone(),
+            weights_dir: args.worker.weights_dir.clone(),
             ..HttpConfig::default()
         };
         http::datasets::remove_stale_staging();

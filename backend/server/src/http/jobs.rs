@@ -45,6 +45,7 @@ struct JobFilter {
     kind: Option<String>,
     experiment_id: Option<i64>,
     tag: Option<String>,
+    pipeline: Option<i64>,
     before: Option<i64>,
     limit: i64,
 }
@@ -54,7 +55,7 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
     let rows = sqlx::query!(
         r#"SELECT j.id, j.kind, j.params, j.state, u.username AS "owner?", j.experiment_id, j.priority, j.attempt,
                   j.max_attempts, j.cancel_requested, j.tags, j.error, j.result, j.created_at, j.started_at,
-                  j.finished_at, p.step AS "step?", p.total AS "total?", p.message AS "message?", p.updated_at AS "progress_at?",
+                  j.finished_at, j.pipeline_id, j.stage, p.step AS "step?", p.total AS "total?", p.message AS "message?", p.updated_at AS "progress_at?",
                   ARRAY(SELECT d.depends_on FROM job_dependencies d WHERE d.job_id = j.id ORDER BY 1) AS "depends_on!"
            FROM jobs j
            LEFT JOIN users u ON u.id = j.owner_id
@@ -66,6 +67,7 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
              AND ($6::bigint IS NULL OR j.experiment_id = $6)
              AND ($7::bigint IS NULL OR j.id < $7)
              AND ($9::text IS NULL OR $9 = ANY(j.tags))
+             AND ($10::bigint IS NULL OR j.pipeline_id = $10)
            ORDER BY j.id DESC
            LIMIT $8"#,
         user.is_admin(),
@@ -77,6 +79,7 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
         filter.before,
         filter.limit,
         filter.tag,
+        filter.pipeline,
     )
     .fetch_all(pool)
     .await?;
@@ -103,6 +106,8 @@ async fn visible_jobs(pool: &PgPool, user: &CurrentUser, filter: &JobFilter) -> 
                 _ => None,
             },
             depends_on: r.depends_on,
+            pipeline_id: r.pipeline_id,
+            stage: r.stage,
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
@@ -152,6 +157,8 @@ pub struct JobQuery {
     experiment_id: Option<i64>,
     /// Only jobs with this tag.
     tag: Option<String>,
+    /// Only the stages of this pipeline (a `reproduce` job).
+    pipeline: Option<i64>,
     /// Only jobs with a smaller id (the previous page's `next_before`).
     before: Option<i64>,
     /// 1 to 200; default 50.
@@ -175,6 +182,7 @@ pub async fn list_jobs(
         kind: q.kind,
         experiment_id: q.experiment_id,
         tag: q.tag,
+        pipeline: q.pipeline,
         before: q.before,
         limit: limit + 1,
     };
@@ -297,6 +305,15 @@ pub async fn submit_job(
                     return Err(ApiError::invalid_params(format!("there is no artifact {key:?} that you may read")));
                 }
             }
+            Input::JobResult(id) => {
+                let producer = visible_job(&state.pool, &user, id)
+                    .await
+                    .map_err(|_| ApiError::invalid_params(format!("there is no job {id} that you may see")))?;
+                if !producer.state.is_final() {
+                    implied.push(id);
+                }
+                sources.extend(sources_of_job(&state.pool, id).await?);
+            }
             Input::Dataset(id) => {
                 super::datasets::visible_dataset(&state.pool, &user, id)
                     .await
@@ -360,17 +377,29 @@ pub async fn submit_job(
         owner_id: Some(user.id),
         experiment_id: submit.experiment_id,
         depends_on,
+        id: None,
+        stage_of: None,
     };
-    let (queued, created) = queue::submit_once(&state.pool, &new).await?;
-    if created && !tags.is_empty() {
-        set_tags(&state.pool, queued.id, &tags).await?;
-    }
+    let (queued, created) = match &submit.spec {
+        // The paper's pipeline: its stages as jobs of their own, and this one waiting on them.
+        repdiff_api::jobs::JobSpec::Reproduce(_) => {
+            let dino = state.config.weights_dir.join(repdiff_engine::dino::WEIGHTS_FILE).exists();
+            crate::pipeline::submit(&state.pool, &state.registry, &new, dino).await.map_err(|e| match e {
+                crate::pipeline::Refused::Invalid(invalid) => ApiError::invalid_field(invalid),
+                crate::pipeline::Refused::Db(e) => e.into(),
+            })?
+        }
+        _ => queue::submit_once(&state.pool, &new).await?,
+    };
     if created {
+        // A pipeline's stages are the pipeline's: the same tags, sources and consent.
         sqlx::query!(
-            "UPDATE jobs SET source_datasets = $2, publish_private = $3 WHERE id = $1",
+            r#"UPDATE jobs SET source_datasets = $2, publish_private = $3, tags = $4
+               WHERE id = $1 OR pipeline_id = $1"#,
             queued.id,
             &sources,
-            submit.publish_private
+            submit.publish_private,
+            &tags
         )
         .execute(&state.pool)
         .await?;
@@ -398,6 +427,13 @@ async fn unfinished_producer(pool: &PgPool, user: &CurrentUser, key: &str) -> sq
     .fetch_optional(pool)
     .await?;
     Ok(producer.map(|p| (p.id, p.source_datasets)))
+}
+
+/// The datasets job `id` derives from.
+async fn sources_of_job(pool: &PgPool, id: i64) -> sqlx::Result<Vec<i64>> {
+    let sources =
+        sqlx::query_scalar!("SELECT source_datasets FROM jobs WHERE id = $1", id).fetch_optional(pool).await?;
+    Ok(sources.unwrap_or_default())
 }
 
 /// The datasets the job that made artifact `key` derives from.

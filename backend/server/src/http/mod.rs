@@ -51,6 +51,8 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     /// How often a job's event stream looks for changes.
     pub event_interval: Duration,
+    /// The workers' pretrained weights (a `reproduce` pipeline probes DINOv2 features when they are there).
+    pub weights_dir: PathBuf,
 }
 
 impl Default for HttpConfig {
@@ -65,6 +67,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
             event_interval: Duration::from_millis(500),
+            weights_dir: PathBuf::from("model-weights"),
         }
     }
 }

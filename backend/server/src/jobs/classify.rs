@@ -46,6 +46,7 @@ impl Task for Classify {
         let mut inputs = vec![checkpoint_input(&p.checkpoint)];
         inputs.extend(data_inputs(&p.validation));
         inputs.extend(p.test.as_ref().map(data_inputs).unwrap_or_default());
+        inputs.extend(p.timestep_of.map(Input::JobResult));
         inputs
     }
 
@@ -57,7 +58,11 @@ impl Task for Classify {
         let Some(num_classes) = config.model.num_classes() else {
             return Err(JobError::Permanent("the diffusion classifier needs a class-conditional model".into()));
         };
-        if let Some(&bad) = p.timesteps.iter().find(|&&t| t >= config.diffusion.num_timesteps) {
+        let timesteps = match p.timestep_of {
+            Some(job) => vec![chosen_timestep_of(ctx, job)?],
+            None => p.timesteps.clone(),
+        };
+        if let Some(&bad) = timesteps.iter().find(|&&t| t >= config.diffusion.num_timesteps) {
             return Err(JobError::Permanent(format!(
                 "timestep {bad} is outside the model's 0..{}",
                 config.diffusion.num_timesteps
@@ -65,7 +70,7 @@ impl Task for Classify {
         }
         let diffusion = GaussianDiffusion::new(&config.diffusion, config.model.learn_sigma);
         let options = SweepOptions {
-            timesteps: p.timesteps.clone(),
+            timesteps,
             draws: p.draws,
             seed: p.seed,
             batch_size: p.batch_size,
@@ -210,5 +215,21 @@ fn api_test(report: repdiff_engine::classify::TestReport) -> repdiff_api::TestRe
                 })
                 .collect(),
         }),
+    }
+}
+
+/// The timestep classify job `job` chose on its validation data.
+fn chosen_timestep_of(ctx: &mut JobContext, job: i64) -> Result<usize, JobError> {
+    let found = ctx.block_on(
+        sqlx::query_scalar!(
+            r#"SELECT (result->>'chosen_t')::bigint AS "t" FROM jobs
+               WHERE id = $1 AND kind = 'classify' AND state = 'succeeded'"#,
+            job
+        )
+        .fetch_optional(ctx.pool()),
+    )?;
+    match found.flatten() {
+        Some(t) if t >= 0 => Ok(t as usize),
+        _ => Err(JobError::Permanent(format!("timestep_of: job {job} is no finished classify job"))),
     }
 }

@@ -5,10 +5,10 @@
 //! With pytorch-fid's weights in the weights folder the numbers are the field's; without them the
 //! documented random Inception stands in and the report's `extractor` and `pretrained` say so.
 
-use repdiff_api::jobs::{CheckpointRef, DataSource, EvaluateParams, Invalid};
+use repdiff_api::jobs::{CheckpointRef, EvaluateParams, Invalid};
 use repdiff_engine::config::RunConfig;
 use repdiff_engine::device::best_device;
-use repdiff_engine::imaging::{Channels, Window};
+use repdiff_engine::imaging::Channels;
 use repdiff_engine::metrics::tsne::{TsneOptions, feature_histogram};
 use repdiff_engine::metrics::{
     EvenlySpaced, ImageSource, InceptionV3, MetricOptions, SetFeatures, SliceImages, compare, extract_cached,
@@ -41,16 +41,9 @@ impl Evaluate {
     ) -> Result<SetFeatures, JobError> {
         let cancel = ctx.cancel.clone();
         let max_real = p.max_real.unwrap_or(usize::MAX);
-        if let DataSource::Dataset { id, window, split } = &p.real {
-            let window = Window::parse(window.as_deref().unwrap_or("brain"))?;
-            let manifest = super::inputs::fetch_scans(ctx, *id, split.as_ref())?;
-            let slices = SliceImages::open(
-                &manifest,
-                split.as_ref().map(|s| super::inputs::part(s.part)),
-                Channels::Window { window, copies: channels },
-                side,
-                device,
-            )?;
+        if let Some((manifest, window, part)) = super::inputs::slices_of(ctx, &p.real)? {
+            let slices =
+                SliceImages::open(&manifest, part, Channels::Window { window, copies: channels }, side, device)?;
             let images = EvenlySpaced::new(&slices, max_real);
             let total = images.len() as u64;
             let cache = std::env::temp_dir().join("repdiff-feature-cache");

@@ -14,7 +14,9 @@ use repdiff_engine::imaging::{Channels, Window};
 use repdiff_engine::latent_cache::{EncodeSpec, encode_dataset};
 use repdiff_engine::manifest::{Manifest, SliceRecord};
 use repdiff_engine::metrics::inception::InceptionV3;
-use repdiff_engine::phantom::Markers;
+use repdiff_engine::phantom::{Markers, PngSet};
+
+use crate::pipeline::PHANTOM_MARKER_PROB;
 
 use crate::worker::{Input, JobContext, JobError};
 
@@ -33,26 +35,77 @@ pub(super) fn load_data(
             let local = ctx.fetch(key, "data.safetensors")?;
             Dataset::from_latent_file(&local, device)?
         }
-        DataSource::Dataset { id, window, split } => {
-            let window = Window::parse(window.as_deref().unwrap_or("brain"))?;
+        DataSource::Dataset { .. } | DataSource::Phantoms { .. } => {
             let (name, copies) = match &config.data_space {
                 DataSpace::Pixels => ("pixels".to_string(), config.model.in_channels),
                 DataSpace::Latents { autoencoder, .. } => (autoencoder.clone(), 3),
             };
             let encoder = autoencoder::by_name(&name, copies, weights_dir, device)?;
+            let (manifest, window, part) = slices_of(ctx, source)?.expect("a dataset or phantoms");
             let spec = EncodeSpec {
                 channels: Channels::Window { window, copies },
                 // The image side whose latent is the model's input (x8 for the SD VAE, x1 in pixels).
                 size: config.model.input_size * (64 / encoder.latent_dims(64).1.max(1)),
                 posterior: Posterior::Mean,
                 seed: config.train.seed,
-                part: split.as_ref().map(|s| part(s.part)),
+                part,
                 batch_size: 16,
             };
-            let local = encode_scans(ctx, *id, split.as_ref(), &spec, encoder.as_ref(), device)?;
+            let local = ctx.scratch.join("latents.safetensors");
+            let cancel = ctx.cancel.clone();
+            encode_dataset(&manifest, &spec, encoder.as_ref(), &local, device, &cancel, &mut |done, total| {
+                ctx.progress(done as u64, total as u64, "encoding scans");
+            })?;
             Dataset::from_latent_file(&local, device)?
         }
     })
+}
+
+/// The slices a dataset or phantom source names, on disk: their manifest (a split's when the source names
+/// a part), the window they are read through and the part. `None` for the toy set and latent files.
+pub(super) fn slices_of(
+    ctx: &mut JobContext,
+    source: &DataSource,
+) -> Result<Option<(std::path::PathBuf, Window, Option<repdiff_engine::manifest::Part>)>, JobError> {
+    Ok(match source {
+        DataSource::Dataset { id, window, split } => {
+            let window = Window::parse(window.as_deref().unwrap_or("brain"))?;
+            let manifest = fetch_scans(ctx, *id, split.as_ref())?;
+            Some((manifest, window, split.as_ref().map(|s| part(s.part))))
+        }
+        DataSource::Phantoms { num, downstream, size, seed, split } => {
+            let set = PngSet {
+                num: *num,
+                downstream: *downstream,
+                size: *size,
+                marker_prob: PHANTOM_MARKER_PROB,
+                seed: *seed,
+            };
+            let dir = ctx.scratch.join("phantoms");
+            ctx.progress(0, 1, "drawing the phantoms");
+            let manifest = set.write(&dir, &Window::parse("brain")?)?;
+            let path = match split {
+                None => dir.join("manifest.csv"),
+                Some(split) => split_manifest(ctx, &manifest, split, &dir)?,
+            };
+            Some((path, Window::parse("brain")?, split.as_ref().map(|s| part(s.part))))
+        }
+        DataSource::Toy { .. } | DataSource::Latents { .. } => None,
+    })
+}
+
+/// Writes `manifest`'s split `split.csv` into `dir` (the slices named relative to it) and logs its summary.
+fn split_manifest(
+    ctx: &mut JobContext,
+    manifest: &Manifest,
+    split: &SplitSpec,
+    dir: &std::path::Path,
+) -> Result<std::path::PathBuf, JobError> {
+    let parts = manifest.split(split.downstream_site, crate::pipeline::SPLIT_FRACTIONS, split.seed)?;
+    let path = dir.join("split.csv");
+    manifest.write_split_csv(&parts, &path)?;
+    ctx.log("info", &manifest.summary(&parts));
+    Ok(path)
 }
 
 /// Downloads a dataset's slices ([`fetch_scans`]) and encodes them with `spec` (the part of the split it
@@ -115,13 +168,7 @@ pub fn fetch_scans(
             manifest.write_csv(&path)?;
             path
         }
-        Some(split) => {
-            let parts = manifest.split(split.downstream_site, [0.8, 0.1, 0.1], split.seed)?;
-            let path = dir.join("split.csv");
-            manifest.write_split_csv(&parts, &path)?;
-            ctx.log("info", &manifest.summary(&parts));
-            path
-        }
+        Some(split) => split_manifest(ctx, &manifest, split, &dir)?,
     };
     Ok(manifest_path)
 }
@@ -141,7 +188,7 @@ pub(super) fn data_inputs(data: &DataSource) -> Vec<Input> {
     match data {
         DataSource::Latents { key } => vec![Input::Artifact(key.clone())],
         DataSource::Dataset { id, .. } => vec![Input::Dataset(*id)],
-        DataSource::Toy { .. } => Vec::new(),
+        DataSource::Toy { .. } | DataSource::Phantoms { .. } => Vec::new(),
     }
 }
 

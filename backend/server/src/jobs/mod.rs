@@ -36,8 +36,6 @@ pub struct JobSettings {
     pub import_roots: Vec<PathBuf>,
     /// The DICOM de-identification key (the server's, so pseudonyms match those of uploads).
     pub deid_key: Arc<DeidKey>,
-    /// The `repdiff` binary that `reproduce` jobs run the pipeline with (this process's own by default).
-    pub exe: PathBuf,
     /// The memory one job may use ([`job_memory_limit`]).
     pub memory_limit: u64,
 }
@@ -48,7 +46,6 @@ impl Default for JobSettings {
             weights_dir: PathBuf::from("model-weights"),
             import_roots: Vec::new(),
             deid_key: Arc::new(DeidKey::generate()),
-            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("repdiff")),
             memory_limit: job_memory_limit(),
         }
     }
@@ -78,10 +75,7 @@ pub fn registry(settings: &JobSettings) -> Registry {
         .task("evaluate", evaluate::Evaluate { weights_dir: settings.weights_dir.clone() })
         .task("supervised", supervised::Supervised { weights_dir: settings.weights_dir.clone() })
         .task("sample", sample::Sample { weights_dir: settings.weights_dir.clone() })
-        .task(
-            "reproduce",
-            reproduce::Reproduce { weights_dir: settings.weights_dir.clone(), exe: settings.exe.clone() },
-        );
+        .task("reproduce", reproduce::Reproduce);
     registry
 }
 
