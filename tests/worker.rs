@@ -635,12 +635,13 @@ async fn cancelling_a_pipeline_cancels_its_stages_and_the_running_ones_keep_thei
     let params = json!({ "phantoms": 96, "pretrain_steps": 1_000_000, "eval_samples": 0, "class_samples": 0 });
     let id = submit_pipeline(&db, params).await;
     let worker = spawn_worker_process(&db, &dir, "5");
-    // Cancel once a pre-training stage is training.
+    // Cancel once a pre-training stage is training (its data drawn and encoded, losses logged).
     let started = Instant::now();
     let running = loop {
         let running: Option<i64> = sqlx::query_scalar(
-            r#"SELECT j.id FROM jobs j JOIN job_progress p ON p.job_id = j.id
-               WHERE j.pipeline_id = $1 AND j.kind = 'pretrain' AND j.state = 'running' AND p.step > 0"#,
+            r#"SELECT j.id FROM jobs j
+               WHERE j.pipeline_id = $1 AND j.kind = 'pretrain' AND j.state = 'running'
+                 AND EXISTS (SELECT 1 FROM job_metrics m WHERE m.job_id = j.id AND m.name = 'loss')"#,
         )
         .bind(id)
         .fetch_optional(&db.pool)
@@ -661,7 +662,11 @@ async fn cancelling_a_pipeline_cancels_its_stages_and_the_running_ones_keep_thei
     assert_eq!(queue::get(&db.pool, id).await.unwrap().unwrap().state, JobState::Cancelled);
     let checkpoints = repdiff_server::artifacts::for_job(&db.pool, running, Some("checkpoint")).await.unwrap();
     assert_eq!(checkpoints.len(), 1, "the running stage's checkpoint is kept");
+    // Retrying the pipeline puts every stage that did not finish back in the queue with it.
     drop(worker);
+    assert_eq!(queue::retry(&db.pool, id).await.unwrap().unwrap().state, JobState::Queued);
+    let stages = stages_of(&db.pool, id).await;
+    assert!(stages.iter().all(|s| s.2 == "queued"), "{stages:?}");
     db.drop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -412,6 +412,27 @@ try {
   await shot("supervised-run");
   await page.goto(`${base}/compare?runs=${classifyId},${probeId},${supervisedId}`);
   await page.locator("#test-results tbody tr", { hasText: "supervised" }).waitFor();
+  // The same baseline on synthetic phantoms: no upload, the split of the phantoms' sites.
+  await page.goto(`${base}/runs/new?kind=supervised`);
+  await page.selectOption("select[name=architecture]", "tiny");
+  await page.fill("input[name=patch]", "4");
+  await page.fill("input[name=epochs]", "1");
+  await page.fill("input[name=size]", "16");
+  await page.selectOption("select[name=data]", "phantoms");
+  await page.fill("input[name=phantom_num]", "60");
+  await page.fill("input[name=phantom_downstream]", "2000000");
+  await page.locator(".problems", { hasText: "Phantoms from site 1: is 0 to" }).waitFor();
+  await page.fill("input[name=phantom_downstream]", "150");
+  await page.fill("input[name=phantom_size]", "32");
+  await page.check("input[name=split_on]");
+  await page.fill("input[name=downstream_site]", "1");
+  await page.click("button:has-text('Launch')");
+  await page.waitForURL(/\/runs\/\d+$/);
+  const phantomId = Number(page.url().split("/").pop());
+  await waitState("succeeded", 120_000);
+  const phantomParams = (await api(`/jobs/${phantomId}`)).params;
+  assert.deepEqual(phantomParams.test.phantoms, { num: 60, downstream: 150, size: 32, seed: 0,
+    split: { downstream_site: 1, part: "test", seed: 0 } });
 
   step("generation metrics of both models against the dataset's slices, with the t-SNE histograms");
   await page.goto(`${base}/runs/new?kind=evaluate`);

@@ -11,6 +11,9 @@ use crate::rng::Rng;
 use crate::{Error, Result};
 
 /// One slice of a manifest.
+/// The paper's split of the downstream site's slices: train, validation, test (per label).
+pub const PAPER_SPLIT: [f64; 3] = [0.8, 0.1, 0.1];
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SliceRecord {
     pub file: String,

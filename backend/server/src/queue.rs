@@ -402,7 +402,8 @@ pub async fn cancel(pool: &PgPool, id: i64) -> sqlx::Result<Option<Job>> {
 }
 
 /// Puts a failed or cancelled job back in the queue with one more attempt, and with it the jobs its end
-/// cancelled (those that wait on it, on down). `None` if it is not final.
+/// cancelled (those that wait on it, on down); for a pipeline, also its stages that failed or were cancelled.
+/// `None` if it is not final.
 pub async fn retry(pool: &PgPool, id: i64) -> sqlx::Result<Option<Job>> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query_as!(
@@ -427,6 +428,15 @@ pub async fn retry(pool: &PgPool, id: i64) -> sqlx::Result<Option<Job>> {
                UPDATE jobs SET state = 'queued', run_after = now(), error = NULL, finished_at = NULL,
                                blocked_by = NULL
                WHERE id IN (SELECT id FROM blocked)"#,
+            id
+        )
+        .execute(&mut *tx)
+        .await?;
+        // A pipeline retried: its stages that failed or were cancelled run again (the finished ones stay).
+        sqlx::query!(
+            r#"UPDATE jobs SET state = 'queued', run_after = now(), cancel_requested = false, error = NULL,
+                   finished_at = NULL, blocked_by = NULL, max_attempts = greatest(max_attempts, attempt + 1)
+               WHERE pipeline_id = $1 AND state IN ('failed', 'cancelled')"#,
             id
         )
         .execute(&mut *tx)

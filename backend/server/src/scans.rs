@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use repdiff_engine::dataset::{Labels, import};
 use repdiff_engine::imaging::deid::DeidKey;
 use repdiff_engine::manifest::{Manifest, SliceRecord};
+use repdiff_engine::phantom::Markers;
 use sha2::{Digest, Sha256};
 
 use crate::storage::{Storage, StorageError};
@@ -222,4 +223,41 @@ pub async fn store(
         }
     }
     Ok(stored)
+}
+
+/// A dataset's slice as a split reads it: its id, its object in the store, and its site and markers
+/// (named `slices/ID.png`, as a job lays the slices out).
+#[derive(Clone, Debug)]
+pub struct StoredSlice {
+    pub id: i64,
+    pub key: String,
+    pub record: SliceRecord,
+}
+
+/// A dataset's slices in the order every split reads them (by id).
+pub async fn slices_of(db: &sqlx::PgPool, dataset: i64) -> sqlx::Result<Vec<StoredSlice>> {
+    let rows = sqlx::query!(
+        r#"SELECT id, key, site, hypodensity, margin_irregularity, blend_sign, fluid_level
+               FROM scans WHERE dataset_id = $1 ORDER BY id"#,
+        dataset
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StoredSlice {
+            id: r.id,
+            key: r.key,
+            record: SliceRecord {
+                file: format!("slices/{}.png", r.id),
+                site: r.site.max(0) as usize,
+                markers: Markers {
+                    hypodensity: r.hypodensity,
+                    margin_irregularity: r.margin_irregularity,
+                    blend_sign: r.blend_sign,
+                    fluid_level: r.fluid_level,
+                },
+            },
+        })
+        .collect())
 }

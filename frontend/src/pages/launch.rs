@@ -47,6 +47,11 @@ struct Form {
     matmul_precision: Field,
     data: Field,
     toy_n: Field,
+    /// Synthetic phantoms: slices from random sites, more from site 1, their side and seed.
+    phantom_num: Field,
+    phantom_downstream: Field,
+    phantom_size: Field,
+    phantom_seed: Field,
     dataset: Field,
     window: Field,
     latents: Field,
@@ -161,6 +166,10 @@ impl Form {
             matmul_precision: Field::new("highest"),
             data: Field::new("dataset"),
             toy_n: Field::new("64"),
+            phantom_num: Field::new("600"),
+            phantom_downstream: Field::new("1500"),
+            phantom_size: Field::new("64"),
+            phantom_seed: Field::new("0"),
             dataset: Field::new(""),
             window: Field::new("brain"),
             latents: Field::new(""),
@@ -256,6 +265,16 @@ impl Form {
                 }
                 DataSource::Latents { key: self.latents.text() }
             }
+            "phantoms" => DataSource::Phantoms {
+                num: self.phantom_num.number("Phantoms", problems).unwrap_or(600),
+                downstream: self.phantom_downstream.number("Phantoms from site 1", problems).unwrap_or(0),
+                size: self.phantom_size.number("Phantom size", problems).unwrap_or(64),
+                seed: self.phantom_seed.number("Phantom seed", problems).unwrap_or(0),
+                split: self.split_on.get().then(|| {
+                    let part = part.or_else(|| choice(&self.part.text())).unwrap_or(Part::Train);
+                    self.split(part, problems)
+                }),
+            },
             _ => {
                 let window = Some(self.window.text()).filter(|w| !w.is_empty());
                 let split = self.split_on.get().then(|| {
@@ -291,12 +310,18 @@ impl Form {
         }))
     }
 
+    /// Whether the data is a dataset's or the phantoms' split, whose parts the kind reads.
+    fn split_parts(&self) -> bool {
+        matches!(self.data.text().as_str(), "dataset" | "phantoms") && self.split_on.get()
+    }
+
     /// A baseline's labelled train, validation (chooses) and optional test data: a dataset's split parts,
     /// or the training source with an encode run's validation and test latents.
     fn labelled_parts(&self, problems: &mut Vec<String>) -> (DataSource, DataSource, Option<DataSource>) {
-        if self.data.text() == "dataset" && self.split_on.get() {
+        if self.split_parts() {
+            let source = self.data.text();
             let [train, validation, test] =
-                [Part::Train, Part::Validation, Part::Test].map(|part| self.source("dataset", Some(part), problems));
+                [Part::Train, Part::Validation, Part::Test].map(|part| self.source(&source, Some(part), problems));
             return (train, validation, Some(test));
         }
         let train = self.source(&self.data.text(), None, problems);
@@ -350,8 +375,8 @@ impl Form {
                 let checkpoint = self.checkpoint("Model", p);
                 let validation = self.source(&self.data.text(), Some(Part::Validation), p);
                 let mut spec = ClassifyParams::new(checkpoint, validation);
-                spec.test = match self.data.text() == "dataset" && self.split_on.get() {
-                    true => Some(self.source("dataset", Some(Part::Test), p)),
+                spec.test = match self.split_parts() {
+                    true => Some(self.source(&self.data.text(), Some(Part::Test), p)),
                     false => self.test_latents(),
                 };
                 spec.timesteps = Self::list(&self.timesteps, "Timesteps", p);
@@ -511,6 +536,9 @@ fn label_of(field: &str) -> Option<&'static str> {
     let last = field.rsplit('.').next().unwrap_or(field);
     Some(match (field, last) {
         (_, "n") if field.ends_with("toy.n") => "Toy images",
+        (_, "num") if field.ends_with("phantoms.num") => "Phantoms",
+        (_, "downstream") if field.ends_with("phantoms.downstream") => "Phantoms from site 1",
+        (_, "size") if field.ends_with("phantoms.size") => "Phantom size",
         (_, "downstream_site") if field.contains("split") => "Downstream site",
         ("run.steps", _) => "Steps",
         ("run.batch_size" | "batch_size", _) => "Batch size",
@@ -815,6 +843,14 @@ pub fn Launch() -> impl IntoView {
         move || match source.value.get().as_str() {
             "toy" => text_input("Toy images", "toy_n", form.toy_n, "64").into_any(),
             "latents" => latents_select("Latents", "latents", form.latents, "Pick an encode run").into_any(),
+            "phantoms" => view! {
+                {text_input("Phantoms", "phantom_num", form.phantom_num, "600, each from a random site")}
+                {text_input("Phantoms from site 1", "phantom_downstream", form.phantom_downstream, "1500")}
+                {text_input("Phantom size", "phantom_size", form.phantom_size, "64 pixels a side")}
+                {text_input("Phantom seed", "phantom_seed", form.phantom_seed, "0")}
+                {split_fields(part_label.unwrap_or("Only one part of the paper's split"), part_label.is_none())}
+            }
+            .into_any(),
             _ => view! {
                 {dataset_select()}
                 {text_input("CT window", "window", form.window, "brain")}
@@ -845,10 +881,10 @@ pub fn Launch() -> impl IntoView {
     let labelled_fields = move || {
         view! {
                 <fieldset><legend>"Training data"</legend>
-                    {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
+                    {choice("Source", "data", form.data, &["dataset", "phantoms", "latents", "toy"])}
                     {source_fields(form.data, Some("Its split: train, validation and test parts"))}
                 </fieldset>
-                {move || (!(form.data.value.get() == "dataset" && form.split_on.get())).then(|| view! {
+                {move || (!(matches!(form.data.value.get().as_str(), "dataset" | "phantoms") && form.split_on.get())).then(|| view! {
                     <fieldset><legend>"Validation and test data"</legend>
                         {latents_select("Validation latents", "val_latents", form.val_latents, "Pick an encode run")}
                         {latents_select("Test latents", "test_latents", form.test_latents, "None")}
@@ -908,7 +944,7 @@ pub fn Launch() -> impl IntoView {
                     <p class="muted small wide-row">{preset_summary}</p>
                 </fieldset>
                 <fieldset><legend>"Data"</legend>
-                    {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
+                    {choice("Source", "data", form.data, &["dataset", "phantoms", "latents", "toy"])}
                     {source_fields(form.data, None)}
                 </fieldset>
                 {eval_fields()}
@@ -929,7 +965,7 @@ pub fn Launch() -> impl IntoView {
                     {text_input("Trajectory frames", "frames", form.frames, "none, or 8: x0 predictions along the way")}
                 </fieldset>
                 <fieldset><legend>"References (representation-conditional models)"</legend>
-                    {choice("Reference images", "references", form.references, &["none", "dataset", "latents", "toy"])}
+                    {choice("Reference images", "references", form.references, &["none", "dataset", "phantoms", "latents", "toy"])}
                     {move || (form.references.value.get() != "none").then(|| source_fields(form.references, None))}
                     <p class="muted small wide-row">"A representation model draws variations of reference images: sample i from reference i."</p>
                 </fieldset>
@@ -951,7 +987,7 @@ pub fn Launch() -> impl IntoView {
                     <p class="muted small wide-row">"FID, sFID and IS need pytorch-fid's Inception weights on the server (auto uses them when present). Without them a fixed random Inception-v3 measures the same quantities, labelled as such."</p>
                 </fieldset>
                 <fieldset><legend>"Real images"</legend>
-                    {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
+                    {choice("Source", "data", form.data, &["dataset", "phantoms", "latents", "toy"])}
                     {source_fields(form.data, None)}
                     {text_input("At most", "max_real", form.max_real, "all (evenly spaced through the set)")}
                 </fieldset>
@@ -1019,7 +1055,7 @@ pub fn Launch() -> impl IntoView {
                     <p class="muted small wide-row">"Each scan is noised to t and denoised under every class from the same noisy latent; the difference map shows what the model changes (red: brighter under the last class)."</p>
                 </fieldset>
                 <fieldset><legend>"Scans"</legend>
-                    {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
+                    {choice("Source", "data", form.data, &["dataset", "phantoms", "latents", "toy"])}
                     {source_fields(form.data, None)}
                 </fieldset>
             }
@@ -1044,11 +1080,11 @@ pub fn Launch() -> impl IntoView {
                     <p class="muted small wide-row">"Sequential: an image stops drawing noise once its class is decided, and the noise draws above are the most it gets. Predictive: the draws left in the budget are unlikely (the error rate) to overturn the leading class (a look every 16 draws). Confidence: a paired t test says unlimited draws would agree (looks at 16, 32, 64, ... draws). The comparison runs the whole budget on test and shows what both rules would spend."</p>
                 </fieldset>
                 <fieldset><legend>"Validation data (chooses the timestep)"</legend>
-                    {choice("Source", "data", form.data, &["latents", "dataset", "toy"])}
+                    {choice("Source", "data", form.data, &["latents", "dataset", "phantoms", "toy"])}
                     {source_fields(form.data, Some("Its split: validation here, test below"))}
                 </fieldset>
                 <fieldset><legend>"Test data (optional)"</legend>
-                    {move || if form.data.value.get() == "dataset" && form.split_on.get() {
+                    {move || if matches!(form.data.value.get().as_str(), "dataset" | "phantoms") && form.split_on.get() {
                         view! { <p class="muted small wide-row">"The test part of the dataset's split, classified at the chosen timestep."</p> }.into_any()
                     } else {
                         latents_select("Test latents", "test_latents", form.test_latents, "None").into_any()
@@ -1071,7 +1107,7 @@ pub fn Launch() -> impl IntoView {
                     {choice("Matrix products", "matmul_precision", form.matmul_precision, &["highest", "bf16"])}
                 </fieldset>
                 <fieldset><legend>"Labelled data"</legend>
-                    {choice("Source", "data", form.data, &["dataset", "latents", "toy"])}
+                    {choice("Source", "data", form.data, &["dataset", "phantoms", "latents", "toy"])}
                     {source_fields(form.data, None)}
                 </fieldset>
                 {eval_fields()}

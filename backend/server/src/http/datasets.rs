@@ -19,8 +19,7 @@ use repdiff_api::{
 };
 use repdiff_engine::dataset::Labels;
 use repdiff_engine::imaging::{PNG16_HU_OFFSET, Window};
-use repdiff_engine::manifest::{MAX_SITE, Manifest, Part, SliceRecord};
-use repdiff_engine::phantom::Markers;
+use repdiff_engine::manifest::{MAX_SITE, Manifest, Part};
 use serde::Deserialize;
 use sqlx::PgPool;
 use tokio::io::AsyncWriteExt;
@@ -779,29 +778,11 @@ pub async fn split_summary(
     ApiQuery(q): ApiQuery<SplitQuery>,
 ) -> ApiResult<Json<SplitSummary>> {
     visible_dataset(&state.pool, &user, id).await?;
-    let rows = sqlx::query!(
-        "SELECT id, site, hypodensity, margin_irregularity, blend_sign, fluid_level FROM scans WHERE dataset_id = $1 ORDER BY id",
-        id
-    )
-    .fetch_all(&state.pool)
-    .await?;
-    let manifest = Manifest {
-        records: rows
-            .iter()
-            .map(|r| SliceRecord {
-                file: r.id.to_string(),
-                site: r.site.max(0) as usize,
-                markers: Markers {
-                    hypodensity: r.hypodensity,
-                    margin_irregularity: r.margin_irregularity,
-                    blend_sign: r.blend_sign,
-                    fluid_level: r.fluid_level,
-                },
-            })
-            .collect(),
-    };
-    let parts =
-        manifest.split(q.downstream_site, [0.8, 0.1, 0.1], q.seed).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let records = crate::scans::slices_of(&state.pool, id).await?.into_iter().map(|s| s.record).collect();
+    let manifest = Manifest { records };
+    let parts = manifest
+        .split(q.downstream_site, repdiff_engine::manifest::PAPER_SPLIT, q.seed)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let summary = Part::ALL
         .iter()
         .map(|&part| {

@@ -12,9 +12,9 @@ use repdiff_engine::data::Dataset;
 use repdiff_engine::diffusion::SamplerKind;
 use repdiff_engine::imaging::{Channels, Window};
 use repdiff_engine::latent_cache::{EncodeSpec, encode_dataset};
-use repdiff_engine::manifest::{Manifest, SliceRecord};
+use repdiff_engine::manifest::Manifest;
 use repdiff_engine::metrics::inception::InceptionV3;
-use repdiff_engine::phantom::{Markers, PngSet};
+use repdiff_engine::phantom::PngSet;
 
 use crate::pipeline::PHANTOM_MARKER_PROB;
 
@@ -101,7 +101,7 @@ fn split_manifest(
     split: &SplitSpec,
     dir: &std::path::Path,
 ) -> Result<std::path::PathBuf, JobError> {
-    let parts = manifest.split(split.downstream_site, crate::pipeline::SPLIT_FRACTIONS, split.seed)?;
+    let parts = manifest.split(split.downstream_site, repdiff_engine::manifest::PAPER_SPLIT, split.seed)?;
     let path = dir.join("split.csv");
     manifest.write_split_csv(&parts, &path)?;
     ctx.log("info", &manifest.summary(&parts));
@@ -134,33 +134,17 @@ pub fn fetch_scans(
     dataset: i64,
     split: Option<&SplitSpec>,
 ) -> Result<std::path::PathBuf, JobError> {
-    let rows = ctx.block_on(
-        sqlx::query!(
-            r#"SELECT id, key, site, hypodensity, margin_irregularity, blend_sign, fluid_level
-               FROM scans WHERE dataset_id = $1 ORDER BY id"#,
-            dataset
-        )
-        .fetch_all(ctx.pool()),
-    )?;
-    if rows.is_empty() {
+    let slices = ctx.block_on(crate::scans::slices_of(ctx.pool(), dataset))?;
+    if slices.is_empty() {
         return Err(JobError::Permanent(format!("dataset {dataset} has no scans")));
     }
     let dir = ctx.scratch.join("dataset");
+    let total = slices.len() as u64;
     let mut manifest = Manifest::default();
-    for (i, row) in rows.iter().enumerate() {
-        let file = format!("slices/{}.png", row.id);
-        ctx.fetch(&row.key, &format!("dataset/{file}"))?;
-        manifest.records.push(SliceRecord {
-            file,
-            site: row.site.max(0) as usize,
-            markers: Markers {
-                hypodensity: row.hypodensity,
-                margin_irregularity: row.margin_irregularity,
-                blend_sign: row.blend_sign,
-                fluid_level: row.fluid_level,
-            },
-        });
-        ctx.progress(i as u64 + 1, rows.len() as u64, "fetching scans");
+    for (i, slice) in slices.into_iter().enumerate() {
+        ctx.fetch(&slice.key, &format!("dataset/{}", slice.record.file))?;
+        manifest.records.push(slice.record);
+        ctx.progress(i as u64 + 1, total, "fetching scans");
     }
     let manifest_path = match split {
         None => {

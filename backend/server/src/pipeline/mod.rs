@@ -14,7 +14,7 @@ use repdiff_api::jobs::{
     RunOverrides, SampleParams, Sampler, SplitSpec, Stopping, SupervisedParams,
 };
 use repdiff_engine::manifest::{self, Manifest, SliceRecord};
-use repdiff_engine::phantom::{Markers, PngSet};
+use repdiff_engine::phantom::PngSet;
 use sqlx::PgPool;
 
 use crate::queue::{self, Job, NewJob};
@@ -104,9 +104,6 @@ pub fn preset(name: &str) -> Option<Preset> {
 /// The probability of each hematoma marker in the pipeline's phantoms (`repdiff phantoms`' default).
 pub const PHANTOM_MARKER_PROB: f64 = 0.15;
 
-/// The split's fractions of the downstream site: train, validation, test.
-pub const SPLIT_FRACTIONS: [f64; 3] = [0.8, 0.1, 0.1];
-
 /// One stage: a job of an ordinary kind, the id it will have, and the stages it waits on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stage {
@@ -154,7 +151,7 @@ pub fn part_sizes(p: &ReproduceParams, dataset: &[SliceRecord]) -> Result<Vec<Pa
         .map(|seed| {
             let records = seed_records(p, &preset, seed, dataset);
             let parts = Manifest { records }
-                .split(p.downstream_site, SPLIT_FRACTIONS, seed)
+                .split(p.downstream_site, manifest::PAPER_SPLIT, seed)
                 .map_err(|e| Invalid::new("downstream_site", e.to_string()))?;
             let count = |part: manifest::Part| parts.iter().filter(|&&x| x == part).count();
             let sizes = manifest::Part::ALL.map(count);
@@ -366,7 +363,7 @@ pub async fn submit(pool: &PgPool, registry: &Registry, job: &NewJob, dino: bool
         serde_json::from_value(job.params.clone()).map_err(|e| Invalid::new("params", e.to_string()))?;
     p.validate()?;
     let dataset = match p.dataset {
-        Some(id) => dataset_records(pool, id).await?,
+        Some(id) => crate::scans::slices_of(pool, id).await?.into_iter().map(|s| s.record).collect(),
         None => Vec::new(),
     };
     let sizes = part_sizes(&p, &dataset)?;
@@ -415,33 +412,10 @@ pub async fn submit(pool: &PgPool, registry: &Registry, job: &NewJob, dino: bool
     Ok((queue::get(pool, created.id).await?.unwrap_or(created), true))
 }
 
-/// A dataset's slices as the split reads them (sites and markers, in the order a job fetches them).
-async fn dataset_records(pool: &PgPool, dataset: i64) -> sqlx::Result<Vec<SliceRecord>> {
-    let rows = sqlx::query!(
-        r#"SELECT site, hypodensity, margin_irregularity, blend_sign, fluid_level
-           FROM scans WHERE dataset_id = $1 ORDER BY id"#,
-        dataset
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| SliceRecord {
-            file: String::new(),
-            site: r.site.max(0) as usize,
-            markers: Markers {
-                hypodensity: r.hypodensity,
-                margin_irregularity: r.margin_irregularity,
-                blend_sign: r.blend_sign,
-                fluid_level: r.fluid_level,
-            },
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use repdiff_engine::phantom::Markers;
 
     fn params(json: serde_json::Value) -> ReproduceParams {
         serde_json::from_value(json).unwrap()
