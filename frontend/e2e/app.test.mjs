@@ -419,13 +419,13 @@ try {
   await page.fill("input[name=epochs]", "1");
   await page.fill("input[name=size]", "16");
   await page.selectOption("select[name=data]", "phantoms");
+  await page.check("input[name=split_on]");
+  await page.fill("input[name=downstream_site]", "1");
   await page.fill("input[name=phantom_num]", "60");
   await page.fill("input[name=phantom_downstream]", "2000000");
   await page.locator(".problems", { hasText: "Phantoms from site 1: is 0 to" }).waitFor();
   await page.fill("input[name=phantom_downstream]", "150");
   await page.fill("input[name=phantom_size]", "32");
-  await page.check("input[name=split_on]");
-  await page.fill("input[name=downstream_site]", "1");
   await page.click("button:has-text('Launch')");
   await page.waitForURL(/\/runs\/\d+$/);
   const phantomId = Number(page.url().split("/").pop());
