@@ -489,7 +489,7 @@ try {
   const reproduceParams = (await api(`/jobs/${reproduceId}`)).params;
   assert.equal(reproduceParams.matmul_precision, "bf16");
   assert.equal(reproduceParams.seeds, 2);
-  await waitState("succeeded", 300_000);
+  await waitState("succeeded", 600_000);
   const pipeline = (await api(`/jobs/${reproduceId}`)).result;
   assert.equal(pipeline.table6.length, 5);
   assert.deepEqual(pipeline.across_seeds.seeds, [0, 1]);

@@ -110,6 +110,10 @@ pub struct PngSet {
     pub seed: u64,
 }
 
+/// The probability of each hematoma marker in a phantom set unless one is given (`repdiff phantoms`,
+/// the pipeline's phantoms, a job's `phantoms` data).
+pub const MARKER_PROB: f64 = 0.15;
+
 /// The class folders of a PNG set, by label.
 pub const CLASS_DIRS: [&str; 2] = ["0_no_hematoma", "1_hematoma"];
 

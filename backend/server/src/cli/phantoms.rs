@@ -38,7 +38,7 @@ pub struct PhantomArgs {
     #[arg(long, default_value_t = 256)]
     size: usize,
     /// Probability of each of the four markers (independent).
-    #[arg(long, default_value_t = 0.15)]
+    #[arg(long, default_value_t = repdiff_engine::phantom::MARKER_PROB)]
     marker_prob: f64,
     /// Display window of PNG output: brain, subdural, soft-tissue, bone, or LEVEL/WIDTH.
     #[arg(long, default_value = "brain")]

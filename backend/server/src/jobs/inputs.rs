@@ -16,8 +16,6 @@ use repdiff_engine::manifest::Manifest;
 use repdiff_engine::metrics::inception::InceptionV3;
 use repdiff_engine::phantom::PngSet;
 
-use crate::pipeline::PHANTOM_MARKER_PROB;
-
 use crate::worker::{Input, JobContext, JobError};
 
 /// The training data a job names, in the space of `config`'s model (a dataset is windowed and encoded by
@@ -78,7 +76,7 @@ pub(super) fn slices_of(
                 num: *num,
                 downstream: *downstream,
                 size: *size,
-                marker_prob: PHANTOM_MARKER_PROB,
+                marker_prob: repdiff_engine::phantom::MARKER_PROB,
                 seed: *seed,
             };
             let dir = ctx.scratch.join("phantoms");

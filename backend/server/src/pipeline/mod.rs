@@ -101,9 +101,6 @@ pub fn preset(name: &str) -> Option<Preset> {
     })
 }
 
-/// The probability of each hematoma marker in the pipeline's phantoms (`repdiff phantoms`' default).
-pub const PHANTOM_MARKER_PROB: f64 = 0.15;
-
 /// One stage: a job of an ordinary kind, the id it will have, and the stages it waits on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stage {
@@ -137,7 +134,8 @@ fn seed_records(p: &ReproduceParams, preset: &Preset, seed: u64, dataset: &[Slic
         return dataset.to_vec();
     }
     let (num, downstream) = phantom_counts(p, preset);
-    let set = PngSet { num, downstream, size: preset.phantom_size, marker_prob: PHANTOM_MARKER_PROB, seed };
+    let set =
+        PngSet { num, downstream, size: preset.phantom_size, marker_prob: repdiff_engine::phantom::MARKER_PROB, seed };
     set.slices().into_iter().map(|(site, markers, _)| SliceRecord { file: String::new(), site, markers }).collect()
 }
 
@@ -385,10 +383,11 @@ pub async fn submit(pool: &PgPool, registry: &Registry, job: &NewJob, dino: bool
     for stage in &stages {
         let params = stage.spec.params();
         let kind = stage.spec.kind();
-        crate::jobs::validate(registry, kind, &params).map_err(|e| e.within(&stage.name))?;
-        if let Some(handler) = registry.get(kind) {
-            handler.admit(&params, &Default::default()).map_err(|message| Invalid::new(stage.name.clone(), message))?;
-        }
+        let handler = registry
+            .get(kind)
+            .ok_or_else(|| Invalid::new(stage.name.clone(), format!("this deployment runs no {kind} jobs")))?;
+        handler.validate(&params).map_err(|e| e.within(&stage.name))?;
+        handler.admit(&params, &Default::default()).map_err(|message| Invalid::new(stage.name.clone(), message))?;
         let mut depends_on = [stage.after.clone(), job.depends_on.clone()].concat();
         depends_on.sort_unstable();
         depends_on.dedup();
