@@ -457,7 +457,7 @@ async fn the_paper_pipeline_runs_as_a_graph_of_jobs_with_its_tables_as_the_resul
 
     let params = json!({ "phantoms": 96, "pretrain_steps": 4, "finetune_steps": 2, "draws": 2,
                          "supervised_epochs": 1, "eval_samples": 10, "class_samples": 2, "matmul_precision": "bf16" });
-    let submit = json!({ "kind": "reproduce", "params": params, "tags": ["paper"] });
+    let submit = json!({ "kind": "reproduce", "params": params.clone(), "tags": ["paper"] });
     let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(submit)).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply.body));
     let id = reply.json()["id"].as_i64().unwrap();
@@ -511,7 +511,7 @@ async fn the_paper_pipeline_runs_as_a_graph_of_jobs_with_its_tables_as_the_resul
         app.call("GET", &format!("/api/v1/jobs/{}", by_name("classify-rep")["id"]), Some(&ada), None).await;
     let classified: repdiff_api::ClassifyReport = serde_json::from_value(classified.json()["result"].clone()).unwrap();
     assert_eq!(report.table6[1].metrics, classified.test.unwrap().metrics);
-    assert!(report.table5.unwrap().iter().all(|r| r.generated == 10 && r.fid > 0.0));
+    assert!(report.table5.as_ref().unwrap().iter().all(|r| r.generated == 10 && r.fid > 0.0));
     assert_eq!(report.timings_s.len(), 19);
     // The report and the counterfactual figure on the pipeline's page; each stage has its own artifacts.
     let artifacts = app.call("GET", &format!("/api/v1/jobs/{id}/artifacts"), Some(&ada), None).await.json();
@@ -529,6 +529,38 @@ async fn the_paper_pipeline_runs_as_a_graph_of_jobs_with_its_tables_as_the_resul
     let checkpoints =
         app.call("GET", &format!("/api/v1/jobs/{}/artifacts?kind=checkpoint", pretrain["id"]), Some(&ada), None).await;
     assert_eq!(checkpoints.json().as_array().unwrap().len(), 1);
+
+    // The command line runs the same graph for the same parameters, on a queue of its own, one stage at a
+    // time as this app's worker does, and reports the same tables.
+    let spec = app.dir.join("reproduce.json");
+    std::fs::write(&spec, params.to_string()).unwrap();
+    let (weights, out) = (app.dir.join("model-weights"), app.dir.join("cli"));
+    let cli = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_repdiff"))
+            .args(["reproduce", "--jobs", "1", "--spec"])
+            .arg(spec)
+            .arg("--weights-dir")
+            .arg(weights)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let printed = format!("{}{}", String::from_utf8_lossy(&cli.stdout), String::from_utf8_lossy(&cli.stderr));
+    assert!(cli.status.success(), "{printed}");
+    let from_cli: repdiff_api::ReproduceReport =
+        serde_json::from_str(&std::fs::read_to_string(app.dir.join("cli/table6.json")).unwrap()).unwrap();
+    assert_eq!(from_cli.table6, report.table6);
+    assert_eq!(from_cli.class_fidelity, report.class_fidelity);
+    assert_eq!(from_cli.table5, report.table5);
+    assert_eq!(
+        (from_cli.preset.as_str(), from_cli.seed, from_cli.pretrain_steps, from_cli.finetune_steps),
+        (report.preset.as_str(), report.seed, report.pretrain_steps, report.finetune_steps)
+    );
+    let steps = |r: &repdiff_api::ReproduceReport| r.timings_s.iter().map(|t| t.step.clone()).collect::<Vec<_>>();
+    assert_eq!(steps(&from_cli), steps(&report));
     app.finish().await;
 }
 

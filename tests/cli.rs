@@ -612,10 +612,28 @@ fn probe_fits_on_a_representation_encoder_and_refuses_other_models() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The stages `[seed-0/pretrain-rep] started` ... `done` lines say ran at once, at most.
+fn most_at_once(output: &str) -> usize {
+    let (mut running, mut most) = (std::collections::HashSet::new(), 0);
+    for line in output.lines() {
+        let Some((stage, what)) = line.strip_prefix('[').and_then(|l| l.split_once("] ")) else { continue };
+        if what.starts_with("started (job ") {
+            running.insert(stage.to_string());
+        } else if what.starts_with("done") || what.starts_with("failed") || what.starts_with("cancelled") {
+            running.remove(stage);
+        }
+        most = most.max(running.len());
+    }
+    most
+}
+
 #[test]
-fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
+fn reproduce_runs_the_pipeline_as_a_graph_of_jobs_in_process_and_a_rerun_finds_it_done() {
     let dir = tempdir("reproduce");
     let out = dir.join("run");
+    // DINOv2's weights (stand-in random ones) in the weights folder: its probe is a stage too.
+    let weights = dir.join("weights");
+    repdiff_engine::dino::write_random_weights(&weights, 2).unwrap();
     let args = [
         "reproduce",
         "--phantoms",
@@ -632,165 +650,196 @@ fn reproduce_runs_the_whole_pipeline_and_resumes_where_it_stopped() {
         "10",
         "--class-samples",
         "3",
+        "--seeds",
+        "2",
+        "--weights-dir",
+        weights.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ];
     let first = repdiff(&args);
-    assert!(first.status.success(), "{}", text(&first));
-    // Steps ran side by side, each one's output lines tagged with its name.
-    let pretrain = text(&first)
-        .lines()
-        .find(|l| l.starts_with("[pretrain-rep] $ repdiff pretrain --mode rep"))
-        .unwrap_or("")
-        .to_string();
-    assert!(pretrain.ends_with("--preset tiny-cpu --seed 0"), "{}", text(&first));
-    assert!(text(&first).contains("[supervised-tiny] $ repdiff supervised --arch tiny"), "{}", text(&first));
-    let progress = |l: &str| l.starts_with("[finetune-uncond]") && l.contains("2/2 steps");
-    assert!(text(&first).lines().any(progress), "{}", text(&first));
-    // The pipeline's own progress, for a job that runs it: the steps planned, then each one finished.
     let output = text(&first);
-    let counts: Vec<&str> = output.lines().filter_map(|l| l.strip_prefix("progress: ")).collect();
-    let total = counts[0].strip_prefix("0/").and_then(|r| r.split(' ').next()).unwrap_or("?").to_string();
-    assert!(counts.last().is_some_and(|l| l.starts_with(&format!("{total}/{total} "))), "{counts:?}");
-    assert_eq!(counts.len(), total.parse::<usize>().unwrap() + 1, "{counts:?}");
+    assert!(first.status.success(), "{output}");
+    // Both seeds' stages, as the server plans them, two at a time on the in-process worker.
+    assert!(output.contains(" stages, 2 at a time"), "{output}");
+    let stages: usize = output
+        .lines()
+        .find_map(|l| l.split_once(": ")?.1.strip_suffix(" stages, 2 at a time")?.parse().ok())
+        .expect("the pipeline's size");
+    assert_eq!(stages, 40, "{output}");
+    for stage in ["seed-0/pretrain-rep", "seed-1/probe-dinov2", "seed-1/class-fidelity-uncond-g3", "seed-0/evaluate"] {
+        assert!(output.contains(&format!("[{stage}] started (job ")), "{stage}: {output}");
+        assert!(output.contains(&format!("[{stage}] done in ")), "{stage}: {output}");
+    }
+    assert_eq!(most_at_once(&output), 2, "{output}");
+    // The stages' own log lines, tagged with the stage.
+    assert!(output.contains("[seed-0/finetune-uncond] "), "{output}");
+    assert!(output.contains(&format!("progress: {stages}/{stages} stages done")), "{output}");
+    assert!(!output.contains("DINOv2 probe is left out"), "{output}");
+
     let table = std::fs::read_to_string(out.join("table6.md")).unwrap();
+    let report: repdiff_api::ReproduceReport =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table6.json")).unwrap()).unwrap();
+    assert_eq!(report.markdown, table);
+    assert!(table.starts_with("# Table 6 analogue over 2 seeds (0, 1)"), "{table}");
+    assert!(table.contains("\n# Seed 0 in full\n\n## Table 6 analogue"), "{table}");
     for method in [
         "unconditional pre-training",
         "representation-conditional pre-training",
         "Linear probe",
+        "Linear probe on DINOv2 ViT-S/14 features",
         "ViT (tiny) trained from scratch",
         "ResNet (resnet-tiny) trained from scratch",
     ] {
-        assert!(table.contains(method), "{table}");
+        assert!(table.contains(method), "{method}: {table}");
     }
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("table6.json")).unwrap()).unwrap();
-    assert_eq!(summary["table6"].as_array().unwrap().len(), 5);
-    // The file is the job's typed result, the report's Markdown included.
-    let report: repdiff_api::ReproduceReport = serde_json::from_value(summary.clone()).unwrap();
-    assert_eq!(report.markdown, table);
-    assert_eq!((report.preset.as_str(), report.table6[0].chosen_t.is_some()), ("tiny-cpu", true));
-    assert!(table.contains("| 500 |"), "the validation sweep lists every timestep: {table}");
-    assert!(summary["table6"][1]["intervals"]["accuracy"][1].as_f64().is_some());
-    assert!(out.join("counterfactuals/counterfactuals.png").exists());
-    // Class fidelity: each fine-tuned model's 3 + 3 samples (ancestral DDPM, whose samples the judges read
-    // more faithfully than DDIM's), without and with guidance, sorted by the other model's classifier at the
-    // timestep it chose.
-    let row = "| representation pre-training | 3.0 | unconditional pre-training |";
-    assert!(table.contains("## Class fidelity") && table.contains(row), "{table}");
+    assert_eq!((report.preset.as_str(), report.seed, report.table6.len()), ("tiny-cpu", 0, 6));
+    assert!(report.table6[0].chosen_t.is_some() && table.contains("| 500 |"), "the sweep lists every t: {table}");
+    assert!(report.table6[3].intervals.as_ref().is_some(), "{table}");
+    // Class fidelity: each fine-tuned model's 3 + 3 DDPM samples, without and with guidance, sorted by the
+    // other model's classifier at the timestep it chose; each stage's result is written beside the report.
     assert!(table.contains("(DDPM 100, classifier-free guidance 1"), "{table}");
-    assert!(
-        text(&first).contains("[class-samples-rep-g1] Sampling 6 images with Ddpm over 100 steps"),
-        "{}",
-        text(&first)
-    );
-    let fidelity = summary["class_fidelity"].as_array().unwrap();
-    assert_eq!(fidelity.len(), 4);
-    let uncond: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("classify-uncond.json")).unwrap()).unwrap();
-    assert_eq!(fidelity[0]["t"], uncond["chosen_t"], "{fidelity:?}");
-    for row in fidelity {
-        let confusion: Vec<Vec<u64>> = serde_json::from_value(row["samples_confusion"].clone()).unwrap();
-        assert_eq!(confusion.iter().map(|r| r.iter().sum::<u64>()).collect::<Vec<_>>(), [3, 3], "{row}");
-        assert!(row["real_test_per_class"][1].as_f64().is_some(), "{row}");
+    let uncond: repdiff_api::ClassifyReport =
+        serde_json::from_str(&std::fs::read_to_string(out.join("seed-0/classify-uncond.json")).unwrap()).unwrap();
+    assert_eq!(report.class_fidelity.len(), 4);
+    assert_eq!(report.class_fidelity[0].t, uncond.chosen_t, "{:?}", report.class_fidelity);
+    for row in &report.class_fidelity {
+        assert_eq!(row.samples_confusion.iter().map(|r| r.iter().sum::<usize>()).collect::<Vec<_>>(), [3, 3]);
     }
     // Table 5: both pre-trained models' generation metrics, in the random extractor's names (no weights).
     assert!(table.contains("## Table 5 analogue") && table.contains("| FD | sFD |"), "{table}");
-    let table5 = summary["table5"].as_array().unwrap();
-    assert_eq!(table5.len(), 2);
-    assert!(table5.iter().all(|r| r["generated"] == 10 && r["fid"].as_f64().unwrap() > 0.0), "{table5:?}");
-    assert!(text(&first).contains("the DINOv2 probe is left out"), "{}", text(&first));
-    // A second run keeps what is done: training resumes at its last step, the reports stay; with DINOv2's
-    // weights now in its weights folder (stand-in random ones) it adds that probe's row. With `--seeds 2` it
-    // then runs the whole pipeline for seed 1 in OUT/seed-1 and reports both seeds and their spread.
-    let weights = dir.join("weights");
-    repdiff_engine::dino::write_random_weights(&weights, 2).unwrap();
-    // One step after the other this time, in one process.
-    let again =
-        repdiff(&[&args[..], &["--weights-dir", weights.to_str().unwrap(), "--jobs", "1", "--seeds", "2"]].concat());
-    assert!(again.status.success(), "{}", text(&again));
-    let output = text(&again);
-    let (seed0, seed1) = output.split_once("=== seed 1 (2 of 2)").unwrap_or((&output, ""));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("table6.json")).unwrap()).unwrap();
-    assert_eq!(summary["table6"].as_array().unwrap().len(), 6);
-    assert_eq!(summary["table6"][3]["method"], "Linear probe on DINOv2 ViT-S/14 features");
-    assert!(summary["table6"][3]["intervals"]["f1"][1].as_f64().is_some(), "{summary}");
-    assert!(seed0.contains("Nothing to do: the run is at step 4 of 4"), "{output}");
-    assert!(!seed0.contains("diffusion classifier ("), "finished steps are not run again: {output}");
-    assert!(!seed0.contains("generation metrics of"), "{output}");
-    assert!(!seed0.contains("class-conditional samples of"), "{output}");
-    // Seed 1: a new pipeline of its own (its phantoms too), the same methods.
-    assert!(seed1.contains("--seed 1") && seed1.contains("diffusion classifier ("), "{output}");
-    let second: repdiff_api::ReproduceReport =
-        serde_json::from_str(&std::fs::read_to_string(out.join("seed-1/table6.json")).unwrap()).unwrap();
-    assert_eq!((second.seed, second.table6.len(), second.across_seeds.is_none()), (1, 6, true));
-    assert!(out.join("seed-1/data/manifest.csv").exists());
-    // The report: both seeds' numbers, their spread, the paired difference; then seed 0's tables.
-    let report: repdiff_api::ReproduceReport = serde_json::from_value(summary).unwrap();
+    let table5 = report.table5.clone().unwrap();
+    assert!(table5.len() == 2 && table5.iter().all(|r| r.generated == 10 && r.fid > 0.0), "{table5:?}");
+    assert!(out.join("counterfactuals.png").exists());
+    // Over the seeds: both seeds' numbers, their spread and the paired difference of the two classifiers.
     let across = report.across_seeds.clone().expect("a report over the seeds");
-    assert_eq!((report.seed, across.seeds.as_slice(), across.table6.len()), (0, &[0, 1][..], 6));
+    assert_eq!((across.seeds.as_slice(), across.table6.len()), (&[0, 1][..], 6));
+    let seed1 = |name: &str| -> repdiff_api::ClassifyReport {
+        serde_json::from_str(&std::fs::read_to_string(out.join(format!("seed-1/{name}.json"))).unwrap()).unwrap()
+    };
+    let accuracy = |r: &repdiff_api::ClassifyReport| r.test.as_ref().unwrap().metrics.accuracy;
     let rep = &across.table6[1];
-    assert_eq!(rep.accuracy.values, [report.table6[1].metrics.accuracy, second.table6[1].metrics.accuracy]);
-    assert_eq!(rep.chosen_t, [report.table6[1].chosen_t, second.table6[1].chosen_t]);
+    assert_eq!(rep.accuracy.values, [report.table6[1].metrics.accuracy, accuracy(&seed1("classify-rep"))]);
     let (a, b) = (rep.accuracy.values[0], rep.accuracy.values[1]);
     assert!((rep.accuracy.mean - (a + b) / 2.0).abs() < 1e-12);
     assert!((rep.accuracy.sd - (a - b).abs() / 2f64.sqrt()).abs() < 1e-12, "sample sd: {rep:?}");
     let d = &across.classifier_difference;
-    let expected: Vec<f64> =
-        [&report, &second].iter().map(|r| r.table6[1].metrics.accuracy - r.table6[0].metrics.accuracy).collect();
+    let expected = [
+        report.table6[1].metrics.accuracy - report.table6[0].metrics.accuracy,
+        accuracy(&seed1("classify-rep")) - accuracy(&seed1("classify-uncond")),
+    ];
     assert_eq!(d.difference.values, expected);
-    assert_eq!(d.ahead, expected.iter().filter(|&&v| v > 0.0).count());
-    let [lo, hi] = d.interval.unwrap();
-    assert!(lo <= d.difference.mean && d.difference.mean <= hi, "{d:?}");
     assert_eq!(across.table5.len(), 2);
-    assert_eq!(across.table5[0].metrics[0].values.len(), 2);
-    assert!(report.markdown.starts_with("# Table 6 analogue over 2 seeds (0, 1)"), "{}", report.markdown);
-    assert!(report.markdown.contains("\n# Seed 0 in full\n\n## Table 6 analogue"), "{}", report.markdown);
-    assert_eq!(std::fs::read_to_string(out.join("table6.md")).unwrap(), report.markdown);
-    // The progress counts on over both seeds and ends at its total.
-    let counts: Vec<(usize, usize)> = output
-        .lines()
-        .filter_map(|l| l.strip_prefix("progress: ")?.split(' ').next()?.split_once('/'))
-        .map(|(d, t)| (d.parse().unwrap(), t.parse().unwrap()))
-        .collect();
-    assert!(counts.windows(2).all(|w| w[1].0 >= w[0].0), "{counts:?}");
-    assert!(counts.last().is_some_and(|&(done, total)| done == total), "{counts:?}");
+
+    // The same parameters again, as flags or as the job's JSON: the pipeline is found done, nothing runs,
+    // and the report is the same.
+    let json_report = std::fs::read_to_string(out.join("table6.json")).unwrap();
+    let again = repdiff(&args);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("submitted before with these parameters: 40 stages"), "{}", text(&again));
+    assert!(!text(&again).contains("] started (job "), "{}", text(&again));
+    assert_eq!(std::fs::read_to_string(out.join("table6.json")).unwrap(), json_report);
+    let spec = dir.join("spec.json");
+    let params = serde_json::json!({ "phantoms": 96, "pretrain_steps": 4, "finetune_steps": 2, "draws": 2,
+        "supervised_epochs": 2, "eval_samples": 10, "class_samples": 3, "seeds": 2 });
+    std::fs::write(&spec, params.to_string()).unwrap();
+    let (spec, weights, out) = (spec.to_str().unwrap(), weights.to_str().unwrap(), out.to_str().unwrap());
+    let from_spec = repdiff(&["reproduce", "--spec", spec, "--weights-dir", weights, "--out", out]);
+    assert!(text(&from_spec).contains("submitted before with these parameters"), "{}", text(&from_spec));
+    // A spec and the flags it holds are one or the other.
+    let both = repdiff(&["reproduce", "--spec", spec, "--draws", "3", "--out", out]);
+    assert!(!both.status.success() && text(&both).contains("cannot be used with"), "{}", text(&both));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn ctrl_c_stops_reproduce_with_every_running_step_saved() {
+/// A process group that is killed when the test is done with it, passed or not.
+struct Group(std::process::Child);
+
+impl Group {
+    /// SIGINT to the group, as a terminal's Ctrl-C; then its exit status.
+    fn interrupt(&mut self) -> Option<i32> {
+        let kill = Command::new("kill").args(["-INT", "--", &format!("-{}", self.0.id())]).status().unwrap();
+        assert!(kill.success());
+        self.0.wait().unwrap().code()
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let mut kill = Command::new("kill");
+        kill.args(["-KILL", "--", &format!("-{}", self.0.id())]).stderr(std::process::Stdio::null());
+        let _ = kill.status();
+        let _ = self.0.wait();
+    }
+}
+
+/// `repdiff reproduce` in its own process group (as a terminal's Ctrl-C reaches it), its output lines as
+/// they come.
+fn spawn_reproduce(args: &[&str]) -> (Group, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
     use std::os::unix::process::CommandExt;
-    let dir = tempdir("reproduce-sigint");
-    let out = dir.join("run");
-    let child = Command::new(env!("CARGO_BIN_EXE_repdiff"))
-        .args(["reproduce", "--phantoms", "96", "--pretrain-steps", "100000", "--out", out.to_str().unwrap()])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_repdiff"))
+        .args(args)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        // Its own process group, as a terminal's Ctrl-C reaches the command and every step it runs.
+        .stderr(std::process::Stdio::inherit())
         .process_group(0)
         .spawn()
         .unwrap();
-    let logged = |mode: &str| {
-        std::fs::read_to_string(out.join(format!("pretrain-{mode}/metrics.csv"))).map_or(0, |s| s.lines().count())
-    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (Group(child), rx)
+}
+
+/// Lines of `rx` until one of them passes `until` (panics after a minute); returns them all.
+fn read_until(rx: &std::sync::mpsc::Receiver<String>, mut until: impl FnMut(&[String]) -> bool) -> Vec<String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while logged("uncond") < 3 || logged("rep") < 3 {
-        assert!(std::time::Instant::now() < deadline, "the two pre-trainings never both logged a step");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut lines = Vec::new();
+    while !until(&lines) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("not within a minute: {lines:#?}"),
+        }
     }
-    let kill = Command::new("kill").args(["-INT", "--", &format!("-{}", child.id())]).status().unwrap();
-    assert!(kill.success());
-    let result = child.wait_with_output().unwrap();
-    assert_eq!(result.status.code(), Some(130), "{}", text(&result));
-    let printed = text(&result);
-    assert!(printed.contains("interrupted: finished steps and checkpoints are kept"), "{printed}");
-    for mode in ["uncond", "rep"] {
-        assert!(printed.contains(&format!("[pretrain-{mode}] Cancelled")), "{printed}");
-        assert!(out.join(format!("pretrain-{mode}/checkpoint.safetensors")).exists());
+    lines
+}
+
+#[test]
+fn ctrl_c_stops_reproduce_with_its_running_stages_saved_and_a_rerun_goes_on_from_their_checkpoints() {
+    let dir = tempdir("reproduce-sigint");
+    let out = dir.join("run");
+    let args = ["reproduce", "--phantoms", "96", "--pretrain-steps", "100000", "--out", out.to_str().unwrap()];
+    // Interrupted once both pre-trainings report steps.
+    let (mut child, rx) = spawn_reproduce(&args);
+    let training = |lines: &[String], mode: &str| {
+        let prefix = format!("[seed-0/pretrain-{mode}] ");
+        lines.iter().any(|l| l.strip_prefix(&prefix).is_some_and(|rest| rest.contains("/100000 ")))
+    };
+    let mut lines = read_until(&rx, |l| training(l, "rep") && training(l, "uncond"));
+    assert_eq!(child.interrupt(), Some(130), "{lines:#?}");
+    lines.extend(rx.iter());
+    let printed = lines.join("\n");
+    assert!(printed.contains("interrupted: running stages stop at their next step"), "{printed}");
+    for mode in ["rep", "uncond"] {
+        let stage = format!("[seed-0/pretrain-{mode}]");
+        assert!(printed.contains(&format!("{stage} stopped at step ")), "{printed}");
+        assert!(printed.contains(&format!("{stage} back in the queue")), "{printed}");
     }
-    assert!(!printed.contains("[finetune-"), "nothing starts after the interrupt: {printed}");
+    assert!(!printed.contains("[seed-0/finetune-"), "nothing starts after the interrupt: {printed}");
+    // Again: the pipeline is found, and each pre-training goes on from the checkpoint it saved.
+    let (mut child, rx) = spawn_reproduce(&args);
+    let resumed = |lines: &[String], mode: &str| {
+        let prefix = format!("[seed-0/pretrain-{mode}] resumed from the checkpoint at step ");
+        lines.iter().any(|l| l.strip_prefix(&prefix).and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s > 0))
+    };
+    let lines = read_until(&rx, |l| resumed(l, "rep") && resumed(l, "uncond"));
+    assert_eq!(child.interrupt(), Some(130), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("submitted before with these parameters")), "{lines:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -79,6 +79,30 @@ async fn claims_go_by_priority_then_age_and_only_to_workers_of_the_kind() {
     db.drop().await;
 }
 
+/// A job given back by a worker that shuts down (or found running when a private queue reopens) keeps
+/// its place: it goes on before the jobs queued after it, without using an attempt.
+#[tokio::test]
+async fn a_released_job_keeps_its_place_and_its_attempts() {
+    let db = TestDb::new("release").await;
+    let first = queue::submit(&db.pool, &NewJob::new("train", serde_json::json!({}))).await.unwrap();
+    let second = queue::submit(&db.pool, &NewJob::new("train", serde_json::json!({}))).await.unwrap();
+    let claimed = queue::claim(&db.pool, "w", &kinds(&["train"]), LEASE).await.unwrap().unwrap();
+    assert_eq!(claimed.id, first.id);
+    assert_eq!(queue::release(&db.pool, first.id, "w").await.unwrap(), Some(JobState::Queued));
+    let again = queue::claim(&db.pool, "w", &kinds(&["train"]), LEASE).await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempt), (first.id, 1));
+    // Every running job at once, as `repdiff reproduce` does when it reopens its own queue.
+    let other = queue::claim(&db.pool, "w", &kinds(&["train"]), LEASE).await.unwrap().unwrap();
+    assert_eq!(other.id, second.id);
+    assert_eq!(queue::release_all(&db.pool).await.unwrap(), 2);
+    let mut order = Vec::new();
+    while let Some(job) = queue::claim(&db.pool, "w", &kinds(&["train"]), LEASE).await.unwrap() {
+        order.push((job.id, job.attempt));
+    }
+    assert_eq!(order, [(first.id, 1), (second.id, 1)]);
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn an_idempotency_key_makes_one_job() {
     let db = TestDb::new("idem").await;

@@ -2,14 +2,9 @@
 
 use std::process::Command;
 
-/// How `repdiff reproduce` announces each finished step of the pipeline, for whatever runs it (a
-/// `reproduce` job reads these lines as its progress): `progress: 3/17 pre-train (rep)`; the first,
-/// `progress: 0/17 steps planned`, once the steps are planned.
-pub const PIPELINE_PROGRESS: &str = "progress: ";
-
 /// Makes `command`'s process receive SIGKILL when the thread that starts it ends (Linux; elsewhere
-/// nothing). A worker or `repdiff reproduce` killed outright then leaves no step running on, writing
-/// into a folder nobody reads and holding cores the next attempt needs. The thread that spawns the child
+/// nothing). A server killed outright then leaves no worker process running on, holding the cores and
+/// the jobs that the next server's worker needs. The thread that spawns the child
 /// must be the one that waits for it, as a thread's exit counts as the parent's death.
 pub fn die_with_parent(command: &mut Command) {
     #[cfg(target_os = "linux")]

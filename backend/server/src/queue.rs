@@ -531,16 +531,17 @@ pub async fn running_on(pool: &PgPool, worker: &str) -> sqlx::Result<Vec<i64>> {
         .await
 }
 
-/// Gives a running job back to the queue without using an attempt (its worker is shutting down; a
-/// resumable job continues from its checkpoint on the next worker). A job cancelled meanwhile ends
-/// cancelled. Returns the job's new state, or `None` when it was not `worker`'s.
+/// Gives a running job back to the queue without using an attempt or its place in the queue (its worker
+/// is shutting down; a resumable job continues from its checkpoint on the next worker, before the jobs
+/// queued after it). A job cancelled meanwhile ends cancelled. Returns the job's new state, or `None`
+/// when it was not `worker`'s.
 pub async fn release(pool: &PgPool, id: i64, worker: &str) -> sqlx::Result<Option<JobState>> {
     let state = sqlx::query_scalar!(
         r#"UPDATE jobs SET
                state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
                attempt = CASE WHEN cancel_requested THEN attempt ELSE greatest(attempt - 1, 0) END,
                finished_at = CASE WHEN cancel_requested THEN now() ELSE NULL END,
-               worker_id = NULL, lease_expires_at = NULL, run_after = now()
+               worker_id = NULL, lease_expires_at = NULL
            WHERE id = $1 AND worker_id = $2 AND state = 'running'
            RETURNING state"#,
         id,
@@ -552,4 +553,77 @@ pub async fn release(pool: &PgPool, id: i64, worker: &str) -> sqlx::Result<Optio
         sqlx::query!("SELECT pg_notify($1, kind) FROM jobs WHERE id = $2", CHANNEL, id).execute(pool).await?;
     }
     Ok(state.map(|s| state_of(&s)))
+}
+
+/// Gives every running job back to the queue at once, as [`release`] does: for a database that only this
+/// process uses (`repdiff reproduce`'s own), whose earlier process was killed with its jobs running. A
+/// shared queue waits for the leases instead ([`rescue_expired`]): another worker may be alive. Returns how
+/// many went back.
+pub async fn release_all(pool: &PgPool) -> sqlx::Result<u64> {
+    let released = sqlx::query!(
+        r#"UPDATE jobs SET
+               state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+               attempt = CASE WHEN cancel_requested THEN attempt ELSE greatest(attempt - 1, 0) END,
+               finished_at = CASE WHEN cancel_requested THEN now() ELSE NULL END,
+               worker_id = NULL, lease_expires_at = NULL
+           WHERE state = 'running'"#
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(released)
+}
+
+/// A job or a pipeline's stage as someone following it reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Followed {
+    pub id: i64,
+    /// The stage's name in its pipeline, else the job's kind.
+    pub name: String,
+    pub state: JobState,
+    pub error: Option<String>,
+    /// Step, total and message of its last progress report.
+    pub progress: Option<(i64, i64, String)>,
+    /// From its first start to its end.
+    pub seconds: Option<f64>,
+}
+
+/// Job `id` and, for a pipeline, its stages, in id order.
+pub async fn followed(pool: &PgPool, id: i64) -> sqlx::Result<Vec<Followed>> {
+    let rows = sqlx::query!(
+        r#"SELECT j.id, COALESCE(j.stage, j.kind) AS "name!", j.state, j.error, p.step AS "step?",
+                  p.total AS "total?", p.message AS "message?",
+                  EXTRACT(EPOCH FROM j.finished_at - j.started_at)::float8 AS seconds
+           FROM jobs j LEFT JOIN job_progress p ON p.job_id = j.id
+           WHERE j.id = $1 OR j.pipeline_id = $1
+           ORDER BY j.id"#,
+        id
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Followed {
+            id: r.id,
+            name: r.name,
+            state: state_of(&r.state),
+            error: r.error,
+            progress: r.step.zip(r.total).zip(r.message).map(|((s, t), m)| (s, t, m)),
+            seconds: r.seconds,
+        })
+        .collect())
+}
+
+/// The log lines of job `id` and of its stages after log line `after`: (line id, job id, level, message).
+pub async fn followed_logs(pool: &PgPool, id: i64, after: i64) -> sqlx::Result<Vec<(i64, i64, String, String)>> {
+    let rows = sqlx::query!(
+        r#"SELECT l.id, l.job_id, l.level, l.message FROM job_logs l JOIN jobs j ON j.id = l.job_id
+           WHERE (j.id = $1 OR j.pipeline_id = $1) AND l.id > $2
+           ORDER BY l.id"#,
+        id,
+        after
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.job_id, r.level, r.message)).collect())
 }

@@ -55,3 +55,9 @@ pub fn cancel_on_signal() -> CancelToken {
 pub fn interrupted() -> bool {
     SIGNALS.load(Ordering::SeqCst) > 0
 }
+
+/// Records that the command was stopped by a signal it handled itself (an async command waits for the
+/// signal with tokio), so the process exits with 130 as for [`cancel_on_signal`]'s.
+pub fn mark_interrupted() {
+    SIGNALS.fetch_max(1, Ordering::SeqCst);
+}

@@ -10,6 +10,7 @@ mod evaluate;
 mod explain;
 mod import;
 mod interrupt;
+mod local;
 mod phantoms;
 mod probe;
 mod progress;
@@ -67,8 +68,9 @@ enum Command {
     Counterfactual(explain::CounterfactualArgs),
     /// Draw samples and show the x0 predictions along the way (Fig. 11).
     Trajectory(explain::TrajectoryArgs),
-    /// The paper's whole pipeline on a dataset (phantoms by default): pre-train, fine-tune, classify,
-    /// the baselines, counterfactuals; writes the Table 6 analogue.
+    /// The paper's whole pipeline on a dataset (phantoms by default) as the server runs it, a graph of
+    /// jobs on a queue of its own: pre-train, fine-tune, classify, the baselines, counterfactuals; writes
+    /// the Table 6 analogue.
     Reproduce(reproduce::ReproduceArgs),
     /// Measure DiT training/forward throughput, or with --imaging the data pipeline (import, encode).
     Bench(bench::BenchArgs),
@@ -245,8 +247,8 @@ impl ConfigArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     // Not where this thread waits on an async runtime whose threads do the work (the server, its workers,
-    // the queue benchmark: a rayon loop of theirs would wait for this thread, with one rayon thread forever),
-    // nor for `reproduce`, which only starts its steps and waits for them.
+    // the queue benchmark, `reproduce`'s in-process worker: a rayon loop of theirs would wait for this
+    // thread, with one rayon thread forever).
     let async_or_waiting = match &cli.command {
         Command::Worker(_) | Command::Serve(_) | Command::Admin(_) | Command::Reproduce(_) => true,
         Command::Bench(args) => args.queue.is_some(),
@@ -286,10 +288,10 @@ pub fn run(cli: Cli) -> Result<()> {
 /// Makes this thread (the one that runs the command) worker 0 of rayon's global pool. The engine's parallel
 /// loops and matrix products called from it then split between it and the pool's other threads; from
 /// outside the pool each of them was handed to a pool thread while this one slept: two context switches
-/// per loop (about 14,000 in 80 tiny-cpu training steps), and with one thread (`RAYON_NUM_THREADS=1`, as
-/// `reproduce` runs its steps side by side) every loop of the model crossed to another thread and back.
+/// per loop (about 14,000 in 80 tiny-cpu training steps), and with one thread (`RAYON_NUM_THREADS=1`)
+/// every loop of the model crossed to another thread and back.
 fn compute_on_this_thread() {
-    // Once per process: a second command in it (`reproduce` runs some in-process) finds the pool built.
+    // Once per process: `demo` runs two commands in one, and the second finds the pool built.
     let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
 }
 
@@ -313,12 +315,25 @@ fn demo(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
+/// A password of 20 random letters and digits (a first admin's, or one nobody is to know).
+pub fn random_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 20];
+    getrandom::fill(&mut bytes).expect("the OS random number generator");
+    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
 /// Logs to stderr; the level from `REPDIFF_LOG` (error, warn, info, debug, trace; default info).
 pub fn init_logging() {
+    init_logging_from(tracing_subscriber::filter::LevelFilter::INFO);
+}
+
+/// [`init_logging`] with `default` when `REPDIFF_LOG` is unset.
+pub fn init_logging_from(default: tracing_subscriber::filter::LevelFilter) {
     let level = std::env::var("REPDIFF_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+        .unwrap_or(default);
     let _ = tracing_subscriber::fmt().with_max_level(level).with_target(false).with_writer(std::io::stderr).try_init();
 }
 

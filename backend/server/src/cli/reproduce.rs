@@ -1,27 +1,25 @@
-//! `repdiff reproduce`: the paper's whole pipeline in one command. On a dataset (synthetic phantoms by
-//! default): the paper's split, encoding, unconditional and representation-conditional pre-training,
-//! fine-tuning of both, the diffusion classifier's timestep sweep on validation and its test result, the
-//! class fidelity of both fine-tuned models' samples (each sorted by the other's classifier), the
-//! generation metrics of both pre-trained models, counterfactuals, the linear probe on the representation
-//! encoder, a ViT and a ResNet trained from scratch; then the Table 6 and Table 5 analogues (Markdown and
-//! JSON). Every step is the `repdiff` command it names (printed before it runs) writing into its own
-//! folder of OUT, so a rerun continues where an interrupted one stopped: training resumes from its
-//! checkpoint, and finished steps are kept. Steps whose prerequisites are done run side by side (`--jobs`).
+//! `repdiff reproduce`: the paper's whole pipeline in one command, as the server runs it. The flags (or
+//! `--spec FILE.json`, a `reproduce` job's parameters as the API takes them) make the pipeline's typed
+//! parameters; its stages (pre-trainings, fine-tunings, diffusion classifiers, class fidelity, generation
+//! metrics, counterfactuals, probes, supervised baselines; per seed) are submitted as a graph of jobs to a
+//! queue in OUT ([`super::local`]: an embedded PostgreSQL and artifact store, as `repdiff serve --data-dir
+//! OUT` keeps them) and run by a worker in this process, `--jobs` at once, each as soon as the stages it
+//! reads have finished. The same parameters again find the same pipeline: finished stages are kept,
+//! interrupted ones go on from their last checkpoint, failed ones run again. The report is the pipeline
+//! job's result, written as OUT/table6.md and table6.json, with every stage's result beside it.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use repdiff_api::{ReproduceReport, StepTiming};
-use repdiff_server::pipeline::{self, report};
-use serde::de::DeserializeOwned;
-
-mod steps;
+use repdiff_api::jobs::{ImportParams, JobSpec, MatmulPrecision, ReproduceParams};
+use repdiff_api::{JobState, ReproduceReport};
+use repdiff_server::pipeline;
+use repdiff_server::queue::{self, NewJob};
 
 use super::PrecisionArg;
-use repdiff_engine::ops::MatmulPrecision;
-use steps::{Step, Tally, run_steps, step};
+use super::local::{Ended, Local};
+use super::worker::WorkerArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ReproducePreset {
@@ -32,19 +30,28 @@ pub enum ReproducePreset {
     Paper,
 }
 
-impl ReproducePreset {
-    /// The name it is given by (`tiny-cpu`).
-    fn name(self) -> String {
-        self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
-    }
-}
+/// The flags that set the pipeline's parameters (`--spec` gives them all at once instead).
+const PARAMETER_FLAGS: [&str; 12] = [
+    "preset",
+    "phantoms",
+    "downstream_site",
+    "pretrain_steps",
+    "finetune_steps",
+    "supervised_epochs",
+    "draws",
+    "eval_samples",
+    "class_samples",
+    "matmul_precision",
+    "seed",
+    "seeds",
+];
 
 #[derive(Args)]
 pub struct ReproduceArgs {
     #[arg(long, value_enum, default_value = "tiny-cpu")]
     preset: ReproducePreset,
-    /// A dataset folder holding manifest.csv (`repdiff import`'s output); default: synthetic phantoms
-    /// generated into OUT/data, some from random sites and more from the downstream site.
+    /// A dataset folder holding manifest.csv (`repdiff import`'s output), imported into OUT's store once;
+    /// default: synthetic phantoms, some from random sites and more from the downstream site.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Phantom slices from random sites, and more from the downstream site in the preset's proportion
@@ -75,12 +82,7 @@ pub struct ReproduceArgs {
     /// preset's; 0 leaves it out)
     #[arg(long)]
     class_samples: Option<usize>,
-    /// How many of the pipeline's steps run at once (as child processes sharing the cores), each the next
-    /// whose prerequisites are done. Side by side suits small models: a tiny-cpu training step hardly uses
-    /// a second core, so two steps on two cores take about half the time of one after the other.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
-    jobs: u16,
-    /// Matrix products of the training steps (pre-training and fine-tuning, two thirds of tiny-cpu's CPU
+    /// Matrix products of the training stages (pre-training and fine-tuning, two thirds of tiny-cpu's CPU
     /// time): highest (f32, the default: the same tables on every CPU) or bf16 (bf16 operands, f32 sums:
     /// tiny-cpu training about 1.3x faster with AVX512-BF16, more with AMX; f32 on other CPUs). The
     /// classifier, the samplers and the metrics stay in f32.
@@ -89,464 +91,245 @@ pub struct ReproduceArgs {
     /// Seeds the phantoms, the split, the training runs and the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Runs the pipeline for N seeds, SEED to SEED + N - 1 (the first in OUT, each other in OUT/seed-K),
-    /// and reports every method's test accuracy and F1 per seed with their mean and spread, and the two
-    /// diffusion classifiers' paired difference. At tiny-cpu's scale one seed's ordering of the methods is
-    /// within the training noise; N seeds cost N runs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
-    seeds: u16,
+    /// Runs the pipeline for N seeds, SEED to SEED + N - 1, and reports every method's test accuracy and
+    /// F1 per seed with their mean and spread, and the two diffusion classifiers' paired difference. At
+    /// tiny-cpu's scale one seed's ordering of the methods is within the training noise.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
+    seeds: Option<u16>,
+    /// The pipeline's parameters as JSON: a `reproduce` job's `params`, as `POST /api/v1/jobs` takes them
+    /// (no `dataset`: give --data), instead of the flags that set them.
+    #[arg(long, conflicts_with_all = PARAMETER_FLAGS)]
+    spec: Option<PathBuf>,
+    /// How many stages run at once, each on its share of the cores, each the next whose inputs have
+    /// finished. Side by side suits small models: a tiny-cpu training stage hardly uses a second core.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
     #[arg(long, default_value = "model-weights")]
     weights_dir: PathBuf,
+    /// The pipeline's folder: its queue and artifacts, the report, each stage's result.
     #[arg(long, default_value = "runs/reproduce")]
     out: PathBuf,
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
+impl ReproduceArgs {
+    /// The pipeline's parameters (its dataset, for --data, is set once the data is imported).
+    fn params(&self) -> Result<ReproduceParams> {
+        if let Some(path) = &self.spec {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let p: ReproduceParams =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            if p.dataset.is_some() {
+                bail!(
+                    "{}: `dataset` names a server's dataset; here the data is a folder: give --data DIR",
+                    path.display()
+                );
+            }
+            return Ok(p);
+        }
+        Ok(ReproduceParams {
+            preset: self.preset.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
+            dataset: None,
+            phantoms: self.phantoms,
+            downstream_site: self.downstream_site,
+            pretrain_steps: self.pretrain_steps,
+            finetune_steps: self.finetune_steps,
+            supervised_epochs: self.supervised_epochs,
+            draws: self.draws,
+            eval_samples: self.eval_samples,
+            class_samples: self.class_samples,
+            seed: self.seed,
+            seeds: self.seeds.map(usize::from),
+            matmul_precision: self.matmul_precision.map(|p| match p {
+                PrecisionArg::Highest => MatmulPrecision::Highest,
+                PrecisionArg::High => MatmulPrecision::High,
+                PrecisionArg::Bf16 => MatmulPrecision::Bf16,
+            }),
+        })
+    }
 
-fn path(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-/// Slices of `part` in a split CSV (its `part` column).
-fn count_part(split: &Path, part: &str) -> Result<usize> {
-    let text = std::fs::read_to_string(split).with_context(|| format!("reading {}", split.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-    let column = header.iter().position(|&h| h == "part").context("the split has no part column")?;
-    Ok(lines.filter(|l| l.split(',').nth(column) == Some(part)).count())
-}
-
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-        .with_context(|| format!("parsing {}", path.display()))
+    /// The queue's settings: OUT is its data folder; the data folder, if any, the only one it imports from.
+    fn queue(&self, data: Option<PathBuf>) -> WorkerArgs {
+        WorkerArgs {
+            database_url: None,
+            data_dir: self.out.clone(),
+            store: None,
+            concurrency: usize::from(self.jobs),
+            kinds: Vec::new(),
+            lease_secs: 120.0,
+            poll_secs: 5.0,
+            rescue_secs: 30.0,
+            weights_dir: self.weights_dir.clone(),
+            import_root: data.into_iter().collect(),
+            deid_key: None,
+        }
+    }
 }
 
 pub fn run(args: ReproduceArgs) -> Result<()> {
-    let started = Instant::now();
-    let seeds: Vec<u64> = (0..u64::from(args.seeds)).map(|i| args.seed + i).collect();
-    let mut tally = Tally { before: 0, later_seeds: seeds.len() - 1 };
-    let mut reports = Vec::new();
-    for &seed in &seeds {
-        let out = if seed == args.seed { args.out.clone() } else { args.out.join(format!("seed-{seed}")) };
-        if seeds.len() > 1 {
-            println!("\n=== seed {seed} ({} of {}), in {}", reports.len() + 1, seeds.len(), out.display());
+    super::init_logging_from(tracing_subscriber::filter::LevelFilter::WARN);
+    let mut params = args.params()?;
+    params.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data = match &args.data {
+        Some(dir) => {
+            if !dir.join("manifest.csv").is_file() {
+                bail!(
+                    "{} has no manifest.csv: give a folder written by `repdiff import` (or leave --data out)",
+                    dir.display()
+                );
+            }
+            Some(dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?)
         }
-        let (report, planned) = run_seed(&args, seed, &out, tally)?;
-        reports.push(report);
-        tally = Tally { before: tally.before + planned, later_seeds: tally.later_seeds.saturating_sub(1) };
+        None => None,
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let interrupted = runtime.block_on(async {
+        let local = Local::open(args.queue(data.clone())).await?;
+        let outcome = async {
+            if let Some(dir) = &data {
+                match import(&local, dir).await? {
+                    Some(dataset) => params.dataset = Some(dataset),
+                    None => return Ok(true),
+                }
+            }
+            reproduce(&local, &args, &params).await
+        }
+        .await;
+        local.close().await?;
+        outcome
+    })?;
+    if interrupted {
+        super::interrupt::mark_interrupted();
     }
-    if reports.len() < 2 {
-        return Ok(());
-    }
-    let report = report::seeds_report(reports, started.elapsed().as_secs_f64());
-    let out = &args.out;
-    std::fs::write(out.join("table6.md"), &report.markdown)?;
-    std::fs::write(out.join("table6.json"), serde_json::to_string_pretty(&report)?)?;
-    println!("\n{}", report.markdown);
-    println!(
-        "Wrote {} and table6.json: {} seeds ({:.1} minutes in all)",
-        out.join("table6.md").display(),
-        seeds.len(),
-        report.total_s / 60.0
-    );
     Ok(())
 }
 
-/// The pipeline for one seed in `out`; returns its report and how many steps it planned.
-fn run_seed(args: &ReproduceArgs, seed_number: u64, out: &Path, tally: Tally) -> Result<(ReproduceReport, usize)> {
-    let mut plan = pipeline::preset(&args.preset.name()).expect("every preset argument is a preset");
-    if let Some(n) = args.phantoms {
-        (plan.phantoms, plan.downstream) = (n, n * plan.downstream / plan.phantoms);
-    }
-    let started = Instant::now();
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut timings = Vec::new();
-    let seed = seed_number.to_string();
-
-    // 1. Data and the paper's split.
-    let data = match &args.data {
-        Some(dir) => dir.clone(),
+/// Imports the dataset folder `dir` into the queue's store (once: the same folder again finds it); returns
+/// its dataset, or `None` when interrupted.
+async fn import(local: &Local, dir: &Path) -> Result<Option<i64>> {
+    let owner = local.owner().await?;
+    let path = dir.display().to_string();
+    let existing = sqlx::query_scalar!("SELECT id FROM datasets WHERE owner_id = $1 AND description = $2", owner, path)
+        .fetch_optional(&local.pool)
+        .await?;
+    let dataset = match existing {
+        Some(id) => id,
         None => {
-            let dir = out.join("data");
-            if !dir.join("manifest.csv").exists() {
-                let a = [
-                    "phantoms",
-                    "--out",
-                    &path(&dir),
-                    "-n",
-                    &plan.phantoms.to_string(),
-                    "--downstream",
-                    &plan.downstream.to_string(),
-                    "--size",
-                    &plan.phantom_size.to_string(),
-                    "--seed",
-                    &seed,
-                ];
-                step("synthetic phantoms", &strings(&a), &mut timings)?;
-            }
-            dir
+            let name = dir.file_name().map_or("data".into(), |n| n.to_string_lossy().into_owned());
+            sqlx::query_scalar!(
+                "INSERT INTO datasets (owner_id, name, description) VALUES ($1, $2, $3) RETURNING id",
+                owner,
+                name,
+                path
+            )
+            .fetch_one(&local.pool)
+            .await?
         }
     };
-    let manifest = data.join("manifest.csv");
-    if !manifest.exists() {
-        bail!(
-            "{} has no manifest.csv: give a folder written by `repdiff import` (or leave --data out)",
-            data.display()
-        );
-    }
-    // Beside the manifest: the split names its slices relative to its own folder. Further seeds on a given
-    // dataset each have their own.
-    let split = if args.data.is_some() && seed_number != args.seed {
-        data.join(format!("split-seed-{seed_number}.csv"))
-    } else {
-        data.join("split.csv")
+    let labels = dir.join("manifest.csv").display().to_string();
+    let spec = JobSpec::Import(ImportParams { labels: Some(labels), ..ImportParams::new(dataset, path.clone()) });
+    let job = NewJob {
+        owner_id: Some(owner),
+        idempotency_key: Some(format!("cli-import:{dataset}")),
+        ..NewJob::new(spec.kind(), spec.params())
     };
-    let a = [
-        "split",
-        "--manifest",
-        &path(&manifest),
-        "--downstream-site",
-        &args.downstream_site.to_string(),
-        "--seed",
-        &seed,
-        "--out",
-        &path(&split),
-    ];
-    step("the paper's split", &strings(&a), &mut timings)?;
-    for part in ["validation", "test"] {
-        if count_part(&split, part)? == 0 {
-            bail!("the downstream site {} has no {part} slices: it needs at least ten per label", args.downstream_site);
+    let (job, created) = queue::submit_once(&local.pool, &job).await?;
+    match job.state {
+        JobState::Succeeded => return Ok(Some(dataset)),
+        JobState::Failed | JobState::Cancelled => {
+            queue::retry(&local.pool, job.id).await?;
         }
+        _ => {}
     }
-
-    // 2. Latents of every part (reused while the data and settings are unchanged).
-    let latents = |part: &str| out.join(format!("latents-{part}.safetensors"));
-    for part in ["pretrain", "train", "validation", "test"] {
-        let a = [
-            "encode",
-            "--manifest",
-            &path(&split),
-            "--part",
-            part,
-            "--autoencoder",
-            plan.autoencoder,
-            "--weights-dir",
-            &path(&args.weights_dir),
-            "--size",
-            &plan.encode_size.to_string(),
-            "--seed",
-            &seed,
-            "--out",
-            &path(&latents(part)),
-        ];
-        step(&format!("encode the {part} part"), &strings(&a), &mut timings)?;
+    if created {
+        println!("Importing {path} (job {})", job.id);
     }
-
-    // A part's images as pixels in [-1, 1]: the pixel preset's latents are; for an autoencoder's, the part
-    // is read again without it, at the encoder's input size, in RGB as the decoder gives.
-    let pixel_images = |part: &str, timings: &mut Vec<(String, f64)>| -> Result<PathBuf> {
-        if plan.autoencoder == "pixels" {
-            return Ok(latents(part));
+    match local.follow(job.id).await? {
+        Ended::Interrupted => Ok(None),
+        Ended::Finished(job) if job.state == JobState::Succeeded => {
+            let result = job.result.unwrap_or_default();
+            println!("Imported {} slices of {} files", result["slices"], result["files"]);
+            Ok(Some(dataset))
         }
-        let images = out.join(format!("images-{part}.safetensors"));
-        let (size, manifest, target) = (plan.encode_size.to_string(), path(&split), path(&images));
-        let a =
-            ["encode", "--manifest", &manifest, "--part", part, "--size", &size, "--channels", "3", "--seed", &seed];
-        let a = [&a[..], &["--out", &target]].concat();
-        step(&format!("the {part} images as pixels"), &strings(&a), timings)?;
-        Ok(images)
-    };
+        Ended::Finished(job) => bail!("importing {path} {}: {}", job.state.as_str(), job.error.unwrap_or_default()),
+    }
+}
 
-    // 3. Pre-training, unconditional and representation-conditional; 4. fine-tuning both.
-    let epochs_steps =
-        |part: &str| -> Result<usize> { Ok(plan.epochs.max(1) * count_part(&split, part)?.div_ceil(16).max(1)) };
-    let pretrain_steps = match args.pretrain_steps.or(plan.pretrain_steps) {
-        Some(s) => s,
-        None => epochs_steps("pretrain")?,
-    };
-    let finetune_steps = match args.finetune_steps.or(plan.finetune_steps) {
-        Some(s) => s,
-        None => epochs_steps("train")?,
-    };
-    let every = (pretrain_steps / 10).max(1).to_string();
-    let precision =
-        args.matmul_precision.map(|p| ["--matmul-precision".to_string(), MatmulPrecision::from(p).name().to_string()]);
-    // The DINOv2 probe and the generation metrics read images; for an autoencoder's latents they are
-    // encoded again as pixels first.
+/// Submits the pipeline (or finds it, submitted before with the same parameters), runs it and writes its
+/// report; returns whether it was interrupted.
+async fn reproduce(local: &Local, args: &ReproduceArgs, params: &ReproduceParams) -> Result<bool> {
+    let registry = local.args.registry()?;
     let dino = args.weights_dir.join(repdiff_engine::dino::WEIGHTS_FILE).exists();
-    let dino_probe = out.join("probe-dinov2.json");
-    let mut dino_images = Vec::new();
-    if dino && !dino_probe.exists() {
-        for part in ["train", "validation", "test"] {
-            dino_images.extend([format!("--{part}"), path(&pixel_images(part, &mut timings)?)]);
+    let spec = JobSpec::Reproduce(params.clone());
+    let key = format!("cli-reproduce:{}", spec.params());
+    let new = NewJob { idempotency_key: Some(key), ..NewJob::new(spec.kind(), spec.params()) };
+    let (job, created) = pipeline::submit(&local.pool, &registry, &new, dino).await.map_err(|e| match e {
+        pipeline::Refused::Invalid(invalid) => anyhow::anyhow!("{invalid}"),
+        pipeline::Refused::Db(e) => e.into(),
+    })?;
+    let stages = queue::followed(&local.pool, job.id).await?.len() - 1;
+    if created {
+        println!("Pipeline {} in {}: {stages} stages, {} at a time", job.id, args.out.display(), args.jobs);
+        if !dino {
+            println!(
+                "(no {} in {}: the DINOv2 probe is left out of Table 6; see model-weights/README.md)",
+                repdiff_engine::dino::WEIGHTS_FILE,
+                args.weights_dir.display()
+            );
         }
-    }
-    let eval_samples = args.eval_samples.unwrap_or(plan.eval_samples);
-    let evaluation = out.join("evaluate");
-    let evaluate = eval_samples > 0 && !evaluation.join("metrics.json").exists();
-    let real_images = if evaluate { Some(pixel_images("pretrain", &mut timings)?) } else { None };
-
-    // The rest, as steps with their prerequisites, in order of priority: the longest chain (the
-    // representation model's) first, the baselines that need no diffusion model last, to fill the gaps.
-    let draws = args.draws.unwrap_or(plan.draws).to_string();
-    let modes = ["rep", "uncond"];
-    let mut steps = Vec::new();
-    // 3. Pre-training, unconditional and representation-conditional. A resumed run keeps its
-    // configuration: only the step count goes with it.
-    for mode in modes {
-        let run = out.join(format!("pretrain-{mode}"));
-        let mut a = strings(&[
-            "pretrain",
-            "--mode",
-            mode,
-            "--latents",
-            &path(&latents("pretrain")),
-            "--steps",
-            &pretrain_steps.to_string(),
-            "--checkpoint-every",
-            &every,
-            "--out",
-            &path(&run),
-        ]);
-        a.extend(precision.iter().flatten().cloned());
-        if run.join("checkpoint.safetensors").exists() {
-            a.push("--resume".into());
-        } else {
-            a.extend(strings(&["--preset", plan.model_preset, "--seed", &seed]));
-        }
-        steps.push(Step::new(format!("pretrain-{mode}"), format!("pre-train ({mode})"), a, &[]));
-    }
-    // 4. Fine-tuning both.
-    for mode in modes {
-        let ft = out.join(format!("finetune-{mode}"));
-        let mut a = strings(&[
-            "finetune",
-            "--latents",
-            &path(&latents("train")),
-            "--steps",
-            &finetune_steps.to_string(),
-            "--out",
-            &path(&ft),
-            "--from",
-            &path(&out.join(format!("pretrain-{mode}/checkpoint.safetensors"))),
-        ]);
-        a.extend(precision.iter().flatten().cloned());
-        if ft.join("checkpoint.safetensors").exists() {
-            a.push("--resume".into());
-        }
-        let title = format!("fine-tune from the {mode} model");
-        steps.push(Step::new(format!("finetune-{mode}"), title, a, &[&format!("pretrain-{mode}")]));
-    }
-    // 5. The diffusion classifier on both fine-tuned models.
-    for mode in modes {
-        let a = strings(&[
-            "classify",
-            "--checkpoint",
-            &path(&out.join(format!("finetune-{mode}/checkpoint.safetensors"))),
-            "--validation",
-            &path(&latents("validation")),
-            "--test",
-            &path(&latents("test")),
-            "--timesteps",
-            plan.timesteps,
-            "--draws",
-            &draws,
-            "--sequential",
-            "--agreement",
-            "--seed",
-            &seed,
-        ]);
-        let title = format!("diffusion classifier ({mode} pre-training)");
-        let report = out.join(format!("classify-{mode}.json"));
-        steps.extend(Step::unless_done(&report, format!("classify-{mode}"), title, a, &[&format!("finetune-{mode}")]));
-    }
-    // 5b. Class fidelity: each fine-tuned model samples both classes, without guidance and with
-    // classifier-free guidance, and the other model's diffusion classifier, which never saw those samples'
-    // model, sorts them at the timestep it chose on real validation slices.
-    let class_samples = args.class_samples.unwrap_or(plan.class_samples);
-    for (mode, judge) in [("rep", "uncond"), ("uncond", "rep")].into_iter().filter(|_| class_samples > 0) {
-        for guidance in report::CLASS_GUIDANCE {
-            let name = report::fidelity_name(mode, guidance);
-            let samples = out.join(format!("class-samples-{name}"));
-            if !samples.join("samples.safetensors").exists() {
-                let a = strings(&[
-                    "sample",
-                    "--checkpoint",
-                    &path(&out.join(format!("finetune-{mode}/checkpoint.safetensors"))),
-                    "-n",
-                    &(2 * class_samples).to_string(),
-                    "--class",
-                    "0,1",
-                    "--guidance",
-                    &guidance.to_string(),
-                    "--sampler",
-                    plan.class_sampler,
-                    "--steps",
-                    &plan.class_steps.to_string(),
-                    "--seed",
-                    &seed,
-                    "--weights-dir",
-                    &path(&args.weights_dir),
-                    "--out",
-                    &path(&samples),
-                ]);
-                let title = format!("class-conditional samples of the {mode} fine-tuned model, guidance {guidance}");
-                steps.push(Step::new(format!("class-samples-{name}"), title, a, &[&format!("finetune-{mode}")]));
-            }
-            let a = strings(&[
-                "classify",
-                "--checkpoint",
-                &path(&out.join(format!("finetune-{judge}/checkpoint.safetensors"))),
-                "--validation",
-                &path(&samples.join("samples.safetensors")),
-                "--timestep-of",
-                &path(&out.join(format!("classify-{judge}.json"))),
-                "--draws",
-                &draws,
-                "--sequential",
-                "--seed",
-                &seed,
-            ]);
-            let title = format!("the {judge} model's classifier on the {mode} model's samples, guidance {guidance}");
-            let after = [format!("class-samples-{name}"), format!("classify-{judge}")];
-            let report = out.join(format!("class-fidelity-{name}.json"));
-            let tag = format!("class-fidelity-{name}");
-            steps.extend(Step::unless_done(&report, tag, title, a, &[&after[0], &after[1]]));
-        }
-    }
-    // 6. Generation metrics of both pre-trained models against the pre-training images (Table 5).
-    let rep_checkpoint = path(&out.join("pretrain-rep/checkpoint.safetensors"));
-    if let Some(real) = &real_images {
-        let a = strings(&[
-            "evaluate",
-            "--real",
-            &path(real),
-            "--checkpoint",
-            &path(&out.join("pretrain-uncond/checkpoint.safetensors")),
-            "--checkpoint",
-            &rep_checkpoint,
-            "--references",
-            &path(&latents("pretrain")),
-            "-n",
-            &eval_samples.to_string(),
-            "--max-real",
-            &plan.eval_real.to_string(),
-            "--sampler",
-            plan.eval_sampler,
-            "--steps",
-            &plan.eval_steps.to_string(),
-            "--seed",
-            &seed,
-            "--weights-dir",
-            &path(&args.weights_dir),
-            "--cache-dir",
-            &path(&out.join("feature-cache")),
-            "--out",
-            &path(&evaluation),
-        ]);
-        let title = "generation metrics of both pre-trained models";
-        steps.push(Step::new("evaluate", title, a, &["pretrain-uncond", "pretrain-rep"]));
-    }
-    // 7. Counterfactuals of test scans under the representation-pre-trained classifier.
-    let figures = out.join("counterfactuals");
-    if !figures.join("counterfactuals.json").exists() {
-        let a = strings(&[
-            "counterfactual",
-            "--checkpoint",
-            &path(&out.join("finetune-rep/checkpoint.safetensors")),
-            "--data",
-            &path(&latents("test")),
-            "-n",
-            "8",
-            "--t",
-            "500",
-            "--weights-dir",
-            &path(&args.weights_dir),
-            "--out",
-            &path(&figures),
-        ]);
-        steps.push(Step::new("counterfactuals", "counterfactuals of test scans", a, &["finetune-rep"]));
-    }
-    // 8. The baselines, on the same three parts: the linear probes (on the representation encoder; on
-    // DINOv2's features of the images when its weights are in the weights folder) and the supervised
-    // networks trained from scratch.
-    let parts = strings(&[
-        "--train",
-        &path(&latents("train")),
-        "--validation",
-        &path(&latents("validation")),
-        "--test",
-        &path(&latents("test")),
-        "--seed",
-        &seed,
-    ]);
-    let probe = out.join("probe.json");
-    let a = [strings(&["probe", "--checkpoint", &rep_checkpoint]), parts.clone()].concat();
-    let title = "linear probe on the representation encoder";
-    steps.extend(Step::unless_done(&probe, "probe", title, a, &["pretrain-rep"]));
-    if dino {
-        let a = strings(&["probe", "--features", "dinov2", "--weights-dir", &path(&args.weights_dir)]);
-        let a = [a, dino_images, strings(&["--seed", &seed])].concat();
-        let title = "linear probe on DINOv2 features";
-        steps.extend(Step::unless_done(&dino_probe, "probe-dinov2", title, a, &[]));
-    } else if !dino_probe.exists() {
+    } else {
         println!(
-            "\n(no {} in {}: the DINOv2 probe is left out of Table 6; see model-weights/README.md)",
-            repdiff_engine::dino::WEIGHTS_FILE,
-            args.weights_dir.display()
+            "Pipeline {} in {}, submitted before with these parameters: {stages} stages",
+            job.id,
+            args.out.display()
+        );
+        if matches!(job.state, JobState::Failed | JobState::Cancelled) {
+            println!("It {}: its stages that did not finish run again", job.state.as_str());
+            queue::retry(&local.pool, job.id).await?;
+        }
+    }
+    let job = match local.follow(job.id).await? {
+        Ended::Interrupted => return Ok(true),
+        Ended::Finished(job) => job,
+    };
+    write_stage_results(local, job.id, &args.out).await?;
+    if job.state != JobState::Succeeded {
+        bail!(
+            "the pipeline {}: {} (fix the cause and run the same command again: finished stages are kept)",
+            job.state.as_str(),
+            job.error.unwrap_or_default()
         );
     }
-    for (arch, epochs) in plan.supervised {
-        let epochs = args.supervised_epochs.unwrap_or(epochs).to_string();
-        let a = strings(&["supervised", "--arch", arch, "--patch", &plan.vit_patch.to_string(), "--epochs", &epochs]);
-        let title = format!("{} ({arch}) trained from scratch", report::network(arch));
-        let report = out.join(format!("supervised-{arch}.json"));
-        steps.extend(Step::unless_done(&report, format!("supervised-{arch}"), title, [a, parts.clone()].concat(), &[]));
-    }
-    run_steps(&steps, usize::from(args.jobs), &mut timings, tally)?;
-
-    // The tables.
-    let mut fidelity = Vec::new();
-    if class_samples > 0 {
-        for (mode, _) in report::FIDELITY_PAIRS {
-            for guidance in report::CLASS_GUIDANCE {
-                let name = format!("class-fidelity-{}.json", report::fidelity_name(mode, guidance));
-                fidelity.push(read_json(&out.join(name))?);
-            }
-        }
-    }
-    let table5 = if evaluation.join("metrics.json").exists() {
-        Some(read_json::<report::Evaluated>(&evaluation.join("metrics.json"))?.results)
-    } else {
-        None
-    };
-    let results = report::SeedResults {
-        preset: args.preset.name(),
-        seed: seed_number,
-        downstream_site: args.downstream_site,
-        pretrain_steps,
-        finetune_steps,
-        uncond: read_json(&out.join("classify-uncond.json"))?,
-        rep: read_json(&out.join("classify-rep.json"))?,
-        probe: read_json(&probe)?,
-        dino_probe: if dino_probe.exists() { Some(read_json(&dino_probe)?) } else { None },
-        supervised: plan
-            .supervised
-            .iter()
-            .map(|(arch, _)| Ok((arch.to_string(), read_json(&out.join(format!("supervised-{arch}.json")))?)))
-            .collect::<Result<_>>()?,
-        fidelity,
-        fidelity_sampler: format!("{} {}", plan.class_sampler.to_uppercase(), plan.class_steps),
-        table5,
-        timings: timings.into_iter().map(|(step, seconds)| StepTiming { step, seconds }).collect(),
-        total_s: started.elapsed().as_secs_f64(),
-    };
-    let report = report::seed_report(results)?;
+    let report: ReproduceReport =
+        serde_json::from_value(job.result.unwrap_or_default()).context("the pipeline's result is not a report")?;
+    let out = &args.out;
     std::fs::write(out.join("table6.md"), &report.markdown)?;
     std::fs::write(out.join("table6.json"), serde_json::to_string_pretty(&report)?)?;
+    let figure = format!("jobs/{}/counterfactuals.png", job.id);
+    if local.storage.size(&figure).await?.is_some() {
+        local.storage.download(&figure, &out.join("counterfactuals.png")).await?;
+    }
     println!("\n{}", report.markdown);
-    println!("Wrote {} and table6.json ({:.1} minutes in all)", out.join("table6.md").display(), report.total_s / 60.0);
-    Ok((report, steps.len()))
+    println!(
+        "Wrote {} and table6.json ({:.1} minutes in all). Each stage's checkpoints, samples and curves: \
+         `repdiff serve --data-dir {}`",
+        out.join("table6.md").display(),
+        report.total_s / 60.0,
+        out.display()
+    );
+    Ok(false)
+}
+
+/// Each finished stage's result as OUT/seed-S/NAME.json (`seed-0/classify-rep.json`).
+async fn write_stage_results(local: &Local, pipeline: i64, out: &Path) -> Result<()> {
+    for stage in queue::followed(&local.pool, pipeline).await? {
+        if stage.id == pipeline || stage.state != JobState::Succeeded {
+            continue;
+        }
+        let Some(result) = queue::get(&local.pool, stage.id).await?.and_then(|j| j.result) else { continue };
+        let path = out.join(format!("{}.json", stage.name));
+        std::fs::create_dir_all(path.parent().expect("in OUT"))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
+    }
+    Ok(())
 }

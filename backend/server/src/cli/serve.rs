@@ -6,10 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use repdiff_api::{NewUser, Role};
-use repdiff_server::embedded_pg::EmbeddedPostgres;
 use repdiff_server::http::{self, AppState, HttpConfig};
 use repdiff_server::supervisor::{WorkerProcess, supervise};
-use sqlx::PgPool;
 
 use super::worker::WorkerArgs;
 
@@ -53,31 +51,8 @@ fn parse_role(s: &str) -> Result<Role, String> {
     Role::parse(s).ok_or_else(|| format!("{s:?} is not a role: viewer, researcher or admin"))
 }
 
-/// The database: `DATABASE_URL`, or the embedded cluster under the data directory.
-async fn database(args: &WorkerArgs) -> Result<(PgPool, Option<EmbeddedPostgres>)> {
-    let (url, embedded) = match &args.database_url {
-        Some(url) => (url.clone(), None),
-        None => {
-            let dir = args.data_dir.join("postgres");
-            let pg = tokio::task::block_in_place(|| EmbeddedPostgres::start(&dir))?;
-            let url = pg.database_url().await?;
-            println!("No DATABASE_URL: using the embedded PostgreSQL in {} ({url})", dir.display());
-            (url, Some(pg))
-        }
-    };
-    let pool = repdiff_server::db::connect(&url, 32).await.context("connecting to the database")?;
-    Ok((pool, embedded))
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
-}
-
-fn random_password() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let mut bytes = [0u8; 20];
-    getrandom::fill(&mut bytes).expect("the OS random number generator");
-    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -90,14 +65,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         default.join("index.html").exists().then_some(default)
     });
     runtime()?.block_on(async move {
-        let (pool, embedded) = database(&args.worker).await?;
+        let (pool, embedded) = args.worker.database().await?;
         let database_url = match &embedded {
             Some(pg) => pg.database_url().await?,
             None => args.worker.database_url.clone().unwrap_or_default(),
         };
-        if http::auth::count_users(&pool).await? == 0 {
+        if http::auth::count_admins(&pool).await? == 0 {
             // Set but empty (docker-compose.yml passes `${REPDIFF_PASSWORD:-}`) counts as unset.
-            let password = password_from_env().unwrap_or_else(random_password);
+            let password = password_from_env().unwrap_or_else(super::random_password);
             let admin = NewUser { username: "admin".into(), password: password.clone(), role: Role::Admin };
             http::auth::create_user(&pool, &admin).await.map_err(|e| anyhow::anyhow!(e.message))?;
             println!("Created the first user: admin / {password}  (shown once; add users in the app or with `repdiff admin create`)");
@@ -175,7 +150,7 @@ pub fn admin(command: AdminCommand) -> Result<()> {
         bail!("no password given");
     }
     runtime()?.block_on(async move {
-        let (pool, embedded) = database(&worker).await?;
+        let (pool, embedded) = worker.database().await?;
         let result = http::auth::create_user(&pool, &NewUser { username, password, role }).await;
         pool.close().await;
         if let Some(pg) = embedded {

@@ -7,9 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use repdiff_engine::imaging::deid::DeidKey;
+use repdiff_server::embedded_pg::EmbeddedPostgres;
 use repdiff_server::jobs::{self, JobSettings};
 use repdiff_server::storage::Storage;
 use repdiff_server::worker::{Worker, WorkerOptions};
+use sqlx::PgPool;
 
 #[derive(Args, Clone)]
 pub struct WorkerArgs {
@@ -51,6 +53,23 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
+    /// The database: `--database-url`, or the embedded cluster under the data directory (started here, to
+    /// be stopped by the caller).
+    pub async fn database(&self) -> Result<(PgPool, Option<EmbeddedPostgres>)> {
+        let (url, embedded) = match &self.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let dir = self.data_dir.join("postgres");
+                let pg = tokio::task::block_in_place(|| EmbeddedPostgres::start(&dir))?;
+                let url = pg.database_url().await?;
+                println!("No DATABASE_URL: using the embedded PostgreSQL in {} ({url})", dir.display());
+                (url, Some(pg))
+            }
+        };
+        let pool = repdiff_server::db::connect(&url, 32).await.context("connecting to the database")?;
+        Ok((pool, embedded))
+    }
+
     pub fn storage(&self) -> Result<Storage> {
         let url = self.store.clone().unwrap_or_else(|| self.data_dir.join("artifacts").display().to_string());
         Storage::from_url(&url).with_context(|| format!("opening the artifact store {url}"))

@@ -200,8 +200,10 @@ pub async fn create_user(pool: &PgPool, new: &NewUser) -> ApiResult<User> {
     Ok(User { id: row.id, username: new.username.clone(), role: new.role, created_at: row.created_at })
 }
 
-pub async fn count_users(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM users"#).fetch_one(pool).await
+/// How many admins there are (none: `repdiff serve` makes the first; `repdiff reproduce` makes only the
+/// researcher that owns its imported data).
+pub async fn count_admins(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM users WHERE role = 'admin'"#).fetch_one(pool).await
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
