@@ -752,6 +752,57 @@ fn reproduce_runs_the_pipeline_as_a_graph_of_jobs_in_process_and_a_rerun_finds_i
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn reproduce_imports_a_dataset_folder_once_and_runs_the_pipeline_on_it() {
+    let dir = tempdir("reproduce-data");
+    let (data, out) = (dir.join("data"), dir.join("run"));
+    let made = repdiff(&["phantoms", "--out", data.to_str().unwrap(), "-n", "60", "--downstream", "150"]);
+    assert!(made.status.success(), "{}", text(&made));
+    let args = [
+        "reproduce",
+        "--data",
+        data.to_str().unwrap(),
+        "--pretrain-steps",
+        "2",
+        "--finetune-steps",
+        "2",
+        "--draws",
+        "2",
+        "--supervised-epochs",
+        "1",
+        "--eval-samples",
+        "0",
+        "--class-samples",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let first = repdiff(&args);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(text(&first).contains("Imported 210 slices of 210 files"), "{}", text(&first));
+    assert!(text(&first).contains(": 10 stages, 2 at a time"), "{}", text(&first));
+    let report: repdiff_api::ReproduceReport =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table6.json")).unwrap()).unwrap();
+    assert_eq!(report.table6.len(), 5);
+    assert!(report.markdown.contains("slices of site 1)"), "{}", report.markdown);
+    // Stored de-identified: no file name of the folder is in the store.
+    let mut stored = Vec::new();
+    walk(&out.join("artifacts"), &mut stored);
+    let stored: Vec<String> = stored.iter().map(|p| p.display().to_string()).collect();
+    assert!(!stored.is_empty() && stored.iter().all(|p| !p.contains("slice_0")), "{stored:?}");
+    // Again: the folder is not imported twice, and the pipeline is found done.
+    let again = repdiff(&args);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(!text(&again).contains("Importing"), "{}", text(&again));
+    assert!(text(&again).contains("submitted before with these parameters"), "{}", text(&again));
+    // A folder without a manifest is refused before anything runs.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let refused = repdiff(&["reproduce", "--data", empty.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!refused.status.success() && text(&refused).contains("has no manifest.csv"), "{}", text(&refused));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A process group that is killed when the test is done with it, passed or not.
 struct Group(std::process::Child);
 
