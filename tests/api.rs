@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -433,6 +434,60 @@ async fn a_training_run_measures_its_checkpoints_as_it_trains() {
             .any(|l| l["message"].as_str().unwrap().starts_with("step 25, 8 samples against 12 training images")),
         "{logs}"
     );
+    app.finish().await;
+}
+
+/// A job of any kind from the command line (`repdiff run SPEC.json`): the API's body, the API's checks,
+/// the same task, the same result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_from_the_command_line_as_through_the_api() {
+    let app = App::new("api_cli_run", true).await;
+    let ada = app.token("ada").await;
+    let part = |part: &str| {
+        json!({ "phantoms": { "num": 60, "downstream": 150, "size": 32,
+                              "split": { "downstream_site": 1, "part": part, "seed": 0 } } })
+    };
+    let job = json!({ "kind": "supervised", "params": {
+        "train": part("train"), "validation": part("validation"), "test": part("test"),
+        "architecture": "tiny", "epochs": 2, "size": 32 } });
+    let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(job.clone())).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply.body));
+    let through_api = app.wait_final(&ada, reply.json()["id"].as_i64().unwrap(), Duration::from_secs(120)).await;
+    assert_eq!(through_api["state"], "succeeded", "{through_api}");
+
+    let (spec, data, out) = (app.dir.join("job.json"), app.dir.join("cli-data"), app.dir.join("cli-out"));
+    std::fs::write(&spec, job.to_string()).unwrap();
+    let run = |spec: PathBuf, out: Option<PathBuf>| {
+        let (data, weights) = (data.clone(), app.dir.join("model-weights"));
+        tokio::task::spawn_blocking(move || {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_repdiff"));
+            command.arg("run").arg(spec).arg("--data-dir").arg(data).arg("--weights-dir").arg(weights);
+            if let Some(out) = out {
+                command.arg("--out").arg(out);
+            }
+            let output = command.output().unwrap();
+            let printed =
+                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            (output.status.success(), printed)
+        })
+    };
+    let (ok, printed) = run(spec.clone(), Some(out.clone())).await.unwrap();
+    assert!(ok, "{printed}");
+    assert!(printed.contains("[supervised] best validation epoch"), "the job's log lines: {printed}");
+    let from_cli: Value = serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(from_cli, through_api["result"]);
+    // The same spec again: the job is found, not run twice.
+    let (ok, printed) = run(spec, None).await.unwrap();
+    assert!(ok && printed.contains("submitted before with this spec, is succeeded"), "{printed}");
+    // A spec the API refuses is refused the same way, naming the field.
+    let bad = app.dir.join("bad.json");
+    let mut wrong = job.clone();
+    wrong["params"]["epochs"] = json!(0);
+    std::fs::write(&bad, wrong.to_string()).unwrap();
+    let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(wrong)).await;
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    let (ok, printed) = run(bad, None).await.unwrap();
+    assert!(!ok && printed.contains(&message), "{message} / {printed}");
     app.finish().await;
 }
 

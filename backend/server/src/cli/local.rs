@@ -7,10 +7,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use repdiff_api::{JobState, NewUser, Role};
+use anyhow::{Context, Result, anyhow, bail};
+use repdiff_api::{Job, JobState, NewUser, Role, SubmitJob};
 use repdiff_server::embedded_pg::EmbeddedPostgres;
-use repdiff_server::queue::{self, Followed, Job};
+use repdiff_server::http::auth::{self, CurrentUser};
+use repdiff_server::http::{AppState, HttpConfig};
+use repdiff_server::queue::{self, Followed};
 use repdiff_server::storage::Storage;
 use repdiff_server::worker::Worker;
 use sqlx::PgPool;
@@ -40,7 +42,7 @@ pub struct Local {
 /// How following a job ended.
 pub enum Ended {
     /// It and its stages all ended; the job as it ended.
-    Finished(Box<Job>),
+    Finished(Box<queue::Job>),
     /// SIGINT or SIGTERM: running jobs saved a checkpoint and went back to the queue.
     Interrupted,
 }
@@ -69,18 +71,33 @@ impl Local {
         Ok(())
     }
 
-    /// The id of the user that owns what is imported here (made on first use).
-    pub async fn owner(&self) -> Result<i64> {
-        if let Some(id) =
-            sqlx::query_scalar!("SELECT id FROM users WHERE username = $1", OWNER).fetch_optional(&self.pool).await?
-        {
-            return Ok(id);
-        }
-        // Nobody signs in as it: its password is random and never shown.
-        let user = NewUser { username: OWNER.into(), password: super::random_password(), role: Role::Researcher };
-        let user =
-            repdiff_server::http::auth::create_user(&self.pool, &user).await.map_err(|e| anyhow::anyhow!(e.message))?;
-        Ok(user.id)
+    /// `name`, a user of the folder's database, as the API would see them signed in; none: the folder's
+    /// own `cli` user (made on first use).
+    pub async fn user(&self, name: Option<&str>) -> Result<CurrentUser> {
+        let username = name.unwrap_or(OWNER);
+        let found =
+            sqlx::query!("SELECT id, role FROM users WHERE username = $1", username).fetch_optional(&self.pool).await?;
+        let (id, role) = match found {
+            Some(row) => (row.id, Role::parse(&row.role).context("a user's role")?),
+            None if name.is_none() => {
+                // Nobody signs in as it: its password is random and never shown.
+                let new =
+                    NewUser { username: OWNER.into(), password: super::random_password(), role: Role::Researcher };
+                let user = auth::create_user(&self.pool, &new).await.map_err(|e| anyhow!(e.message))?;
+                (user.id, user.role)
+            }
+            None => bail!("{username} is not a user of this data folder's database"),
+        };
+        Ok(CurrentUser { id, username: username.to_string(), role })
+    }
+
+    /// Submits `job` for `user` as `POST /api/v1/jobs` does, with its checks; with `key` used before by the
+    /// user, finds the job that made instead (`false`).
+    pub async fn submit(&self, user: &CurrentUser, job: &SubmitJob, key: &str) -> Result<(Job, bool)> {
+        let config = HttpConfig { weights_dir: self.args.weights_dir.clone(), ..HttpConfig::default() };
+        let state = AppState::new(self.pool.clone(), self.storage.clone(), self.args.registry()?, config);
+        let submitted = repdiff_server::http::jobs::submit(&state, user, job, Some(key)).await;
+        submitted.map_err(|e| anyhow!("{}", e.message))
     }
 
     /// Runs the queue's jobs on a worker in this process (`args.concurrency` at once) until job `id` and,
@@ -205,10 +222,10 @@ impl Printer {
         for m in &members {
             self.progressed(m);
         }
-        // A pipeline counts its stages; a single job counts itself.
-        let stages: Vec<&Followed> = members.iter().filter(|m| m.id != id || members.len() == 1).collect();
+        // A pipeline counts its stages.
+        let stages: Vec<&Followed> = members.iter().filter(|m| m.id != id).collect();
         let done = stages.iter().filter(|m| m.state == JobState::Succeeded).count();
-        if self.done != Some(done) {
+        if !stages.is_empty() && self.done != Some(done) {
             self.done = Some(done);
             say!("progress: {done}/{} stages done", stages.len());
         }

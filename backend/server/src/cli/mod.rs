@@ -15,6 +15,7 @@ mod phantoms;
 mod probe;
 mod progress;
 mod reproduce;
+mod run;
 mod sample;
 mod serve;
 mod split;
@@ -72,6 +73,9 @@ enum Command {
     /// jobs on a queue of its own: pre-train, fine-tune, classify, the baselines, counterfactuals; writes
     /// the Table 6 analogue.
     Reproduce(reproduce::ReproduceArgs),
+    /// Run one job of any kind from its spec (`{"kind": ..., "params": {...}}`, the body of POST
+    /// /api/v1/jobs) on a data folder's queue, with a worker in this process: as the server would run it.
+    Run(run::RunArgs),
     /// Measure DiT training/forward throughput, or with --imaging the data pipeline (import, encode).
     Bench(bench::BenchArgs),
     /// Train the tiny-cpu preset on the toy set and sample each class: the whole engine in a few minutes.
@@ -250,7 +254,7 @@ pub fn run(cli: Cli) -> Result<()> {
     // the queue benchmark, `reproduce`'s in-process worker: a rayon loop of theirs would wait for this
     // thread, with one rayon thread forever).
     let async_or_waiting = match &cli.command {
-        Command::Worker(_) | Command::Serve(_) | Command::Admin(_) | Command::Reproduce(_) => true,
+        Command::Worker(_) | Command::Serve(_) | Command::Admin(_) | Command::Reproduce(_) | Command::Run(_) => true,
         Command::Bench(args) => args.queue.is_some(),
         _ => false,
     };
@@ -270,6 +274,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => sample::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Reproduce(args) => reproduce::run(args),
+        Command::Run(args) => run::run(args),
         Command::Demo(args) => demo(args),
         Command::Phantoms(args) => phantoms::run(args),
         Command::Import(args) => import::run(args),

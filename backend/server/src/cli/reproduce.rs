@@ -13,9 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use repdiff_api::jobs::{ImportParams, JobSpec, MatmulPrecision, ReproduceParams};
-use repdiff_api::{JobState, ReproduceReport};
-use repdiff_server::pipeline;
-use repdiff_server::queue::{self, NewJob};
+use repdiff_api::{JobState, ReproduceReport, SubmitJob};
+use repdiff_server::queue;
 
 use super::PrecisionArg;
 use super::local::{Ended, Local};
@@ -207,18 +206,19 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
 /// Imports the dataset folder `dir` into the queue's store (once: the same folder again finds it); returns
 /// its dataset, or `None` when interrupted.
 async fn import(local: &Local, dir: &Path) -> Result<Option<i64>> {
-    let owner = local.owner().await?;
+    let user = local.user(None).await?;
     let path = dir.display().to_string();
-    let existing = sqlx::query_scalar!("SELECT id FROM datasets WHERE owner_id = $1 AND description = $2", owner, path)
-        .fetch_optional(&local.pool)
-        .await?;
+    let existing =
+        sqlx::query_scalar!("SELECT id FROM datasets WHERE owner_id = $1 AND description = $2", user.id, path)
+            .fetch_optional(&local.pool)
+            .await?;
     let dataset = match existing {
         Some(id) => id,
         None => {
             let name = dir.file_name().map_or("data".into(), |n| n.to_string_lossy().into_owned());
             sqlx::query_scalar!(
                 "INSERT INTO datasets (owner_id, name, description) VALUES ($1, $2, $3) RETURNING id",
-                owner,
+                user.id,
                 name,
                 path
             )
@@ -228,12 +228,7 @@ async fn import(local: &Local, dir: &Path) -> Result<Option<i64>> {
     };
     let labels = dir.join("manifest.csv").display().to_string();
     let spec = JobSpec::Import(ImportParams { labels: Some(labels), ..ImportParams::new(dataset, path.clone()) });
-    let job = NewJob {
-        owner_id: Some(owner),
-        idempotency_key: Some(format!("cli-import:{dataset}")),
-        ..NewJob::new(spec.kind(), spec.params())
-    };
-    let (job, created) = queue::submit_once(&local.pool, &job).await?;
+    let (job, created) = local.submit(&user, &submission(spec), &format!("import:{dataset}")).await?;
     match job.state {
         JobState::Succeeded => return Ok(Some(dataset)),
         JobState::Failed | JobState::Cancelled => {
@@ -258,15 +253,11 @@ async fn import(local: &Local, dir: &Path) -> Result<Option<i64>> {
 /// Submits the pipeline (or finds it, submitted before with the same parameters), runs it and writes its
 /// report; returns whether it was interrupted.
 async fn reproduce(local: &Local, args: &ReproduceArgs, params: &ReproduceParams) -> Result<bool> {
-    let registry = local.args.registry()?;
     let dino = args.weights_dir.join(repdiff_engine::dino::WEIGHTS_FILE).exists();
     let spec = JobSpec::Reproduce(params.clone());
-    let key = format!("cli-reproduce:{}", spec.params());
-    let new = NewJob { idempotency_key: Some(key), ..NewJob::new(spec.kind(), spec.params()) };
-    let (job, created) = pipeline::submit(&local.pool, &registry, &new, dino).await.map_err(|e| match e {
-        pipeline::Refused::Invalid(invalid) => anyhow::anyhow!("{invalid}"),
-        pipeline::Refused::Db(e) => e.into(),
-    })?;
+    let key = format!("reproduce:{}", spec.params());
+    let user = local.user(None).await?;
+    let (job, created) = local.submit(&user, &submission(spec), &key).await?;
     let stages = queue::followed(&local.pool, job.id).await?.len() - 1;
     if created {
         println!("Pipeline {} in {}: {stages} stages, {} at a time", job.id, args.out.display(), args.jobs);
@@ -318,6 +309,19 @@ async fn reproduce(local: &Local, args: &ReproduceArgs, params: &ReproduceParams
         out.display()
     );
     Ok(false)
+}
+
+/// `spec` as the API takes it, with no experiment, tags or dependencies.
+fn submission(spec: JobSpec) -> SubmitJob {
+    SubmitJob {
+        spec,
+        experiment_id: None,
+        priority: 0,
+        max_attempts: None,
+        tags: Vec::new(),
+        publish_private: false,
+        depends_on: Vec::new(),
+    }
 }
 
 /// Each finished stage's result as OUT/seed-S/NAME.json (`seed-0/classify-rep.json`).

@@ -277,9 +277,30 @@ pub async fn submit_job(
     headers: HeaderMap,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
-    user.require(Role::Researcher, "running jobs")?;
     // Parsed here rather than by the extractor: an unknown kind or a misspelt parameter is `invalid_params`.
-    let submit: SubmitJob = serde_json::from_value(body).map_err(|e| ApiError::invalid_params(e.to_string()))?;
+    let job: SubmitJob = serde_json::from_value(body).map_err(|e| ApiError::invalid_params(e.to_string()))?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(value) => {
+            let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 200);
+            Some(key.ok_or_else(|| ApiError::invalid("Idempotency-Key is 1-200 visible ASCII characters"))?)
+        }
+        None => None,
+    };
+    let (job, created) = submit(&state, &user, &job, idempotency_key).await?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(job)))
+}
+
+/// Queues `submit` for `user` with every check the API makes (the kind's parameters, the inputs the user
+/// may read, the experiment, the limits); a pipeline with its stages. With an idempotency key used before
+/// by the same user, returns the job that made (`false`). The API's `POST /jobs` and the command line's
+/// `repdiff run`/`reproduce` submit through here.
+pub async fn submit(
+    state: &AppState,
+    user: &CurrentUser,
+    submit: &SubmitJob,
+    idempotency_key: Option<&str>,
+) -> ApiResult<(Job, bool)> {
+    user.require(Role::Researcher, "running jobs")?;
     let (kind, params) = (submit.spec.kind(), submit.spec.params());
     // The spec's own checks, then this deployment's (the kind's task runs both).
     crate::jobs::validate(&state.registry, kind, &params).map_err(ApiError::invalid_field)?;
@@ -293,12 +314,12 @@ pub async fn submit_job(
     for input in handler.reads(&params) {
         match input {
             Input::Artifact(key) => {
-                if can_read_key(&state.pool, &user, &key).await? {
+                if can_read_key(&state.pool, user, &key).await? {
                     sources.extend(sources_of_key(&state.pool, &key).await?);
                     if let Some(meta) = crate::artifacts::meta_of(&state.pool, &key).await? {
                         metas.insert(key, meta);
                     }
-                } else if let Some((producer, its_sources)) = unfinished_producer(&state.pool, &user, &key).await? {
+                } else if let Some((producer, its_sources)) = unfinished_producer(&state.pool, user, &key).await? {
                     implied.push(producer);
                     sources.extend(its_sources);
                 } else {
@@ -306,7 +327,7 @@ pub async fn submit_job(
                 }
             }
             Input::JobResult(id) => {
-                let producer = visible_job(&state.pool, &user, id)
+                let producer = visible_job(&state.pool, user, id)
                     .await
                     .map_err(|_| ApiError::invalid_params(format!("there is no job {id} that you may see")))?;
                 if !producer.state.is_final() {
@@ -315,13 +336,13 @@ pub async fn submit_job(
                 sources.extend(sources_of_job(&state.pool, id).await?);
             }
             Input::Dataset(id) => {
-                super::datasets::visible_dataset(&state.pool, &user, id)
+                super::datasets::visible_dataset(&state.pool, user, id)
                     .await
                     .map_err(|_| ApiError::invalid_params(format!("there is no dataset {id} that you may read")))?;
                 sources.push(id);
             }
             Input::OwnDataset(id) => {
-                super::datasets::own_dataset(&state.pool, &user, id, "import into")
+                super::datasets::own_dataset(&state.pool, user, id, "import into")
                     .await
                     .map_err(|_| ApiError::invalid_params(format!("there is no dataset {id} that you may change")))?;
                 sources.push(id);
@@ -332,7 +353,7 @@ pub async fn submit_job(
     sources.dedup();
     handler.admit(&params, &metas).map_err(ApiError::invalid_params)?;
     if let Some(experiment) = submit.experiment_id {
-        let experiment = super::experiments::visible_experiment(&state.pool, &user, experiment).await?;
+        let experiment = super::experiments::visible_experiment(&state.pool, user, experiment).await?;
         if !user.is_admin() && experiment.owner != user.username && !experiment.members.contains(&user.username) {
             return Err(ApiError::forbidden(format!(
                 "only the owner and members of experiment {} run jobs in it; ask {} to add you",
@@ -348,15 +369,8 @@ pub async fn submit_job(
     if !(1..=20).contains(&max_attempts) {
         return Err(ApiError::invalid("max_attempts is 1 to 20"));
     }
-    let idempotency_key = match headers.get("idempotency-key") {
-        Some(value) => {
-            let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 200);
-            let key = key.ok_or_else(|| ApiError::invalid("Idempotency-Key is 1-200 visible ASCII characters"))?;
-            // Keys are per user: two users' "job-1" are different jobs.
-            Some(format!("{}:{key}", user.id))
-        }
-        None => None,
-    };
+    // Keys are per user: two users' "job-1" are different jobs.
+    let idempotency_key = idempotency_key.map(|key| format!("{}:{key}", user.id));
     let mut depends_on = [submit.depends_on.clone(), implied].concat();
     depends_on.sort_unstable();
     depends_on.dedup();
@@ -364,7 +378,7 @@ pub async fn submit_job(
         return Err(ApiError::invalid("depends_on lists at most 1000 jobs"));
     }
     for &id in &depends_on {
-        visible_job(&state.pool, &user, id)
+        visible_job(&state.pool, user, id)
             .await
             .map_err(|_| ApiError::invalid(format!("depends_on: there is no job {id} that you may see")))?;
     }
@@ -404,8 +418,7 @@ pub async fn submit_job(
         .execute(&state.pool)
         .await?;
     }
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(visible_job(&state.pool, &user, queued.id).await?)))
+    Ok((visible_job(&state.pool, user, queued.id).await?, created))
 }
 
 /// The job that will write `key` (`jobs/<id>/...`) when it is one `user` may see that has not finished
