@@ -536,23 +536,7 @@ pub async fn running_on(pool: &PgPool, worker: &str) -> sqlx::Result<Vec<i64>> {
 /// queued after it). A job cancelled meanwhile ends cancelled. Returns the job's new state, or `None`
 /// when it was not `worker`'s.
 pub async fn release(pool: &PgPool, id: i64, worker: &str) -> sqlx::Result<Option<JobState>> {
-    let state = sqlx::query_scalar!(
-        r#"UPDATE jobs SET
-               state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
-               attempt = CASE WHEN cancel_requested THEN attempt ELSE greatest(attempt - 1, 0) END,
-               finished_at = CASE WHEN cancel_requested THEN now() ELSE NULL END,
-               worker_id = NULL, lease_expires_at = NULL
-           WHERE id = $1 AND worker_id = $2 AND state = 'running'
-           RETURNING state"#,
-        id,
-        worker
-    )
-    .fetch_optional(pool)
-    .await?;
-    if state.as_deref() == Some("queued") {
-        sqlx::query!("SELECT pg_notify($1, kind) FROM jobs WHERE id = $2", CHANNEL, id).execute(pool).await?;
-    }
-    Ok(state.map(|s| state_of(&s)))
+    Ok(give_back(pool, Some((id, worker))).await?.first().copied())
 }
 
 /// Gives every running job back to the queue at once, as [`release`] does: for a database that only this
@@ -560,18 +544,29 @@ pub async fn release(pool: &PgPool, id: i64, worker: &str) -> sqlx::Result<Optio
 /// shared queue waits for the leases instead ([`rescue_expired`]): another worker may be alive. Returns how
 /// many went back.
 pub async fn release_all(pool: &PgPool) -> sqlx::Result<u64> {
-    let released = sqlx::query!(
+    Ok(give_back(pool, None).await?.len() as u64)
+}
+
+/// [`release`] of job `id` if `worker` runs it, else of every running job; the new states.
+async fn give_back(pool: &PgPool, of: Option<(i64, &str)>) -> sqlx::Result<Vec<JobState>> {
+    let (id, worker) = of.unzip();
+    let rows = sqlx::query!(
         r#"UPDATE jobs SET
                state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
                attempt = CASE WHEN cancel_requested THEN attempt ELSE greatest(attempt - 1, 0) END,
                finished_at = CASE WHEN cancel_requested THEN now() ELSE NULL END,
                worker_id = NULL, lease_expires_at = NULL
-           WHERE state = 'running'"#
+           WHERE state = 'running' AND ($1::bigint IS NULL OR (id = $1 AND worker_id = $2))
+           RETURNING state, kind"#,
+        id,
+        worker
     )
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(released)
+    .fetch_all(pool)
+    .await?;
+    for row in rows.iter().filter(|r| r.state == "queued") {
+        sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, row.kind).execute(pool).await?;
+    }
+    Ok(rows.iter().map(|r| state_of(&r.state)).collect())
 }
 
 /// A job or a pipeline's stage as someone following it reads it.

@@ -136,6 +136,22 @@ impl Local {
     }
 }
 
+/// Runs `work` on the queue of the data folder `args` names, in a runtime of its own, and closes the queue
+/// whatever happens; `work` says whether a signal interrupted it (the process then exits with 130).
+pub fn on_local_queue(args: WorkerArgs, work: impl AsyncFnOnce(&Local) -> Result<bool>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let interrupted = runtime.block_on(async {
+        let local = Local::open(args).await?;
+        let outcome = work(&local).await;
+        local.close().await?;
+        outcome
+    })?;
+    if interrupted {
+        super::interrupt::mark_interrupted();
+    }
+    Ok(())
+}
+
 /// Prints what happens to job `id` and its stages until they have all ended (`false`) or a signal
 /// comes (`true`).
 async fn watch(pool: &PgPool, id: i64, printer: &mut Printer) -> Result<bool> {

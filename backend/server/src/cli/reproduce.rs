@@ -17,7 +17,7 @@ use repdiff_api::{JobState, ReproduceReport, SubmitJob};
 use repdiff_server::queue;
 
 use super::PrecisionArg;
-use super::local::{Ended, Local};
+use super::local::{Ended, Local, on_local_queue};
 use super::worker::WorkerArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -181,26 +181,15 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         None => None,
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let interrupted = runtime.block_on(async {
-        let local = Local::open(args.queue(data.clone())).await?;
-        let outcome = async {
-            if let Some(dir) = &data {
-                match import(&local, dir).await? {
-                    Some(dataset) => params.dataset = Some(dataset),
-                    None => return Ok(true),
-                }
+    on_local_queue(args.queue(data.clone()), async |local| {
+        if let Some(dir) = &data {
+            match import(local, dir).await? {
+                Some(dataset) => params.dataset = Some(dataset),
+                None => return Ok(true),
             }
-            reproduce(&local, &args, &params).await
         }
-        .await;
-        local.close().await?;
-        outcome
-    })?;
-    if interrupted {
-        super::interrupt::mark_interrupted();
-    }
-    Ok(())
+        reproduce(local, &args, &params).await
+    })
 }
 
 /// Imports the dataset folder `dir` into the queue's store (once: the same folder again finds it); returns

@@ -12,7 +12,7 @@ use clap::Args;
 use repdiff_api::{JobState, SubmitJob};
 use repdiff_server::queue;
 
-use super::local::{Ended, Local};
+use super::local::{Ended, Local, on_local_queue};
 use super::worker::WorkerArgs;
 
 #[derive(Args)]
@@ -34,17 +34,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     super::init_logging_from(tracing_subscriber::filter::LevelFilter::WARN);
     let text = std::fs::read_to_string(&args.spec).with_context(|| format!("reading {}", args.spec.display()))?;
     let job: SubmitJob = serde_json::from_str(&text).with_context(|| format!("{}", args.spec.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let interrupted = runtime.block_on(async {
-        let local = Local::open(args.queue.clone()).await?;
-        let outcome = run_job(&local, &args, &job).await;
-        local.close().await?;
-        outcome
-    })?;
-    if interrupted {
-        super::interrupt::mark_interrupted();
-    }
-    Ok(())
+    on_local_queue(args.queue.clone(), async |local| run_job(local, &args, &job).await)
 }
 
 /// Submits `job` (or finds it, submitted before with the same spec), runs it and shows its result;
