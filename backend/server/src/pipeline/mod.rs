@@ -365,6 +365,8 @@ pub async fn submit(pool: &PgPool, registry: &Registry, job: &NewJob, dino: bool
         None => Vec::new(),
     };
     let sizes = part_sizes(&p, &dataset)?;
+    // Planned once to count the ids to reserve (planning is pure and takes microseconds), then with them:
+    // a stage's spec names the ids of the stages it reads.
     let n = plan(&p, &sizes, dino, &mut (1..)).len();
     let mut tx = pool.begin().await?;
     if let Some(key) = &job.idempotency_key {
