@@ -145,6 +145,9 @@ pub struct Trajectory {
     pub frames: Vec<Tensor>,
     pub samples: Tensor,
     pub labels: Option<Vec<u32>>,
+    /// A representation model's reference of each sample (the image it draws a variation of), `[N, C, H,
+    /// W]`: the paper's Fig. 11 shows it beside the trajectory.
+    pub references: Option<Tensor>,
 }
 
 /// Which of `steps` respaced steps (counted down from `steps - 1`) are recorded: `frames` of them evenly
@@ -170,11 +173,6 @@ pub fn trajectory(
     device: &candle_core::Device,
     mut on_progress: impl FnMut(usize, usize),
 ) -> Result<Trajectory> {
-    if config.model.is_representation() {
-        return Err(Error::Config(
-            "trajectories are drawn from unconditional or class-conditional models; a representation model samples variations (repdiff sample --references)".into(),
-        ));
-    }
     if options.num_samples == 0 || options.batch_size == 0 || frames == 0 {
         return Err(Error::Config("trajectories need samples, a positive batch size and frames".into()));
     }
@@ -186,7 +184,17 @@ pub fn trajectory(
             frame_parts[k].push(prediction.pred_xstart.clone());
         }
     })?;
+    // Sample i varies reference i mod m, as `sample` pairs them.
+    let references = match &options.references {
+        Some(r) if config.model.is_representation() => {
+            let m = r.dim(0)?;
+            let ids: Vec<u32> = (0..options.num_samples).map(|i| (i % m) as u32).collect();
+            Some(r.index_select(&Tensor::new(ids.as_slice(), r.device())?, 0)?)
+        }
+        _ => None,
+    };
     Ok(Trajectory {
+        references,
         timesteps: recorded.iter().map(|&i| diffusion.timestep_map[i]).collect(),
         frames: frame_parts.iter().map(|parts| Tensor::cat(parts, 0)).collect::<candle_core::Result<Vec<_>>>()?,
         samples,
@@ -283,8 +291,8 @@ pub fn write_counterfactuals(
     Ok(report)
 }
 
-/// Writes a trajectory: `trajectory_0003.png` per sample (its frames left to right, noisiest first) and
-/// `trajectory.png` (a row per sample). Returns the rows, the grid and a note when latents could not be
+/// Writes a trajectory: `trajectory_0003.png` per sample (its reference first for a representation
+/// model, then its frames left to right, noisiest first) and `trajectory.png` (a row per sample). Returns the rows, the grid and a note when latents could not be
 /// decoded.
 pub fn write_trajectory(
     trajectory: &Trajectory,
@@ -295,7 +303,11 @@ pub fn write_trajectory(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let decoder = Decoder::new(config, weights_dir, trajectory.samples.device());
     let note = decoder.note.clone();
-    let mut frames = Vec::with_capacity(trajectory.frames.len());
+    let mut frames = Vec::with_capacity(trajectory.frames.len() + 1);
+    // A representation model's rows start with the reference the sample is a variation of.
+    if let Some(references) = &trajectory.references {
+        frames.push(crate::imaging::to_images(&decoder.decode(references)?)?);
+    }
     for frame in &trajectory.frames {
         frames.push(crate::imaging::to_images(&decoder.decode(frame)?)?);
     }

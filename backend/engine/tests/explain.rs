@@ -88,3 +88,46 @@ fn counterfactuals_move_toward_the_class_asked_for_and_trajectories_end_at_the_s
     assert!(grid.exists() && note.is_none());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The paper's Fig. 11 for its key model: a representation model's trajectory, each row its reference
+/// and then the x0 predictions toward the variation it draws (the same samples as `sample`).
+#[test]
+fn a_representation_model_draws_trajectories_beside_their_references() {
+    use repdiff_engine::config::{Conditioning, ModelConfig, RunConfig};
+    use repdiff_engine::train::Trainer;
+    let mut config = RunConfig::preset("tiny-cpu").unwrap();
+    config.model = ModelConfig {
+        input_size: 8,
+        patch_size: 2,
+        hidden_size: 32,
+        depth: 2,
+        num_heads: 2,
+        conditioning: Conditioning::Representation { encoder_depth: 1, encoder_heads: 2 },
+        ..config.model
+    };
+    let trainer = Trainer::new(config.clone(), &Device::Cpu).unwrap();
+    let references = Dataset::toy_bars(2, 8, 5, &Device::Cpu).unwrap().samples;
+    let options = SampleOptions {
+        num_samples: 3,
+        references: Some(references.clone()),
+        sampler: SamplerKind::Ddim { eta: 0.0 },
+        respacing: "ddim10".into(),
+        seed: 1,
+        batch_size: 3,
+        ..Default::default()
+    };
+    let traj = trajectory(&trainer.model, &config, &options, 4, &Device::Cpu, |_, _| {}).unwrap();
+    let (samples, _) = sample(&trainer.model, &config, &options, &Device::Cpu, |_, _| {}).unwrap();
+    assert!(max_diff(&traj.samples, &samples) < 1e-6, "the same variations as sample()");
+    assert!(max_diff(traj.frames.last().unwrap(), &samples) < 1e-5);
+    // Sample i is a variation of reference i mod 2.
+    let shown = traj.references.as_ref().expect("the references beside the rows");
+    for (i, r) in [0, 1, 0].into_iter().enumerate() {
+        assert!(max_diff(&shown.get(i).unwrap(), &references.get(r).unwrap()) == 0.0);
+    }
+    let dir = std::env::temp_dir().join(format!("repdiff-explain-rep-{}", std::process::id()));
+    let (rows, _, _) = write_trajectory(&traj, &config, std::path::Path::new("model-weights"), &dir).unwrap();
+    let row = image::open(&rows[0]).unwrap();
+    assert_eq!(row.width(), 5 * (8 + 2) + 2, "reference | four frames");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

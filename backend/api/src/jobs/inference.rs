@@ -85,12 +85,6 @@ impl SampleParams {
         finite_within("eta", self.eta, 0.0, 1.0)?;
         if let Some(frames) = self.frames {
             within("frames", frames, 2, 64)?;
-            if self.references.is_some() {
-                return Err(Invalid::new(
-                    "frames",
-                    "trajectories are drawn without references (unconditional or class-conditional models)",
-                ));
-            }
         }
         data_if("references", self.references.as_ref())
     }
