@@ -637,13 +637,7 @@ async fn the_paper_pipeline_runs_on_an_uploaded_dataset() {
     let names: Vec<String> = (0..260).map(|i| format!("phantom_{i:05}.dcm")).collect();
     let mut parts = vec![("labels", None, std::fs::read(scans.join("labels.csv")).unwrap())];
     parts.extend(names.iter().map(|n| ("files", Some(n.as_str()), std::fs::read(scans.join(n)).unwrap())));
-    let (content_type, body) = multipart(&parts);
-    let upload = Request::post(format!("/api/v1/datasets/{id}/scans"))
-        .header(header::AUTHORIZATION, format!("Bearer {ada}"))
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Body::from(body))
-        .unwrap();
-    let reply = app.send(upload).await;
+    let reply = app.upload(&ada, id, &parts).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
     assert_eq!(reply.json()["accepted"].as_array().unwrap().len(), 260);
 
@@ -661,9 +655,12 @@ async fn the_paper_pipeline_runs_on_an_uploaded_dataset() {
     let report: repdiff_api::ReproduceReport = serde_json::from_value(job["result"].clone()).unwrap();
     assert_eq!(report.table6.len(), 5);
     assert!(report.table5.is_none() && report.class_fidelity.is_empty());
-    // The split came from the uploaded scans' sites: site 1's 200 slices are the downstream task.
+    // The split came from the uploaded scans' sites: site 1's 50 patients (200 slices) are the downstream
+    // task, split by patient: the test part is whole patients of four slices, about a tenth of them (the
+    // floor of each label stratum's share goes to train and validation, the rest to test).
     let test: usize = report.table6[0].metrics.confusion.iter().flatten().sum();
-    assert!((15..=25).contains(&test), "about a tenth of site 1's 200 slices are test slices: {test}");
+    assert!(test.is_multiple_of(4) && (16..=40).contains(&test), "whole patients, about a tenth of site 1's: {test}");
+    assert!(report.markdown.contains("split by patient: no patient has slices in two parts"), "{}", report.markdown);
     app.finish().await;
 }
 
@@ -879,6 +876,207 @@ async fn representation_pretraining_then_finetune_through_the_api() {
     app.finish().await;
 }
 
+/// Real scans are studies of patients: phantom patients uploaded as DICOM series (four slices each, with
+/// made-up identifying data) come back grouped into series under pseudonyms, and the default split keeps
+/// every patient in one part, stratified by the patients' labels; the per-slice split is there by name and
+/// says what it leaks.
+#[tokio::test]
+async fn patients_upload_as_series_and_a_split_keeps_each_patient_in_one_part() {
+    let app = App::new("api_patients", false).await;
+    let ada = app.token("ada").await;
+    let scans = app.dir.join("phantoms");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_repdiff"))
+        .args([
+            "phantoms",
+            "--format",
+            "dicom",
+            "-n",
+            "0",
+            "--downstream",
+            "200",
+            "--size",
+            "32",
+            "--seed",
+            "3",
+            "--out",
+        ])
+        .arg(&scans)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = app.call("POST", "/api/v1/datasets", Some(&ada), Some(json!({ "name": "patients" }))).await.json()["id"]
+        .as_i64()
+        .unwrap();
+    let mut parts = vec![("labels", None, std::fs::read(scans.join("labels.csv")).unwrap())];
+    let names: Vec<String> = (0..200).map(|i| format!("phantom_{i:05}.dcm")).collect();
+    for name in &names {
+        parts.push(("files", Some(name.as_str()), std::fs::read(scans.join(name)).unwrap()));
+    }
+    let reply = app.upload(&ada, id, &parts).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.json()["accepted"].as_array().unwrap().len(), 200);
+
+    // 50 patients, one series each, under pseudonyms; each series' slices in instance order; nothing of the
+    // made-up identifying data in any reply, stored object or row.
+    let dataset = app.call("GET", &format!("/api/v1/datasets/{id}"), Some(&ada), None).await.json();
+    assert_eq!((dataset["patients"].as_i64(), dataset["series"].as_i64()), (Some(50), Some(50)), "{dataset}");
+    let listed = app.call("GET", &format!("/api/v1/datasets/{id}/scans?limit=1000"), Some(&ada), None).await;
+    let series = app.call("GET", &format!("/api/v1/datasets/{id}/series"), Some(&ada), None).await;
+    let split_reply =
+        app.call("GET", &format!("/api/v1/datasets/{id}/split?downstream_site=1"), Some(&ada), None).await;
+    let stored: Vec<Vec<u8>> = walk(&app.dir.join("store")).iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(s)::text FROM scans s").fetch_all(&app.db.pool).await.unwrap();
+    for needle in ["PHANTOM^", "PH-0003-", "Phantom site", "20260101"] {
+        let found = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+        for (what, bytes) in [("scans", &listed.body), ("series", &series.body), ("split", &split_reply.body)] {
+            assert!(!found(bytes), "{needle:?} in GET {what}");
+        }
+        assert!(!stored.iter().any(|b| found(b)), "{needle:?} stored");
+        assert!(!rows.iter().any(|r| r.contains(needle)), "{needle:?} in the scans table");
+    }
+    let listed = listed.json();
+    let scan_by_id: std::collections::HashMap<i64, &Value> =
+        listed.as_array().unwrap().iter().map(|s| (s["id"].as_i64().unwrap(), s)).collect();
+    let series = series.json();
+    assert_eq!(series.as_array().unwrap().len(), 50);
+    for s in series.as_array().unwrap() {
+        let ids: Vec<i64> = s["scan_ids"].as_array().unwrap().iter().map(|i| i.as_i64().unwrap()).collect();
+        assert_eq!((s["slices"].as_i64(), ids.len()), (Some(4), 4), "{s}");
+        let instances: Vec<i64> = ids.iter().map(|i| scan_by_id[i]["instance"].as_i64().unwrap()).collect();
+        assert_eq!(instances, vec![1, 2, 3, 4], "{s}");
+        let positions: Vec<f64> = ids.iter().map(|i| scan_by_id[i]["position_mm"].as_f64().unwrap()).collect();
+        assert_eq!(positions, vec![0.0, 5.0, 10.0, 15.0]);
+        let patient = s["patient"].as_str().unwrap();
+        assert!(patient.len() == 21 && patient.starts_with("ANON-"), "{patient}");
+        assert!(ids.iter().all(|i| scan_by_id[i]["patient"] == s["patient"] && scan_by_id[i]["series"] == s["series"]));
+    }
+
+    // The patient split: each patient in one part, patients stratified by their labels (only negative
+    // slices, only positive, both): floor(0.8 n) of each stratum to train, floor(0.1 n) to validation.
+    let mut labels: std::collections::HashMap<&str, usize> = Default::default();
+    for scan in listed.as_array().unwrap() {
+        *labels.entry(scan["patient"].as_str().unwrap()).or_default() |= if scan["hematoma"] == true { 2 } else { 1 };
+    }
+    let mut strata = [0usize; 4];
+    for label in labels.values() {
+        strata[*label] += 1;
+    }
+    let expected_train: usize = strata.iter().map(|n| n * 8 / 10).sum();
+    let expected_validation: usize = strata.iter().map(|n| n / 10).sum();
+    let split = split_reply.json();
+    assert_eq!(
+        (split["unit"].as_str(), split["patients_in_two_parts"].as_i64()),
+        (Some("patient"), Some(0)),
+        "{split}"
+    );
+    let patients = |split: &Value, part: &str| {
+        split["parts"].as_array().unwrap().iter().find(|p| p["part"] == part).unwrap()["patients"].as_i64().unwrap()
+    };
+    assert_eq!(patients(&split, "train") as usize, expected_train, "{split} {strata:?}");
+    assert_eq!(patients(&split, "validation") as usize, expected_validation, "{split} {strata:?}");
+    let total: i64 = ["pretrain", "train", "validation", "test"].iter().map(|p| patients(&split, p)).sum();
+    assert_eq!(total, 50, "every patient in exactly one part: {split}");
+    assert!(split["caveat"].as_str().unwrap().contains("no patient has slices in two parts"));
+    // A single-site design (no downstream site): every patient in train, validation or test.
+    let single = app.call("GET", &format!("/api/v1/datasets/{id}/split"), Some(&ada), None).await.json();
+    assert_eq!((single["downstream_site"].clone(), patients(&single, "pretrain")), (Value::Null, 0), "{single}");
+    let total: i64 = ["train", "validation", "test"].iter().map(|p| patients(&single, p)).sum();
+    assert_eq!((total, single["patients_in_two_parts"].as_i64()), (50, Some(0)), "{single}");
+    // The paper's per-slice split of the same slices puts patients in two parts, and says so.
+    let by_slice =
+        app.call("GET", &format!("/api/v1/datasets/{id}/split?downstream_site=1&unit=slice"), Some(&ada), None).await;
+    let by_slice = by_slice.json();
+    assert!(by_slice["patients_in_two_parts"].as_i64().unwrap() > 5, "{by_slice}");
+    assert!(by_slice["caveat"].as_str().unwrap().contains("slices of one patient may be in both"));
+    assert_eq!(
+        app.call("GET", &format!("/api/v1/datasets/{id}/split?downstream_site=1&unit=study"), Some(&ada), None)
+            .await
+            .error_code(),
+        "invalid_request"
+    );
+    app.finish().await;
+}
+
+/// Scans uploaded without labels stay unlabelled (never "no hematoma"): pre-training takes them, a job
+/// that learns or scores labels is refused naming how many lack one, and labelling them lifts it.
+#[tokio::test]
+async fn unlabelled_uploads_stay_unlabelled_and_labelled_jobs_refuse_them() {
+    let app = App::new("api_unlabelled", false).await;
+    let ada = app.token("ada").await;
+    let id = app.call("POST", "/api/v1/datasets", Some(&ada), Some(json!({ "name": "unlabelled" }))).await.json()["id"]
+        .as_i64()
+        .unwrap();
+    let mut parts = vec![("site", None, b"2".to_vec())];
+    let names: Vec<String> = (0..3).map(|i| format!("slice{i}.png")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let mut png = Vec::new();
+        image::GrayImage::from_fn(16, 16, |x, y| image::Luma([(x * 7 + y * 3 + i as u32 * 40) as u8]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        parts.push(("files", Some(name.as_str()), png));
+    }
+    let report = app.upload(&ada, id, &parts).await.json();
+    let accepted = report["accepted"].as_array().unwrap();
+    assert_eq!(accepted.len(), 3, "{report}");
+    assert!(accepted.iter().all(|s| s["labelled"] == false && s["hematoma"] == false && s["site"] == 2), "{report}");
+    let dataset = app.call("GET", &format!("/api/v1/datasets/{id}"), Some(&ada), None).await.json();
+    assert_eq!((dataset["unlabelled"].as_i64(), dataset["hematoma"].as_i64()), (Some(3), Some(0)), "{dataset}");
+
+    // A supervised baseline needs labels: refused, naming the dataset and the count.
+    let data = json!({ "dataset": { "id": id } });
+    let supervised = json!({ "kind": "supervised", "params": { "train": data, "validation": data, "size": 16 } });
+    let refused = app.call("POST", "/api/v1/jobs", Some(&ada), Some(supervised.clone())).await;
+    assert_eq!(refused.error_code(), "invalid_params");
+    let message = refused.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains(&format!("dataset {id} has 3 unlabelled slices (of 3)")), "{message}");
+    // So does a split part of it.
+    let split = json!({ "dataset": { "id": id, "split": { "downstream_site": 2, "part": "test", "unit": "slice" } } });
+    let with_split = json!({ "kind": "supervised", "params": { "train": split, "validation": split, "size": 16 } });
+    let message = app.call("POST", "/api/v1/jobs", Some(&ada), Some(with_split)).await.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("unlabelled slices in the test part of its split"), "{message}");
+    // Without a site design, pre-training reads the training part (and a probe would need its labels).
+    let single = json!({ "dataset": { "id": id, "split": { "part": "pretrain", "unit": "slice" } } });
+    let probe = json!({ "kind": "supervised", "params": { "train": single, "validation": split, "size": 16 } });
+    let message = app.call("POST", "/api/v1/jobs", Some(&ada), Some(probe)).await.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("unlabelled slices in the train part of its split"), "{message}");
+    // Unconditional pre-training takes unlabelled scans.
+    let pretrain = json!({ "kind": "pretrain", "params": { "run": { "steps": 2 }, "data": data } });
+    let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(pretrain)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply.body));
+
+    // Labelling: giving markers labels a scan; `labelled: false` takes it back; all labelled, the job runs.
+    let ids: Vec<i64> = accepted.iter().map(|s| s["id"].as_i64().unwrap()).collect();
+    for (k, scan) in ids.iter().enumerate() {
+        let patched = app
+            .call("PATCH", &format!("/api/v1/scans/{scan}"), Some(&ada), Some(json!({ "hypodensity": k == 0 })))
+            .await
+            .json();
+        assert_eq!((patched["labelled"].as_bool(), patched["hematoma"].as_bool()), (Some(true), Some(k == 0)));
+    }
+    let uri = format!("/api/v1/scans/{}", ids[1]);
+    let unlabel = app.call("PATCH", &uri, Some(&ada), Some(json!({ "labelled": false }))).await;
+    assert_eq!(unlabel.json()["labelled"], false);
+    let message =
+        app.call("POST", "/api/v1/jobs", Some(&ada), Some(supervised.clone())).await.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    assert!(message.contains("has 1 unlabelled slices (of 3)"), "{message}");
+    app.call("PATCH", &format!("/api/v1/scans/{}", ids[1]), Some(&ada), Some(json!({ "fluid_level": false }))).await;
+    let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(supervised)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply.body));
+    let dataset = app.call("GET", &format!("/api/v1/datasets/{id}"), Some(&ada), None).await.json();
+    assert_eq!((dataset["unlabelled"].as_i64(), dataset["hematoma"].as_i64()), (Some(0), Some(1)), "{dataset}");
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_label_browse_and_train_on_a_dataset() {
     let app = App::new("api_datasets", true).await;
@@ -1050,10 +1248,11 @@ async fn upload_label_browse_and_train_on_a_dataset() {
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["step"], 10);
 
-    // The paper's split (one site downstream), and an encode job of its pre-training part.
+    // The paper's split (one site downstream, slice by slice: eight slices of two patients are too few to
+    // split by patient), and an encode job of its training part.
     let downstream = listed[7]["site"].as_i64().unwrap();
     let split = app
-        .call("GET", &format!("/api/v1/datasets/{id}/split?downstream_site={downstream}"), Some(&ada), None)
+        .call("GET", &format!("/api/v1/datasets/{id}/split?downstream_site={downstream}&unit=slice"), Some(&ada), None)
         .await
         .json();
     let count = |part: &str| -> i64 {
@@ -1064,7 +1263,7 @@ async fn upload_label_browse_and_train_on_a_dataset() {
     assert_eq!(count("train") + count("validation") + count("test"), in_downstream, "{split}");
     assert_eq!(count("pretrain"), 8 - in_downstream, "{split}");
     let encode = json!({ "kind": "encode", "params": {
-        "dataset": id, "size": 16, "split": { "downstream_site": downstream, "part": "train" } } });
+        "dataset": id, "size": 16, "split": { "downstream_site": downstream, "part": "train", "unit": "slice" } } });
     let job = app.call("POST", "/api/v1/jobs", Some(&ada), Some(encode)).await.json();
     let job = app.wait_final(&ada, job["id"].as_i64().unwrap(), Duration::from_secs(60)).await;
     assert_eq!(job["state"], "succeeded", "{job}");

@@ -257,12 +257,22 @@ fn phantom_dicom_series_import_de_identified_encode_and_train() {
     assert!(text(&out).contains("Imported 8 slices from 8 files"), "{}", text(&out));
     assert!(text(&out).contains("broken.dcm: not a readable DICOM file"), "{}", text(&out));
 
-    // The manifest keeps each slice's site and markers, in the input's order.
+    // The manifest keeps each slice's site and markers, in the input's order, and where it comes from:
+    // the pseudonymous patient, study and series of its DICOM, its instance number and position.
     let input = repdiff_labels(&labels);
     let imported = repdiff_labels(&dataset.join("manifest.csv"));
     assert_eq!(input.len(), 8);
-    let strip = |rows: &[Vec<String>]| rows.iter().map(|r| r[1..].to_vec()).collect::<Vec<_>>();
+    let strip = |rows: &[Vec<String>]| rows.iter().map(|r| r[1..7].to_vec()).collect::<Vec<_>>();
     assert_eq!(strip(&imported), strip(&input));
+    let header = std::fs::read_to_string(dataset.join("manifest.csv")).unwrap();
+    assert!(header.starts_with(
+        "file,site,hypodensity,margin_irregularity,blend_sign,fluid_level,hematoma,patient,study,series,instance,position\n"
+    ));
+    let patients: std::collections::BTreeSet<&str> = imported.iter().map(|r| r[7].as_str()).collect();
+    assert_eq!(patients.len(), 2, "two phantom patients: {patients:?}");
+    assert!(patients.iter().all(|p| p.starts_with("ANON-")), "{patients:?}");
+    let instances: Vec<&str> = imported.iter().map(|r| r[10].as_str()).collect();
+    assert_eq!(instances, ["1", "2", "3", "4", "1", "2", "3", "4"]);
 
     // Nothing identifying survives in the stored DICOM files, and slices of a series stay together.
     let mut stored = Vec::new();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
-use common::{App, Reply, multipart, password_of, walk};
+use common::{App, Reply, multipart, password_of, upload_request, walk};
 use serde_json::{Value, json};
 
 /// Phantom CT slices as DICOM files (with made-up patient data inside), and their labels.csv.
@@ -24,15 +24,6 @@ fn phantoms(app: &App, n: usize) -> std::path::PathBuf {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     dir
-}
-
-fn upload_request(token: &str, dataset: i64, parts: &[(&str, Option<&str>, Vec<u8>)]) -> Request<Body> {
-    let (content_type, body) = multipart(parts);
-    Request::post(format!("/api/v1/datasets/{dataset}/scans"))
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Body::from(body))
-        .unwrap()
 }
 
 async fn dataset(app: &App, token: &str, body: Value) -> i64 {
@@ -105,15 +96,31 @@ async fn uploads_keep_no_identifier_and_lose_nothing_silently() {
     // 2. Labels: every column is kept or refused by name; a row for no file of the upload, a value out of
     //    range, labels after the files: refused whole, nothing stored.
     let d = dataset(&app, &ada, json!({ "name": "labels" })).await;
-    let with_patient = format!("{header},patient\n{},PID4455667\n", row(0));
+    let with_name = format!("{header},patient_name\n{},DOE^JANE\n", row(0));
     let reply = app
         .send(upload_request(
             &ada,
             d,
+            &[("labels", None, with_name.into_bytes()), ("files", Some("phantom_00000.dcm"), file(0))],
+        ))
+        .await;
+    assert_invalid(&reply, "column \"patient_name\"");
+    assert_invalid(&reply, "patient names are never stored");
+    // A `patient` column groups slices, stored as a keyed pseudonym only (this DICOM's own PatientID wins).
+    let named = dataset(&app, &ada, json!({ "name": "patients" })).await;
+    let with_patient = format!("{header},patient\n{},PID4455667\n", row(0));
+    let reply = app
+        .send(upload_request(
+            &ada,
+            named,
             &[("labels", None, with_patient.into_bytes()), ("files", Some("phantom_00000.dcm"), file(0))],
         ))
         .await;
-    assert_invalid(&reply, "column \"patient\"");
+    let patient = reply.json()["accepted"][0]["patient"].as_str().unwrap_or_default().to_string();
+    assert!(patient.starts_with("ANON-"), "{}", String::from_utf8_lossy(&reply.body));
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(s)::text FROM scans s").fetch_all(&app.db.pool).await.unwrap();
+    assert!(!rows.iter().any(|r| r.contains("PID4455667")), "the labels file's patient id was stored");
     let stray = format!("{header}\n{}\n{}\n", row(0), row(1));
     let reply = app
         .send(upload_request(

@@ -165,6 +165,11 @@ impl App {
         self.send(request.unwrap()).await
     }
 
+    /// Uploads `parts` (`(field, file name, bytes)`: `labels`, `site`, `files`) to `dataset` as `token`.
+    pub async fn upload(&self, token: &str, dataset: i64, parts: &[(&str, Option<&str>, Vec<u8>)]) -> Reply {
+        self.send(upload_request(token, dataset, parts)).await
+    }
+
     /// Signs in and returns an API token made with the session.
     pub async fn token(&self, user: &str) -> String {
         let login = json!({ "username": user, "password": password_of(user) });
@@ -195,6 +200,16 @@ impl App {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The upload of `parts` to `dataset` as `token`, as a request (to send whole, or to cut short).
+pub fn upload_request(token: &str, dataset: i64, parts: &[(&str, Option<&str>, Vec<u8>)]) -> Request<Body> {
+    let (content_type, body) = multipart(parts);
+    Request::post(format!("/api/v1/datasets/{dataset}/scans"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+        .unwrap()
 }
 
 /// A multipart body of `(field, file name, bytes)` parts.

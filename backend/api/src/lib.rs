@@ -405,6 +405,12 @@ pub struct Dataset {
     pub scans: i64,
     /// Slices with any hematoma marker.
     pub hematoma: i64,
+    /// Distinct (pseudonymous) patients its slices name.
+    pub patients: i64,
+    /// Distinct series its slices belong to (a DICOM series, a NIfTI volume, or as a labels file names them).
+    pub series: i64,
+    /// Slices uploaded without a label (no labels row): pre-training uses them, labelled jobs refuse them.
+    pub unlabelled: i64,
     pub created_at: DateTime<Utc>,
 }
 
@@ -433,6 +439,17 @@ pub struct Scan {
     pub hematoma: bool,
     /// Whether a de-identified DICOM of it is stored.
     pub has_dicom: bool,
+    /// The patient's pseudonym (`ANON-` and 16 hex digits), when the scan or its labels row names one.
+    pub patient: Option<String>,
+    /// The study's and the series' pseudonymous UIDs.
+    pub study: Option<String>,
+    pub series: Option<String>,
+    /// Its number in the series (InstanceNumber, or its index in a volume from 1).
+    pub instance: Option<i64>,
+    /// Its position along the patient's axis, mm (ImagePositionPatient's z).
+    pub position_mm: Option<f64>,
+    /// False for a scan uploaded without a label: its markers say nothing until it is labelled.
+    pub labelled: bool,
     /// The slice as a windowed PNG (`?window=brain&size=128`).
     pub image_url: String,
     pub created_at: DateTime<Utc>,
@@ -448,6 +465,9 @@ pub struct ScanPatch {
     pub margin_irregularity: Option<bool>,
     pub blend_sign: Option<bool>,
     pub fluid_level: Option<bool>,
+    /// Giving a marker labels the scan; `false` makes it unlabelled again.
+    #[serde(default)]
+    pub labelled: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -475,18 +495,48 @@ pub struct UploadReport {
 pub struct SplitPart {
     /// pretrain, train, validation or test.
     pub part: String,
+    /// Labelled slices without and with hematoma, and slices without a label.
     pub no_hematoma: i64,
     pub hematoma: i64,
+    pub unlabelled: i64,
+    /// Patients with slices in this part (a slice that names no patient, study or series counts as one).
+    pub patients: i64,
+    /// Of those, patients with a hematoma slice in this part.
+    pub patients_with_hematoma: i64,
 }
 
-/// The paper's split of a dataset (its tables 1 and 2): the downstream site's slices 8:1:1 into
+/// A dataset's split (the paper's tables 1 and 2): the downstream site's patients (or slices) 8:1:1 into
 /// train/validation/test stratified by label, every other site's into pre-training.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct SplitSummary {
-    pub downstream_site: usize,
+    /// None: a single-site design (pre-training reads the training part).
+    pub downstream_site: Option<usize>,
     pub seed: u64,
+    pub unit: jobs::SplitUnit,
+    /// What the unit means for scores made from this split.
+    pub caveat: String,
+    /// Patients with slices in more than one of train, validation and test (0 for a patient split).
+    pub patients_in_two_parts: i64,
+    /// Slices that name no patient, study or series (each its own patient).
+    pub slices_without_patient: i64,
     pub parts: Vec<SplitPart>,
+}
+
+/// One series of a dataset, its slices in order (instance number, then position, then upload).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Series {
+    /// The series' pseudonymous UID; a scan that names no series is a series of its own, `scan-ID`.
+    pub series: String,
+    pub patient: Option<String>,
+    pub study: Option<String>,
+    pub site: i32,
+    /// Slices, and of them with hematoma.
+    pub slices: i64,
+    pub hematoma: i64,
+    /// Its scans' ids, in slice order: open one by one as a stack.
+    pub scan_ids: Vec<i64>,
 }
 
 /// An edit of a dataset or an experiment: only the fields given change. Sharing a dataset makes its

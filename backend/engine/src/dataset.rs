@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::imaging::deid::{DeidKey, DeidReport, deidentify};
 use crate::imaging::{self, ScanFormat, Slice, Unit, dicom};
-use crate::manifest::{Manifest, SliceRecord};
+use crate::manifest::{Manifest, Origin, SliceRecord};
 use crate::{Error, Result};
 
 /// Labels by input name: `file` or `file#k`.
@@ -34,9 +34,9 @@ impl Labels {
         Labels { by_name, default: None }
     }
 
-    /// Slices without a row get `site` and no markers instead of being refused.
+    /// Slices without a row get `site` and are unlabelled instead of being refused.
     pub fn or_unlabelled(mut self, site: usize) -> Self {
-        self.default = Some(SliceRecord { file: String::new(), site, markers: Default::default() });
+        self.default = Some(SliceRecord { site, unlabelled: true, ..SliceRecord::default() });
         self
     }
 
@@ -122,7 +122,7 @@ pub fn import(inputs: &[PathBuf], labels: &Labels, key: &DeidKey, out: &Path) ->
             }
             None => Err(Error::Scan { path: path.clone(), reason: "not DICOM, NIfTI, PNG or JPEG".into() }),
         };
-        add_file(&mut report, &mut manifest, out, &path, &names, read, labels)?;
+        add_file(&mut report, &mut manifest, out, &path, &names, read, labels, key)?;
     }
     if !manifest.records.is_empty() {
         manifest.write_csv(&manifest_path)?;
@@ -148,7 +148,7 @@ pub fn import_dicom_bytes(
     let read = dicom::open_bytes(bytes, &path)
         .and_then(|object| deidentified(object, &path, key))
         .map(|(slices, dicom)| (slices, dicom.base_name(), Some(dicom)));
-    add_file(&mut report, &mut manifest, out, &path, &[name.to_string()], read, labels)?;
+    add_file(&mut report, &mut manifest, out, &path, &[name.to_string()], read, labels, key)?;
     if !manifest.records.is_empty() {
         manifest.write_csv(&manifest_path)?;
     }
@@ -156,7 +156,8 @@ pub fn import_dicom_bytes(
 }
 
 /// One read file into `out`: its de-identified DICOM (if any), a PNG per slice a label row covers, their
-/// manifest rows; refusals into the report.
+/// manifest rows with each slice's origin; refusals into the report.
+#[allow(clippy::too_many_arguments)]
 fn add_file(
     report: &mut ImportReport,
     manifest: &mut Manifest,
@@ -165,6 +166,7 @@ fn add_file(
     names: &[String],
     read: Result<(Vec<Slice>, String, Option<DeidentifiedDicom>)>,
     labels: &Labels,
+    key: &DeidKey,
 ) -> Result<()> {
     let path = path.to_path_buf();
     let (slices, base, dicom) = match read {
@@ -179,6 +181,7 @@ fn add_file(
         }
     };
     let count = slices.len();
+    let file_origin = file_origin(&slices, dicom.as_ref(), key);
     let labelled: Vec<(usize, Slice, &SliceRecord)> = slices
         .into_iter()
         .enumerate()
@@ -215,10 +218,60 @@ fn add_file(
             }
         }
         manifest.records.retain(|r| r.file != file);
-        manifest.records.push(SliceRecord { file, site: label.site, markers: label.markers });
+        let origin = slice_origin(&file_origin, &label.origin, k, count, key);
+        manifest.records.push(SliceRecord {
+            file,
+            site: label.site,
+            markers: label.markers,
+            origin,
+            unlabelled: label.unlabelled,
+        });
         report.slices += 1;
     }
     Ok(())
+}
+
+/// What a file itself says of where its slices come from: a DICOM's (de-identified) patient, study,
+/// series, instance number and position; a NIfTI volume is one series of its own, named by a keyed
+/// pseudonym of its content (its file name may name the patient).
+fn file_origin(slices: &[Slice], dicom: Option<&DeidentifiedDicom>, key: &DeidKey) -> Origin {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    match dicom {
+        Some(dicom) => {
+            let id = &dicom.identity;
+            Origin {
+                patient: some(&id.patient_id),
+                study: some(&id.study_uid),
+                series: some(&id.series_uid),
+                instance: id.instance_number,
+                position: id.position_mm,
+            }
+        }
+        None if slices.len() > 1 => {
+            use sha2::{Digest, Sha256};
+            let mut hash = Sha256::new();
+            for slice in slices {
+                hash.update(slice.values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+            }
+            let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            Origin { series: Some(key.pseudonym_uid(&format!("volume:{digest}"))), ..Origin::default() }
+        }
+        None => Origin::default(),
+    }
+}
+
+/// Slice `k` of `count`'s origin: what its file says, then what its labels row says (ids given there are
+/// stored as keyed pseudonyms: the same key maps a labels file's patient id and a DICOM's PatientID alike).
+/// The slices of a multi-slice file are numbered in their file's order.
+fn slice_origin(file: &Origin, given: &Origin, k: usize, count: usize, key: &DeidKey) -> Origin {
+    let multi = count > 1;
+    Origin {
+        patient: file.patient.clone().or_else(|| given.patient.as_deref().map(|p| key.pseudonym_patient(p))),
+        study: file.study.clone().or_else(|| given.study.as_deref().map(|u| key.pseudonym_uid(u))),
+        series: file.series.clone().or_else(|| given.series.as_deref().map(|u| key.pseudonym_uid(u))),
+        instance: if multi { Some(k as i64 + 1) } else { file.instance.or(given.instance) },
+        position: if multi { None } else { file.position.or(given.position) },
+    }
 }
 
 /// A DICOM input after de-identification, not yet stored.

@@ -138,13 +138,15 @@ pub fn encode_dataset(
         progress(start + count, total);
     }
     let latents = Tensor::cat(&latents, 0)?;
-    let labels: Vec<u32> = manifest.records.iter().map(|r| u32::from(r.hematoma())).collect();
     let sites: Vec<u32> = manifest.records.iter().map(|r| r.site as u32).collect();
-    let tensors = [
-        ("latents".to_string(), latents),
-        ("labels".to_string(), Tensor::new(labels.as_slice(), &Device::Cpu)?),
-        ("sites".to_string(), Tensor::new(sites.as_slice(), &Device::Cpu)?),
-    ];
+    let mut tensors =
+        vec![("latents".to_string(), latents), ("sites".to_string(), Tensor::new(sites.as_slice(), &Device::Cpu)?)];
+    // Labels only when every slice has one: a file with some unlabelled slices is unlabelled data (a job
+    // that needs labels refuses it), never labels with silent zeros.
+    if manifest.records.iter().all(|r| !r.unlabelled) {
+        let labels: Vec<u32> = manifest.records.iter().map(|r| u32::from(r.hematoma())).collect();
+        tensors.push(("labels".to_string(), Tensor::new(labels.as_slice(), &Device::Cpu)?));
+    }
     let metadata = [
         ("format".to_string(), FORMAT.to_string()),
         ("key".to_string(), key),

@@ -1,6 +1,9 @@
-//! Dataset manifests (per-slice site and the four hematoma markers) and the paper's split: every site but
-//! the downstream one is pre-training data; the downstream site is split train/validation/test 8:1:1,
-//! stratified by the binary label and seeded, so a split is reproducible from (manifest, site, seed).
+//! Dataset manifests (per-slice site, the four hematoma markers, and where the slice comes from: patient,
+//! study, series) and the paper's split: every site but the downstream one is pre-training data; the
+//! downstream site is split train/validation/test 8:1:1, stratified by the binary label and seeded, so a
+//! split is reproducible from (manifest, unit, site, seed). The unit is the patient by default, so that the
+//! nearly identical neighbouring slices of one patient never land in two parts; the paper split per slice,
+//! which stays available as [`SplitUnit::Slice`].
 
 use std::path::Path;
 
@@ -10,16 +13,82 @@ use crate::phantom::Markers;
 use crate::rng::Rng;
 use crate::{Error, Result};
 
-/// One slice of a manifest.
 /// The paper's split of the downstream site's slices: train, validation, test (per label).
 pub const PAPER_SPLIT: [f64; 3] = [0.8, 0.1, 0.1];
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One slice of a manifest.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SliceRecord {
     pub file: String,
     pub site: usize,
     #[serde(flatten)]
     pub markers: Markers,
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// No label was given (an upload without a labels row): the markers say nothing. Such a slice serves
+    /// unconditional and representation pre-training; a job that learns or scores labels refuses it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlabelled: bool,
+}
+
+/// Where a slice comes from: its patient, study and series (pseudonymous ids once imported: DICOM's are
+/// pseudonymised by de-identification, a labels file's by the import), its number in the series and its
+/// position along the patient's axis in mm. All optional: a slice without them is a patient of its own.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub study: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<f64>,
+}
+
+impl Origin {
+    pub fn is_empty(&self) -> bool {
+        *self == Origin::default()
+    }
+
+    /// What keeps slices together in a patient split: the patient, else the study, else the series.
+    pub fn group(&self) -> Option<&str> {
+        self.patient.as_deref().or(self.study.as_deref()).or(self.series.as_deref())
+    }
+}
+
+/// What a split keeps together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitUnit {
+    /// All slices of one patient go to one part (slices without a patient: their study's, else their
+    /// series', else their own). The default: neighbouring slices of one patient are nearly identical, so a
+    /// per-slice split measures memory, not generalisation.
+    #[default]
+    Patient,
+    /// The paper's split: each slice on its own; slices of one patient may be in train and test.
+    Slice,
+}
+
+impl SplitUnit {
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitUnit::Patient => "patient",
+            SplitUnit::Slice => "slice",
+        }
+    }
+
+    /// The sentence a report made from a split of this unit carries.
+    pub fn caveat(self) -> &'static str {
+        match self {
+            SplitUnit::Patient => "split by patient: no patient has slices in two parts",
+            SplitUnit::Slice => {
+                "split by slice (the paper's): slices of one patient may be in both training and test, which inflates every score"
+            }
+        }
+    }
 }
 
 impl SliceRecord {
@@ -40,6 +109,13 @@ struct Row {
     blend_sign: Flag,
     fluid_level: Flag,
     hematoma: Option<Flag>,
+    patient: Option<String>,
+    study: Option<String>,
+    series: Option<String>,
+    instance: Option<i64>,
+    position: Option<f64>,
+    /// Only in manifests the engine wrote (an import's, a split's).
+    unlabelled: Option<Flag>,
 }
 
 #[derive(Deserialize)]
@@ -85,10 +161,26 @@ impl Part {
     }
 }
 
-/// The columns a labels file may have; any other is refused by name (a `patient` column would otherwise
-/// be dropped without a word).
-pub const COLUMNS: [&str; 7] =
-    ["file", "site", "hypodensity", "margin_irregularity", "blend_sign", "fluid_level", "hematoma"];
+/// The columns a labels file may have; any other is refused by name (rather than dropped without a word).
+/// `patient`, `study` and `series` group slices (an import stores them as keyed pseudonyms, never as given);
+/// `instance` orders a series' slices and `position` (mm) places them.
+pub const COLUMNS: [&str; 12] = [
+    "file",
+    "site",
+    "hypodensity",
+    "margin_irregularity",
+    "blend_sign",
+    "fluid_level",
+    "hematoma",
+    "patient",
+    "study",
+    "series",
+    "instance",
+    "position",
+];
+
+/// The origin columns, in the order they are written.
+const ORIGIN_COLUMNS: [&str; 5] = ["patient", "study", "series", "instance", "position"];
 
 /// The largest site number (sites are stored as 32-bit integers; no study has a million).
 pub const MAX_SITE: usize = 1_000_000;
@@ -100,9 +192,8 @@ fn check_column(name: &str, extra: &[&str]) -> std::result::Result<(), String> {
     }
     let hint = match name.to_ascii_lowercase().as_str() {
         "label" => ": give the four markers (the label is any of them)",
-        "patient" | "patient_id" | "patientid" | "name" => {
-            ": patient identifiers are not stored (DICOM pseudonymises its own)"
-        }
+        "patient_id" | "patientid" | "subject" => ": name the column `patient` (it is stored as a pseudonym)",
+        "name" | "patient_name" | "patientname" => ": patient names are never stored; give a `patient` id",
         _ => "",
     };
     Err(format!("column {name:?} is not one RepDiff keeps ({}){hint}; remove it", COLUMNS.join(", ")))
@@ -122,9 +213,24 @@ fn check_row(at: &str, file: &str, site: usize) -> std::result::Result<(), Strin
     Ok(())
 }
 
+/// The origin's own checks: ids of a sane length without control characters, a finite position.
+fn check_origin(at: &str, file: &str, origin: &Origin) -> std::result::Result<(), String> {
+    for (name, id) in [("patient", &origin.patient), ("study", &origin.study), ("series", &origin.series)] {
+        if let Some(id) = id
+            && (id.len() > 256 || id.chars().any(char::is_control))
+        {
+            return Err(format!("{at} ({file}): the {name} id is longer than 256 bytes or holds control characters"));
+        }
+    }
+    if origin.position.is_some_and(|p| !p.is_finite()) {
+        return Err(format!("{at} ({file}): position is not a finite number"));
+    }
+    Ok(())
+}
+
 /// A JSON manifest row: the CSV's columns as fields, flags as booleans or 0/1.
+/// (Unknown fields are refused by [`check_column`] before: serde cannot deny them beside a flattened field.)
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct JsonRow {
     file: String,
     site: usize,
@@ -138,6 +244,8 @@ struct JsonRow {
     fluid_level: bool,
     #[serde(default, deserialize_with = "json_optional_flag")]
     hematoma: Option<bool>,
+    #[serde(flatten)]
+    origin: Origin,
 }
 
 fn json_flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<bool, D::Error> {
@@ -197,7 +305,14 @@ impl Manifest {
                 return Err(format!("entry {i} ({}): hematoma disagrees with the markers", row.file));
             }
             check_row(&format!("entry {i}"), &row.file, row.site)?;
-            records.push(SliceRecord { file: row.file, site: row.site, markers });
+            check_origin(&format!("entry {i}"), &row.file, &row.origin)?;
+            records.push(SliceRecord {
+                file: row.file,
+                site: row.site,
+                markers,
+                origin: row.origin,
+                unlabelled: false,
+            });
         }
         if records.is_empty() {
             return Err("the manifest has no slices".into());
@@ -208,7 +323,7 @@ impl Manifest {
     /// A manifest the engine wrote (an import's, or a split's with its `part` column).
     pub fn read_csv(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        Self::parse_csv(file, &["part"]).map_err(|e| Error::Data(format!("{}: {e}", path.display())))
+        Self::parse_csv(file, &["part", "unlabelled"]).map_err(|e| Error::Data(format!("{}: {e}", path.display())))
     }
 
     /// A labels file from a user, as CSV: any column but [`COLUMNS`] is refused by name.
@@ -242,7 +357,16 @@ impl Manifest {
                 ));
             }
             check_row(&format!("line {line}"), &row.file, row.site)?;
-            records.push(SliceRecord { file: row.file, site: row.site, markers });
+            let origin = Origin {
+                patient: row.patient,
+                study: row.study,
+                series: row.series,
+                instance: row.instance,
+                position: row.position,
+            };
+            check_origin(&format!("line {line}"), &row.file, &origin)?;
+            let unlabelled = row.unlabelled.is_some_and(|Flag(u)| u);
+            records.push(SliceRecord { file: row.file, site: row.site, markers, origin, unlabelled });
         }
         if records.is_empty() {
             return Err("the manifest has no slices".into());
@@ -251,36 +375,84 @@ impl Manifest {
     }
 
     /// The paper's split: sites other than `downstream_site` -> pre-training; the downstream site's slices ->
-    /// train/validation/test in proportions `fractions` (e.g. 0.8/0.1/0.1), stratified by label.
-    pub fn split(&self, downstream_site: usize, fractions: [f64; 3], seed: u64) -> Result<Vec<Part>> {
+    /// train/validation/test in proportions `fractions` (e.g. 0.8/0.1/0.1), stratified by label at the
+    /// level of `unit`. With [`SplitUnit::Patient`] the slices of one patient (see [`Origin::group`]) go to
+    /// one part, and patients are stratified by the labels they have (none, some, all positive slices);
+    /// each stratum's units are shuffled and the first `floor(fraction * n)` go to train, the next to
+    /// validation, the rest to test. A patient split of slices that name no patient is the per-slice split.
+    /// Without a downstream site (a single-site design) every slice is split and no slice pre-trains.
+    pub fn split(
+        &self,
+        unit: SplitUnit,
+        downstream_site: Option<usize>,
+        fractions: [f64; 3],
+        seed: u64,
+    ) -> Result<Vec<Part>> {
         let total: f64 = fractions.iter().sum();
         if fractions.iter().any(|f| *f < 0.0) || (total - 1.0).abs() > 1e-9 {
             return Err(Error::Config(format!("split fractions must be non-negative and sum to 1, got {fractions:?}")));
         }
         let mut parts = vec![Part::Pretrain; self.records.len()];
+        // The downstream site's units, in the order of their first slice, each with its slices and labels.
+        let mut units: Vec<(Vec<usize>, u8)> = Vec::new();
+        let mut index_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let downstream = |r: &SliceRecord| downstream_site.is_none_or(|site| r.site == site);
+        for (i, record) in self.records.iter().enumerate().filter(|(_, r)| downstream(r)) {
+            // Unlabelled slices are a stratum of their own, spread over the parts like the others.
+            let label = if record.unlabelled {
+                4
+            } else if record.hematoma() {
+                2
+            } else {
+                1
+            };
+            let group = match unit {
+                SplitUnit::Patient => record.origin.group(),
+                SplitUnit::Slice => None,
+            };
+            match group.and_then(|g| index_of.get(g)) {
+                Some(&u) => {
+                    units[u].0.push(i);
+                    units[u].1 |= label;
+                }
+                None => {
+                    if let Some(g) = group {
+                        index_of.insert(g, units.len());
+                    }
+                    units.push((vec![i], label));
+                }
+            }
+        }
+        if units.is_empty() {
+            return Err(Error::Data(match downstream_site {
+                Some(site) => format!("no slice comes from the downstream site {site}"),
+                None => "there is no slice to split".into(),
+            }));
+        }
         let mut rng = Rng::new(seed);
-        let mut found = false;
-        for label in [false, true] {
-            let mut stratum: Vec<usize> = (0..self.records.len())
-                .filter(|&i| self.records[i].site == downstream_site && self.records[i].hematoma() == label)
-                .collect();
-            found |= !stratum.is_empty();
+        // Strata: only negative slices (1), only positive (2), both (3), then any with unlabelled slices; the
+        // order keeps the per-slice split of a labelled manifest without patients what it always was.
+        for stratum_label in [1u8, 2, 3, 4, 5, 6, 7] {
+            let mut stratum: Vec<usize> = (0..units.len()).filter(|&u| units[u].1 == stratum_label).collect();
+            if stratum.is_empty() {
+                continue;
+            }
             rng.shuffle(&mut stratum);
             let n = stratum.len() as f64;
             let n_train = (fractions[0] * n).floor() as usize;
             let n_val = (fractions[1] * n).floor() as usize;
-            for (k, &i) in stratum.iter().enumerate() {
-                parts[i] = if k < n_train {
+            for (k, &u) in stratum.iter().enumerate() {
+                let part = if k < n_train {
                     Part::Train
                 } else if k < n_train + n_val {
                     Part::Validation
                 } else {
                     Part::Test
                 };
+                for &i in &units[u].0 {
+                    parts[i] = part;
+                }
             }
-        }
-        if !found {
-            return Err(Error::Data(format!("no slice comes from the downstream site {downstream_site}")));
         }
         Ok(parts)
     }
@@ -303,8 +475,16 @@ impl Manifest {
         }
         let fail = |e: String| Error::Data(format!("{}: {e}", path.display()));
         let mut csv = csv::Writer::from_path(path).map_err(|e| fail(e.to_string()))?;
-        let mut header =
-            vec!["file", "site", "hypodensity", "margin_irregularity", "blend_sign", "fluid_level", "hematoma"];
+        // The origin columns only when some slice has an origin: manifests of single slices stay as they were.
+        let origins = self.records.iter().any(|r| !r.origin.is_empty());
+        let unlabelled = self.records.iter().any(|r| r.unlabelled);
+        let mut header = COLUMNS[..7].to_vec();
+        if origins {
+            header.extend(ORIGIN_COLUMNS);
+        }
+        if unlabelled {
+            header.push("unlabelled");
+        }
         if parts.is_some() {
             header.push("part");
         }
@@ -315,6 +495,15 @@ impl Manifest {
                 .map(|f| u8::from(f).to_string());
             let mut row = vec![r.file.clone(), r.site.to_string()];
             row.extend(flags);
+            if origins {
+                let o = &r.origin;
+                row.extend([o.patient.clone(), o.study.clone(), o.series.clone()].map(Option::unwrap_or_default));
+                row.push(o.instance.map(|n| n.to_string()).unwrap_or_default());
+                row.push(o.position.map(|p| p.to_string()).unwrap_or_default());
+            }
+            if unlabelled {
+                row.push(u8::from(r.unlabelled).to_string());
+            }
             if let Some(parts) = parts {
                 row.push(parts[i].name().to_string());
             }
@@ -323,10 +512,26 @@ impl Manifest {
         csv.flush().map_err(|e| Error::io(path, e))
     }
 
-    /// Counts per part: slices, with hematoma, without, and each marker (the paper's Tables 1 and 2).
-    pub fn summary(&self, parts: &[Part]) -> String {
+    /// Distinct patients (by [`Origin::group`]) among `rows`; slices without any id count one each.
+    fn patients<'a>(rows: impl Iterator<Item = &'a SliceRecord>) -> usize {
+        let mut groups = std::collections::HashSet::new();
+        let mut alone = 0;
+        for r in rows {
+            match r.origin.group() {
+                Some(g) => {
+                    groups.insert(g);
+                }
+                None => alone += 1,
+            }
+        }
+        groups.len() + alone
+    }
+
+    /// Counts per part: slices, patients, with hematoma, without, and each marker (the paper's Tables 1 and
+    /// 2), then what the split's unit means for the scores made from it.
+    pub fn summary(&self, parts: &[Part], unit: SplitUnit) -> String {
         let mut out = String::from(
-            "| part | slices | hematoma | none | hypodensity | margin irregularity | blend sign | fluid level |\n|---|---|---|---|---|---|---|---|\n",
+            "| part | slices | patients | hematoma | none | hypodensity | margin irregularity | blend sign | fluid level |\n|---|---|---|---|---|---|---|---|---|\n",
         );
         for part in Part::ALL {
             let rows: Vec<&SliceRecord> =
@@ -334,9 +539,10 @@ impl Manifest {
             let count = |f: &dyn Fn(&Markers) -> bool| rows.iter().filter(|r| f(&r.markers)).count();
             let positives = count(&|m| m.any());
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 part.name(),
                 rows.len(),
+                Self::patients(rows.iter().copied()),
                 positives,
                 rows.len() - positives,
                 count(&|m| m.hypodensity),
@@ -345,7 +551,35 @@ impl Manifest {
                 count(&|m| m.fluid_level)
             ));
         }
+        let unnamed = self.records.iter().filter(|r| r.origin.group().is_none()).count();
+        let unlabelled = self.records.iter().filter(|r| r.unlabelled).count();
+        if unlabelled > 0 {
+            out.push_str(&format!("\n{unlabelled} slices have no label (counted under none above).\n"));
+        }
+        out.push_str(&format!("\n{}", unit.caveat()));
+        if unnamed > 0 {
+            out.push_str(&format!(
+                "; {unnamed} of {} slices name no patient, study or series and count as patients of their own",
+                self.records.len()
+            ));
+        }
+        out.push_str(".\n");
         out
+    }
+
+    /// Patients (by [`Origin::group`]) with slices in more than one of train, validation and test: none in
+    /// a patient split.
+    pub fn patients_in_two_parts(&self, parts: &[Part]) -> usize {
+        let mut seen: std::collections::HashMap<&str, Part> = std::collections::HashMap::new();
+        let mut leaked = std::collections::HashSet::new();
+        for (r, &p) in self.records.iter().zip(parts) {
+            if let (Some(g), true) = (r.origin.group(), p != Part::Pretrain)
+                && *seen.entry(g).or_insert(p) != p
+            {
+                leaked.insert(g);
+            }
+        }
+        leaked.len()
     }
 }
 
@@ -383,6 +617,7 @@ mod tests {
                 file: format!("s{i}.png"),
                 site: 1 + i % 3,
                 markers: Markers::random(&mut rng, 0.2),
+                ..SliceRecord::default()
             })
             .collect();
         Manifest { records }
@@ -391,9 +626,11 @@ mod tests {
     #[test]
     fn split_is_the_papers_stratified_and_reproducible() {
         let m = synthetic(3000);
-        let parts = m.split(1, [0.8, 0.1, 0.1], 7).unwrap();
-        assert_eq!(parts, m.split(1, [0.8, 0.1, 0.1], 7).unwrap());
-        assert_ne!(parts, m.split(1, [0.8, 0.1, 0.1], 8).unwrap());
+        let parts = m.split(SplitUnit::Slice, Some(1), [0.8, 0.1, 0.1], 7).unwrap();
+        assert_eq!(parts, m.split(SplitUnit::Slice, Some(1), [0.8, 0.1, 0.1], 7).unwrap());
+        assert_ne!(parts, m.split(SplitUnit::Slice, Some(1), [0.8, 0.1, 0.1], 8).unwrap());
+        // Slices that name no patient are patients of their own: the patient split is the per-slice one.
+        assert_eq!(parts, m.split(SplitUnit::Patient, Some(1), [0.8, 0.1, 0.1], 7).unwrap());
         for (r, p) in m.records.iter().zip(&parts) {
             assert_eq!(r.site != 1, *p == Part::Pretrain);
         }
@@ -408,10 +645,16 @@ mod tests {
             assert_eq!(count(Part::Validation), (0.1 * n).floor() as usize);
             assert!((count(Part::Test) as f64 - 0.1 * n).abs() <= 2.0);
         }
-        let table = m.summary(&parts);
-        assert!(table.contains("| pretrain | 2000 |"), "{table}");
-        assert!(m.split(9, [0.8, 0.1, 0.1], 0).unwrap_err().to_string().contains("downstream site 9"));
-        assert!(m.split(1, [0.8, 0.3, 0.1], 0).is_err());
+        let table = m.summary(&parts, SplitUnit::Slice);
+        assert!(table.contains("| pretrain | 2000 | 2000 |"), "{table}");
+        assert!(table.contains("slices of one patient may be in both"), "{table}");
+        assert!(
+            m.split(SplitUnit::Slice, Some(9), [0.8, 0.1, 0.1], 0)
+                .unwrap_err()
+                .to_string()
+                .contains("downstream site 9")
+        );
+        assert!(m.split(SplitUnit::Slice, Some(1), [0.8, 0.3, 0.1], 0).is_err());
     }
 
     #[test]
@@ -436,5 +679,124 @@ mod tests {
             let err = Manifest::from_reader(text.as_bytes()).unwrap_err();
             assert!(err.contains(needle), "{needle:?} not in {err:?}");
         }
+    }
+
+    /// 300 patients of 1 to 12 slices each at three sites; a patient's slices are positive with the
+    /// patient's own probability (none, some or all).
+    fn patients() -> Manifest {
+        let mut rng = Rng::new(11);
+        let mut records = Vec::new();
+        for p in 0..300 {
+            let slices = 1 + rng.below(12);
+            let prob = [0.0, 0.3, 1.0][rng.below(3)];
+            for k in 0..slices {
+                records.push(SliceRecord {
+                    file: format!("p{p}_{k}.png"),
+                    site: 1 + p % 3,
+                    markers: Markers { hypodensity: rng.uniform() < prob, ..Markers::default() },
+                    origin: Origin {
+                        patient: Some(format!("ANON-{p:04}")),
+                        instance: Some(k as i64 + 1),
+                        ..Origin::default()
+                    },
+                    unlabelled: false,
+                });
+            }
+        }
+        Manifest { records }
+    }
+
+    #[test]
+    fn a_patient_split_keeps_each_patient_in_one_part_stratified_by_patient() {
+        let m = patients();
+        let parts = m.split(SplitUnit::Patient, Some(1), PAPER_SPLIT, 3).unwrap();
+        assert_eq!(parts, m.split(SplitUnit::Patient, Some(1), PAPER_SPLIT, 3).unwrap(), "seeded");
+        assert_eq!(m.patients_in_two_parts(&parts), 0);
+        // The per-slice split of the same slices puts many patients in two parts: the leak it measures.
+        let by_slice = m.split(SplitUnit::Slice, Some(1), PAPER_SPLIT, 3).unwrap();
+        assert!(m.patients_in_two_parts(&by_slice) > 30, "{}", m.patients_in_two_parts(&by_slice));
+        // Per stratum of patients (none, some, all slices positive): floor(0.8 n) in train, floor(0.1 n) in
+        // validation, the rest in test.
+        let mut strata: std::collections::BTreeMap<u8, Vec<(String, Part)>> = Default::default();
+        let mut labels: std::collections::BTreeMap<String, (u8, Part)> = Default::default();
+        for (r, &p) in m.records.iter().zip(&parts).filter(|(r, _)| r.site == 1) {
+            let e = labels.entry(r.origin.patient.clone().unwrap()).or_insert((0, p));
+            e.0 |= if r.hematoma() { 2 } else { 1 };
+        }
+        for (patient, (label, part)) in labels {
+            strata.entry(label).or_default().push((patient, part));
+        }
+        assert_eq!(strata.len(), 3, "patients of each kind");
+        for (label, members) in strata {
+            let n = members.len();
+            let count = |part| members.iter().filter(|(_, p)| *p == part).count();
+            assert_eq!(count(Part::Train), n * 8 / 10, "stratum {label}");
+            assert_eq!(count(Part::Validation), n / 10, "stratum {label}");
+            assert_eq!(count(Part::Test), n - n * 8 / 10 - n / 10, "stratum {label}");
+        }
+        let table = m.summary(&parts, SplitUnit::Patient);
+        assert!(table.contains("split by patient: no patient has slices in two parts."), "{table}");
+        assert!(table.contains("| pretrain |") && !table.contains("name no patient"), "{table}");
+    }
+
+    #[test]
+    fn origins_are_read_from_a_labels_file_and_written_back() {
+        let text = "file,site,hypodensity,margin_irregularity,blend_sign,fluid_level,patient,series,instance,position\n\
+                    a.png,1,0,0,0,0,P1,S1,1,-12.5\nb.png,1,1,0,0,0,P1,S1,2,-7.5\nc.png,2,0,0,0,0,,,,\n";
+        let m = Manifest::from_reader(text.as_bytes()).unwrap();
+        assert_eq!(m.records[1].origin.patient.as_deref(), Some("P1"));
+        assert_eq!(m.records[1].origin.instance, Some(2));
+        assert_eq!(m.records[0].origin.position, Some(-12.5));
+        assert!(m.records[2].origin.is_empty(), "empty cells are no origin");
+        let dir = std::env::temp_dir().join(format!("repdiff-manifest-origin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("split.csv");
+        let parts = m.split(SplitUnit::Patient, Some(1), [0.5, 0.0, 0.5], 0).unwrap();
+        assert_eq!(parts[0], parts[1], "one patient, one part");
+        m.write_split_csv(&parts, &path).unwrap();
+        assert_eq!(Manifest::read_csv(&path).unwrap(), m);
+        std::fs::remove_dir_all(&dir).ok();
+        let err = Manifest::from_reader(
+            "file,site,hypodensity,margin_irregularity,blend_sign,fluid_level,patient_id\na.png,1,0,0,0,0,x\n"
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(err.contains("name the column `patient`"), "{err}");
+        let err = Manifest::from_reader(
+            "file,site,hypodensity,margin_irregularity,blend_sign,fluid_level,position\na.png,1,0,0,0,0,inf\n"
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(err.contains("finite"), "{err}");
+    }
+
+    #[test]
+    fn a_single_site_split_splits_every_slice_and_unlabelled_slices_are_spread_and_kept() {
+        let mut m = patients();
+        for (i, r) in m.records.iter_mut().enumerate() {
+            r.unlabelled = i % 7 == 0;
+        }
+        let parts = m.split(SplitUnit::Patient, None, PAPER_SPLIT, 5).unwrap();
+        assert!(!parts.contains(&Part::Pretrain), "no site design: nothing pre-trains");
+        assert_eq!(m.patients_in_two_parts(&parts), 0);
+        for part in [Part::Train, Part::Validation, Part::Test] {
+            let unlabelled = m.records.iter().zip(&parts).filter(|(r, p)| **p == part && r.unlabelled).count();
+            assert!(unlabelled > 0, "{part:?} gets some of the patients with unlabelled slices");
+        }
+        let table = m.summary(&parts, SplitUnit::Patient);
+        assert!(table.contains("slices have no label"), "{table}");
+        let dir = std::env::temp_dir().join(format!("repdiff-manifest-unlabelled-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("split.csv");
+        m.write_split_csv(&parts, &path).unwrap();
+        assert_eq!(Manifest::read_csv(&path).unwrap(), m, "unlabelled survives a round trip");
+        std::fs::remove_dir_all(&dir).ok();
+        // A user's labels file has no `unlabelled` column: a slice without a label has no row.
+        let err = Manifest::from_reader(
+            "file,site,hypodensity,margin_irregularity,blend_sign,fluid_level,unlabelled\na.png,1,0,0,0,0,1\n"
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(err.contains("unlabelled"), "{err}");
     }
 }

@@ -150,7 +150,7 @@ impl PngSet {
                 .to_gray8(&phantom.hu, self.size)
                 .save(&path)
                 .map_err(|source| crate::Error::Image { path: path.clone(), source })?;
-            manifest.records.push(crate::manifest::SliceRecord { file, site, markers });
+            manifest.records.push(crate::manifest::SliceRecord { file, site, markers, ..Default::default() });
         }
         manifest.write_csv(&out.join("manifest.csv"))?;
         Ok(manifest)

@@ -89,7 +89,7 @@ fn a_split_part_encodes_alone_and_the_sd_vae_encodes_three_channel_windows() {
     let dir = tempdir("split");
     let manifest_path = phantom_dataset(&dir, 8);
     let manifest = Manifest::read_csv(&manifest_path).unwrap();
-    let parts = manifest.split(1, [0.5, 0.0, 0.5], 3).unwrap();
+    let parts = manifest.split(repdiff_engine::manifest::SplitUnit::Slice, Some(1), [0.5, 0.0, 0.5], 3).unwrap();
     let split = dir.join("split.csv");
     manifest.write_split_csv(&parts, &split).unwrap();
     let pretrain = parts.iter().filter(|p| **p == Part::Pretrain).count();

@@ -199,6 +199,7 @@ fn ct_files_and_16_bit_pngs_round_trip_hounsfield_units() {
         series_uid: "2.25.2",
         instance_uid: "2.25.3",
         instance_number: 1,
+        position_mm: -42.5,
         study_date: "20260101",
         description: "phantom",
     };
@@ -206,6 +207,7 @@ fn ct_files_and_16_bit_pngs_round_trip_hounsfield_units() {
     let (back, identity) = dicom::read(&dcm).unwrap();
     assert_eq!(back, vec![slice.clone()]);
     assert_eq!((identity.series_uid.as_str(), identity.instance_number), ("2.25.2", Some(1)));
+    assert_eq!((identity.patient_id.as_str(), identity.position_mm), ("PHANTOM-01", Some(-42.5)));
 
     let png = out.join("slice.png");
     imaging::write_hu_png(&slice, &png).unwrap();
@@ -213,4 +215,80 @@ fn ct_files_and_16_bit_pngs_round_trip_hounsfield_units() {
     assert_eq!(back.values, slice.values);
     assert_eq!(back.unit, Unit::Hounsfield);
     std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn an_import_keeps_patients_studies_and_series_as_pseudonyms_only() {
+    use repdiff_engine::dataset::{Labels, import};
+    use repdiff_engine::manifest::{Manifest, Part, SplitUnit};
+    let dir = std::env::temp_dir().join(format!("repdiff-origin-{}", std::process::id()));
+    let (inputs, out) = (dir.join("in"), dir.join("out"));
+    std::fs::create_dir_all(&inputs).unwrap();
+    for name in ["identified_1.dcm", "identified_2.dcm", "vol_ras.nii.gz"] {
+        std::fs::copy(fixture(name), inputs.join(name)).unwrap();
+    }
+    for name in ["a.png", "b.png"] {
+        image::GrayImage::from_pixel(8, 8, image::Luma([90])).save(inputs.join(name)).unwrap();
+    }
+    // The PNGs name their patient and series in the labels file, as a clinical export would (an MRN).
+    let labels = "file,site,hypodensity,margin_irregularity,blend_sign,fluid_level,patient,series,instance\n\
+                  identified_1.dcm,1,0,0,0,0,,,\nidentified_2.dcm,1,1,0,0,0,,,\nvol_ras.nii.gz,2,0,0,0,0,,,\n\
+                  a.png,1,0,0,0,0,MRN-0042,CT HEAD 2026-03-01,1\nb.png,1,0,1,0,0,MRN-0042,CT HEAD 2026-03-01,2\n";
+    let key = DeidKey::from_bytes([7; 32]);
+    let labels = Labels::from_manifest(Manifest::from_reader(labels.as_bytes()).unwrap());
+    let report = import(std::slice::from_ref(&inputs), &labels, &key, &out).unwrap();
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    let manifest = Manifest::read_csv(&out.join("manifest.csv")).unwrap();
+    let by_series =
+        |series: &str| manifest.records.iter().filter(|r| r.origin.series.as_deref() == Some(series)).count();
+
+    // The DICOM pair: one patient (its PatientID's pseudonym), one study, one series under pseudonymous UIDs.
+    let series = key.pseudonym_uid("1.2.826.0.1.3680043.8.498.200");
+    assert_eq!(by_series(&series), 2, "{manifest:?}");
+    let pair: Vec<_> =
+        manifest.records.iter().filter(|r| r.origin.series.as_deref() == Some(series.as_str())).collect();
+    assert!(pair[0].origin.patient.as_deref().is_some_and(|p| p.starts_with("ANON-")), "{:?}", pair[0].origin);
+    assert_eq!((&pair[0].origin.patient, &pair[0].origin.study), (&pair[1].origin.patient, &pair[1].origin.study));
+
+    // The volume: one series of its own, its slices numbered in order, no patient.
+    let volume: Vec<_> = manifest.records.iter().filter(|r| r.site == 2).collect();
+    assert!(volume.len() > 1);
+    assert!(volume.iter().all(|r| r.origin.series == volume[0].origin.series && r.origin.patient.is_none()));
+    assert!(volume[0].origin.series.as_deref().is_some_and(|s| s.starts_with("2.25.")));
+    let instances: Vec<i64> = volume.iter().map(|r| r.origin.instance.unwrap()).collect();
+    assert_eq!(instances, (1..=volume.len() as i64).collect::<Vec<_>>());
+
+    // The PNGs: the labels file's ids as keyed pseudonyms (the same key maps a DICOM's PatientID alike).
+    let pngs: Vec<_> = manifest
+        .records
+        .iter()
+        .filter(|r| r.origin.instance.is_some() && r.site == 1 && r.origin.study.is_none())
+        .collect();
+    assert_eq!(pngs.len(), 2, "{manifest:?}");
+    for (k, r) in pngs.iter().enumerate() {
+        assert_eq!(r.origin.patient, Some(key.pseudonym_patient("MRN-0042")));
+        assert_eq!(r.origin.series, Some(key.pseudonym_uid("CT HEAD 2026-03-01")));
+        assert_eq!(r.origin.instance, Some(k as i64 + 1));
+    }
+    // Nothing identifying is stored: not the DICOMs' PHI, not the labels file's MRN or series name.
+    for entry in walk(&out) {
+        let bytes = std::fs::read(&entry).unwrap();
+        for needle in IDENTIFYING.iter().chain(&["MRN-0042", "CT HEAD"]) {
+            assert!(!contains(&bytes, needle), "{needle:?} stored in {}", entry.display());
+        }
+    }
+    // A patient split keeps each patient's slices together.
+    let parts = manifest.split(SplitUnit::Patient, Some(1), [0.5, 0.0, 0.5], 1).unwrap();
+    assert_eq!(manifest.patients_in_two_parts(&parts), 0);
+    assert!(parts.iter().zip(&manifest.records).all(|(p, r)| (r.site == 1) == (*p != Part::Pretrain)));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use repdiff_engine::dataset::{Labels, import};
 use repdiff_engine::imaging::deid::DeidKey;
-use repdiff_engine::manifest::{Manifest, SliceRecord};
+use repdiff_engine::manifest::{Manifest, Origin, SliceRecord};
 use repdiff_engine::phantom::Markers;
 use sha2::{Digest, Sha256};
 
@@ -193,11 +193,12 @@ pub async fn store(
         let digest = hex(&Sha256::digest(&bytes));
         let key = format!("datasets/{dataset}/slices/{}.png", &digest[..32]);
         objects.put(&key, bytes).await?;
-        let m = record.markers;
+        let (m, origin) = (record.markers, record.origin);
         let id = sqlx::query_scalar!(
             r#"INSERT INTO scans (dataset_id, source_name, slice_index, format, rows, columns, unit, key, dicom_key, site,
-                                  hypodensity, margin_irregularity, blend_sign, fluid_level, sha256)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                                  hypodensity, margin_irregularity, blend_sign, fluid_level, sha256,
+                                  patient, study, series, instance, position_mm, labelled)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
                ON CONFLICT (dataset_id, sha256) DO NOTHING RETURNING id"#,
             dataset,
             source,
@@ -213,7 +214,13 @@ pub async fn store(
             m.margin_irregularity,
             m.blend_sign,
             m.fluid_level,
-            digest
+            digest,
+            origin.patient,
+            origin.study,
+            origin.series,
+            origin.instance,
+            origin.position,
+            !record.unlabelled
         )
         .fetch_optional(&mut *db)
         .await?;
@@ -225,8 +232,8 @@ pub async fn store(
     Ok(stored)
 }
 
-/// A dataset's slice as a split reads it: its id, its object in the store, and its site and markers
-/// (named `slices/ID.png`, as a job lays the slices out).
+/// A dataset's slice as a split reads it: its id, its object in the store, and its site, markers and
+/// origin (named `slices/ID.png`, as a job lays the slices out).
 #[derive(Clone, Debug)]
 pub struct StoredSlice {
     pub id: i64,
@@ -237,7 +244,8 @@ pub struct StoredSlice {
 /// A dataset's slices in the order every split reads them (by id).
 pub async fn slices_of(db: &sqlx::PgPool, dataset: i64) -> sqlx::Result<Vec<StoredSlice>> {
     let rows = sqlx::query!(
-        r#"SELECT id, key, site, hypodensity, margin_irregularity, blend_sign, fluid_level
+        r#"SELECT id, key, site, hypodensity, margin_irregularity, blend_sign, fluid_level,
+                  patient, study, series, instance, position_mm, labelled
                FROM scans WHERE dataset_id = $1 ORDER BY id"#,
         dataset
     )
@@ -257,7 +265,38 @@ pub async fn slices_of(db: &sqlx::PgPool, dataset: i64) -> sqlx::Result<Vec<Stor
                     blend_sign: r.blend_sign,
                     fluid_level: r.fluid_level,
                 },
+                origin: Origin {
+                    patient: r.patient,
+                    study: r.study,
+                    series: r.series,
+                    instance: r.instance,
+                    position: r.position_mm,
+                },
+                unlabelled: !r.labelled,
             },
         })
         .collect())
+}
+
+/// How many slices of `dataset` (of one part of `split`, when given) are unlabelled, and how many there
+/// are; the inner error is why the split cannot be made.
+pub async fn unlabelled_in(
+    db: &sqlx::PgPool,
+    dataset: i64,
+    split: Option<&repdiff_api::jobs::SplitSpec>,
+) -> sqlx::Result<Result<(usize, usize), String>> {
+    let records: Vec<SliceRecord> = slices_of(db, dataset).await?.into_iter().map(|s| s.record).collect();
+    let Some(split) = split else {
+        return Ok(Ok((records.iter().filter(|r| r.unlabelled).count(), records.len())));
+    };
+    let manifest = Manifest { records };
+    let unit = crate::jobs::split_unit(split.unit);
+    let parts = match manifest.split(unit, split.downstream_site, repdiff_engine::manifest::PAPER_SPLIT, split.seed) {
+        Ok(parts) => parts,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let part = crate::jobs::part(split.reads());
+    let in_part: Vec<&SliceRecord> =
+        manifest.records.iter().zip(&parts).filter(|(_, p)| **p == part).map(|(r, _)| r).collect();
+    Ok(Ok((in_part.iter().filter(|r| r.unlabelled).count(), in_part.len())))
 }

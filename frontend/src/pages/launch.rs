@@ -69,6 +69,7 @@ struct Form {
     downstream_site: Field,
     part: Field,
     split_seed: Field,
+    split_unit: Field,
     posterior: Field,
     path: Field,
     labels: Field,
@@ -187,6 +188,7 @@ impl Form {
             downstream_site: Field::new("0"),
             part: Field::new("train"),
             split_seed: Field::new("0"),
+            split_unit: Field::new("patient"),
             posterior: Field::new("sample"),
             path: Field::new(""),
             labels: Field::new(""),
@@ -296,9 +298,10 @@ impl Form {
     /// One `part` of the paper's split, from the split fields.
     fn split(&self, part: Part, problems: &mut Vec<String>) -> SplitSpec {
         SplitSpec {
-            downstream_site: self.downstream_site.number("Downstream site", problems).unwrap_or(0),
+            downstream_site: self.downstream_site.number("Downstream site", problems),
             part,
             seed: self.split_seed.number("Split seed", problems).unwrap_or(0),
+            unit: choice(&self.split_unit.text()).unwrap_or_default(),
         }
     }
 
@@ -485,7 +488,8 @@ impl Form {
                 } else {
                     spec.phantoms = self.phantoms.number("Phantoms", p);
                 }
-                set(&mut spec.downstream_site, self.pipeline_site.number("Downstream site", p));
+                spec.downstream_site = self.pipeline_site.number("Downstream site", p);
+                spec.split_unit = choice(&self.split_unit.text()).unwrap_or_default();
                 spec.pretrain_steps = self.pretrain_steps.number("Pre-training steps", p);
                 spec.finetune_steps = self.finetune_steps.number("Fine-tuning steps", p);
                 spec.supervised_epochs = self.supervised_epochs.number("Baseline epochs", p);
@@ -831,9 +835,10 @@ pub fn Launch() -> impl IntoView {
             <label class="check wide-row"><input type="checkbox" name="split_on" prop:checked=form.split_on
                 on:change=move |ev| form.split_on.set(event_target_checked(&ev)) />{label}</label>
             <Show when=move || form.split_on.get()>
-                {text_input("Downstream site", "downstream_site", form.downstream_site, "0")}
+                {text_input("Downstream site", "downstream_site", form.downstream_site, "empty: one site, no pre-training sites")}
                 {with_part.then(|| choice("Part", "part", form.part, &["pretrain", "train", "validation", "test"]))}
                 {text_input("Split seed", "split_seed", form.split_seed, "0")}
+                {choice("Split by", "split_unit", form.split_unit, &["patient", "slice"])}
             </Show>
         }
     };
@@ -1030,7 +1035,8 @@ pub fn Launch() -> impl IntoView {
                     } else {
                         text_input("Phantoms", "phantoms", form.phantoms, "600 (tiny-cpu) or 2,400 (paper), and more from the downstream site").into_any()
                     }}
-                    {text_input("Downstream site", "pipeline_site", form.pipeline_site, "1")}
+                    {text_input("Downstream site", "pipeline_site", form.pipeline_site, "empty: one site, pre-training on the train part")}
+                    {choice("Split by", "split_unit", form.split_unit, &["patient", "slice"])}
                     {text_input("Pre-training steps", "pretrain_steps", form.pretrain_steps, "preset's: 2,500, or 1,000 epochs (paper)")}
                     {text_input("Fine-tuning steps", "finetune_steps", form.finetune_steps, "preset's: 7,000, or 1,000 epochs (paper)")}
                     {text_input("Baseline epochs", "supervised_epochs", form.supervised_epochs, "preset's: 15 and 5, or 100")}

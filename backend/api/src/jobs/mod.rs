@@ -20,7 +20,8 @@ pub use inference::{
 pub use reproduce::ReproduceParams;
 pub use shared::{
     CheckpointRef, ConditioningKind, DataSource, ExtractorChoice, Invalid, MAX_BATCH, MAX_SITE, MAX_STEPS,
-    MatmulPrecision, PRESETS, Part, RunOverrides, Sampler, SplitSpec, check_model_name, default_sampling_steps,
+    MatmulPrecision, PRESETS, Part, RunOverrides, Sampler, SplitSpec, SplitUnit, check_model_name,
+    default_sampling_steps,
 };
 pub use training::{CheckpointEval, FinetuneParams, FinetuneRun, PretrainParams};
 

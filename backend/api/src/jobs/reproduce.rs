@@ -8,13 +8,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::inference::{MAX_SAMPLES, MIN_EVALUATED};
-use super::shared::{Invalid, MAX_SITE, MAX_STEPS, MatmulPrecision, PRESETS, within, within_if};
+use super::shared::{Invalid, MAX_SITE, MAX_STEPS, MatmulPrecision, PRESETS, SplitUnit, within, within_if};
 
 fn default_preset() -> String {
     "tiny-cpu".into()
 }
-fn default_site() -> usize {
-    1
+fn default_site() -> Option<usize> {
+    Some(1)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,9 +30,14 @@ pub struct ReproduceParams {
     /// Phantom slices from random sites (more come from the downstream site in the preset's proportion).
     #[serde(default)]
     pub phantoms: Option<usize>,
-    /// The site whose slices form the downstream task; every other site pre-trains.
+    /// The site whose slices form the downstream task; every other site pre-trains (default 1). `null`: a
+    /// single-site design, every slice split into train, validation and test, pre-training on the
+    /// training part.
     #[serde(default = "default_site")]
-    pub downstream_site: usize,
+    pub downstream_site: Option<usize>,
+    /// What the downstream split keeps together: `patient` (the default) or `slice` (the paper's).
+    #[serde(default)]
+    pub split_unit: SplitUnit,
     #[serde(default)]
     pub pretrain_steps: Option<usize>,
     #[serde(default)]
@@ -65,6 +70,7 @@ impl Default for ReproduceParams {
             dataset: None,
             phantoms: None,
             downstream_site: default_site(),
+            split_unit: SplitUnit::default(),
             pretrain_steps: None,
             finetune_steps: None,
             supervised_epochs: None,
@@ -98,6 +104,6 @@ impl ReproduceParams {
         // Each fine-tuned model draws this many of each class in one sample job.
         within_if("class_samples", self.class_samples, 0, MAX_SAMPLES / 2)?;
         within_if("seeds", self.seeds, 1, 100)?;
-        within("downstream_site", self.downstream_site, 0, MAX_SITE)
+        within_if("downstream_site", self.downstream_site, 0, MAX_SITE)
     }
 }

@@ -110,20 +110,58 @@ impl Part {
 }
 
 /// One part of a dataset's split by site.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What a split keeps together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SplitUnit {
+    /// All slices of one patient in one part (slices that name no patient: their study's, else their
+    /// series', else their own), patients stratified by label. The default: a patient's neighbouring
+    /// slices are nearly identical, so a per-slice split scores memory.
+    #[default]
+    Patient,
+    /// The paper's split, slice by slice: slices of one patient may be in train and test.
+    Slice,
+}
+
+impl SplitUnit {
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitUnit::Patient => "patient",
+            SplitUnit::Slice => "slice",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SplitSpec {
-    /// The site whose slices are split into train, validation and test.
-    pub downstream_site: usize,
+    /// The site whose slices are split into train, validation and test, every other site's slices
+    /// pre-training (the paper's design). None: a single-site design, every slice split into train,
+    /// validation and test, and pre-training reads the training part (validation and test stay unseen).
+    #[serde(default)]
+    pub downstream_site: Option<usize>,
     pub part: Part,
     #[serde(default)]
     pub seed: u64,
+    /// Patient (the default) or slice.
+    #[serde(default)]
+    pub unit: SplitUnit,
 }
 
 impl SplitSpec {
     pub fn validate(&self) -> Result<(), Invalid> {
-        within("downstream_site", self.downstream_site, 0, MAX_SITE)
+        within_if("downstream_site", self.downstream_site, 0, MAX_SITE)
+    }
+
+    /// The part whose slices a job reads: `part`, except that without a site design pre-training reads
+    /// the training part.
+    pub fn reads(&self) -> Part {
+        match (self.downstream_site, self.part) {
+            (None, Part::Pretrain) => Part::Train,
+            (_, part) => part,
+        }
     }
 }
 

@@ -26,6 +26,10 @@ pub struct SliceIdentity {
     pub series_uid: String,
     pub instance_uid: String,
     pub instance_number: Option<i64>,
+    /// PatientID (a pseudonym once de-identified); empty when the file has none.
+    pub patient_id: String,
+    /// Where the slice lies along the patient's axis, mm: ImagePositionPatient's z, else SliceLocation.
+    pub position_mm: Option<f64>,
 }
 
 /// True when `bytes` start like a DICOM Part 10 file (128-byte preamble, then `DICM`).
@@ -317,6 +321,11 @@ pub fn identity(obj: &InMemDicomObject) -> SliceIdentity {
         series_uid: text(obj, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
         instance_uid: text(obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
         instance_number: obj.get(tags::INSTANCE_NUMBER).and_then(|e| e.to_int::<i64>().ok()),
+        patient_id: text(obj, tags::PATIENT_ID).unwrap_or_default(),
+        position_mm: text(obj, tags::IMAGE_POSITION_PATIENT)
+            .and_then(|xyz| xyz.split('\\').nth(2).and_then(|z| z.trim().parse().ok()))
+            .or_else(|| text(obj, tags::SLICE_LOCATION).and_then(|z| z.trim().parse().ok()))
+            .filter(|z: &f64| z.is_finite()),
     }
 }
 
@@ -329,6 +338,8 @@ pub struct CtHeader<'a> {
     pub series_uid: &'a str,
     pub instance_uid: &'a str,
     pub instance_number: i64,
+    /// The slice's z in the patient's frame, mm (ImagePositionPatient; x and y are 0).
+    pub position_mm: f64,
     pub study_date: &'a str,
     pub description: &'a str,
 }
@@ -358,6 +369,7 @@ pub fn write_ct(path: &Path, slice: &Slice, header: &CtHeader) -> Result<()> {
     put_str(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, "HEAD");
     put_str(&mut obj, tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY\\AXIAL");
     obj.put(DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from(header.instance_number.to_string())));
+    put_str(&mut obj, tags::IMAGE_POSITION_PATIENT, VR::DS, &format!("0\\0\\{}", header.position_mm));
     obj.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)));
     put_str(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
     obj.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(slice.rows as u16)));

@@ -33,12 +33,13 @@ pub fn run(slices: usize, vae_images: usize) -> Result<()> {
             series_uid: "2.25.12",
             instance_uid: &format!("2.25.13{i}"),
             instance_number: i as i64 + 1,
+            position_mm: 5.0 * i as f64,
             study_date: "20260101",
             description: "benchmark",
         };
         let file = format!("{i:05}.dcm");
         dicom::write_ct(&scans.join(&file), &slice, &header)?;
-        labels.records.push(SliceRecord { file, site: 1 + i % 12, markers: Markers::default() });
+        labels.records.push(SliceRecord { file, site: 1 + i % 12, ..SliceRecord::default() });
     }
     println!("Device: {device_note}; {slices} synthetic 512x512 CT slices (explicit VR little endian)\n");
     println!("| stage | per second | seconds |");

@@ -32,6 +32,12 @@ use repdiff_engine::device::best_device;
 use repdiff_engine::ops::MatmulPrecision;
 
 pub use interrupt::interrupted;
+
+/// `--split-unit`'s values: `patient` or `slice`.
+fn split_unit(value: &str) -> Result<repdiff_api::jobs::SplitUnit, String> {
+    serde_json::from_value(serde_json::Value::String(value.to_string()))
+        .map_err(|_| format!("{value:?} is not a split unit: patient or slice"))
+}
 pub use progress::progress_bar;
 
 #[derive(Parser)]

@@ -51,7 +51,7 @@ pub struct PhantomArgs {
 const SLICES_PER_SERIES: usize = 4;
 
 pub fn run(args: PhantomArgs) -> Result<()> {
-    if args.num == 0 || args.size < 16 || args.size > 4096 {
+    if args.num + args.downstream == 0 || args.size < 16 || args.size > 4096 {
         bail!("need at least one slice of 16 to 4096 pixels a side");
     }
     if !(0.0..=1.0).contains(&args.marker_prob) {
@@ -136,12 +136,14 @@ fn write_dicom(args: &PhantomArgs) -> Result<Manifest> {
             series_uid: &uid(2, series as u64),
             instance_uid: &uid(3, i as u64),
             instance_number: (i % SLICES_PER_SERIES + 1) as i64,
+            // 5 mm slices, inferior first.
+            position_mm: 5.0 * (i % SLICES_PER_SERIES) as f64,
             study_date: "20260101",
             description: "synthetic head CT (RepDiff phantom)",
         };
         let path = args.out.join(&file);
         dicom::write_ct(&path, &slice, &header)?;
-        manifest.records.push(SliceRecord { file, site, markers });
+        manifest.records.push(SliceRecord { file, site, markers, ..SliceRecord::default() });
     }
     Ok(manifest)
 }

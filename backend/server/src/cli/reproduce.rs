@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use repdiff_api::jobs::{ImportParams, JobSpec, MatmulPrecision, ReproduceParams};
+use repdiff_api::jobs::{ImportParams, JobSpec, MatmulPrecision, ReproduceParams, SplitUnit};
 use repdiff_api::{JobState, ReproduceReport, SubmitJob};
 use repdiff_server::queue;
 
@@ -30,10 +30,12 @@ pub enum ReproducePreset {
 }
 
 /// The flags that set the pipeline's parameters (`--spec` gives them all at once instead).
-const PARAMETER_FLAGS: [&str; 12] = [
+const PARAMETER_FLAGS: [&str; 14] = [
     "preset",
     "phantoms",
     "downstream_site",
+    "single_site",
+    "split_unit",
     "pretrain_steps",
     "finetune_steps",
     "supervised_epochs",
@@ -60,6 +62,13 @@ pub struct ReproduceArgs {
     /// The site whose slices form the downstream task; every other site pre-trains.
     #[arg(long, default_value_t = 1)]
     downstream_site: usize,
+    /// A single-site design: every slice is split into train, validation and test, and pre-training reads
+    /// the training part.
+    #[arg(long, conflicts_with = "downstream_site")]
+    single_site: bool,
+    /// What the downstream split keeps together: `patient` (no patient in two parts) or `slice` (the paper's).
+    #[arg(long, default_value = "patient", value_parser = super::split_unit)]
+    split_unit: SplitUnit,
     /// Pre-training steps (default: the preset's).
     #[arg(long)]
     pretrain_steps: Option<usize>,
@@ -129,7 +138,8 @@ impl ReproduceArgs {
             preset: self.preset.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
             dataset: None,
             phantoms: self.phantoms,
-            downstream_site: self.downstream_site,
+            downstream_site: (!self.single_site).then_some(self.downstream_site),
+            split_unit: self.split_unit,
             pretrain_steps: self.pretrain_steps,
             finetune_steps: self.finetune_steps,
             supervised_epochs: self.supervised_epochs,

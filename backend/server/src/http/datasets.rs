@@ -13,8 +13,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use repdiff_api::jobs::SplitUnit;
 use repdiff_api::{
-    Dataset, ErrorCode, NewDataset, RefusedFile, ResourcePatch, Role, Scan, ScanPatch, SplitPart, SplitSummary,
+    Dataset, ErrorCode, NewDataset, RefusedFile, ResourcePatch, Role, Scan, ScanPatch, Series, SplitPart, SplitSummary,
     UploadReport,
 };
 use repdiff_engine::dataset::Labels;
@@ -35,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/datasets/{id}", get(get_dataset).patch(patch_dataset))
         .route("/datasets/{id}/scans", get(list_scans))
         .route("/datasets/{id}/split", get(split_summary))
+        .route("/datasets/{id}/series", get(list_series))
         .route("/scans/{id}", get(get_scan).patch(patch_scan))
         .route("/scans/{id}/image", get(scan_image))
         .route("/scans/{id}/dicom", get(scan_dicom))
@@ -54,6 +56,9 @@ struct DatasetRow {
     keep_file_names: bool,
     scans: i64,
     hematoma: i64,
+    patients: i64,
+    series: i64,
+    unlabelled: i64,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -68,6 +73,9 @@ impl From<DatasetRow> for Dataset {
             keep_file_names: r.keep_file_names,
             scans: r.scans,
             hematoma: r.hematoma,
+            patients: r.patients,
+            series: r.series,
+            unlabelled: r.unlabelled,
             created_at: r.created_at,
         }
     }
@@ -78,8 +86,11 @@ async fn visible_datasets(pool: &PgPool, user: &CurrentUser, id: Option<i64>) ->
         DatasetRow,
         r#"SELECT d.id, u.username AS owner, d.name, d.description, d.shared, d.keep_file_names, d.created_at,
                   (SELECT count(*) FROM scans s WHERE s.dataset_id = d.id) AS "scans!",
-                  (SELECT count(*) FROM scans s WHERE s.dataset_id = d.id
-                     AND (s.hypodensity OR s.margin_irregularity OR s.blend_sign OR s.fluid_level)) AS "hematoma!"
+                  (SELECT count(*) FROM scans s WHERE s.dataset_id = d.id AND s.labelled
+                     AND (s.hypodensity OR s.margin_irregularity OR s.blend_sign OR s.fluid_level)) AS "hematoma!",
+                  (SELECT count(DISTINCT s.patient) FROM scans s WHERE s.dataset_id = d.id) AS "patients!",
+                  (SELECT count(DISTINCT s.series) FROM scans s WHERE s.dataset_id = d.id) AS "series!",
+                  (SELECT count(*) FROM scans s WHERE s.dataset_id = d.id AND NOT s.labelled) AS "unlabelled!"
            FROM datasets d JOIN users u ON u.id = d.owner_id
            WHERE ($1 OR d.shared OR d.owner_id = $2) AND ($3::bigint IS NULL OR d.id = $3)
            ORDER BY d.id DESC"#,
@@ -186,6 +197,12 @@ struct ScanRow {
     blend_sign: bool,
     fluid_level: bool,
     dicom_key: Option<String>,
+    patient: Option<String>,
+    study: Option<String>,
+    series: Option<String>,
+    instance: Option<i64>,
+    position_mm: Option<f64>,
+    labelled: bool,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -208,6 +225,12 @@ impl From<ScanRow> for Scan {
             fluid_level: r.fluid_level,
             hematoma: r.hypodensity || r.margin_irregularity || r.blend_sign || r.fluid_level,
             has_dicom: r.dicom_key.is_some(),
+            patient: r.patient,
+            study: r.study,
+            series: r.series,
+            instance: r.instance,
+            position_mm: r.position_mm,
+            labelled: r.labelled,
             created_at: r.created_at,
         }
     }
@@ -225,7 +248,8 @@ async fn visible_scans(
     let rows = sqlx::query_as!(
         ScanRow,
         r#"SELECT s.id, s.dataset_id, s.source_name, s.slice_index, s.format, s.rows, s.columns, s.unit, s.site,
-                  s.hypodensity, s.margin_irregularity, s.blend_sign, s.fluid_level, s.dicom_key, s.created_at
+                  s.hypodensity, s.margin_irregularity, s.blend_sign, s.fluid_level, s.dicom_key,
+                  s.patient, s.study, s.series, s.instance, s.position_mm, s.labelled, s.created_at
            FROM scans s JOIN datasets d ON d.id = s.dataset_id
            WHERE ($1 OR d.shared OR d.owner_id = $2)
              AND ($3::bigint IS NULL OR s.id = $3) AND ($4::bigint IS NULL OR s.dataset_id = $4) AND s.id > $5
@@ -281,7 +305,8 @@ pub async fn get_scan(
     Ok(Json(visible_scan(&state.pool, &user, id).await?))
 }
 
-/// Edits a scan's site and markers (the label follows the markers).
+/// Edits a scan's site and markers (the label follows the markers). Giving any marker labels an unlabelled
+/// scan; `labelled: false` makes it unlabelled again.
 #[utoipa::path(patch, path = "/api/v1/scans/{id}", tag = "datasets", request_body = ScanPatch,
     responses((status = 200, body = Scan), (status = 403, body = repdiff_api::ErrorBody), (status = 404, body = repdiff_api::ErrorBody)))]
 pub async fn patch_scan(
@@ -296,17 +321,20 @@ pub async fn patch_scan(
     if patch.site.is_some_and(|s| s < 0) {
         return Err(ApiError::invalid("site is a non-negative integer"));
     }
+    let markers = [patch.hypodensity, patch.margin_irregularity, patch.blend_sign, patch.fluid_level];
+    let labels_given = markers.iter().any(Option::is_some).then_some(true);
     sqlx::query!(
         r#"UPDATE scans SET site = coalesce($2, site), hypodensity = coalesce($3, hypodensity),
                margin_irregularity = coalesce($4, margin_irregularity), blend_sign = coalesce($5, blend_sign),
-               fluid_level = coalesce($6, fluid_level)
+               fluid_level = coalesce($6, fluid_level), labelled = coalesce($7, labelled)
            WHERE id = $1"#,
         id,
         patch.site,
         patch.hypodensity,
         patch.margin_irregularity,
         patch.blend_sign,
-        patch.fluid_level
+        patch.fluid_level,
+        patch.labelled.or(labels_given)
     )
     .execute(&state.pool)
     .await?;
@@ -749,7 +777,8 @@ async fn scan_by_id(pool: &PgPool, id: i64) -> sqlx::Result<Scan> {
     let row = sqlx::query_as!(
         ScanRow,
         r#"SELECT id, dataset_id, source_name, slice_index, format, rows, columns, unit, site, hypodensity,
-                  margin_irregularity, blend_sign, fluid_level, dicom_key, created_at
+                  margin_irregularity, blend_sign, fluid_level, dicom_key, patient, study, series, instance,
+                  position_mm, labelled, created_at
            FROM scans WHERE id = $1"#,
         id
     )
@@ -761,14 +790,19 @@ async fn scan_by_id(pool: &PgPool, id: i64) -> sqlx::Result<Scan> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct SplitQuery {
-    /// The site held out for the downstream task.
-    downstream_site: usize,
+    /// The site held out for the downstream task (the others pre-train); none: a single-site design, every
+    /// slice split into train, validation and test.
+    #[serde(default)]
+    downstream_site: Option<usize>,
     #[serde(default)]
     seed: u64,
+    /// `patient` (the default) or `slice`.
+    #[serde(default)]
+    unit: SplitUnit,
 }
 
-/// The paper's split of the dataset, counted per part and label (what an `encode` job with the same
-/// `split` uses).
+/// The dataset's split, counted per part and label in slices and patients (what a job reading the same
+/// `split` uses), with what its unit means for the scores made from it.
 #[utoipa::path(get, path = "/api/v1/datasets/{id}/split", tag = "datasets", params(SplitQuery),
     responses((status = 200, body = SplitSummary), (status = 404, body = repdiff_api::ErrorBody), (status = 422, body = repdiff_api::ErrorBody)))]
 pub async fn split_summary(
@@ -780,18 +814,75 @@ pub async fn split_summary(
     visible_dataset(&state.pool, &user, id).await?;
     let records = crate::scans::slices_of(&state.pool, id).await?.into_iter().map(|s| s.record).collect();
     let manifest = Manifest { records };
+    let unit = crate::jobs::split_unit(q.unit);
     let parts = manifest
-        .split(q.downstream_site, repdiff_engine::manifest::PAPER_SPLIT, q.seed)
+        .split(unit, q.downstream_site, repdiff_engine::manifest::PAPER_SPLIT, q.seed)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let summary = Part::ALL
         .iter()
         .map(|&part| {
-            let count = |hematoma: bool| {
-                manifest.records.iter().zip(&parts).filter(|(r, p)| **p == part && r.hematoma() == hematoma).count()
-                    as i64
-            };
-            SplitPart { part: part.name().into(), no_hematoma: count(false), hematoma: count(true) }
+            let rows = || manifest.records.iter().zip(&parts).filter(move |(_, p)| **p == part).map(|(r, _)| r);
+            let slices = |hematoma: bool| rows().filter(|r| !r.unlabelled && r.hematoma() == hematoma).count() as i64;
+            // A patient by its group, or the slice's own index when it names none.
+            let mut patients = std::collections::HashMap::new();
+            for (i, r) in rows().enumerate() {
+                let key = r.origin.group().map(str::to_string).unwrap_or_else(|| format!("\0{i}"));
+                *patients.entry(key).or_insert(false) |= !r.unlabelled && r.hematoma();
+            }
+            SplitPart {
+                part: part.name().into(),
+                no_hematoma: slices(false),
+                hematoma: slices(true),
+                unlabelled: rows().filter(|r| r.unlabelled).count() as i64,
+                patients: patients.len() as i64,
+                patients_with_hematoma: patients.values().filter(|h| **h).count() as i64,
+            }
         })
         .collect();
-    Ok(Json(SplitSummary { downstream_site: q.downstream_site, seed: q.seed, parts: summary }))
+    Ok(Json(SplitSummary {
+        downstream_site: q.downstream_site,
+        seed: q.seed,
+        unit: q.unit,
+        caveat: unit.caveat().to_string(),
+        patients_in_two_parts: manifest.patients_in_two_parts(&parts) as i64,
+        slices_without_patient: manifest.records.iter().filter(|r| r.origin.group().is_none()).count() as i64,
+        parts: summary,
+    }))
+}
+
+/// The dataset's series, each with its slices in order (instance number, then position, then upload):
+/// what the dataset page opens as a stack. A scan that names no series is a series of its own.
+#[utoipa::path(get, path = "/api/v1/datasets/{id}/series", tag = "datasets",
+    responses((status = 200, body = Vec<Series>), (status = 404, body = repdiff_api::ErrorBody)))]
+pub async fn list_series(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<Vec<Series>>> {
+    visible_dataset(&state.pool, &user, id).await?;
+    let rows = sqlx::query!(
+        r#"SELECT coalesce(series, 'scan-' || id) AS "series!", min(patient) AS patient, min(study) AS study,
+                  min(site) AS "site!", count(*) AS "slices!",
+                  count(*) FILTER (WHERE labelled AND (hypodensity OR margin_irregularity OR blend_sign OR fluid_level)) AS "hematoma!",
+                  array_agg(id ORDER BY instance NULLS LAST, position_mm NULLS LAST, slice_index, id) AS "scan_ids!"
+           FROM scans WHERE dataset_id = $1
+           GROUP BY coalesce(series, 'scan-' || id)
+           ORDER BY min(patient) NULLS LAST, min(id)"#,
+        id
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| Series {
+                series: r.series,
+                patient: r.patient,
+                study: r.study,
+                site: r.site,
+                slices: r.slices,
+                hematoma: r.hematoma,
+                scan_ids: r.scan_ids,
+            })
+            .collect(),
+    ))
 }

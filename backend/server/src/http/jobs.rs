@@ -341,6 +341,24 @@ pub async fn submit(
                     .map_err(|_| ApiError::invalid_params(format!("there is no dataset {id} that you may read")))?;
                 sources.push(id);
             }
+            Input::LabelledDataset(id, split) => {
+                super::datasets::visible_dataset(&state.pool, user, id)
+                    .await
+                    .map_err(|_| ApiError::invalid_params(format!("there is no dataset {id} that you may read")))?;
+                let (unlabelled, total) = crate::scans::unlabelled_in(&state.pool, id, split.as_ref())
+                    .await?
+                    .map_err(|e| ApiError::invalid_params(format!("dataset {id}: {e}")))?;
+                if unlabelled > 0 {
+                    let part =
+                        split.map(|s| format!(" in the {} part of its split", s.reads().name())).unwrap_or_default();
+                    return Err(ApiError::invalid_params(format!(
+                        "dataset {id} has {unlabelled} unlabelled slices{part} (of {total}): this job learns or scores \
+                         labels, so every slice it reads needs one; label them on the dataset page (or PATCH \
+                         /api/v1/scans/ID, or upload a labels file), or pick a part without them"
+                    )));
+                }
+                sources.push(id);
+            }
             Input::OwnDataset(id) => {
                 super::datasets::own_dataset(&state.pool, user, id, "import into")
                     .await

@@ -45,7 +45,7 @@ impl Modify for Security {
         artifacts::job_artifacts, artifacts::list_checkpoints, artifacts::list_samples, artifacts::get_artifact, artifacts::artifact_content,
         experiments::list_experiments, experiments::create_experiment, experiments::get_experiment, experiments::patch_experiment,
         datasets::list_datasets, datasets::create_dataset, datasets::get_dataset, datasets::patch_dataset, datasets::list_scans,
-        datasets::upload_scans, datasets::split_summary, datasets::get_scan, datasets::patch_scan, datasets::scan_image, datasets::scan_dicom,
+        datasets::upload_scans, datasets::split_summary, datasets::list_series, datasets::get_scan, datasets::patch_scan, datasets::scan_image, datasets::scan_dicom,
     ),
     components(schemas(repdiff_api::ErrorBody, repdiff_api::ErrorDetail, repdiff_api::JobState, repdiff_api::Role, artifacts::SampleKind)),
     modifiers(&Security),
@@ -163,7 +163,7 @@ mod tests {
     /// Every kind's spec, as a client built from the API's types sends it.
     fn every_kind() -> Vec<JobSpec> {
         let toy = DataSource::Toy { n: 8, seed: 0 };
-        let split = SplitSpec { downstream_site: 1, part: Part::Validation, seed: 0 };
+        let split = SplitSpec { downstream_site: Some(1), part: Part::Validation, seed: 0, unit: SplitUnit::Patient };
         let dataset = DataSource::Dataset { id: 4, window: Some("brain".into()), split: Some(split) };
         let latents = DataSource::Latents { key: "jobs/2/latents.safetensors".into() };
         let job = CheckpointRef::Job(1);

@@ -12,7 +12,7 @@ use repdiff_engine::device::best_device;
 use repdiff_engine::diffusion::GaussianDiffusion;
 use repdiff_engine::sample::{Weights, load_model};
 
-use super::inputs::{check_data, checkpoint_input, data_inputs, load_data};
+use super::inputs::{check_data, checkpoint_input, labelled_inputs, load_data, no_labels};
 use crate::worker::{Input, JobContext, JobError, Task};
 
 pub struct Classify {
@@ -44,8 +44,8 @@ impl Task for Classify {
 
     fn reads(&self, p: &ClassifyParams) -> Vec<Input> {
         let mut inputs = vec![checkpoint_input(&p.checkpoint)];
-        inputs.extend(data_inputs(&p.validation));
-        inputs.extend(p.test.as_ref().map(data_inputs).unwrap_or_default());
+        inputs.extend(labelled_inputs(&p.validation));
+        inputs.extend(p.test.as_ref().map(labelled_inputs).unwrap_or_default());
         inputs.extend(p.timestep_of.map(Input::JobResult));
         inputs
     }
@@ -79,8 +79,7 @@ impl Task for Classify {
         };
         let labelled = |ctx: &mut JobContext, source: &DataSource, what: &str| -> Result<_, JobError> {
             let data = load_data(ctx, source, &config, &self.weights_dir, &device)?;
-            let labels =
-                data.labels.clone().ok_or_else(|| JobError::Permanent(format!("the {what} data has no labels")))?;
+            let labels = data.labels.clone().ok_or_else(|| no_labels(&format!("the {what} data")))?;
             Ok((data, labels))
         };
         let (validation, labels) = labelled(ctx, &p.validation, "validation")?;

@@ -10,7 +10,7 @@ use repdiff_engine::finetune;
 use repdiff_engine::train::Trainer;
 
 use super::checkpoint_eval::CheckpointEvaluator;
-use super::inputs::{check_data, checkpoint_input, data_inputs, load_data};
+use super::inputs::{check_data, checkpoint_input, labelled_inputs, load_data, no_labels};
 use super::train::train_and_publish;
 use crate::worker::{Input, JobContext, JobError, Task};
 
@@ -48,7 +48,7 @@ impl Task for Finetune {
     }
 
     fn reads(&self, p: &FinetuneParams) -> Vec<Input> {
-        [vec![checkpoint_input(&p.from)], data_inputs(&p.data)].concat()
+        [vec![checkpoint_input(&p.from)], labelled_inputs(&p.data)].concat()
     }
 
     fn run(&self, p: FinetuneParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
@@ -58,7 +58,7 @@ impl Task for Finetune {
         let data = load_data(ctx, &p.data, &source, &self.weights_dir, &device)?;
         let num_classes = data.num_classes();
         if data.labels.is_none() || num_classes == 0 {
-            return Err(JobError::Permanent("fine-tuning needs labelled data; this data has no labels".into()));
+            return Err(no_labels("fine-tuning needs labelled data; this data"));
         }
         let checkpoint_key = ctx.key(CHECKPOINT);
         let local = ctx.scratch.join(CHECKPOINT);

@@ -4,7 +4,7 @@
 
 use repdiff_api::jobs::{
     CheckpointRef, ConditioningKind, DataSource, ExtractorChoice, Invalid, MatmulPrecision, Part, RunOverrides,
-    Sampler, Score, SplitSpec, Stopping,
+    Sampler, Score, SplitSpec, SplitUnit, Stopping,
 };
 use repdiff_engine::autoencoder::{self, Autoencoder, Posterior};
 use repdiff_engine::config::{DataSpace, Overrides, RunConfig};
@@ -69,7 +69,7 @@ pub(super) fn slices_of(
         DataSource::Dataset { id, window, split } => {
             let window = Window::parse(window.as_deref().unwrap_or("brain"))?;
             let manifest = fetch_scans(ctx, *id, split.as_ref())?;
-            Some((manifest, window, split.as_ref().map(|s| part(s.part))))
+            Some((manifest, window, split.as_ref().map(|s| part(s.reads()))))
         }
         DataSource::Phantoms { num, downstream, size, seed, split } => {
             let set = PngSet {
@@ -86,7 +86,7 @@ pub(super) fn slices_of(
                 None => dir.join("manifest.csv"),
                 Some(split) => split_manifest(ctx, &manifest, split, &dir)?,
             };
-            Some((path, Window::parse("brain")?, split.as_ref().map(|s| part(s.part))))
+            Some((path, Window::parse("brain")?, split.as_ref().map(|s| part(s.reads()))))
         }
         DataSource::Toy { .. } | DataSource::Latents { .. } => None,
     })
@@ -99,10 +99,11 @@ fn split_manifest(
     split: &SplitSpec,
     dir: &std::path::Path,
 ) -> Result<std::path::PathBuf, JobError> {
-    let parts = manifest.split(split.downstream_site, repdiff_engine::manifest::PAPER_SPLIT, split.seed)?;
+    let unit = split_unit(split.unit);
+    let parts = manifest.split(unit, split.downstream_site, repdiff_engine::manifest::PAPER_SPLIT, split.seed)?;
     let path = dir.join("split.csv");
     manifest.write_split_csv(&parts, &path)?;
-    ctx.log("info", &manifest.summary(&parts));
+    ctx.log("info", &manifest.summary(&parts, unit));
     Ok(path)
 }
 
@@ -174,6 +175,22 @@ pub(super) fn data_inputs(data: &DataSource) -> Vec<Input> {
     }
 }
 
+/// What a data source reads when the job needs its labels: a dataset's part must have no unlabelled slice.
+pub(super) fn labelled_inputs(data: &DataSource) -> Vec<Input> {
+    match data {
+        DataSource::Dataset { id, split, .. } => vec![Input::LabelledDataset(*id, split.clone())],
+        other => data_inputs(other),
+    }
+}
+
+/// Why data a job needs labels of has none (`what`: "the validation data"): its slices' labels are all
+/// there or the data is unlabelled.
+pub(super) fn no_labels(what: &str) -> JobError {
+    JobError::Permanent(format!(
+        "{what} has no labels (a dataset part with unlabelled slices is unlabelled data): label every slice it reads"
+    ))
+}
+
 /// What a checkpoint reference reads.
 pub(super) fn checkpoint_input(checkpoint: &CheckpointRef) -> Input {
     Input::Artifact(checkpoint.key())
@@ -229,6 +246,13 @@ pub fn part(part: Part) -> repdiff_engine::manifest::Part {
         Part::Train => P::Train,
         Part::Validation => P::Validation,
         Part::Test => P::Test,
+    }
+}
+
+pub fn split_unit(unit: SplitUnit) -> repdiff_engine::manifest::SplitUnit {
+    match unit {
+        SplitUnit::Patient => repdiff_engine::manifest::SplitUnit::Patient,
+        SplitUnit::Slice => repdiff_engine::manifest::SplitUnit::Slice,
     }
 }
 

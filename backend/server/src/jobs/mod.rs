@@ -17,7 +17,7 @@ mod sample;
 mod supervised;
 mod train;
 
-pub use inputs::{load_extractor, sampler_kind};
+pub use inputs::{load_extractor, part, sampler_kind, split_unit};
 
 use std::path::PathBuf;
 use std::sync::Arc;

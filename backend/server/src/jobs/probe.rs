@@ -13,7 +13,7 @@ use repdiff_engine::dino::{self, Dino};
 use repdiff_engine::probe::{LAMBDAS, choose, encoder_features};
 use repdiff_engine::sample::{Weights, load_model};
 
-use super::inputs::{check_data, checkpoint_input, data_inputs, load_data};
+use super::inputs::{check_data, checkpoint_input, labelled_inputs, load_data, no_labels};
 use crate::worker::{Input, JobContext, JobError, Task};
 
 pub struct Probe {
@@ -41,7 +41,7 @@ impl Task for Probe {
     fn reads(&self, p: &ProbeParams) -> Vec<Input> {
         let mut inputs: Vec<Input> = p.checkpoint.iter().map(checkpoint_input).collect();
         for source in [Some(&p.train), Some(&p.validation), p.test.as_ref()].into_iter().flatten() {
-            inputs.extend(data_inputs(source));
+            inputs.extend(labelled_inputs(source));
         }
         inputs
     }
@@ -72,8 +72,7 @@ impl Task for Probe {
                 Extractor::Encoder(_, config) | Extractor::Dino(_, config) => config,
             };
             let data = load_data(ctx, source, config, &self.weights_dir, &device)?;
-            let labels =
-                data.labels.clone().ok_or_else(|| JobError::Permanent(format!("the {what} data has no labels")))?;
+            let labels = data.labels.clone().ok_or_else(|| no_labels(&format!("the {what} data")))?;
             let features = match &extractor {
                 Extractor::Encoder(model, _) => encoder_features(model, &data.samples, 64)?,
                 Extractor::Dino(dino, _) => dino.features(&data.samples, 16).map_err(|e| {

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use repdiff_api::jobs::ReproduceParams;
+use repdiff_api::jobs::{Part, ReproduceParams, SplitSpec};
 use repdiff_api::{ClassifyReport, EvaluateReport, StepTiming, Table5Row};
 
 use crate::pipeline::report::{self, SeedResults, Tested};
@@ -26,8 +26,18 @@ struct Finished {
 impl Task for Reproduce {
     type Spec = ReproduceParams;
 
+    /// The dataset, whose downstream parts (each seed's train, validation and test) must be labelled; its
+    /// pre-training sites may be unlabelled, as the paper's were.
     fn reads(&self, p: &ReproduceParams) -> Vec<Input> {
-        p.dataset.map(Input::Dataset).into_iter().collect()
+        let Some(dataset) = p.dataset else { return Vec::new() };
+        let mut inputs = vec![Input::Dataset(dataset)];
+        for seed in crate::pipeline::seeds(p) {
+            for part in [Part::Train, Part::Validation, Part::Test] {
+                let split = SplitSpec { downstream_site: p.downstream_site, part, seed, unit: p.split_unit };
+                inputs.push(Input::LabelledDataset(dataset, Some(split)));
+            }
+        }
+        inputs
     }
 
     fn run(&self, p: ReproduceParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
@@ -135,6 +145,7 @@ fn seed_results(
         preset: p.preset.clone(),
         seed,
         downstream_site: p.downstream_site,
+        split_unit: p.split_unit,
         pretrain_steps: steps("pretrain-rep")?,
         finetune_steps: steps("finetune-rep")?,
         uncond: classified("classify-uncond")?,

@@ -10,7 +10,7 @@ use repdiff_engine::config::RunConfig;
 use repdiff_engine::device::best_device;
 use repdiff_engine::supervised::{Architecture, SupervisedOptions, predict, train_supervised};
 
-use super::inputs::{check_data, data_inputs, load_data};
+use super::inputs::{check_data, labelled_inputs, load_data, no_labels};
 use crate::worker::{Input, JobContext, JobError, Task};
 
 pub struct Supervised {
@@ -29,7 +29,7 @@ impl Task for Supervised {
     }
 
     fn reads(&self, p: &SupervisedParams) -> Vec<Input> {
-        [Some(&p.train), Some(&p.validation), p.test.as_ref()].into_iter().flatten().flat_map(data_inputs).collect()
+        [Some(&p.train), Some(&p.validation), p.test.as_ref()].into_iter().flatten().flat_map(labelled_inputs).collect()
     }
 
     fn run(&self, p: SupervisedParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
@@ -41,7 +41,7 @@ impl Task for Supervised {
         let labelled = |ctx: &mut JobContext, source: &DataSource, what: &str| -> Result<_, JobError> {
             let data = load_data(ctx, source, &pixels, &self.weights_dir, &device)?;
             if data.labels.is_none() {
-                return Err(JobError::Permanent(format!("the {what} data has no labels")));
+                return Err(no_labels(&format!("the {what} data")));
             }
             Ok(data)
         };

@@ -10,7 +10,7 @@ use repdiff_engine::device::best_device;
 use repdiff_engine::train::{StopReason, Trainer};
 
 use super::checkpoint_eval::CheckpointEvaluator;
-use super::inputs::{check_data, data_inputs, load_data};
+use super::inputs::{check_data, data_inputs, labelled_inputs, load_data, no_labels};
 use crate::worker::{Input, JobContext, JobError, Task};
 
 /// The run configuration of a pretrain spec for data of `num_classes` classes: unconditional unless the
@@ -58,7 +58,11 @@ impl Task for Train {
     }
 
     fn reads(&self, p: &PretrainParams) -> Vec<Input> {
-        data_inputs(&p.data)
+        if p.run.conditioning == Some(repdiff_api::jobs::ConditioningKind::Class) {
+            labelled_inputs(&p.data)
+        } else {
+            data_inputs(&p.data)
+        }
     }
 
     fn run(&self, p: PretrainParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
@@ -77,9 +81,7 @@ impl Task for Train {
         } else {
             let config = config(&p, data.num_classes()).map_err(JobError::Permanent)?;
             if config.model.num_classes().is_some() && data.labels.is_none() {
-                return Err(JobError::Permanent(
-                    "class conditioning needs labelled data; this data has no labels".into(),
-                ));
+                return Err(no_labels("class conditioning needs labelled data; this data"));
             }
             let trainer = Trainer::new(config, &device)?;
             let m = &trainer.config.model;

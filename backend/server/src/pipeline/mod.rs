@@ -136,7 +136,7 @@ fn seed_records(p: &ReproduceParams, preset: &Preset, seed: u64, dataset: &[Slic
     let (num, downstream) = phantom_counts(p, preset);
     let set =
         PngSet { num, downstream, size: preset.phantom_size, marker_prob: repdiff_engine::phantom::MARKER_PROB, seed };
-    set.slices().into_iter().map(|(site, markers, _)| SliceRecord { file: String::new(), site, markers }).collect()
+    set.slices().into_iter().map(|(site, markers, _)| SliceRecord { site, markers, ..SliceRecord::default() }).collect()
 }
 
 /// Each seed's part sizes; refuses a split without validation or test slices (nothing to choose or test
@@ -149,7 +149,7 @@ pub fn part_sizes(p: &ReproduceParams, dataset: &[SliceRecord]) -> Result<Vec<Pa
         .map(|seed| {
             let records = seed_records(p, &preset, seed, dataset);
             let parts = Manifest { records }
-                .split(p.downstream_site, manifest::PAPER_SPLIT, seed)
+                .split(crate::jobs::split_unit(p.split_unit), p.downstream_site, manifest::PAPER_SPLIT, seed)
                 .map_err(|e| Invalid::new("downstream_site", e.to_string()))?;
             let count = |part: manifest::Part| parts.iter().filter(|&&x| x == part).count();
             let sizes = manifest::Part::ALL.map(count);
@@ -158,14 +158,22 @@ pub fn part_sizes(p: &ReproduceParams, dataset: &[SliceRecord]) -> Result<Vec<Pa
                     return Err(Invalid::new(
                         field,
                         format!(
-                            "seed {seed}: site {} gives no {name} slices; the split needs at least ten per label there",
-                            p.downstream_site
+                            "seed {seed}: {} gives no {name} slices; the split needs at least ten {}s per label there",
+                            p.downstream_site.map_or("the dataset".to_string(), |s| format!("site {s}")),
+                            p.split_unit.name()
                         ),
                     ));
                 }
             }
+            if p.downstream_site.is_none() {
+                // Without a site design, pre-training reads the training part.
+                return Ok([sizes[1], sizes[1], sizes[2], sizes[3]]);
+            }
             if sizes[0] == 0 {
-                return Err(Invalid::new("downstream_site", "every slice is of the downstream site: none pre-trains"));
+                return Err(Invalid::new(
+                    "downstream_site",
+                    "every slice is of the downstream site: none pre-trains (leave the site out for a single-site design)",
+                ));
             }
             Ok(sizes)
         })
@@ -184,7 +192,7 @@ pub fn plan(p: &ReproduceParams, sizes: &[PartSizes], dino: bool, ids: &mut dyn 
             id
         };
         let data = |part: Part| -> DataSource {
-            let split = Some(SplitSpec { downstream_site: p.downstream_site, part, seed });
+            let split = Some(SplitSpec { downstream_site: p.downstream_site, part, seed, unit: p.split_unit });
             match p.dataset {
                 Some(id) => DataSource::Dataset { id, window: None, split },
                 None => {
@@ -416,7 +424,6 @@ pub async fn submit(pool: &PgPool, registry: &Registry, job: &NewJob, dino: bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use repdiff_engine::phantom::Markers;
 
     fn params(json: serde_json::Value) -> ReproduceParams {
         serde_json::from_value(json).unwrap()
@@ -491,9 +498,8 @@ mod tests {
         let p = params(serde_json::json!({ "phantoms": 96, "downstream_site": 13 }));
         assert_eq!(part_sizes(&p, &[]).unwrap_err().field, "downstream_site");
         // A dataset whose downstream site has a handful of slices has no validation part.
-        let few: Vec<SliceRecord> = (0..6)
-            .map(|i| SliceRecord { file: String::new(), site: 1 + (i % 2), markers: Markers::default() })
-            .collect();
+        let few: Vec<SliceRecord> =
+            (0..6).map(|i| SliceRecord { site: 1 + (i % 2), ..SliceRecord::default() }).collect();
         let p = params(serde_json::json!({ "dataset": 3 }));
         let refused = part_sizes(&p, &few).unwrap_err();
         assert_eq!(refused.field, "downstream_site");

@@ -53,7 +53,9 @@ pub fn network(arch: &str) -> &'static str {
 pub struct SeedResults {
     pub preset: String,
     pub seed: u64,
-    pub downstream_site: usize,
+    pub downstream_site: Option<usize>,
+    /// What the downstream split kept together (the report says what it means for the scores).
+    pub split_unit: repdiff_api::jobs::SplitUnit,
     pub pretrain_steps: usize,
     pub finetune_steps: usize,
     /// The two diffusion classifiers.
@@ -188,14 +190,19 @@ fn table6_markdown(rows: &[Table6Row], r: &SeedResults, test: usize) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Table 6 analogue: haematoma classification on the test part ({test} slices of site {})\n",
-        r.downstream_site
+        "# Table 6 analogue: haematoma classification on the test part ({test} slices of {})\n",
+        r.downstream_site.map_or("the dataset".to_string(), |s| format!("site {s}"))
     );
     let _ = writeln!(
         md,
         "Preset {}, seed {}, pre-training {} steps, fine-tuning {} steps. Percentages \
-         with percentile bootstrap 95% intervals; the diffusion classifier's timestep was chosen on validation.\n",
-        r.preset, r.seed, r.pretrain_steps, r.finetune_steps
+         with percentile bootstrap 95% intervals; the diffusion classifier's timestep was chosen on validation; \
+         {}.\n",
+        r.preset,
+        r.seed,
+        r.pretrain_steps,
+        r.finetune_steps,
+        crate::jobs::split_unit(r.split_unit).caveat()
     );
     let _ = writeln!(md, "| method | t | accuracy % | precision % | recall % | F1 % | forwards/image |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
