@@ -50,6 +50,24 @@ fn dicom_hounsfield_units_match_pydicom_in_every_transfer_syntax() {
     }
 }
 
+/// Lossy baseline JPEG (8-bit samples, rescaled to HU): decoders may round the inverse DCT differently, so
+/// each value may differ from pydicom's (libjpeg) by one stored step (RescaleSlope, 8 HU) and no more.
+#[test]
+fn lossy_baseline_jpeg_ct_matches_pydicom_within_one_stored_step() {
+    let name = "ct_jpeg_baseline.dcm";
+    let reference: HashMap<String, Tensor> =
+        candle_core::safetensors::load(fixture("ct_jpeg_baseline.safetensors"), &Device::Cpu).unwrap();
+    let expected = reference[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let slices = imaging::read_slices(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!((slices.len(), slices[0].rows, slices[0].columns), (1, 48, 64));
+    let mut off_by_a_step = 0;
+    for (i, (&got, &want)) in slices[0].values.iter().zip(&expected).enumerate() {
+        assert!((got - want).abs() <= 8.0, "value {i}: {got} HU vs pydicom's {want}");
+        off_by_a_step += usize::from(got != want);
+    }
+    assert!(off_by_a_step * 20 < expected.len(), "{off_by_a_step} of {} values differ by a step", expected.len());
+}
+
 #[test]
 fn unreadable_dicom_files_are_refused_with_the_reason() {
     let cases = [
