@@ -100,7 +100,9 @@ pub fn generate(size: usize, site: usize, markers: Markers, seed: u64) -> Phanto
 }
 
 /// A set of phantom slices as windowed 8-bit PNGs: `num` from random sites, then `downstream` more from
-/// site 1 (the paper's downstream facility), each marker drawn with probability `marker_prob`.
+/// site 1 (the paper's downstream facility), each marker drawn with probability `marker_prob`. With
+/// `slices_per_patient` above 1 the slices come as patients: that many neighbouring axial slices of one
+/// head (one site, one set of markers, nearly identical from slice to slice), as real CT studies do.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PngSet {
     pub num: usize,
@@ -108,7 +110,23 @@ pub struct PngSet {
     pub size: usize,
     pub marker_prob: f64,
     pub seed: u64,
+    pub slices_per_patient: usize,
 }
+
+/// One slice of a [`PngSet`]: its site, markers, the seed of its head, its patient (when the set has
+/// patients) and its axial level (when not drawn from the seed).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SetSlice {
+    pub site: usize,
+    pub markers: Markers,
+    pub seed: u64,
+    pub patient: Option<usize>,
+    pub level: Option<f32>,
+}
+
+/// The axial distance between a phantom patient's neighbouring slices, in levels (0 skull base .. 1
+/// vertex): about 4 mm of a head.
+const PATIENT_SLICE_STEP: f32 = 0.03;
 
 /// The probability of each hematoma marker in a phantom set unless one is given (`repdiff phantoms`,
 /// the pipeline's phantoms, a job's `phantoms` data).
@@ -118,17 +136,47 @@ pub const MARKER_PROB: f64 = 0.15;
 pub const CLASS_DIRS: [&str; 2] = ["0_no_hematoma", "1_hematoma"];
 
 impl PngSet {
-    /// The slices a set of `seed` holds, in order: (site, markers, seed of the slice). PNG slices each draw
-    /// their site.
-    pub fn slices(&self) -> Vec<(usize, Markers, u64)> {
+    /// The slices a set of `seed` holds, in order. Independent slices each draw their site and markers;
+    /// a patient draws them once for all its slices (a patient does not straddle the downstream boundary).
+    pub fn slices(&self) -> Vec<SetSlice> {
         let mut rng = Rng::new(self.seed);
-        (0..self.num + self.downstream)
-            .map(|i| {
-                let site = if i >= self.num { 1 } else { 1 + rng.below(NUM_SITES) };
+        let seed_of = |i: usize| self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+        if self.slices_per_patient <= 1 {
+            return (0..self.num + self.downstream)
+                .map(|i| {
+                    let site = if i >= self.num { 1 } else { 1 + rng.below(NUM_SITES) };
+                    let markers = Markers::random(&mut rng, self.marker_prob);
+                    SetSlice { site, markers, seed: seed_of(i), patient: None, level: None }
+                })
+                .collect();
+        }
+        let k = self.slices_per_patient;
+        let mut slices = Vec::with_capacity(self.num + self.downstream);
+        let mut patient = 0;
+        for (count, downstream) in [(self.num, false), (self.downstream, true)] {
+            for start in (0..count).step_by(k) {
+                let site = if downstream { 1 } else { 1 + rng.below(NUM_SITES) };
                 let markers = Markers::random(&mut rng, self.marker_prob);
-                (site, markers, self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64))
-            })
-            .collect()
+                // The middle of the head, where a haematoma shows, with room for the slices either side.
+                let middle = 0.3 + 0.3 * rng.uniform() as f32;
+                let n = k.min(count - start);
+                for j in 0..n {
+                    let level = middle + PATIENT_SLICE_STEP * (j as f32 - (n as f32 - 1.0) / 2.0);
+                    let seed = seed_of(patient);
+                    slices.push(SetSlice { site, markers, seed, patient: Some(patient), level: Some(level) });
+                }
+                patient += 1;
+            }
+        }
+        slices
+    }
+
+    /// Where a slice of this set comes from: its patient, when the set has patients.
+    pub fn origin(&self, slice: &SetSlice) -> crate::manifest::Origin {
+        crate::manifest::Origin {
+            patient: slice.patient.map(|p| format!("phantom-{:04}-{p:05}", self.seed)),
+            ..Default::default()
+        }
     }
 
     /// Writes the set into `out` (class folders and `manifest.csv`, the slices named relative to `out`)
@@ -142,15 +190,20 @@ impl PngSet {
             std::fs::create_dir_all(out.join(dir)).map_err(|e| crate::Error::io(out.join(dir), e))?;
         }
         let mut manifest = crate::manifest::Manifest::default();
-        for (i, (site, markers, seed)) in self.slices().into_iter().enumerate() {
-            let phantom = generate(self.size, site, markers, seed);
+        for (i, slice) in self.slices().into_iter().enumerate() {
+            let SetSlice { site, markers, seed, level, .. } = slice;
+            let phantom = match level {
+                Some(level) => generate_at(self.size, site, markers, markers.any(), level, seed),
+                None => generate(self.size, site, markers, seed),
+            };
             let file = format!("{}/slice_{i:05}_site{site:02}.png", CLASS_DIRS[usize::from(markers.any())]);
             let path = out.join(&file);
             window
                 .to_gray8(&phantom.hu, self.size)
                 .save(&path)
                 .map_err(|source| crate::Error::Image { path: path.clone(), source })?;
-            manifest.records.push(crate::manifest::SliceRecord { file, site, markers, ..Default::default() });
+            let origin = self.origin(&slice);
+            manifest.records.push(crate::manifest::SliceRecord { file, site, markers, origin, ..Default::default() });
         }
         manifest.write_csv(&out.join("manifest.csv"))?;
         Ok(manifest)
@@ -341,5 +394,30 @@ mod tests {
         let stds: Vec<f32> = (1..=NUM_SITES).map(brain_std).collect();
         let (lo, hi) = stds.iter().fold((f32::MAX, 0f32), |(a, b), &s| (a.min(s), b.max(s)));
         assert!(hi > 1.5 * lo, "site noise levels {stds:?}");
+    }
+
+    #[test]
+    fn phantom_patients_are_runs_of_nearly_identical_neighbouring_slices() {
+        let set = |k| PngSet { num: 24, downstream: 10, size: 64, marker_prob: 0.3, seed: 5, slices_per_patient: k };
+        let single = set(1).slices();
+        assert!(single.iter().all(|s| s.patient.is_none() && s.level.is_none()), "1: independent slices");
+        let slices = set(4).slices();
+        assert_eq!(slices.len(), 34);
+        // 24 slices in 6 patients, then the downstream 10 in patients of 4, 4 and 2, all at site 1.
+        let patients: Vec<usize> = slices.iter().map(|s| s.patient.unwrap()).collect();
+        assert_eq!(patients[..24], [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5]);
+        assert_eq!(patients[24..], [6, 6, 6, 6, 7, 7, 7, 7, 8, 8]);
+        assert!(slices[24..].iter().all(|s| s.site == 1));
+        for pair in slices.windows(2).filter(|w| w[0].patient == w[1].patient) {
+            assert_eq!((pair[0].site, pair[0].markers, pair[0].seed), (pair[1].site, pair[1].markers, pair[1].seed));
+        }
+        // Neighbouring slices of one head differ far less than two heads do.
+        let image = |s: &SetSlice| generate_at(64, s.site, s.markers, s.markers.any(), s.level.unwrap(), s.seed).hu;
+        let distance = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+        let neighbours = distance(&image(&slices[1]), &image(&slices[2]));
+        let strangers = distance(&image(&slices[2]), &image(&slices[6]));
+        assert!(neighbours * 4.0 < strangers, "neighbours {neighbours} HU apart, two heads {strangers}");
+        let origin = set(4).origin(&slices[5]);
+        assert_eq!(origin.patient.as_deref(), Some("phantom-0005-00001"));
     }
 }

@@ -120,6 +120,8 @@ struct Form {
     pipeline_data: Field,
     phantoms: Field,
     pipeline_site: Field,
+    /// The pipeline's phantoms as patients of this many slices (empty: independent slices).
+    phantom_patient_slices: Field,
     pretrain_steps: Field,
     finetune_steps: Field,
     supervised_epochs: Field,
@@ -222,6 +224,7 @@ impl Form {
             pipeline_data: Field::new("phantoms"),
             phantoms: Field::new(""),
             pipeline_site: Field::new("1"),
+            phantom_patient_slices: Field::new(""),
             pretrain_steps: Field::new(""),
             finetune_steps: Field::new(""),
             supervised_epochs: Field::new(""),
@@ -268,6 +271,7 @@ impl Form {
                 DataSource::Latents { key: self.latents.text() }
             }
             "phantoms" => DataSource::Phantoms {
+                slices_per_patient: 1,
                 num: self.phantom_num.number("Phantoms", problems).unwrap_or(600),
                 downstream: self.phantom_downstream.number("Phantoms from site 1", problems).unwrap_or(0),
                 size: self.phantom_size.number("Phantom size", problems).unwrap_or(64),
@@ -487,6 +491,7 @@ impl Form {
                     spec.dataset = Some(self.dataset_id(p));
                 } else {
                     spec.phantoms = self.phantoms.number("Phantoms", p);
+                    spec.phantom_slices_per_patient = self.phantom_patient_slices.number("Slices per patient", p);
                 }
                 spec.downstream_site = self.pipeline_site.number("Downstream site", p);
                 spec.split_unit = choice(&self.split_unit.text()).unwrap_or_default();
@@ -569,6 +574,8 @@ fn label_of(field: &str) -> Option<&'static str> {
         ("histogram", _) => "Histogram images",
         ("max_real", _) => "Real images",
         ("phantoms", _) => "Phantoms",
+        ("phantom_slices_per_patient", _) => "Slices per patient",
+        ("split_unit", _) => "Split by",
         ("downstream_site", _) => "Downstream site",
         ("jobs", _) => "Steps side by side",
         ("seeds", _) => "Seeds",
@@ -1033,7 +1040,10 @@ pub fn Launch() -> impl IntoView {
                     {move || if form.pipeline_data.value.get() == "dataset" {
                         dataset_select().into_any()
                     } else {
-                        text_input("Phantoms", "phantoms", form.phantoms, "600 (tiny-cpu) or 2,400 (paper), and more from the downstream site").into_any()
+                        view! {
+                            {text_input("Phantoms", "phantoms", form.phantoms, "600 (tiny-cpu) or 2,400 (paper), and more from the downstream site")}
+                            {text_input("Slices per patient", "phantom_patient_slices", form.phantom_patient_slices, "1: independent slices; 8: patients of 8 nearly identical neighbours")}
+                        }.into_any()
                     }}
                     {text_input("Downstream site", "pipeline_site", form.pipeline_site, "empty: one site, pre-training on the train part")}
                     {choice("Split by", "split_unit", form.split_unit, &["patient", "slice"])}

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::inference::{MAX_SAMPLES, MIN_EVALUATED};
-use super::shared::{Invalid, MAX_SITE, MAX_STEPS, MatmulPrecision, PRESETS, SplitUnit, within, within_if};
+use super::shared::{
+    Invalid, MAX_SITE, MAX_SLICES_PER_PATIENT, MAX_STEPS, MatmulPrecision, PRESETS, SplitUnit, within, within_if,
+};
 
 fn default_preset() -> String {
     "tiny-cpu".into()
@@ -30,6 +32,10 @@ pub struct ReproduceParams {
     /// Phantom slices from random sites (more come from the downstream site in the preset's proportion).
     #[serde(default)]
     pub phantoms: Option<usize>,
+    /// The phantoms as patients of this many neighbouring slices each (default 1: independent slices):
+    /// what makes a per-slice split leak, to measure against the patient split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phantom_slices_per_patient: Option<usize>,
     /// The site whose slices form the downstream task; every other site pre-trains (default 1). `null`: a
     /// single-site design, every slice split into train, validation and test, pre-training on the
     /// training part.
@@ -69,6 +75,7 @@ impl Default for ReproduceParams {
             preset: default_preset(),
             dataset: None,
             phantoms: None,
+            phantom_slices_per_patient: None,
             downstream_site: default_site(),
             split_unit: SplitUnit::default(),
             pretrain_steps: None,
@@ -104,6 +111,7 @@ impl ReproduceParams {
         // Each fine-tuned model draws this many of each class in one sample job.
         within_if("class_samples", self.class_samples, 0, MAX_SAMPLES / 2)?;
         within_if("seeds", self.seeds, 1, 100)?;
+        within_if("phantom_slices_per_patient", self.phantom_slices_per_patient, 1, MAX_SLICES_PER_PATIENT)?;
         within_if("downstream_site", self.downstream_site, 0, MAX_SITE)
     }
 }

@@ -203,8 +203,23 @@ pub enum DataSource {
         seed: u64,
         #[serde(default)]
         split: Option<SplitSpec>,
+        /// Above 1: the slices come as patients of this many neighbouring, nearly identical slices (one
+        /// site, one label each), so that a per-slice split leaks as it does on real studies.
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        slices_per_patient: usize,
     },
 }
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// The most slices of one phantom patient.
+pub const MAX_SLICES_PER_PATIENT: usize = 64;
 
 /// The most phantom slices a data source may generate.
 pub const MAX_PHANTOMS: usize = 200_000;
@@ -218,7 +233,8 @@ impl DataSource {
                 Err(Invalid::new("dataset.window", "is empty; leave it out for the brain window"))
             }
             DataSource::Dataset { split: Some(split), .. } => split.validate().map_err(|e| e.within("dataset.split")),
-            DataSource::Phantoms { num, downstream, size, split, .. } => {
+            DataSource::Phantoms { num, downstream, size, split, slices_per_patient, .. } => {
+                within("phantoms.slices_per_patient", *slices_per_patient, 1, MAX_SLICES_PER_PATIENT)?;
                 within("phantoms.num", *num, 1, MAX_PHANTOMS)?;
                 within("phantoms.downstream", *downstream, 0, MAX_PHANTOMS - num.min(&MAX_PHANTOMS))?;
                 within("phantoms.size", *size, 16, 1024)?;

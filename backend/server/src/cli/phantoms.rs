@@ -45,6 +45,10 @@ pub struct PhantomArgs {
     window: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// PNG: slices as patients of this many neighbouring, nearly identical slices (one site and label
+    /// each; the manifest names the patient). 1: independent slices. DICOM series are always patients.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    slices_per_patient: u64,
 }
 
 /// Slices per synthetic series in DICOM output.
@@ -68,6 +72,7 @@ pub fn run(args: PhantomArgs) -> Result<()> {
                 size: args.size,
                 marker_prob: args.marker_prob,
                 seed: args.seed,
+                slices_per_patient: args.slices_per_patient as usize,
             };
             set.write(&args.out, &window)?
         }

@@ -30,9 +30,10 @@ pub enum ReproducePreset {
 }
 
 /// The flags that set the pipeline's parameters (`--spec` gives them all at once instead).
-const PARAMETER_FLAGS: [&str; 14] = [
+const PARAMETER_FLAGS: [&str; 15] = [
     "preset",
     "phantoms",
+    "phantom_slices_per_patient",
     "downstream_site",
     "single_site",
     "split_unit",
@@ -59,6 +60,10 @@ pub struct ReproduceArgs {
     /// (tiny-cpu 600 and 1,500, paper 2,400 and 1,200; default: the preset's).
     #[arg(long, conflicts_with = "data")]
     phantoms: Option<usize>,
+    /// The phantoms as patients of this many neighbouring, nearly identical slices: with
+    /// `--split-unit slice` a patient's slices land in train and test, which measures the leak.
+    #[arg(long, conflicts_with = "data")]
+    phantom_slices_per_patient: Option<usize>,
     /// The site whose slices form the downstream task; every other site pre-trains.
     #[arg(long, default_value_t = 1)]
     downstream_site: usize,
@@ -138,6 +143,7 @@ impl ReproduceArgs {
             preset: self.preset.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
             dataset: None,
             phantoms: self.phantoms,
+            phantom_slices_per_patient: self.phantom_slices_per_patient,
             downstream_site: (!self.single_site).then_some(self.downstream_site),
             split_unit: self.split_unit,
             pretrain_steps: self.pretrain_steps,

@@ -71,8 +71,9 @@ pub(super) fn slices_of(
             let manifest = fetch_scans(ctx, *id, split.as_ref())?;
             Some((manifest, window, split.as_ref().map(|s| part(s.reads()))))
         }
-        DataSource::Phantoms { num, downstream, size, seed, split } => {
+        DataSource::Phantoms { num, downstream, size, seed, split, slices_per_patient } => {
             let set = PngSet {
+                slices_per_patient: *slices_per_patient,
                 num: *num,
                 downstream: *downstream,
                 size: *size,

@@ -134,9 +134,19 @@ fn seed_records(p: &ReproduceParams, preset: &Preset, seed: u64, dataset: &[Slic
         return dataset.to_vec();
     }
     let (num, downstream) = phantom_counts(p, preset);
-    let set =
-        PngSet { num, downstream, size: preset.phantom_size, marker_prob: repdiff_engine::phantom::MARKER_PROB, seed };
-    set.slices().into_iter().map(|(site, markers, _)| SliceRecord { site, markers, ..SliceRecord::default() }).collect()
+    let set = PngSet {
+        num,
+        downstream,
+        size: preset.phantom_size,
+        marker_prob: repdiff_engine::phantom::MARKER_PROB,
+        seed,
+        slices_per_patient: p.phantom_slices_per_patient.unwrap_or(1),
+    };
+    let slices = set.slices();
+    slices
+        .iter()
+        .map(|s| SliceRecord { site: s.site, markers: s.markers, origin: set.origin(s), ..SliceRecord::default() })
+        .collect()
 }
 
 /// Each seed's part sizes; refuses a split without validation or test slices (nothing to choose or test
@@ -197,7 +207,8 @@ pub fn plan(p: &ReproduceParams, sizes: &[PartSizes], dino: bool, ids: &mut dyn 
                 Some(id) => DataSource::Dataset { id, window: None, split },
                 None => {
                     let (num, downstream) = phantom_counts(p, &preset);
-                    DataSource::Phantoms { num, downstream, size: preset.phantom_size, seed, split }
+                    let slices_per_patient = p.phantom_slices_per_patient.unwrap_or(1);
+                    DataSource::Phantoms { num, downstream, size: preset.phantom_size, seed, split, slices_per_patient }
                 }
             }
         };
@@ -424,6 +435,7 @@ pub async fn submit(pool: &PgPool, registry: &Registry, job: &NewJob, dino: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use repdiff_api::jobs::SplitUnit;
 
     fn params(json: serde_json::Value) -> ReproduceParams {
         serde_json::from_value(json).unwrap()
@@ -480,6 +492,34 @@ mod tests {
         let JobSpec::Pretrain(second) = &stages[11].spec else { panic!() };
         let DataSource::Phantoms { seed, split: Some(split), .. } = &second.data else { panic!() };
         assert_eq!((*seed, split.seed), (1, 1));
+    }
+
+    #[test]
+    fn phantoms_as_patients_reach_every_stage_and_the_split_counts_whole_patients() {
+        let by = |unit: &str| {
+            params(serde_json::json!({ "phantoms": 400, "phantom_slices_per_patient": 8, "split_unit": unit }))
+        };
+        let (patient, slice) = (by("patient"), by("slice"));
+        let stages = plan(&patient, &part_sizes(&patient, &[]).unwrap(), false, &mut (1..));
+        for stage in &stages {
+            if let JobSpec::Pretrain(PretrainParams {
+                data: DataSource::Phantoms { slices_per_patient, split, .. },
+                ..
+            }) = &stage.spec
+            {
+                assert_eq!((*slices_per_patient, split.as_ref().map(|s| s.unit)), (8, Some(SplitUnit::Patient)));
+            }
+        }
+        // Split by patient, no phantom patient is in two parts; split by slice, the same phantoms leak.
+        let records = seed_records(&patient, &preset("tiny-cpu").unwrap(), 0, &[]);
+        let split = |p: &ReproduceParams| {
+            Manifest { records: records.clone() }
+                .split(crate::jobs::split_unit(p.split_unit), p.downstream_site, manifest::PAPER_SPLIT, 0)
+                .unwrap()
+        };
+        let manifest = Manifest { records: records.clone() };
+        assert_eq!(manifest.patients_in_two_parts(&split(&patient)), 0);
+        assert!(manifest.patients_in_two_parts(&split(&slice)) > 0, "the per-slice split leaks");
     }
 
     #[test]
