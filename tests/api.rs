@@ -1046,6 +1046,13 @@ async fn unlabelled_uploads_stay_unlabelled_and_labelled_jobs_refuse_them() {
         .unwrap()
         .to_string();
     assert!(message.contains("unlabelled slices in the train part of its split"), "{message}");
+    // The paper's pipeline needs its downstream parts labelled (each seed's, read once for all).
+    let reproduce = json!({ "kind": "reproduce", "params": { "dataset": id, "downstream_site": 2, "seeds": 2 } });
+    let message = app.call("POST", "/api/v1/jobs", Some(&ada), Some(reproduce)).await.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("unlabelled slices in the train part of its split"), "{message}");
     // Unconditional pre-training takes unlabelled scans.
     let pretrain = json!({ "kind": "pretrain", "params": { "run": { "steps": 2 }, "data": data } });
     let reply = app.call("POST", "/api/v1/jobs", Some(&ada), Some(pretrain)).await;

@@ -278,25 +278,33 @@ pub async fn slices_of(db: &sqlx::PgPool, dataset: i64) -> sqlx::Result<Vec<Stor
         .collect())
 }
 
-/// How many slices of `dataset` (of one part of `split`, when given) are unlabelled, and how many there
-/// are; the inner error is why the split cannot be made.
+/// The first of `splits`' parts of `dataset` (all its slices when `splits` is empty) with unlabelled slices:
+/// how many, of how many, and the split; `None` when every slice they hold is labelled. The dataset is
+/// read once for all the splits; the inner error is why a split cannot be made.
 pub async fn unlabelled_in(
     db: &sqlx::PgPool,
     dataset: i64,
-    split: Option<&repdiff_api::jobs::SplitSpec>,
-) -> sqlx::Result<Result<(usize, usize), String>> {
-    let records: Vec<SliceRecord> = slices_of(db, dataset).await?.into_iter().map(|s| s.record).collect();
-    let Some(split) = split else {
-        return Ok(Ok((records.iter().filter(|r| r.unlabelled).count(), records.len())));
-    };
-    let manifest = Manifest { records };
-    let unit = crate::jobs::split_unit(split.unit);
-    let parts = match manifest.split(unit, split.downstream_site, repdiff_engine::manifest::PAPER_SPLIT, split.seed) {
-        Ok(parts) => parts,
-        Err(e) => return Ok(Err(e.to_string())),
-    };
-    let part = crate::jobs::part(split.reads());
-    let in_part: Vec<&SliceRecord> =
-        manifest.records.iter().zip(&parts).filter(|(_, p)| **p == part).map(|(r, _)| r).collect();
-    Ok(Ok((in_part.iter().filter(|r| r.unlabelled).count(), in_part.len())))
+    splits: &[repdiff_api::jobs::SplitSpec],
+) -> sqlx::Result<Result<Option<(usize, usize, Option<repdiff_api::jobs::SplitSpec>)>, String>> {
+    let manifest = Manifest { records: slices_of(db, dataset).await?.into_iter().map(|s| s.record).collect() };
+    let count = |slices: &[&SliceRecord]| slices.iter().filter(|r| r.unlabelled).count();
+    if splits.is_empty() {
+        let all: Vec<&SliceRecord> = manifest.records.iter().collect();
+        return Ok(Ok(Some((count(&all), all.len(), None)).filter(|(n, ..)| *n > 0)));
+    }
+    for split in splits {
+        let unit = crate::jobs::split_unit(split.unit);
+        let parts = match manifest.split(unit, split.downstream_site, repdiff_engine::manifest::PAPER_SPLIT, split.seed)
+        {
+            Ok(parts) => parts,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let part = crate::jobs::part(split.reads());
+        let in_part: Vec<&SliceRecord> =
+            manifest.records.iter().zip(&parts).filter(|(_, p)| **p == part).map(|(r, _)| r).collect();
+        if count(&in_part) > 0 {
+            return Ok(Ok(Some((count(&in_part), in_part.len(), Some(split.clone())))));
+        }
+    }
+    Ok(Ok(None))
 }

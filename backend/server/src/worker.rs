@@ -79,9 +79,9 @@ pub enum Input {
     Artifact(String),
     /// A dataset's scans.
     Dataset(i64),
-    /// A dataset's scans (one part of a split, or all) as labelled data: the API refuses the job while any
-    /// of them is unlabelled, naming how many.
-    LabelledDataset(i64, Option<repdiff_api::jobs::SplitSpec>),
+    /// A dataset's scans as labelled data: the parts of these splits (all its scans when none is given).
+    /// The API refuses the job while any of them is unlabelled, naming how many.
+    LabelledDataset(i64, Vec<repdiff_api::jobs::SplitSpec>),
     /// Another job's result (a classify job's chosen timestep).
     JobResult(i64),
     /// A dataset the job adds to: the submitter must own it.

@@ -341,14 +341,14 @@ pub async fn submit(
                     .map_err(|_| ApiError::invalid_params(format!("there is no dataset {id} that you may read")))?;
                 sources.push(id);
             }
-            Input::LabelledDataset(id, split) => {
+            Input::LabelledDataset(id, splits) => {
                 super::datasets::visible_dataset(&state.pool, user, id)
                     .await
                     .map_err(|_| ApiError::invalid_params(format!("there is no dataset {id} that you may read")))?;
-                let (unlabelled, total) = crate::scans::unlabelled_in(&state.pool, id, split.as_ref())
+                let unlabelled = crate::scans::unlabelled_in(&state.pool, id, &splits)
                     .await?
                     .map_err(|e| ApiError::invalid_params(format!("dataset {id}: {e}")))?;
-                if unlabelled > 0 {
+                if let Some((unlabelled, total, split)) = unlabelled {
                     let part =
                         split.map(|s| format!(" in the {} part of its split", s.reads().name())).unwrap_or_default();
                     return Err(ApiError::invalid_params(format!(

@@ -179,7 +179,7 @@ pub(super) fn data_inputs(data: &DataSource) -> Vec<Input> {
 /// What a data source reads when the job needs its labels: a dataset's part must have no unlabelled slice.
 pub(super) fn labelled_inputs(data: &DataSource) -> Vec<Input> {
     match data {
-        DataSource::Dataset { id, split, .. } => vec![Input::LabelledDataset(*id, split.clone())],
+        DataSource::Dataset { id, split, .. } => vec![Input::LabelledDataset(*id, split.iter().cloned().collect())],
         other => data_inputs(other),
     }
 }

@@ -30,14 +30,18 @@ impl Task for Reproduce {
     /// pre-training sites may be unlabelled, as the paper's were.
     fn reads(&self, p: &ReproduceParams) -> Vec<Input> {
         let Some(dataset) = p.dataset else { return Vec::new() };
-        let mut inputs = vec![Input::Dataset(dataset)];
-        for seed in crate::pipeline::seeds(p) {
-            for part in [Part::Train, Part::Validation, Part::Test] {
-                let split = SplitSpec { downstream_site: p.downstream_site, part, seed, unit: p.split_unit };
-                inputs.push(Input::LabelledDataset(dataset, Some(split)));
-            }
-        }
-        inputs
+        let splits = crate::pipeline::seeds(p)
+            .into_iter()
+            .flat_map(|seed| {
+                [Part::Train, Part::Validation, Part::Test].map(|part| SplitSpec {
+                    downstream_site: p.downstream_site,
+                    part,
+                    seed,
+                    unit: p.split_unit,
+                })
+            })
+            .collect();
+        vec![Input::LabelledDataset(dataset, splits)]
     }
 
     fn run(&self, p: ReproduceParams, ctx: &mut JobContext) -> Result<serde_json::Value, JobError> {
